@@ -1,0 +1,43 @@
+"""Benchmarks: ``python -m posterm.bench NAME [options]``.
+
+Each benchmark is a module ``posterm.bench.NAME`` with ``main(argv: list[str]) -> int``
+that prints one JSON object per line: ``{"bench": ..., "metric": ..., "value": ..., "unit": ...}``
+(extra keys allowed).  Figures come with a baseline measured in the same run where the
+issue names one, and the ratio.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any, Callable
+
+
+def emit(bench: str, metric: str, value: float, unit: str, **extra: Any) -> None:
+    """Print one benchmark figure as a JSON line."""
+    row = {"bench": bench, "metric": metric, "value": round(value, 3) if isinstance(value, float) else value, "unit": unit}
+    row.update(extra)
+    print(json.dumps(row), flush=True)
+
+
+def rate(fn: Callable[[], Any], min_seconds: float = 1.0, batch: int = 100) -> float:
+    """Call ``fn`` repeatedly for at least ``min_seconds``; return calls per second."""
+    n = 0
+    start = time.perf_counter()
+    while True:
+        for _ in range(batch):
+            fn()
+        n += batch
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds:
+            return n / elapsed
+
+
+def percentile(samples: list[float], p: float) -> float:
+    """Nearest-rank percentile of ``samples`` (p in 0..100)."""
+    if not samples:
+        raise ValueError("no samples")
+    ordered = sorted(samples)
+    k = max(0, min(len(ordered) - 1, int(round(p / 100.0 * len(ordered) + 0.5)) - 1))
+    return ordered[k]
