@@ -1,0 +1,430 @@
+"""Message bodies: a type code followed by tag-length-value fields.
+
+Byte layout of a frame payload::
+
+    offset  size  field
+    0       2     type     message type code (catalogue in messages.py and host.py)
+    2       ...   items    zero or more TLV items, each:
+                             1  tag     bit 7 set = optional to understand (skippable)
+                             2  length  value length, 0..MAX_PAYLOAD
+                             n  value   encoded by the field's codec
+
+Rules:
+
+* Tags 0x00-0x7F are *comprehension required*: a receiver that does not know
+  one rejects the message (:class:`UnknownMandatoryField`). Tags 0x80-0xFF are
+  *optional to understand*: an older receiver skips them, so a newer peer can
+  add such fields without breaking older ones.
+* A non-repeated tag may appear once. Items may come in any order; encoders
+  emit them in tag order. Absent optional fields are not sent.
+* An unknown message type is :class:`UnknownMessageType`, never ``None``.
+* Integers are unsigned big-endian of the codec's fixed width; text is UTF-8
+  (ASCII where the codec says so), never NUL-terminated.
+
+``Envelope`` is the reference construct schema; :func:`encode` / :func:`decode`
+use a bounded loop over the same layout, and tests hold the two to the same
+accept/reject decisions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+import struct
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterable
+
+from construct import Bytes, ConstructError, GreedyRange, Int8ub, Int16ub, Rebuild, Struct, Terminated, len_, this
+
+from firmware_protocol.errors import (
+    FieldError,
+    MessageError,
+    ProtocolError,
+    UnknownMandatoryField,
+    UnknownMessageType,
+)
+from firmware_protocol.frame import MAX_PAYLOAD
+
+OPTIONAL_TAG_BIT = 0x80
+
+TlvItem = Struct(
+    "tag" / Int8ub,
+    "length" / Rebuild(Int16ub, len_(this.value)),
+    "value" / Bytes(this.length),
+)
+Envelope = Struct(
+    "type" / Int16ub,
+    "items" / GreedyRange(TlvItem),
+    Terminated,
+)
+
+_ITEM_HEAD = struct.Struct(">BH")
+_TYPE = struct.Struct(">H")
+
+
+# ---------------------------------------------------------------- value codecs
+
+
+class Codec:
+    """Turns one field value into bytes and back; validates both ways."""
+
+    doc: str = ""
+
+    def encode(self, value: Any) -> bytes:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def decode(self, data: bytes) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def check(self, name: str, value: Any) -> None:
+        """Raise :class:`FieldError` if ``value`` is not valid for this codec."""
+
+
+class UInt(Codec):
+    def __init__(self, width: int, minimum: int = 0, maximum: int | None = None) -> None:
+        self.width = width
+        self.minimum = minimum
+        self.maximum = (1 << (8 * width)) - 1 if maximum is None else maximum
+        self.doc = f"u{8 * width}"
+
+    def check(self, name: str, value: Any) -> None:
+        if type(value) is not int and not isinstance(value, enum.IntEnum):
+            raise FieldError(f"{name} must be an int, not {type(value).__name__}")
+        if not self.minimum <= value <= self.maximum:
+            raise FieldError(f"{name}={value} out of range {self.minimum}..{self.maximum}")
+
+    def encode(self, value: int) -> bytes:
+        return int(value).to_bytes(self.width, "big")
+
+    def decode(self, data: bytes) -> int:
+        if len(data) != self.width:
+            raise FieldError(f"integer field of {len(data)} bytes, expected {self.width}")
+        return int.from_bytes(data, "big")
+
+
+class EnumCodec(UInt):
+    """An IntEnum on the wire. ``strict=False`` keeps unknown codes as plain ints
+    (for reason codes a newer peer may add); ``strict=True`` rejects them."""
+
+    def __init__(self, enum_type: type[enum.IntEnum], width: int = 1, strict: bool = True) -> None:
+        super().__init__(width)
+        self.enum_type = enum_type
+        self.strict = strict
+        self.doc = f"u{8 * width} {enum_type.__name__}"
+
+    def check(self, name: str, value: Any) -> None:
+        super().check(name, value)
+        if self.strict and not isinstance(value, self.enum_type):
+            try:
+                self.enum_type(value)
+            except ValueError:
+                raise FieldError(f"{name}={value} is not a valid {self.enum_type.__name__}") from None
+
+    def decode(self, data: bytes) -> Any:
+        raw = super().decode(data)
+        try:
+            return self.enum_type(raw)
+        except ValueError:
+            if self.strict:
+                raise FieldError(f"{raw} is not a valid {self.enum_type.__name__}") from None
+            return raw
+
+
+class Flag(Codec):
+    doc = "u8 0/1"
+
+    def check(self, name: str, value: Any) -> None:
+        if type(value) is not bool:
+            raise FieldError(f"{name} must be a bool")
+
+    def encode(self, value: bool) -> bytes:
+        return b"\x01" if value else b"\x00"
+
+    def decode(self, data: bytes) -> bool:
+        if data not in (b"\x00", b"\x01"):
+            raise FieldError("flag field must be one byte 0x00 or 0x01")
+        return data == b"\x01"
+
+
+class Text(Codec):
+    """UTF-8 (or ASCII) text of bounded length, optionally matching a pattern."""
+
+    def __init__(self, max_len: int, min_len: int = 0, pattern: str | None = None, ascii_only: bool = False) -> None:
+        self.max_len = max_len
+        self.min_len = min_len
+        self.pattern = re.compile(pattern) if pattern else None
+        self.encoding = "ascii" if ascii_only else "utf-8"
+        self.doc = f"{'ascii' if ascii_only else 'utf8'} {min_len}..{max_len} bytes" + (f" /{pattern}/" if pattern else "")
+
+    def check(self, name: str, value: Any) -> None:
+        if not isinstance(value, str):
+            raise FieldError(f"{name} must be a str")
+        try:
+            n = len(value.encode(self.encoding))
+        except UnicodeEncodeError:
+            raise FieldError(f"{name} must be {self.encoding}") from None
+        if not self.min_len <= n <= self.max_len:
+            raise FieldError(f"{name} must be {self.min_len}..{self.max_len} bytes, got {n}")
+        if self.pattern is not None and not self.pattern.fullmatch(value):
+            raise FieldError(f"{name} does not match {self.pattern.pattern}")
+
+    def encode(self, value: str) -> bytes:
+        return value.encode(self.encoding)
+
+    def decode(self, data: bytes) -> str:
+        try:
+            return data.decode(self.encoding)
+        except UnicodeDecodeError:
+            raise FieldError(f"text field is not valid {self.encoding}") from None
+
+
+class Blob(Codec):
+    def __init__(self, min_len: int = 0, max_len: int = MAX_PAYLOAD) -> None:
+        self.min_len = min_len
+        self.max_len = max_len
+        self.doc = f"bytes {min_len}..{max_len}" if min_len != max_len else f"bytes[{min_len}]"
+
+    def check(self, name: str, value: Any) -> None:
+        if not isinstance(value, bytes):
+            raise FieldError(f"{name} must be bytes")
+        if not self.min_len <= len(value) <= self.max_len:
+            raise FieldError(f"{name} must be {self.min_len}..{self.max_len} bytes, got {len(value)}")
+
+    def encode(self, value: bytes) -> bytes:
+        return value
+
+    def decode(self, data: bytes) -> bytes:
+        return bytes(data)
+
+
+class StructCodec(Codec):
+    """A fixed construct ``Struct`` mapped to a frozen dataclass (e.g. settlement totals)."""
+
+    def __init__(self, schema: Struct, cls: type) -> None:
+        self.schema = schema
+        self.cls = cls
+        self.doc = f"struct {cls.__name__} ({schema.sizeof()} bytes)"
+
+    def check(self, name: str, value: Any) -> None:
+        if not isinstance(value, self.cls):
+            raise FieldError(f"{name} must be a {self.cls.__name__}")
+
+    def encode(self, value: Any) -> bytes:
+        try:
+            return self.schema.build({f.name: getattr(value, f.name) for f in dataclasses.fields(value)})
+        except ConstructError as exc:
+            raise FieldError(f"cannot encode {self.cls.__name__}: {type(exc).__name__}") from exc
+
+    def decode(self, data: bytes) -> Any:
+        try:
+            c = self.schema.parse(data)
+        except ConstructError as exc:
+            raise FieldError(f"bad {self.cls.__name__}: {type(exc).__name__}") from exc
+        kwargs = {f.name: c[f.name] for f in dataclasses.fields(self.cls)}
+        for k, v in kwargs.items():
+            if isinstance(v, bytes):
+                kwargs[k] = v.decode("ascii", "replace")
+        return self.cls(**kwargs)
+
+
+# ------------------------------------------------------------------ messages
+
+
+def tlv(tag: int, codec: Codec, *, default: Any = dataclasses.MISSING, repeated: bool = False, secret: bool = False) -> Any:
+    """Declare a message field carried as TLV ``tag`` encoded by ``codec``.
+
+    ``secret=True`` marks a field that traces and recordings must mask.
+    A field with a default is optional; ``repeated=True`` makes a tuple that
+    appears once per element on the wire.
+    """
+    if not 0 <= tag <= 0xFF:
+        raise ValueError("tag out of range")
+    meta = {"tag": tag, "codec": codec, "repeated": repeated, "secret": secret}
+    if repeated and default is dataclasses.MISSING:
+        default = ()
+    return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True, slots=True)
+class _FieldSpec:
+    name: str
+    tag: int
+    codec: Codec
+    required: bool
+    repeated: bool
+    secret: bool
+
+
+_REGISTRY: dict[int, type["Message"]] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """Base of every wire message: frozen, slotted, validated on construction."""
+
+    TYPE: ClassVar[int] = -1
+    FIELDS: ClassVar[tuple[_FieldSpec, ...]] = ()
+    BY_TAG: ClassVar[dict[int, _FieldSpec]] = {}
+
+    def __post_init__(self) -> None:
+        for spec in self.FIELDS:
+            value = getattr(self, spec.name)
+            if value is None:
+                if spec.required:
+                    raise FieldError(f"{type(self).__name__}.{spec.name} is required")
+                continue
+            if spec.repeated:
+                if not isinstance(value, tuple):
+                    raise FieldError(f"{type(self).__name__}.{spec.name} must be a tuple")
+                for item in value:
+                    spec.codec.check(f"{type(self).__name__}.{spec.name}[]", item)
+            else:
+                spec.codec.check(f"{type(self).__name__}.{spec.name}", value)
+        self.validate()
+
+    def validate(self) -> None:
+        """Cross-field checks; override in messages that need them."""
+
+    def __repr__(self) -> str:
+        parts = []
+        for spec in self.FIELDS:
+            value = getattr(self, spec.name)
+            if value is None or (spec.repeated and not value):
+                continue
+            parts.append(f"{spec.name}=<redacted>" if spec.secret else f"{spec.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+    __str__ = __repr__
+
+
+def message(type_code: int):
+    """Class decorator: make a frozen, slotted, keyword-only dataclass and register
+    it under ``type_code``."""
+
+    def wrap(cls: type) -> type:
+        cls = dataclass(frozen=True, slots=True, repr=False, kw_only=True)(cls)
+        specs = []
+        for f in dataclasses.fields(cls):
+            if "tag" not in f.metadata:
+                raise TypeError(f"{cls.__name__}.{f.name} needs tlv()")
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            specs.append(_FieldSpec(f.name, f.metadata["tag"], f.metadata["codec"], required, f.metadata["repeated"], f.metadata["secret"]))
+        tags = [s.tag for s in specs]
+        if len(tags) != len(set(tags)):
+            raise TypeError(f"{cls.__name__} has duplicate tags")
+        if type_code in _REGISTRY:
+            raise TypeError(f"message type 0x{type_code:04X} registered twice")
+        cls.TYPE = type_code
+        cls.FIELDS = tuple(sorted(specs, key=lambda s: s.tag))
+        cls.BY_TAG = {s.tag: s for s in specs}
+        _REGISTRY[type_code] = cls
+        return cls
+
+    return wrap
+
+
+def message_types() -> dict[int, type[Message]]:
+    """A copy of the catalogue: type code -> message class."""
+    return dict(_REGISTRY)
+
+
+def iter_items(msg: Message) -> Iterable[tuple[int, bytes]]:
+    for spec in msg.FIELDS:
+        value = getattr(msg, spec.name)
+        if value is None:
+            continue
+        if spec.repeated:
+            for item in value:
+                yield spec.tag, spec.codec.encode(item)
+        else:
+            yield spec.tag, spec.codec.encode(value)
+
+
+def encode(msg: Message, extra: Iterable[tuple[int, bytes]] = ()) -> bytes:
+    """Encode ``msg`` as a frame payload. ``extra`` appends raw (tag, value) items
+    (used for the MAC trailer and by tests for forward-compatibility).
+
+    Raises :class:`MessageError` if the result would exceed ``MAX_PAYLOAD``.
+    """
+    if msg.TYPE not in _REGISTRY or _REGISTRY[msg.TYPE] is not type(msg):
+        raise MessageError(f"{type(msg).__name__} is not a registered message")
+    parts = [_TYPE.pack(msg.TYPE)]
+    for tag, value in (*iter_items(msg), *extra):
+        if len(value) > 0xFFFF:
+            raise MessageError(f"field 0x{tag:02X} too long")
+        parts.append(_ITEM_HEAD.pack(tag, len(value)))
+        parts.append(value)
+    out = b"".join(parts)
+    if len(out) > MAX_PAYLOAD:
+        raise MessageError(f"{type(msg).__name__} encodes to {len(out)} bytes, over the {MAX_PAYLOAD}-byte cap")
+    return out
+
+
+def split_items(payload: bytes) -> tuple[int, list[tuple[int, int, bytes]]]:
+    """Split a payload into (type, [(tag, offset_of_item, value)]). Raises MessageError."""
+    n = len(payload)
+    if n < 2:
+        raise MessageError("payload shorter than a message type")
+    if n > MAX_PAYLOAD:
+        raise MessageError("payload over the cap")
+    (type_code,) = _TYPE.unpack_from(payload, 0)
+    items = []
+    pos = 2
+    while pos < n:
+        if pos + 3 > n:
+            raise MessageError(f"truncated TLV header at offset {pos}")
+        tag, length = _ITEM_HEAD.unpack_from(payload, pos)
+        end = pos + 3 + length
+        if end > n:
+            raise MessageError(f"TLV 0x{tag:02X} at offset {pos} runs past the end")
+        items.append((tag, pos, payload[pos + 3 : end]))
+        pos = end
+    return type_code, items
+
+
+def decode(payload: bytes, allow_unknown_tags: Iterable[int] = ()) -> Message:
+    """Decode one frame payload into its message.
+
+    Raises :class:`UnknownMessageType`, :class:`UnknownMandatoryField`,
+    :class:`FieldError` or :class:`MessageError`; never anything else.
+    """
+    type_code, items = split_items(bytes(payload))
+    cls = _REGISTRY.get(type_code)
+    if cls is None:
+        raise UnknownMessageType(type_code)
+    allowed = frozenset(allow_unknown_tags)
+    values: dict[str, Any] = {}
+    for tag, _, raw in items:
+        spec = cls.BY_TAG.get(tag)
+        if spec is None:
+            if tag & OPTIONAL_TAG_BIT or tag in allowed:
+                continue
+            raise UnknownMandatoryField(cls.__name__, tag)
+        value = spec.codec.decode(raw)
+        if spec.repeated:
+            values[spec.name] = values.get(spec.name, ()) + (value,)
+        elif spec.name in values:
+            raise FieldError(f"{cls.__name__}.{spec.name} appears twice")
+        else:
+            values[spec.name] = value
+    try:
+        return cls(**values)
+    except ProtocolError:
+        raise
+    except (TypeError, ValueError) as exc:  # missing required field reaches the constructor
+        raise FieldError(f"{cls.__name__}: {exc}") from None
+
+
+def decode_reference(payload: bytes) -> tuple[int, list[tuple[int, bytes]]]:
+    """Split a payload with the interpreted ``Envelope`` schema (for tests and tools)."""
+    try:
+        c = Envelope.parse(payload)
+    except ConstructError as exc:
+        raise MessageError(f"payload rejected: {type(exc).__name__}") from exc
+    return c.type, [(i.tag, bytes(i.value)) for i in c["items"]]
+
+
+def field_specs(cls: type[Message]) -> tuple[_FieldSpec, ...]:
+    """The TLV fields of a message class, in tag order (for docs and tooling)."""
+    return cls.FIELDS
