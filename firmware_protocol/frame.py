@@ -146,8 +146,9 @@ def encode_frame(kind: FrameKind, seq: int, payload: bytes = b"") -> bytes:
         raise FrameError(f"payload of {len(payload)} bytes exceeds the {MAX_PAYLOAD}-byte cap")
     if int(kind) not in _KINDS:
         raise FrameError(f"unknown frame kind {kind!r}")
+    # ``payload_length`` rides in the build dict: compiled builders ignore context kwargs.
     head = _HEADER_FAST.build(
-        {"version": LINK_VERSION, "kind": int(kind), "seq": seq}, payload_length=len(payload)
+        {"version": LINK_VERSION, "kind": int(kind), "seq": seq, "payload_length": len(payload)}
     )
     body = head + payload
     return body + crc16(body).to_bytes(2, "big")

@@ -1,0 +1,351 @@
+"""The link layer, sans-IO (the h11 way): bytes and time in, events and bytes out.
+
+    link = Link()
+    wire = link.send(PayRequest(...), now=clock())   # write these bytes
+    link.receive_data(chunk, now=clock())            # bytes read from the port
+    link.tick(clock())                               # let timers fire
+    while (ev := link.next_event()) is not None: ...
+    port.write(link.data_to_send())                  # ACKs, NAKs, retransmissions
+
+No I/O and no clock reads happen here, so the same code runs over serial, a
+pty, TCP, in tests, in replay and under fault injection.
+
+Rules (PROTOCOL.md, "Link"): stop-and-wait ARQ with one unacknowledged DATA
+frame per direction; every good DATA frame is ACKed; a good header with a bad
+CRC is NAKed; the sender retransmits on NAK or ACK timeout up to
+``max_retries`` times, then reports :class:`SendFailed`; a DATA frame whose seq
+and CRC equal one of the last ``DUP_WINDOW`` delivered ones is a
+retransmission: ACKed, not delivered again; a partial frame that stalls for
+``inter_byte_timeout`` is dropped.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from firmware_protocol import frame as fr
+from firmware_protocol.errors import ProtocolError
+from firmware_protocol.tlv import Message, decode, encode
+
+from posterm.errors import LocalProtocolError
+
+DUP_WINDOW = 16
+
+
+@dataclass(frozen=True, slots=True)
+class LinkConfig:
+    """Link timers and bounds. Times in seconds."""
+
+    ack_timeout: float = 0.5
+    max_retries: int = 3
+    inter_byte_timeout: float = 0.2
+    max_queue: int = 32
+    max_events: int = 4096
+    trace_frames: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.ack_timeout > 0 or not self.inter_byte_timeout > 0:
+            raise ValueError("link timeouts must be positive")
+        if not 0 <= self.max_retries <= 20:
+            raise ValueError("max_retries must be 0..20")
+        if self.max_queue < 1 or self.max_events < 16:
+            raise ValueError("queue bounds too small")
+
+
+# ------------------------------------------------------------------ events
+
+
+class Event:
+    """Base of link events."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReceived(Event):
+    """A new message from the peer (already ACKed)."""
+
+    message: Message
+    seq: int
+    raw: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class UndecodableMessage(Event):
+    """A well-framed DATA frame whose payload is not a valid message (ACKed: the
+    link delivered it; the application should answer with an Error message)."""
+
+    error: ProtocolError
+    seq: int
+    raw: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered(Event):
+    """The peer ACKed our message."""
+
+    message: Message
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Retransmitted(Event):
+    message: Message
+    seq: int
+    attempt: int
+    cause: str  # "nak" or "timeout"
+
+
+@dataclass(frozen=True, slots=True)
+class SendFailed(Event):
+    """No ACK after the retransmission limit: the link gave up on this message."""
+
+    message: Message
+    seq: int
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class FrameRejected(Event):
+    """A frame with a plausible header but a bad CRC or version (answered by NAK)."""
+
+    seq: int
+    reason: str
+    raw: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class DuplicateIgnored(Event):
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class GarbageSkipped(Event):
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PartialDiscarded(Event):
+    """A partial frame stalled past the inter-byte timeout and was dropped."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class FrameTrace(Event):
+    """Every frame in or out, when ``LinkConfig.trace_frames`` is on (for traces and recordings)."""
+
+    direction: str  # "in" or "out"
+    kind: fr.FrameKind
+    seq: int
+    raw: bytes
+    message: Message | None = None
+
+
+# ------------------------------------------------------------------ the link
+
+
+@dataclass(slots=True)
+class _Outstanding:
+    message: Message
+    seq: int
+    frame: bytes
+    deadline: float
+    attempts: int = 1
+
+
+class Link:
+    """One end of a framed, acknowledged link. Not thread-safe: one owner drives it."""
+
+    def __init__(self, config: LinkConfig | None = None) -> None:
+        self.config = config or LinkConfig()
+        self._framer = fr.Framer()
+        self._events: deque[Event] = deque()
+        self._out = bytearray()
+        self._queue: deque[Message] = deque()
+        self._outstanding: _Outstanding | None = None
+        self._next_seq = 0
+        # (seq, crc) of the last DUP_WINDOW delivered DATA frames: a retransmission is
+        # byte-identical, so a repeat of one of these is a duplicate even when a
+        # late copy arrives after newer frames.
+        self._recent_rx: deque[tuple[int, bytes]] = deque(maxlen=DUP_WINDOW)
+        self._now = 0.0
+        self._last_rx_progress = 0.0
+        self.stats = {"frames_in": 0, "frames_out": 0, "retransmits": 0, "naks_sent": 0,
+                      "garbage_bytes": 0, "duplicates": 0, "send_failed": 0}
+
+    # -- public API ---------------------------------------------------------
+
+    @property
+    def idle(self) -> bool:
+        """True when nothing is waiting for an ACK and nothing is queued."""
+        return self._outstanding is None and not self._queue
+
+    def send(self, message: Message, now: float | None = None) -> bytes:
+        """Queue ``message`` and return the bytes to write now (empty if another
+        message still waits for its ACK; it goes out when that one is ACKed).
+
+        Raises :class:`LocalProtocolError` for a message that cannot be encoded
+        or when the send queue is full.
+        """
+        self._clock(now)
+        if not isinstance(message, Message):
+            raise LocalProtocolError(f"send() takes a Message, not {type(message).__name__}")
+        try:
+            encode(message)  # fail here, in the caller's frame, not later in a tick
+        except ProtocolError as exc:
+            raise LocalProtocolError(f"cannot send {type(message).__name__}: {exc}") from exc
+        if len(self._queue) >= self.config.max_queue:
+            raise LocalProtocolError(f"send queue full ({self.config.max_queue} messages)")
+        self._queue.append(message)
+        self._pump()
+        return self.data_to_send()
+
+    def receive_data(self, data: bytes, now: float | None = None) -> None:
+        """Feed bytes read from the wire. Produces events and outbound ACK/NAK bytes."""
+        self._clock(now)
+        if data:
+            self._framer.feed(data)
+            self._last_rx_progress = self._now
+        while True:
+            item = self._framer.pop()
+            if item is None:
+                break
+            if isinstance(item, fr.Garbage):
+                self.stats["garbage_bytes"] += len(item.data)
+                self._emit(GarbageSkipped(item.data))
+            elif isinstance(item, fr.BadFrame):
+                self._emit(FrameRejected(item.seq, item.reason, item.raw))
+                self._write(fr.FrameKind.NAK, item.seq)
+                self.stats["naks_sent"] += 1
+            else:
+                self._on_frame(item)
+        if self._framer.pending > fr.MAX_FRAME:  # cannot happen: the framer drains to < MAX_FRAME
+            raise AssertionError("framer buffer over its bound")
+
+    def tick(self, now: float) -> None:
+        """Advance time: fire the ACK timer and the inter-byte timer."""
+        self._clock(now)
+        out = self._outstanding
+        if out is not None and self._now >= out.deadline:
+            self._retransmit("timeout")
+        if self._framer.pending and self._now - self._last_rx_progress >= self.config.inter_byte_timeout:
+            self._emit(PartialDiscarded(self._framer.discard_partial()))
+
+    def next_event(self) -> Event | None:
+        """The next event, or ``None`` when there is none."""
+        return self._events.popleft() if self._events else None
+
+    def data_to_send(self) -> bytes:
+        """Take the bytes the link wants written (ACKs, NAKs, retransmissions, queued frames)."""
+        if not self._out:
+            return b""
+        data = bytes(self._out)
+        self._out.clear()
+        return data
+
+    def next_deadline(self) -> float | None:
+        """When ``tick`` next has work to do, so an I/O loop knows how long it may block."""
+        deadlines = []
+        if self._outstanding is not None:
+            deadlines.append(self._outstanding.deadline)
+        if self._framer.pending:
+            deadlines.append(self._last_rx_progress + self.config.inter_byte_timeout)
+        return min(deadlines) if deadlines else None
+
+    def reset(self) -> list[Message]:
+        """Forget all link state (after the port was reopened). Returns the messages
+        that were outstanding or queued and will not be sent."""
+        dropped = ([self._outstanding.message] if self._outstanding else []) + list(self._queue)
+        self._outstanding = None
+        self._queue.clear()
+        self._framer.discard_partial()
+        self._recent_rx.clear()
+        self._out.clear()
+        return dropped
+
+    # -- internals ------------------------------------------------------------
+
+    def _clock(self, now: float | None) -> None:
+        if now is not None:
+            self._now = now
+
+    def _emit(self, event: Event) -> None:
+        if len(self._events) >= self.config.max_events:
+            raise LocalProtocolError(f"{len(self._events)} events not collected: call next_event()")
+        self._events.append(event)
+
+    def _write(self, kind: fr.FrameKind, seq: int, payload: bytes = b"", message: Message | None = None) -> bytes:
+        raw = fr.encode_frame(kind, seq, payload)
+        self._out += raw
+        self.stats["frames_out"] += 1
+        if self.config.trace_frames:
+            self._emit(FrameTrace("out", kind, seq, raw, message))
+        return raw
+
+    def _pump(self) -> None:
+        if self._outstanding is not None or not self._queue:
+            return
+        message = self._queue.popleft()
+        seq = self._next_seq
+        self._next_seq = (seq + 1) & 0xFF
+        raw = self._write(fr.FrameKind.DATA, seq, encode(message), message)
+        self._outstanding = _Outstanding(message, seq, raw, self._now + self.config.ack_timeout)
+
+    def _retransmit(self, cause: str) -> None:
+        out = self._outstanding
+        assert out is not None
+        if out.attempts > self.config.max_retries:
+            self._outstanding = None
+            self.stats["send_failed"] += 1
+            self._emit(SendFailed(out.message, out.seq, out.attempts))
+            self._pump()
+            return
+        out.attempts += 1
+        out.deadline = self._now + self.config.ack_timeout
+        self._out += out.frame
+        self.stats["frames_out"] += 1
+        self.stats["retransmits"] += 1
+        if self.config.trace_frames:
+            self._emit(FrameTrace("out", fr.FrameKind.DATA, out.seq, out.frame, out.message))
+        self._emit(Retransmitted(out.message, out.seq, out.attempts - 1, cause))
+
+    def _on_frame(self, frame: fr.LinkFrame) -> None:
+        self.stats["frames_in"] += 1
+        kind = frame.kind
+        if kind is fr.FrameKind.DATA:
+            self._write(fr.FrameKind.ACK, frame.seq)
+            key = (frame.seq, frame.raw[-2:])
+            if key in self._recent_rx:
+                self.stats["duplicates"] += 1
+                if self.config.trace_frames:
+                    self._emit(FrameTrace("in", kind, frame.seq, frame.raw, None))
+                self._emit(DuplicateIgnored(frame.seq))
+                return
+            self._recent_rx.append(key)
+            try:
+                message = decode(frame.payload)
+            except ProtocolError as exc:
+                if self.config.trace_frames:
+                    self._emit(FrameTrace("in", kind, frame.seq, frame.raw, None))
+                self._emit(UndecodableMessage(exc, frame.seq, frame.raw))
+                return
+            if self.config.trace_frames:
+                self._emit(FrameTrace("in", kind, frame.seq, frame.raw, message))
+            self._emit(MessageReceived(message, frame.seq, frame.raw))
+            return
+        if self.config.trace_frames:
+            self._emit(FrameTrace("in", kind, frame.seq, frame.raw, None))
+        out = self._outstanding
+        if kind is fr.FrameKind.ACK:
+            if out is not None and frame.seq == out.seq:
+                self._outstanding = None
+                self._emit(Delivered(out.message, out.seq))
+                self._pump()
+            # An ACK for anything else is stale (a duplicate ACK of an earlier frame): ignore.
+        elif kind is fr.FrameKind.NAK:
+            # The NAK's seq came from a corrupted header; our one frame in flight is
+            # the only thing it can be about, and a needless resend is harmless.
+            if out is not None:
+                self._retransmit("nak")
