@@ -1,0 +1,395 @@
+"""ECR-side commands: ports, doctor, status, pay, query, cancel, refund, settle, recover."""
+
+from __future__ import annotations
+
+import grp
+import os
+import stat
+import sys
+from typing import Any
+
+import click
+
+from firmware_protocol.currency import CURRENCIES, format_minor, to_minor
+from firmware_protocol.messages import Outcome
+
+from posterm.cli.common import (
+    EXIT_CODES_HELP,
+    EXIT_DECLINED,
+    EXIT_OK,
+    EXIT_UNKNOWN,
+    emit_json,
+    fail,
+    handle_errors,
+    port_options,
+    serial_settings,
+    setup_trace,
+)
+from posterm.errors import PosError, TransportError
+
+
+def _open(kw: dict[str, Any]):
+    from posterm.driver import Terminal
+
+    port = kw.pop("port")
+    if not port:
+        raise click.UsageError("no port: give --port or set POSTERM_PORT")
+    setup_trace(kw.pop("trace"))
+    settings = serial_settings(kw)
+    journal = kw.pop("journal_path")
+    reconnect = kw.pop("reconnect")
+    return Terminal.open(port, journal=journal, reconnect=reconnect, trace=False, **settings)
+
+
+def _progress_printer(as_json: bool):
+    def show(progress) -> None:
+        stage = progress.stage.name.lower() if hasattr(progress.stage, "name") else str(progress.stage)
+        line = f"[{stage}] {progress.text}".rstrip()
+        click.echo(line, err=True)
+        if progress.qr_data:
+            _print_qr(progress.qr_data)
+    return show
+
+
+def _print_qr(data: str) -> None:
+    try:
+        import segno
+    except ImportError:  # pragma: no cover - segno is a declared dependency
+        click.echo(f"QR: {data}", err=True)
+        return
+    qr = segno.make(data, error="m")
+    qr.terminal(out=sys.stderr, compact=True)
+    click.echo(f"QR data: {data}", err=True)
+
+
+def _amount(amount: str | None, amount_minor: int | None, currency: str) -> int:
+    currency = currency.upper()
+    if (amount is None) == (amount_minor is None):
+        raise click.UsageError("give exactly one of --amount (decimal) and --amount-minor (integer)")
+    if amount_minor is not None:
+        if amount_minor <= 0:
+            raise click.BadParameter("must be positive", param_hint="--amount-minor")
+        return amount_minor
+    try:
+        value = to_minor(amount, currency)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--amount") from None
+    if value <= 0:
+        raise click.BadParameter("must be positive", param_hint="--amount")
+    return value
+
+
+def _currency(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    value = value.upper()
+    if value not in CURRENCIES:
+        raise click.BadParameter(f"unknown ISO 4217 currency {value!r}")
+    return value
+
+
+def _finish_payment(result, as_json: bool) -> None:
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        reason = f" ({result.to_json()['reason']})" if result.reason else ""
+        click.echo(f"{result.result}{reason}: order {result.order_id}, "
+                   f"{format_minor(result.amount_minor, result.currency)}")
+        for line in result.receipt:
+            click.echo(f"  | {line}")
+    if result.outcome is Outcome.APPROVED:
+        sys.exit(EXIT_OK)
+    if result.outcome in (Outcome.DECLINED, Outcome.CANCELLED):
+        sys.exit(EXIT_DECLINED)
+    sys.exit(EXIT_UNKNOWN)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+timeout_option = click.option("--timeout", type=click.FloatRange(0.1, 3600), default=None,
+                              help="Seconds to wait for the answer.")
+
+
+@click.command(epilog=EXIT_CODES_HELP)
+@click.option("--json", "as_json", is_flag=True, help="JSON array on stdout.")
+@click.option("--all", "show_all", is_flag=True, help="Also ports without a USB/hardware id.")
+def ports(as_json: bool, show_all: bool) -> None:
+    """List serial ports: device, by-id name, VID:PID, description.
+
+    Pseudo-terminals (/dev/pts/*) are never listed: pyserial cannot see them.
+    """
+    from posterm.transport import list_ports
+
+    found = [p for p in list_ports() if show_all or getattr(p, "vid", None) is not None or getattr(p, "by_id", None)]
+    rows = [p.to_json() if hasattr(p, "to_json") else dict(vars(p)) for p in found]
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        click.echo("no serial ports found" + ("" if show_all else " (try --all)"))
+        return
+    for r in rows:
+        vidpid = f"{r['vid']:04X}:{r['pid']:04X}" if r.get("vid") is not None else "-"
+        click.echo(f"{r['device']:<20} {vidpid:<10} {r.get('description') or ''}")
+        if r.get("by_id"):
+            click.echo(f"{'':<20} by-id: {r['by_id']}")
+
+
+@click.command(epilog=EXIT_CODES_HELP)
+@port_options
+@json_option
+@timeout_option
+@handle_errors
+def status(as_json: bool, timeout: float | None, **kw: Any) -> None:
+    """Say Hello and show the terminal's identity and state."""
+    with _open(kw) as term:
+        info = term.hello(timeout=timeout or 3.0)
+        st = term.status(timeout=timeout or 3.0)
+    out = {**info.to_json(), "state": st.state.name.lower(), "order_id": st.order_id,
+           "host_online": st.host_online, "paper_ok": st.paper_ok, "key_loaded": st.key_loaded,
+           "unfinished": st.unfinished}
+    if as_json:
+        emit_json(out)
+    else:
+        for k, v in out.items():
+            click.echo(f"{k:>17}: {v}")
+
+
+@click.command(epilog=EXIT_CODES_HELP)
+@port_options
+@click.option("--amount", help="Decimal amount in the currency's unit, e.g. 12.34 (never a float).")
+@click.option("--amount-minor", type=int, help="Amount in minor units, e.g. 1234.")
+@click.option("--currency", default="CNY", show_default=True, callback=_currency, help="ISO 4217 code.")
+@click.option("--payment-code", help="The customer's payment code, if the ECR scanned it.")
+@click.option("--order-id", help="Merchant order id (generated when not given).")
+@click.option("--description", help="Shown to the customer and on the receipt.")
+@click.option("--qr", "dynamic_qr", is_flag=True, help="Merchant-presented dynamic QR for the customer to scan.")
+@json_option
+@timeout_option
+@handle_errors
+def pay(amount, amount_minor, currency, payment_code, order_id, description, dynamic_qr, as_json, timeout, **kw):
+    """Take a payment and print its outcome.
+
+    Progress lines go to stderr as the terminal reports them. With --json, one
+    object goes to stdout with result (approved, declined, cancelled, unknown),
+    order_id, amount_minor, currency and reason.
+
+    \b
+    Example:
+      posterm pay --port /dev/ttyUSB0 --amount 12.34 --currency CNY \\
+                  --payment-code 289900000000000001 --json
+    """
+    value = _amount(amount, amount_minor, currency)
+    if dynamic_qr and payment_code:
+        raise click.UsageError("--qr and --payment-code exclude each other")
+    with _open(kw) as term:
+        try:
+            term.hello()
+        except PosError:
+            pass  # some terminals answer Hello only once per power-up; pay still works
+        result = term.pay(value, currency, order_id=order_id, payment_code=payment_code,
+                          on_progress=_progress_printer(as_json), timeout=timeout or 120.0,
+                          description=description, dynamic_qr=dynamic_qr)
+    _finish_payment(result, as_json)
+
+
+@click.command(epilog=EXIT_CODES_HELP)
+@port_options
+@click.argument("order_id")
+@json_option
+@timeout_option
+@handle_errors
+def query(order_id, as_json, timeout, **kw):
+    """Ask the terminal what became of ORDER_ID."""
+    with _open(kw) as term:
+        result = term.query(order_id, timeout=timeout or 10.0)
+    _finish_payment(result, as_json)
+
+
+def _password(value: str | None, stdin: bool) -> str:
+    if value and stdin:
+        raise click.UsageError("give --operator-password or --password-stdin, not both")
+    if stdin:
+        return sys.stdin.readline().strip()
+    if value:
+        return value
+    return click.prompt("Operator password", hide_input=True)
+
+
+password_options = [
+    click.option("--operator-password", envvar="POSTERM_OPERATOR_PASSWORD",
+                 help="Operator transaction password (prompted when absent). [env POSTERM_OPERATOR_PASSWORD]"),
+    click.option("--password-stdin", is_flag=True, help="Read the operator password from stdin."),
+]
+
+
+def with_password(fn):
+    for option in reversed(password_options):
+        fn = option(fn)
+    return fn
+
+
+@click.command(epilog=EXIT_CODES_HELP)
+@port_options
+@click.argument("order_id")
+@with_password
+@json_option
+@timeout_option
+@handle_errors
+def cancel(order_id, operator_password, password_stdin, as_json, timeout, **kw):
+    """Cancel ORDER_ID: closes an unpaid order, refunds a paid one."""
+    pw = _password(operator_password, password_stdin) if (operator_password or password_stdin) else None
+    with _open(kw) as term:
+        result = term.cancel(order_id, operator_password=pw, timeout=timeout or 60.0,
+                             on_progress=_progress_printer(as_json))
+    _finish_payment(result, as_json)
+
+
+@click.command(epilog=EXIT_CODES_HELP)
+@port_options
+@click.argument("order_id")
+@click.option("--amount", help="Decimal amount to refund.")
+@click.option("--amount-minor", type=int, help="Amount to refund in minor units.")
+@click.option("--currency", default="CNY", show_default=True, callback=_currency)
+@click.option("--refund-id", required=True, help="Your refund id: the same id never refunds twice.")
+@with_password
+@json_option
+@timeout_option
+@handle_errors
+def refund(order_id, amount, amount_minor, currency, refund_id, operator_password, password_stdin, as_json,
+           timeout, **kw):
+    """Refund part or all of a paid ORDER_ID."""
+    value = _amount(amount, amount_minor, currency)
+    pw = _password(operator_password, password_stdin)
+    with _open(kw) as term:
+        out = term.refund(order_id, value, refund_id, pw, currency=currency, timeout=timeout or 60.0,
+                          on_progress=_progress_printer(as_json))
+    if as_json:
+        emit_json(out.to_json())
+    else:
+        click.echo(f"refund {out.result}: {refund_id} of order {order_id}, {format_minor(out.amount_minor, out.currency)}"
+                   f" (refunded in total {format_minor(out.refunded_total_minor, out.currency)})")
+    sys.exit(EXIT_OK if out.approved else (EXIT_UNKNOWN if out.outcome is Outcome.UNKNOWN else EXIT_DECLINED))
+
+
+@click.command(epilog=EXIT_CODES_HELP)
+@port_options
+@with_password
+@json_option
+@timeout_option
+@handle_errors
+def settle(operator_password, password_stdin, as_json, timeout, **kw):
+    """Close the batch and print the end-of-day totals."""
+    pw = _password(operator_password, password_stdin)
+    with _open(kw) as term:
+        report = term.settle(pw, timeout=timeout or 60.0, on_progress=_progress_printer(as_json))
+    if as_json:
+        emit_json(report.to_json())
+    else:
+        click.echo(f"batch {report.batch_no}: {report.outcome.name.lower()}, host agrees: {report.host_agrees}")
+        for t in report.totals:
+            click.echo(f"  {t.currency}: {t.approved_count} approved {format_minor(t.approved_minor, t.currency)}, "
+                       f"{t.refunded_count} refunded {format_minor(t.refunded_minor, t.currency)}, "
+                       f"{t.cancelled_count} cancelled, net {format_minor(t.net_minor, t.currency)}")
+    sys.exit(EXIT_OK if report.outcome is Outcome.APPROVED else EXIT_DECLINED)
+
+
+@click.command(epilog=EXIT_CODES_HELP)
+@port_options
+@json_option
+@timeout_option
+@handle_errors
+def recover(as_json, timeout, **kw):
+    """Query every unfinished order in the journal and record its final outcome.
+
+    Run it after a crash, a killed process or a cut cable. Exit 0 when every
+    order is now final, 3 when some are still unknown or pending.
+    """
+    with _open(kw) as term:
+        results = term.recover(timeout=timeout or 10.0)
+    if as_json:
+        emit_json([r.to_json() for r in results])
+    else:
+        if not results:
+            click.echo("nothing to recover: every journaled order is final")
+        for r in results:
+            click.echo(f"{r.order_id}: {r.result} {format_minor(r.amount_minor, r.currency)}")
+    sys.exit(EXIT_OK if all(r.final for r in results) else EXIT_UNKNOWN)
+
+
+COMMON_SETTINGS = [
+    (115200, 8, "N", 1), (9600, 8, "N", 1), (115200, 7, "E", 1), (9600, 7, "E", 1),
+    (115200, 8, "N", 2), (9600, 8, "N", 2), (57600, 8, "N", 1), (19200, 8, "N", 1),
+]
+
+
+@click.command(epilog=EXIT_CODES_HELP)
+@port_options
+@json_option
+@click.option("--quick", is_flag=True, help="Only try the configured settings.")
+def doctor(as_json, quick, **kw):
+    """Diagnose a port: does it exist, may you open it, who holds it, what answers.
+
+    Tries the configured settings, then common ones (115200 and 9600; 8N1,
+    7E1, 8N2), and reports which answered a Hello.
+    """
+    from posterm.driver import Terminal
+    from posterm.transport import open_transport
+
+    port = kw.pop("port")
+    if not port:
+        raise click.UsageError("no port: give --port or set POSTERM_PORT")
+    kw.pop("trace"), kw.pop("journal_path"), kw.pop("reconnect")
+    settings = serial_settings(kw)
+    checks: list[dict[str, Any]] = []
+
+    def check(name: str, ok: bool, detail: str) -> None:
+        checks.append({"check": name, "ok": ok, "detail": detail})
+        if not as_json:
+            click.echo(f"[{'ok' if ok else 'FAIL'}] {name}: {detail}")
+
+    is_device = "://" not in port
+    if is_device:
+        exists = os.path.exists(port)
+        check("exists", exists, port if exists else f"{port} does not exist (is the device plugged in? see `posterm ports`)")
+        if exists:
+            real = os.path.realpath(port)
+            st = os.stat(real)
+            group = grp.getgrgid(st.st_gid).gr_name if st.st_gid is not None else "?"
+            readable = os.access(real, os.R_OK | os.W_OK)
+            in_group = st.st_gid in os.getgroups() or os.geteuid() == 0
+            detail = f"{real} mode {stat.filemode(st.st_mode)} group {group}"
+            if not readable:
+                detail += f": add yourself to group '{group}' (sudo usermod -aG {group} $USER) and log in again"
+            check("permissions", readable, detail + ("" if in_group or readable else ""))
+    else:
+        check("url", True, f"{port} (pyserial URL; existence is checked by opening it)")
+
+    tried = [(settings["baudrate"], settings["bytesize"], settings["parity"], settings["stopbits"])]
+    if not quick:
+        tried += [s for s in COMMON_SETTINGS if s not in tried]
+    answered = None
+    for baud, bytesize, parity, stopbits in tried:
+        label = f"{baud} {bytesize}{parity}{stopbits}"
+        try:
+            transport = open_transport(port, **{**settings, "baudrate": baud, "bytesize": bytesize,
+                                                "parity": parity, "stopbits": stopbits})
+        except TransportError as exc:
+            check(f"open {label}", False, f"{type(exc).__name__}: {exc}")
+            if checks and not checks[-1]["ok"] and "Busy" in type(exc).__name__:
+                break
+            continue
+        term = Terminal(transport, port_name=port)
+        try:
+            info = term.hello(timeout=1.5)
+        except PosError as exc:
+            check(f"hello {label}", False, f"no answer ({type(exc).__name__})")
+        else:
+            check(f"hello {label}", True, f"{info.terminal_id} / {info.merchant_id}, firmware {info.firmware_version}")
+            answered = label
+        finally:
+            term.close()
+        if answered:
+            break
+    if as_json:
+        emit_json({"port": port, "answered_with": answered, "checks": checks})
+    elif not answered:
+        click.echo("no terminal answered a Hello on any tried setting", err=True)
+    sys.exit(EXIT_OK if answered else 4)

@@ -1,0 +1,192 @@
+"""A small scripted terminal on posterm.link, for driver tests that need exact
+control of the terminal's behaviour (silence, errors, garbage, mid-flow cuts).
+End-to-end behaviour against the real emulator is tested in tests/emulator and
+tests/integration."""
+
+from __future__ import annotations
+
+import select
+import socket
+import threading
+import time
+
+from firmware_protocol import messages as m
+from firmware_protocol.messages import Outcome, Reason
+
+from posterm.errors import Disconnected
+from posterm.link import Link, LinkConfig, MessageReceived, UndecodableMessage
+
+
+class SocketTransport:
+    """The minimal transport interface over one end of a socketpair."""
+
+    def __init__(self, sock: socket.socket, name: str = "socketpair") -> None:
+        self.sock = sock
+        self.description = name
+        self.closed = False
+
+    def read(self, max_bytes: int, timeout: float) -> bytes:
+        if self.closed:
+            raise Disconnected("closed")
+        r, _, _ = select.select([self.sock], [], [], max(0.0, timeout))
+        if not r:
+            return b""
+        try:
+            data = self.sock.recv(max_bytes)
+        except OSError as exc:
+            raise Disconnected(str(exc)) from exc
+        if not data:
+            raise Disconnected("peer closed")
+        return data
+
+    def write(self, data: bytes, timeout: float | None = None) -> None:
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            raise Disconnected(str(exc)) from exc
+
+    def close(self) -> None:
+        self.closed = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class FakeTerminal(threading.Thread):
+    """Answers like a terminal. Payment codes pick the outcome:
+    ...01 approved, ...02 declined (insufficient balance), ...05 waits for an
+    Abort, ...08 approves and then hangs (ACKs, answers nothing) until ``mute`` is cleared, ...09 never answers the PayRequest (the order becomes queryable as
+    approved), ...66 closes the connection mid-flow (then approved on query)."""
+
+    def __init__(self, transport: SocketTransport, terminal_id: str = "T0000001") -> None:
+        super().__init__(daemon=True)
+        self.t = transport
+        self.link = Link(LinkConfig())
+        self.terminal_id = terminal_id
+        self.orders: dict[str, m.PayResult] = {}
+        self.pay_requests: list[m.PayRequest] = []
+        self.refunds: dict[str, m.RefundResult] = {}
+        self.waiting_abort: m.PayRequest | None = None
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.mute = False  # ACK frames but answer nothing (a hung terminal)
+
+    def send(self, msg) -> None:
+        self.t.write(self.link.send(msg, time.monotonic()))
+
+    def run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                try:
+                    data = self.t.read(4096, 0.02)
+                except Disconnected:
+                    return
+                now = time.monotonic()
+                self.link.receive_data(data, now)
+                self.link.tick(now)
+                out = self.link.data_to_send()
+                if out:
+                    self.t.write(out)
+                while (ev := self.link.next_event()) is not None:
+                    if isinstance(ev, MessageReceived):
+                        self.handle(ev.message)
+                    elif isinstance(ev, UndecodableMessage):
+                        self.send(m.Error(code=m.ErrorCode.MALFORMED, text="cannot decode"))
+        except BaseException as exc:  # surfaced by the test
+            self.error = exc
+
+    def result(self, req: m.PayRequest, outcome: Outcome, reason: Reason = Reason.NONE) -> m.PayResult:
+        res = m.PayResult(order_id=req.order_id, outcome=outcome, amount_minor=req.amount_minor,
+                          currency=req.currency, reason=reason,
+                          code_last4=req.payment_code[-4:] if req.payment_code else None)
+        self.orders[req.order_id] = res
+        return res
+
+    def handle(self, msg) -> None:
+        if self.mute:
+            return
+        if isinstance(msg, m.Hello):
+            self.send(m.HelloReply(protocol_version=1, capabilities=int(m.Capability.PIN_PAD),
+                                   terminal_id=self.terminal_id, merchant_id="M100000001",
+                                   firmware_version="fake 1"))
+        elif isinstance(msg, m.StatusRequest):
+            state = m.TerminalState.AWAITING_PHONE if self.waiting_abort else m.TerminalState.IDLE
+            self.send(m.Status(state=state))
+        elif isinstance(msg, m.PayRequest):
+            self.pay_requests.append(msg)
+            if msg.order_id in self.orders:
+                self.send(self.orders[msg.order_id])
+                return
+            code = msg.payment_code or ""
+            self.send(m.Progress(order_id=msg.order_id, stage=m.Stage.AUTHORISING, text="Authorising..."))
+            if code.endswith("02"):
+                self.send(self.result(msg, Outcome.DECLINED, Reason.INSUFFICIENT_BALANCE))
+            elif code.endswith("05"):
+                self.waiting_abort = msg
+                self.send(m.Progress(order_id=msg.order_id, stage=m.Stage.WAITING_FOR_PHONE, text="Confirm on phone"))
+            elif code.endswith("08"):
+                self.result(msg, Outcome.APPROVED)
+                self.mute = True  # hangs after approving
+            elif code.endswith("09"):
+                self.result(msg, Outcome.APPROVED)  # approved, but the answer is never sent
+            elif code.endswith("66"):
+                self.result(msg, Outcome.APPROVED)
+                self.t.close()
+            else:
+                self.send(m.Print(order_id=msg.order_id, lines=("posterm fake", f"AMOUNT {msg.amount_minor}")))
+                self.send(self.result(msg, Outcome.APPROVED))
+        elif isinstance(msg, m.Query):
+            res = self.orders.get(msg.order_id)
+            if res is None and self.waiting_abort and self.waiting_abort.order_id == msg.order_id:
+                res = m.PayResult(order_id=msg.order_id, outcome=Outcome.PENDING,
+                                  amount_minor=self.waiting_abort.amount_minor, currency=self.waiting_abort.currency)
+            if res is None:
+                res = m.PayResult(order_id=msg.order_id, outcome=Outcome.DECLINED, amount_minor=0,
+                                  currency="CNY", reason=Reason.ORDER_NOT_FOUND)
+            self.send(res)
+        elif isinstance(msg, m.Abort):
+            if self.waiting_abort is None:
+                self.send(m.Error(code=m.ErrorCode.UNEXPECTED, text="nothing in flight"))
+            else:
+                req, self.waiting_abort = self.waiting_abort, None
+                self.send(self.result(req, Outcome.CANCELLED, Reason.ABORTED_BY_ECR))
+        elif isinstance(msg, m.Cancel):
+            res = self.orders.get(msg.order_id)
+            if res is None:
+                self.send(m.PayResult(order_id=msg.order_id, outcome=Outcome.DECLINED, amount_minor=0,
+                                      currency="CNY", reason=Reason.ORDER_NOT_FOUND))
+            else:
+                new = m.PayResult(order_id=res.order_id, outcome=Outcome.CANCELLED, amount_minor=res.amount_minor,
+                                  currency=res.currency, refunded_minor=res.amount_minor)
+                self.orders[msg.order_id] = new
+                self.send(new)
+        elif isinstance(msg, m.Refund):
+            if msg.operator_password != "246810":
+                self.send(m.RefundResult(order_id=msg.order_id, refund_id=msg.refund_id, outcome=Outcome.DECLINED,
+                                         amount_minor=msg.amount_minor, currency=msg.currency,
+                                         reason=Reason.OPERATOR_PASSWORD_WRONG))
+                return
+            if msg.refund_id not in self.refunds:
+                total = sum(r.amount_minor for r in self.refunds.values() if r.order_id == msg.order_id)
+                self.refunds[msg.refund_id] = m.RefundResult(
+                    order_id=msg.order_id, refund_id=msg.refund_id, outcome=Outcome.APPROVED,
+                    amount_minor=msg.amount_minor, currency=msg.currency,
+                    refunded_total_minor=total + msg.amount_minor)
+            self.send(self.refunds[msg.refund_id])
+        elif isinstance(msg, m.Settle):
+            approved = [r for r in self.orders.values() if r.outcome is Outcome.APPROVED]
+            self.send(m.SettleReport(batch_no=1, totals=(m.Totals(
+                currency="CNY", approved_count=len(approved), approved_minor=sum(r.amount_minor for r in approved),
+                refunded_count=len(self.refunds), refunded_minor=sum(r.amount_minor for r in self.refunds.values()),
+                cancelled_count=0),)))
+        elif isinstance(msg, m.KeyStatusRequest):
+            self.send(m.KeyStatus(loaded=True, algorithm=m.KeyAlgorithm.AES_DUKPT, ksn="123456789012345600000001",
+                                  counters_left=1000, kcv="ABCDEF"))
+
+
+def make_pair(**term_kwargs):
+    a, b = socket.socketpair()
+    fake = FakeTerminal(SocketTransport(b, "fake-terminal"), **term_kwargs)
+    fake.start()
+    return SocketTransport(a, "socketpair://ecr"), fake
