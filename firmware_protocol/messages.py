@@ -225,6 +225,10 @@ class Hello(Message):
     capabilities: int = tlv(0x02, U32, default=0)
     ecr_id: str | None = tlv(0x03, ID32, default=None)
     min_version: int = tlv(0x04, U16, default=1)
+    # A random number per ECR session. It makes every session's Hello a new frame, so a
+    # terminal's duplicate window cannot swallow it; on a Hello the terminal forgets the
+    # frames of the previous session (Link.start_session). Optional: old peers skip it.
+    session: int | None = tlv(0x85, U32, default=None)
 
     def validate(self) -> None:
         if self.min_version > self.protocol_version:

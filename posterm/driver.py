@@ -321,9 +321,16 @@ class Terminal:
 
     def hello(self, timeout: float = 3.0) -> TerminalInfo:
         """Say hello; learn who the terminal is and agree the protocol version."""
-        reply = self._transact(m.Hello(protocol_version=m.PROTOCOL_VERSION,
-                                       capabilities=int(m.Capability.ECR_PRINTS)),
-                               (m.HelloReply,), timeout)
+        reply = self._transact(self._hello_message(), (m.HelloReply,), timeout)
+        return self._learn(reply)
+
+    @staticmethod
+    def _hello_message() -> m.Hello:
+        # A fresh session number makes this session's Hello a new frame for the terminal.
+        return m.Hello(protocol_version=m.PROTOCOL_VERSION, capabilities=int(m.Capability.ECR_PRINTS),
+                       session=secrets.randbits(32))
+
+    def _learn(self, reply: m.HelloReply) -> TerminalInfo:
         self.info = TerminalInfo(reply.terminal_id, reply.merchant_id, reply.firmware_version,
                                  reply.protocol_version, m.Capability(reply.capabilities))
         return self.info
@@ -486,6 +493,11 @@ class Terminal:
             waiter = _Waiter(expect, order_id, on_progress)
             deadline = self._clock() + timeout
             try:
+                if self.info is None and not isinstance(request, m.Hello):
+                    # Every session opens with a Hello (PROTOCOL.md): it tells the terminal
+                    # that sequence numbers start again.
+                    self._learn(self._wait(_Waiter((m.HelloReply,), None, None),
+                                           min(deadline, self._clock() + 3.0), self._send(self._hello_message())))
                 self._write(self._link.send(request, self._clock()))
                 return self._wait(waiter, deadline, request), waiter.receipt
             except Disconnected:
@@ -499,6 +511,10 @@ class Terminal:
                 return self._wait(waiter, deadline, request), waiter.receipt
         finally:
             self._op_lock.release()
+
+    def _send(self, request: Message) -> Message:
+        self._write(self._link.send(request, self._clock()))
+        return request
 
     def _wait(self, waiter: _Waiter, deadline: float, request: Message) -> Any:
         while True:
@@ -614,9 +630,7 @@ class Terminal:
                 continue
             self._link.reset()
             log.info("reconnected to %s after %d attempt(s)", self.port_name, attempt)
-            reply = self._bare_transact(m.Hello(protocol_version=m.PROTOCOL_VERSION), (m.HelloReply,), 3.0)
-            self.info = TerminalInfo(reply.terminal_id, reply.merchant_id, reply.firmware_version,
-                                     reply.protocol_version, m.Capability(reply.capabilities))
+            self._learn(self._bare_transact(self._hello_message(), (m.HelloReply,), 3.0))
             return
         raise Disconnected(f"{self.port_name}: could not reconnect after {self._reconnect_attempts} attempts") from last
 

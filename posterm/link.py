@@ -265,6 +265,18 @@ class Link:
         self._out.clear()
         return dropped
 
+    def start_session(self) -> None:
+        """The peer began a new session (it sent a Hello after reopening the port).
+
+        Its sequence numbers start again, so a frame byte-identical to one of the last
+        session is new, not a duplicate: forget the receive window, except the frame just
+        delivered (the Hello), whose retransmission must still be suppressed.
+        """
+        last = self._recent_rx[-1] if self._recent_rx else None
+        self._recent_rx.clear()
+        if last is not None:
+            self._recent_rx.append(last)
+
     # -- internals ------------------------------------------------------------
 
     def _clock(self, now: float | None) -> None:

@@ -5,8 +5,6 @@ tests/integration."""
 
 from __future__ import annotations
 
-import select
-import socket
 import threading
 import time
 
@@ -17,49 +15,13 @@ from posterm.errors import Disconnected
 from posterm.link import Link, LinkConfig, MessageReceived, UndecodableMessage
 
 
-class SocketTransport:
-    """The minimal transport interface over one end of a socketpair."""
-
-    def __init__(self, sock: socket.socket, name: str = "socketpair") -> None:
-        self.sock = sock
-        self.description = name
-        self.closed = False
-
-    def read(self, max_bytes: int, timeout: float) -> bytes:
-        if self.closed:
-            raise Disconnected("closed")
-        r, _, _ = select.select([self.sock], [], [], max(0.0, timeout))
-        if not r:
-            return b""
-        try:
-            data = self.sock.recv(max_bytes)
-        except OSError as exc:
-            raise Disconnected(str(exc)) from exc
-        if not data:
-            raise Disconnected("peer closed")
-        return data
-
-    def write(self, data: bytes, timeout: float | None = None) -> None:
-        try:
-            self.sock.sendall(data)
-        except OSError as exc:
-            raise Disconnected(str(exc)) from exc
-
-    def close(self) -> None:
-        self.closed = True
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-
 class FakeTerminal(threading.Thread):
     """Answers like a terminal. Payment codes pick the outcome:
     ...01 approved, ...02 declined (insufficient balance), ...05 waits for an
     Abort, ...08 approves and then hangs (ACKs, answers nothing) until ``mute`` is cleared, ...09 never answers the PayRequest (the order becomes queryable as
     approved), ...66 closes the connection mid-flow (then approved on query)."""
 
-    def __init__(self, transport: SocketTransport, terminal_id: str = "T0000001") -> None:
+    def __init__(self, transport, terminal_id: str = "T0000001") -> None:
         super().__init__(daemon=True)
         self.t = transport
         self.link = Link(LinkConfig())
@@ -93,6 +55,8 @@ class FakeTerminal(threading.Thread):
                         self.handle(ev.message)
                     elif isinstance(ev, UndecodableMessage):
                         self.send(m.Error(code=m.ErrorCode.MALFORMED, text="cannot decode"))
+        except Disconnected:
+            return  # the ECR went away: a real terminal just waits for the next connection
         except BaseException as exc:  # surfaced by the test
             self.error = exc
 
@@ -107,6 +71,7 @@ class FakeTerminal(threading.Thread):
         if self.mute:
             return
         if isinstance(msg, m.Hello):
+            self.link.start_session()
             self.send(m.HelloReply(protocol_version=1, capabilities=int(m.Capability.PIN_PAD),
                                    terminal_id=self.terminal_id, merchant_id="M100000001",
                                    firmware_version="fake 1"))
@@ -185,8 +150,26 @@ class FakeTerminal(threading.Thread):
                                   counters_left=1000, kcv="ABCDEF"))
 
 
-def make_pair(**term_kwargs):
-    a, b = socket.socketpair()
-    fake = FakeTerminal(SocketTransport(b, "fake-terminal"), **term_kwargs)
+TRANSPORTS = ("pty", "socket", "virtual")
+
+
+def make_pair(kind: str = "virtual", **term_kwargs):
+    """(ECR-side transport, running FakeTerminal) joined by a real transport of ``kind``:
+    ``pty`` (pyserial on the slave of a pseudo-terminal), ``socket`` (pyserial's
+    ``socket://`` URL to a loopback listener) or ``virtual`` (the in-process pair)."""
+    from posterm.transport import PtyTransport, TcpTransport, VirtualTransport, open_transport
+
+    if kind == "pty":
+        terminal_side, path = PtyTransport.create()
+        ecr_side = open_transport(path)
+    elif kind == "socket":
+        with TcpTransport.listen() as listener:
+            ecr_side = open_transport(f"socket://127.0.0.1:{listener.port}")
+            terminal_side = listener.accept(timeout=2.0)
+    elif kind == "virtual":
+        ecr_side, terminal_side = VirtualTransport.pair()
+    else:
+        raise ValueError(kind)
+    fake = FakeTerminal(terminal_side, **term_kwargs)
     fake.start()
-    return SocketTransport(a, "socketpair://ecr"), fake
+    return ecr_side, fake

@@ -14,7 +14,7 @@ from posterm.driver import PaymentResult, Terminal, TerminalRefused, new_order_i
 from posterm.errors import Disconnected, LinkFailed, LocalProtocolError, PosTimeout
 from posterm.journal import Journal
 from posterm.link import LinkConfig
-from tests.driver.fake_terminal import make_pair
+from tests.driver.fake_terminal import TRANSPORTS, make_pair
 
 CODE_OK = "289900000000000001"
 
@@ -25,9 +25,14 @@ def journal(tmp_path):
         yield j
 
 
+@pytest.fixture(params=TRANSPORTS)
+def kind(request):
+    return request.param
+
+
 @pytest.fixture
-def term(journal):
-    transport, fake = make_pair()
+def term(journal, kind):
+    transport, fake = make_pair(kind)
     t = Terminal(transport, journal=journal)
     t.fake = fake
     yield t
@@ -137,8 +142,8 @@ def test_terminal_error_is_typed(term):
     assert exc.value.code is m.ErrorCode.BUSY
 
 
-def test_cut_cable_mid_pay_is_typed_and_journaled(journal):
-    transport, fake = make_pair()
+def test_cut_cable_mid_pay_is_typed_and_journaled(journal, kind):
+    transport, fake = make_pair(kind)
     t = Terminal(transport, journal=journal)
     start = time.monotonic()
     with pytest.raises(Disconnected):
@@ -149,7 +154,7 @@ def test_cut_cable_mid_pay_is_typed_and_journaled(journal):
     assert [e.order_id for e in journal.unfinished()] == ["CUT-1"]
     t.close()
     # The cable comes back: a new connection to the same terminal state.
-    transport2, fake2 = make_pair()
+    transport2, fake2 = make_pair(kind)
     fake2.orders = fake.orders
     with Terminal(transport2, journal=journal) as t2:
         results = t2.recover()
@@ -158,12 +163,12 @@ def test_cut_cable_mid_pay_is_typed_and_journaled(journal):
     fake2.stop.set()
 
 
-def test_reconnect_resumes_by_query(journal):
-    transport, fake = make_pair()
+def test_reconnect_resumes_by_query(journal, kind):
+    transport, fake = make_pair(kind)
     spare = {}
 
     def reopen():
-        tr, f2 = make_pair()
+        tr, f2 = make_pair(kind)
         f2.orders = fake.orders  # same terminal, new cable
         spare["fake"] = f2
         return tr
@@ -176,12 +181,10 @@ def test_reconnect_resumes_by_query(journal):
 
 
 def test_dead_line_gives_link_failed(journal):
-    import socket
+    from posterm.transport import VirtualTransport
 
-    from tests.driver.fake_terminal import SocketTransport
-
-    a, b = socket.socketpair()  # nobody reads b: frames are never ACKed
-    t = Terminal(SocketTransport(a), journal=journal, link_config=LinkConfig(ack_timeout=0.05, max_retries=2))
+    a, b = VirtualTransport.pair()  # nobody reads b: frames are never ACKed
+    t = Terminal(a, journal=journal, link_config=LinkConfig(ack_timeout=0.05, max_retries=2))
     with pytest.raises(LinkFailed):
         t.status(timeout=5)
     t.close()

@@ -1,0 +1,98 @@
+"""Pseudo-terminals: the emulator's side of a port an ECR opens like a serial device.
+
+:meth:`PtyTransport.create` makes a pty pair, puts the slave in raw mode (so the
+line discipline neither echoes nor translates bytes before the ECR opens it), and
+returns a transport on the master side plus the slave's path for the ECR.
+
+The emulator keeps its own handle on the slave open, as hardware keeps its UART:
+an ECR that closes and reopens the port (every ``posterm`` command does) does not
+hang the terminal up. Closing the transport closes the master, and the ECR's next
+read fails with EIO, which its transport reports as ``Disconnected``.
+Baud rate means nothing on a pty (PITFALLS.md); ``pace=True`` simulates it.
+"""
+
+from __future__ import annotations
+
+import os
+import tty
+
+from posterm.errors import Disconnected, TransportError
+from posterm.transport.base import Pacer, Transport, bits_per_byte
+from posterm.transport.fd import fd_read, fd_write
+
+
+class PtyTransport(Transport):
+    """The master side of a pty pair. Create with :meth:`create`."""
+
+    def __init__(self, master_fd: int, slave_fd: int | None, slave_path: str, *, pace: bool = False,
+                 baudrate: int = 115200, bits: float = 10.0, link: str | None = None) -> None:
+        self._master = master_fd
+        self._slave = slave_fd
+        self.path = slave_path
+        self.link = link
+        self.description = f"pty {link or slave_path}"
+        self._closed = False
+        self._pacer = Pacer(baudrate, bits) if pace else None
+
+    @classmethod
+    def create(cls, *, pace: bool = False, baudrate: int = 115200, bytesize: int = 8, parity: str = "N",
+               stopbits: float = 1, link: str | None = None, **_ignored: object) -> tuple["PtyTransport", str]:
+        """Make a pty pair. Returns ``(transport, path)``; give ``path`` (or ``link``) to the ECR.
+
+        ``link``: also make a symlink at this path (a stable name such as
+        ``/tmp/posterm-term1``), replaced if it exists. Raises :class:`TransportError`.
+        """
+        try:
+            master, slave = os.openpty()
+            tty.setraw(slave)
+            path = os.ttyname(slave)
+            os.set_blocking(master, False)
+        except OSError as exc:
+            raise TransportError(f"could not create a pseudo-terminal: {exc}") from exc
+        if link:
+            try:
+                if os.path.islink(link):
+                    os.unlink(link)
+                os.symlink(path, link)
+            except OSError as exc:
+                os.close(master)
+                os.close(slave)
+                raise TransportError(f"could not link {link} -> {path}: {exc}") from exc
+        transport = cls(master, slave, path, pace=pace, baudrate=baudrate,
+                        bits=bits_per_byte(bytesize, parity, stopbits), link=link)
+        return transport, link or path
+
+    @classmethod
+    def connect(cls, url: str, **settings: object) -> "PtyTransport":
+        """``pty://`` creates a new pty (its path is ``.path``): for emulators and replay."""
+        transport, _path = cls.create(**settings)  # type: ignore[arg-type]
+        return transport
+
+    def read(self, max_bytes: int, timeout: float) -> bytes:
+        if self._closed:
+            raise Disconnected(f"{self.description}: closed")
+        return fd_read(self._master, max_bytes, timeout, self.description)
+
+    def write(self, data: bytes) -> None:
+        if self._closed:
+            raise Disconnected(f"{self.description}: closed")
+        fd_write(self._master, data, self.description, self._pacer)
+
+    def fileno(self) -> int:
+        return self._master
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for fd in (self._master, self._slave):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        if self.link and os.path.islink(self.link):
+            try:
+                os.unlink(self.link)
+            except OSError:
+                pass

@@ -1,0 +1,128 @@
+"""Serial ports through pyserial: device paths and every pyserial URL.
+
+``/dev/ttyUSB0``, ``/dev/ttyACM0``, ``/dev/serial/by-id/...``, a pty slave path,
+``socket://HOST:PORT``, ``rfc2217://HOST:PORT`` and ``loop://`` all go through
+:func:`serial.serial_for_url`; we only choose settings and normalise errors.
+This is the only module (with :mod:`posterm.transport.ports`) that imports ``serial``.
+"""
+
+from __future__ import annotations
+
+import termios
+import threading
+from typing import Any
+
+import serial
+
+from posterm.errors import Disconnected, LocalProtocolError, TransportError
+from posterm.transport.base import MAX_READ, Pacer, Transport, bits_per_byte, normalise, open_error
+
+DEFAULTS: dict[str, Any] = {"baudrate": 115200, "bytesize": 8, "parity": "N", "stopbits": 1,
+                            "rtscts": False, "xonxoff": False, "exclusive": True}
+_BYTESIZES = {5: serial.FIVEBITS, 6: serial.SIXBITS, 7: serial.SEVENBITS, 8: serial.EIGHTBITS}
+_STOPBITS = {1: serial.STOPBITS_ONE, 1.5: serial.STOPBITS_ONE_POINT_FIVE, 2: serial.STOPBITS_TWO}
+_LINE_ERRORS = (serial.SerialException, OSError, termios.error)
+
+
+def _refuse_spy(url: str) -> None:
+    if url.lower().startswith("spy://"):
+        # spy:// prints every byte in clear (PITFALLS.md: it printed a PIN). Use --trace instead.
+        raise LocalProtocolError("spy:// logs traffic in clear, secrets included; use --trace (masked) instead")
+
+
+class SerialTransport(Transport):
+    """A pyserial port. Settings default to 115200 8N1, exclusive, no flow control."""
+
+    def __init__(self, url: str, *, baudrate: int = 115200, bytesize: int = 8, parity: str = "N",
+                 stopbits: float = 1, rtscts: bool = False, xonxoff: bool = False, exclusive: bool = True,
+                 pace: bool = False, write_timeout: float = 5.0) -> None:
+        _refuse_spy(url)
+        if bytesize not in _BYTESIZES:
+            raise LocalProtocolError(f"byte size must be 5-8, not {bytesize}")
+        if stopbits not in _STOPBITS:
+            raise LocalProtocolError(f"stop bits must be 1, 1.5 or 2, not {stopbits}")
+        parity = str(parity).upper()[:1]
+        if parity not in "NEOMS" or not parity:
+            raise LocalProtocolError(f"parity must be N, E, O, M or S, not {parity!r}")
+        self.url = url
+        self.settings = {"baudrate": baudrate, "bytesize": bytesize, "parity": parity, "stopbits": stopbits,
+                         "rtscts": rtscts, "xonxoff": xonxoff, "exclusive": exclusive}
+        self.description = f"{url} {baudrate} {bytesize}{parity}{stopbits:g}"
+        self._closed = False
+        self._read_lock = threading.Lock()
+        self._pacer = Pacer(baudrate, bits_per_byte(bytesize, parity, stopbits)) if pace else None
+        try:
+            port = serial.serial_for_url(url, do_not_open=True)
+            port.baudrate = baudrate
+            port.bytesize = _BYTESIZES[bytesize]
+            port.parity = parity
+            port.stopbits = _STOPBITS[stopbits]
+            port.rtscts = rtscts
+            port.xonxoff = xonxoff
+            port.write_timeout = write_timeout
+            if exclusive and "://" not in url:
+                port.exclusive = True  # an advisory flock: a second exclusive open fails (PITFALLS.md)
+            port.timeout = 0
+            port.open()
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise open_error(exc, url) from exc
+        self._port = port
+        self._timeout: float | None = 0
+
+    @classmethod
+    def connect(cls, url: str, **settings: Any) -> "SerialTransport":
+        """Open ``url`` with ``settings``; the registry's entry point. Raises TransportError."""
+        return cls(url, **settings)
+
+    def _set_timeout(self, timeout: float) -> None:
+        if timeout != self._timeout:
+            self._port.timeout = timeout
+            self._timeout = timeout
+
+    def read(self, max_bytes: int, timeout: float) -> bytes:
+        if self._closed:
+            raise Disconnected(f"{self.url}: port is closed")
+        max_bytes = max(1, min(max_bytes, MAX_READ))
+        with self._read_lock:
+            try:
+                # pyserial's read(n) waits for all n bytes or the timeout; wait for one, then
+                # take whatever else is already buffered so latency stays at one byte's worth.
+                self._set_timeout(max(0.0, timeout))
+                first = self._port.read(1)
+                if not first:
+                    return b""
+                waiting = self._port.in_waiting
+                if waiting and max_bytes > 1:
+                    self._set_timeout(0)
+                    return first + self._port.read(min(waiting, max_bytes - 1))
+                return first
+            except serial.SerialTimeoutException as exc:
+                raise TransportError(f"{self.url}: {exc}") from exc
+            except _LINE_ERRORS as exc:
+                raise normalise(exc, self.url) from exc
+
+    def write(self, data: bytes) -> None:
+        if self._closed:
+            raise Disconnected(f"{self.url}: port is closed")
+        if self._pacer is not None:
+            self._pacer.wait(len(data))
+        try:
+            self._port.write(data)
+        except serial.SerialTimeoutException as exc:
+            raise TransportError(f"{self.url}: write timed out after {self._port.write_timeout}s "
+                                 "(flow control holding the line? check --rtscts/--xonxoff)") from exc
+        except _LINE_ERRORS as exc:
+            raise normalise(exc, self.url) from exc
+
+    def fileno(self) -> int:
+        return self._port.fileno()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._port.close()
+        except _LINE_ERRORS:
+            pass  # closing a port whose cable is gone: nothing left to release
+
