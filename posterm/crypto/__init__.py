@@ -1,0 +1,19 @@
+"""Payment cryptography for posterm, split along the terminal/host trust boundary.
+
+``posterm.crypto.common``
+    Primitives both sides share: typed :class:`~posterm.crypto.common.Key` objects that
+    refuse uses other than their own, AES/TDES CMAC, key check values, ISO 9564-1 PIN
+    blocks (formats 0, 3, 4), TR-31 key blocks (versions B and D; A read-only), AES DUKPT
+    (ANSI X9.24-3) and TDES DUKPT (ANSI X9.24-1) derivation, salted scrypt verifiers.
+``posterm.crypto.terminal``
+    The PIN pad's secure module: DUKPT state, PIN entry, request MACs, sealed persistence,
+    the operator transaction password.  Never imports ``posterm.crypto.host``.
+``posterm.crypto.host``
+    The host's HSM: base derivation keys, key-block protection keys, PIN verification
+    against payment-secret verifiers, response MACs.  Never imports
+    ``posterm.crypto.terminal``.
+
+The import boundary is checked by the ``[tool.importlinter]`` contracts in
+``pyproject.toml`` and by ``tests/crypto/test_boundary.py``.  This package ``__init__``
+deliberately imports neither side, so importing one never loads the other.
+"""

@@ -1,0 +1,183 @@
+"""The host's HSM: base derivation keys, key-block protection keys, PIN verification.
+
+Holds an AES BDK (and a TDES BDK for legacy PIN pads) and a master from which each
+terminal's key-block protection key is derived. It derives a terminal's DUKPT keys from
+the KSN alone, verifies request MACs and signs responses, issues initial keys in TR-31
+version D blocks, and verifies PINs: a PIN block is decrypted only inside
+:meth:`Hsm.verify_pin`, compared with the customer's payment-secret verifier (salted
+scrypt), and the call answers match or no match. It never returns a PIN or a key, except
+:meth:`kbpk_for_injection`, the key-injection-facility step used by emulators and tests.
+This module never imports :mod:`posterm.crypto.terminal`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from posterm.crypto import common as c
+from posterm.crypto import sealed
+from posterm.crypto.verifier import check_verifier, make_verifier
+from posterm.errors import CryptoError
+
+PIN_MAX_TRIES = 3
+MAC_SIZE = 8
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedKey:
+    block: str
+    ksn: bytes
+    kcv: bytes
+
+    def __repr__(self) -> str:
+        return f"IssuedKey(block=<TR-31 {self.block[:16]}...>, ksn={self.ksn.hex().upper()}, kcv={self.kcv.hex().upper()})"
+
+
+@dataclass(frozen=True, slots=True)
+class PinCheck:
+    match: bool
+    locked: bool
+    tries_left: int
+
+
+class Hsm:
+    """See the module docstring. Create with :meth:`open` (sealed key store) or :meth:`ephemeral`."""
+
+    def __init__(self, keys: dict[str, bytes], path: Path | None = None) -> None:
+        self._bdk = keys["bdk"]
+        self._bdk_id = keys["bdk_id"]
+        self._tdes_bdk = keys["tdes_bdk"]
+        self._kbpk_master = keys["kbpk_master"]
+        self._path = path
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, state_dir: str | Path) -> "Hsm":
+        """Open (or create on first use) the sealed key store in ``state_dir``."""
+        path = Path(state_dir) / "hsm.keys"
+        doc = sealed.load(path)
+        if doc is None:
+            keys = cls._fresh_keys()
+            sealed.save(path, {k: v.hex() for k, v in keys.items()})
+        else:
+            keys = {k: bytes.fromhex(v) for k, v in doc.items()}
+        return cls(keys, path)
+
+    @classmethod
+    def ephemeral(cls) -> "Hsm":
+        """Keys in memory only (tests)."""
+        return cls(cls._fresh_keys())
+
+    @staticmethod
+    def _fresh_keys() -> dict[str, bytes]:
+        return {"bdk": os.urandom(16), "bdk_id": os.urandom(4), "tdes_bdk": os.urandom(16),
+                "kbpk_master": os.urandom(32)}
+
+    # -- key issue --------------------------------------------------------------
+
+    def _kbpk(self, terminal_id: str) -> bytes:
+        return c.aes_cmac(self._kbpk_master[:16], b"KBPK" + terminal_id.encode()) + \
+            c.aes_cmac(self._kbpk_master[16:], b"KBPK" + terminal_id.encode())
+
+    def kbpk_for_injection(self, terminal_id: str) -> bytes:
+        """The terminal's key-block protection key, for the key injection facility only."""
+        return self._kbpk(terminal_id)
+
+    def _ikid(self, terminal_id: str) -> bytes:
+        return self._bdk_id + hashlib.sha256(terminal_id.encode()).digest()[:4]
+
+    def initial_key_block(self, terminal_id: str, algorithm: str = "AES") -> IssuedKey:
+        """The terminal's initial DUKPT key in a TR-31 version D block under its KBPK."""
+        if algorithm == "AES":
+            ikid = self._ikid(terminal_id)
+            ik = c.aes_dukpt_initial_key(self._bdk, ikid)
+            kcv = c.kcv(ik, c.Algorithm.AES, 5)
+            opts = (("IK", ikid.hex().upper()), ("KC", "01" + kcv.hex().upper()))
+            header = c.TR31Header("D", 0, "B1", "A", "X", "00", "N", opts)
+            ksn = ikid + bytes(4)
+        elif algorithm == "TDES":
+            ksn = bytes.fromhex("FFFF") + self._ikid(terminal_id) + bytes(0)
+            ksn = (int.from_bytes(ksn, "big") & ~0x1FFFFF).to_bytes(10, "big")
+            ik = c.tdes_dukpt_ipek(self._tdes_bdk, ksn)
+            kcv = c.kcv(ik, c.Algorithm.TDES, 3)
+            opts = (("KS", ksn.hex().upper()), ("KC", "00" + kcv.hex().upper()))
+            header = c.TR31Header("D", 0, "B1", "T", "X", "00", "N", opts)
+        else:
+            raise CryptoError(f"unknown DUKPT algorithm {algorithm!r} (AES or TDES)")
+        return IssuedKey(c.tr31_wrap(self._kbpk(terminal_id), header, ik), ksn, kcv[:3])
+
+    # -- DUKPT on the host side ------------------------------------------------------
+
+    def _working(self, ksn: bytes, purpose: str) -> tuple[bytes, bool]:
+        if len(ksn) == 12:
+            if ksn[:4] != self._bdk_id:
+                raise CryptoError("KSN names a BDK this HSM does not hold")
+            ik = c.aes_dukpt_initial_key(self._bdk, ksn[:8])
+            tk = c.aes_dukpt_transaction_key(ik, ksn)
+            return c.aes_dukpt_working_key(tk, ksn, purpose), True
+        if len(ksn) == 10:
+            tk = c.tdes_dukpt_transaction_key(c.tdes_dukpt_ipek(self._tdes_bdk, ksn), ksn)
+            variant = {"mac_generation": "mac_request", "mac_verification": "mac_response"}.get(purpose, purpose)
+            return c.tdes_dukpt_working_key(tk, variant), False
+        raise CryptoError("a KSN is 10 (TDES) or 12 (AES) bytes")
+
+    def _mac(self, ksn: bytes, data: bytes, purpose: str) -> bytes:
+        key, aes = self._working(ksn, purpose)
+        return (c.aes_cmac(key, data) if aes else c.tdes_cmac(key, data))[:MAC_SIZE]
+
+    def verify_request_mac(self, ksn: bytes, data: bytes, mac: bytes | None) -> bool:
+        """True when ``mac`` is the terminal's MAC of ``data`` under ``ksn``."""
+        if not mac or not ksn:
+            return False
+        try:
+            return hmac.compare_digest(self._mac(ksn, data, "mac_generation"), bytes(mac))
+        except CryptoError:
+            return False
+
+    def response_mac(self, ksn: bytes, data: bytes) -> bytes:
+        """MAC a response to the terminal under the response key of ``ksn``."""
+        return self._mac(ksn, data, "mac_verification")
+
+    # -- payment secrets and PINs ------------------------------------------------------
+
+    @staticmethod
+    def payment_verifier(password: str) -> bytes:
+        """A salted scrypt verifier of a customer's payment password (opaque bytes)."""
+        if not (password.isdigit() and 6 <= len(password) <= 12):
+            raise CryptoError("a payment password is 6 to 12 digits")
+        return make_verifier(password)
+
+    def verify_pin(self, *, ksn: bytes, pin_block: bytes, pin_format: int, pan: str, verifier: bytes,
+                   tries_used: int) -> PinCheck:
+        """Decrypt the PIN block, compare it with ``verifier``, and forget it.
+
+        Refuses to decrypt at all when ``tries_used`` reached the limit (3). A block that
+        does not decode counts as a wrong PIN.
+        """
+        if tries_used >= PIN_MAX_TRIES:
+            return PinCheck(False, True, 0)
+        try:
+            key, aes = self._working(ksn, "pin")
+            if aes and pin_format == 4:
+                pin = c.decrypt_pin_block_4(c.Key(key, c.Usage.PIN, c.Algorithm.AES), pin_block, pan)
+            elif not aes and pin_format in (0, 3):
+                pin = c.decrypt_pin_block_03(c.Key(key, c.Usage.PIN, c.Algorithm.TDES), pin_block, pan)
+            else:
+                raise CryptoError("PIN block format does not fit the key")
+            match = check_verifier(pin, verifier)
+            del pin
+        except CryptoError:
+            match = False
+        used = 0 if match else tries_used + 1
+        return PinCheck(match, used >= PIN_MAX_TRIES, PIN_MAX_TRIES - used)
+
+    def __repr__(self) -> str:
+        return f"<Hsm bdk_id={self._bdk_id.hex().upper()} kcv={c.kcv(self._bdk).hex().upper()}>"
+
+    def __reduce__(self):
+        raise CryptoError("the HSM cannot be pickled")

@@ -1,0 +1,335 @@
+"""The PIN pad's secure module: the only place on the terminal that holds keys or a PIN.
+
+It holds the DUKPT initial key (AES DUKPT per ANSI X9.24-3 by default; TDES DUKPT per
+X9.24-1 when the loaded key block says so) and the key-block protection key the key
+injection facility gave it. Digits typed on the PIN pad go straight in here; only an
+encrypted PIN block and its KSN come out. Host messages are MAC'd here with the
+transaction's MAC key. The clear PIN and every key stay inside: ``repr`` and exceptions
+never carry them. This module never imports :mod:`posterm.crypto.host`.
+
+The DUKPT counter advances before every use and is persisted (sealed) before the KSN
+leaves the module, so a crash can never make a KSN be used twice; counters with too
+many one-bits are skipped; at exhaustion the module refuses to work and says so.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from posterm.crypto import common as c
+from posterm.crypto import sealed
+from posterm.crypto.verifier import check_verifier, make_verifier
+from posterm.errors import CryptoError
+
+MAC_SIZE = 8
+OPERATOR_MAX_TRIES = 5
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleStatus:
+    loaded: bool
+    ksn: bytes | None
+    counters_left: int
+    kcv: bytes | None
+    algorithm: str
+
+
+@dataclass(frozen=True, slots=True)
+class EncryptedPin:
+    block: bytes
+    ksn: bytes
+    format: int
+
+    def __repr__(self) -> str:
+        return f"EncryptedPin(block=<{len(self.block)} bytes>, ksn={self.ksn.hex().upper()}, format={self.format})"
+
+
+def _count_valid_upto(limit: int, max_ones: int, bits: int) -> int:
+    """How many values v with 1 <= v <= limit have at most ``max_ones`` one-bits."""
+    from math import comb
+
+    total, ones = 0, 0
+    for bit in range(bits - 1, -1, -1):
+        if limit & (1 << bit):
+            # put 0 here, choose any bits below
+            total += sum(comb(bit, k) for k in range(0, max_ones - ones + 1) if k <= bit)
+            ones += 1
+            if ones > max_ones:
+                break
+    if ones <= max_ones:
+        total += 1  # limit itself
+    return total - 1  # drop zero
+
+
+class SecureModule:
+    """The PIN pad's secure module. See the module docstring."""
+
+    def __init__(self, state_path: str | Path | None = None) -> None:
+        self._path = Path(state_path) if state_path else None
+        self._lock = threading.RLock()
+        self._kbpk: bytes | None = None
+        self._ik: c.Key | None = None
+        self._ikid: bytes = b""      # AES: 8-byte initial key id; TDES: the KSN with counter 0
+        self._counter = 0
+        self._algorithm = "AES"
+        self._pan: str | None = None
+        self._digits = bytearray()
+        if self._path is not None:
+            self._restore()
+
+    # -- persistence --------------------------------------------------------
+
+    def _restore(self) -> None:
+        doc = sealed.load(self._path)  # type: ignore[arg-type]
+        if not doc:
+            return
+        self._kbpk = bytes.fromhex(doc["kbpk"]) if doc.get("kbpk") else None
+        if doc.get("ik"):
+            alg = c.Algorithm.AES if doc["algorithm"] == "AES" else c.Algorithm.TDES
+            self._ik = c.Key(bytes.fromhex(doc["ik"]), c.Usage.DUKPT_IK, alg, c.Mode.DERIVE)
+            self._ikid = bytes.fromhex(doc["ikid"])
+            self._counter = doc["counter"]
+            self._algorithm = doc["algorithm"]
+
+    def _persist(self) -> None:
+        if self._path is None:
+            return
+        sealed.save(self._path, {
+            "kbpk": self._kbpk.hex() if self._kbpk else None,
+            "ik": self._ik.material(c.Usage.DUKPT_IK).hex() if self._ik else None,
+            "ikid": self._ikid.hex(), "counter": self._counter, "algorithm": self._algorithm})
+
+    # -- key loading --------------------------------------------------------
+
+    def inject_kbpk(self, kbpk: bytes) -> None:
+        """Key injection facility step: store the key-block protection key (AES)."""
+        if len(kbpk) not in (16, 24, 32):
+            raise CryptoError("a KBPK is an AES-128/192/256 key")
+        with self._lock:
+            self._kbpk = bytes(kbpk)
+            self._persist()
+
+    def load_key_block(self, block: str) -> ModuleStatus:
+        """Unwrap a TR-31 version D block holding a DUKPT initial key (usage B1) and store it.
+
+        Checks the header (usage B1, mode X or N, non-exportable), the initial key id
+        (optional block ``IK`` for AES, ``KS`` for TDES) and the key check value (``KC``).
+        Raises CryptoError, never with key bytes in the message.
+        """
+        with self._lock:
+            if self._kbpk is None:
+                raise CryptoError("no key-block protection key in this PIN pad: it was never injected")
+            header, key = c.tr31_unwrap(self._kbpk, block)
+            if header.usage != c.Usage.DUKPT_IK.value:
+                raise CryptoError(f"key block usage is {header.usage}, a PIN pad loads only B1 (DUKPT initial key)")
+            if header.mode not in ("X", "N"):
+                raise CryptoError(f"key block mode {header.mode} is not a derivation mode (X)")
+            if header.exportability != "N":
+                raise CryptoError("a DUKPT initial key must be non-exportable (N)")
+            opts = dict(header.optional_blocks)
+            alg = c.Algorithm.AES if header.algorithm == "A" else c.Algorithm.TDES
+            if alg is c.Algorithm.AES:
+                ikid = bytes.fromhex(opts.get("IK", ""))
+                if len(ikid) != 8:
+                    raise CryptoError("AES DUKPT key block lacks its 8-byte initial key id (IK block)")
+            else:
+                ikid = bytes.fromhex(opts.get("KS", ""))
+                if len(ikid) != 10:
+                    raise CryptoError("TDES DUKPT key block lacks its initial KSN (KS block)")
+            if "KC" in opts:
+                want = opts["KC"][2:].upper()
+                got = c.kcv(key, alg, len(want) // 2).hex().upper()
+                if not want or got != want:
+                    raise CryptoError("key check value does not match: the key block is corrupt or not for this pad")
+            self._ik = c.Key(key, c.Usage.DUKPT_IK, alg, c.Mode.DERIVE)
+            self._ikid = ikid
+            self._counter = 0
+            self._algorithm = alg.name
+            self._persist()
+            return self.status()
+
+    # -- status -------------------------------------------------------------
+
+    def _ksn(self) -> bytes:
+        if self._algorithm == "AES":
+            return self._ikid + self._counter.to_bytes(4, "big")
+        base = int.from_bytes(self._ikid, "big") & ~0x1FFFFF
+        return (base | self._counter).to_bytes(10, "big")
+
+    def status(self) -> ModuleStatus:
+        with self._lock:
+            if self._ik is None:
+                return ModuleStatus(False, None, 0, None, self._algorithm)
+            if self._algorithm == "AES":
+                left = _count_valid_upto(c.AES_LAST_COUNTER, c.AES_MAX_ONES, 32) - \
+                    _count_valid_upto(self._counter, c.AES_MAX_ONES, 32)
+            else:
+                left = _count_valid_upto(0x1FFFFF, 10, 21) - _count_valid_upto(self._counter, 10, 21)
+            return ModuleStatus(True, self._ksn() if self._counter else None, left, self._ik.kcv, self._algorithm)
+
+    # -- DUKPT --------------------------------------------------------------
+
+    def _require_key(self) -> c.Key:
+        if self._ik is None:
+            raise CryptoError("no DUKPT key loaded in the PIN pad (posterm keys load)")
+        return self._ik
+
+    def next_ksn(self) -> bytes:
+        """Advance to the next valid counter and return its KSN. Raises CryptoError at exhaustion."""
+        with self._lock:
+            self._require_key()
+            nxt = (c.aes_dukpt_next_counter if self._algorithm == "AES" else c.tdes_dukpt_next_counter)(self._counter)
+            self._counter = nxt
+            self._persist()  # before the KSN leaves: a crash must not reuse it
+            return self._ksn()
+
+    def _working(self, ksn: bytes, purpose: str) -> bytes:
+        ik = self._require_key()
+        if ksn != self._ksn() or self._counter == 0:
+            raise CryptoError("this KSN is not the PIN pad's current one")
+        raw = ik.material(c.Usage.DUKPT_IK)
+        if self._algorithm == "AES":
+            tk = c.aes_dukpt_transaction_key(raw, ksn)
+            return c.aes_dukpt_working_key(tk, ksn, purpose)
+        tk = c.tdes_dukpt_transaction_key(raw, ksn)
+        return c.tdes_dukpt_working_key(tk, {"mac_generation": "mac_request", "mac_verification": "mac_response"}
+                                        .get(purpose, purpose))
+
+    def _mac(self, ksn: bytes, data: bytes, purpose: str) -> bytes:
+        key = self._working(ksn, purpose)
+        mac = c.aes_cmac(key, data) if self._algorithm == "AES" else c.tdes_cmac(key, data)
+        return mac[:MAC_SIZE]
+
+    def request_mac(self, ksn: bytes, data: bytes) -> bytes:
+        """MAC ``data`` with the MAC-generation key of the current ``ksn`` (8 bytes)."""
+        with self._lock:
+            return self._mac(ksn, data, "mac_generation")
+
+    def verify_response_mac(self, ksn: bytes, data: bytes, mac: bytes) -> bool:
+        """Check a host response MAC'd with the response key of ``ksn`` (our current KSN)."""
+        import hmac as _hmac
+
+        with self._lock:
+            try:
+                return _hmac.compare_digest(self._mac(ksn, data, "mac_verification"), bytes(mac))
+            except CryptoError:
+                return False
+
+    # -- PIN entry ----------------------------------------------------------
+
+    def begin_pin_entry(self, pan: str) -> None:
+        """Start PIN entry for ``pan`` (here: the customer's payment code)."""
+        with self._lock:
+            self._require_key()
+            if not (pan.isascii() and pan.isdigit() and 1 <= len(pan) <= 19):
+                raise CryptoError("PIN entry needs a numeric PAN / payment code")
+            self._pan = pan
+            self._wipe()
+
+    def press(self, digit: str) -> None:
+        with self._lock:
+            if self._pan is None:
+                raise CryptoError("no PIN entry in progress")
+            if len(digit) != 1 or not digit.isdigit():
+                raise CryptoError("the PIN pad has digit keys only")
+            if len(self._digits) >= 12:
+                raise CryptoError("a PIN is at most 12 digits")
+            self._digits.append(ord(digit))
+
+    def cancel_pin_entry(self) -> None:
+        with self._lock:
+            self._pan = None
+            self._wipe()
+
+    def _wipe(self) -> None:
+        for i in range(len(self._digits)):
+            self._digits[i] = 0
+        self._digits.clear()
+
+    def finish(self) -> EncryptedPin:
+        """Encrypt the typed PIN under a fresh transaction's PIN key (format 4 AES, 0 TDES)."""
+        with self._lock:
+            if self._pan is None:
+                raise CryptoError("no PIN entry in progress")
+            pan, self._pan = self._pan, None
+            try:
+                pin = self._digits.decode()
+                ksn = self.next_ksn()
+                raw = self._working(ksn, "pin")
+                if self._algorithm == "AES":
+                    block = c.encrypt_pin_block_4(c.Key(raw, c.Usage.PIN, c.Algorithm.AES), pin, pan)
+                    return EncryptedPin(block, ksn, 4)
+                block = c.encrypt_pin_block_0(c.Key(raw, c.Usage.PIN, c.Algorithm.TDES), pin, pan)
+                return EncryptedPin(block, ksn, 0)
+            except CryptoError as exc:
+                raise CryptoError(f"PIN entry failed: {exc}") from None
+            finally:
+                self._wipe()
+
+    def __repr__(self) -> str:
+        return f"<SecureModule {self._algorithm} loaded={self._ik is not None} counter={self._counter}>"
+
+    def __reduce__(self):
+        raise CryptoError("the secure module cannot be pickled")
+
+
+class OperatorPassword:
+    """The terminal's operator transaction password (refund, void, settlement, key load).
+
+    Stored as a salted scrypt hash (sealed when ``state_path`` is given); locked after
+    5 wrong tries in a row until reset by ``change`` with the right old password is
+    impossible, so a locked terminal needs ``reset`` (a supervisor action).
+    """
+
+    def __init__(self, state_path: str | Path | None = None, password: str | None = None) -> None:
+        self._path = Path(state_path) if state_path else None
+        self._lock = threading.Lock()
+        doc = sealed.load(self._path) if self._path else None
+        if doc:
+            self._verifier = bytes.fromhex(doc["verifier"])
+            self.failures = int(doc["failures"])
+        else:
+            if password is None:
+                raise CryptoError("no operator password set")
+            self._verifier = make_verifier(password)
+            self.failures = 0
+            self._save()
+
+    def _save(self) -> None:
+        if self._path:
+            sealed.save(self._path, {"verifier": self._verifier.hex(), "failures": self.failures})
+
+    @property
+    def locked(self) -> bool:
+        return self.failures >= OPERATOR_MAX_TRIES
+
+    def verify(self, password: str | None) -> bool:
+        with self._lock:
+            if self.locked or not password:
+                if password is not None and not self.locked:
+                    self.failures += 1
+                    self._save()
+                return False
+            ok = check_verifier(password, self._verifier)
+            self.failures = 0 if ok else self.failures + 1
+            self._save()
+            return ok
+
+    def change(self, old: str, new: str) -> None:
+        if not self.verify(old):
+            raise CryptoError("operator password change refused: the old password is wrong" +
+                              (" (now locked)" if self.locked else ""))
+        with self._lock:
+            self._verifier = make_verifier(new)
+            self._save()
+
+    def reset(self, new: str) -> None:
+        """Supervisor reset (unlock with a new password)."""
+        with self._lock:
+            self._verifier, self.failures = make_verifier(new), 0
+            self._save()
+
+    def __repr__(self) -> str:
+        return f"<OperatorPassword locked={self.locked} failures={self.failures}>"

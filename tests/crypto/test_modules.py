@@ -1,0 +1,194 @@
+"""The PIN pad's secure module and the host's HSM, and the wall between them."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from posterm.crypto import common as c
+from posterm.crypto.host import Hsm
+from posterm.crypto.terminal import OperatorPassword, SecureModule
+from posterm.errors import CryptoError
+
+PIN = "147258"
+CODE = "289900000000000003"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def hsm(tmp_path_factory):
+    return Hsm.open(tmp_path_factory.mktemp("hsm"))
+
+
+@pytest.fixture(params=["AES", "TDES"])
+def pad(request, hsm, tmp_path):
+    sm = SecureModule(tmp_path / "pad")
+    sm.inject_kbpk(hsm.kbpk_for_injection("T0000001"))
+    sm.load_key_block(hsm.initial_key_block("T0000001", request.param).block)
+    return sm
+
+
+def enter(sm, pin, pan=CODE):
+    sm.begin_pin_entry(pan)
+    for d in pin:
+        sm.press(d)
+    return sm.finish()
+
+
+def test_keys_refuse_other_uses():
+    pin_key = c.Key(bytes(16), c.Usage.PIN, c.Algorithm.AES, c.Mode.ENCRYPT)
+    with pytest.raises(CryptoError, match="cannot be used as a MAC key"):
+        c.cmac_for(pin_key, b"data")
+    mac_key = c.Key(bytes(16), c.Usage.MAC, c.Algorithm.AES, c.Mode.GENERATE)
+    with pytest.raises(CryptoError, match="cannot be used as a PIN key"):
+        c.encrypt_pin_block_4(mac_key, "1234", "4111111111111111")
+    with pytest.raises(CryptoError, match="decrypt"):
+        c.decrypt_pin_block_4(pin_key, bytes(16), "4111111111111111")  # encrypt-only key
+    assert "00" * 16 not in repr(pin_key) and "kcv=" in repr(pin_key)
+
+
+def test_mac_and_pin_across_the_boundary(pad, hsm):
+    ksn = pad.next_ksn()
+    mac = pad.request_mac(ksn, b"AuthRequest bytes")
+    assert hsm.verify_request_mac(ksn, b"AuthRequest bytes", mac)
+    assert not hsm.verify_request_mac(ksn, b"AuthRequest byteZ", mac)
+    assert pad.verify_response_mac(ksn, b"answer", hsm.response_mac(ksn, b"answer"))
+    assert not pad.verify_response_mac(ksn, b"answer", mac)  # a request MAC is not a response MAC
+    verifier = hsm.payment_verifier(PIN)
+    good = enter(pad, PIN)
+    assert hsm.verify_pin(ksn=good.ksn, pin_block=good.block, pin_format=good.format, pan=CODE,
+                          verifier=verifier, tries_used=0).match
+    bad = enter(pad, "000000")
+    check = hsm.verify_pin(ksn=bad.ksn, pin_block=bad.block, pin_format=bad.format, pan=CODE,
+                           verifier=verifier, tries_used=1)
+    assert (check.match, check.locked, check.tries_left) == (False, False, 1)
+    check = hsm.verify_pin(ksn=bad.ksn, pin_block=bad.block, pin_format=bad.format, pan=CODE,
+                           verifier=verifier, tries_used=2)
+    assert check.locked and check.tries_left == 0
+    locked = hsm.verify_pin(ksn=good.ksn, pin_block=good.block, pin_format=good.format, pan=CODE,
+                            verifier=verifier, tries_used=3)
+    assert locked.locked and not locked.match  # the right PIN no longer helps
+
+
+def test_pin_for_another_code_does_not_match(hsm, tmp_path):
+    sm = SecureModule()
+    sm.inject_kbpk(hsm.kbpk_for_injection("T2"))
+    sm.load_key_block(hsm.initial_key_block("T2").block)
+    e = enter(sm, PIN, "289900000000000001")
+    assert not hsm.verify_pin(ksn=e.ksn, pin_block=e.block, pin_format=4, pan="289900000000000003",
+                              verifier=hsm.payment_verifier(PIN), tries_used=0).match
+
+
+def test_key_block_checks(hsm, tmp_path):
+    sm = SecureModule()
+    with pytest.raises(CryptoError, match="never injected"):
+        sm.load_key_block(hsm.initial_key_block("T1").block)
+    sm.inject_kbpk(hsm.kbpk_for_injection("T1"))
+    with pytest.raises(CryptoError, match="authentication"):
+        sm.load_key_block(hsm.initial_key_block("T2").block)  # another terminal's block
+    kbpk = hsm.kbpk_for_injection("T1")
+    pin_key_block = c.tr31_wrap(kbpk, c.TR31Header("D", 0, "P0", "A", "E", "00", "N"), bytes(16))
+    with pytest.raises(CryptoError, match="B1"):
+        sm.load_key_block(pin_key_block)
+    exportable = c.tr31_wrap(kbpk, c.TR31Header("D", 0, "B1", "A", "X", "00", "E", (("IK", "00" * 8),)), bytes(16))
+    with pytest.raises(CryptoError, match="non-exportable"):
+        sm.load_key_block(exportable)
+    wrong_kcv = c.tr31_wrap(kbpk, c.TR31Header("D", 0, "B1", "A", "X", "00", "N",
+                                               (("IK", "00" * 8), ("KC", "01ABCDEF0123"))), bytes(16))
+    with pytest.raises(CryptoError, match="check value"):
+        sm.load_key_block(wrong_kcv)
+    assert not sm.status().loaded
+
+
+def test_state_survives_restart_and_never_reuses_a_ksn(pad, tmp_path):
+    first = pad.next_ksn()
+    again = SecureModule(tmp_path / "pad")
+    assert again.status().loaded and again.next_ksn() != first
+    raw = (tmp_path / "pad").read_bytes()
+    assert b"\"ik\"" not in raw and b"counter" not in raw  # sealed, not clear JSON
+
+
+def test_exhaustion_refuses_and_says_so(hsm):
+    sm = SecureModule()
+    sm.inject_kbpk(hsm.kbpk_for_injection("T9"))
+    sm.load_key_block(hsm.initial_key_block("T9").block)
+    sm._counter = c.AES_LAST_COUNTER
+    with pytest.raises(CryptoError, match="exhausted"):
+        sm.next_ksn()
+    assert sm.status().counters_left == 0
+
+
+def test_no_pin_or_key_in_repr_or_errors(pad):
+    pad.begin_pin_entry(CODE)
+    for d in PIN:
+        pad.press(d)
+    text = repr(pad) + repr(vars(pad) if hasattr(pad, "__dict__") else "")
+    assert PIN not in repr(pad)
+    e = pad.finish()
+    assert e.block.hex() not in repr(e) and PIN not in repr(e)
+    with pytest.raises(CryptoError) as info:
+        pad.press("x")
+    assert PIN not in str(info.value)
+    with pytest.raises(CryptoError):
+        import pickle
+        pickle.dumps(pad)
+
+
+def test_terminal_side_never_holds_host_secrets(pad, hsm):
+    held = {k: v for k, v in vars(pad).items()} if hasattr(pad, "__dict__") else \
+        {s: getattr(pad, s) for s in dir(pad) if s.startswith("_") and not callable(getattr(pad, s))}
+    blob = repr(held).encode()
+    for secret in (hsm._bdk, hsm._tdes_bdk, hsm._kbpk_master):
+        assert secret.hex() not in repr(held) and secret not in blob
+    verifier = hsm.payment_verifier(PIN)
+    assert verifier.hex() not in repr(held)
+
+
+def test_hsm_keeps_no_clear_pin(hsm, pad):
+    e = enter(pad, PIN)
+    hsm.verify_pin(ksn=e.ksn, pin_block=e.block, pin_format=e.format, pan=CODE,
+                   verifier=hsm.payment_verifier(PIN), tries_used=0)
+    assert PIN not in repr(vars(hsm)) and PIN.encode() not in repr(vars(hsm)).encode()
+
+
+def test_operator_password(tmp_path):
+    op = OperatorPassword(tmp_path / "op", password="246810")
+    assert op.verify("246810")
+    for _ in range(5):
+        assert not op.verify("000000")
+    assert op.locked and not op.verify("246810")  # locked: even the right one fails
+    again = OperatorPassword(tmp_path / "op")
+    assert again.locked  # the lock survives a restart
+    again.reset("135790")
+    assert again.verify("135790") and "246810" not in repr(again)
+    assert b"246810" not in (tmp_path / "op").read_bytes()
+
+
+def test_import_boundary_in_the_source():
+    for side, forbidden in (("terminal", "posterm.crypto.host"), ("host", "posterm.crypto.terminal")):
+        tree = ast.parse((ROOT / "posterm" / "crypto" / f"{side}.py").read_text())
+        names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module} | \
+                {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert forbidden not in names and not any(n.startswith(forbidden) for n in names)
+
+
+@pytest.mark.parametrize("side, other", [("terminal", "host"), ("host", "terminal")])
+def test_importing_one_side_never_loads_the_other(side, other):
+    code = (f"import sys, posterm.crypto.{side}; "
+            f"sys.exit(1 if 'posterm.crypto.{other}' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+
+
+def test_import_linter_contract():
+    """The same wall as a checked contract (import-linter, configured in pyproject.toml)."""
+    pytest.importorskip("importlinter")
+    r = subprocess.run([sys.executable, "-m", "importlinter.cli", "--config", str(ROOT / "pyproject.toml")],
+                       cwd=ROOT, capture_output=True, text=True)
+    if "No module named" in r.stderr:
+        r = subprocess.run(["lint-imports", "--config", str(ROOT / "pyproject.toml")], cwd=ROOT,
+                           capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
