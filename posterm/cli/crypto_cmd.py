@@ -1,128 +1,247 @@
-"""`posterm crypto`: payment-crypto tools for engineers. Keys in, check values out.
+"""`posterm crypto`: a payment-crypto calculator for engineers debugging hardware.
 
-No command prints a key or a PIN: only KCVs, headers and encrypted blocks.
+Plain upper-case hex on stdout (``--json`` for an object). Meant for test keys: real
+production keys belong in an HSM, not on a command line. Bad hex, wrong lengths and
+impossible combinations give a one-line error and exit 2.
 """
 
 from __future__ import annotations
+
+import functools
+from typing import Any, Callable
 
 import click
 
 from posterm.cli.common import emit_json
 from posterm.errors import CryptoError
 
+json_flag = click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 
-def _hex(value: str, what: str, sizes: tuple[int, ...]) -> bytes:
+
+def hexarg(value: str, what: str, sizes: tuple[int, ...] | None = None) -> bytes:
     try:
         raw = bytes.fromhex(value.strip())
     except ValueError:
-        raise click.BadParameter(f"{what} must be hex") from None
-    if len(raw) not in sizes:
-        raise click.BadParameter(f"{what} must be {' or '.join(str(2 * s) for s in sizes)} hex digits")
+        raise click.UsageError(f"{what}: not hex") from None
+    if sizes and len(raw) not in sizes:
+        raise click.UsageError(f"{what}: {len(raw)} bytes, expected {' or '.join(map(str, sizes))}")
     return raw
 
 
-def _key_from(key_file: str | None, what: str, sizes: tuple[int, ...]) -> bytes:
-    if key_file:
-        with open(key_file, encoding="ascii", errors="replace") as fh:
-            return _hex(fh.read(), what, sizes)
-    return _hex(click.prompt(f"{what} (hex, hidden)", hide_input=True), what, sizes)
+def calc(fn: Callable) -> Callable:
+    """Print the result as hex (or JSON); CryptoError becomes a usage error."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, as_json: bool = False, **kw: Any) -> None:
+        try:
+            out = fn(*args, **kw)
+        except CryptoError as exc:
+            raise click.UsageError(str(exc)) from None
+        if as_json:
+            emit_json({k: (v.hex().upper() if isinstance(v, bytes) else v) for k, v in out.items()})
+        else:
+            first = next(iter(out.values()))
+            click.echo(first.hex().upper() if isinstance(first, bytes) else first)
+    return wrapper
 
 
 @click.group()
 def crypto() -> None:
-    """Payment crypto tools: KCVs, PIN blocks, TR-31 headers, DUKPT derivations.
+    """Payment-crypto calculator: DUKPT, PIN blocks, TR-31, CMAC, KCV.
 
-    Keys are read from a file or a hidden prompt, never from a flag (flags end up
-    in shell history). Nothing here prints a key or a PIN.
+    \b
+    posterm crypto dukpt initial-key --bdk HEX --ksn HEX
+    posterm crypto dukpt derive --bdk HEX --ksn HEX --usage pin
+    posterm crypto pinblock encode --format 4 --pin 1234 --pan 4111111111111111 --key HEX
+    posterm crypto tr31 unwrap --kbpk HEX BLOCK
+    posterm crypto cmac --key HEX --data HEX
+    posterm crypto kcv --key HEX
+
+    AES or TDES is chosen by the lengths (AES DUKPT: 16-byte BDK and 12-byte KSN;
+    TDES DUKPT: 10-byte KSN). For test keys only.
     """
 
 
-@crypto.command()
-@click.option("--key-file", type=click.Path(exists=True, dir_okay=False), help="File with the key in hex.")
-@click.option("--algorithm", type=click.Choice(["AES", "TDES"]), default="AES", show_default=True)
-@click.option("--json", "as_json", is_flag=True)
-def kcv(key_file, algorithm, as_json):
-    """Key check value of a key (AES: CMAC of zeros; TDES: encrypted zeros)."""
+@crypto.group()
+def dukpt() -> None:
+    """DUKPT: AES (ANSI X9.24-3) or TDES (ANSI X9.24-1), chosen by the KSN length."""
+
+
+def _initial(bdk: bytes, ksn: bytes) -> bytes:
     from posterm.crypto import common as c
 
-    sizes = (16, 24, 32) if algorithm == "AES" else (16, 24)
-    key = _key_from(key_file, "key", sizes)
-    value = c.kcv(key, c.Algorithm[algorithm], 3).hex().upper()
-    emit_json({"kcv": value, "algorithm": algorithm}) if as_json else click.echo(value)
+    return c.aes_dukpt_initial_key(bdk, ksn[:8]) if len(ksn) == 12 else c.tdes_dukpt_ipek(bdk, ksn)
 
 
-@crypto.command()
-@click.option("--format", "fmt", type=click.Choice(["0", "3", "4"]), default="4", show_default=True)
-@click.option("--pan", required=True, help="PAN or payment code the block is bound to.")
-@click.option("--key-file", type=click.Path(exists=True, dir_okay=False), required=True,
-              help="PIN key in hex (AES for format 4, TDES for 0/3).")
-def pinblock(fmt, pan, key_file):
-    """Encrypt a PIN block; the PIN is read from a hidden prompt."""
+@dukpt.command("initial-key")
+@click.option("--bdk", required=True, help="Base derivation key, hex.")
+@click.option("--ksn", required=True, help="KSN, hex: 24 digits (AES) or 20 (TDES).")
+@json_flag
+@calc
+def dukpt_initial(bdk: str, ksn: str) -> dict:
+    """The initial key (AES) or IPEK (TDES) for a KSN."""
+    raw_ksn = hexarg(ksn, "--ksn", (10, 12))
+    return {"initial_key": _initial(hexarg(bdk, "--bdk", (16,)), raw_ksn)}
+
+
+USAGES = {"derivation": None, "pin": ("pin", "pin"), "mac-gen": ("mac_generation", "mac_request"),
+          "mac-verify": ("mac_verification", "mac_response"), "data-encrypt": ("data_encrypt", None)}
+
+
+@dukpt.command("derive")
+@click.option("--bdk", required=True, help="Base derivation key, hex.")
+@click.option("--ksn", required=True, help="KSN, hex: 24 digits (AES) or 20 (TDES).")
+@click.option("--usage", type=click.Choice(list(USAGES)), default="derivation", show_default=True,
+              help="derivation = the transaction key.")
+@json_flag
+@calc
+def dukpt_derive(bdk: str, ksn: str, usage: str) -> dict:
+    """A transaction's key for one usage."""
     from posterm.crypto import common as c
 
-    pin = click.prompt("PIN", hide_input=True)
-    try:
-        if fmt == "4":
-            key = c.Key(_key_from(key_file, "PIN key", (16, 24, 32)), c.Usage.PIN, c.Algorithm.AES)
-            block = c.encrypt_pin_block_4(key, pin, pan)
-        else:
-            key = c.Key(_key_from(key_file, "PIN key", (16, 24)), c.Usage.PIN, c.Algorithm.TDES)
-            clear = c.pin_block_0(pin, pan) if fmt == "0" else c.pin_block_3(pin, pan)
-            block = c.tdes_ecb(key.material(c.Usage.PIN), clear)
-    except CryptoError as exc:
-        raise click.UsageError(str(exc)) from None
-    click.echo(block.hex().upper())
+    raw_ksn = hexarg(ksn, "--ksn", (10, 12))
+    ik = _initial(hexarg(bdk, "--bdk", (16,)), raw_ksn)
+    if len(raw_ksn) == 12:
+        tk = c.aes_dukpt_transaction_key(ik, raw_ksn)
+        key = tk if usage == "derivation" else c.aes_dukpt_working_key(tk, raw_ksn, USAGES[usage][0])
+    else:
+        tk = c.tdes_dukpt_transaction_key(ik, raw_ksn)
+        if usage != "derivation" and USAGES[usage][1] is None:
+            raise click.UsageError(f"--usage {usage} has no TDES DUKPT variant here")
+        key = tk if usage == "derivation" else c.tdes_dukpt_working_key(tk, USAGES[usage][1])
+    return {"key": key, "kcv": c.kcv(key, c.Algorithm.AES if len(raw_ksn) == 12 else c.Algorithm.TDES).hex().upper()}
+
+
+@crypto.group()
+def pinblock() -> None:
+    """ISO 9564-1 PIN blocks, formats 0, 3 (8 bytes, TDES) and 4 (16 bytes, AES)."""
+
+
+@pinblock.command("encode")
+@click.option("--format", "fmt", type=click.Choice(["0", "3", "4"]), required=True)
+@click.option("--pin", required=True)
+@click.option("--pan", required=True)
+@click.option("--key", default=None, help="PIN key, hex: gives the encrypted block (required for format 4).")
+@click.option("--fill", default=None, help="Random fill, hex (format 3: nibbles; format 4: 8 bytes).")
+@json_flag
+@calc
+def pinblock_encode(fmt: str, pin: str, pan: str, key: str | None, fill: str | None) -> dict:
+    """Encode (and with --key, encrypt) a PIN block."""
+    from posterm.crypto import common as c
+
+    raw_fill = hexarg(fill, "--fill") if fill else None
+    if fmt == "4":
+        if not key:
+            raise click.UsageError("format 4 is defined enciphered: give --key (AES)")
+        k = c.Key(hexarg(key, "--key", (16, 24, 32)), c.Usage.PIN, c.Algorithm.AES)
+        return {"block": c.encrypt_pin_block_4(k, pin, pan, raw_fill)}
+    clear = c.pin_block_0(pin, pan) if fmt == "0" else c.pin_block_3(pin, pan, raw_fill)
+    if key:
+        return {"block": c.tdes_ecb(hexarg(key, "--key", (16, 24)), clear)}
+    return {"block": clear}
+
+
+@pinblock.command("decode")
+@click.option("--format", "fmt", type=click.Choice(["0", "3", "4"]), required=True)
+@click.option("--block", required=True)
+@click.option("--pan", required=True)
+@click.option("--key", default=None, help="PIN key, hex, if the block is encrypted.")
+@json_flag
+@calc
+def pinblock_decode(fmt: str, block: str, pan: str, key: str | None) -> dict:
+    """Decode a PIN block (decrypting with --key); the PAN is checked."""
+    from posterm.crypto import common as c
+
+    if fmt == "4":
+        if not key:
+            raise click.UsageError("format 4 needs --key")
+        k = c.Key(hexarg(key, "--key", (16, 24, 32)), c.Usage.PIN, c.Algorithm.AES)
+        return {"pin": c.decrypt_pin_block_4(k, hexarg(block, "--block", (16,)), pan)}
+    raw = hexarg(block, "--block", (8,))
+    if key:
+        raw = c.tdes_ecb(hexarg(key, "--key", (16, 24)), raw, decrypt=True)
+    return {"pin": c.decode_pin_block_03(raw, pan)}
 
 
 @crypto.group()
 def tr31() -> None:
-    """TR-31 key blocks."""
+    """ANSI TR-31 key blocks, versions B (TDES) and D (AES)."""
+
+
+@tr31.command("wrap")
+@click.option("--kbpk", required=True, help="Key-block protection key, hex.")
+@click.option("--header", required=True, help="Header, e.g. D0000B1AX00N0000 (the length is filled in).")
+@click.argument("key")
+@json_flag
+@calc
+def tr31_wrap(kbpk: str, header: str, key: str) -> dict:
+    """Wrap KEY (hex) under the KBPK."""
+    from posterm.crypto import common as c
+
+    text = header.strip()
+    if len(text) < 16:
+        raise click.UsageError("--header: at least 16 characters")
+    try:
+        h, _ = c.parse_tr31_header(text[0] + f"{len(text):04d}" + text[5:])
+    except CryptoError as exc:
+        raise click.UsageError(f"--header: {exc}") from None
+    return {"block": c.tr31_wrap(hexarg(kbpk, "--kbpk", (16, 24, 32)), h, hexarg(key, "KEY", (8, 16, 24, 32)))}
+
+
+@tr31.command("unwrap")
+@click.option("--kbpk", required=True, help="Key-block protection key, hex.")
+@click.argument("block")
+@json_flag
+@calc
+def tr31_unwrap(kbpk: str, block: str) -> dict:
+    """Check and unwrap BLOCK; prints the key (and with --json the header)."""
+    from posterm.crypto import common as c
+
+    h, key = c.tr31_unwrap(hexarg(kbpk, "--kbpk", (16, 24, 32)), block.strip())
+    return {"key": key, "usage": h.usage, "algorithm": h.algorithm, "mode": h.mode,
+            "exportability": h.exportability, "kcv": c.kcv(key, c.Algorithm.AES if h.algorithm == "A"
+                                                             else c.Algorithm.TDES).hex().upper()}
 
 
 @tr31.command("inspect")
 @click.argument("block")
-@click.option("--json", "as_json", is_flag=True)
-def tr31_inspect(block, as_json):
-    """Show a TR-31 block's clear header (never the key)."""
+@json_flag
+@calc
+def tr31_inspect(block: str) -> dict:
+    """The clear header of BLOCK (needs no key)."""
     from posterm.crypto import common as c
 
-    try:
-        header, _ = c.parse_tr31_header(block.strip())
-    except CryptoError as exc:
-        raise click.UsageError(str(exc)) from None
-    fields = {"version": header.version, "length": header.length, "usage": header.usage,
-              "algorithm": header.algorithm, "mode": header.mode, "key_version": header.key_version,
-              "exportability": header.exportability, "optional_blocks": dict(header.optional_blocks)}
-    if as_json:
-        emit_json(fields)
-    else:
-        for k, v in fields.items():
-            click.echo(f"{k:<16} {v}")
+    h, _ = c.parse_tr31_header(block.strip())
+    return {"usage": h.usage, "version": h.version, "length": h.length, "algorithm": h.algorithm, "mode": h.mode,
+            "key_version": h.key_version, "exportability": h.exportability,
+            "optional_blocks": dict(h.optional_blocks)}
 
 
-@crypto.command("dukpt")
-@click.option("--bdk-file", type=click.Path(exists=True, dir_okay=False), required=True)
-@click.option("--ksn", required=True, help="KSN in hex: 24 digits (AES) or 20 (TDES).")
-@click.option("--json", "as_json", is_flag=True)
-def dukpt(bdk_file, ksn, as_json):
-    """Derive a transaction's DUKPT keys from a BDK and show their KCVs."""
+@crypto.command()
+@click.option("--key", required=True, help="AES key (16/24/32 bytes) or TDES key (8/16/24 bytes with --tdes), hex.")
+@click.option("--data", required=True, help="Data, hex.")
+@click.option("--tdes", is_flag=True, help="TDES-CMAC instead of AES-CMAC.")
+@json_flag
+@calc
+def cmac(key: str, data: str, tdes: bool) -> dict:
+    """AES-CMAC (or TDES-CMAC) of DATA."""
     from posterm.crypto import common as c
 
-    raw_ksn = _hex(ksn, "KSN", (10, 12))
-    bdk = _key_from(bdk_file, "BDK", (16,))
-    try:
-        if len(raw_ksn) == 12:
-            tk = c.aes_dukpt_transaction_key(c.aes_dukpt_initial_key(bdk, raw_ksn[:8]), raw_ksn)
-            keys = {p: c.kcv(c.aes_dukpt_working_key(tk, raw_ksn, p)) for p in ("pin", "mac_generation",
-                                                                                  "mac_verification", "data_encrypt")}
-        else:
-            tk = c.tdes_dukpt_transaction_key(c.tdes_dukpt_ipek(bdk, raw_ksn), raw_ksn)
-            keys = {p: c.kcv(c.tdes_dukpt_working_key(tk, p), c.Algorithm.TDES) for p in c.TDES_VARIANTS}
-    except CryptoError as exc:
-        raise click.UsageError(str(exc)) from None
-    out = {p: v.hex().upper() for p, v in keys.items()}
-    if as_json:
-        emit_json({"ksn": raw_ksn.hex().upper(), "kcv": out})
-    else:
-        for p, v in out.items():
-            click.echo(f"{p:<18} KCV {v}")
+    raw = hexarg(data, "--data")
+    if tdes:
+        return {"mac": c.tdes_cmac(hexarg(key, "--key", (8, 16, 24)), raw)}
+    return {"mac": c.aes_cmac(hexarg(key, "--key", (16, 24, 32)), raw)}
+
+
+@crypto.command()
+@click.option("--key", required=True, help="Key, hex.")
+@click.option("--tdes", is_flag=True, help="TDES key check value (encrypt zeros) instead of AES (CMAC of zeros).")
+@click.option("--length", type=click.IntRange(2, 8), default=3, show_default=True, help="Bytes of check value.")
+@json_flag
+@calc
+def kcv(key: str, tdes: bool, length: int) -> dict:
+    """Key check value."""
+    from posterm.crypto import common as c
+
+    if tdes:
+        return {"kcv": c.kcv(hexarg(key, "--key", (8, 16, 24)), c.Algorithm.TDES, length)}
+    return {"kcv": c.kcv(hexarg(key, "--key", (16, 24, 32)), c.Algorithm.AES, length)}

@@ -10,14 +10,20 @@ import pytest
 from posterm.crypto import common as c
 from posterm.errors import CryptoError
 
-VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "vectors"
+# Copies of ../shared/vectors (sources named in each file's "source" and in README.md there).
+VECTORS = Path(__file__).resolve().parents[2] / "fixtures" / "vectors"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "vectors"
 
 
 def load(name):
-    path = VECTORS / name
-    if not path.exists():
-        pytest.fail(f"published vectors missing: {path} (../shared must sit beside the checkout)")
-    return json.loads(path.read_text())
+    return json.loads((VECTORS / name).read_text())
+
+
+def test_fixture_copies_match_the_shared_vectors():
+    if not SHARED.exists():
+        pytest.skip("../shared is not beside this checkout")
+    for path in SHARED.glob("*.json"):
+        assert (VECTORS / path.name).read_text() == path.read_text(), path.name
 
 
 H = bytes.fromhex

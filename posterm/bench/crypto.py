@@ -1,0 +1,34 @@
+"""python -m posterm.bench crypto: PIN blocks/s and DUKPT derivations/s.
+
+Baseline in the same run: one raw AES block encryption (the primitive everything is
+built from), so the ratios say how many AES operations each step costs.
+"""
+
+from __future__ import annotations
+
+import os
+
+from posterm.bench import emit, rate
+from posterm.crypto import common as c
+
+
+def main(argv: list[str]) -> int:
+    key = os.urandom(16)
+    ik = c.aes_dukpt_initial_key(os.urandom(16), os.urandom(8))
+    ksn = os.urandom(8) + (0x000F00F0).to_bytes(4, "big")  # 8 one-bits: 8 derivation steps
+    pin_key = c.Key(key, c.Usage.PIN, c.Algorithm.AES)
+    tdes_ipek = os.urandom(16)
+    tdes_ksn = bytes.fromhex("FFFF9876543210E000FF")
+    base = rate(lambda: c.aes_ecb(key, bytes(16)), 0.5)
+    emit("crypto", "aes_block_baseline", round(base), "ops/s")
+    for name, fn in (
+        ("pin_block_iso4_encrypt", lambda: c.encrypt_pin_block_4(pin_key, "147258", "289900000000000003")),
+        ("pin_block_iso4_decrypt", lambda: c.decrypt_pin_block_4(
+            pin_key, c.encrypt_pin_block_4(pin_key, "147258", "289900000000000003"), "289900000000000003")),
+        ("aes_dukpt_transaction_key", lambda: c.aes_dukpt_transaction_key(ik, ksn)),
+        ("aes_dukpt_pin_key", lambda: c.aes_dukpt_working_key(c.aes_dukpt_transaction_key(ik, ksn), ksn, "pin")),
+        ("tdes_dukpt_transaction_key", lambda: c.tdes_dukpt_transaction_key(tdes_ipek, tdes_ksn)),
+    ):
+        r = rate(fn, 0.5)
+        emit("crypto", name, round(r), "ops/s", ratio_to_aes_block=round(base / r, 1))
+    return 0
