@@ -262,3 +262,15 @@ def mac_input(payload: bytes) -> bytes:
         raise MessageError("host message must carry exactly one MAC item")
     off, n = macs[0]
     return payload[:off] + payload[off + 3 + n:]
+
+
+def pin_pan(code_last4: str) -> str:
+    """The "PAN" an ISO 9564 PIN block for a payment is bound to: the payment code's last
+    4 digits, left-padded with zeros to 12 digits.
+
+    A one-time payment code is single use and the host keeps only its hash and last 4
+    digits, so both sides bind the PIN block to what both keep.
+    """
+    if len(code_last4) != 4 or not code_last4.isdigit():
+        raise FieldError("pin_pan needs the last 4 digits of the payment code")
+    return code_last4.rjust(12, "0")

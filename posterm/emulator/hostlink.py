@@ -1,0 +1,94 @@
+"""The terminal's side of the host link: sign every request in the PIN pad's secure
+module, verify every answer's MAC, and log on with a mutual challenge-response.
+
+Works over any client with ``request(msg, timeout)`` (the in-process host or TCP).
+Imports the terminal's crypto only, never the host's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+
+from firmware_protocol import host as h
+from firmware_protocol.tlv import encode as tlv_encode
+
+from posterm.crypto.terminal import SecureModule
+from posterm.errors import PosError, PosTimeout, RemoteProtocolError
+
+
+class HostRefusedLogon(PosError):
+    """The host refused this terminal's logon (unknown terminal, bad proof, replay)."""
+
+
+class SignedHostLink:
+    """``request(msg, timeout)`` with MACs both ways; ``logon()`` before the first request."""
+
+    def __init__(self, module: SecureModule, client, *, terminal_id: str, merchant_id: str,
+                 firmware_version: str, location: str = "") -> None:
+        self.module = module
+        self.client = client
+        self.terminal_id = terminal_id
+        self.merchant_id = merchant_id
+        self.firmware_version = firmware_version
+        self.location = location
+        self.logged_on = False
+        self.session_id: str | None = None
+        self._lock = threading.Lock()
+
+    def sign(self, msg: h.HostMessage) -> h.HostMessage:
+        ksn = self.module.next_ksn()
+        unsigned = dataclasses.replace(msg, ksn=ksn, mac=b"\x00" * h.MAC_SIZE)
+        mac = self.module.request_mac(ksn, h.mac_input(tlv_encode(unsigned)))
+        return dataclasses.replace(unsigned, mac=mac)
+
+    def _exchange(self, msg: h.HostMessage, timeout: float) -> h.HostMessage:
+        signed = self.sign(msg)
+        reply = self.client.request(signed, timeout)
+        if reply.ksn != signed.ksn or not reply.mac or not self.module.verify_response_mac(
+                signed.ksn, h.mac_input(tlv_encode(reply)), reply.mac):
+            raise RemoteProtocolError(f"host answer to {type(msg).__name__} has a bad MAC: ignored")
+        return reply
+
+    def logon(self, timeout: float = 5.0) -> str:
+        """Mutual challenge-response (see firmware_protocol.host). Returns the session id."""
+        with self._lock:
+            tn = os.urandom(16)
+            challenge = self._exchange(h.LogonRequest(
+                terminal_id=self.terminal_id, merchant_id=self.merchant_id, firmware_version=self.firmware_version,
+                location=self.location, terminal_nonce=tn), timeout)
+            if isinstance(challenge, h.LogonResult):
+                raise HostRefusedLogon(f"host refused logon of {self.terminal_id}: reason {challenge.reason}")
+            if not isinstance(challenge, h.LogonChallenge):
+                raise RemoteProtocolError(f"expected LogonChallenge, got {type(challenge).__name__}")
+            # The challenge came under the LogonRequest's KSN: that answer's MAC already proved
+            # the host holds our keys; its proof binds both nonces.
+            ksn = challenge.ksn
+            if not self.module.verify_response_mac(ksn, b"H" + tn + challenge.host_nonce, challenge.host_proof):
+                raise HostRefusedLogon("the host's logon proof is wrong: not our host")
+            confirm = h.LogonConfirm(terminal_id=self.terminal_id, terminal_proof=b"\x00" * 8)
+            signed_ksn = self.module.next_ksn()
+            proof = self.module.request_mac(signed_ksn, b"T" + challenge.host_nonce + tn)
+            unsigned = dataclasses.replace(confirm, terminal_proof=proof, ksn=signed_ksn, mac=b"\x00" * 8)
+            signed = dataclasses.replace(unsigned, mac=self.module.request_mac(
+                signed_ksn, h.mac_input(tlv_encode(unsigned))))
+            result = self.client.request(signed, timeout)
+            if not (result.mac and self.module.verify_response_mac(signed_ksn, h.mac_input(tlv_encode(result)),
+                                                                   result.mac)):
+                raise RemoteProtocolError("logon result has a bad MAC")
+            if not isinstance(result, h.LogonResult) or not result.accepted:
+                raise HostRefusedLogon(f"host refused logon: {getattr(result, 'reason', result)}")
+            self.logged_on, self.session_id = True, result.session_id
+            return result.session_id or ""
+
+    def request(self, msg: h.HostMessage, timeout: float) -> h.HostMessage:
+        """Signed request, verified answer. Raises PosTimeout when the host is silent."""
+        if not self.logged_on:
+            self.logon(timeout)
+        reply = self._exchange(msg, timeout)
+        if isinstance(reply, h.HostError) and reply.reason == h.Reason.TERMINAL_UNKNOWN and "log on" in reply.text:
+            self.logged_on = False  # the host restarted: log on again, once
+            self.logon(timeout)
+            reply = self._exchange(msg, timeout)
+        return reply

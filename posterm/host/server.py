@@ -1,0 +1,5 @@
+"""``posterm host serve``: the host on a loopback TCP port (see :mod:`posterm.host.wire`)."""
+
+from posterm.host.wire import HostServer, serve
+
+__all__ = ["HostServer", "serve"]

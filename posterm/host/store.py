@@ -1,0 +1,146 @@
+"""The host's SQLite store: schema, connections, and the double-entry ledger check.
+
+WAL, ``synchronous=FULL`` (NORMAL may lose committed transactions on power loss),
+foreign keys on, one connection per thread, explicit ``BEGIN IMMEDIATE`` for every
+write so a read-check-write sequence cannot interleave with another writer.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS accounts (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, real_name INTEGER NOT NULL DEFAULT 0,
+    verifier BLOB, balance_minor INTEGER NOT NULL DEFAULT 0 CHECK (balance_minor >= 0),
+    currency TEXT NOT NULL, per_tx_limit INTEGER NOT NULL, daily_limit INTEGER NOT NULL,
+    password_free INTEGER NOT NULL, confirm TEXT NOT NULL CHECK (confirm IN ('pin', 'phone')),
+    home_region TEXT NOT NULL DEFAULT '', two_factor INTEGER NOT NULL DEFAULT 0,
+    frozen INTEGER NOT NULL DEFAULT 0, tz TEXT NOT NULL DEFAULT 'Asia/Shanghai',
+    pin_tries INTEGER NOT NULL DEFAULT 0, behaviour TEXT NOT NULL DEFAULT 'normal',
+    created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS merchants (id TEXT PRIMARY KEY, name TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS terminals (
+    id TEXT PRIMARY KEY, merchant_id TEXT NOT NULL REFERENCES merchants(id), location TEXT NOT NULL,
+    registered_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS payment_codes (
+    code_hash TEXT PRIMARY KEY, last4 TEXT NOT NULL, account_id TEXT NOT NULL REFERENCES accounts(id),
+    issued_at REAL NOT NULL, expires_at REAL, used_at REAL, test INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS trades (
+    trade_no TEXT PRIMARY KEY, merchant_id TEXT NOT NULL REFERENCES merchants(id), order_id TEXT NOT NULL,
+    terminal_id TEXT NOT NULL REFERENCES terminals(id), account_id TEXT REFERENCES accounts(id),
+    amount_minor INTEGER NOT NULL CHECK (amount_minor > 0), currency TEXT NOT NULL, status TEXT NOT NULL,
+    reason INTEGER NOT NULL DEFAULT 0, reason_text TEXT NOT NULL DEFAULT '', params_hash TEXT NOT NULL,
+    code_last4 TEXT, created_at REAL NOT NULL, paid_at REAL, asked_at REAL,
+    refunded_minor INTEGER NOT NULL DEFAULT 0 CHECK (refunded_minor >= 0), qr_data TEXT,
+    description TEXT, settled_batch INTEGER,
+    UNIQUE (merchant_id, order_id), CHECK (refunded_minor <= amount_minor));
+CREATE INDEX IF NOT EXISTS trades_account ON trades (account_id, created_at);
+CREATE INDEX IF NOT EXISTS trades_terminal ON trades (terminal_id, created_at);
+CREATE TABLE IF NOT EXISTS refunds (
+    refund_id TEXT PRIMARY KEY, trade_no TEXT NOT NULL REFERENCES trades(trade_no),
+    amount_minor INTEGER NOT NULL CHECK (amount_minor > 0), currency TEXT NOT NULL, created_at REAL NOT NULL,
+    settled_batch INTEGER);
+CREATE TABLE IF NOT EXISTS ledger (
+    id INTEGER PRIMARY KEY, txn TEXT NOT NULL, account TEXT NOT NULL, delta INTEGER NOT NULL,
+    currency TEXT NOT NULL, kind TEXT NOT NULL, created_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS ledger_account ON ledger (account);
+CREATE TABLE IF NOT EXISTS risk_decisions (
+    id INTEGER PRIMARY KEY, trade_no TEXT NOT NULL, account_id TEXT NOT NULL, decision TEXT NOT NULL,
+    reasons TEXT NOT NULL, created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS alerts (
+    id INTEGER PRIMARY KEY, account_id TEXT NOT NULL REFERENCES accounts(id), kind TEXT NOT NULL,
+    text TEXT NOT NULL, created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS pin_failures (
+    id INTEGER PRIMARY KEY, account_id TEXT NOT NULL, created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS cases (
+    id INTEGER PRIMARY KEY, trade_no TEXT NOT NULL REFERENCES trades(trade_no), account_id TEXT,
+    reason TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'open', created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS settlements (
+    id INTEGER PRIMARY KEY, terminal_id TEXT NOT NULL, batch_no INTEGER NOT NULL, totals TEXT NOT NULL,
+    agrees INTEGER NOT NULL, created_at REAL NOT NULL, UNIQUE (terminal_id, batch_no));
+CREATE TABLE IF NOT EXISTS ksn_seen (ikid TEXT PRIMARY KEY, counter INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS nonces (nonce TEXT PRIMARY KEY, seen_at REAL NOT NULL);
+"""
+
+
+class Store:
+    """Per-thread connections to one database file."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self.conn().executescript(SCHEMA)
+
+    def conn(self) -> sqlite3.Connection:
+        c = getattr(self._local, "conn", None)
+        if c is None:
+            c = sqlite3.connect(self.path, isolation_level=None, timeout=30.0, check_same_thread=False)
+            c.row_factory = sqlite3.Row
+            c.execute("PRAGMA journal_mode=WAL")
+            c.execute("PRAGMA synchronous=FULL")
+            c.execute("PRAGMA foreign_keys=ON")
+            c.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = c
+            with self._lock:
+                self._all.append(c)
+        return c
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One durable transaction: BEGIN IMMEDIATE ... COMMIT (ROLLBACK on any error)."""
+        c = self.conn()
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            yield c
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        c.execute("COMMIT")
+
+    def read(self) -> sqlite3.Connection:
+        return self.conn()
+
+    def close(self) -> None:
+        with self._lock:
+            for c in self._all:
+                try:
+                    c.close()
+                except sqlite3.Error:
+                    pass
+            self._all.clear()
+        self._local = threading.local()
+
+
+def check_ledger(db: sqlite3.Connection) -> list[str]:
+    """Problems with the books (empty when they balance).
+
+    Every ledger transaction sums to zero per currency; every customer's balance equals
+    its ledger entries; money issued equals what customers and merchants hold.
+    """
+    problems = []
+    for row in db.execute("SELECT txn, currency, SUM(delta) s FROM ledger GROUP BY txn, currency HAVING s != 0"):
+        problems.append(f"ledger transaction {row['txn']} does not balance ({row['s']} {row['currency']})")
+    for row in db.execute("""SELECT a.id, a.balance_minor, COALESCE(SUM(l.delta), 0) s FROM accounts a
+                             LEFT JOIN ledger l ON l.account = 'customer:' || a.id GROUP BY a.id
+                             HAVING a.balance_minor != s"""):
+        problems.append(f"account {row['id']} balance {row['balance_minor']} != ledger {row['s']}")
+    total = db.execute("SELECT COALESCE(SUM(delta), 0) FROM ledger").fetchone()[0]
+    if total != 0:
+        problems.append(f"ledger does not sum to zero: {total}")
+    for row in db.execute("""SELECT t.trade_no, t.status, t.amount_minor, t.refunded_minor,
+                                    COALESCE((SELECT -SUM(delta) FROM ledger WHERE txn = t.trade_no
+                                              AND account LIKE 'customer:%'), 0) charged
+                             FROM trades t"""):
+        paid = row["amount_minor"] if row["status"] in ("APPROVED", "REFUNDED") else 0
+        if row["charged"] != paid:
+            problems.append(f"trade {row['trade_no']} ({row['status']}) charged {row['charged']}, expected {paid}")
+    return problems

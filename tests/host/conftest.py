@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import pytest
+
+from posterm.crypto.terminal import SecureModule
+from posterm.emulator.hostlink import SignedHostLink
+from posterm.host import Host
+
+CODE = {n: f"28990000000000000{n}" for n in range(1, 9)}
+PIN = "147258"
+
+
+class Clock:
+    def __init__(self, now: float = 1_795_000_000.0) -> None:  # 2026-11-18 ~15:46 Asia/Shanghai
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def terminal(host: Host, tid: str = "T0000001", client=None) -> SignedHostLink:
+    sm = SecureModule()
+    sm.inject_kbpk(host.hsm.kbpk_for_injection(tid))
+    sm.load_key_block(host.hsm.initial_key_block(tid).block)
+    link = SignedHostLink(sm, client or host.client(), terminal_id=tid, merchant_id="M100000001",
+                          firmware_version="test 1", location="CN-SH")
+    link.logon()
+    return link
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def host(tmp_path, clock):
+    h = Host.open(tmp_path / "host.db", clock=clock, outage_seconds=30.0)
+    yield h
+    assert h.check_books() == []
+    h.close()
+
+
+@pytest.fixture
+def term(host):
+    return terminal(host)
