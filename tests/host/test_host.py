@@ -19,10 +19,10 @@ from tests.host.conftest import CODE, PIN, terminal
 _n = iter(range(10 ** 9))
 
 
-def pay(term, amount, code=CODE[1], order=None, qr=False):
+def pay(term, amount, code=CODE[1], order=None, qr=False, timeout=5.0):
     order = order or f"ORD{next(_n):08d}"
     return term.request(h.AuthRequest(terminal_id=term.terminal_id, order_id=order, amount_minor=amount,
-                                      currency="CNY", payment_code=None if qr else code, dynamic_qr=qr), 5)
+                                      currency="CNY", payment_code=None if qr else code, dynamic_qr=qr), timeout)
 
 
 def enter_pin(term, order, code, pin=PIN):
@@ -316,5 +316,5 @@ def test_tcp_server_and_client(host):
         term = terminal(host, "T0000003", client=client)
         assert pay(term, 100).status is S.APPROVED
         with pytest.raises(PosTimeout):
-            pay(term, 100, CODE[6])
+            pay(term, 100, CODE[6], timeout=0.3)
         client.close()

@@ -1,0 +1,3 @@
+from posterm.cli import main
+
+main()

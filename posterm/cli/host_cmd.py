@@ -1,0 +1,393 @@
+"""`posterm host`: run and administer the emulated payment host."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import signal
+import sys
+import threading
+from typing import Any, Callable
+
+import click
+
+from posterm.cli.common import EXIT_USAGE, emit_json, fail
+
+db_option = click.option("--db", "db_path", type=click.Path(dir_okay=False), default=None,
+                         help="Host database (default $POSTERM_HOME/host.db).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+def host_errors(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kw: Any) -> Any:
+        from posterm.errors import PosError
+        from posterm.host import HostRefused
+
+        try:
+            return fn(*args, **kw)
+        except HostRefused as exc:
+            fail(str(exc), 1, bool(kw.get("as_json")))
+        except PosError as exc:
+            fail(f"{type(exc).__name__}: {exc}", EXIT_USAGE, bool(kw.get("as_json")))
+    return wrapper
+
+
+def open_host(db_path: str | None, demo: bool = True, **kw: Any):
+    from posterm.host import Host
+
+    return Host.open(db_path, demo=demo, **kw)
+
+
+def money(amount: str, currency: str) -> int:
+    from firmware_protocol.currency import to_minor
+
+    try:
+        return to_minor(amount, currency)
+    except ValueError as exc:
+        raise click.BadParameter(f"{amount!r} is not an amount in {currency}: {exc}") from None
+
+
+@click.group()
+def host() -> None:
+    """The emulated payment host: serve it, manage accounts, read trades, bills and cases.
+
+    Every command takes --db (default $POSTERM_HOME/host.db). An empty database is
+    loaded with demo data (merchant M100000001, terminals T0000001..T0000064, and the
+    test payment codes 289900000000000001..008; see docs/host.md).
+    """
+
+
+@host.command()
+@click.option("--listen", default="127.0.0.1:0", show_default=True, help="HOST:PORT (loopback by default).")
+@click.option("--allow-remote", is_flag=True, help="Allow a non-loopback listen address.")
+@click.option("--no-demo", is_flag=True, help="Do not load demo data into an empty database.")
+@click.option("--risk-rules", type=click.Path(exists=True, dir_okay=False), help="Risk rules TOML.")
+@click.option("--outage-seconds", type=click.FloatRange(0, 3600), default=30.0, show_default=True,
+              help="How long test code ...006 keeps the host silent.")
+@click.option("--backup-every", default=None, help="Take an encrypted backup this often (e.g. 1h, 15m).")
+@click.option("--backup-to", multiple=True, type=click.Path(file_okay=False), help="Backup directory (repeatable).")
+@click.option("--keep", type=click.IntRange(1, 10000), default=24, show_default=True, help="Backups kept per directory.")
+@click.option("--backup-key-file", type=click.Path(exists=True, dir_okay=False), help="Backup key file.")
+@db_option
+@host_errors
+def serve(listen, allow_remote, no_demo, risk_rules, outage_seconds, backup_every, backup_to, keep,
+          backup_key_file, db_path):
+    """Serve the host to terminals over TCP until Ctrl-C or SIGTERM.
+
+    Prints the address (tcp://127.0.0.1:PORT) as the first line of stdout.
+    """
+    from posterm.host.server import serve as start
+
+    h = open_host(db_path, demo=not no_demo, risk_config=risk_rules, outage_seconds=outage_seconds)
+    scheduler = None
+    if backup_every or backup_to:
+        if not (backup_every and backup_to and backup_key_file):
+            raise click.UsageError("scheduled backups need --backup-every, --backup-to and --backup-key-file")
+        try:
+            from posterm.host.backup import BackupScheduler, parse_interval
+        except ImportError:
+            raise click.UsageError("backups are not available in this build") from None
+        scheduler = BackupScheduler(h.store.path, list(backup_to), backup_key_file, parse_interval(backup_every), keep)
+    server = start(h, listen, allow_remote=allow_remote)
+    click.echo(server.address, nl=True)
+    sys.stdout.flush()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if scheduler:
+        scheduler.start()
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if scheduler:
+            scheduler.stop()
+        server.close()
+        h.close()
+
+
+@host.group()
+def account() -> None:
+    """Customer accounts."""
+
+
+@account.command("add")
+@click.argument("account_id")
+@click.option("--name", required=True)
+@click.option("--currency", default="CNY", show_default=True)
+@click.option("--balance", default="0", help="Opening balance, decimal.")
+@click.option("--per-tx-limit", default="5000.00", show_default=True)
+@click.option("--daily-limit", default="20000.00", show_default=True)
+@click.option("--password-free", default="1000.00", show_default=True, help="No confirmation up to this amount.")
+@click.option("--confirm", type=click.Choice(["pin", "phone"]), default="pin", show_default=True)
+@click.option("--home-region", default="CN-SH", show_default=True)
+@click.option("--tz", default="Asia/Shanghai", show_default=True)
+@click.option("--not-verified", is_flag=True, help="Not real-name verified.")
+@click.option("--set-password", is_flag=True, help="Prompt for a payment password (hidden).")
+@db_option
+@host_errors
+def account_add(account_id, name, currency, balance, per_tx_limit, daily_limit, password_free, confirm, home_region,
+                tz, not_verified, set_password, db_path):
+    """Open an account."""
+    password = click.prompt("Payment password", hide_input=True, confirmation_prompt=True) if set_password else None
+    h = open_host(db_path)
+    try:
+        h.add_account(account_id, name, currency=currency, balance_minor=money(balance, currency),
+                      per_tx_limit=money(per_tx_limit, currency), daily_limit=money(daily_limit, currency),
+                      password_free=money(password_free, currency), confirm=confirm, home_region=home_region,
+                      tz=tz, real_name=not not_verified, password=password)
+    finally:
+        h.close()
+    click.echo(f"account {account_id} opened")
+
+
+@account.command("show")
+@click.argument("account_id")
+@json_option
+@db_option
+@host_errors
+def account_show(account_id, as_json, db_path):
+    """Show an account (never its password)."""
+    h = open_host(db_path)
+    try:
+        a = h.account(account_id)
+    finally:
+        h.close()
+    if as_json:
+        emit_json(a)
+    else:
+        for k, v in a.items():
+            click.echo(f"{k:<16} {v}")
+
+
+@account.command("set-limits")
+@click.argument("account_id")
+@click.option("--per-tx-limit", default=None)
+@click.option("--daily-limit", default=None)
+@click.option("--password-free", default=None)
+@db_option
+@host_errors
+def account_limits(account_id, per_tx_limit, daily_limit, password_free, db_path):
+    """Change an account's limits (decimal amounts in its currency)."""
+    h = open_host(db_path)
+    try:
+        cur = h.account(account_id)["currency"]
+        limits = {k: money(v, cur) for k, v in (("per_tx_limit", per_tx_limit), ("daily_limit", daily_limit),
+                                                ("password_free", password_free)) if v is not None}
+        if not limits:
+            raise click.UsageError("give at least one of --per-tx-limit, --daily-limit, --password-free")
+        h.set_limits(account_id, **limits)
+    finally:
+        h.close()
+    click.echo("limits updated")
+
+
+@account.command("set-password")
+@click.argument("account_id")
+@db_option
+@host_errors
+def account_password(account_id, db_path):
+    """Set the payment password (changing it asks for the old one). Prompts, hidden."""
+    h = open_host(db_path)
+    try:
+        old = click.prompt("Old payment password", hide_input=True) if h.account(account_id)["password_set"] else None
+        new = click.prompt("New payment password", hide_input=True, confirmation_prompt=True)
+        h.set_password(account_id, new, old)
+    finally:
+        h.close()
+    click.echo("payment password set")
+
+
+@account.command("freeze")
+@click.argument("account_id")
+@click.option("--why", default="")
+@db_option
+@host_errors
+def account_freeze(account_id, why, db_path):
+    """Freeze an account."""
+    h = open_host(db_path)
+    try:
+        h.freeze(account_id, True, why)
+    finally:
+        h.close()
+    click.echo(f"{account_id} frozen")
+
+
+@account.command("unfreeze")
+@click.argument("account_id")
+@db_option
+@host_errors
+def account_unfreeze(account_id, db_path):
+    """Unfreeze an account."""
+    h = open_host(db_path)
+    try:
+        h.freeze(account_id, False)
+    finally:
+        h.close()
+    click.echo(f"{account_id} unfrozen")
+
+
+@host.command()
+@click.argument("account_id")
+@json_option
+@db_option
+@host_errors
+def security(account_id, as_json, db_path):
+    """The account security centre: real-name, password, two-factor, limits, alerts, frozen."""
+    h = open_host(db_path)
+    try:
+        s = h.security(account_id)
+    finally:
+        h.close()
+    if as_json:
+        emit_json(s)
+        return
+    for k, v in s.items():
+        if k not in ("recent_alerts", "open_cases"):
+            click.echo(f"{k:<22} {v}")
+    click.echo("recent alerts:" if s["recent_alerts"] else "recent alerts: none")
+    for a in s["recent_alerts"]:
+        click.echo(f"  [{a['kind']}] {a['text']}")
+
+
+@host.group()
+def wallet() -> None:
+    """The customer's wallet app: payment codes and scanning a merchant's QR."""
+
+
+@wallet.command("code")
+@click.argument("account_id")
+@db_option
+@host_errors
+def wallet_code(account_id, db_path):
+    """Issue a one-time payment code (18 digits, valid 60 s, single use)."""
+    h = open_host(db_path)
+    try:
+        click.echo(h.issue_code(account_id))
+    finally:
+        h.close()
+
+
+@wallet.command("scan")
+@click.argument("qr_data")
+@click.option("--account", "account_id", required=True)
+@db_option
+@host_errors
+def wallet_scan(qr_data, account_id, db_path):
+    """Pay a merchant-presented dynamic QR from ACCOUNT."""
+    h = open_host(db_path)
+    try:
+        click.echo(h.wallet_scan(qr_data, account_id).lower())
+    finally:
+        h.close()
+
+
+@wallet.command("confirm")
+@click.argument("order_id")
+@click.option("--merchant", default="M100000001", show_default=True)
+@db_option
+@host_errors
+def wallet_confirm(order_id, merchant, db_path):
+    """Confirm a payment waiting for the customer's phone."""
+    h = open_host(db_path)
+    try:
+        click.echo(h.wallet_confirm(order_id, merchant).lower())
+    finally:
+        h.close()
+
+
+@host.command()
+@click.option("--terminal", default=None)
+@click.option("--date", default=None, help="YYYY-MM-DD (Asia/Shanghai).")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV export.")
+@json_option
+@db_option
+@host_errors
+def trades(terminal, date, as_csv, as_json, db_path):
+    """List trades (order_id, status, amount_minor, currency, account, ...)."""
+    h = open_host(db_path)
+    try:
+        rows = [t.to_json() for t in h.trades(terminal=terminal, date=date)]
+    finally:
+        h.close()
+    _table(rows, as_json, as_csv)
+
+
+@host.command()
+@click.argument("account_id")
+@click.option("--month", required=True, help="YYYY-MM, in the account's time zone.")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV export.")
+@json_option
+@db_option
+@host_errors
+def bill(account_id, month, as_csv, as_json, db_path):
+    """An account's bill: every payment, refund and cancel in a month."""
+    h = open_host(db_path)
+    try:
+        rows = h.bill(account_id, month)
+    finally:
+        h.close()
+    _table(rows, as_json, as_csv)
+
+
+@host.command()
+@click.argument("trade")
+@click.option("--reason", required=True)
+@db_option
+@host_errors
+def report(trade, reason, db_path):
+    """Report a trade (by trade number or order id): opens a case and freezes the account."""
+    h = open_host(db_path)
+    try:
+        case = h.report(trade, reason)
+    finally:
+        h.close()
+    click.echo(f"case {case} opened; the account is frozen pending review")
+
+
+@host.command()
+@json_option
+@db_option
+@host_errors
+def cases(as_json, db_path):
+    """Open and closed cases."""
+    h = open_host(db_path)
+    try:
+        rows = h.cases()
+    finally:
+        h.close()
+    _table(rows, as_json, False)
+
+
+def _table(rows: list[dict], as_json: bool, as_csv: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(rows, sort_keys=True))
+        return
+    if not rows:
+        click.echo("nothing")
+        return
+    if as_csv:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+        click.echo(buf.getvalue(), nl=False)
+        return
+    cols = list(rows[0])
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols}
+    click.echo("  ".join(c.ljust(widths[c]) for c in cols))
+    for r in rows:
+        click.echo("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in cols))
+
+
+try:  # encrypted backups (posterm.cli.backup_cmd), when present
+    from posterm.cli.backup_cmd import backup, restore
+
+    host.add_command(backup)
+    host.add_command(restore)
+except ImportError:
+    pass

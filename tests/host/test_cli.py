@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+from click.testing import CliRunner
+
+from posterm.cli import main
+
+
+def run(db, *args, input=None):
+    r = CliRunner().invoke(main, ["host", *args, "--db", str(db)], input=input)
+    return r.exit_code, r.output
+
+
+def test_account_lifecycle(tmp_path):
+    db = tmp_path / "host.db"
+    code, out = run(db, "account", "add", "erin", "--name", "Erin", "--balance", "100.00", "--set-password",
+                    input="135790\n135790\n")
+    assert code == 0, out
+    code, out = run(db, "account", "show", "erin", "--json")
+    a = json.loads(out)
+    assert a["balance_minor"] == 10000 and a["password_set"] and "verifier" not in a
+    assert run(db, "account", "set-limits", "erin", "--daily-limit", "50.00")[0] == 0
+    assert json.loads(run(db, "security", "erin", "--json")[1])["daily_limit_minor"] == 5000
+    assert run(db, "account", "freeze", "erin")[0] == 0
+    assert json.loads(run(db, "security", "erin", "--json")[1])["frozen"]
+    assert run(db, "wallet", "code", "erin")[0] == 1  # frozen: no codes
+    assert run(db, "account", "unfreeze", "erin")[0] == 0
+    code, out = run(db, "wallet", "code", "erin")
+    assert code == 0 and len(out.strip()) == 18
+    code, out = run(db, "account", "add", "erin", "--name", "Again")
+    assert code == 1 and "exists" in out
+    code, out = run(db, "account", "add", "x", "--name", "X", "--balance", "1.001")
+    assert code == 2
+
+
+def test_trades_json_and_csv(tmp_path):
+    db = tmp_path / "host.db"
+    code, out = run(db, "trades", "--json")
+    assert code == 0 and json.loads(out) == []
+    assert run(db, "trades", "--csv")[0] == 0
+    assert json.loads(run(db, "cases", "--json")[1]) == []
+
+
+def test_serve_prints_address_and_stops_on_sigterm(tmp_path):
+    p = subprocess.Popen([sys.executable, "-m", "posterm", "host", "serve", "--db", str(tmp_path / "h.db")],
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        line = p.stdout.readline().strip()
+        assert line.startswith("tcp://127.0.0.1:")
+    finally:
+        p.terminate()
+        assert p.wait(10) == 0
