@@ -320,7 +320,30 @@ def parse_tr31_header(block: str) -> tuple[TR31Header, int]:
         opts.append((bid, block[pos + 4:pos + blen]))
         pos += blen
     header = TR31Header(version, length, block[5:7], block[7], block[8], block[9:11], block[11], tuple(opts))
+    _check_tr31_header(header, block[14:16])
     return header, pos
+
+
+# Header field values ANSI X9.143 / TR-31:2018 define; anything else is a malformed block.
+TR31_ALGORITHMS = frozenset("ADEHRST")      # AES, DEA, elliptic curve, HMAC, RSA, DSA, TDES
+TR31_MODES = frozenset("BCDEGNSTVX")
+TR31_EXPORTABILITY = frozenset("ENS")
+
+
+def _check_tr31_header(header: TR31Header, reserved: str) -> None:
+    """Refuse a header whose fields are not TR-31 values. Raises CryptoError naming the field."""
+    if not (len(header.usage) == 2 and header.usage.isalnum() and header.usage == header.usage.upper()):
+        raise CryptoError(f"TR-31 key usage {header.usage!r} is not a usage code")
+    if header.algorithm not in TR31_ALGORITHMS:
+        raise CryptoError(f"TR-31 algorithm {header.algorithm!r} is not an algorithm code")
+    if header.mode not in TR31_MODES:
+        raise CryptoError(f"TR-31 mode of use {header.mode!r} is not a mode code")
+    if not (len(header.key_version) == 2 and header.key_version.isalnum()):
+        raise CryptoError(f"TR-31 key version {header.key_version!r} is not two alphanumerics")
+    if header.exportability not in TR31_EXPORTABILITY:
+        raise CryptoError(f"TR-31 exportability {header.exportability!r} is not E, N or S")
+    if reserved != "00":
+        raise CryptoError("TR-31 reserved field is not 00")
 
 
 def _tr31_keys(version: str, kbpk: bytes) -> tuple[bytes, bytes]:
@@ -347,7 +370,8 @@ def _tr31_keys(version: str, kbpk: bytes) -> tuple[bytes, bytes]:
 
 
 def tr31_wrap(kbpk: bytes, header: TR31Header, key: bytes, pad: bytes | None = None) -> str:
-    """Wrap ``key`` in a TR-31 version B or D block under ``kbpk``."""
+    """Wrap ``key`` in a TR-31 version B or D block under ``kbpk``. Raises CryptoError."""
+    _check_tr31_header(header, "00")
     bs, maclen = (16, 16) if header.version == "D" else (8, 8)
     kbek, kbak = _tr31_keys(header.version, kbpk)
     pad_len = bs - ((2 + len(key)) % bs)
@@ -361,9 +385,46 @@ def tr31_wrap(kbpk: bytes, header: TR31Header, key: bytes, pad: bytes | None = N
     return htext + enc.hex().upper() + mac.hex().upper()
 
 
+def _cbc_mac_tdes(key: bytes, data: bytes) -> bytes:
+    """ISO 9797-1 MAC algorithm 1 with TDES, padding method 1 (zeros): the last CBC block."""
+    padded = data + b"\x00" * (-len(data) % 8)
+    return cbc(Algorithm.TDES, key, b"\x00" * 8, padded)[-8:]
+
+
+def _tr31_unwrap_variant(kbpk: bytes, block: str, header: TR31Header, hlen: int) -> tuple[TR31Header, bytes]:
+    """Versions A and C (key variant binding): read-only, for keys already in the field.
+
+    KBEK = KBPK xor 45..., KBAK = KBPK xor 4D...; the 4-byte TDES CBC-MAC covers the header
+    and the *encrypted* key data; the IV is the first 8 header characters.
+    """
+    if len(kbpk) not in (8, 16, 24):
+        raise CryptoError(f"a version {header.version} KBPK is a TDES key")
+    try:
+        body = bytes.fromhex(block[hlen:])
+    except ValueError:
+        raise CryptoError("TR-31 key data is not hex") from None
+    enc, mac = body[:-4], body[-4:]
+    if len(enc) < 8 or len(enc) % 8:
+        raise CryptoError("TR-31 encrypted key data is malformed")
+    kbek, kbak = xor(kbpk, b"\x45" * len(kbpk)), xor(kbpk, b"\x4D" * len(kbpk))
+    if not hmac.compare_digest(_cbc_mac_tdes(kbak, block[:hlen].encode() + enc)[:4], mac):
+        raise CryptoError("TR-31 block authentication failed (wrong KBPK or tampered block)")
+    clear = cbc(Algorithm.TDES, kbek, block[:8].encode(), enc, decrypt=True)
+    return header, _tr31_key_from_clear(clear)
+
+
+def _tr31_key_from_clear(clear: bytes) -> bytes:
+    bits = int.from_bytes(clear[:2], "big")
+    if bits == 0 or bits % 8 or 2 + bits // 8 > len(clear):
+        raise CryptoError("TR-31 key length is invalid")
+    return clear[2:2 + bits // 8]
+
+
 def tr31_unwrap(kbpk: bytes, block: str) -> tuple[TR31Header, bytes]:
-    """Check and unwrap a TR-31 version B or D block. Raises CryptoError (no key bytes in it)."""
+    """Check and unwrap a TR-31 block (B and D; A and C read-only). Raises CryptoError (no key bytes in it)."""
     header, hlen = parse_tr31_header(block)
+    if header.version in "AC":
+        return _tr31_unwrap_variant(kbpk, block, header, hlen)
     maclen = 16 if header.version == "D" else 8
     kbek, kbak = _tr31_keys(header.version, kbpk)
     try:
@@ -379,10 +440,7 @@ def tr31_unwrap(kbpk: bytes, block: str) -> tuple[TR31Header, bytes]:
     expect = (aes_cmac if header.version == "D" else tdes_cmac)(kbak, block[:hlen].encode() + clear)[:maclen]
     if not hmac.compare_digest(expect, mac):
         raise CryptoError("TR-31 block authentication failed (wrong KBPK or tampered block)")
-    bits = int.from_bytes(clear[:2], "big")
-    if bits % 8 or 2 + bits // 8 > len(clear):
-        raise CryptoError("TR-31 key length is invalid")
-    return header, clear[2:2 + bits // 8]
+    return header, _tr31_key_from_clear(clear)
 
 
 # ----------------------------------------------------------------------------- AES DUKPT (X9.24-3)

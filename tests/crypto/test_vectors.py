@@ -38,6 +38,40 @@ def test_aes_cmac_rfc4493():
     assert c.kcv(H(kv["key"]), c.Algorithm.AES, 5).hex().upper() == kv["kcv_cmac"]
 
 
+def test_aes_cmac_subkeys_rfc4493():
+    """K1 and K2 (RFC 4493 2.3) from L = AES(K, 0^128); the library's CMAC must use them."""
+    v = load("aes_cmac.json")
+    L = int.from_bytes(c.aes_ecb(H(v["key"]), bytes(16)), "big")
+
+    def dbl(x):
+        return ((x << 1) & ((1 << 128) - 1)) ^ (0x87 if x >> 127 else 0)
+    k1 = dbl(L)
+    assert k1.to_bytes(16, "big").hex().upper() == v["k1"]
+    assert dbl(k1).to_bytes(16, "big").hex().upper() == v["k2"]
+    # A one-block message: CMAC = AES(K, M xor K1), exactly the published value.
+    m = H(v["message"])[:16]
+    assert c.aes_ecb(H(v["key"]), c.xor(m, H(v["k1"]))) == c.aes_cmac(H(v["key"]), m)
+
+
+def test_aes_dukpt_key_usage_codes():
+    codes = load("aes_dukpt.json")["key_usage_codes"]
+    names = {"pin_encryption": "pin", "mac_generation": "mac_generation", "mac_verification": "mac_verification",
+             "mac_both": "mac_both", "data_encrypt": "data_encrypt", "data_decrypt": "data_decrypt",
+             "data_both": "data_both"}
+    for vname, ours in names.items():
+        assert c.AES_USAGE[ours] == int(codes[vname], 16)
+    assert set(codes) == set(names) | {"key_derivation", "initial_key_derivation"}
+    # 8000 (key derivation) and 8001 (initial key) are the derivation data our DUKPT uses:
+    v = load("aes_dukpt.json")
+    ikid = H(v["initial_key_id"])
+    assert c._aes_dd(int(codes["initial_key_derivation"], 16), ikid, None)[2:4] == H("8001")
+    assert c._aes_dd(int(codes["key_derivation"], 16), ikid, 1)[2:4] == H("8000")
+
+
+def test_tdes_dukpt_variants():
+    assert {k: v.hex().upper() for k, v in c.TDES_VARIANTS.items()} == load("tdes_dukpt.json")["variants"]
+
+
 def test_pin_block_format0():
     for case in load("pin_blocks.json")["format0_clear"]:
         assert c.pin_block_0(case["pin"], case["pan"]).hex().upper() == case["block"]
@@ -122,14 +156,39 @@ def test_tdes_dukpt_x9_24_1():
 
 
 def test_tr31_annex_examples():
-    for case in load("tr31.json")["cases"]:
-        if case["block"][0] == "A":
-            with pytest.raises(CryptoError, match="version A"):
-                c.tr31_unwrap(H(case["kbpk"]), case["block"])
-            continue
+    cases = load("tr31.json")["cases"]
+    assert {x["block"][0] for x in cases} == {"A", "B", "D"}
+    for case in cases:
         header, key = c.tr31_unwrap(H(case["kbpk"]), case["block"])
         assert key.hex().upper() == case["key"]
         assert header.length == len(case["block"])
+        assert (header.usage, header.mode) == (case["block"][5:7], case["block"][8])
+        # a wrong KBPK never yields a key
+        with pytest.raises(CryptoError, match="authentication"):
+            c.tr31_unwrap(bytes(len(H(case["kbpk"]))), case["block"])
+
+
+def test_tr31_version_a_is_read_only():
+    case = next(x for x in load("tr31.json")["cases"] if x["block"][0] == "A")
+    header, key = c.tr31_unwrap(H(case["kbpk"]), case["block"])
+    with pytest.raises(CryptoError, match="read-only"):
+        c.tr31_wrap(H(case["kbpk"]), header, key)
+
+
+def test_tr31_optional_block_ks_is_parsed():
+    case = next(x for x in load("tr31.json")["cases"] if "KS" in x["name"])
+    header, _ = c.tr31_unwrap(H(case["kbpk"]), case["block"])
+    assert dict(header.optional_blocks)["KS"] == "00604B120F9292800000"
+    assert (header.usage, header.algorithm, header.mode, header.exportability) == ("B0", "T", "X", "S")
+
+
+@pytest.mark.parametrize("pos, bad, field", [(7, "Q", "algorithm"), (8, "Q", "mode"), (11, "Q", "exportability"),
+                                             (9, "!", "key version"), (5, "p", "usage"), (14, "1", "reserved")])
+def test_tr31_header_fields_are_checked(pos, bad, field):
+    case = next(x for x in load("tr31.json")["cases"] if x["block"][0] == "D")
+    block = case["block"][:pos] + bad + case["block"][pos + 1:]
+    with pytest.raises(CryptoError, match=field):
+        c.parse_tr31_header(block)
 
 
 def test_tr31_version_d_wrap_reproduces_annex_block():
