@@ -74,6 +74,7 @@ class SecureModule:
         self._ikid: bytes = b""      # AES: 8-byte initial key id; TDES: the KSN with counter 0
         self._counter = 0
         self._algorithm = "AES"
+        self._key_version = "00"
         self._pan: str | None = None
         self._digits = bytearray()
         if self._path is not None:
@@ -92,6 +93,7 @@ class SecureModule:
             self._ikid = bytes.fromhex(doc["ikid"])
             self._counter = doc["counter"]
             self._algorithm = doc["algorithm"]
+            self._key_version = doc.get("key_version", "00")
 
     def _persist(self) -> None:
         if self._path is None:
@@ -99,7 +101,8 @@ class SecureModule:
         sealed.save(self._path, {
             "kbpk": self._kbpk.hex() if self._kbpk else None,
             "ik": self._ik.material(c.Usage.DUKPT_IK).hex() if self._ik else None,
-            "ikid": self._ikid.hex(), "counter": self._counter, "algorithm": self._algorithm})
+            "ikid": self._ikid.hex(), "counter": self._counter, "algorithm": self._algorithm,
+            "key_version": self._key_version})
 
     # -- key loading --------------------------------------------------------
 
@@ -121,15 +124,30 @@ class SecureModule:
         with self._lock:
             if self._kbpk is None:
                 raise CryptoError("no key-block protection key in this PIN pad: it was never injected")
+            if not isinstance(block, str) or block[:1] != "D":
+                raise CryptoError("a PIN pad loads TR-31 version D key blocks only")
             header, key = c.tr31_unwrap(self._kbpk, block)
             if header.usage != c.Usage.DUKPT_IK.value:
                 raise CryptoError(f"key block usage is {header.usage}, a PIN pad loads only B1 (DUKPT initial key)")
+            if header.algorithm not in ("A", "T"):
+                raise CryptoError(f"key block algorithm {header.algorithm} is not AES (A) or TDES (T)")
             if header.mode not in ("X", "N"):
                 raise CryptoError(f"key block mode {header.mode} is not a derivation mode (X)")
             if header.exportability != "N":
                 raise CryptoError("a DUKPT initial key must be non-exportable (N)")
-            opts = dict(header.optional_blocks)
+            if header.key_version.startswith("c"):
+                raise CryptoError("key block holds a key component; a PIN pad loads whole keys only")
             alg = c.Algorithm.AES if header.algorithm == "A" else c.Algorithm.TDES
+            if len(key) not in ((16, 24, 32) if alg is c.Algorithm.AES else (16, 24)):
+                raise CryptoError(f"key block says {alg.name} but holds a {len(key) * 8}-bit key")
+            # Anti-rollback: once a versioned key is loaded, an older version is refused.
+            if (header.key_version.isdigit() and self._ik is not None and self._key_version.isdigit()
+                    and int(header.key_version) < int(self._key_version)):
+                raise CryptoError(f"key block version {header.key_version} is older than the loaded "
+                                  f"version {self._key_version}: refused (rollback)")
+            opts = dict(header.optional_blocks)
+            if "KC" not in opts:
+                raise CryptoError("key block carries no key check value (KC block): refused")
             if alg is c.Algorithm.AES:
                 ikid = bytes.fromhex(opts.get("IK", ""))
                 if len(ikid) != 8:
@@ -138,12 +156,11 @@ class SecureModule:
                 ikid = bytes.fromhex(opts.get("KS", ""))
                 if len(ikid) != 10:
                     raise CryptoError("TDES DUKPT key block lacks its initial KSN (KS block)")
-            if "KC" in opts:
-                want = opts["KC"][2:].upper()
-                got = c.kcv(key, alg, len(want) // 2).hex().upper()
-                if not want or got != want:
-                    raise CryptoError("key check value does not match: the key block is corrupt or not for this pad")
+            want = opts["KC"][2:].upper()
+            if not 2 <= len(want) // 2 <= 5 or c.kcv(key, alg, len(want) // 2).hex().upper() != want:
+                raise CryptoError("key check value does not match: the key block is corrupt or not for this pad")
             self._ik = c.Key(key, c.Usage.DUKPT_IK, alg, c.Mode.DERIVE)
+            self._key_version = header.key_version
             self._ikid = ikid
             self._counter = 0
             self._algorithm = alg.name

@@ -192,3 +192,92 @@ def test_import_linter_contract():
         r = subprocess.run(["lint-imports", "--config", str(ROOT / "pyproject.toml")], cwd=ROOT,
                            capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _loaded(hsm, tid="T7", algorithm="AES"):
+    sm = SecureModule()
+    sm.inject_kbpk(hsm.kbpk_for_injection(tid))
+    issued = hsm.initial_key_block(tid, algorithm)
+    st = sm.load_key_block(issued.block)
+    return sm, issued, st
+
+
+def test_status_reports_ksn_and_kcv_never_key(hsm):
+    sm, issued, st = _loaded(hsm)
+    assert st.loaded and st.kcv == issued.kcv and st.algorithm == "AES" and st.ksn is None
+    ksn = sm.next_ksn()
+    assert sm.status().ksn == ksn and ksn[:8] == issued.ksn[:8] and ksn[8:] == b"\0\0\0\1"
+    assert sm.status().counters_left == st.counters_left - 1
+
+
+def test_tdes_counters_left_counts_every_valid_counter(hsm):
+    _, _, st = _loaded(hsm, algorithm="TDES")
+    assert st.counters_left == sum(1 for n in range(1, 0x200000) if n.bit_count() <= 10)
+
+
+@pytest.mark.parametrize("algorithm, start, expect", [("AES", 0x0000FFFF, 0x00010000),
+                                                     ("AES", 0x0001FFFE, 0x00020000),
+                                                     ("TDES", 0x0003FF, 0x000400),
+                                                     ("TDES", 0x0FF7FE, 0x0FF800)])
+def test_module_skips_invalid_counters(hsm, algorithm, start, expect):
+    sm, _, _ = _loaded(hsm, algorithm=algorithm)
+    sm._counter = start
+    ksn = sm.next_ksn()
+    got = int.from_bytes(ksn[-4:], "big") if algorithm == "AES" else int.from_bytes(ksn[-3:], "big") & 0x1FFFFF
+    assert got == expect
+    # and the keys of the new KSN still agree with the host
+    mac = sm.request_mac(ksn, b"m")
+    assert hsm.verify_request_mac(ksn, b"m", mac)
+
+
+def test_tdes_counter_rules_and_exhaustion(hsm):
+    assert c.tdes_dukpt_next_counter(0x0003FE) == 0x0003FF          # 10 one-bits: still valid
+    assert c.tdes_dukpt_next_counter(0x0003FF) == 0x000400          # 0x400 skips nothing; 0x3FF+1
+    assert c.tdes_dukpt_next_counter(0x0007FE) == 0x000800          # 0x7FF has 11 one-bits: skipped
+    with pytest.raises(CryptoError, match="exhausted"):
+        c.tdes_dukpt_next_counter(0x1FF800)                        # the last valid counter
+    sm, _, _ = _loaded(hsm, algorithm="TDES")
+    sm._counter = 0x1FF800
+    with pytest.raises(CryptoError, match="exhausted"):
+        sm.next_ksn()
+    with pytest.raises(CryptoError, match="exhausted"):
+        enter(sm, PIN)
+    assert sm.status().counters_left == 0
+
+
+def test_key_block_header_refusals(hsm):
+    sm = SecureModule()
+    kbpk = hsm.kbpk_for_injection("T3")
+    sm.inject_kbpk(kbpk)
+    ik = bytes(range(16))
+    kc = ("KC", "01" + c.kcv(ik, c.Algorithm.AES, 5).hex().upper())
+    ikb = ("IK", "00" * 8)
+
+    def block(version="D", usage="B1", alg="A", mode="X", kv="00", exp="N", opts=(ikb, kc), key=ik):
+        return c.tr31_wrap(kbpk, c.TR31Header(version, 0, usage, alg, mode, kv, exp, opts), key)
+    with pytest.raises(CryptoError, match="no key check value"):
+        sm.load_key_block(block(opts=(ikb,)))
+    with pytest.raises(CryptoError, match="derivation mode"):
+        sm.load_key_block(block(mode="E"))
+    with pytest.raises(CryptoError, match="component"):
+        sm.load_key_block(block(kv="c1"))
+    with pytest.raises(CryptoError, match="holds a 64-bit key"):
+        sm.load_key_block(block(key=bytes(8)))
+    with pytest.raises(CryptoError, match="version D"):
+        sm.load_key_block("B" + block()[1:])
+    assert sm.load_key_block(block(kv="05")).loaded
+    with pytest.raises(CryptoError, match="rollback"):
+        sm.load_key_block(block(kv="04"))
+    assert sm.load_key_block(block(kv="06")).loaded
+    for exc_text in (repr(sm),):
+        assert ik.hex() not in exc_text.lower()
+
+
+def test_errors_never_carry_key_bytes(hsm):
+    sm, _, _ = _loaded(hsm, "T8")
+    kbpk = hsm.kbpk_for_injection("T8")
+    bad = c.tr31_wrap(kbpk, c.TR31Header("D", 0, "P0", "A", "E", "00", "N"), bytes(range(16)))
+    with pytest.raises(CryptoError) as info:
+        sm.load_key_block(bad)
+    text = str(info.value).upper()
+    assert bytes(range(16)).hex().upper() not in text and kbpk.hex().upper() not in text
