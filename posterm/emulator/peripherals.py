@@ -1,0 +1,224 @@
+"""The emulated terminal's peripherals: scanner, PIN pad, display, printer, operator
+keypad, and the customer who uses them (driven by a scenario).
+
+The firmware never sees PIN digits: the customer presses keys on the
+:class:`PinPad`, which passes each digit straight to the secure module
+(:mod:`posterm.crypto.terminal`) and gives the firmware only the encrypted PIN
+block. The secure module and the operator-password object are injected (the
+runner builds them), so this module imports no host code and no key material.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from firmware_protocol.messages import Reason
+
+from posterm.emulator.scenario import DEFAULT_CODE, DEMO_PIN, STAGE_OF, Action, PaymentScript
+from posterm.errors import CryptoError, PosError
+
+RECEIPT_WIDTH = 32
+
+
+class PeripheralError(PosError):
+    """A peripheral could not do what the firmware asked (no key in the PIN pad, ...)."""
+
+
+# ------------------------------------------------------------------ display and printer
+
+
+class Display:
+    """The customer display. Its text goes to the ECR in every Progress."""
+
+    def __init__(self) -> None:
+        self.text = "WELCOME"
+        self.qr_data: str | None = None
+
+    def show(self, text: str, qr_data: str | None = None) -> str:
+        self.text = text
+        self.qr_data = qr_data
+        return text
+
+
+class Printer:
+    """The receipt printer: keeps every receipt printed since start (bounded)."""
+
+    def __init__(self, keep: int = 1000) -> None:
+        self.receipts: collections.deque[tuple[str, ...]] = collections.deque(maxlen=keep)
+        self.paper_ok = True
+
+    def print(self, lines: tuple[str, ...]) -> tuple[str, ...]:
+        lines = tuple(line[:64] for line in lines)
+        self.receipts.append(lines)
+        return lines
+
+
+def receipt_line(left: str, right: str = "", width: int = RECEIPT_WIDTH) -> str:
+    """``left`` and ``right`` on one line, right-aligned to ``width``."""
+    if not right:
+        return left[:64]
+    gap = max(1, width - len(left) - len(right))
+    return (left + " " * gap + right)[:64]
+
+
+# ------------------------------------------------------------------ PIN pad
+
+
+@dataclass(frozen=True, slots=True)
+class PinBlock:
+    """What the PIN pad hands the firmware: ciphertext, its KSN and the ISO format."""
+
+    block: bytes
+    ksn: bytes
+    format: int
+
+    def __repr__(self) -> str:
+        return f"PinBlock(ksn={self.ksn.hex().upper()}, format={self.format}, block=<redacted>)"
+
+
+class SecureModule(Protocol):  # what posterm.crypto.terminal provides (duck-typed)
+    def begin_pin_entry(self, pan: str) -> Any: ...
+    def press(self, digit: str) -> Any: ...
+    def finish(self) -> Any: ...
+    def status(self) -> Any: ...
+
+
+class PinPad:
+    """The PIN pad: keys go into the secure module; only an encrypted block comes out.
+
+    Thread-safe: the host link signs messages with the same module from its worker.
+    """
+
+    def __init__(self, module: Any) -> None:
+        self.module = module
+        self.lock = threading.RLock()
+        self.entering = False
+
+    def begin(self, pan: str) -> None:
+        with self.lock:
+            self.entering = True
+            try:
+                self.module.begin_pin_entry(pan)
+            except PosError:
+                self.entering = False
+                raise
+
+    def press(self, digit: str) -> None:
+        with self.lock:
+            if self.entering:
+                self.module.press(digit)
+
+    def cancel(self) -> None:
+        with self.lock:
+            if self.entering:
+                self.entering = False
+                cancel = getattr(self.module, "cancel_pin_entry", None) or getattr(self.module, "cancel", None)
+                if cancel is not None:
+                    try:
+                        cancel()
+                    except PosError:
+                        pass
+
+    def finish(self) -> PinBlock:
+        """The encrypted PIN block. Raises :class:`PeripheralError` (never with digits)."""
+        with self.lock:
+            self.entering = False
+            try:
+                enc = self.module.finish()
+            except (PosError, ValueError) as exc:
+                raise PeripheralError(f"PIN pad could not make a PIN block: {type(exc).__name__}") from None
+        fmt = getattr(enc, "format", 4)
+        return PinBlock(bytes(enc.block), bytes(enc.ksn), int(getattr(fmt, "value", fmt)))
+
+    def status(self) -> Any:
+        with self.lock:
+            return self.module.status()
+
+    def load_key_block(self, key_block: str) -> Any:
+        """Unwrap a TR-31 block into the module. Raises ``CryptoError`` (no key bytes in it)."""
+        with self.lock:
+            return self.module.load_key_block(key_block)
+
+
+# ------------------------------------------------------------------ operator keypad
+
+
+class OperatorKeypad:
+    """The merchant's keypad: checks the operator password for refund, settle and key load.
+
+    ``checker`` is :class:`posterm.crypto.terminal.OperatorPassword` (or anything with
+    ``verify(password) -> bool`` that raises when locked). Five wrong tries lock it.
+    """
+
+    def __init__(self, checker: Any) -> None:
+        self.checker = checker
+        self.cancel_pressed = False
+
+    def check(self, password: str | None) -> Reason:
+        """``Reason.NONE`` when right, else ``OPERATOR_PASSWORD_WRONG`` or ``OPERATOR_LOCKED``."""
+        if password is None:
+            return Reason.OPERATOR_PASSWORD_WRONG
+        if getattr(self.checker, "locked", False) is True:
+            return Reason.OPERATOR_LOCKED
+        try:
+            ok = self.checker.verify(password)
+        except (CryptoError, PosError) as exc:
+            if "lock" in type(exc).__name__.lower() or "lock" in str(exc).lower():
+                return Reason.OPERATOR_LOCKED
+            return Reason.OPERATOR_PASSWORD_WRONG
+        if ok:
+            return Reason.NONE
+        return Reason.OPERATOR_LOCKED if getattr(self.checker, "locked", False) is True else Reason.OPERATOR_PASSWORD_WRONG
+
+
+# ------------------------------------------------------------------ the customer
+
+
+class Wallet(Protocol):
+    """The customer's wallet app: it talks to the host, never to the terminal."""
+
+    def scan_qr(self, qr_data: str, code: str) -> None: ...
+    def confirm(self, order_id: str) -> None: ...
+
+
+class Customer:
+    """Plays one payment's script: at each prompt, the next action for it (or none).
+
+    ``respond(stage)`` returns ``(delay, action)`` or ``None`` when the customer does
+    nothing at this prompt. Stages: ``scan``, ``pin``, ``phone``, ``qr``. An exhausted
+    (or absent) script falls back to the defaults of the host's test codes.
+    """
+
+    def __init__(self, script: PaymentScript | None = None) -> None:
+        self.script = script
+        self._queue = collections.deque(script.actions if script else ())
+
+    def respond(self, stage: str) -> tuple[float, Action] | None:
+        delay = 0.0
+        while self._queue:
+            action = self._queue[0]
+            if action.kind == "wait":
+                self._queue.popleft()
+                delay += action.seconds
+                continue
+            target = STAGE_OF[action.kind]
+            if target not in (stage, "any"):
+                return None  # meant for a later prompt: this one goes unanswered
+            self._queue.popleft()
+            if action.kind == "do_nothing":
+                return None
+            return delay + action.after, action
+        return self._default(stage)
+
+    @staticmethod
+    def _default(stage: str) -> tuple[float, Action] | None:
+        if stage == "scan":
+            return 0.2, Action("present_code", code=DEFAULT_CODE)
+        if stage == "pin":
+            return 0.2, Action("type_pin", digits=DEMO_PIN)
+        if stage == "qr":
+            return 0.5, Action("scan_qr", code=DEFAULT_CODE)
+        return None  # phone: the host's test code decides whether the customer confirms

@@ -1,0 +1,366 @@
+"""Wires an emulated terminal together: transport -> link -> firmware -> host link.
+
+Threads, not asyncio: each terminal blocks on its own port and its own host link, the
+work per frame is tiny and mostly in C (select, sqlite, AES), so one thread for the
+line and one for the host per terminal keeps the firmware single-threaded and simple;
+a fleet of 50 is 100 mostly-sleeping threads, well within one process on 2 cores
+(see ``python -m posterm.bench fleet``). The line thread waits in ``select`` on the
+port and a wake-up pipe, so a host answer reaches the firmware at once.
+
+Each terminal keeps its state under ``<home>/terminals/<id>/``: the PIN pad's sealed
+DUKPT state, the operator password (a sealed salted hash; default 246810) and the
+terminal journal. At first start the runner acts as the key injection facility: it
+injects the terminal's key-block protection key and loads its initial DUKPT key in a
+TR-31 block, both from the HSM under ``<home>/hsm`` (where the host keeps it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import select
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from firmware_protocol import messages as m
+
+from posterm.crypto.terminal import OperatorPassword, SecureModule
+from posterm.emulator.firmware import Firmware, FirmwareConfig, Identity
+from posterm.emulator.hostlink import SignedHostLink
+from posterm.emulator.journal import TerminalJournal
+from posterm.emulator.peripherals import OperatorKeypad, PinPad
+from posterm.emulator.scenario import Scenario, load_scenario
+from posterm.errors import ConfigError, Disconnected, PosError, TransportError
+from posterm.home import posterm_home
+from posterm.link import Link, LinkConfig, MessageReceived
+
+log = logging.getLogger("posterm.emulator")
+DEMO_OPERATOR_PASSWORD = "246810"
+
+_hosts: dict[Path, list] = {}
+_hosts_lock = threading.Lock()
+
+
+def _embedded_host(home: Path, **kw: Any):
+    """One embedded host per database per process, shared by a fleet (reference counted)."""
+    from posterm.host import Host
+
+    path = (home / "host.db").resolve()
+    with _hosts_lock:
+        entry = _hosts.get(path)
+        if entry is None:
+            entry = _hosts[path] = [Host.open(path, **kw), 0]
+        entry[1] += 1
+        return entry[0]
+
+
+def _release_host(host) -> None:
+    with _hosts_lock:
+        for path, entry in list(_hosts.items()):
+            if entry[0] is host:
+                entry[1] -= 1
+                if entry[1] <= 0:
+                    host.close()
+                    del _hosts[path]
+
+
+class EmulatedTerminal:
+    """One emulated terminal. Start with :meth:`start`; a context manager."""
+
+    def __init__(self, transport, port: str, firmware: Firmware, hostlink: SignedHostLink, *, host=None,
+                 listener=None, journal: TerminalJournal, link_config: LinkConfig | None = None,
+                 faults: str | None = None, record: str | Path | None = None) -> None:
+        self.port = port
+        self.firmware = firmware
+        self.hostlink = hostlink
+        self.host = host                    # the embedded Host, if any (for wallet actions and tests)
+        self.journal = journal
+        self._listener = listener
+        self._faults = faults
+        self._record = Path(record) if record else None
+        self._transport = self._wrap(transport) if transport is not None else None
+        self._link = Link(link_config or LinkConfig())
+        self._calls: queue.Queue = queue.Queue()
+        self._replies: queue.Queue = queue.Queue()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._stop = threading.Event()
+        self.error: BaseException | None = None
+        self._line = threading.Thread(target=self._line_loop, name=f"emu-{hostlink.terminal_id}", daemon=True)
+        self._worker = threading.Thread(target=self._host_loop, name=f"emu-host-{hostlink.terminal_id}", daemon=True)
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def start(cls, *, pty: bool = True, listen: str | None = None, host: str = "embedded",
+              home: str | Path | None = None, terminal_id: str = "T0000001", merchant_id: str = "M100000001",
+              location: str = "CN-SH", scenario: str | Path | Scenario | None = None, faults: str | None = None,
+              pace: bool = False, baudrate: int = 115200, record: str | Path | None = None,
+              protocol: str = "posterm", config: FirmwareConfig | None = None, link: str | None = None,
+              host_options: dict | None = None, operator_password: str = DEMO_OPERATOR_PASSWORD) -> "EmulatedTerminal":
+        """Start a terminal on a new pty (default) or ``listen`` (``tcp://127.0.0.1:PORT``).
+
+        ``host``: ``"embedded"`` (a host in this process, state under ``home``) or
+        ``tcp://HOST:PORT``. Raises ConfigError / TransportError.
+        """
+        if protocol != "posterm":
+            raise ConfigError(f"protocol family {protocol!r} is not available in the emulator")
+        home = Path(home) if home else posterm_home()
+        state = home / "terminals" / terminal_id
+        state.mkdir(parents=True, exist_ok=True)
+        module = SecureModule(state / "pinpad.sealed")
+        operator = OperatorPassword(state / "operator.sealed", password=operator_password)
+        embedded = None
+        if host == "embedded":
+            embedded = _embedded_host(home, **(host_options or {}))
+            client, hsm = embedded.client(), embedded.hsm
+        elif host.startswith("tcp://"):
+            from posterm.crypto.host import Hsm
+            from posterm.host.client import TcpHostClient
+
+            client, hsm = TcpHostClient(host), None
+            if not module.status().loaded:
+                hsm = Hsm.open(home / "hsm")  # the key injection facility shares the host's HSM state
+        else:
+            raise ConfigError(f"--host must be 'embedded' or tcp://HOST:PORT, not {host!r}")
+        if not module.status().loaded:
+            module.inject_kbpk(hsm.kbpk_for_injection(terminal_id))
+            module.load_key_block(hsm.initial_key_block(terminal_id).block)
+        journal = TerminalJournal(state / "journal.db")
+        if isinstance(scenario, (str, Path)):
+            scenario = load_scenario(scenario)
+        identity = Identity(terminal_id=terminal_id, merchant_id=merchant_id, location=location)
+        firmware = Firmware(identity, journal, PinPad(module), OperatorKeypad(operator), config=config,
+                            scenario=scenario)
+        hostlink = SignedHostLink(module, client, terminal_id=terminal_id, merchant_id=merchant_id,
+                                  firmware_version=identity.firmware_version, location=location)
+        listener = None
+        transport = None
+        if listen:
+            from posterm.transport.tcp import TcpTransport, parse_address
+
+            addr, port_no = parse_address(listen)
+            listener = TcpTransport.listen(addr, port_no, pace=pace, baudrate=baudrate)
+            port = listener.address
+        else:
+            from posterm.transport.pty_port import PtyTransport
+
+            transport, port = PtyTransport.create(pace=pace, baudrate=baudrate, link=link)
+        term = cls(transport, port, firmware, hostlink, host=embedded, listener=listener, journal=journal,
+                   faults=faults, record=record)
+        firmware.start(time.monotonic())
+        term._worker.start()
+        term._line.start()
+        return term
+
+    def _wrap(self, transport):
+        if self._faults:
+            from posterm.transport.faults import FaultyTransport
+
+            transport = FaultyTransport(transport, self._faults)
+        if self._record is not None:
+            try:
+                from posterm.record import RecordingTransport, recording_path
+            except ImportError:
+                raise ConfigError("recording is not available in this build") from None
+            transport = RecordingTransport(transport, recording_path(self._record, self.hostlink.terminal_id),
+                                           side="terminal")
+        return transport
+
+    # ------------------------------------------------------------------ the handle
+
+    def set_scenario(self, scenario: str | Path | Scenario | None) -> None:
+        if isinstance(scenario, (str, Path)):
+            scenario = load_scenario(scenario)
+        self._calls.put(("scenario", scenario))
+        self._wake()
+
+    def receipts(self) -> list:
+        return self.journal.receipts()
+
+    def journal_orders(self) -> list:
+        return self.journal.orders()
+
+    @property
+    def terminal_id(self) -> str:
+        return self.hostlink.terminal_id
+
+    def close(self) -> None:
+        """Stop both threads (bounded), close the port, the journal and an owned host."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._calls.put(None)
+        self._wake()
+        self._line.join(3)
+        self._worker.join(3)
+        for res in (self._transport, self._listener):
+            if res is not None:
+                try:
+                    res.close()
+                except (PosError, OSError):
+                    pass
+        self.journal.close()
+        if self.host is not None:
+            _release_host(self.host)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def __enter__(self) -> "EmulatedTerminal":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ threads
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"!")
+        except OSError:
+            pass
+
+    def _host_loop(self) -> None:
+        while not self._stop.is_set():
+            item = self._calls.get()
+            if item is None:
+                return
+            kind, payload = item
+            if kind == "scenario":
+                self._replies.put(("scenario", payload))
+            elif kind == "call":
+                try:
+                    reply, err = self.hostlink.request(payload.message, payload.timeout), ""
+                except PosError as exc:
+                    reply, err = None, type(exc).__name__
+                    log.info("%s: host: %s", self.terminal_id, exc)
+                self._replies.put(("reply", (payload.token, reply, err)))
+            elif kind == "wallet":
+                self._wallet(payload)
+            self._wake()
+
+    def _wallet(self, call) -> None:
+        if self.host is None:
+            log.warning("%s: wallet actions need the embedded host; %s skipped", self.terminal_id, call.kind)
+            return
+        try:
+            if call.kind == "scan_qr":
+                self.host.wallet_scan(call.qr_data, self.host.account_for_code(call.code))
+            elif call.kind == "confirm":
+                self.host.wallet_confirm(call.order_id, self.hostlink.merchant_id)
+        except PosError as exc:
+            log.info("%s: wallet %s: %s", self.terminal_id, call.kind, exc)
+
+    def _accept(self) -> bool:
+        conn = self._listener.accept(0.2)
+        if conn is None:
+            return False
+        self._transport = self._wrap(conn)
+        self._link.reset()
+        return True
+
+    def _line_loop(self) -> None:
+        fw, link = self.firmware, self._link
+        try:
+            while not self._stop.is_set():
+                if self._transport is None and not self._accept():
+                    self._service(time.monotonic())
+                    continue
+                now = time.monotonic()
+                deadlines = [d for d in (fw.next_deadline(), link.next_deadline()) if d is not None]
+                wait = max(0.0, min([0.25] + [d - now for d in deadlines]))
+                fds = [self._wake_r]
+                try:
+                    fds.append(self._transport.fileno())
+                except OSError:
+                    wait = min(wait, 0.01)
+                ready, _, _ = select.select(fds, [], [], wait)
+                if self._wake_r in ready:
+                    try:
+                        os.read(self._wake_r, 4096)
+                    except BlockingIOError:
+                        pass
+                data = b""
+                if len(fds) == 1 or fds[1] in ready:
+                    try:
+                        data = self._transport.read(4096, 0)
+                    except (Disconnected, TransportError):
+                        if self._listener is None:
+                            raise
+                        log.info("%s: ECR disconnected", self.terminal_id)
+                        self._transport.close()
+                        self._transport = None
+                        continue
+                now = time.monotonic()
+                link.receive_data(data, now)
+                link.tick(now)
+                while (ev := link.next_event()) is not None:
+                    if isinstance(ev, MessageReceived) and isinstance(ev.message, m.Hello):
+                        link.start_session()
+                    fw.on_link_event(ev, now)
+                self._service(now)
+        except BaseException as exc:  # noqa: BLE001 - surfaced through .error and the log
+            if not self._stop.is_set():
+                self.error = exc
+                log.exception("%s: emulator stopped", self.terminal_id)
+
+    def _service(self, now: float) -> None:
+        fw, link = self.firmware, self._link
+        while True:
+            try:
+                kind, payload = self._replies.get_nowait()
+            except queue.Empty:
+                break
+            if kind == "reply":
+                fw.on_host_reply(*payload[:2], now, payload[2])
+            elif kind == "scenario":
+                fw.set_scenario(payload)
+        fw.tick(now)
+        for call in fw.take_host_calls():
+            self._calls.put(("call", call))
+        for wcall in fw.take_wallet_calls():
+            self._calls.put(("wallet", wcall))
+        out = b""
+        for msg in fw.take_ecr():
+            out += link.send(msg, now)
+        out += link.data_to_send()
+        if out and self._transport is not None:
+            self._transport.write(out)
+
+
+class Fleet:
+    """N emulated terminals (T0000001..) in one process, sharing one embedded host."""
+
+    def __init__(self, terminals: list[EmulatedTerminal]) -> None:
+        self.terminals = terminals
+
+    @classmethod
+    def start(cls, count: int, **kw: Any) -> "Fleet":
+        if not 1 <= count <= 64:
+            raise ConfigError("a fleet is 1 to 64 terminals (the demo data registers T0000001..T0000064)")
+        started: list[EmulatedTerminal] = []
+        try:
+            for n in range(1, count + 1):
+                started.append(EmulatedTerminal.start(terminal_id=f"T{n:07d}", **kw))
+        except BaseException:
+            for t in started:
+                t.close()
+            raise
+        return cls(started)
+
+    @property
+    def ports(self) -> list[str]:
+        return [t.port for t in self.terminals]
+
+    def close(self) -> None:
+        for t in self.terminals:
+            t.close()
+
+    def __enter__(self) -> "Fleet":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
