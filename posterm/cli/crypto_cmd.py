@@ -51,7 +51,9 @@ def crypto() -> None:
     \b
     posterm crypto dukpt initial-key --bdk HEX --ksn HEX
     posterm crypto dukpt derive --bdk HEX --ksn HEX --usage pin
-    posterm crypto pinblock encode --format 4 --pin 1234 --pan 4111111111111111 --key HEX
+    posterm crypto dukpt derive --bdk-file bdk.hex --ksn HEX   (KCVs only)
+    posterm crypto pinblock encode --format 4 --pan 4111111111111111 --key HEX
+    posterm crypto tr31 inspect BLOCK                          (header only)
     posterm crypto tr31 unwrap --kbpk HEX BLOCK
     posterm crypto cmac --key HEX --data HEX
     posterm crypto kcv --key HEX
@@ -72,15 +74,58 @@ def _initial(bdk: bytes, ksn: bytes) -> bytes:
     return c.aes_dukpt_initial_key(bdk, ksn[:8]) if len(ksn) == 12 else c.tdes_dukpt_ipek(bdk, ksn)
 
 
+def _bdk(bdk: str | None, bdk_file: str | None) -> bytes:
+    """The BDK from --bdk (a public test key) or --bdk-file (hex text, or 16 raw bytes)."""
+    if (bdk is None) == (bdk_file is None):
+        raise click.UsageError("give exactly one of --bdk HEX (test keys) or --bdk-file FILE")
+    if bdk is not None:
+        return hexarg(bdk, "--bdk", (16,))
+    try:
+        raw = open(bdk_file, "rb").read(4096)
+    except OSError as exc:
+        raise click.UsageError(f"--bdk-file: cannot read it ({exc.strerror})") from None
+    if len(raw) == 16:
+        return raw
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise click.UsageError("--bdk-file: neither 16 raw bytes nor hex text") from None
+    return hexarg("".join(text.split()), "--bdk-file", (16,))
+
+
+bdk_options = [
+    click.option("--bdk", default=None, help="Base derivation key, hex (public test keys only)."),
+    click.option("--bdk-file", default=None, type=click.Path(dir_okay=False),
+                 help="Read the BDK from a file (hex text or 16 raw bytes); only KCVs are printed then."),
+]
+
+
+def with_bdk(fn: Callable) -> Callable:
+    for opt in reversed(bdk_options):
+        fn = opt(fn)
+    return fn
+
+
+def _kcv_only(out: dict, algorithm: Any) -> dict:
+    """A key read from a file is treated as a real secret: show check values, never bytes."""
+    from posterm.crypto import common as c
+
+    return {f"{name}_kcv": c.kcv(v, algorithm).hex().upper() for name, v in out.items() if isinstance(v, bytes)}
+
+
 @dukpt.command("initial-key")
-@click.option("--bdk", required=True, help="Base derivation key, hex.")
+@with_bdk
 @click.option("--ksn", required=True, help="KSN, hex: 24 digits (AES) or 20 (TDES).")
 @json_flag
 @calc
-def dukpt_initial(bdk: str, ksn: str) -> dict:
-    """The initial key (AES) or IPEK (TDES) for a KSN."""
+def dukpt_initial(bdk: str | None, bdk_file: str | None, ksn: str) -> dict:
+    """The initial key (AES) or IPEK (TDES) for a KSN (its KCV only with --bdk-file)."""
+    from posterm.crypto import common as c
+
     raw_ksn = hexarg(ksn, "--ksn", (10, 12))
-    return {"initial_key": _initial(hexarg(bdk, "--bdk", (16,)), raw_ksn)}
+    out = {"initial_key": _initial(_bdk(bdk, bdk_file), raw_ksn)}
+    alg = c.Algorithm.AES if len(raw_ksn) == 12 else c.Algorithm.TDES
+    return _kcv_only(out, alg) if bdk_file else out
 
 
 USAGES = {"derivation": None, "pin": ("pin", "pin"), "mac-gen": ("mac_generation", "mac_request"),
@@ -88,18 +133,20 @@ USAGES = {"derivation": None, "pin": ("pin", "pin"), "mac-gen": ("mac_generation
 
 
 @dukpt.command("derive")
-@click.option("--bdk", required=True, help="Base derivation key, hex.")
+@with_bdk
 @click.option("--ksn", required=True, help="KSN, hex: 24 digits (AES) or 20 (TDES).")
 @click.option("--usage", type=click.Choice(list(USAGES)), default="derivation", show_default=True,
               help="derivation = the transaction key.")
 @json_flag
 @calc
-def dukpt_derive(bdk: str, ksn: str, usage: str) -> dict:
-    """A transaction's key for one usage."""
+def dukpt_derive(bdk: str | None, bdk_file: str | None, ksn: str, usage: str) -> dict:
+    """A transaction's key for one usage (with --bdk-file: only the KCVs of the derived keys)."""
     from posterm.crypto import common as c
 
     raw_ksn = hexarg(ksn, "--ksn", (10, 12))
-    ik = _initial(hexarg(bdk, "--bdk", (16,)), raw_ksn)
+    ik = _initial(_bdk(bdk, bdk_file), raw_ksn)
+    if bdk_file:
+        return _derive_kcvs(ik, raw_ksn, usage)
     if len(raw_ksn) == 12:
         tk = c.aes_dukpt_transaction_key(ik, raw_ksn)
         key = tk if usage == "derivation" else c.aes_dukpt_working_key(tk, raw_ksn, USAGES[usage][0])
@@ -111,6 +158,27 @@ def dukpt_derive(bdk: str, ksn: str, usage: str) -> dict:
     return {"key": key, "kcv": c.kcv(key, c.Algorithm.AES if len(raw_ksn) == 12 else c.Algorithm.TDES).hex().upper()}
 
 
+def _derive_kcvs(ik: bytes, ksn: bytes, usage: str) -> dict:
+    """KCVs of every key a transaction derives: what an engineer compares with a device log."""
+    from posterm.crypto import common as c
+
+    if len(ksn) == 12:
+        tk = c.aes_dukpt_transaction_key(ik, ksn)
+        keys = {"derivation": tk, **{u: c.aes_dukpt_working_key(tk, ksn, p[0])
+                                     for u, p in USAGES.items() if p}}
+        alg = c.Algorithm.AES
+    else:
+        tk = c.tdes_dukpt_transaction_key(ik, ksn)
+        keys = {"derivation": tk, **{u: c.tdes_dukpt_working_key(tk, p[1])
+                                     for u, p in USAGES.items() if p and p[1]}}
+        alg = c.Algorithm.TDES
+    if usage not in keys:
+        raise click.UsageError(f"--usage {usage} has no TDES DUKPT variant here")
+    kcvs = {f"{u}_kcv": c.kcv(k, alg).hex().upper() for u, k in keys.items()}
+    # the requested usage first: it is what the plain (non --json) output prints
+    return {"kcv": kcvs[f"{usage}_kcv"], "ksn": ksn.hex().upper(), **kcvs}
+
+
 @crypto.group()
 def pinblock() -> None:
     """ISO 9564-1 PIN blocks, formats 0, 3 (8 bytes, TDES) and 4 (16 bytes, AES)."""
@@ -118,15 +186,20 @@ def pinblock() -> None:
 
 @pinblock.command("encode")
 @click.option("--format", "fmt", type=click.Choice(["0", "3", "4"]), required=True)
-@click.option("--pin", required=True)
+@click.option("--pin", default=None,
+              help="Only for published test vectors; omit it to type the PIN at a hidden prompt "
+                   "(a PIN on a command line lands in shell history).")
 @click.option("--pan", required=True)
 @click.option("--key", default=None, help="PIN key, hex: gives the encrypted block (required for format 4).")
 @click.option("--fill", default=None, help="Random fill, hex (format 3: nibbles; format 4: 8 bytes).")
 @json_flag
 @calc
-def pinblock_encode(fmt: str, pin: str, pan: str, key: str | None, fill: str | None) -> dict:
-    """Encode (and with --key, encrypt) a PIN block."""
+def pinblock_encode(fmt: str, pin: str | None, pan: str, key: str | None, fill: str | None) -> dict:
+    """Encode (and with --key, encrypt) a PIN block. The PIN is read at a hidden prompt."""
     from posterm.crypto import common as c
+
+    if pin is None:
+        pin = click.prompt("PIN", hide_input=True, err=True)
 
     raw_fill = hexarg(fill, "--fill") if fill else None
     if fmt == "4":

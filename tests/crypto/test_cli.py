@@ -84,3 +84,59 @@ def test_cmac_kcv_tr31_vectors_via_cli():
 def test_bad_input_is_a_one_line_usage_error(args):
     r = CliRunner().invoke(main, ["crypto", *args])
     assert r.exit_code == 2 and "Traceback" not in r.output and "Error:" in r.output
+
+
+def test_bdk_file_prints_only_check_values(tmp_path):
+    """A BDK read from a file is a real secret: only KCVs come out, and they match the vectors."""
+    from posterm.crypto import common as c
+
+    v = load("aes_dukpt.json")
+    f = tmp_path / "bdk.hex"
+    f.write_text(v["bdk"] + "\n")
+    for t in v["transactions"]:
+        out = ok("dukpt", "derive", "--bdk-file", str(f), "--ksn", t["ksn"], "--usage", "pin")
+        assert out == c.kcv(bytes.fromhex(t["pin_key"])).hex().upper()
+        got = json.loads(ok("dukpt", "derive", "--bdk-file", str(f), "--ksn", t["ksn"], "--json"))
+        assert got["mac-gen_kcv"] == c.kcv(bytes.fromhex(t["mac_generation_key"])).hex().upper()
+        assert got["derivation_kcv"] == c.kcv(bytes.fromhex(t["transaction_key"])).hex().upper()
+        text = json.dumps(got)
+        for secret in (v["bdk"], v["initial_key"], t["transaction_key"], t["pin_key"], t["mac_generation_key"]):
+            assert secret not in text
+    td = load("tdes_dukpt.json")
+    (tmp_path / "tdes.bin").write_bytes(bytes.fromhex(td["bdk"]))  # 16 raw bytes work too
+    t = td["transactions"][0]
+    out = ok("dukpt", "derive", "--bdk-file", str(tmp_path / "tdes.bin"), "--ksn", t["ksn"])
+    assert out == c.kcv(bytes.fromhex(t["transaction_key"]), c.Algorithm.TDES).hex().upper()
+    assert ok("dukpt", "initial-key", "--bdk-file", str(f), "--ksn", v["initial_key_id"] + "00000000") == \
+        c.kcv(bytes.fromhex(v["initial_key"])).hex().upper()
+
+
+def test_pin_is_read_at_a_hidden_prompt():
+    v = load("aes_dukpt.json")
+    t, inp = v["transactions"][0], v["pin_block_inputs"]
+    r = CliRunner().invoke(main, ["crypto", "pinblock", "encode", "--format", "4", "--pan", inp["pan"], "--key",
+                                  t["pin_key"], "--fill", inp["random_fill"]], input=inp["pin"] + "\n")
+    assert r.exit_code == 0, r.output
+    assert r.output.strip().splitlines()[-1] == t["encrypted_pin_block_iso4"]
+    assert inp["pin"] not in r.output.replace(t["encrypted_pin_block_iso4"], "")  # not echoed
+
+
+@pytest.mark.parametrize("args", [
+    ["dukpt", "derive", "--ksn", "00" * 12],                                       # no BDK at all
+    ["dukpt", "derive", "--bdk", "00" * 16, "--bdk-file", "x", "--ksn", "00" * 12],  # both
+    ["dukpt", "derive", "--bdk-file", "/nonexistent/bdk", "--ksn", "00" * 12],
+    ["dukpt", "derive", "--bdk", "00" * 16, "--ksn", "00" * 8 + "0001FFFF"],         # 17 one-bits
+    ["dukpt", "derive", "--bdk", "00" * 16, "--ksn", "00" * 10, "--usage", "data-encrypt"],
+    ["tr31", "unwrap", "--kbpk", "00" * 32, "D0016B1QX00N0000"],
+    ["tr31", "wrap", "--kbpk", "00" * 32, "--header", "D0000B1AX00N0000", "1122"],
+    ["pinblock", "decode", "--format", "0", "--block", "041261AAAAEDCBA9", "--pan", "4012345678909"],
+])
+def test_more_bad_input_is_a_usage_error(args):
+    r = CliRunner().invoke(main, ["crypto", *args])
+    assert r.exit_code == 2 and "Traceback" not in r.output and "Error:" in r.output, r.output
+
+
+@pytest.mark.parametrize("sub", [[], ["dukpt", "derive"], ["pinblock", "encode"], ["tr31", "inspect"], ["kcv"]])
+def test_help_documents_every_command(sub):
+    r = CliRunner().invoke(main, ["crypto", *sub, "--help"])
+    assert r.exit_code == 0 and "Usage:" in r.output
