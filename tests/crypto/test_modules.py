@@ -281,3 +281,61 @@ def test_errors_never_carry_key_bytes(hsm):
         sm.load_key_block(bad)
     text = str(info.value).upper()
     assert bytes(range(16)).hex().upper() not in text and kbpk.hex().upper() not in text
+
+
+def test_hsm_keystore_is_sealed_and_survives_reopen(tmp_path):
+    hsm = Hsm.open(tmp_path / "hsm")
+    sm = SecureModule(tmp_path / "pad" / "module.sealed")
+    sm.inject_kbpk(hsm.kbpk_for_injection("T0000001"))
+    issued = hsm.initial_key_block("T0000001")
+    sm.load_key_block(issued.block)
+    again = Hsm.open(tmp_path / "hsm")  # a restarted host keeps its BDK: the pad still verifies
+    ksn = sm.next_ksn()
+    assert again.verify_request_mac(ksn, b"x", sm.request_mac(ksn, b"x"))
+    assert again.initial_key_block("T0000001").kcv == issued.kcv
+    store = tmp_path / "hsm" / "hsm.keys"
+    assert (store.with_name("hsm.keys.devkey").stat().st_mode & 0o777) == 0o600
+    assert (store.stat().st_mode & 0o777) == 0o600
+    store.write_bytes(store.read_bytes()[:-1] + bytes([store.read_bytes()[-1] ^ 1]))
+    with pytest.raises(CryptoError, match="authentication"):
+        Hsm.open(tmp_path / "hsm")
+
+
+def test_no_secret_at_rest_or_in_reprs(tmp_path):
+    """Scan every file the pad, the operator password and the HSM write for the test secrets."""
+    hsm = Hsm.open(tmp_path / "hsm")
+    sm = SecureModule(tmp_path / "pad" / "module.sealed")
+    kbpk = hsm.kbpk_for_injection("T0000002")
+    sm.inject_kbpk(kbpk)
+    sm.load_key_block(hsm.initial_key_block("T0000002").block)
+    op = OperatorPassword(tmp_path / "pad" / "operator.sealed", password="246810")
+    op.verify("246810")
+    verifier = hsm.payment_verifier(PIN)
+    e = enter(sm, PIN)
+    check = hsm.verify_pin(ksn=e.ksn, pin_block=e.block, pin_format=e.format, pan=CODE, verifier=verifier,
+                           tries_used=0)
+    assert check.match
+    secrets = [hsm._bdk, hsm._tdes_bdk, hsm._kbpk_master, kbpk, sm._ik.material(c.Usage.DUKPT_IK)]
+    needles = [s for k in secrets for s in (k, k.hex().encode(), k.hex().upper().encode())]
+    needles += [PIN.encode(), b"246810"]
+    files = [p for p in tmp_path.rglob("*") if p.is_file() and not p.name.endswith(".devkey")]
+    assert len(files) >= 3
+    for p in files:
+        blob = p.read_bytes()
+        for n in needles:
+            assert n not in blob, p.name
+    for obj in (sm, hsm, op, e, check, sm.status(), hsm.initial_key_block("T0000002")):
+        text = repr(obj).encode()
+        for n in needles:
+            assert n not in text and n.upper() not in text.upper(), type(obj).__name__
+
+
+def test_verify_pin_refuses_mismatched_format_and_bad_blocks(hsm, pad):
+    verifier = hsm.payment_verifier(PIN)
+    e = enter(pad, PIN)
+    wrong_fmt = 0 if e.format == 4 else 4
+    assert not hsm.verify_pin(ksn=e.ksn, pin_block=e.block, pin_format=wrong_fmt, pan=CODE, verifier=verifier,
+                              tries_used=0).match
+    assert not hsm.verify_pin(ksn=e.ksn, pin_block=bytes(len(e.block)), pin_format=e.format, pan=CODE,
+                              verifier=verifier, tries_used=0).match
+    assert verifier.hex().find(PIN.encode().hex()) == -1 and hsm.payment_verifier(PIN) != verifier  # salted
