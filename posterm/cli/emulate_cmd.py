@@ -1,0 +1,90 @@
+"""`posterm emulate`: emulated terminals on pseudo-terminals or TCP, until Ctrl-C / SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import click
+
+from posterm.cli.common import EXIT_USAGE, fail
+
+
+@click.command()
+@click.option("--pty", "use_pty", is_flag=True, default=True, help="On a new pseudo-terminal (the default).")
+@click.option("--listen", default=None, metavar="tcp://127.0.0.1:PORT", help="Listen on TCP instead of a pty.")
+@click.option("--count", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="A fleet: one port per terminal, T0000001 upwards; every path printed.")
+@click.option("--port-file", type=click.Path(dir_okay=False), default=None,
+              help="Also write the port path(s) here once the terminal is ready.")
+@click.option("--link", default=None, help="Also make a stable symlink to the pty (one terminal only).")
+@click.option("--scenario", type=click.Path(exists=True, dir_okay=False), default=None, help="Scenario TOML.")
+@click.option("--host", "host_url", default="embedded", show_default=True, help="'embedded' or tcp://HOST:PORT.")
+@click.option("--home", type=click.Path(file_okay=False), default=None, help="State directory (default $POSTERM_HOME).")
+@click.option("--terminal-id", default="T0000001", show_default=True)
+@click.option("--pace", is_flag=True, help="Pace the line to the baud rate.")
+@click.option("--baud", type=click.IntRange(50, 4_000_000), default=115200, show_default=True)
+@click.option("--faults", default=None, help="Line faults, e.g. drop=0.01,corrupt=0.01,dup=0.005,delay=20ms,unplug_after=30s,seed=1")
+@click.option("--record", type=click.Path(file_okay=False), default=None, help="Record each session into this directory.")
+@click.option("--protocol", type=click.Choice(["posterm"]), default="posterm", show_default=True)
+@click.option("--poll-interval", type=click.FloatRange(0.05, 60), default=5.0, show_default=True,
+              help="Phone/QR confirmation: query the host this often ...")
+@click.option("--poll-attempts", type=click.IntRange(1, 100), default=5, show_default=True, help="... this many times, then cancel.")
+def emulate(use_pty, listen, count, port_file, link, scenario, host_url, home, terminal_id, pace, baud, faults, record,
+            protocol, poll_interval, poll_attempts):
+    """Start emulated payment terminals and serve them until Ctrl-C or SIGTERM.
+
+    The first line(s) of stdout are the ports to give the ECR (one per terminal).
+    With no scenario, the host's test payment codes pick the outcome and the PIN
+    pad types the demo PIN (147258) when asked.
+
+    \b
+    Example:
+      posterm emulate --port-file /tmp/port &
+      posterm pay --port $(cat /tmp/port) --amount 12.34 --payment-code 289900000000000001
+    """
+    from posterm.emulator.firmware import FirmwareConfig
+    from posterm.emulator.runner import EmulatedTerminal, Fleet
+    from posterm.errors import PosError
+
+    if listen and count > 1:
+        raise click.UsageError("--listen serves one terminal; use --count with ptys")
+    if link and count > 1:
+        raise click.UsageError("--link names one pty; it cannot be used with --count")
+    kw = dict(host=host_url, home=home, scenario=scenario, faults=faults, pace=pace, baudrate=baud, record=record,
+              protocol=protocol, config=FirmwareConfig(poll_interval=poll_interval, poll_attempts=poll_attempts))
+    try:
+        if count > 1:
+            fleet = Fleet.start(count, **kw)
+            terminals = fleet.terminals
+        else:
+            term = EmulatedTerminal.start(listen=listen, terminal_id=terminal_id, link=link, **kw)
+            fleet, terminals = None, [term]
+    except PosError as exc:
+        fail(f"{type(exc).__name__}: {exc}", EXIT_USAGE)
+        return
+    for t in terminals:
+        click.echo(t.port)
+    sys.stdout.flush()
+    if port_file:
+        tmp = Path(port_file).with_suffix(".tmp")
+        tmp.write_text("".join(f"{t.port}\n" for t in terminals))
+        tmp.replace(port_file)  # appears whole, only once the terminals are ready
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            dead = [t for t in terminals if t.error is not None]
+            if dead:
+                click.echo(f"posterm: error: terminal {dead[0].terminal_id} stopped: {dead[0].error}", err=True)
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if fleet is not None:
+            fleet.close()
+        else:
+            terminals[0].close()
+    sys.exit(0 if not any(t.error for t in terminals) else 1)

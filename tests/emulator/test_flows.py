@@ -1,0 +1,113 @@
+"""Every flow end to end: the driver over a real pty, the emulated terminal, the embedded host."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from firmware_protocol.messages import Outcome, Reason
+from posterm.driver import Terminal
+
+CODE = {n: f"28990000000000000{n}" for n in range(1, 9)}
+
+
+@pytest.fixture
+def term(posterm_terminal, tmp_path):
+    with Terminal.open(posterm_terminal.port, journal=str(tmp_path / "drv.db")) as t:
+        t.emu = posterm_terminal
+        yield t
+    assert posterm_terminal.error is None
+
+
+def host_status(term, order_id):
+    return term.emu.host.order_status(order_id)
+
+
+@pytest.mark.parametrize("code, amount, outcome, reason, host", [
+    (1, 100_000, Outcome.APPROVED, Reason.NONE, "APPROVED"),                    # password-free
+    (1, 100_001, Outcome.APPROVED, Reason.NONE, "APPROVED"),                    # PIN typed by the customer
+    (1, 500_001, Outcome.DECLINED, Reason.OVER_TRANSACTION_LIMIT, "DECLINED"),
+    (2, 501, Outcome.DECLINED, Reason.INSUFFICIENT_BALANCE, "DECLINED"),
+    (3, 100, Outcome.APPROVED, Reason.NONE, "APPROVED"),
+    (4, 100, Outcome.APPROVED, Reason.NONE, "APPROVED"),                        # phone, after 2 s
+    (5, 100, Outcome.CANCELLED, Reason.CONFIRMATION_TIMEOUT, "CANCELLED"),      # phone never: queries, cancel
+    (7, 100, Outcome.DECLINED, Reason.RISK_REJECTED, "DECLINED"),
+    (8, 100, Outcome.DECLINED, Reason.ACCOUNT_FROZEN, "DECLINED"),
+])
+def test_test_codes_through_the_driver(term, code, amount, outcome, reason, host):
+    stages = []
+    r = term.pay(amount, "CNY", payment_code=CODE[code], timeout=30, on_progress=lambda p: stages.append(p.stage))
+    assert (r.outcome, r.reason) == (outcome, reason)
+    assert host_status(term, r.order_id) == host
+    assert stages  # the terminal reported progress
+    if outcome is Outcome.APPROVED:
+        assert r.trade_no and r.code_last4 == CODE[code][-4:]
+        assert any(r.order_id == rc.order_id for rc in term.emu.receipts())
+    assert term.emu.host.check_books() == []
+
+
+def test_scanned_by_the_terminal_and_dynamic_qr(term):
+    r = term.pay(1234, "CNY", timeout=30)   # no code from the ECR: the terminal's scanner reads one
+    assert r.approved
+    r = term.pay(2345, "CNY", dynamic_qr=True, timeout=30)  # the customer's wallet scans the QR
+    assert r.approved and host_status(term, r.order_id) == "APPROVED"
+
+
+def test_abort_mid_flow(term):
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("r", term.pay(100, "CNY", payment_code=CODE[5],
+                                                                            order_id="AB-1", timeout=30)))
+    t.start()
+    time.sleep(0.5)
+    term.abort()
+    t.join(30)
+    assert result["r"].outcome is Outcome.CANCELLED and result["r"].reason == Reason.ABORTED_BY_ECR
+    assert host_status(term, "AB-1") == "CANCELLED"
+
+
+def test_query_cancel_refund_settle_and_keys(term):
+    r = term.pay(5000, "CNY", payment_code=CODE[1], timeout=30)
+    assert term.query(r.order_id).approved
+    rf = term.refund(r.order_id, 2000, "RF-A", "246810", timeout=30)
+    assert rf.outcome is Outcome.APPROVED and rf.refunded_total_minor == 2000
+    assert term.refund(r.order_id, 2000, "RF-A", "246810", timeout=30).refunded_total_minor == 2000  # idempotent
+    assert term.refund(r.order_id, 3001, "RF-B", "246810", timeout=30).outcome is Outcome.DECLINED
+    bad = term.refund(r.order_id, 1, "RF-C", "000000", timeout=30)
+    assert bad.outcome is Outcome.DECLINED and bad.reason == Reason.OPERATOR_PASSWORD_WRONG
+    c = term.pay(700, "CNY", payment_code=CODE[1], timeout=30)
+    assert term.cancel(c.order_id).outcome is Outcome.CANCELLED
+    assert host_status(term, c.order_id) == "REFUNDED"
+    st = term.settle("246810", timeout=30)
+    assert st.host_agrees and st.totals[0].approved_count == 1
+    key = term.key_status()
+    assert key.loaded and key.counters_left > 1000
+
+
+def test_scenario_customer_walks_away_and_wrong_pin(term, tmp_path):
+    scenario = tmp_path / "s.toml"
+    scenario.write_text("""
+[[payment]]
+expect = "cancelled"
+actions = [{ action = "walk_away", after = 0.1 }]
+
+[[payment]]
+actions = [
+  { action = "present_code", code = "289900000000000003" },
+  { action = "type_pin", digits = "000000" },
+  { action = "type_pin", digits = "147258" },
+]
+""")
+    term.emu.set_scenario(scenario)
+    time.sleep(0.1)
+    r = term.pay(100, "CNY", timeout=30)
+    assert r.outcome is Outcome.CANCELLED
+    r = term.pay(100, "CNY", timeout=30)
+    assert r.approved
+
+
+def test_no_secrets_on_the_terminal_side(term, posterm_terminal, tmp_path):
+    term.pay(100_001, "CNY", payment_code=CODE[1], timeout=30)
+    blobs = b"".join(p.read_bytes() for p in (tmp_path / "posterm" / "terminals").rglob("*") if p.is_file())
+    assert b"147258" not in blobs and b"246810" not in blobs and CODE[1].encode() not in blobs
