@@ -1,0 +1,42 @@
+"""`posterm emulate` and `posterm demo` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+
+def test_emulate_prints_port_first_and_stops_on_sigterm(tmp_path):
+    p = subprocess.Popen([sys.executable, "-m", "posterm", "emulate", "--home", str(tmp_path), "--count", "2",
+                          "--port-file", str(tmp_path / "ports")], stdout=subprocess.PIPE, text=True)
+    try:
+        first, second = p.stdout.readline().strip(), p.stdout.readline().strip()
+        assert first.startswith("/dev/pts/") and second.startswith("/dev/pts/") and first != second
+        deadline = time.monotonic() + 10
+        while not (tmp_path / "ports").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (tmp_path / "ports").read_text().split() == [first, second]
+        r = subprocess.run([sys.executable, "-m", "posterm", "pay", "--port", second, "--amount", "12.34",
+                            "--payment-code", "289900000000000001", "--json", "--journal", str(tmp_path / "j.db")],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert out["result"] == "approved" and out["amount_minor"] == 1234
+    finally:
+        p.terminate()
+        assert p.wait(10) == 0
+
+
+def test_emulate_bad_flags_are_usage_errors(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "posterm", "emulate", "--home", str(tmp_path), "--faults", "drop=2"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "between 0 and 1" in r.stderr
+
+
+def test_demo_runs_a_day_and_exits_0():
+    r = subprocess.run([sys.executable, "-m", "posterm", "demo"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "all as expected" in r.stdout and "books balanced: True" in r.stdout
+    assert "147258" not in r.stdout + r.stderr and "289900000000000001" not in r.stdout
