@@ -48,25 +48,63 @@ class PinCheck:
 class Hsm:
     """See the module docstring. Create with :meth:`open` (sealed key store) or :meth:`ephemeral`."""
 
-    def __init__(self, keys: dict[str, bytes], path: Path | None = None) -> None:
-        self._bdk = keys["bdk"]
-        self._bdk_id = keys["bdk_id"]
+    def __init__(self, keys: dict[str, bytes], path: Path | None = None,
+                 retired: dict[bytes, bytes] | None = None) -> None:
+        self._bdk = keys["bdk"]              # the current AES BDK: new terminals get keys under it
+        self._bdk_id = keys["bdk_id"]        # 4 bytes; the first 4 bytes of every KSN it issues
         self._tdes_bdk = keys["tdes_bdk"]
         self._kbpk_master = keys["kbpk_master"]
+        # Earlier AES BDKs by id: terminals loaded before a rotation keep working until re-keyed.
+        self._retired: dict[bytes, bytes] = dict(retired or {})
         self._path = path
         self._lock = threading.Lock()
 
     @classmethod
     def open(cls, state_dir: str | Path) -> "Hsm":
-        """Open (or create on first use) the sealed key store in ``state_dir``."""
+        """Open (or create on first use) the sealed key store in ``state_dir``. Raises CryptoError if tampered."""
         path = Path(state_dir) / "hsm.keys"
         doc = sealed.load(path)
         if doc is None:
-            keys = cls._fresh_keys()
-            sealed.save(path, {k: v.hex() for k, v in keys.items()})
-        else:
-            keys = {k: bytes.fromhex(v) for k, v in doc.items()}
-        return cls(keys, path)
+            hsm = cls(cls._fresh_keys(), path)
+            hsm._save()
+            return hsm
+        retired = {bytes.fromhex(k): bytes.fromhex(v) for k, v in doc.pop("retired", {}).items()}
+        return cls({k: bytes.fromhex(v) for k, v in doc.items()}, path, retired)
+
+    def _save(self) -> None:
+        if self._path is None:
+            return
+        sealed.save(self._path, {"bdk": self._bdk.hex(), "bdk_id": self._bdk_id.hex(),
+                                 "tdes_bdk": self._tdes_bdk.hex(), "kbpk_master": self._kbpk_master.hex(),
+                                 "retired": {k.hex(): v.hex() for k, v in self._retired.items()}})
+
+    @property
+    def bdk_id(self) -> bytes:
+        """The current AES BDK's id (the first 4 bytes of the KSNs it issues)."""
+        return self._bdk_id
+
+    def rotate_bdk(self) -> bytes:
+        """Make a fresh AES BDK current and return its id.
+
+        Initial keys issued from now on derive from it; the previous BDK is kept (retired)
+        so terminals loaded under it keep working until they load a new key block.
+        """
+        with self._lock:
+            new_id = os.urandom(4)
+            while new_id == self._bdk_id or new_id in self._retired:
+                new_id = os.urandom(4)
+            self._retired[self._bdk_id] = self._bdk
+            self._bdk, self._bdk_id = os.urandom(16), new_id
+            self._save()
+            return new_id
+
+    def _aes_bdk(self, bdk_id: bytes) -> bytes:
+        if bdk_id == self._bdk_id:
+            return self._bdk
+        try:
+            return self._retired[bdk_id]
+        except KeyError:
+            raise CryptoError("KSN names a BDK this HSM does not hold") from None
 
     @classmethod
     def ephemeral(cls) -> "Hsm":
@@ -115,9 +153,7 @@ class Hsm:
 
     def _working(self, ksn: bytes, purpose: str) -> tuple[bytes, bool]:
         if len(ksn) == 12:
-            if ksn[:4] != self._bdk_id:
-                raise CryptoError("KSN names a BDK this HSM does not hold")
-            ik = c.aes_dukpt_initial_key(self._bdk, ksn[:8])
+            ik = c.aes_dukpt_initial_key(self._aes_bdk(ksn[:4]), ksn[:8])
             tk = c.aes_dukpt_transaction_key(ik, ksn)
             return c.aes_dukpt_working_key(tk, ksn, purpose), True
         if len(ksn) == 10:
@@ -177,7 +213,8 @@ class Hsm:
         return PinCheck(match, used >= PIN_MAX_TRIES, PIN_MAX_TRIES - used)
 
     def __repr__(self) -> str:
-        return f"<Hsm bdk_id={self._bdk_id.hex().upper()} kcv={c.kcv(self._bdk).hex().upper()}>"
+        return (f"<Hsm bdk_id={self._bdk_id.hex().upper()} kcv={c.kcv(self._bdk).hex().upper()} "
+                f"retired={len(self._retired)}>")
 
     def __reduce__(self):
         raise CryptoError("the HSM cannot be pickled")

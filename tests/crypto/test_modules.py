@@ -339,3 +339,22 @@ def test_verify_pin_refuses_mismatched_format_and_bad_blocks(hsm, pad):
     assert not hsm.verify_pin(ksn=e.ksn, pin_block=bytes(len(e.block)), pin_format=e.format, pan=CODE,
                               verifier=verifier, tries_used=0).match
     assert verifier.hex().find(PIN.encode().hex()) == -1 and hsm.payment_verifier(PIN) != verifier  # salted
+
+
+def test_bdk_rotation_keeps_old_terminals_working(tmp_path):
+    hsm = Hsm.open(tmp_path / "hsm")
+    old_pad, _, _ = _loaded(hsm, "T0000010")
+    old_id = hsm.bdk_id
+    new_id = hsm.rotate_bdk()
+    assert new_id != old_id and hsm.bdk_id == new_id
+    new_pad, issued, _ = _loaded(hsm, "T0000011")
+    assert issued.ksn[:4] == new_id
+    reopened = Hsm.open(tmp_path / "hsm")  # the rotation and the retired BDK are persisted
+    for pad_ in (old_pad, new_pad):
+        ksn = pad_.next_ksn()
+        assert reopened.verify_request_mac(ksn, b"m", pad_.request_mac(ksn, b"m"))
+        e = enter(pad_, PIN)
+        assert reopened.verify_pin(ksn=e.ksn, pin_block=e.block, pin_format=e.format, pan=CODE,
+                                   verifier=reopened.payment_verifier(PIN), tries_used=0).match
+    unknown = b"\xEE" * 4 + old_pad.next_ksn()[4:]
+    assert not reopened.verify_request_mac(unknown, b"m", b"\0" * 8)
