@@ -31,4 +31,39 @@ def main(argv: list[str]) -> int:
     ):
         r = rate(fn, 0.5)
         emit("crypto", name, round(r), "ops/s", ratio_to_aes_block=round(base / r, 1))
+    _modules()
     return 0
+
+
+def _modules() -> None:
+    """End to end through the two modules: a PIN entry on the pad, its check in the HSM.
+
+    verify_pin is dominated by scrypt (deliberately slow: it is what makes a stolen
+    verifier expensive to brute-force), so it is reported as its own figure.
+    """
+    from posterm.crypto.host import Hsm
+    from posterm.crypto.terminal import SecureModule
+
+    hsm = Hsm.ephemeral()
+    sm = SecureModule()
+    sm.inject_kbpk(hsm.kbpk_for_injection("T0000001"))
+    sm.load_key_block(hsm.initial_key_block("T0000001").block)
+    code = "289900000000000003"
+
+    def entry():
+        sm.begin_pin_entry(code)
+        for d in "147258":
+            sm.press(d)
+        return sm.finish()
+
+    emit("crypto", "pinpad_pin_entries", round(rate(entry, 0.5)), "ops/s")
+    ksn = sm.next_ksn()
+    emit("crypto", "pinpad_request_macs", round(rate(lambda: sm.request_mac(ksn, bytes(200)), 0.5)), "ops/s")
+    mac = sm.request_mac(ksn, bytes(200))
+    emit("crypto", "hsm_verify_request_macs",
+         round(rate(lambda: hsm.verify_request_mac(ksn, bytes(200), mac), 0.5)), "ops/s")
+    verifier = hsm.payment_verifier("147258")
+    e = entry()
+    emit("crypto", "hsm_verify_pins", round(rate(lambda: hsm.verify_pin(
+        ksn=e.ksn, pin_block=e.block, pin_format=e.format, pan=code, verifier=verifier, tries_used=0), 0.5, batch=5), 1),
+        "ops/s")
