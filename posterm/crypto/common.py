@@ -56,6 +56,17 @@ class Mode(str, enum.Enum):
     ANY = "N"
 
 
+# What each TR-31 mode of use lets a key do: B is encrypt+decrypt, C is MAC generate+verify.
+_MODE_PERMITS: dict[Mode, frozenset[Mode]] = {
+    Mode.ANY: frozenset(Mode),
+    Mode.BOTH: frozenset({Mode.ENCRYPT, Mode.DECRYPT, Mode.BOTH}),
+    Mode.CALCULATE: frozenset({Mode.GENERATE, Mode.VERIFY, Mode.CALCULATE}),
+    Mode.ENCRYPT: frozenset({Mode.ENCRYPT}), Mode.DECRYPT: frozenset({Mode.DECRYPT}),
+    Mode.GENERATE: frozenset({Mode.GENERATE}), Mode.VERIFY: frozenset({Mode.VERIFY}),
+    Mode.DERIVE: frozenset({Mode.DERIVE}),
+}
+
+
 class Key:
     """Key material bound to one usage. ``repr`` shows the usage and KCV, never the key."""
 
@@ -71,10 +82,11 @@ class Key:
         self.mode = mode
 
     def material(self, usage: Usage, *modes: Mode) -> bytes:
-        """The bytes, for a use this key allows. Raises CryptoError for any other use."""
+        """The bytes, for a use this key allows: ``usage`` must be the key's own and its mode
+        must permit one of ``modes``. Raises CryptoError (naming the uses, never the bytes)."""
         if usage is not self.usage:
             raise CryptoError(f"a {self.usage.name} key cannot be used as a {usage.name} key")
-        if modes and self.mode is not Mode.ANY and self.mode not in modes and self.mode is not Mode.BOTH:
+        if modes and not _MODE_PERMITS[self.mode] & set(modes):
             raise CryptoError(f"a {self.usage.name} key with mode {self.mode.name} cannot "
                               f"{'/'.join(m.name.lower() for m in modes)}")
         return self._bytes
@@ -173,11 +185,24 @@ def kcv(key: bytes, algorithm: Algorithm = Algorithm.AES, length: int = 3) -> by
     return tdes_ecb(key, b"\x00" * 8)[:length]
 
 
-def cmac_for(key: Key, data: bytes, length: int = 8) -> bytes:
-    """A MAC under a typed MAC key (refuses any other key)."""
-    raw = key.material(Usage.MAC, Mode.GENERATE, Mode.CALCULATE, Mode.VERIFY)
+def _cmac_any(key: Key, raw: bytes, data: bytes, length: int) -> bytes:
     mac = aes_cmac(raw, data) if key.algorithm is Algorithm.AES else tdes_cmac(raw, data)
     return mac[:length]
+
+
+def cmac_for(key: Key, data: bytes, length: int = 8) -> bytes:
+    """Generate a MAC under a typed MAC key whose mode allows generating. Raises CryptoError otherwise."""
+    return _cmac_any(key, key.material(Usage.MAC, Mode.GENERATE), data, length)
+
+
+def cmac_verify(key: Key, data: bytes, mac: bytes) -> bool:
+    """Check ``mac`` (its length is the truncation) under a MAC key whose mode allows verifying.
+
+    Raises CryptoError for a key that may not verify; a wrong MAC is just False.
+    """
+    if not 4 <= len(mac) <= 16:
+        return False
+    return hmac.compare_digest(_cmac_any(key, key.material(Usage.MAC, Mode.VERIFY), data, len(mac)), bytes(mac))
 
 
 # ----------------------------------------------------------------------------- PIN blocks (ISO 9564-1)

@@ -13,7 +13,6 @@ This module never imports :mod:`posterm.crypto.terminal`.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import os
 import threading
 from dataclasses import dataclass
@@ -162,22 +161,27 @@ class Hsm:
             return c.tdes_dukpt_working_key(tk, variant), False
         raise CryptoError("a KSN is 10 (TDES) or 12 (AES) bytes")
 
-    def _mac(self, ksn: bytes, data: bytes, purpose: str) -> bytes:
+    def _mac_key(self, ksn: bytes, purpose: str, mode: c.Mode) -> c.Key:
+        # Typed: the host may only verify with the terminal's request key, only sign with the response key.
         key, aes = self._working(ksn, purpose)
-        return (c.aes_cmac(key, data) if aes else c.tdes_cmac(key, data))[:MAC_SIZE]
+        return c.Key(key, c.Usage.MAC, c.Algorithm.AES if aes else c.Algorithm.TDES, mode)
 
     def verify_request_mac(self, ksn: bytes, data: bytes, mac: bytes | None) -> bool:
-        """True when ``mac`` is the terminal's MAC of ``data`` under ``ksn``."""
-        if not mac or not ksn:
+        """True when ``mac`` (8 bytes) is the terminal's MAC of ``data`` under ``ksn``; False otherwise
+        (wrong MAC or size, unknown BDK, invalid KSN)."""
+        if not mac or not ksn or len(mac) != MAC_SIZE:
             return False
         try:
-            return hmac.compare_digest(self._mac(ksn, data, "mac_generation"), bytes(mac))
+            return c.cmac_verify(self._mac_key(ksn, "mac_generation", c.Mode.VERIFY), data, bytes(mac))
         except CryptoError:
             return False
 
     def response_mac(self, ksn: bytes, data: bytes) -> bytes:
-        """MAC a response to the terminal under the response key of ``ksn``."""
-        return self._mac(ksn, data, "mac_verification")
+        """MAC a response to the terminal under the response key of ``ksn`` (8 bytes).
+
+        Raises CryptoError for a KSN this HSM cannot derive (bad length, unknown BDK, invalid counter).
+        """
+        return c.cmac_for(self._mac_key(ksn, "mac_verification", c.Mode.GENERATE), data, MAC_SIZE)
 
     # -- payment secrets and PINs ------------------------------------------------------
 

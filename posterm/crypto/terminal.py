@@ -214,23 +214,29 @@ class SecureModule:
         return c.tdes_dukpt_working_key(tk, {"mac_generation": "mac_request", "mac_verification": "mac_response"}
                                         .get(purpose, purpose))
 
-    def _mac(self, ksn: bytes, data: bytes, purpose: str) -> bytes:
-        key = self._working(ksn, purpose)
-        mac = c.aes_cmac(key, data) if self._algorithm == "AES" else c.tdes_cmac(key, data)
-        return mac[:MAC_SIZE]
+    def _mac_key(self, ksn: bytes, purpose: str, mode: c.Mode) -> c.Key:
+        # Typed: the request key may only generate, the response key may only verify.
+        alg = c.Algorithm.AES if self._algorithm == "AES" else c.Algorithm.TDES
+        return c.Key(self._working(ksn, purpose), c.Usage.MAC, alg, mode)
 
     def request_mac(self, ksn: bytes, data: bytes) -> bytes:
-        """MAC ``data`` with the MAC-generation key of the current ``ksn`` (8 bytes)."""
+        """MAC ``data`` with the MAC-generation key of the current ``ksn`` (8 bytes).
+
+        Raises CryptoError when ``ksn`` is not the module's current KSN (``next_ksn``).
+        """
         with self._lock:
-            return self._mac(ksn, data, "mac_generation")
+            return c.cmac_for(self._mac_key(ksn, "mac_generation", c.Mode.GENERATE), data, MAC_SIZE)
 
     def verify_response_mac(self, ksn: bytes, data: bytes, mac: bytes) -> bool:
-        """Check a host response MAC'd with the response key of ``ksn`` (our current KSN)."""
-        import hmac as _hmac
+        """Check a host response MAC'd with the response key of ``ksn`` (our current KSN).
 
+        Returns False for a wrong MAC, a MAC of the wrong size or a KSN that is not current.
+        """
         with self._lock:
+            if not mac or len(mac) != MAC_SIZE:
+                return False
             try:
-                return _hmac.compare_digest(self._mac(ksn, data, "mac_verification"), bytes(mac))
+                return c.cmac_verify(self._mac_key(ksn, "mac_verification", c.Mode.VERIFY), data, bytes(mac))
             except CryptoError:
                 return False
 

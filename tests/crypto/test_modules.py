@@ -358,3 +358,40 @@ def test_bdk_rotation_keeps_old_terminals_working(tmp_path):
                                    verifier=reopened.payment_verifier(PIN), tries_used=0).match
     unknown = b"\xEE" * 4 + old_pad.next_ksn()[4:]
     assert not reopened.verify_request_mac(unknown, b"m", b"\0" * 8)
+
+
+def test_key_modes_are_enforced():
+    gen = c.Key(bytes(16), c.Usage.MAC, c.Algorithm.AES, c.Mode.GENERATE)
+    ver = c.Key(bytes(16), c.Usage.MAC, c.Algorithm.AES, c.Mode.VERIFY)
+    both = c.Key(bytes(16), c.Usage.MAC, c.Algorithm.AES, c.Mode.CALCULATE)
+    mac = c.cmac_for(gen, b"data")
+    assert c.cmac_verify(ver, b"data", mac) and not c.cmac_verify(ver, b"dat4", mac)
+    assert c.cmac_verify(both, b"data", c.cmac_for(both, b"data"))
+    with pytest.raises(CryptoError, match="VERIFY cannot generate"):
+        c.cmac_for(ver, b"data")
+    with pytest.raises(CryptoError, match="GENERATE cannot verify"):
+        c.cmac_verify(gen, b"data", mac)
+    enc_dec = c.Key(bytes(16), c.Usage.PIN, c.Algorithm.AES, c.Mode.BOTH)
+    block = c.encrypt_pin_block_4(enc_dec, "1234", "4111111111111111")
+    assert c.decrypt_pin_block_4(enc_dec, block, "4111111111111111") == "1234"
+    with pytest.raises(CryptoError, match="cannot be used as a MAC key"):
+        c.cmac_for(enc_dec, b"data")
+    ik = c.Key(bytes(16), c.Usage.DUKPT_IK, c.Algorithm.AES, c.Mode.DERIVE)
+    with pytest.raises(CryptoError, match="cannot be used as a PIN key"):
+        c.encrypt_pin_block_4(ik, "1234", "4111111111111111")
+    with pytest.raises(CryptoError, match="AES key is 16/24/32 bytes"):
+        c.Key(bytes(15), c.Usage.PIN, c.Algorithm.AES)
+
+
+def test_mac_sizes_and_stale_ksn_are_refused(pad, hsm):
+    ksn = pad.next_ksn()
+    mac = pad.request_mac(ksn, b"x")
+    assert not hsm.verify_request_mac(ksn, b"x", mac[:4]) and not hsm.verify_request_mac(ksn, b"x", mac + b"\0")
+    resp = hsm.response_mac(ksn, b"r")
+    assert not pad.verify_response_mac(ksn, b"r", resp[:7])
+    pad.next_ksn()  # the pad moved on: the old KSN's keys are gone from it
+    with pytest.raises(CryptoError, match="current"):
+        pad.request_mac(ksn, b"x")
+    assert not pad.verify_response_mac(ksn, b"r", resp)
+    with pytest.raises(CryptoError):
+        hsm.response_mac(b"\0" * 11, b"r")
