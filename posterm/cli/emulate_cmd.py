@@ -53,6 +53,8 @@ def emulate(use_pty, listen, count, port_file, link, scenario, host_url, home, t
         raise click.UsageError("--listen serves one terminal; use --count with ptys")
     if link and count > 1:
         raise click.UsageError("--link names one pty; it cannot be used with --count")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # before the port is announced: no race
     kw = dict(host=host_url, home=home, scenario=scenario, faults=faults, pace=pace, baudrate=baud, record=record,
               protocol=protocol, config=FirmwareConfig(poll_interval=poll_interval, poll_attempts=poll_attempts))
     try:
@@ -72,8 +74,6 @@ def emulate(use_pty, listen, count, port_file, link, scenario, host_url, home, t
         tmp = Path(port_file).with_suffix(".tmp")
         tmp.write_text("".join(f"{t.port}\n" for t in terminals))
         tmp.replace(port_file)  # appears whole, only once the terminals are ready
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         while not stop.wait(0.5):
             dead = [t for t in terminals if t.error is not None]

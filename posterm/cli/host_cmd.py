@@ -81,6 +81,8 @@ def serve(listen, allow_remote, no_demo, risk_rules, outage_seconds, backup_ever
     """
     from posterm.host.server import serve as start
 
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # before the address is announced: no race
     h = open_host(db_path, demo=not no_demo, risk_config=risk_rules, outage_seconds=outage_seconds)
     scheduler = None
     if backup_every or backup_to:
@@ -94,8 +96,6 @@ def serve(listen, allow_remote, no_demo, risk_rules, outage_seconds, backup_ever
     server = start(h, listen, allow_remote=allow_remote)
     click.echo(server.address, nl=True)
     sys.stdout.flush()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     if scheduler:
         scheduler.start()
     try:

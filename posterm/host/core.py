@@ -332,6 +332,14 @@ class Host:
                 self._capture(db, t["trade_no"])  # confirmed on the phone by scanning and paying
             return db.execute("SELECT status FROM trades WHERE trade_no = ?", (t["trade_no"],)).fetchone()[0]
 
+    def account_for_code(self, code: str) -> str:
+        """The account a payment code belongs to (the wallet that shows it)."""
+        row = self.store.read().execute("SELECT account_id FROM payment_codes WHERE code_hash = ?",
+                                        (code_hash(code),)).fetchone()
+        if row is None:
+            raise HostRefused("unknown payment code")
+        return row[0]
+
     def wallet_confirm(self, order_id: str, merchant_id: str = "M100000001") -> str:
         """The customer confirms a waiting payment on the phone."""
         with self.store.write() as db:
