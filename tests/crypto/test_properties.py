@@ -86,3 +86,49 @@ def test_psec_agrees_on_tr31(version, material):
     assert psec_tr31.unwrap(kbpk, ours)[1] == key
     theirs = psec_tr31.wrap(kbpk, f"{version}0000P0{'T' if version == 'B' else 'A'}E00N0000", key)
     assert c.tr31_unwrap(kbpk, theirs)[1] == key
+
+
+@FAST
+@given(st.integers(min_value=0, max_value=0xFFFEFFFF))
+def test_aes_next_counter_is_the_next_valid_one(counter):
+    nxt = c.aes_dukpt_next_counter(counter)
+    assert nxt > counter and c.aes_dukpt_valid_counter(nxt)
+    # nothing valid is skipped: every counter strictly between is invalid (checked on a bounded span)
+    for between in range(counter + 1, min(nxt, counter + 4096)):
+        assert not c.aes_dukpt_valid_counter(between)
+
+
+@FAST
+@given(st.integers(min_value=0, max_value=0x1FF7FF))
+def test_tdes_next_counter_is_the_next_valid_one(counter):
+    nxt = c.tdes_dukpt_next_counter(counter)
+    assert nxt > counter and nxt.bit_count() <= 10 and nxt <= 0x1FFFFF
+    for between in range(counter + 1, min(nxt, counter + 4096)):
+        assert between.bit_count() > 10
+
+
+@pytest.fixture(scope="module")
+def hsm_and_pads():
+    from posterm.crypto.host import Hsm
+    from posterm.crypto.terminal import SecureModule
+
+    hsm = Hsm.ephemeral()
+    pads = {}
+    for alg in ("AES", "TDES"):
+        sm = SecureModule()
+        sm.inject_kbpk(hsm.kbpk_for_injection("T" + alg))
+        sm.load_key_block(hsm.initial_key_block("T" + alg, alg).block)
+        pads[alg] = sm
+    return hsm, pads
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(["AES", "TDES"]), st.integers(min_value=0, max_value=0x1FF000), st.binary(max_size=64))
+def test_pad_and_hsm_agree_at_any_counter(hsm_and_pads, alg, counter, data):
+    """Whatever counter the pad is at, the HSM derives the same MAC keys from the KSN alone."""
+    hsm, pads = hsm_and_pads
+    sm = pads[alg]
+    sm._counter = counter
+    ksn = sm.next_ksn()
+    assert hsm.verify_request_mac(ksn, data, sm.request_mac(ksn, data))
+    assert sm.verify_response_mac(ksn, data, hsm.response_mac(ksn, data))
