@@ -56,6 +56,7 @@ def crypto() -> None:
     posterm crypto tr31 inspect BLOCK                          (header only)
     posterm crypto tr31 unwrap --kbpk HEX BLOCK
     posterm crypto cmac --key HEX --data HEX
+    posterm crypto retail-mac --key HEX --text 4012345678909D987 --length 4
     posterm crypto kcv --key HEX
 
     AES or TDES is chosen by the lengths (AES DUKPT: 16-byte BDK and 12-byte KSN;
@@ -213,6 +214,17 @@ def pinblock_encode(fmt: str, pin: str | None, pan: str, key: str | None, fill: 
     return {"block": clear}
 
 
+@pinblock.command("pan-field")
+@click.option("--pan", required=True)
+@json_flag
+@calc
+def pinblock_pan_field(pan: str) -> dict:
+    """The ISO 9564-1 format 4 PAN field (16 bytes) for PAN."""
+    from posterm.crypto import common as c
+
+    return {"field": c.pan_field_4(pan)}
+
+
 @pinblock.command("decode")
 @click.option("--format", "fmt", type=click.Choice(["0", "3", "4"]), required=True)
 @click.option("--block", required=True)
@@ -303,6 +315,25 @@ def cmac(key: str, data: str, tdes: bool) -> dict:
     if tdes:
         return {"mac": c.tdes_cmac(hexarg(key, "--key", (8, 16, 24)), raw)}
     return {"mac": c.aes_cmac(hexarg(key, "--key", (16, 24, 32)), raw)}
+
+
+@crypto.command("retail-mac")
+@click.option("--key", required=True, help="Double-length TDES key, hex (32 digits).")
+@click.option("--data", default=None, help="Data, hex.")
+@click.option("--text", default=None, help="Data as ASCII text instead of --data.")
+@click.option("--length", type=click.IntRange(4, 8), default=8, show_default=True, help="Bytes of MAC to print.")
+@json_flag
+@calc
+def retail_mac(key: str, data: str | None, text: str | None, length: int) -> dict:
+    """ANSI X9.19 retail MAC (ISO 9797-1 algorithm 3, zero padding): legacy TDES DUKPT MACs."""
+    from posterm.crypto import common as c
+
+    if (data is None) == (text is None):
+        raise click.UsageError("give exactly one of --data HEX or --text TEXT")
+    if text is not None and not text.isascii():
+        raise click.UsageError("--text: ASCII only")
+    raw = hexarg(data, "--data") if data is not None else text.encode("ascii")
+    return {"mac": c.retail_mac(hexarg(key, "--key", (16,)), raw)[:length]}
 
 
 @crypto.command()

@@ -48,12 +48,21 @@ def test_tdes_dukpt_vectors_via_cli():
                   pin_key) == t["encrypted_pin_block_iso0"]
         assert ok("pinblock", "decode", "--format", "0", "--block", t["encrypted_pin_block_iso0"], "--pan",
                   v["pan"], "--key", pin_key) == v["pin"]
+        req_key = ok("dukpt", "derive", "--bdk", v["bdk"], "--ksn", t["ksn"], "--usage", "mac-gen")
+        resp_key = ok("dukpt", "derive", "--bdk", v["bdk"], "--ksn", t["ksn"], "--usage", "mac-verify")
+        assert ok("retail-mac", "--key", req_key, "--text", v["mac_message_ascii"], "--length", "4") == \
+            t["request_mac_x919"]
+        assert ok("retail-mac", "--key", resp_key, "--data", v["mac_message_ascii"].encode().hex(), "--length",
+                  "4") == t["response_mac_x919"]
+    assert ok("pinblock", "encode", "--format", "0", "--pin", v["pin"], "--pan", v["pan"]) == v["clear_pin_block_iso0"]
 
 
 def test_pin_block_vectors_via_cli():
     d = load("pin_blocks.json")
     for case in d["format0_clear"]:
         assert ok("pinblock", "encode", "--format", "0", "--pin", case["pin"], "--pan", case["pan"]) == case["block"]
+    for case in d["format4_pan_field"]:
+        assert ok("pinblock", "pan-field", "--pan", case["pan"]) == case["field"]
     for case in d["format4_encrypted"]:
         assert ok("pinblock", "encode", "--format", "4", "--pin", case["pin"], "--pan", case["pan"], "--key",
                   case["key"], "--fill", case["random_fill"]) == case["block"]
@@ -80,7 +89,8 @@ def test_cmac_kcv_tr31_vectors_via_cli():
     ["pinblock", "encode", "--format", "4", "--pin", "1234", "--pan", "41111111"],
     ["pinblock", "encode", "--format", "0", "--pin", "12", "--pan", "4111111111111111"],
     ["tr31", "unwrap", "--kbpk", "00" * 16, "B0080P0TE00E0000" + "00" * 32],
-    ["tr31", "inspect", "garbage"]])
+    ["tr31", "inspect", "garbage"], ["retail-mac", "--key", "00" * 16],
+    ["retail-mac", "--key", "00" * 8, "--data", "00"], ["pinblock", "pan-field", "--pan", "12a4"]])
 def test_bad_input_is_a_one_line_usage_error(args):
     r = CliRunner().invoke(main, ["crypto", *args])
     assert r.exit_code == 2 and "Traceback" not in r.output and "Error:" in r.output
