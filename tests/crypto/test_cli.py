@@ -150,3 +150,32 @@ def test_more_bad_input_is_a_usage_error(args):
 def test_help_documents_every_command(sub):
     r = CliRunner().invoke(main, ["crypto", *sub, "--help"])
     assert r.exit_code == 0 and "Usage:" in r.output
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_hexish = st.text("0123456789ABCDEFabcdefXZ ", max_size=70)
+_digits = st.text("0123456789X", max_size=22)
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.sampled_from([
+    lambda a, b, n: ["kcv", "--key", a], lambda a, b, n: ["cmac", "--key", a, "--data", b],
+    lambda a, b, n: ["cmac", "--tdes", "--key", a, "--data", b],
+    lambda a, b, n: ["dukpt", "derive", "--bdk", a, "--ksn", b],
+    lambda a, b, n: ["dukpt", "initial-key", "--bdk", a, "--ksn", b],
+    lambda a, b, n: ["pinblock", "encode", "--format", "0", "--pin", n, "--pan", n],
+    lambda a, b, n: ["pinblock", "encode", "--format", "4", "--pin", n, "--pan", n, "--key", a],
+    lambda a, b, n: ["pinblock", "decode", "--format", "3", "--block", a, "--pan", n, "--key", b],
+    lambda a, b, n: ["pinblock", "decode", "--format", "4", "--block", a, "--pan", n, "--key", b],
+    lambda a, b, n: ["tr31", "unwrap", "--kbpk", a, "B0080P0TE00E0000" + b],
+    lambda a, b, n: ["tr31", "unwrap", "--kbpk", a, "D0112P0AE00E0000" + b],
+    lambda a, b, n: ["tr31", "inspect", a + b],
+    lambda a, b, n: ["tr31", "wrap", "--kbpk", a, "--header", "D0000" + n[:11], b],
+    lambda a, b, n: ["retail-mac", "--key", a, "--data", b],
+]), _hexish, _hexish, _digits)
+def test_garbage_never_gives_a_traceback(make, a, b, n):
+    r = CliRunner().invoke(main, ["crypto", *make(a, b, n)])
+    assert r.exit_code in (0, 2), (r.exit_code, r.output, r.exception)
+    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
