@@ -579,10 +579,20 @@ def restore(file: str | os.PathLike, db_path: str | os.PathLike,
         if digest != hdr.ledger_hash:
             raise BackupError(f"{file}: ledger hash {digest[:16]}... differs from the recorded "
                               f"{hdr.ledger_hash[:16]}...; nothing changed")
-        previous = None
+        previous, lock = None, None
         if db_path.exists():
-            previous = _retire(db_path)
-        os.replace(tmp, db_path)
+            lock, previous = _retire(db_path)
+        try:
+            os.replace(tmp, db_path)
+        finally:
+            if lock is not None:
+                lock.close()
+                # the old WAL was folded in; a stale -wal/-shm must never be applied to the new file
+                for q in (Path(f"{db_path}-wal"), Path(f"{db_path}-shm")):
+                    try:
+                        q.unlink()
+                    except OSError:
+                        pass
         _fsync_dir(target_dir)
     except BaseException:
         _unlink_db(tmp)
@@ -590,28 +600,35 @@ def restore(file: str | os.PathLike, db_path: str | os.PathLike,
     return RestoreReport(db_path, hdr, digest, previous)
 
 
-def _retire(db_path: Path) -> Path:
-    """Fold the old database's WAL into it, keep it as a hard link, drop its -wal/-shm."""
+def _retire(db_path: Path) -> tuple[sqlite3.Connection, Path]:
+    """Lock the old database against every other connection, fold its WAL in, keep it as a hard link.
+
+    Returns the connection holding the lock (close it after the swap) and the kept path.
+    Raises BackupError when another connection (a running host) has the database open.
+    """
     try:
-        c = sqlite3.connect(db_path, timeout=2.0, isolation_level=None)
-        try:
-            busy, _, _ = c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        finally:
-            c.close()
+        c = sqlite3.connect(db_path, timeout=1.0, isolation_level=None)
     except sqlite3.Error as exc:
-        raise BackupError(f"cannot restore over {db_path}: {exc} (stop the host first); nothing changed") from None
-    if busy:
-        raise BackupError(f"{db_path} is in use (stop the host first); nothing changed")
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-    keep = db_path.with_name(f"{db_path.name}.pre-restore-{stamp}")
-    os.link(db_path, keep)
-    # the WAL is empty after TRUNCATE; a stale -wal/-shm must not be applied to the new file
-    for q in (Path(f"{db_path}-wal"), Path(f"{db_path}-shm")):
-        try:
-            q.unlink()
-        except OSError:
-            pass
-    return keep
+        raise BackupError(f"cannot restore over {db_path}: {exc}; nothing changed") from None
+    try:
+        # exclusive locking mode keeps the lock after COMMIT; in WAL mode it is refused while
+        # any other connection has the database open, which is how a running host is detected
+        c.execute("PRAGMA locking_mode=EXCLUSIVE")
+        c.execute("BEGIN EXCLUSIVE")
+        c.execute("COMMIT")
+        busy = c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        if busy:
+            raise BackupError(f"{db_path} is in use (stop the host first); nothing changed")
+        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        keep = db_path.with_name(f"{db_path.name}.pre-restore-{stamp}")
+        os.link(db_path, keep)
+        return c, keep
+    except sqlite3.OperationalError as exc:
+        c.close()
+        raise BackupError(f"{db_path} is in use or unreadable ({exc}): stop the host first; nothing changed") from None
+    except BaseException:
+        c.close()
+        raise
 
 
 # ---------------------------------------------------------------- schedule

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from posterm.errors import ConfigError, CryptoError
-from posterm.host.backup import (BackupKeyMismatch, BackupTampered, BackupTruncated, backup, key_id, ledger_hash,
+from posterm.host.backup import (BackupError, BackupKeyMismatch, BackupTampered, BackupTruncated, backup, key_id, ledger_hash,
                                  load_key, restore, verify)
 from tests.backup.conftest import CHUNK, KEY, OTHER_KEY, SECRETS, make_db, split
 
@@ -200,3 +200,19 @@ def test_key_formats(tmp_path, monkeypatch):
     monkeypatch.delenv("POSTERM_BACKUP_KEY")
     with pytest.raises(ConfigError, match="POSTERM_BACKUP_KEY"):
         load_key(None)
+
+
+def test_restore_over_a_database_in_use_is_refused(pair, tmp_path):
+    target = make_db(tmp_path / "live.db", rows=5)
+    live = sqlite3.connect(target, isolation_level=None)  # a running host
+    live.execute("SELECT COUNT(*) FROM accounts").fetchone()
+    before = target.read_bytes()
+    try:
+        with pytest.raises(BackupError, match="stop the host first"):
+            restore(pair[0], target, KEY)
+        assert target.read_bytes() == before
+        assert not [p for p in tmp_path.iterdir() if "pre-restore" in p.name or p.name.startswith(".")]
+    finally:
+        live.close()
+    restore(pair[0], target, KEY)  # once it is closed
+    assert sqlite3.connect(target).execute("SELECT COUNT(*) FROM accounts").fetchone()[0] == 300
