@@ -344,7 +344,9 @@ def parse_tr31_header(block: str) -> tuple[TR31Header, int]:
             raise CryptoError("TR-31 optional block overruns the key block")
         opts.append((bid, block[pos + 4:pos + blen]))
         pos += blen
-    header = TR31Header(version, length, block[5:7], block[7], block[8], block[9:11], block[11], tuple(opts))
+    # PB is padding for the cipher, not information: dropped here, re-added by tr31_wrap when needed.
+    header = TR31Header(version, length, block[5:7], block[7], block[8], block[9:11], block[11],
+                        tuple(o for o in opts if o[0] != "PB"))
     _check_tr31_header(header, block[14:16])
     return header, pos
 
@@ -394,10 +396,28 @@ def _tr31_keys(version: str, kbpk: bytes) -> tuple[bytes, bytes]:
     raise CryptoError(f"TR-31 version {version} is read-only or unsupported here (use B or D)")
 
 
+def _with_padding_block(header: TR31Header, bs: int) -> TR31Header:
+    """TR-31 wants the header (with optional blocks) to be a whole number of cipher blocks:
+    add a PB (padding) optional block of '0' characters when it is not."""
+    opts = tuple(o for o in header.optional_blocks if o[0] != "PB")
+    if not opts:
+        return TR31Header(header.version, header.length, header.usage, header.algorithm, header.mode,
+                          header.key_version, header.exportability, ())
+    base = len(TR31Header(header.version, 0, header.usage, header.algorithm, header.mode, header.key_version,
+                          header.exportability, opts).text(0))
+    if base % bs == 0:
+        pad = ()
+    else:
+        pad = (("PB", "0" * ((-(base + 4)) % bs)),)
+    return TR31Header(header.version, header.length, header.usage, header.algorithm, header.mode,
+                      header.key_version, header.exportability, opts + pad)
+
+
 def tr31_wrap(kbpk: bytes, header: TR31Header, key: bytes, pad: bytes | None = None) -> str:
     """Wrap ``key`` in a TR-31 version B or D block under ``kbpk``. Raises CryptoError."""
     _check_tr31_header(header, "00")
     bs, maclen = (16, 16) if header.version == "D" else (8, 8)
+    header = _with_padding_block(header, bs)
     kbek, kbak = _tr31_keys(header.version, kbpk)
     pad_len = bs - ((2 + len(key)) % bs)
     clear = (len(key) * 8).to_bytes(2, "big") + key + (pad if pad is not None else os.urandom(pad_len))[:pad_len]
@@ -450,6 +470,9 @@ def tr31_unwrap(kbpk: bytes, block: str) -> tuple[TR31Header, bytes]:
     header, hlen = parse_tr31_header(block)
     if header.version in "AC":
         return _tr31_unwrap_variant(kbpk, block, header, hlen)
+    if hlen % (16 if header.version == "D" else 8):
+        raise CryptoError(f"TR-31 version {header.version} header is not a whole number of cipher blocks "
+                          "(missing PB padding block)")
     maclen = 16 if header.version == "D" else 8
     kbek, kbak = _tr31_keys(header.version, kbpk)
     try:

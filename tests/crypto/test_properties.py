@@ -132,3 +132,22 @@ def test_pad_and_hsm_agree_at_any_counter(hsm_and_pads, alg, counter, data):
     ksn = sm.next_ksn()
     assert hsm.verify_request_mac(ksn, data, sm.request_mac(ksn, data))
     assert sm.verify_response_mac(ksn, data, hsm.response_mac(ksn, data))
+
+
+@needs_psec
+@pytest.mark.parametrize("alg", ["AES", "TDES"])
+def test_psec_unwraps_the_hsm_issued_key_blocks(alg):
+    """The HSM's B1 blocks (with IK/KS and KC optional blocks) are standard: psec reads them."""
+    from posterm.crypto.host import Hsm
+
+    hsm = Hsm.ephemeral()
+    issued = hsm.initial_key_block("T0000001", alg)
+    header, key = psec_tr31.unwrap(hsm.kbpk_for_injection("T0000001"), issued.block)
+    assert header.key_usage == "B1" and header.exportability == "N" and "PB" in issued.block[:64]
+    assert c.kcv(key, c.Algorithm.AES if alg == "AES" else c.Algorithm.TDES) == issued.kcv
+    # and the other way: a psec-wrapped block with optional blocks loads through our unwrap
+    h = psec_tr31.Header("D", "B1", "A", "X", "00", "N")
+    h.blocks["IK"] = "0102030405060708"
+    theirs = psec_tr31.wrap(hsm.kbpk_for_injection("T0000001"), h, bytes(range(16)))
+    got_header, got = c.tr31_unwrap(hsm.kbpk_for_injection("T0000001"), theirs)
+    assert got == bytes(range(16)) and dict(got_header.optional_blocks)["IK"] == "0102030405060708"

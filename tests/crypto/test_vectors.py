@@ -239,3 +239,17 @@ def test_tr31_wrap_reproduces_every_b_and_d_vector(name):
     clear = c.cbc(alg, kbek, body[-maclen:], body[:-maclen], decrypt=True)
     key = H(case["key"])
     assert c.tr31_wrap(kbpk, header, key, pad=clear[2 + len(key):]) == block
+
+
+@pytest.mark.parametrize("version, bs, kbpk", [("D", 16, bytes(range(32))), ("B", 8, bytes(range(16)))])
+def test_tr31_headers_are_padded_to_cipher_blocks(version, bs, kbpk):
+    alg = "A" if version == "D" else "T"
+    for ik in ("01", "0102", "0102030405060708", "01" * 11):
+        header = c.TR31Header(version, 0, "B1", alg, "X", "00", "N", (("IK", ik),))
+        block = c.tr31_wrap(kbpk, header, bytes(16))
+        parsed, hlen = c.parse_tr31_header(block)
+        assert hlen % bs == 0 and parsed.optional_blocks == (("IK", ik),)
+    # an unpadded header (as our wrap produced before PB) is refused as non-standard
+    unpadded = "D0000B1AX00N0100IK0801"
+    with pytest.raises(CryptoError, match="PB"):
+        c.tr31_unwrap(bytes(32), f"D{len(unpadded) + 64:04d}" + unpadded[5:] + "00" * 32)
