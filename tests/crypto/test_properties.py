@@ -151,3 +151,14 @@ def test_psec_unwraps_the_hsm_issued_key_blocks(alg):
     theirs = psec_tr31.wrap(hsm.kbpk_for_injection("T0000001"), h, bytes(range(16)))
     got_header, got = c.tr31_unwrap(hsm.kbpk_for_injection("T0000001"), theirs)
     assert got == bytes(range(16)) and dict(got_header.optional_blocks)["IK"] == "0102030405060708"
+
+
+@needs_psec
+@FAST
+@given(st.binary(min_size=16, max_size=16), st.binary(min_size=1, max_size=80))
+def test_psec_agrees_on_retail_mac_and_tdes_cbc_mac(key, data):
+    import psec.mac as psec_mac
+
+    assert c.retail_mac(key, data) == psec_mac.generate_retail_mac(key[:8], key[8:], data, 1)
+    # the TR-31 version A/C MAC: ISO 9797-1 algorithm 1 with TDES
+    assert c._cbc_mac_tdes(key, data) == psec_mac.generate_cbc_mac(key, data, 1, 8, psec_mac.Algorithm.DES)
