@@ -96,3 +96,59 @@ def test_real_host_database(tmp_path, key_file):
         assert h2.store.read().execute("SELECT COUNT(*) FROM terminals").fetchone()[0] == 64
     finally:
         h2.close()
+
+
+def test_serve_with_scheduled_backups_end_to_end(tmp_path, key_file):
+    """`posterm host serve --backup-every`: lose one destination, keep serving, restore from the other."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    db = tmp_path / "home" / "host.db"
+    env = dict(os.environ, POSTERM_HOME=str(tmp_path / "home"))
+    proc = subprocess.Popen([sys.executable, "-m", "posterm", "host", "serve", "--db", str(db),
+                             "--backup-every", "0.2s", "--backup-to", str(a), "--backup-to", str(b),
+                             "--keep", "3", "--backup-key-file", str(key_file)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+    def wait(pred, timeout=20.0):
+        deadline = time.monotonic() + timeout
+        while not pred():
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "timed out"
+            time.sleep(0.05)
+
+    try:
+        address = proc.stdout.readline().strip()
+        assert address.startswith("tcp://127.0.0.1:")
+        wait(lambda: list(a.glob("*.ptbk")) and list(b.glob("*.ptbk")))
+        shutil.rmtree(a)
+        seen = {p.name for p in b.glob("*.ptbk")}
+        wait(lambda: {p.name for p in b.glob("*.ptbk")} - seen)
+        seen = {p.name for p in b.glob("*.ptbk")}
+        wait(lambda: {p.name for p in b.glob("*.ptbk")} - seen)  # two more runs after the loss
+        host, port = address[len("tcp://"):].rsplit(":", 1)
+        socket.create_connection((host, int(port)), timeout=5).close()  # still serving
+        assert not a.exists()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+        proc.stdout.close()
+        err = proc.stderr.read()
+        proc.stderr.close()
+    assert str(a) in err  # the lost destination was reported
+    newest = sorted(b.glob("*.ptbk"))[-1]
+    assert len(list(b.glob("*.ptbk"))) <= 3
+    target = tmp_path / "restored.db"
+    rep = restore(newest, target, key_file)
+    assert rep.ledger_hash == rep.header.ledger_hash
+    assert sqlite3.connect(target).execute("SELECT COUNT(*) FROM terminals").fetchone()[0] == 64
