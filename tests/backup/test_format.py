@@ -7,6 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from posterm.errors import ConfigError, CryptoError
 from posterm.host.backup import (BackupError, BackupKeyMismatch, BackupTampered, BackupTruncated, backup, key_id, ledger_hash,
@@ -216,3 +217,27 @@ def test_restore_over_a_database_in_use_is_refused(pair, tmp_path):
         live.close()
     restore(pair[0], target, KEY)  # once it is closed
     assert sqlite3.connect(target).execute("SELECT COUNT(*) FROM accounts").fetchone()[0] == 300
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(max_size=300), st.integers(0, 400), st.binary(max_size=40))
+def test_fuzz_only_typed_errors(tmp_path_factory, body, pos, junk):
+    """Garbage, with or without a valid prefix: refused with our typed errors, never anything else."""
+    import struct as _s
+
+    tmp = tmp_path_factory.mktemp("fz")
+    for data in (body, b"PTBACKUP" + body, b"PTBACKUP" + _s.pack(">HI", 1, len(body)) + body + junk):
+        p = tmp / "f.ptbk"
+        p.write_bytes(data[:pos] + junk + data[pos:])
+        with pytest.raises(BackupError):
+            verify(p, KEY, tmp_dir=tmp)
+
+
+def test_bench_smoke(capsys):
+    import json
+
+    from posterm.bench.backup import main
+
+    assert main(["--trades", "200", "--no-memory"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {r["metric"] for r in rows} >= {"backup", "restore", "db_size"}
