@@ -29,7 +29,7 @@ from firmware_protocol.messages import Outcome, Reason, Totals
 from firmware_protocol.tlv import encode as tlv_encode
 
 from posterm.crypto.host import Hsm
-from posterm.errors import ConfigError, PosError, PosTimeout
+from posterm.errors import ConfigError, CryptoError, PosError, PosTimeout
 from posterm.host import risk
 from posterm.host.store import Store, check_ledger
 
@@ -383,7 +383,10 @@ class Host:
         import dataclasses
 
         unsigned = dataclasses.replace(reply, ksn=ksn, mac=b"\x00" * h.MAC_SIZE)
-        mac = self.hsm.response_mac(ksn, h.mac_input(tlv_encode(unsigned)))
+        try:
+            mac = self.hsm.response_mac(ksn, h.mac_input(tlv_encode(unsigned)))
+        except CryptoError:  # a KSN no key here derives (forged, foreign BDK): answer unsigned
+            return reply
         return dataclasses.replace(unsigned, mac=mac)
 
     def _ksn_increases(self, ksn: bytes) -> bool:
