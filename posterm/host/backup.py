@@ -194,7 +194,7 @@ def ledger_hash(conn: sqlite3.Connection) -> str:
             batch = rows.fetchmany(4096)
             if not batch:
                 break
-            h.update("".join(repr(r) + "\n" for r in batch).encode("utf-8", "surrogatepass"))
+            h.update(("\n".join(map(repr, batch)) + "\n").encode("utf-8", "surrogatepass"))
     return h.hexdigest()
 
 

@@ -241,3 +241,21 @@ def test_bench_smoke(capsys):
     assert main(["--trades", "200", "--no-memory"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert {r["metric"] for r in rows} >= {"backup", "restore", "db_size"}
+
+
+def test_ledger_hash_matches_its_documented_definition():
+    import hashlib
+
+    c = sqlite3.connect(":memory:")
+    c.execute("CREATE TABLE b (k TEXT PRIMARY KEY, v REAL, x BLOB)")
+    c.execute("CREATE TABLE a (n INTEGER, s TEXT)")  # no primary key: ordered by every column
+    c.executemany("INSERT INTO b VALUES (?, ?, ?)", [("z", 0.1, b"\x00\n"), ("y", None, None)])
+    c.executemany("INSERT INTO a VALUES (?, ?)", [(2, "line\nbreak"), (1, "Zhang Wei"), (-(2**63), "")])
+    want = hashlib.sha256(b"posterm-ledger-hash-v1\n")
+    want.update(repr(("table", "a", ("n", "s"))).encode() + b"\n")
+    for row in [(-(2**63), ""), (1, "Zhang Wei"), (2, "line\nbreak")]:
+        want.update(repr(row).encode() + b"\n")
+    want.update(repr(("table", "b", ("k", "v", "x"))).encode() + b"\n")
+    for row in [("y", None, None), ("z", 0.1, b"\x00\n")]:
+        want.update(repr(row).encode() + b"\n")
+    assert ledger_hash(c) == want.hexdigest()
