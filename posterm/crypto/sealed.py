@@ -27,9 +27,21 @@ def _device_key(path: Path) -> bytes:
         key = key_path.read_bytes()
     except FileNotFoundError:
         key = AESGCM.generate_key(256)
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        key_path.parent.mkdir(parents=True, exist_ok=True)
+        # Written under a temporary name and linked into place: a concurrent creator either
+        # wins (we then use its key) or loses, and nobody ever reads a half-written key.
+        tmp = key_path.with_name(f"{key_path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(key)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, key_path)
+        except FileExistsError:
+            key = key_path.read_bytes()
+        finally:
+            tmp.unlink()
     if len(key) != 32:
         raise CryptoError(f"{key_path}: device key is damaged")
     return key
@@ -58,7 +70,7 @@ def save(path: Path, doc: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     nonce = os.urandom(12)
     blob = MAGIC + nonce + AESGCM(_device_key(path)).encrypt(nonce, json.dumps(doc).encode(), MAGIC + path.name.encode())
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")  # concurrent savers never share one
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(blob)

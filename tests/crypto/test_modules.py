@@ -395,3 +395,32 @@ def test_mac_sizes_and_stale_ksn_are_refused(pad, hsm):
     assert not pad.verify_response_mac(ksn, b"r", resp)
     with pytest.raises(CryptoError):
         hsm.response_mac(b"\0" * 11, b"r")
+
+
+def test_sealed_store_concurrent_first_use(tmp_path):
+    """Many threads opening the same fresh store agree on one device key and one document."""
+    import threading
+
+    from posterm.crypto import sealed
+
+    path = tmp_path / "s" / "state.sealed"
+    errors = []
+
+    keys = []
+    barrier = threading.Barrier(8, timeout=10)
+
+    def worker(i):
+        try:
+            barrier.wait()
+            keys.append(sealed._device_key(path))
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert not errors and len(keys) == 8 and len(set(keys)) == 1
+    assert [p.name for p in path.parent.iterdir()] == ["state.sealed.devkey"]  # no temp files left
+    sealed.save(path, {"ok": 1})
+    assert sealed.load(path) == {"ok": 1}
