@@ -424,3 +424,24 @@ def test_sealed_store_concurrent_first_use(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["state.sealed.devkey"]  # no temp files left
     sealed.save(path, {"ok": 1})
     assert sealed.load(path) == {"ok": 1}
+
+
+def test_verifiers_and_operator_password_change(tmp_path):
+    from posterm.crypto.verifier import check_verifier, make_verifier
+
+    v = make_verifier("246810")
+    assert check_verifier("246810", v) and not check_verifier("246811", v)
+    assert make_verifier("246810") != v and b"246810" not in v  # salted, no clear text
+    with pytest.raises(CryptoError, match="damaged"):
+        check_verifier("246810", v[:-1])
+    with pytest.raises(CryptoError, match="6 to 12 digits"):
+        Hsm.payment_verifier("12ab56")
+    with pytest.raises(CryptoError, match="no operator password"):
+        OperatorPassword(tmp_path / "none")
+    op = OperatorPassword(tmp_path / "op", password="246810")
+    with pytest.raises(CryptoError, match="old password is wrong") as info:
+        op.change("000000", "135790")
+    assert "246810" not in str(info.value) and "135790" not in str(info.value)
+    op.change("246810", "135790")
+    assert OperatorPassword(tmp_path / "op").verify("135790")  # persisted
+    assert not op.verify("246810")
