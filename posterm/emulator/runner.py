@@ -89,6 +89,8 @@ class EmulatedTerminal:
         os.set_blocking(self._wake_r, False)
         self._stop = threading.Event()
         self.error: BaseException | None = None
+        self.bytes_received = 0             # wire bytes ECR -> terminal (for the wire-bound benchmark)
+        self.bytes_sent = 0                 # wire bytes terminal -> ECR
         self._line = threading.Thread(target=self._line_loop, name=f"emu-{hostlink.terminal_id}", daemon=True)
         self._worker = threading.Thread(target=self._host_loop, name=f"emu-host-{hostlink.terminal_id}", daemon=True)
 
@@ -295,6 +297,7 @@ class EmulatedTerminal:
                         self._transport = None
                         continue
                 now = time.monotonic()
+                self.bytes_received += len(data)
                 link.receive_data(data, now)
                 link.tick(now)
                 while (ev := link.next_event()) is not None:
@@ -328,6 +331,7 @@ class EmulatedTerminal:
             out += link.send(msg, now)
         out += link.data_to_send()
         if out and self._transport is not None:
+            self.bytes_sent += len(out)
             self._transport.write(out)
 
 
