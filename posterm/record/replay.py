@@ -1,0 +1,373 @@
+"""Replay a recording: play the terminal to an ECR under test, or the ECR to a terminal.
+
+Replay works on messages, not byte offsets: the recording's DATA frames are
+turned back into messages (redacted secrets substituted), and each side runs its
+own :class:`posterm.link.Link`, so sequence numbers and ACKs are right for the live
+peer whatever happened on the recorded line (retransmissions are skipped).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from firmware_protocol import frame as fr
+from firmware_protocol import messages as m
+from firmware_protocol.errors import ProtocolError
+from firmware_protocol.tlv import Message, decode, message_types, split_items
+
+from posterm.errors import ConfigError, Disconnected, LinkFailed
+from posterm.link import Link, LinkConfig, MessageReceived, SendFailed, UndecodableMessage
+from posterm.record.format import Recording
+from posterm.redact import message_fields
+
+# Fields that change on every run of the same session: never diffed.
+DEFAULT_MASKS = frozenset({"session", "paid_at", "trade_no", "ksn", "settled_at", "batch_no", "kcv",
+                           "counters_left"})
+KEY_FIELDS = ("order_id", "refund_id")
+# Demo values put back where a recording redacted a secret (override with secrets=).
+DEMO_SECRETS = {"operator_password": "246810"}
+_ITEM = struct.Struct(">BH")
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """One recorded message: when, the message itself (secrets substituted), its masked fields."""
+
+    t: float
+    message: Message
+    fields: dict[str, Any]
+    line: int = 0
+
+
+@dataclass(slots=True)
+class Exchange:
+    """An ECR message and the terminal messages that followed it before the next ECR message."""
+
+    request: Recorded
+    answers: list[Recorded] = field(default_factory=list)
+    gap: float = 0.0  # recorded idle time before the request
+
+
+@dataclass(frozen=True, slots=True)
+class Divergence:
+    """Where the live peer did not do what the recording did."""
+
+    index: int
+    what: str
+
+    def __str__(self) -> str:
+        return f"#{self.index}: {self.what}"
+
+
+def substitute(payload: bytes, redacted: list[str], secrets: dict[str, str] | None = None) -> bytes:
+    """Put values back into a payload whose secret fields were masked.
+
+    Payment codes become the test prefix ``2899...`` + the recorded last 4 digits;
+    other secrets come from ``secrets`` (then :data:`DEMO_SECRETS`). Raises
+    :class:`ConfigError` when a value is needed and none is given.
+    """
+    secrets = {**DEMO_SECRETS, **(secrets or {})}
+    type_code, items = split_items(payload)
+    cls = message_types().get(type_code)
+    if cls is None:
+        raise ConfigError(f"unknown message type 0x{type_code:04X} in the recording")
+    out = bytearray(payload[:2])
+    for tag, _offset, value in items:
+        spec = cls.BY_TAG.get(tag)
+        if spec is not None and spec.secret:
+            name = spec.name
+            if name in secrets:
+                value = secrets[name].encode()
+            elif name == "payment_code":
+                value = b"2899" + b"0" * max(0, len(value) - 8) + value[-4:]
+            else:
+                raise ConfigError(f"the recording redacted {cls.__name__}.{name}; give its value"
+                                  f" (--secret {name}=...) to replay it")
+        out += _ITEM.pack(tag, len(value)) + value
+    return bytes(out)
+
+
+def message_of(rec: dict[str, Any], secrets: dict[str, str] | None = None) -> Message | None:
+    """The message of a recorded DATA frame (None if it was undecodable)."""
+    raw = bytes.fromhex(rec["hex"])
+    if rec.get("msg") is None or len(raw) < fr.HEADER_SIZE + fr.CRC_SIZE:
+        return None
+    payload = raw[fr.HEADER_SIZE:-fr.CRC_SIZE]
+    if rec.get("redacted"):
+        payload = substitute(payload, rec["redacted"], secrets)
+    try:
+        return decode(payload)
+    except ProtocolError as exc:
+        raise ConfigError(f"recorded {rec['msg'].get('type')} does not decode: {exc}") from None
+
+
+def build_script(recording: Recording, secrets: dict[str, str] | None = None) -> list[Exchange]:
+    """The recording as exchanges (ECR message + terminal answers). Retransmissions skipped."""
+    script: list[Exchange] = []
+    last_t = 0.0
+    for n, rec in enumerate(recording.records, 2):
+        if rec["type"] != "frame" or rec["kind"] != "DATA" or rec.get("retransmit"):
+            continue
+        msg = message_of(rec, secrets)
+        if msg is None:
+            continue
+        item = Recorded(rec["t"], msg, rec["msg"], n)
+        if rec["from"] == "ecr":
+            script.append(Exchange(item, gap=max(0.0, rec["t"] - last_t)))
+        elif script:
+            script[-1].answers.append(item)
+        last_t = rec["t"]
+    return script
+
+
+def diff_fields(expected: dict[str, Any], got: dict[str, Any], masks: frozenset[str]) -> list[str]:
+    """Readable differences between two ``message_fields`` dicts, masked fields left out."""
+    out = []
+    for key in sorted(set(expected) | set(got)):
+        if key in masks:
+            continue
+        a, b = expected.get(key, "<absent>"), got.get(key, "<absent>")
+        if a != b:
+            out.append(f"{key}: recorded {a!r}, got {b!r}")
+    return out
+
+
+def _key(fields: dict[str, Any]) -> tuple:
+    return (fields["type"],) + tuple(fields.get(k) for k in KEY_FIELDS)
+
+
+def _remap(msg: Message, mapping: dict[str, str]) -> Message:
+    changes = {k: mapping[getattr(msg, k)] for k in KEY_FIELDS
+               if hasattr(msg, k) and getattr(msg, k) in mapping}
+    return dataclasses.replace(msg, **changes) if changes else msg
+
+
+class _Pacer:
+    def __init__(self, speed: float, fast: bool, step: bool, prompt: Callable[[str], None] | None) -> None:
+        if not fast and not speed > 0:
+            raise ConfigError("--speed must be positive")
+        self.speed, self.fast, self.step, self.prompt = speed, fast, step, prompt
+
+    def delay(self, seconds: float) -> float:
+        return 0.0 if self.fast or self.step else max(0.0, seconds) / self.speed
+
+
+# ------------------------------------------------------------------ the terminal side
+
+
+class ReplayTerminal:
+    """Plays the terminal's side of ``script`` to a live ECR on ``transport``.
+
+    Each ECR message is matched to the next unanswered recorded one of the same
+    type (same order/refund id preferred; a new order id is mapped onto the
+    recorded one); the recorded answers go back with the recorded delays.
+    ``divergences`` lists where the ECR did something else.
+    """
+
+    def __init__(self, transport: Any, script: list[Exchange], *, speed: float = 1.0, fast: bool = False,
+                 loop: bool = False, masks: frozenset[str] = DEFAULT_MASKS,
+                 report: Callable[[str], None] | None = None, link_config: LinkConfig | None = None) -> None:
+        self.t = transport
+        self.script = script
+        self.pacer = _Pacer(speed, fast, False, None)
+        self.loop = loop
+        self.masks = masks | {"order_id", "refund_id"}
+        self.report = report or (lambda s: None)
+        self.link = Link(link_config or LinkConfig())
+        self.pos = 0
+        self.used = [False] * len(script)
+        self.mapping: dict[str, str] = {}
+        self.divergences: list[Divergence] = []
+        self.answered = 0
+        self._due: list[tuple[float, Message]] = []
+        self.stop = threading.Event()
+
+    @property
+    def done(self) -> bool:
+        return all(self.used) and not self._due and self.link.idle
+
+    def _diverge(self, index: int, what: str) -> None:
+        d = Divergence(index, what)
+        self.divergences.append(d)
+        self.report(f"diverged: {d}")
+
+    def _match(self, msg: Message) -> int | None:
+        fields = message_fields(msg)
+        same_type = None
+        for i in range(len(self.script)):
+            if self.used[i]:
+                continue
+            rec = self.script[i].request
+            if rec.fields["type"] != fields["type"]:
+                continue
+            if _key(rec.fields) == _key(fields):
+                return i
+            if same_type is None:
+                same_type = i
+        return same_type
+
+    def on_message(self, msg: Message, now: float) -> None:
+        if isinstance(msg, m.Hello):
+            self.link.start_session()
+        i = self._match(msg)
+        fields = message_fields(msg)
+        if i is None:
+            if self.loop and any(self.used):
+                self.used = [False] * len(self.script)
+                i = self._match(msg)
+        if i is None:
+            self._diverge(self.answered, f"the ECR sent {fields['type']} {_brief(fields)}: not in the recording")
+            self.t.write(self.link.send(m.Error(code=m.ErrorCode.UNEXPECTED, text="not in the recording"), now))
+            return
+        ex = self.script[i]
+        skipped = [j for j in range(i) if not self.used[j]]
+        if skipped:
+            self._diverge(i, f"the ECR skipped {len(skipped)} recorded message(s) before {fields['type']},"
+                             f" first {self.script[skipped[0]].request.fields['type']}")
+        for k in KEY_FIELDS:
+            live, recd = fields.get(k), ex.request.fields.get(k)
+            if live is not None and recd is not None and live != recd:
+                self.mapping[recd] = live
+        for line in diff_fields(ex.request.fields, fields, self.masks):
+            self._diverge(i, f"{fields['type']} {line}")
+        self.used[i] = True
+        self.answered += 1
+        for ans in ex.answers:
+            due = now + self.pacer.delay(ans.t - ex.request.t)
+            self._due.append((due, _remap(ans.message, self.mapping)))
+
+    def run(self, until_done: bool = True, timeout: float = 3600.0) -> list[Divergence]:
+        """Serve until the script is played (``until_done``), ``stop`` is set or ``timeout``.
+
+        Returns the divergences. Raises :class:`Disconnected` if the port goes away.
+        """
+        end = time.monotonic() + timeout
+        while not self.stop.is_set() and time.monotonic() < end:
+            if until_done and not self.loop and self.done:
+                break
+            now = time.monotonic()
+            wait = 0.02
+            if self._due:
+                wait = max(0.0, min(wait, self._due[0][0] - now))
+            try:
+                data = self.t.read(4096, wait)
+            except Disconnected:
+                if self.stop.is_set():
+                    break
+                raise
+            now = time.monotonic()
+            self.link.receive_data(data, now)
+            self.link.tick(now)
+            while self._due and self._due[0][0] <= now:
+                _, msg = self._due.pop(0)
+                self.link.send(msg, now)
+            out = self.link.data_to_send()
+            if out:
+                self.t.write(out)
+            while (ev := self.link.next_event()) is not None:
+                if isinstance(ev, MessageReceived):
+                    self.on_message(ev.message, now)
+                elif isinstance(ev, UndecodableMessage):
+                    self._diverge(self.answered, f"the ECR sent an undecodable message: {ev.error}")
+                elif isinstance(ev, SendFailed):
+                    raise LinkFailed(f"the ECR did not acknowledge {type(ev.message).__name__}")
+            out = self.link.data_to_send()
+            if out:
+                self.t.write(out)
+        return self.divergences
+
+
+def _brief(fields: dict[str, Any]) -> str:
+    keys = [f"{k}={fields[k]}" for k in KEY_FIELDS if k in fields]
+    return "(" + ", ".join(keys) + ")" if keys else ""
+
+
+# ------------------------------------------------------------------ the ECR side
+
+
+@dataclass(frozen=True, slots=True)
+class EcrReplayResult:
+    exchanges: int
+    frames: int
+    diffs: list[Divergence]
+
+    @property
+    def ok(self) -> bool:
+        return not self.diffs
+
+
+def replay_ecr(transport: Any, script: list[Exchange], *, speed: float = 1.0, fast: bool = False,
+               step: bool = False, loops: int = 1, masks: frozenset[str] = DEFAULT_MASKS,
+               wait_for: Callable[[str], None] | None = None, min_wait: float = 3.0,
+               link_config: LinkConfig | None = None) -> EcrReplayResult:
+    """Send the ECR's recorded messages to a live terminal and diff what it answers.
+
+    For each recorded request: pause its recorded gap (scaled; none with ``fast`` or
+    ``step``, where ``wait_for`` is called instead), send it, and collect as many
+    terminal messages as were recorded (waiting up to the recorded time x1.5 + 2 s,
+    at least ``min_wait``). Returns an :class:`EcrReplayResult`; raises
+    :class:`LinkFailed` when the terminal does not ACK, :class:`Disconnected`.
+    """
+    pacer = _Pacer(speed, fast, step, wait_for)
+    link = Link(link_config or LinkConfig())
+    diffs: list[Divergence] = []
+    frames = 0
+    index = 0
+
+    def pump(deadline: float, want: int, got: list[Message]) -> None:
+        while len(got) < want or not link.idle:
+            now = time.monotonic()
+            if now >= deadline:
+                return
+            data = transport.read(4096, min(0.02, deadline - now))
+            now = time.monotonic()
+            link.receive_data(data, now)
+            link.tick(now)
+            out = link.data_to_send()
+            if out:
+                transport.write(out)
+            while (ev := link.next_event()) is not None:
+                if isinstance(ev, MessageReceived):
+                    got.append(ev.message)
+                elif isinstance(ev, SendFailed):
+                    raise LinkFailed(f"the terminal did not acknowledge {type(ev.message).__name__}")
+
+    for _ in range(max(1, loops)):
+        for ex in script:
+            index += 1
+            if step and wait_for is not None:
+                wait_for(f"#{index} {ex.request.fields['type']} {_brief(ex.request.fields)}")
+            else:
+                time.sleep(pacer.delay(ex.gap))
+            now = time.monotonic()
+            transport.write(link.send(ex.request.message, now))
+            frames += 1
+            got: list[Message] = []
+            span = (ex.answers[-1].t - ex.request.t) if ex.answers else 0.0
+            pump(now + max(min_wait, span * 1.5 + 2.0), len(ex.answers), got)
+            frames += len(got)
+            for j, exp in enumerate(ex.answers):
+                if j >= len(got):
+                    diffs.append(Divergence(index, f"after {ex.request.fields['type']}: recorded"
+                                                   f" {exp.fields['type']}, got nothing"))
+                    break
+                live = message_fields(got[j])
+                for line in diff_fields(exp.fields, live, masks):
+                    diffs.append(Divergence(index, f"{exp.fields['type']} answer {j + 1}: {line}"))
+            for extra in got[len(ex.answers):]:
+                diffs.append(Divergence(index, f"after {ex.request.fields['type']}: unrecorded"
+                                               f" {type(extra).__name__}"))
+    return EcrReplayResult(index, frames, diffs)
+
+
+def stdin_step(prompt: str) -> None:
+    """``--step``: show what comes next on stderr and wait for Enter."""
+    sys.stderr.write(f"next: {prompt}  [Enter]")
+    sys.stderr.flush()
+    sys.stdin.readline()
