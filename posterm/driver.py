@@ -271,17 +271,23 @@ class Terminal:
 
     @classmethod
     def open(cls, url: str | None = None, *, journal: Journal | str | None = None, reconnect: bool = False,
-             trace: bool = False, link_config: LinkConfig | None = None, **settings: Any) -> "Terminal":
+             trace: bool = False, link_config: LinkConfig | None = None, record: str | None = None,
+             **settings: Any) -> "Terminal":
         """Open ``url`` (a device path or pyserial URL; default ``$POSTERM_PORT``) and
         return a :class:`Terminal`. ``settings`` are serial settings (``baudrate``,
         ``bytesize``, ``parity``, ``stopbits``, ``rtscts``, ``xonxoff``, ``exclusive``,
-        ``pace``). Raises :class:`TransportError` if the port cannot be opened.
+        ``pace``). ``record``: write a session recording (:mod:`posterm.record`) to this
+        file. Raises :class:`TransportError` if the port cannot be opened.
         """
         from posterm.transport import open_transport, default_port
 
         url = url or default_port()
         if not url:
             raise LocalProtocolError("no port given and POSTERM_PORT is not set")
+        if record:
+            from posterm.record import open_recorded
+
+            open_transport = open_recorded(open_transport, record, url, settings)  # noqa: N806 - same call, recorded
         transport = open_transport(url, **settings)
         own = False
         if journal is None or isinstance(journal, str):
