@@ -49,6 +49,8 @@ def port_options(fn: Callable) -> Callable:
         click.option("--trace", is_flag=True, help="Log every frame (hex, decoded, secrets masked) to stderr."),
         click.option("--journal", "journal_path", type=click.Path(dir_okay=False), default=None,
                      help="Journal database (default $POSTERM_HOME/driver-journal.db)."),
+        click.option("--record", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+                     help="Record the session (JSON Lines, secrets redacted; see `posterm show`/`replay`)."),
     ]
     for option in reversed(options):
         fn = option(fn)

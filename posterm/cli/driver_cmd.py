@@ -38,7 +38,8 @@ def _open(kw: dict[str, Any]):
     settings = serial_settings(kw)
     journal = kw.pop("journal_path")
     reconnect = kw.pop("reconnect")
-    return Terminal.open(port, journal=journal, reconnect=reconnect, trace=False, **settings)
+    return Terminal.open(port, journal=journal, reconnect=reconnect, trace=False, record=kw.pop("record", None),
+                         **settings)
 
 
 def _progress_printer(as_json: bool):
