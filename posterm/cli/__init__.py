@@ -31,6 +31,10 @@ COMMANDS: dict[str, str] = {
     "crypto": "posterm.cli.crypto_cmd:crypto",
     "host": "posterm.cli.host_cmd:host",
     "selftest": "posterm.cli.selftest_cmd:selftest",
+    "tap": "posterm.cli.record_cmd:tap",
+    "replay": "posterm.cli.record_cmd:replay",
+    "show": "posterm.cli.record_cmd:show",
+    "convert": "posterm.cli.record_cmd:convert",
 }
 
 
