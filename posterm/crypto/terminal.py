@@ -176,6 +176,8 @@ class SecureModule:
         return (base | self._counter).to_bytes(10, "big")
 
     def status(self) -> ModuleStatus:
+        """Loaded or not, the current KSN (the initial KSN, counter 0, before the first
+        transaction), valid counters left, the initial key's KCV and the algorithm. Never key bytes."""
         with self._lock:
             if self._ik is None:
                 return ModuleStatus(False, None, 0, None, self._algorithm)
@@ -184,7 +186,7 @@ class SecureModule:
                     _count_valid_upto(self._counter, c.AES_MAX_ONES, 32)
             else:
                 left = _count_valid_upto(0x1FFFFF, 10, 21) - _count_valid_upto(self._counter, 10, 21)
-            return ModuleStatus(True, self._ksn() if self._counter else None, left, self._ik.kcv, self._algorithm)
+            return ModuleStatus(True, self._ksn(), left, self._ik.kcv, self._algorithm)
 
     # -- DUKPT --------------------------------------------------------------
 

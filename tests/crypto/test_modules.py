@@ -204,7 +204,7 @@ def _loaded(hsm, tid="T7", algorithm="AES"):
 
 def test_status_reports_ksn_and_kcv_never_key(hsm):
     sm, issued, st = _loaded(hsm)
-    assert st.loaded and st.kcv == issued.kcv and st.algorithm == "AES" and st.ksn is None
+    assert st.loaded and st.kcv == issued.kcv and st.algorithm == "AES" and st.ksn == issued.ksn
     ksn = sm.next_ksn()
     assert sm.status().ksn == ksn and ksn[:8] == issued.ksn[:8] and ksn[8:] == b"\0\0\0\1"
     assert sm.status().counters_left == st.counters_left - 1
