@@ -3,8 +3,9 @@
 ``posterm.crypto.common``
     Primitives both sides share: typed :class:`~posterm.crypto.common.Key` objects that
     refuse uses other than their own, AES/TDES CMAC, key check values, ISO 9564-1 PIN
-    blocks (formats 0, 3, 4), TR-31 key blocks (versions B and D; A read-only), AES DUKPT
-    (ANSI X9.24-3) and TDES DUKPT (ANSI X9.24-1) derivation, salted scrypt verifiers.
+    blocks (formats 0, 3, 4), TR-31 key blocks (versions B and D; A and C read-only), AES DUKPT
+    (ANSI X9.24-3) and TDES DUKPT (ANSI X9.24-1) derivation; salted scrypt verifiers
+    (``posterm.crypto.verifier``, re-exported by ``common``).
 ``posterm.crypto.terminal``
     The PIN pad's secure module: DUKPT state, PIN entry, request MACs, sealed persistence,
     the operator transaction password.  Never imports ``posterm.crypto.host``.

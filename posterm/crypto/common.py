@@ -22,6 +22,7 @@ from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives import cmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from posterm.crypto.verifier import check_verifier, make_verifier  # noqa: F401 - re-exported
 from posterm.errors import CryptoError
 
 # ----------------------------------------------------------------------------- keys
@@ -531,7 +532,14 @@ def aes_dukpt_transaction_key(initial_key: bytes, ksn: bytes) -> bytes:
 
 
 def aes_dukpt_working_key(transaction_key: bytes, ksn: bytes, purpose: str) -> bytes:
-    """A working key (``pin``, ``mac_generation``, ... see AES_USAGE) for this transaction."""
+    """A working key (``pin``, ``mac_generation``, ... see AES_USAGE) for this transaction.
+
+    Raises CryptoError for an unknown purpose or a KSN that is not 12 bytes.
+    """
+    if purpose not in AES_USAGE:
+        raise CryptoError(f"unknown AES DUKPT key usage {purpose!r} (one of {', '.join(AES_USAGE)})")
+    if len(ksn) != 12:
+        raise CryptoError("an AES DUKPT KSN is 12 bytes")
     counter = int.from_bytes(ksn[8:], "big")
     return aes_ecb(transaction_key, _aes_dd(AES_USAGE[purpose], ksn[:8], counter))
 
@@ -569,6 +577,9 @@ def _nrkgp(key: bytes, data: bytes) -> bytes:
 
 
 def tdes_dukpt_transaction_key(ipek: bytes, ksn: bytes) -> bytes:
+    """The current transaction key for a 10-byte KSN (X9.24-1 non-reversible key generation). Raises CryptoError."""
+    if len(ksn) != 10 or len(ipek) != 16:
+        raise CryptoError("TDES DUKPT needs a 10-byte KSN and a double-length initial key")
     counter = int.from_bytes(ksn[-3:], "big") & 0x1FFFFF
     if counter == 0 or bin(counter).count("1") > 10:
         raise CryptoError("KSN counter is not a valid TDES DUKPT counter")
@@ -584,6 +595,9 @@ def tdes_dukpt_transaction_key(ipek: bytes, ksn: bytes) -> bytes:
 
 
 def tdes_dukpt_working_key(transaction_key: bytes, purpose: str) -> bytes:
+    """The variant of the transaction key for ``pin``, ``mac_request`` or ``mac_response``. Raises CryptoError."""
+    if purpose not in TDES_VARIANTS:
+        raise CryptoError(f"unknown TDES DUKPT variant {purpose!r} (one of {', '.join(TDES_VARIANTS)})")
     return xor(transaction_key, TDES_VARIANTS[purpose])
 
 

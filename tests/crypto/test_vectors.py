@@ -253,3 +253,18 @@ def test_tr31_headers_are_padded_to_cipher_blocks(version, bs, kbpk):
     unpadded = "D0000B1AX00N0100IK0801"
     with pytest.raises(CryptoError, match="PB"):
         c.tr31_unwrap(bytes(32), f"D{len(unpadded) + 64:04d}" + unpadded[5:] + "00" * 32)
+
+
+def test_dukpt_inputs_are_checked():
+    with pytest.raises(CryptoError, match="unknown AES DUKPT key usage"):
+        c.aes_dukpt_working_key(bytes(16), bytes(12), "pinn")
+    with pytest.raises(CryptoError, match="12 bytes"):
+        c.aes_dukpt_working_key(bytes(16), bytes(10), "pin")
+    with pytest.raises(CryptoError, match="unknown TDES DUKPT variant"):
+        c.tdes_dukpt_working_key(bytes(16), "data")
+    with pytest.raises(CryptoError, match="10-byte KSN"):
+        c.tdes_dukpt_transaction_key(bytes(16), bytes(12))
+    with pytest.raises(CryptoError, match="not a valid"):
+        c.aes_dukpt_transaction_key(bytes(16), bytes(8) + (0x0001FFFF).to_bytes(4, "big"))  # 17 one-bits
+    with pytest.raises(CryptoError, match="not a valid"):
+        c.tdes_dukpt_transaction_key(bytes(16), bytes(7) + (0x7FF).to_bytes(3, "big"))       # 11 one-bits
