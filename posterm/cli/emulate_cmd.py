@@ -29,11 +29,13 @@ from posterm.cli.common import EXIT_USAGE, fail
 @click.option("--faults", default=None, help="Line faults, e.g. drop=0.01,corrupt=0.01,dup=0.005,delay=20ms,unplug_after=30s,seed=1")
 @click.option("--record", type=click.Path(file_okay=False), default=None, help="Record each session into this directory.")
 @click.option("--protocol", type=click.Choice(["posterm"]), default="posterm", show_default=True)
+@click.option("--show-display", is_flag=True,
+              help="Show each terminal's screen on stderr as it changes; a dynamic QR as a text QR code.")
 @click.option("--poll-interval", type=click.FloatRange(0.05, 60), default=5.0, show_default=True,
               help="Phone/QR confirmation: query the host this often ...")
 @click.option("--poll-attempts", type=click.IntRange(1, 100), default=5, show_default=True, help="... this many times, then cancel.")
 def emulate(use_pty, listen, count, port_file, link, scenario, host_url, home, terminal_id, pace, baud, faults, record,
-            protocol, poll_interval, poll_attempts):
+            protocol, show_display, poll_interval, poll_attempts):
     """Start emulated payment terminals and serve them until Ctrl-C or SIGTERM.
 
     The first line(s) of stdout are the ports to give the ECR (one per terminal).
@@ -67,6 +69,9 @@ def emulate(use_pty, listen, count, port_file, link, scenario, host_url, home, t
     except PosError as exc:
         fail(f"{type(exc).__name__}: {exc}", EXIT_USAGE)
         return
+    if show_display:
+        for t in terminals:
+            t.firmware.display.on_change = _screen_printer(t.terminal_id)
     for t in terminals:
         click.echo(t.port)
     sys.stdout.flush()
@@ -88,3 +93,18 @@ def emulate(use_pty, listen, count, port_file, link, scenario, host_url, home, t
         else:
             terminals[0].close()
     sys.exit(0 if not any(t.error for t in terminals) else 1)
+
+
+def _screen_printer(terminal_id: str):
+    """What the customer sees, on stderr; a dynamic QR as a scannable text QR code (segno)."""
+    lock = threading.Lock()  # one screen at a time when a fleet shares stderr
+
+    def show(text: str, qr_data: str | None) -> None:
+        with lock:
+            click.echo(f"[{terminal_id} screen] {text}", err=True)
+            if qr_data:
+                import segno
+
+                segno.make(qr_data, error="m").terminal(out=sys.stderr, compact=True)
+                click.echo(f"[{terminal_id} screen] QR data: {qr_data}", err=True)
+    return show

@@ -33,13 +33,22 @@ class PeripheralError(PosError):
 class Display:
     """The customer display. Its text goes to the ECR in every Progress."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_change=None) -> None:
         self.text = "WELCOME"
         self.qr_data: str | None = None
+        # Called with (text, qr_data) when what the screen shows changes (e.g. `posterm emulate
+        # --show-display`); runs on the terminal's thread, so it must be quick and not raise.
+        self.on_change = on_change
 
     def show(self, text: str, qr_data: str | None = None) -> str:
+        changed = (text, qr_data) != (self.text, self.qr_data)
         self.text = text
         self.qr_data = qr_data
+        if changed and self.on_change is not None:
+            try:
+                self.on_change(text, qr_data)
+            except Exception:  # noqa: BLE001 - a broken viewer must not stop the terminal
+                pass
         return text
 
 

@@ -40,3 +40,21 @@ def test_demo_runs_a_day_and_exits_0():
     assert r.returncode == 0, r.stdout + r.stderr
     assert "all as expected" in r.stdout and "books balanced: True" in r.stdout
     assert "147258" not in r.stdout + r.stderr and "289900000000000001" not in r.stdout
+
+
+def test_emulate_shows_the_screen_and_the_dynamic_qr_as_text(tmp_path):
+    p = subprocess.Popen([sys.executable, "-m", "posterm", "emulate", "--home", str(tmp_path), "--show-display",
+                          "--poll-interval", "0.2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        port = p.stdout.readline().strip()
+        r = subprocess.run([sys.executable, "-m", "posterm", "pay", "--port", port, "--amount", "3.00", "--qr",
+                            "--json", "--journal", str(tmp_path / "j.db")], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["result"] == "approved"
+    finally:
+        p.terminate()
+        assert p.wait(10) == 0
+    err = p.stderr.read()
+    assert "[T0000001 screen] Scan with your wallet" in err
+    assert "QR data: " in err and ("\u2588" in err or "\u2580" in err)  # segno's block characters
+    assert "Traceback" not in err
