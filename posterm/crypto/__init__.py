@@ -15,6 +15,6 @@
     ``posterm.crypto.terminal``.
 
 The import boundary is checked by the ``[tool.importlinter]`` contracts in
-``pyproject.toml`` and by ``tests/crypto/test_boundary.py``.  This package ``__init__``
+``pyproject.toml`` and by ``tests/crypto/test_boundary.py`` (which also runs ``lint-imports``).  This package ``__init__``
 deliberately imports neither side, so importing one never loads the other.
 """
