@@ -279,6 +279,9 @@ class SecureModule:
             if self._pan is None:
                 raise CryptoError("no PIN entry in progress")
             pan, self._pan = self._pan, None
+            if not 4 <= len(self._digits) <= 12:
+                self._wipe()  # checked before the counter moves: a short PIN wastes no KSN
+                raise CryptoError("PIN entry failed: a PIN is 4 to 12 digits")
             try:
                 pin = self._digits.decode()
                 ksn = self.next_ksn()

@@ -417,3 +417,29 @@ def test_verifiers_and_operator_password_change(tmp_path):
     op.change("246810", "135790")
     assert OperatorPassword(tmp_path / "op").verify("135790")  # persisted
     assert not op.verify("246810")
+
+
+def test_pin_entry_rules(hsm):
+    sm, _, _ = _loaded(hsm, "T0000020")
+    before = sm.status().counters_left
+    sm.begin_pin_entry(CODE)
+    for d in "123":
+        sm.press(d)
+    with pytest.raises(CryptoError, match="4 to 12 digits"):
+        sm.finish()
+    assert sm.status().counters_left == before  # no KSN spent on a refused entry
+    with pytest.raises(CryptoError, match="no PIN entry in progress"):
+        sm.finish()  # the entry ended and the digits are gone
+    sm.begin_pin_entry(CODE)
+    for d in "1" * 12:
+        sm.press(d)
+    with pytest.raises(CryptoError, match="at most 12"):
+        sm.press("1")
+    sm.cancel_pin_entry()
+    with pytest.raises(CryptoError, match="no PIN entry in progress"):
+        sm.press("1")
+    with pytest.raises(CryptoError, match="numeric"):
+        sm.begin_pin_entry("28990000000000000X")
+    e = enter(sm, PIN)
+    assert e.format == 4 and len(e.block) == 16 and sm.status().counters_left == before - 1
+    assert sm._digits == bytearray()  # wiped after finish
