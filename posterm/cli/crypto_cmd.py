@@ -159,6 +159,23 @@ def dukpt_derive(bdk: str | None, bdk_file: str | None, ksn: str, usage: str) ->
     return {"key": key, "kcv": c.kcv(key, c.Algorithm.AES if len(raw_ksn) == 12 else c.Algorithm.TDES).hex().upper()}
 
 
+@dukpt.command("next-ksn")
+@click.option("--ksn", required=True, help="KSN, hex: 24 digits (AES) or 20 (TDES).")
+@json_flag
+@calc
+def dukpt_next_ksn(ksn: str) -> dict:
+    """The KSN a PIN pad uses after KSN: invalid counters (too many one-bits) are skipped."""
+    from posterm.crypto import common as c
+
+    raw = hexarg(ksn, "--ksn", (10, 12))
+    if len(raw) == 12:
+        nxt = raw[:8] + c.aes_dukpt_next_counter(int.from_bytes(raw[8:], "big")).to_bytes(4, "big")
+    else:
+        value = int.from_bytes(raw, "big")
+        nxt = ((value & ~0x1FFFFF) | c.tdes_dukpt_next_counter(value & 0x1FFFFF)).to_bytes(10, "big")
+    return {"ksn": nxt}
+
+
 def _derive_kcvs(ik: bytes, ksn: bytes, usage: str) -> dict:
     """KCVs of every key a transaction derives: what an engineer compares with a device log."""
     from posterm.crypto import common as c

@@ -179,3 +179,12 @@ def test_garbage_never_gives_a_traceback(make, a, b, n):
     r = CliRunner().invoke(main, ["crypto", *make(a, b, n)])
     assert r.exit_code in (0, 2), (r.exit_code, r.output, r.exception)
     assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+
+
+def test_next_ksn_skips_invalid_counters():
+    assert ok("dukpt", "next-ksn", "--ksn", "1234567890123456" + "0000FFFF") == "1234567890123456" + "00010000"
+    assert ok("dukpt", "next-ksn", "--ksn", "1234567890123456" + "0001FFFE") == "1234567890123456" + "00020000"
+    assert ok("dukpt", "next-ksn", "--ksn", "FFFF9876543210E00001") == "FFFF9876543210E00002"
+    assert ok("dukpt", "next-ksn", "--ksn", "FFFF9876543210E007FE") == "FFFF9876543210E00800"
+    code, out = run("dukpt", "next-ksn", "--ksn", "1234567890123456" + "FFFF0000")
+    assert code == 2 and "exhausted" in out
