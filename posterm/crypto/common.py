@@ -291,12 +291,26 @@ def decrypt_pin_block_4(key: Key, block: bytes, pan: str) -> str:
 
 
 def encrypt_pin_block_0(key: Key, pin: str, pan: str) -> bytes:
+    """ISO 9564-1 format 0 enciphered under a TDES PIN key (8 bytes). Raises CryptoError."""
     raw = key.material(Usage.PIN, Mode.ENCRYPT)
+    if key.algorithm is not Algorithm.TDES:
+        raise CryptoError("format 0 PIN blocks need a TDES PIN key")
     return tdes_ecb(raw, pin_block_0(pin, pan))
 
 
+def encrypt_pin_block_3(key: Key, pin: str, pan: str, fill: bytes | None = None) -> bytes:
+    """ISO 9564-1 format 3 enciphered under a TDES PIN key (8 bytes). Raises CryptoError."""
+    raw = key.material(Usage.PIN, Mode.ENCRYPT)
+    if key.algorithm is not Algorithm.TDES:
+        raise CryptoError("format 3 PIN blocks need a TDES PIN key")
+    return tdes_ecb(raw, pin_block_3(pin, pan, fill))
+
+
 def decrypt_pin_block_03(key: Key, block: bytes, pan: str) -> str:
+    """Decipher a format 0 or 3 block under a TDES PIN key and return the PIN (PAN checked). Raises CryptoError."""
     raw = key.material(Usage.PIN, Mode.DECRYPT)
+    if key.algorithm is not Algorithm.TDES or len(block) != 8:
+        raise CryptoError("format 0/3 PIN blocks are 8 bytes under a TDES PIN key")
     return decode_pin_block_03(tdes_ecb(raw, block, decrypt=True), pan)
 
 

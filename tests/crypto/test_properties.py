@@ -162,3 +162,13 @@ def test_psec_agrees_on_retail_mac_and_tdes_cbc_mac(key, data):
     assert c.retail_mac(key, data) == psec_mac.generate_retail_mac(key[:8], key[8:], data, 1)
     # the TR-31 version A/C MAC: ISO 9797-1 algorithm 1 with TDES
     assert c._cbc_mac_tdes(key, data) == psec_mac.generate_cbc_mac(key, data, 1, 8, psec_mac.Algorithm.DES)
+
+
+@FAST
+@given(pins, pans, tdes_keys, st.binary(min_size=16, max_size=16))
+def test_encrypted_format_0_and_3_round_trip(pin, pan, key, fill):
+    k = c.Key(key, c.Usage.PIN, c.Algorithm.TDES)
+    assert c.decrypt_pin_block_03(k, c.encrypt_pin_block_0(k, pin, pan), pan) == pin
+    assert c.decrypt_pin_block_03(k, c.encrypt_pin_block_3(k, pin, pan, fill), pan) == pin
+    with pytest.raises(CryptoError):
+        c.encrypt_pin_block_3(c.Key(key, c.Usage.PIN, c.Algorithm.AES), pin, pan)
