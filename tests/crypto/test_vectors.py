@@ -130,6 +130,9 @@ def test_aes_dukpt_x9_24_3():
 def test_aes_dukpt_counter_rules():
     rules = load("aes_dukpt.json")["counter_rules"]
     last = int(rules["last_valid_counter"], 16)
+    assert c.AES_MAX_ONES == rules["max_one_bits"] and c.AES_LAST_COUNTER == last
+    limit = (1 << rules["max_one_bits"]) - 1
+    assert c.aes_dukpt_valid_counter(limit) and not c.aes_dukpt_valid_counter((limit << 1) | 1)
     assert c.aes_dukpt_valid_counter(last) and not c.aes_dukpt_valid_counter(last + 1)
     assert not c.aes_dukpt_valid_counter(0x0001FFFF)  # 17 one-bits
     nxt = c.aes_dukpt_next_counter(0x0000FFFF)  # 16 ones: the next must skip invalid ones
