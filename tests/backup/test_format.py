@@ -259,3 +259,34 @@ def test_ledger_hash_matches_its_documented_definition():
     for row in [("y", None, None), ("z", 0.1, b"\x00\n")]:
         want.update(repr(row).encode() + b"\n")
     assert ledger_hash(c) == want.hexdigest()
+
+
+def test_every_single_byte_of_a_small_backup_is_protected(tmp_path):
+    """Exhaustive: flip each byte of a whole (two-chunk) backup file; every one is refused."""
+    import io
+
+    from posterm.host.backup import _decrypt_chunks, _open_backup, load_key
+
+    small = tmp_path / "small.db"
+    c = sqlite3.connect(small)
+    c.execute("CREATE TABLE t (name TEXT)")
+    c.execute("INSERT INTO t VALUES ('Zhang Wei 147258')")
+    c.commit()
+    c.close()
+    (tmp_path / "o").mkdir()
+    data = backup(small, [tmp_path / "o"], KEY, chunk_size=4096)[0].path.read_bytes()
+    assert len(split(data)[1]) >= 2
+    key = load_key(KEY)
+
+    def check(blob: bytes) -> None:
+        f = io.BytesIO(blob)
+        hdr, hh = _open_backup(f, "x", key)
+        for _ in _decrypt_chunks(f, hdr, hh, key, "x"):
+            pass
+
+    check(data)  # intact: accepted
+    for pos in range(len(data)):
+        bad = bytearray(data)
+        bad[pos] ^= 0x01
+        with pytest.raises(CryptoError):
+            check(bytes(bad))
