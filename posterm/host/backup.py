@@ -375,6 +375,7 @@ def _write_one(plain: Path, dest: Path, name: str, hdr_fields: dict, key: Backup
     aead = AESGCM(key.raw)
     if not dest.is_dir():
         raise BackupError(f"destination {dest} is not a directory (missing?)")
+    _sweep(dest, ".posterm-backup-*.tmp")
     fd, tmp = tempfile.mkstemp(dir=dest, prefix=f".{name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as out, open(plain, "rb") as src:
@@ -423,6 +424,7 @@ def backup(db_path: str | os.PathLike, dests: Sequence[str | os.PathLike],
     now = _dt.datetime.now(_dt.timezone.utc)
     name = f"posterm-backup-{_safe_name(host_id)}-{now.strftime('%Y%m%dT%H%M%S.%fZ')}{SUFFIX}"
     parent = db_path.parent if db_path.parent.is_dir() else Path(tempfile.gettempdir())
+    _sweep(parent, ".posterm-snapshot-*.db*")  # plaintext left by a killed backup
     fd, plain = tempfile.mkstemp(dir=parent, prefix=".posterm-snapshot-", suffix=".db")
     os.close(fd)
     plain = Path(plain)
@@ -451,6 +453,25 @@ def backup(db_path: str | os.PathLike, dests: Sequence[str | os.PathLike],
                 p.unlink()
             except OSError:
                 pass
+
+
+STALE_SECONDS = 86400.0
+
+
+def _sweep(directory: Path, pattern: str) -> None:
+    """Remove leftovers of a crashed run (a killed backup cannot clean up): older than a day."""
+    import time
+
+    try:
+        for p in directory.glob(pattern):
+            try:
+                if time.time() - p.stat().st_mtime > STALE_SECONDS:
+                    p.unlink()
+                    log.info("removed stale %s", p)
+            except OSError:
+                pass
+    except OSError:
+        pass
 
 
 def prune(dest: str | os.PathLike, keep: int, *, host_id: str | None = None) -> list[Path]:

@@ -167,3 +167,17 @@ def test_parse_interval():
     for bad in ("", "1x", "-1s", "0s", "1 hour"):
         with pytest.raises(ConfigError):
             parse_interval(bad)
+
+
+def test_leftovers_of_a_killed_backup_are_swept(tmp_path, db):
+    out = tmp_path / "o"
+    out.mkdir()
+    old_snap = db.parent / ".posterm-snapshot-dead.db"
+    old_tmp = out / ".posterm-backup-h-x.ptbk.abc.tmp"
+    fresh = out / ".posterm-backup-h-y.ptbk.def.tmp"  # maybe another backup in progress: kept
+    for p in (old_snap, old_tmp, fresh):
+        p.write_bytes(b"Zhang Wei")
+    for p in (old_snap, old_tmp):
+        os.utime(p, (time.time() - 2 * 86400, time.time() - 2 * 86400))
+    assert backup(db, [out], KEY)[0].ok
+    assert not old_snap.exists() and not old_tmp.exists() and fresh.exists()
