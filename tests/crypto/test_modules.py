@@ -135,14 +135,39 @@ def test_no_pin_or_key_in_repr_or_errors(pad):
         pickle.dumps(pad)
 
 
+def _held_bytes(obj, depth=0):
+    """Every bytes-like value reachable from obj's attributes (keys unwrapped)."""
+    if depth > 4:
+        return
+    if isinstance(obj, (bytes, bytearray)):
+        yield bytes(obj)
+    elif isinstance(obj, str):
+        yield obj.encode()
+    elif isinstance(obj, c.Key):
+        yield obj._bytes
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _held_bytes(k, depth + 1)
+            yield from _held_bytes(v, depth + 1)
+    elif isinstance(obj, (list, tuple, set)):
+        for v in obj:
+            yield from _held_bytes(v, depth + 1)
+    elif hasattr(obj, "__dict__") and not isinstance(obj, type) and depth == 0:
+        for v in vars(obj).values():
+            yield from _held_bytes(v, depth + 1)
+
+
 def test_terminal_side_never_holds_host_secrets(pad, hsm):
-    held = {k: v for k, v in vars(pad).items()} if hasattr(pad, "__dict__") else \
-        {s: getattr(pad, s) for s in dir(pad) if s.startswith("_") and not callable(getattr(pad, s))}
-    blob = repr(held).encode()
-    for secret in (hsm._bdk, hsm._tdes_bdk, hsm._kbpk_master):
-        assert secret.hex() not in repr(held) and secret not in blob
     verifier = hsm.payment_verifier(PIN)
-    assert verifier.hex() not in repr(held)
+    e = enter(pad, PIN)
+    assert hsm.verify_pin(ksn=e.ksn, pin_block=e.block, pin_format=e.format, pan=CODE, verifier=verifier,
+                          tries_used=0).match
+    held = list(_held_bytes(pad))
+    assert any(len(b) in (16, 32) for b in held)  # the walk does see the pad's own keys
+    for secret in (hsm._bdk, hsm._tdes_bdk, hsm._kbpk_master, verifier, *hsm._retired.values()):
+        for value in held:
+            assert secret not in value and secret.hex().encode() not in value.lower()
+        assert secret.hex() not in repr(pad)
 
 
 def test_hsm_keeps_no_clear_pin(hsm, pad):
@@ -150,6 +175,8 @@ def test_hsm_keeps_no_clear_pin(hsm, pad):
     hsm.verify_pin(ksn=e.ksn, pin_block=e.block, pin_format=e.format, pan=CODE,
                    verifier=hsm.payment_verifier(PIN), tries_used=0)
     assert PIN not in repr(vars(hsm)) and PIN.encode() not in repr(vars(hsm)).encode()
+    held = list(_held_bytes(hsm))
+    assert held and not any(PIN.encode() in b or bytes.fromhex(PIN) in b for b in held)
 
 
 def test_operator_password(tmp_path):
