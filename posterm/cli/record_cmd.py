@@ -199,11 +199,13 @@ def tap(ecr_port: str, terminal_port: str, record_file: str, baud: int, port_fil
 @click.option("--secret", "secret_pairs", multiple=True, metavar="NAME=VALUE",
               help="Value for a redacted field, e.g. operator_password=... (payment codes: test prefix + last 4).")
 @click.option("--mask", "extra_masks", multiple=True, metavar="FIELD", help="Another field not to diff.")
+@click.option("--same-ids", is_flag=True,
+              help="--as ecr: send the recorded order/refund ids (default: fresh ones, so new payments are made).")
 @click.option("--timeout", type=click.FloatRange(1, 86400), default=600.0, show_default=True,
               help="--as terminal: give up after this many seconds.")
 @handle_errors
 def replay(file: str, role: str, port: str | None, baud: int, port_file: str | None, speed: float, fast: bool,
-           step: bool, loop: bool, secret_pairs: tuple[str, ...], extra_masks: tuple[str, ...], timeout: float) -> None:
+           step: bool, loop: bool, secret_pairs: tuple[str, ...], extra_masks: tuple[str, ...], same_ids: bool, timeout: float) -> None:
     """Replay a recording against a live ECR (--as terminal) or a live terminal (--as ecr).
 
     Messages are matched by type and order/refund id, not byte offset; each side
@@ -258,7 +260,7 @@ def replay(file: str, role: str, port: str | None, baud: int, port_file: str | N
         all_diffs = []
         while True:
             result = replay_ecr(transport, script, speed=speed, fast=fast, step=step, masks=masks,
-                                wait_for=stdin_step if step else None)
+                                wait_for=stdin_step if step else None, fresh_ids=not same_ids)
             total += result.exchanges
             all_diffs.extend(result.diffs)
             if not loop or stop.is_set() or result.diffs:

@@ -61,10 +61,21 @@ class RecordingError(ConfigError):
         self.problem = problem
 
 
-def recording_path(directory: str | Path, prefix: str) -> Path:
+class SessionPath(type(Path())):  # type: ignore[misc]
+    """A path from :func:`recording_path`: it remembers its directory and prefix, so a
+    :class:`RecordingTransport` given one starts a new file at each new ECR session
+    (each Hello after the first), as ``posterm emulate --record DIR`` promises."""
+
+    directory: Path
+    prefix: str
+
+
+def recording_path(directory: str | Path, prefix: str) -> SessionPath:
     """A new file name in ``directory`` for one session: ``PREFIX-YYYYmmddTHHMMSS-NNN.jsonl``.
 
-    Creates the directory. Never returns an existing file (a counter breaks ties).
+    Creates the directory (and the empty file, 0600). Never returns an existing file
+    (a counter breaks ties). Given to :class:`RecordingTransport`, later ECR sessions
+    go to further files of the same form.
     """
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
@@ -76,7 +87,9 @@ def recording_path(directory: str | Path, prefix: str) -> Path:
         except FileExistsError:
             continue
         os.close(fd)
-        return p
+        sp = SessionPath(p)
+        sp.directory, sp.prefix = d, prefix
+        return sp
     raise ConfigError(f"{d}: more than 1000 recordings named {prefix}-{stamp}-*")
 
 
@@ -113,28 +126,54 @@ class Recorder:
                  terminal: dict[str, Any] | None = None, clock=time.monotonic, wall=time.time) -> None:
         if side not in SIDES and side != "tap":
             raise ConfigError(f"side must be 'ecr', 'terminal' or 'tap', not {side!r}")
-        if isinstance(target, (str, Path)):
-            self.path: Path | None = Path(target)
-            fd = os.open(self.path, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
-            self._fh: TextIO = os.fdopen(fd, "w", encoding="utf-8")
-            self._owns = True
-            # A recorder shared across reconnects (open_recorded) has no single closer:
-            # everything is flushed as it goes, and the file closes when the recorder goes.
-            weakref.finalize(self, self._fh.close)
-        else:
-            self.path, self._fh, self._owns = None, target, False
         self._clock, self._wall = clock, wall
-        self._t0 = clock()
         self._lock = threading.Lock()
         self._dirs = {"ecr": _Direction("ecr"), "terminal": _Direction("terminal")}
         self._closed = False
+        self._side, self._port, self._terminal = side, port or {}, terminal
+        self._identity: dict[str, Any] | None = None
         self.frames = 0
-        start = wall()
+        self.session_frames = 0
+        self.paths: list[Path] = []
+        self._rotating = isinstance(target, SessionPath)
+        self._session_dir = target if isinstance(target, SessionPath) else None
+        if isinstance(target, (str, Path)):
+            self._open_file(Path(target))
+        else:
+            self.path, self._fh, self._owns = None, target, False
+            self._begin()
+
+    def _open_file(self, path: Path) -> None:
+        self.path = path
+        self.paths.append(path)
+        fd = os.open(path, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
+        self._fh = os.fdopen(fd, "w", encoding="utf-8")
+        self._owns = True
+        # A recorder shared across reconnects (open_recorded) has no single closer:
+        # everything is flushed as it goes, and the file closes when the recorder goes.
+        weakref.finalize(self, self._fh.close)
+        self._begin()
+
+    def _begin(self) -> None:
+        self._t0 = self._clock()
+        self.session_frames = 0
+        start = self._wall()
         self._write({"type": "header", "format": FORMAT, "format_version": FORMAT_VERSION,
                      "tool": f"posterm {__version__}", "protocol_version": m.PROTOCOL_VERSION,
-                     "link_version": fr.LINK_VERSION, "side": side, "port": port or {},
-                     "terminal": terminal, "started_wall": round(start, 6),
+                     "link_version": fr.LINK_VERSION, "side": self._side, "port": self._port,
+                     "terminal": self._identity or self._terminal, "started_wall": round(start, 6),
                      "started_at": datetime.fromtimestamp(start, timezone.utc).isoformat(timespec="milliseconds")})
+
+    def _rotate(self) -> None:
+        """A new ECR session began: finish this file, continue in a new one."""
+        sp = self._session_dir
+        assert sp is not None
+        for d in self._dirs.values():
+            if d.sender != "ecr":
+                self._flush_chunks(d)
+        self._fh.flush()
+        self._fh.close()
+        self._open_file(recording_path(sp.directory, sp.prefix))
 
     # -- writing --------------------------------------------------------------
 
@@ -181,7 +220,12 @@ class Recorder:
                 self._frame(d, item, start, base)
 
     def _frame(self, d: _Direction, frame: fr.LinkFrame, start: int, base: dict[str, Any]) -> None:
+        if (self._rotating and d.sender == "ecr" and self.session_frames and frame.kind is fr.FrameKind.DATA
+                and frame.payload[:2] == m.Hello.TYPE.to_bytes(2, "big") and d.last_data != (frame.seq, frame.raw[-2:])):
+            self._rotate()
+            base = {**base, "t": round(self._clock() - self._t0, 6)}
         self.frames += 1
+        self.session_frames += 1
         masked, names = redact_frame(frame.raw)
         for s, e, _ in redacted_spans(frame.payload):
             d.masks.append((start + fr.HEADER_SIZE + s, start + fr.HEADER_SIZE + e))

@@ -9,6 +9,8 @@ peer whatever happened on the recorded line (retransmissions are skipped).
 from __future__ import annotations
 
 import dataclasses
+import re
+import secrets as _random
 import struct
 import sys
 import threading
@@ -126,16 +128,54 @@ def build_script(recording: Recording, secrets: dict[str, str] | None = None) ->
     return script
 
 
-def diff_fields(expected: dict[str, Any], got: dict[str, Any], masks: frozenset[str]) -> list[str]:
-    """Readable differences between two ``message_fields`` dicts, masked fields left out."""
+_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}(:\d{2})?(\.\d+)?( ?UTC|Z|[+-]\d{2}:?\d{2})?")
+
+
+def masked_values(fields_list: list[dict[str, Any]], masks: frozenset[str]) -> dict[str, str]:
+    """Values of masked fields (e.g. a trade number) seen in these messages, so the same
+    value inside other text (a receipt line) is masked too: value -> ``<field>``."""
+    out = {}
+    for fields in fields_list:
+        for k, v in fields.items():
+            if k in masks and isinstance(v, (str, int)) and len(str(v)) >= 6:
+                out[str(v)] = f"<{k}>"
+    return out
+
+
+def _normalise(value: Any, known: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        for raw, name in known.items():
+            value = value.replace(raw, name)
+        return _TIME.sub("<time>", value)
+    if isinstance(value, list):
+        return [_normalise(v, known) for v in value]
+    if isinstance(value, dict):
+        return {k: _normalise(v, known) for k, v in value.items()}
+    return value
+
+
+def diff_fields(expected: dict[str, Any], got: dict[str, Any], masks: frozenset[str],
+                known: tuple[dict[str, str], dict[str, str]] = ({}, {})) -> list[str]:
+    """Readable differences between two ``message_fields`` dicts, masked fields left out.
+
+    ``known``: masked values of the recorded and of the live side (:func:`masked_values`),
+    replaced inside text on each side; date-times inside text never count either.
+    """
+    if expected.get("type") != got.get("type"):
+        return [f"recorded {_short(expected)}, got {_short(got)}"]
     out = []
     for key in sorted(set(expected) | set(got)):
         if key in masks:
             continue
         a, b = expected.get(key, "<absent>"), got.get(key, "<absent>")
-        if a != b:
+        if _normalise(a, known[0]) != _normalise(b, known[1]):
             out.append(f"{key}: recorded {a!r}, got {b!r}")
     return out
+
+
+def _short(fields: dict[str, Any]) -> str:
+    body = ", ".join(f"{k}={v}" for k, v in fields.items() if k != "type")
+    return f"{fields.get('type')}({body[:120]}{'...' if len(body) > 120 else ''})"
 
 
 def _key(fields: dict[str, Any]) -> tuple:
@@ -143,8 +183,16 @@ def _key(fields: dict[str, Any]) -> tuple:
 
 
 def _remap(msg: Message, mapping: dict[str, str]) -> Message:
-    changes = {k: mapping[getattr(msg, k)] for k in KEY_FIELDS
-               if hasattr(msg, k) and getattr(msg, k) in mapping}
+    """The recorded answer with recorded order/refund ids replaced by the live ECR's."""
+    changes: dict[str, Any] = {k: mapping[getattr(msg, k)] for k in KEY_FIELDS
+                               if hasattr(msg, k) and getattr(msg, k) in mapping}
+    if isinstance(msg, m.Print) and mapping:
+        lines = []
+        for line in msg.lines:
+            for old, new in mapping.items():
+                line = line.replace(old, new)
+            lines.append(line[:64])
+        changes["lines"] = tuple(lines)
     return dataclasses.replace(msg, **changes) if changes else msg
 
 
@@ -305,9 +353,12 @@ class EcrReplayResult:
 def replay_ecr(transport: Any, script: list[Exchange], *, speed: float = 1.0, fast: bool = False,
                step: bool = False, loops: int = 1, masks: frozenset[str] = DEFAULT_MASKS,
                wait_for: Callable[[str], None] | None = None, min_wait: float = 3.0,
-               link_config: LinkConfig | None = None) -> EcrReplayResult:
+               link_config: LinkConfig | None = None, fresh_ids: bool = True) -> EcrReplayResult:
     """Send the ECR's recorded messages to a live terminal and diff what it answers.
 
+    With ``fresh_ids`` (the default) every recorded order and refund id is replaced by
+    a new one (consistently, answers compared through the same mapping), so a replay
+    makes new payments instead of reading back the stored outcome of the recorded ones.
     For each recorded request: pause its recorded gap (scaled; none with ``fast`` or
     ``step``, where ``wait_for`` is called instead), send it, and collect as many
     terminal messages as were recorded (waiting up to the recorded time x1.5 + 2 s,
@@ -316,6 +367,7 @@ def replay_ecr(transport: Any, script: list[Exchange], *, speed: float = 1.0, fa
     """
     pacer = _Pacer(speed, fast, step, wait_for)
     link = Link(link_config or LinkConfig())
+    mapping: dict[str, str] = {}
     diffs: list[Divergence] = []
     frames = 0
     index = 0
@@ -345,25 +397,52 @@ def replay_ecr(transport: Any, script: list[Exchange], *, speed: float = 1.0, fa
                 wait_for(f"#{index} {ex.request.fields['type']} {_brief(ex.request.fields)}")
             else:
                 time.sleep(pacer.delay(ex.gap))
+            request = ex.request.message
+            if fresh_ids:
+                for k in KEY_FIELDS:
+                    old = getattr(request, k, None)
+                    if old is not None and old not in mapping:
+                        mapping[old] = _fresh_id(old)
+                request = _remap(request, mapping)
+            if isinstance(request, m.Hello):
+                # A new session number: the recorded one would be a duplicate to a terminal that heard it.
+                request = dataclasses.replace(request, session=_random.randbits(32))
             now = time.monotonic()
-            transport.write(link.send(ex.request.message, now))
+            transport.write(link.send(request, now))
             frames += 1
             got: list[Message] = []
             span = (ex.answers[-1].t - ex.request.t) if ex.answers else 0.0
             pump(now + max(min_wait, span * 1.5 + 2.0), len(ex.answers), got)
             frames += len(got)
+            lives = [message_fields(g) for g in got]
+            known = (masked_values([a.fields for a in ex.answers], masks), masked_values(lives, masks))
             for j, exp in enumerate(ex.answers):
                 if j >= len(got):
                     diffs.append(Divergence(index, f"after {ex.request.fields['type']}: recorded"
                                                    f" {exp.fields['type']}, got nothing"))
                     break
-                live = message_fields(got[j])
-                for line in diff_fields(exp.fields, live, masks):
+                live = lives[j]
+                for line in diff_fields(_normalise(exp.fields, _with_prefixes(mapping)), live, masks, known):
                     diffs.append(Divergence(index, f"{exp.fields['type']} answer {j + 1}: {line}"))
             for extra in got[len(ex.answers):]:
                 diffs.append(Divergence(index, f"after {ex.request.fields['type']}: unrecorded"
                                                f" {type(extra).__name__}"))
     return EcrReplayResult(index, frames, diffs)
+
+
+def _with_prefixes(mapping: dict[str, str]) -> dict[str, str]:
+    """The id mapping plus its truncations (a receipt line may show only the first characters)."""
+    out = dict(mapping)
+    for old, new in mapping.items():
+        for k in range(len(old) - 1, 11, -1):
+            out.setdefault(old[:k], new[:k])
+    return out
+
+
+def _fresh_id(old: str) -> str:
+    """A new id shaped like ``old``: its letter prefix, then UTC time and random hex."""
+    prefix = re.match(r"[A-Za-z]*", old).group(0)[:8] or "RP"  # type: ignore[union-attr]
+    return f"{prefix}{time.strftime('%Y%m%d%H%M%S', time.gmtime())}{_random.token_hex(3).upper()}"
 
 
 def stdin_step(prompt: str) -> None:

@@ -1,0 +1,87 @@
+"""The flows the golden recordings in fixtures/sessions/ hold, as driver calls.
+
+Regenerate the goldens (after a deliberate wire change) with
+``python -m tests.record.flows fixtures/sessions``; review the diff with ``posterm show``.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+from firmware_protocol.messages import Outcome
+
+OPERATOR = "246810"
+# The emulator's phone confirmation polls this fast in the goldens (the Alipay default is 5 s).
+FIRMWARE = {"poll_interval": 0.2, "poll_attempts": 20}
+
+
+def pay_approved(term):
+    assert term.pay(1234, "CNY", payment_code="289900000000000001").outcome is Outcome.APPROVED
+
+
+def pay_declined(term):
+    r = term.pay(10_000, "CNY", payment_code="289900000000000002")
+    assert r.outcome is Outcome.DECLINED, r
+
+
+def pay_pin(term):
+    assert term.pay(50_000, "CNY", payment_code="289900000000000003").outcome is Outcome.APPROVED
+
+
+def pay_phone(term):
+    assert term.pay(2_000, "CNY", payment_code="289900000000000004", timeout=30).outcome is Outcome.APPROVED
+
+
+def pay_risk(term):
+    assert term.pay(3_000, "CNY", payment_code="289900000000000007").outcome is Outcome.DECLINED
+
+
+def refund(term):
+    r = term.pay(8_800, "CNY", payment_code="289900000000000001")
+    rf = term.refund(r.order_id, 1_000, "RF" + r.order_id[2:], OPERATOR, currency="CNY")
+    assert rf.outcome is Outcome.APPROVED, rf
+
+
+def cancel_and_query(term):
+    r = term.pay(4_200, "CNY", payment_code="289900000000000001")
+    assert term.cancel(r.order_id, OPERATOR).outcome is Outcome.CANCELLED
+    assert term.query(r.order_id).outcome is Outcome.CANCELLED
+
+
+def status_and_settle(term):
+    term.status()
+    term.key_status()
+    term.pay(1_500, "CNY", payment_code="289900000000000001")
+    assert term.settle(OPERATOR).host_agrees
+
+
+FLOWS = {f.__name__: f for f in (pay_approved, pay_declined, pay_pin, pay_phone, pay_risk, refund,
+                                 cancel_and_query, status_and_settle)}
+
+
+def start_emulator(home: Path):
+    from posterm.emulator.firmware import FirmwareConfig
+    from posterm.emulator.runner import EmulatedTerminal
+
+    return EmulatedTerminal.start(home=home, config=FirmwareConfig(**FIRMWARE))
+
+
+def record(name: str, out: Path, home: Path) -> Path:
+    """Run flow ``name`` against a fresh emulator, recording the ECR side to ``out/name.jsonl``."""
+    from posterm.driver import Terminal
+
+    path = out / f"{name}.jsonl"
+    with start_emulator(home) as emu:
+        with Terminal.open(emu.port, journal=str(home / "driver.db"), record=str(path)) as term:
+            FLOWS[name](term)
+    return path
+
+
+if __name__ == "__main__":
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "fixtures/sessions")
+    target.mkdir(parents=True, exist_ok=True)
+    for flow in (sys.argv[2:] or FLOWS):
+        with tempfile.TemporaryDirectory() as tmp:
+            print(record(flow, target, Path(tmp)))
