@@ -290,3 +290,14 @@ def test_every_single_byte_of_a_small_backup_is_protected(tmp_path):
         bad[pos] ^= 0x01
         with pytest.raises(CryptoError):
             check(bytes(bad))
+
+
+def test_verify_leaves_no_plaintext_behind(pair, tmp_path):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    assert verify(pair[0], KEY, tmp_dir=scratch).ok
+    bad = tmp_path / "bad.ptbk"
+    bad.write_bytes(pair[0].read_bytes()[:-1])
+    with pytest.raises(BackupTruncated):
+        verify(bad, KEY, tmp_dir=scratch)
+    assert list(scratch.iterdir()) == []
