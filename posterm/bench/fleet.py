@@ -38,6 +38,15 @@ def _start_fleet(home: Path, count: int) -> tuple[subprocess.Popen, list[str]]:
     return p, port_file.read_text().split()
 
 
+def _cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) used so far by process ``pid``; None off Linux."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m posterm.bench fleet")
     ap.add_argument("--terminals", type=int, default=50)
@@ -81,9 +90,11 @@ def main(argv: list[str]) -> int:
             start = time.perf_counter()
             stop_at[0] = start + args.seconds
             go.set()
+            cpu0 = _cpu(proc.pid), time.process_time()
             for t in threads:
                 t.join(args.seconds + 120)
             elapsed = time.perf_counter() - start
+            cpu1 = _cpu(proc.pid), time.process_time()
         finally:
             proc.terminate()
             try:
@@ -96,5 +107,9 @@ def main(argv: list[str]) -> int:
         emit("fleet", "flows_per_s", len(times) / elapsed, "flows/s", terminals=args.terminals, n=len(times),
              cores=os.cpu_count(), goal_min=200)
         emit("fleet", "flow_p99", percentile([t * 1000 for t in times], 99), "ms", terminals=args.terminals)
+        if cpu0[0] is not None and cpu1[0] is not None and times:
+            # Where the two cores went: the fleet process vs. the 50 drivers in this one.
+            emit("fleet", "fleet_cpu_per_flow", (cpu1[0] - cpu0[0]) / len(times) * 1000, "ms")
+            emit("fleet", "drivers_cpu_per_flow", (cpu1[1] - cpu0[1]) / len(times) * 1000, "ms")
         emit("fleet", "flow_median", percentile([t * 1000 for t in times], 50), "ms", terminals=args.terminals)
     return 0
