@@ -48,13 +48,15 @@ class Hsm:
     """See the module docstring. Create with :meth:`open` (sealed key store) or :meth:`ephemeral`."""
 
     def __init__(self, keys: dict[str, bytes], path: Path | None = None,
-                 retired: dict[bytes, bytes] | None = None) -> None:
+                 retired: dict[bytes, bytes] | None = None, tdes_devices: dict[str, int] | None = None) -> None:
         self._bdk = keys["bdk"]              # the current AES BDK: new terminals get keys under it
         self._bdk_id = keys["bdk_id"]        # 4 bytes; the first 4 bytes of every KSN it issues
         self._tdes_bdk = keys["tdes_bdk"]
         self._kbpk_master = keys["kbpk_master"]
         # Earlier AES BDKs by id: terminals loaded before a rotation keep working until re-keyed.
         self._retired: dict[bytes, bytes] = dict(retired or {})
+        # TDES KSNs have only 19 bits of device id: ids are allocated, never hashed (no collisions).
+        self._tdes_devices: dict[str, int] = dict(tdes_devices or {})
         self._path = path
         self._lock = threading.Lock()
 
@@ -68,14 +70,16 @@ class Hsm:
             hsm._save()
             return hsm
         retired = {bytes.fromhex(k): bytes.fromhex(v) for k, v in doc.pop("retired", {}).items()}
-        return cls({k: bytes.fromhex(v) for k, v in doc.items()}, path, retired)
+        devices = {str(k): int(v) for k, v in doc.pop("tdes_devices", {}).items()}
+        return cls({k: bytes.fromhex(v) for k, v in doc.items()}, path, retired, devices)
 
     def _save(self) -> None:
         if self._path is None:
             return
         sealed.save(self._path, {"bdk": self._bdk.hex(), "bdk_id": self._bdk_id.hex(),
                                  "tdes_bdk": self._tdes_bdk.hex(), "kbpk_master": self._kbpk_master.hex(),
-                                 "retired": {k.hex(): v.hex() for k, v in self._retired.items()}})
+                                 "retired": {k.hex(): v.hex() for k, v in self._retired.items()},
+                                 "tdes_devices": self._tdes_devices})
 
     @property
     def bdk_id(self) -> bytes:
@@ -128,8 +132,25 @@ class Hsm:
     def _ikid(self, terminal_id: str) -> bytes:
         return self._bdk_id + hashlib.sha256(terminal_id.encode()).digest()[:4]
 
+    def _tdes_initial_ksn(self, terminal_id: str) -> bytes:
+        """KSN with counter 0: key set id (FFFF + the TDES BDK's KCV) | 19-bit device id | 0."""
+        with self._lock:
+            device = self._tdes_devices.get(terminal_id)
+            if device is None:
+                device = len(self._tdes_devices) + 1
+                if device >= 1 << 19:
+                    raise CryptoError("the TDES BDK has no device ids left (2^19 - 1 issued)")
+                self._tdes_devices[terminal_id] = device
+                self._save()
+        ksi = b"\xFF\xFF" + c.kcv(self._tdes_bdk, c.Algorithm.TDES, 3)
+        return ((int.from_bytes(ksi, "big") << 40) | (device << 21)).to_bytes(10, "big")
+
     def initial_key_block(self, terminal_id: str, algorithm: str = "AES") -> IssuedKey:
-        """The terminal's initial DUKPT key in a TR-31 version D block under its KBPK."""
+        """The terminal's initial DUKPT key in a TR-31 version D block under its KBPK.
+
+        ``algorithm`` "AES" (X9.24-3, default) or "TDES" (X9.24-1, legacy pads). The same
+        terminal always gets the same key (until a BDK rotation, for AES). Raises CryptoError.
+        """
         if algorithm == "AES":
             ikid = self._ikid(terminal_id)
             ik = c.aes_dukpt_initial_key(self._bdk, ikid)
@@ -138,8 +159,7 @@ class Hsm:
             header = c.TR31Header("D", 0, "B1", "A", "X", "00", "N", opts)
             ksn = ikid + bytes(4)
         elif algorithm == "TDES":
-            ksn = bytes.fromhex("FFFF") + self._ikid(terminal_id) + bytes(0)
-            ksn = (int.from_bytes(ksn, "big") & ~0x1FFFFF).to_bytes(10, "big")
+            ksn = self._tdes_initial_ksn(terminal_id)
             ik = c.tdes_dukpt_ipek(self._tdes_bdk, ksn)
             kcv = c.kcv(ik, c.Algorithm.TDES, 3)
             opts = (("KS", ksn.hex().upper()), ("KC", "00" + kcv.hex().upper()))

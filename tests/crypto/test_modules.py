@@ -470,3 +470,16 @@ def test_pin_entry_rules(hsm):
     e = enter(sm, PIN)
     assert e.format == 4 and len(e.block) == 16 and sm.status().counters_left == before - 1
     assert sm._digits == bytearray()  # wiped after finish
+
+
+def test_tdes_terminals_get_distinct_persistent_ksns(tmp_path):
+    hsm = Hsm.open(tmp_path / "hsm")
+    tids = [f"T{n:07d}" for n in range(1, 65)]
+    issued = {t: hsm.initial_key_block(t, "TDES") for t in tids}
+    assert len({i.ksn for i in issued.values()}) == 64 and len({i.kcv for i in issued.values()}) == 64
+    assert all(int.from_bytes(i.ksn, "big") & 0x1FFFFF == 0 and i.ksn[:2] == b"\xFF\xFF" for i in issued.values())
+    again = Hsm.open(tmp_path / "hsm")
+    got = again.initial_key_block("T0000007", "TDES")
+    assert (got.ksn, got.kcv) == (issued["T0000007"].ksn, issued["T0000007"].kcv)
+    aes = {hsm.initial_key_block(t).ksn[:8] for t in tids}
+    assert len(aes) == 64
