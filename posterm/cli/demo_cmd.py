@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import tempfile
@@ -19,6 +20,7 @@ DAY = [
     ("confirmed on the customer's phone", "289900000000000004", 8_800, "approved"),
     ("declined: over the per-transaction limit", "289900000000000001", 600_000, "declined"),
     ("cancelled: no confirmation on the phone", "289900000000000005", 3_000, "cancelled"),
+    ("paid by scanning the terminal's QR", None, 4_200, "approved"),
 ]
 
 
@@ -40,6 +42,7 @@ def demo(home: str | None, trace: bool) -> None:
     setup_trace(trace)
     tmp = None if home else tempfile.mkdtemp(prefix="posterm-demo-")
     base = Path(home or tmp)
+    os.environ["POSTERM_HOME"] = str(base)  # nothing of the demo lands in the user's real state
     rows: list[tuple[str, str, str, str, bool]] = []
     started = time.monotonic()
     try:
@@ -52,9 +55,10 @@ def demo(home: str | None, trace: bool) -> None:
                 click.echo(f"connected: {info.terminal_id} / {info.merchant_id}, firmware {info.firmware_version}\n")
                 first = None
                 for what, code, amount, expected in DAY:
-                    click.echo(f"-- {what}: {format_minor(amount, 'CNY')}, code ...{code[-4:]}")
-                    r = term.pay(amount, "CNY", payment_code=code, timeout=60,
-                                 on_progress=lambda p: click.echo(f"   [{p.stage.name.lower()}] {p.text}"))
+                    how = f"code ...{code[-4:]}" if code else "dynamic QR"
+                    click.echo(f"-- {what}: {format_minor(amount, 'CNY')}, {how}")
+                    r = term.pay(amount, "CNY", payment_code=code, dynamic_qr=code is None, timeout=60,
+                                 on_progress=_show_progress)
                     reason = "" if r.approved else getattr(r.reason, "name", str(r.reason)).lower()
                     click.echo(f"   => {r.result} {reason}".rstrip())
                     rows.append((what, r.order_id, format_minor(amount, "CNY"), f"{r.result} {reason}".strip(),
@@ -87,3 +91,20 @@ def demo(home: str | None, trace: bool) -> None:
     click.echo(f"\nbooks balanced: {not problems}; {time.monotonic() - started:.1f} s; "
                f"{'all as expected' if all_ok else 'SOMETHING WENT WRONG'}")
     sys.exit(0 if all_ok else 1)
+
+
+_last: dict[str, object] = {}
+
+
+def _show_progress(p) -> None:
+    # The terminal repeats its Progress while the customer dawdles: show each change once.
+    key = (p.order_id, p.stage, p.text)
+    if _last.get("progress") == key:
+        return
+    _last["progress"] = key
+    click.echo(f"   [{p.stage.name.lower()}] {p.text}")
+    if p.qr_data and _last.get("qr") != p.qr_data:  # the terminal's screen: scannable with a phone
+        import segno
+
+        _last["qr"] = p.qr_data
+        segno.make(p.qr_data, error="m").terminal(out=sys.stdout, compact=True)
