@@ -12,7 +12,6 @@ This module never imports :mod:`posterm.crypto.terminal`.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from dataclasses import dataclass
@@ -55,7 +54,7 @@ class Hsm:
         self._kbpk_master = keys["kbpk_master"]
         # Earlier AES BDKs by id: terminals loaded before a rotation keep working until re-keyed.
         self._retired: dict[bytes, bytes] = dict(retired or {})
-        # TDES KSNs have only 19 bits of device id: ids are allocated, never hashed (no collisions).
+        # terminal id -> device number (see _device); the name is historical.
         self._tdes_devices: dict[str, int] = dict(tdes_devices or {})
         self._path = path
         self._lock = threading.Lock()
@@ -129,19 +128,28 @@ class Hsm:
         """The terminal's key-block protection key, for the key injection facility only."""
         return self._kbpk(terminal_id)
 
-    def _ikid(self, terminal_id: str) -> bytes:
-        return self._bdk_id + hashlib.sha256(terminal_id.encode()).digest()[:4]
+    def _device(self, terminal_id: str) -> int:
+        """The terminal's device number, allocated on first issue and persisted.
 
-    def _tdes_initial_ksn(self, terminal_id: str) -> bytes:
-        """KSN with counter 0: key set id (FFFF + the TDES BDK's KCV) | 19-bit device id | 0."""
+        Allocated, not hashed: a collision would give two PIN pads the same initial key.
+        TDES KSNs leave 19 bits for it, so that is the limit for both algorithms.
+        """
         with self._lock:
             device = self._tdes_devices.get(terminal_id)
             if device is None:
                 device = len(self._tdes_devices) + 1
                 if device >= 1 << 19:
-                    raise CryptoError("the TDES BDK has no device ids left (2^19 - 1 issued)")
+                    raise CryptoError("this HSM has no device ids left (2^19 - 1 issued)")
                 self._tdes_devices[terminal_id] = device
                 self._save()
+            return device
+
+    def _ikid(self, terminal_id: str) -> bytes:
+        return self._bdk_id + self._device(terminal_id).to_bytes(4, "big")
+
+    def _tdes_initial_ksn(self, terminal_id: str) -> bytes:
+        """KSN with counter 0: key set id (FFFF + the TDES BDK's KCV) | 19-bit device id | 0."""
+        device = self._device(terminal_id)
         ksi = b"\xFF\xFF" + c.kcv(self._tdes_bdk, c.Algorithm.TDES, 3)
         return ((int.from_bytes(ksi, "big") << 40) | (device << 21)).to_bytes(10, "big")
 
