@@ -60,7 +60,9 @@ def crypto() -> None:
     posterm crypto kcv --key HEX
 
     AES or TDES is chosen by the lengths (AES DUKPT: 16-byte BDK and 12-byte KSN;
-    TDES DUKPT: 10-byte KSN). For test keys only.
+    TDES DUKPT: 10-byte KSN). Keys on the command line are for test keys only;
+    a BDK read with --bdk-file is treated as real and only KCVs are shown.
+    Bad input: a one-line error and exit status 2.
     """
 
 
@@ -266,7 +268,7 @@ def pinblock_decode(fmt: str, block: str, pan: str, key: str | None) -> dict:
 
 @crypto.group()
 def tr31() -> None:
-    """ANSI TR-31 key blocks, versions B (TDES) and D (AES)."""
+    """ANSI TR-31 key blocks: versions B (TDES) and D (AES); A and C unwrap only."""
 
 
 @tr31.command("wrap")
