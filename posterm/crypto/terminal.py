@@ -75,6 +75,7 @@ class SecureModule:
         self._counter = 0
         self._algorithm = "AES"
         self._key_version = "00"
+        self._tk_cache: tuple[bytes, bytes] | None = None   # (current KSN, its transaction key)
         self._pan: str | None = None
         self._digits = bytearray()
         if self._path is not None:
@@ -160,6 +161,7 @@ class SecureModule:
             if not 2 <= len(want) // 2 <= 5 or c.kcv(key, alg, len(want) // 2).hex().upper() != want:
                 raise CryptoError("key check value does not match: the key block is corrupt or not for this pad")
             self._ik = c.Key(key, c.Usage.DUKPT_IK, alg, c.Mode.DERIVE)
+            self._tk_cache = None
             self._key_version = header.key_version
             self._ikid = ikid
             self._counter = 0
@@ -209,10 +211,15 @@ class SecureModule:
         if ksn != self._ksn() or self._counter == 0:
             raise CryptoError("this KSN is not the PIN pad's current one")
         raw = ik.material(c.Usage.DUKPT_IK)
+        # One transaction's request MAC, response check and PIN block share a KSN: derive once.
+        if self._tk_cache is not None and self._tk_cache[0] == ksn:
+            tk = self._tk_cache[1]
+        else:
+            derive = c.aes_dukpt_transaction_key if self._algorithm == "AES" else c.tdes_dukpt_transaction_key
+            tk = derive(raw, ksn)
+            self._tk_cache = (ksn, tk)
         if self._algorithm == "AES":
-            tk = c.aes_dukpt_transaction_key(raw, ksn)
             return c.aes_dukpt_working_key(tk, ksn, purpose)
-        tk = c.tdes_dukpt_transaction_key(raw, ksn)
         return c.tdes_dukpt_working_key(tk, {"mac_generation": "mac_request", "mac_verification": "mac_response"}
                                         .get(purpose, purpose))
 

@@ -483,3 +483,24 @@ def test_tdes_terminals_get_distinct_persistent_ksns(tmp_path):
     assert (got.ksn, got.kcv) == (issued["T0000007"].ksn, issued["T0000007"].kcv)
     aes = {hsm.initial_key_block(t).ksn[:8] for t in tids}
     assert len(aes) == 64
+
+
+def test_transaction_key_cache_is_bounded_and_correct(monkeypatch, hsm):
+    import posterm.crypto.host as host_mod
+
+    monkeypatch.setattr(host_mod, "TK_CACHE_SIZE", 3)
+    fresh = Hsm.ephemeral()
+    sm = SecureModule()
+    sm.inject_kbpk(fresh.kbpk_for_injection("T0000030"))
+    sm.load_key_block(fresh.initial_key_block("T0000030").block)
+    ksns = []
+    for i in range(8):
+        ksn = sm.next_ksn()
+        ksns.append(ksn)
+        data = b"msg%d" % i
+        assert fresh.verify_request_mac(ksn, data, sm.request_mac(ksn, data))
+        assert sm.verify_response_mac(ksn, data, fresh.response_mac(ksn, data))
+        assert len(fresh._tk_cache) <= 3
+    assert list(fresh._tk_cache) == ksns[-3:]
+    # a cached key never answers for another KSN
+    assert not fresh.verify_request_mac(ksns[-2], b"msg7", sm.request_mac(ksns[-1], b"msg7"))
