@@ -172,3 +172,12 @@ def test_encrypted_format_0_and_3_round_trip(pin, pan, key, fill):
     assert c.decrypt_pin_block_03(k, c.encrypt_pin_block_3(k, pin, pan, fill), pan) == pin
     with pytest.raises(CryptoError):
         c.encrypt_pin_block_3(c.Key(key, c.Usage.PIN, c.Algorithm.AES), pin, pan)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(min_value=1, max_value=0xFFFF), st.integers(min_value=1, max_value=16))
+def test_counters_left_arithmetic_matches_brute_force(limit, max_ones):
+    """status().counters_left comes from this count; check it where brute force is cheap."""
+    from posterm.crypto.terminal import _count_valid_upto
+
+    assert _count_valid_upto(limit, max_ones, 16) == sum(1 for v in range(1, limit + 1) if v.bit_count() <= max_ones)
