@@ -51,10 +51,12 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m posterm.bench fleet")
     ap.add_argument("--terminals", type=int, default=50)
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--dir", default=None, help="where the state lives (default: the temp dir); try /dev/shm "
+                    "to take the disk's fsync out of the figure")
     args = ap.parse_args(argv)
     from posterm.driver import Terminal
 
-    with tempfile.TemporaryDirectory(prefix="posterm-bench-fleet-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="posterm-bench-fleet-", dir=args.dir) as tmp:
         home = Path(tmp)
         proc, ports = _start_fleet(home, args.terminals)
         times: list[float] = []

@@ -53,8 +53,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--count", type=int, default=300, help="timed unpaced pays")
     ap.add_argument("--paced-count", type=int, default=30, help="timed pays paced at --baud (0: skip)")
     ap.add_argument("--baud", type=int, default=115200)
+    ap.add_argument("--dir", default=None, help="where the state lives (default: the temp dir); try /dev/shm "
+                    "to take the disk's fsync out of the figure")
     args = ap.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="posterm-bench-flow-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="posterm-bench-flow-", dir=args.dir) as tmp:
         times, per_pay = _run(Path(tmp) / "unpaced", args.count, False, args.baud)
         ms = [t * 1000 for t in times]
         emit("flow", "pay_median", statistics.median(ms), "ms", n=len(ms), goal_max=10)
