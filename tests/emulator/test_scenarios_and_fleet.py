@@ -133,3 +133,29 @@ def test_fleet_of_four_in_one_process_shares_one_host(tmp_path):
 def test_fleet_size_is_bounded(tmp_path):
     with pytest.raises(ConfigError):
         Fleet.start(65, home=tmp_path)
+
+
+def test_tcp_listener_and_a_remote_host_over_tcp(tmp_path):
+    """`--listen tcp://...` with `--host tcp://...`: keys injected from the host's HSM state,
+    every request signed and checked across the wire; an ECR may reconnect."""
+    from posterm.emulator import EmulatedTerminal
+    from posterm.host import Host
+    from posterm.host.server import serve
+
+    host = Host.open(tmp_path / "host.db")
+    server = serve(host)
+    try:
+        with EmulatedTerminal.start(listen="tcp://127.0.0.1:0", host=server.address, home=tmp_path) as emu:
+            assert emu.port.startswith("tcp://127.0.0.1:") and emu.host is None
+            order_ids = []
+            for attempt in range(2):  # the second connection is a new ECR session on the same terminal
+                with Terminal.open(emu.port, journal=str(tmp_path / "d.db")) as term:
+                    r = term.pay(100 + attempt, "CNY", payment_code=CODE[1], timeout=30)
+                    assert r.approved
+                    order_ids.append(r.order_id)
+            assert emu.error is None
+        assert [host.order_status(o) for o in order_ids] == ["APPROVED", "APPROVED"]
+        assert host.check_books() == []
+    finally:
+        server.close()
+        host.close()
