@@ -111,3 +111,19 @@ def test_no_secrets_on_the_terminal_side(term, posterm_terminal, tmp_path):
     term.pay(100_001, "CNY", payment_code=CODE[1], timeout=30)
     blobs = b"".join(p.read_bytes() for p in (tmp_path / "posterm" / "terminals").rglob("*") if p.is_file())
     assert b"147258" not in blobs and b"246810" not in blobs and CODE[1].encode() not in blobs
+
+
+def test_operator_password_guards_settle_and_key_loading_and_locks(term):
+    before = term.key_status()
+    st = term.settle("000000", timeout=30)
+    assert st.reason == Reason.OPERATOR_PASSWORD_WRONG and not st.totals
+    k = term.load_key("D0112B1TX00E0000" + "0" * 96, "000000")
+    assert k.reason == Reason.OPERATOR_PASSWORD_WRONG
+    k = term.load_key("D0112B1TX00E0000" + "0" * 96, "246810")         # right password, garbage block
+    assert k.reason == Reason.KEY_ERROR and k.loaded and k.kcv == before.kcv
+    assert term.pay(100, "CNY", payment_code=CODE[1], timeout=30).approved  # the old key still works
+    for _ in range(5):                                                   # 5 wrong in a row: locked
+        assert term.settle("135790", timeout=30).reason in (Reason.OPERATOR_PASSWORD_WRONG, Reason.OPERATOR_LOCKED)
+    locked = term.settle("246810", timeout=30)                           # even the right one now
+    assert locked.reason == Reason.OPERATOR_LOCKED and not locked.totals
+    assert term.refund("X", 1, "RF-X", "246810", currency="CNY", timeout=30).reason == Reason.OPERATOR_LOCKED
