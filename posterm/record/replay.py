@@ -230,6 +230,10 @@ class ReplayTerminal:
         self.link = Link(link_config or LinkConfig())
         self.pos = 0
         self.used = [False] * len(script)
+        self.used_count = 0
+        self._by_key: dict[tuple, list[int]] = {}
+        for i, ex in enumerate(script):
+            self._by_key.setdefault(_key(ex.request.fields), []).append(i)
         self.mapping: dict[str, str] = {}
         self.divergences: list[Divergence] = []
         self.answered = 0
@@ -238,7 +242,7 @@ class ReplayTerminal:
 
     @property
     def done(self) -> bool:
-        return all(self.used) and not self._due and self.link.idle
+        return self.used_count == len(self.script) and not self._due and self.link.idle
 
     def _diverge(self, index: int, what: str) -> None:
         d = Divergence(index, what)
@@ -248,16 +252,15 @@ class ReplayTerminal:
     def _match(self, msg: Message) -> int | None:
         fields = message_fields(msg)
         same_type = None
-        for i in range(len(self.script)):
-            if self.used[i]:
-                continue
-            rec = self.script[i].request
-            if rec.fields["type"] != fields["type"]:
-                continue
-            if _key(rec.fields) == _key(fields):
+        while self.pos < len(self.script) and self.used[self.pos]:
+            self.pos += 1  # everything before pos is used: start there (keeps replay O(n))
+        for i in self._by_key.get(_key(fields), ()):
+            if not self.used[i]:
                 return i
-            if same_type is None:
+        for i in range(self.pos, len(self.script)):
+            if not self.used[i] and self.script[i].request.fields["type"] == fields["type"]:
                 same_type = i
+                break
         return same_type
 
     def on_message(self, msg: Message, now: float) -> None:
@@ -266,15 +269,16 @@ class ReplayTerminal:
         i = self._match(msg)
         fields = message_fields(msg)
         if i is None:
-            if self.loop and any(self.used):
+            if self.loop and self.used_count:
                 self.used = [False] * len(self.script)
+                self.pos = self.used_count = 0
                 i = self._match(msg)
         if i is None:
             self._diverge(self.answered, f"the ECR sent {fields['type']} {_brief(fields)}: not in the recording")
             self.t.write(self.link.send(m.Error(code=m.ErrorCode.UNEXPECTED, text="not in the recording"), now))
             return
         ex = self.script[i]
-        skipped = [j for j in range(i) if not self.used[j]]
+        skipped = [j for j in range(self.pos, i) if not self.used[j]]
         if skipped:
             self._diverge(i, f"the ECR skipped {len(skipped)} recorded message(s) before {fields['type']},"
                              f" first {self.script[skipped[0]].request.fields['type']}")
@@ -285,6 +289,7 @@ class ReplayTerminal:
         for line in diff_fields(ex.request.fields, fields, self.masks):
             self._diverge(i, f"{fields['type']} {line}")
         self.used[i] = True
+        self.used_count += 1
         self.answered += 1
         for ans in ex.answers:
             due = now + self.pacer.delay(ans.t - ex.request.t)
@@ -314,7 +319,7 @@ class ReplayTerminal:
             self.link.tick(now)
             while self._due and self._due[0][0] <= now:
                 _, msg = self._due.pop(0)
-                self.link.send(msg, now)
+                self.t.write(self.link.send(msg, now))
             out = self.link.data_to_send()
             if out:
                 self.t.write(out)
@@ -395,8 +400,8 @@ def replay_ecr(transport: Any, script: list[Exchange], *, speed: float = 1.0, fa
             index += 1
             if step and wait_for is not None:
                 wait_for(f"#{index} {ex.request.fields['type']} {_brief(ex.request.fields)}")
-            else:
-                time.sleep(pacer.delay(ex.gap))
+            elif (pause := pacer.delay(ex.gap)) > 0:
+                time.sleep(pause)
             request = ex.request.message
             if fresh_ids:
                 for k in KEY_FIELDS:
@@ -415,6 +420,9 @@ def replay_ecr(transport: Any, script: list[Exchange], *, speed: float = 1.0, fa
             pump(now + max(min_wait, span * 1.5 + 2.0), len(ex.answers), got)
             frames += len(got)
             lives = [message_fields(g) for g in got]
+            # Only this exchange's ids: the whole mapping would make a long replay quadratic.
+            local = _with_prefixes({old: new for old, new in mapping.items()
+                                    if old in (ex.request.fields.get("order_id"), ex.request.fields.get("refund_id"))})
             known = (masked_values([a.fields for a in ex.answers], masks), masked_values(lives, masks))
             for j, exp in enumerate(ex.answers):
                 if j >= len(got):
@@ -422,7 +430,7 @@ def replay_ecr(transport: Any, script: list[Exchange], *, speed: float = 1.0, fa
                                                    f" {exp.fields['type']}, got nothing"))
                     break
                 live = lives[j]
-                for line in diff_fields(_normalise(exp.fields, _with_prefixes(mapping)), live, masks, known):
+                for line in diff_fields(_normalise(exp.fields, local), live, masks, known):
                     diffs.append(Divergence(index, f"{exp.fields['type']} answer {j + 1}: {line}"))
             for extra in got[len(ex.answers):]:
                 diffs.append(Divergence(index, f"after {ex.request.fields['type']}: unrecorded"
