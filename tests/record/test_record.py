@@ -380,3 +380,48 @@ def test_replay_cli_exit_codes(tmp_path):
     bad.write_text(json.dumps({"type": "header"}) + "\n")
     r = runner.invoke(main, ["replay", str(bad), "--as", "ecr", "--port", "loop://"])
     assert r.exit_code == 2 and "line 1" in r.output
+
+
+def test_replay_cli_as_terminal_on_a_pty_then_the_driver(tmp_path):
+    import os
+    import sys
+    import time
+
+    from tests.record.flows import FLOWS
+
+    port_file = tmp_path / "port"
+    proc = subprocess.Popen([sys.executable, "-m", "posterm", "replay", str(SESSIONS / "refund.jsonl"), "--as",
+                             "terminal", "--fast", "--port-file", str(port_file), "--timeout", "30"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(100):
+            if port_file.exists():
+                break
+            time.sleep(0.05)
+        port = port_file.read_text().strip()
+        assert os.path.exists(port)
+        with Terminal.open(port, journal=str(tmp_path / "j.db")) as term:
+            FLOWS["refund"](term)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    assert proc.returncode == 0, err
+    assert out.splitlines()[0] == port and "match" in out
+
+
+def test_emulator_record_dir_one_file_per_session_no_secrets(tmp_path):
+    from posterm.emulator.firmware import FirmwareConfig
+    from posterm.emulator.runner import EmulatedTerminal
+
+    with EmulatedTerminal.start(home=tmp_path / "emu", record=tmp_path / "rec", config=FirmwareConfig()) as emu:
+        for _ in range(2):
+            with Terminal.open(emu.port, journal=str(tmp_path / "j.db")) as term:
+                assert term.pay(1000, "CNY", payment_code="289900000000000003").approved  # PIN 147258 typed
+    files = sorted((tmp_path / "rec").glob("T0000001-*.jsonl"))
+    assert len(files) == 2
+    for f in files:
+        assert_no_secrets(f)
+        assert load(f).header["side"] == "terminal"
+        assert [x["msg"]["type"] for x in load(f).frames() if x["kind"] == "DATA"][:2] == ["Hello", "HelloReply"]
