@@ -55,6 +55,7 @@ def main(argv: list[str]) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m posterm.bench replay")
     ap.add_argument("--payments", type=int, default=1000, help="payments in the synthetic recording")
+    ap.add_argument("--no-pty", action="store_true", help="skip the two-process run over a pty")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         path = _recording(Path(tmp) / "bench.jsonl", args.payments)
@@ -79,4 +80,48 @@ def main(argv: list[str]) -> int:
          line_frames=line_frames, seconds=round(elapsed, 3), goal=10000)
     emit("replay", "messages_per_s_fast", round(data_frames / elapsed), "messages/s")
     emit("replay", "load_frames_per_s", round(line_frames / load_s), "frames/s")
+    if not args.no_pty:
+        return _two_processes(args.payments)
+    return 0
+
+
+def _two_processes(payments: int) -> int:
+    """The commands as a user runs them: ``posterm replay --as terminal --fast`` in one
+    process on a pty, ``replay --as ecr --fast`` here (two processes: no shared GIL)."""
+    import subprocess
+    import sys
+
+    from posterm.record import load
+    from posterm.record.replay import build_script, replay_ecr
+    from posterm.transport import open_transport
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _recording(Path(tmp) / "bench.jsonl", payments)
+        port_file = Path(tmp) / "port"
+        proc = subprocess.Popen([sys.executable, "-m", "posterm", "replay", str(path), "--as", "terminal", "--fast",
+                                 "--port-file", str(port_file), "--timeout", "300"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            for _ in range(200):
+                if port_file.exists():
+                    break
+                time.sleep(0.05)
+            script = build_script(load(path))
+            t = open_transport(port_file.read_text().strip())
+            try:
+                start = time.perf_counter()
+                result = replay_ecr(t, script, fast=True)
+                elapsed = time.perf_counter() - start
+            finally:
+                t.close()
+            proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+    if not result.ok or proc.returncode != 0:
+        print(f"pty replay diverged: {result.diffs[:3]} (terminal side exit {proc.returncode})")
+        return 1
+    emit("replay", "frames_per_s_fast_two_processes_pty", round(result.frames * 2 / elapsed), "frames/s",
+         data_frames=result.frames, seconds=round(elapsed, 3), goal=10000)
     return 0

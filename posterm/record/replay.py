@@ -421,8 +421,8 @@ def replay_ecr(transport: Any, script: list[Exchange], *, speed: float = 1.0, fa
             frames += len(got)
             lives = [message_fields(g) for g in got]
             # Only this exchange's ids: the whole mapping would make a long replay quadratic.
-            local = _with_prefixes({old: new for old, new in mapping.items()
-                                    if old in (ex.request.fields.get("order_id"), ex.request.fields.get("refund_id"))})
+            ids = (ex.request.fields.get(k) for k in KEY_FIELDS)
+            local = _with_prefixes({old: mapping[old] for old in ids if old in mapping})
             known = (masked_values([a.fields for a in ex.answers], masks), masked_values(lives, masks))
             for j, exp in enumerate(ex.answers):
                 if j >= len(got):
