@@ -56,7 +56,11 @@ def emulate(use_pty, listen, count, port_file, link, scenario, host_url, home, t
     if link and count > 1:
         raise click.UsageError("--link names one pty; it cannot be used with --count")
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # before the port is announced: no race
+    # Both before the port is announced (no race), and SIGINT too: a KeyboardInterrupt could land
+    # inside close(); the flag is checked in one place. Also overrides an inherited "ignore
+    # SIGINT" (a background job of a script), so Ctrl-C / kill -INT always stops it cleanly.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     kw = dict(host=host_url, home=home, scenario=scenario, faults=faults, pace=pace, baudrate=baud, record=record,
               protocol=protocol, config=FirmwareConfig(poll_interval=poll_interval, poll_attempts=poll_attempts))
     try:

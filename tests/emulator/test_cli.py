@@ -58,3 +58,18 @@ def test_emulate_shows_the_screen_and_the_dynamic_qr_as_text(tmp_path):
     assert "[T0000001 screen] Scan with your wallet" in err
     assert "QR data: " in err and ("\u2588" in err or "\u2580" in err)  # segno's block characters
     assert "Traceback" not in err
+
+
+def test_emulate_stops_cleanly_on_ctrl_c(tmp_path):
+    import signal
+
+    p = subprocess.Popen([sys.executable, "-m", "posterm", "emulate", "--home", str(tmp_path)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().startswith("/dev/pts/")
+        p.send_signal(signal.SIGINT)
+        assert p.wait(10) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert "Traceback" not in p.stderr.read()
