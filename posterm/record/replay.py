@@ -168,7 +168,8 @@ def diff_fields(expected: dict[str, Any], got: dict[str, Any], masks: frozenset[
         if key in masks:
             continue
         a, b = expected.get(key, "<absent>"), got.get(key, "<absent>")
-        if _normalise(a, known[0]) != _normalise(b, known[1]):
+        # Normalise only what differs as it stands: the common case (equal) stays cheap.
+        if a != b and _normalise(a, known[0]) != _normalise(b, known[1]):
             out.append(f"{key}: recorded {a!r}, got {b!r}")
     return out
 
@@ -249,8 +250,7 @@ class ReplayTerminal:
         self.divergences.append(d)
         self.report(f"diverged: {d}")
 
-    def _match(self, msg: Message) -> int | None:
-        fields = message_fields(msg)
+    def _match(self, fields: dict[str, Any]) -> int | None:
         same_type = None
         while self.pos < len(self.script) and self.used[self.pos]:
             self.pos += 1  # everything before pos is used: start there (keeps replay O(n))
@@ -266,13 +266,13 @@ class ReplayTerminal:
     def on_message(self, msg: Message, now: float) -> None:
         if isinstance(msg, m.Hello):
             self.link.start_session()
-        i = self._match(msg)
         fields = message_fields(msg)
+        i = self._match(fields)
         if i is None:
             if self.loop and self.used_count:
                 self.used = [False] * len(self.script)
                 self.pos = self.used_count = 0
-                i = self._match(msg)
+                i = self._match(fields)
         if i is None:
             self._diverge(self.answered, f"the ECR sent {fields['type']} {_brief(fields)}: not in the recording")
             self.t.write(self.link.send(m.Error(code=m.ErrorCode.UNEXPECTED, text="not in the recording"), now))
@@ -306,8 +306,12 @@ class ReplayTerminal:
                 break
             now = time.monotonic()
             wait = 0.02
-            if self._due:
+            if self._due and self.link.idle:  # else the ACK we wait for wakes the read
                 wait = max(0.0, min(wait, self._due[0][0] - now))
+            else:
+                nd = self.link.next_deadline()
+                if nd is not None:
+                    wait = max(0.0, min(wait, nd - now))
             try:
                 data = self.t.read(4096, wait)
             except Disconnected:
@@ -317,12 +321,6 @@ class ReplayTerminal:
             now = time.monotonic()
             self.link.receive_data(data, now)
             self.link.tick(now)
-            while self._due and self._due[0][0] <= now:
-                _, msg = self._due.pop(0)
-                self.t.write(self.link.send(msg, now))
-            out = self.link.data_to_send()
-            if out:
-                self.t.write(out)
             while (ev := self.link.next_event()) is not None:
                 if isinstance(ev, MessageReceived):
                     self.on_message(ev.message, now)
@@ -330,7 +328,13 @@ class ReplayTerminal:
                     self._diverge(self.answered, f"the ECR sent an undecodable message: {ev.error}")
                 elif isinstance(ev, SendFailed):
                     raise LinkFailed(f"the ECR did not acknowledge {type(ev.message).__name__}")
-            out = self.link.data_to_send()
+            # One answer in flight at a time (the link's queue is bounded); the ACK of what
+            # just came in and the next answer leave in one write.
+            out = b""
+            if self._due and self._due[0][0] <= now and self.link.idle:
+                _, msg = self._due.pop(0)
+                out = self.link.send(msg, now)  # returns every pending byte (ACKs too)
+            out += self.link.data_to_send()
             if out:
                 self.t.write(out)
         return self.divergences
@@ -423,14 +427,15 @@ def replay_ecr(transport: Any, script: list[Exchange], *, speed: float = 1.0, fa
             # Only this exchange's ids: the whole mapping would make a long replay quadratic.
             ids = (ex.request.fields.get(k) for k in KEY_FIELDS)
             local = _with_prefixes({old: mapping[old] for old in ids if old in mapping})
-            known = (masked_values([a.fields for a in ex.answers], masks), masked_values(lives, masks))
+            # Recorded ids become the live ones first, then masked values become <field> on both sides.
+            known = ({**local, **masked_values([a.fields for a in ex.answers], masks)}, masked_values(lives, masks))
             for j, exp in enumerate(ex.answers):
                 if j >= len(got):
                     diffs.append(Divergence(index, f"after {ex.request.fields['type']}: recorded"
                                                    f" {exp.fields['type']}, got nothing"))
                     break
                 live = lives[j]
-                for line in diff_fields(_normalise(exp.fields, local), live, masks, known):
+                for line in diff_fields(exp.fields, live, masks, known):
                     diffs.append(Divergence(index, f"{exp.fields['type']} answer {j + 1}: {line}"))
             for extra in got[len(ex.answers):]:
                 diffs.append(Divergence(index, f"after {ex.request.fields['type']}: unrecorded"
