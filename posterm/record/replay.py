@@ -400,6 +400,7 @@ def replay_ecr(transport: Any, script: list[Exchange], *, speed: float = 1.0, fa
                     raise LinkFailed(f"the terminal did not acknowledge {type(ev.message).__name__}")
 
     for _ in range(max(1, loops)):
+        mapping.clear()  # each pass makes new payments
         for ex in script:
             index += 1
             if step and wait_for is not None:

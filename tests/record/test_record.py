@@ -425,3 +425,30 @@ def test_emulator_record_dir_one_file_per_session_no_secrets(tmp_path):
         assert_no_secrets(f)
         assert load(f).header["side"] == "terminal"
         assert [x["msg"]["type"] for x in load(f).frames() if x["kind"] == "DATA"][:2] == ["Hello", "HelloReply"]
+
+
+def test_pacing_step_and_loop(tmp_path, journal):
+    from posterm.record.replay import _Pacer
+
+    assert _Pacer(1.0, False, False, None).delay(2.0) == 2.0
+    assert _Pacer(4.0, False, False, None).delay(2.0) == 0.5
+    assert _Pacer(1.0, True, False, None).delay(2.0) == 0.0
+    path = tmp_path / "s.jsonl"
+    record_fake_session(path, journal)
+    script = build_script(load(path))
+    ecr, fake = make_pair("virtual")
+    prompts: list[str] = []
+    result = replay_ecr(ecr, script, step=True, wait_for=prompts.append, loops=2)
+    assert result.ok and result.exchanges == 6 and len(prompts) == 6
+    assert prompts[1].startswith("#2 PayRequest (order_id=")
+    fake.stop.set()
+    # --loop as terminal: a second ECR session is served from the start again.
+    ecr, player, th = _serve(script, loop=True)
+    term = Terminal(ecr, journal=journal)
+    for _ in range(2):
+        term.info = None  # a new ECR session: Hello again
+        r = term.pay(1234, "CNY", payment_code=CODE_OK)
+        assert r.approved and term.refund(r.order_id, 234, "RF" + r.order_id[2:], "246810").approved
+    player.stop.set()
+    th.join(5)
+    assert player.answered == 6 and player.divergences == []
