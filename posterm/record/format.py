@@ -207,6 +207,8 @@ class Recorder:
             base = {"t": t, "wall": wall, "from": d.sender}
             if isinstance(item, fr.Garbage):
                 d.consumed += len(item.data)
+                # Garbage may be a frame whose header was mangled, secrets and all: mask it.
+                d.masks.append((start, d.consumed))
                 self._write({"type": "event", **base, "event": "garbage", "n": len(item.data)})
             elif isinstance(item, fr.BadFrame):
                 # The framer resumes one byte after a CRC failure, after the frame otherwise.

@@ -35,7 +35,12 @@ SESSIONS = Path(__file__).resolve().parents[2] / "fixtures" / "sessions"
 
 def assert_no_secrets(path: Path) -> None:
     """No test secret in clear, nor as the hex of its bytes (frames and chunks are hex)."""
-    text = path.read_text().upper()
+    raw = path.read_text()
+    text = raw.upper()
+    # Chunks split values: scan each direction's chunks joined up as well.
+    records = [json.loads(line) for line in raw.splitlines()]
+    for side in ("ecr", "terminal"):
+        text += "\n" + "".join(r["hex"] for r in records if r.get("type") == "chunk" and r.get("from") == side)
     for secret in SECRETS:
         assert secret.upper() not in text, f"{secret} in {path}"
         assert secret.encode().hex().upper() not in text, f"hex of {secret} in {path}"
@@ -93,7 +98,10 @@ def test_secrets_masked_whatever_the_chunking_and_in_corrupt_frames(tmp_path):
     ]
     corrupt = bytearray(frames[0])
     corrupt[-1] ^= 0xFF                      # a bad CRC: the framer resumes inside it
-    stream = b"\x00\x01" + bytes(corrupt) + b"".join(frames) + frames[2][:20]  # ends in a partial frame
+    bad_header = bytearray(frames[1])
+    bad_header[6] ^= 0xFF                    # length check broken: the whole frame is garbage to the framer
+    stream = (b"\x00\x01" + bytes(corrupt) + bytes(bad_header) + b"".join(frames)
+              + frames[2][:20])  # ends in a partial frame
     rng = random.Random(5)
     for trial in range(20):
         path = tmp_path / f"r{trial}.jsonl"
@@ -109,7 +117,7 @@ def test_secrets_masked_whatever_the_chunking_and_in_corrupt_frames(tmp_path):
         assert names == ["KeyLoad", "PayRequest", "Settle"]
         assert got.frames()[0]["redacted"] == ["key_block", "operator_password"]
         events = [r["event"] for r in got.records if r["type"] == "event"]
-        assert "bad_frame" in events and "partial" in events
+        assert "bad_frame" in events and "partial" in events and "garbage" in events
         assert sum(r["n"] for r in got.records if r["type"] == "chunk") == len(stream)
 
 
