@@ -272,14 +272,22 @@ class Terminal:
     @classmethod
     def open(cls, url: str | None = None, *, journal: Journal | str | None = None, reconnect: bool = False,
              trace: bool = False, link_config: LinkConfig | None = None, record: str | None = None,
-             **settings: Any) -> "Terminal":
+             protocol: str | None = None, **settings: Any) -> "Terminal":
         """Open ``url`` (a device path or pyserial URL; default ``$POSTERM_PORT``) and
         return a :class:`Terminal`. ``settings`` are serial settings (``baudrate``,
         ``bytesize``, ``parity``, ``stopbits``, ``rtscts``, ``xonxoff``, ``exclusive``,
         ``pace``). ``record``: write a session recording (:mod:`posterm.record`) to this
-        file. Raises :class:`TransportError` if the port cannot be opened.
+        file. ``protocol``: the protocol family (:mod:`posterm.protocols`; default
+        ``$POSTERM_PROTOCOL`` or ``posterm``); another family returns its own driver
+        object with this API (e.g. :class:`posterm.concert.driver.ConcertTerminal`).
+        Raises :class:`TransportError` if the port cannot be opened.
         """
+        from posterm.protocols import family
         from posterm.transport import open_transport, default_port
+
+        fam = family(protocol)
+        if fam.name != "posterm":
+            return fam.driver_class().open(url, journal=journal, record=record, **settings)
 
         url = url or default_port()
         if not url:

@@ -35,12 +35,16 @@ def port_options(fn: Callable) -> Callable:
         click.option("--port", "-p", envvar="POSTERM_PORT", metavar="URL",
                      help="Device or pyserial URL: /dev/ttyUSB0, /dev/serial/by-id/..., socket://HOST:PORT, "
                           "rfc2217://HOST:PORT, loop://. [env POSTERM_PORT]"),
-        click.option("--baud", envvar="POSTERM_BAUD", type=click.IntRange(50, 4_000_000), default=115200,
-                     show_default=True, help="Baud rate. [env POSTERM_BAUD]"),
-        click.option("--bytesize", type=click.Choice(["5", "6", "7", "8"]), default="8", show_default=True),
-        click.option("--parity", type=click.Choice(sorted(PARITIES), case_sensitive=False), default="N",
-                     show_default=True),
-        click.option("--stopbits", type=click.Choice(["1", "1.5", "2"]), default="1", show_default=True),
+        click.option("--protocol", envvar="POSTERM_PROTOCOL", default=None, metavar="NAME",
+                     callback=_check_protocol,
+                     help="Protocol family: posterm (default) or concert (Ingenico Telium). [env POSTERM_PROTOCOL]"),
+        click.option("--baud", envvar="POSTERM_BAUD", type=click.IntRange(50, 4_000_000), default=None,
+                     help="Baud rate [default: 115200; concert: 9600]. [env POSTERM_BAUD]"),
+        click.option("--bytesize", type=click.Choice(["5", "6", "7", "8"]), default=None,
+                     help="Data bits [default: 8; a native RS-232 Telium port: 7 with --parity E]."),
+        click.option("--parity", type=click.Choice(sorted(PARITIES), case_sensitive=False), default=None,
+                     help="Parity [default: N]."),
+        click.option("--stopbits", type=click.Choice(["1", "1.5", "2"]), default=None, help="Stop bits [default: 1]."),
         click.option("--rtscts", is_flag=True, help="RTS/CTS hardware flow control."),
         click.option("--xonxoff", is_flag=True, help="XON/XOFF software flow control."),
         click.option("--no-exclusive", is_flag=True, help="Do not take an exclusive lock on the port."),
@@ -57,19 +61,34 @@ def port_options(fn: Callable) -> Callable:
     return fn
 
 
+def _check_protocol(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    from posterm.protocols import family
+
+    try:
+        return family(value).name
+    except PosError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def serial_settings(kw: dict[str, Any]) -> dict[str, Any]:
-    """Pop the serial options out of a command's kwargs into open_transport settings."""
-    stop = kw.pop("stopbits")
-    return {
+    """Pop the serial options out of a command's kwargs into open_transport settings.
+
+    Settings not given are left out, so the transport's (or the protocol family's) defaults apply.
+    """
+    stop, bytesize, parity = kw.pop("stopbits"), kw.pop("bytesize"), kw.pop("parity")
+    settings = {
         "baudrate": kw.pop("baud"),
-        "bytesize": int(kw.pop("bytesize")),
-        "parity": kw.pop("parity").upper(),
-        "stopbits": 1.5 if stop == "1.5" else int(stop),
+        "bytesize": int(bytesize) if bytesize is not None else None,
+        "parity": parity.upper() if parity is not None else None,
+        "stopbits": (1.5 if stop == "1.5" else int(stop)) if stop is not None else None,
         "rtscts": kw.pop("rtscts"),
         "xonxoff": kw.pop("xonxoff"),
         "exclusive": not kw.pop("no_exclusive"),
         "pace": kw.pop("pace"),
     }
+    return {k: v for k, v in settings.items() if v is not None}
 
 
 def setup_trace(enabled: bool) -> None:

@@ -39,7 +39,7 @@ def _open(kw: dict[str, Any]):
     journal = kw.pop("journal_path")
     reconnect = kw.pop("reconnect")
     return Terminal.open(port, journal=journal, reconnect=reconnect, trace=False, record=kw.pop("record", None),
-                         **settings)
+                         protocol=kw.pop("protocol", None), **settings)
 
 
 def _progress_printer(as_json: bool):
@@ -337,8 +337,11 @@ def doctor(as_json, quick, **kw):
     port = kw.pop("port")
     if not port:
         raise click.UsageError("no port: give --port or set POSTERM_PORT")
-    kw.pop("trace"), kw.pop("journal_path"), kw.pop("reconnect")
-    settings = serial_settings(kw)
+    kw.pop("trace"), kw.pop("journal_path"), kw.pop("reconnect"), kw.pop("record", None)
+    from posterm.protocols import family
+
+    fam = family(kw.pop("protocol", None))
+    settings = {**fam.serial_defaults, **serial_settings(kw)}
     checks: list[dict[str, Any]] = []
 
     def check(name: str, ok: bool, detail: str) -> None:
@@ -377,13 +380,17 @@ def doctor(as_json, quick, **kw):
             if checks and not checks[-1]["ok"] and "Busy" in type(exc).__name__:
                 break
             continue
-        term = Terminal(transport, port_name=port)
+        if fam.name == "posterm":
+            term = Terminal(transport, port_name=port)
+        else:
+            term = fam.driver_class()(transport, port_name=port, journal=None)
         try:
             info = term.hello(timeout=1.5)
         except PosError as exc:
             check(f"hello {label}", False, f"no answer ({type(exc).__name__})")
         else:
-            check(f"hello {label}", True, f"{info.terminal_id} / {info.merchant_id}, firmware {info.firmware_version}")
+            check(f"hello {label}", True, f"{info.terminal_id} / {info.merchant_id}, firmware {info.firmware_version}"
+                  if fam.name == "posterm" else f"{fam.name}: ACK to ENQ")
             answered = label
         finally:
             term.close()

@@ -28,14 +28,17 @@ from posterm.cli.common import EXIT_USAGE, fail
 @click.option("--baud", type=click.IntRange(50, 4_000_000), default=115200, show_default=True)
 @click.option("--faults", default=None, help="Line faults, e.g. drop=0.01,corrupt=0.01,dup=0.005,delay=20ms,unplug_after=30s,seed=1")
 @click.option("--record", type=click.Path(file_okay=False), default=None, help="Record each session into this directory.")
-@click.option("--protocol", type=click.Choice(["posterm"]), default="posterm", show_default=True)
+@click.option("--protocol", type=click.Choice(["posterm", "concert"]), default="posterm", show_default=True,
+              help="Protocol family on the line: posterm, or concert (Ingenico Telium protocol E).")
+@click.option("--line-format", type=click.Choice(["8N1", "7E1", "7O1"], case_sensitive=False), default="8N1",
+              show_default=True, help="Character format on the pty: 8N1 (USB), 7E1 (a native RS-232 Telium port).")
 @click.option("--show-display", is_flag=True,
               help="Show each terminal's screen on stderr as it changes; a dynamic QR as a text QR code.")
 @click.option("--poll-interval", type=click.FloatRange(0.05, 60), default=5.0, show_default=True,
               help="Phone/QR confirmation: query the host this often ...")
 @click.option("--poll-attempts", type=click.IntRange(1, 100), default=5, show_default=True, help="... this many times, then cancel.")
 def emulate(use_pty, listen, count, port_file, link, scenario, host_url, home, terminal_id, pace, baud, faults, record,
-            protocol, show_display, poll_interval, poll_attempts):
+            protocol, line_format, show_display, poll_interval, poll_attempts):
     """Start emulated payment terminals and serve them until Ctrl-C or SIGTERM.
 
     The first line(s) of stdout are the ports to give the ECR (one per terminal).
@@ -62,7 +65,7 @@ def emulate(use_pty, listen, count, port_file, link, scenario, host_url, home, t
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     kw = dict(host=host_url, home=home, scenario=scenario, faults=faults, pace=pace, baudrate=baud, record=record,
-              protocol=protocol, config=FirmwareConfig(poll_interval=poll_interval, poll_attempts=poll_attempts))
+              protocol=protocol, line_format=line_format.upper(), config=FirmwareConfig(poll_interval=poll_interval, poll_attempts=poll_attempts))
     try:
         if count > 1:
             fleet = Fleet.start(count, **kw)

@@ -97,7 +97,8 @@ class EmulatedTerminal:
 
     def __init__(self, transport, port: str, firmware: Firmware, hostlink: SignedHostLink, *, host=None,
                  listener=None, journal: TerminalJournal, link_config: LinkConfig | None = None,
-                 faults: str | None = None, record: str | Path | None = None) -> None:
+                 faults: str | None = None, record: str | Path | None = None, line_link=None,
+                 protocol: str = "posterm") -> None:
         self.port = port
         self.firmware = firmware
         self.hostlink = hostlink
@@ -106,8 +107,10 @@ class EmulatedTerminal:
         self._listener = listener
         self._faults = faults
         self._record = Path(record) if record else None
+        self.protocol = protocol
         self._transport = self._wrap(transport) if transport is not None else None
-        self._link = Link(link_config or LinkConfig())
+        # posterm's Link, or another family's terminal-side link of the same shape (posterm.protocols)
+        self._link = line_link if line_link is not None else Link(link_config or LinkConfig())
         self._calls: queue.Queue = queue.Queue()
         self._replies: queue.Queue = queue.Queue()
         self._wake_r, self._wake_w = os.pipe()
@@ -127,14 +130,25 @@ class EmulatedTerminal:
               location: str = "CN-SH", scenario: str | Path | Scenario | None = None, faults: str | None = None,
               pace: bool = False, baudrate: int = 115200, record: str | Path | None = None,
               protocol: str = "posterm", config: FirmwareConfig | None = None, link: str | None = None,
-              host_options: dict | None = None, operator_password: str = DEMO_OPERATOR_PASSWORD) -> "EmulatedTerminal":
+              host_options: dict | None = None, operator_password: str = DEMO_OPERATOR_PASSWORD,
+              line_format: str = "8N1") -> "EmulatedTerminal":
         """Start a terminal on a new pty (default) or ``listen`` (``tcp://127.0.0.1:PORT``).
 
         ``host``: ``"embedded"`` (a host in this process, state under ``home``) or
-        ``tcp://HOST:PORT``. Raises ConfigError / TransportError.
+        ``tcp://HOST:PORT``. ``protocol``: a family of :mod:`posterm.protocols`.
+        ``line_format``: ``8N1`` or ``7E1``/``7O1`` (seven bits and parity, carried on the
+        pty exactly as a UART puts them on the wire). Raises ConfigError / TransportError.
         """
-        if protocol != "posterm":
-            raise ConfigError(f"protocol family {protocol!r} is not available in the emulator")
+        from posterm.transport.parity import parse_line_format
+
+        try:
+            _bits, parity, _stop = parse_line_format(line_format)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        from posterm.protocols import family
+
+        fam = family(protocol)
+        line_link = None if fam.name == "posterm" else fam.make_terminal_link(operator_password=operator_password)
         home = Path(home) if home else posterm_home()
         state = home / "terminals" / terminal_id
         state.mkdir(parents=True, exist_ok=True)
@@ -176,8 +190,12 @@ class EmulatedTerminal:
             from posterm.transport.pty_port import PtyTransport
 
             transport, port = PtyTransport.create(pace=pace, baudrate=baudrate, link=link)
+            if parity != "N":
+                from posterm.transport.parity import SoftParityTransport
+
+                transport = SoftParityTransport(transport, parity)
         term = cls(transport, port, firmware, hostlink, host=embedded, listener=listener, journal=journal,
-                   faults=faults, record=record)
+                   faults=faults, record=record, line_link=line_link, protocol=fam.name)
         firmware.start(time.monotonic())
         term._worker.start()
         term._line.start()

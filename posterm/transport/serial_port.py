@@ -15,6 +15,7 @@ from typing import Any
 import serial
 
 from posterm.errors import Disconnected, LocalProtocolError, TransportError
+from posterm.transport.parity import SoftParity, is_pty
 from posterm.transport.base import MAX_READ, Pacer, Transport, bits_per_byte, normalise, open_error
 
 DEFAULTS: dict[str, Any] = {"baudrate": 115200, "bytesize": 8, "parity": "N", "stopbits": 1,
@@ -51,6 +52,12 @@ class SerialTransport(Transport):
         self._closed = False
         self._read_lock = threading.Lock()
         self._pacer = Pacer(baudrate, bits_per_byte(bytesize, parity, stopbits)) if pace else None
+        self._soft_parity = None
+        if bytesize == 7 and parity in "EO" and "://" not in url and is_pty(url):
+            # A pty refuses parity (EINVAL); 7E1/7O1 is carried exactly as 8N1 with the
+            # parity bit on top (posterm.transport.parity).
+            self._soft_parity = SoftParity(parity)
+            bytesize, parity = 8, "N"
         try:
             port = serial.serial_for_url(url, do_not_open=True)
             port.baudrate = baudrate
@@ -64,7 +71,9 @@ class SerialTransport(Transport):
                 port.exclusive = True  # an advisory flock: a second exclusive open fails (PITFALLS.md)
             port.timeout = 0
             port.open()
-        except (serial.SerialException, OSError, ValueError) as exc:
+        except (serial.SerialException, OSError, ValueError, termios.error) as exc:
+            if isinstance(exc, termios.error):  # not an OSError: make it one, with errno
+                exc = OSError(*exc.args) if len(exc.args) == 2 else OSError(str(exc))
             raise open_error(exc, url) from exc
         self._port = port
         self._timeout: float | None = 0
@@ -88,14 +97,14 @@ class SerialTransport(Transport):
                 # pyserial's read(n) waits for all n bytes or the timeout; wait for one, then
                 # take whatever else is already buffered so latency stays at one byte's worth.
                 self._set_timeout(max(0.0, timeout))
-                first = self._port.read(1)
-                if not first:
+                data = self._port.read(1)
+                if not data:
                     return b""
                 waiting = self._port.in_waiting
                 if waiting and max_bytes > 1:
                     self._set_timeout(0)
-                    return first + self._port.read(min(waiting, max_bytes - 1))
-                return first
+                    data += self._port.read(min(waiting, max_bytes - 1))
+                return self._soft_parity.decode(data) if self._soft_parity is not None else data
             except serial.SerialTimeoutException as exc:
                 raise TransportError(f"{self.url}: {exc}") from exc
             except _LINE_ERRORS as exc:
@@ -106,6 +115,8 @@ class SerialTransport(Transport):
             raise Disconnected(f"{self.url}: port is closed")
         if self._pacer is not None:
             self._pacer.wait(len(data))
+        if self._soft_parity is not None:
+            data = self._soft_parity.encode(data)
         try:
             self._port.write(data)
         except serial.SerialTimeoutException as exc:

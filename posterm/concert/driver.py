@@ -1,0 +1,365 @@
+"""Drive an Ingenico Concert (Telium) terminal with the :class:`posterm.driver.Terminal` API.
+
+    from posterm.driver import Terminal
+
+    with Terminal.open("/dev/ttyACM0", protocol="concert") as term:      # USB: 9600 8N1
+        result = term.pay(1250, "EUR")
+    with Terminal.open("/dev/ttyS0", protocol="concert", bytesize=7, parity="E") as term:  # native RS-232
+
+What Concert carries and what it does not, and what the driver does about it:
+
+* ``pay``: a debit request; the terminal reads the card or scans the customer's
+  payment code itself (Concert has no field for a code, so ``payment_code`` is
+  refused). The order id travels in the 10-character private field, and comes
+  back in the answer's.
+* ``refund``: a credit request naming the order in the private field; the operator
+  types the password on the terminal (``operator_password`` does not cross the
+  line). ``cancel``: a cancel ("annulation") request for the order.
+* Status ``0`` is approved, ``7`` declined, ``9`` not processed (cancelled on the
+  terminal, or refused before any host contact). The answer carries no reason code.
+* There is no query in Concert: ``query``, ``status``, ``settle``, ``load_key`` and
+  ``abort`` raise :class:`Unsupported`. ``recover`` cannot ask the terminal about
+  an unfinished order; it reports them as ``unknown`` and leaves them unfinished in
+  the journal, to be checked on the terminal's own journal or the acquirer's
+  report. (Sending the request again would charge the customer again on a real
+  terminal: the driver never does.)
+
+Every request is journaled before it goes on the wire, as with posterm's protocol.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import threading
+import time
+from typing import Any, Callable, Iterator
+
+from firmware_protocol import currency as cur
+from firmware_protocol.concert import (
+    PRIVATE_WIDTH,
+    AnswerFlag,
+    ConcertAnswer,
+    ConcertRequest,
+    Status,
+    TxnType,
+)
+from firmware_protocol.messages import Outcome, Reason
+
+from posterm.concert.link import ConcertConfig, ConcertLink, Delivered, FrameRejected, GarbageSkipped, Received, SendFailed
+from posterm.driver import DEFAULT_PAY_TIMEOUT, PaymentResult, RefundOutcome, TerminalInfo
+from posterm.errors import Disconnected, LinkFailed, LocalProtocolError, PosError, PosTimeout, TransportError
+from posterm.journal import Journal
+
+log = logging.getLogger("posterm.driver.concert")
+wire_log = logging.getLogger("posterm.wire")
+
+_ALPHABET = "0123456789ABCDEFGHJKLMNPQRSTUVWXYZ"
+
+
+class Unsupported(LocalProtocolError):
+    """The protocol family has no message for this operation."""
+
+
+def new_order_id() -> str:
+    """Ten characters, the width of Concert's private field."""
+    return "P" + "".join(secrets.choice(_ALPHABET) for _ in range(PRIVATE_WIDTH - 1))
+
+
+def _outcome(answer: ConcertAnswer, txn: TxnType) -> Outcome:
+    if txn is TxnType.CANCEL:
+        return Outcome.CANCELLED if answer.status is Status.ACCEPTED else Outcome.DECLINED
+    return {Status.ACCEPTED: Outcome.APPROVED, Status.REFUSED: Outcome.DECLINED}.get(
+        answer.status, Outcome.CANCELLED)
+
+
+class ConcertTerminal:
+    """An ECR talking Concert to a terminal. One operation at a time; a context manager."""
+
+    protocol = "concert"
+
+    def __init__(self, transport: Any, *, port_name: str = "", journal: Journal | None = None,
+                 config: ConcertConfig | None = None, pos_number: int = 1, long_answer: bool = True,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._transport = transport
+        self.port_name = port_name or getattr(transport, "description", "") or repr(transport)
+        self._journal = journal
+        self._owns_journal = False
+        self._link = ConcertLink("ecr", config)
+        self._clock = clock
+        self.pos_number = pos_number
+        self.long_answer = long_answer
+        self._lock = threading.Lock()
+        self._closed = False
+        self.info: TerminalInfo | None = None
+
+    @classmethod
+    def open(cls, url: str | None = None, *, journal: Journal | str | None = None, record: str | None = None,
+             pos_number: int = 1, config: ConcertConfig | None = None, **settings: Any) -> "ConcertTerminal":
+        """Open ``url`` with Concert's serial defaults (9600 8N1; pass ``bytesize=7, parity="E"``
+        for a native RS-232 port). Raises TransportError."""
+        from posterm.protocols import CONCERT
+        from posterm.transport import default_port, open_transport
+
+        url = url or default_port()
+        if not url:
+            raise LocalProtocolError("no port given and POSTERM_PORT is not set")
+        for key in ("reconnect", "trace", "link_config"):
+            settings.pop(key, None)
+        settings = {k: v for k, v in settings.items() if v is not None}
+        if not url.startswith(("tcp://", "virtual://", "pty://")):
+            settings = {**CONCERT.serial_defaults, **settings}
+        if record:
+            from posterm.record import open_recorded
+
+            open_transport = open_recorded(open_transport, record, url, settings)  # noqa: N806
+        transport = open_transport(url, **settings)
+        own = False
+        if journal is None or isinstance(journal, str):
+            journal = Journal(journal)
+            own = True
+        term = cls(transport, port_name=url, journal=journal, pos_number=pos_number, config=config)
+        term._owns_journal = own
+        return term
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._transport.close()
+        finally:
+            if self._owns_journal and self._journal is not None:
+                self._journal.close()
+
+    def __enter__(self) -> "ConcertTerminal":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def journal(self) -> Journal | None:
+        return self._journal
+
+    @property
+    def link_stats(self) -> dict[str, int]:
+        return dict(self._link.stats)
+
+    # -- operations -----------------------------------------------------------------
+
+    def hello(self, timeout: float = 3.0) -> TerminalInfo:
+        """Is the terminal there and ready? ENQ, expect ACK, then EOT (Concert's only probe)."""
+        from firmware_protocol.concert import ACK, ENQ, EOT
+
+        with self._op():
+            deadline = self._clock() + timeout
+            for _ in range(self._link.config.enq_attempts):
+                self._write(bytes([ENQ]))
+                until = min(deadline, self._clock() + self._link.config.enq_timeout)
+                while self._clock() < until:
+                    data = self._read(max(0.0, min(0.05, until - self._clock())))
+                    if ACK in data:
+                        self._write(bytes([EOT]))
+                        self.info = TerminalInfo("", "", "concert", 0, _no_caps())
+                        return self.info
+                if self._clock() >= deadline:
+                    break
+            raise PosTimeout(f"no ACK to ENQ from {self.port_name}: terminal absent, busy or wrong serial settings")
+
+    def pay(self, amount_minor: int, currency: str, order_id: str | None = None, payment_code: str | None = None,
+            on_progress: Callable[[Any], None] | None = None, timeout: float = DEFAULT_PAY_TIMEOUT,
+            description: str | None = None, dynamic_qr: bool = False) -> PaymentResult:
+        """A debit of ``amount_minor`` in ``currency``; the terminal reads the card or code itself."""
+        if payment_code is not None or dynamic_qr:
+            raise Unsupported("Concert has no field for a payment code or a dynamic QR: the terminal scans"
+                              " the customer's code itself")
+        order_id = order_id or new_order_id()
+        answer = self._transact(TxnType.DEBIT, amount_minor, currency, order_id, "pay", timeout)
+        result = self._result(answer, TxnType.DEBIT, order_id, amount_minor, currency)
+        self._journal_result(result)
+        return result
+
+    def cancel(self, order_id: str, operator_password: str | None = None, timeout: float = 60.0,
+               on_progress: Callable[[Any], None] | None = None, amount_minor: int | None = None,
+               currency: str | None = None) -> PaymentResult:
+        """Cancel (void) ``order_id`` on the terminal. Amount and currency come from the journal."""
+        amount_minor, currency = self._from_journal(order_id, amount_minor, currency)
+        answer = self._transact(TxnType.CANCEL, amount_minor, currency, order_id, None, timeout)
+        result = self._result(answer, TxnType.CANCEL, order_id, amount_minor, currency)
+        if self._journal is not None and self._journal.get(order_id) is not None:
+            self._journal_result(result)
+        return result
+
+    def refund(self, order_id: str, amount_minor: int, refund_id: str, operator_password: str | None = None,
+               currency: str | None = None, timeout: float = 60.0,
+               on_progress: Callable[[Any], None] | None = None) -> RefundOutcome:
+        """A credit of ``amount_minor`` against ``order_id``; the operator confirms on the terminal."""
+        _, currency = self._from_journal(order_id, amount_minor, currency)
+        answer = self._transact(TxnType.CREDIT, amount_minor, currency, order_id, "refund", timeout,
+                                ref_id=refund_id)
+        outcome = {Status.ACCEPTED: Outcome.APPROVED, Status.REFUSED: Outcome.DECLINED}.get(
+            answer.status, Outcome.CANCELLED)
+        result = RefundOutcome(order_id, refund_id, outcome, answer.amount_minor, currency,
+                               Reason.NONE, 0, f"concert status {answer.status.value}")
+        if self._journal is not None:
+            self._journal.record_outcome(order_id, "refund", result.result, 0, result.to_json(), final=True,
+                                         ref_id=refund_id)
+        return result
+
+    def recover(self, timeout: float = 10.0) -> list[PaymentResult]:
+        """Concert cannot ask about an order: unfinished ones are reported as unknown, left unfinished."""
+        if self._journal is None:
+            return []
+        out = []
+        for entry in self._journal.unfinished():
+            if entry.kind == "pay":
+                log.warning("order %s: no outcome recorded and Concert has no query: check the terminal's"
+                            " journal", entry.order_id)
+                out.append(PaymentResult(entry.order_id, Outcome.UNKNOWN, entry.amount_minor, entry.currency,
+                                         Reason.NONE, "Concert has no query: check the terminal's journal"))
+        return out
+
+    def query(self, order_id: str, timeout: float = 10.0) -> PaymentResult:
+        raise Unsupported("the Concert protocol has no query message")
+
+    def status(self, timeout: float = 3.0) -> Any:
+        raise Unsupported("the Concert protocol has no status message (use hello: ENQ/ACK)")
+
+    def settle(self, operator_password: str, timeout: float = 60.0, on_progress=None) -> Any:
+        raise Unsupported("Concert settlement is done on the terminal, not from the ECR")
+
+    def load_key(self, key_block: str, operator_password: str, timeout: float = 10.0) -> Any:
+        raise Unsupported("Concert has no key-loading message")
+
+    def key_status(self, timeout: float = 3.0) -> Any:
+        raise Unsupported("Concert has no key-status message")
+
+    def abort(self, order_id: str | None = None, timeout: float = 10.0) -> Any:
+        raise Unsupported("Concert has no abort message: cancel on the terminal's keypad")
+
+    # -- the exchange -------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _op(self) -> Iterator[None]:
+        if self._closed:
+            raise LocalProtocolError("terminal is closed")
+        if not self._lock.acquire(blocking=False):
+            raise LocalProtocolError("another operation is in progress on this Terminal")
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    def _from_journal(self, order_id: str, amount_minor: int | None, currency: str | None) -> tuple[int, str]:
+        entry = self._journal.get(order_id) if self._journal is not None else None
+        if amount_minor is None:
+            if entry is None:
+                raise LocalProtocolError("amount is required when the order is not in this journal")
+            amount_minor = entry.amount_minor
+        if currency is None:
+            if entry is None:
+                raise LocalProtocolError("currency is required when the order is not in this journal")
+            currency = entry.currency
+        return amount_minor, currency
+
+    def _transact(self, txn: TxnType, amount_minor: int, currency: str, order_id: str, journal_kind: str | None,
+                  timeout: float, ref_id: str = "") -> ConcertAnswer:
+        if type(amount_minor) is not int:
+            raise LocalProtocolError("amount_minor must be an int of minor units (never a float)")
+        try:
+            numeric = cur.numeric(currency)
+        except KeyError:
+            raise LocalProtocolError(f"unknown currency {currency!r}") from None
+        if len(order_id) > PRIVATE_WIDTH:
+            raise LocalProtocolError(f"a Concert order id is at most {PRIVATE_WIDTH} characters: {order_id!r}")
+        request = ConcertRequest(amount_minor=amount_minor, currency_numeric=numeric, pos_number=self.pos_number,
+                                 txn_type=txn, answer_flag=AnswerFlag.LONG if self.long_answer else AnswerFlag.SHORT,
+                                 private=order_id)
+        with self._op():
+            if journal_kind is not None and self._journal is not None:
+                self._journal.record_sent(order_id, journal_kind, self.port_name, amount_minor, currency, None,
+                                          ref_id=ref_id)
+            deadline = self._clock() + timeout
+            self._write(self._link.send(request, self._clock()))
+            delivered = False
+            while True:
+                now = self._clock()
+                if now >= deadline:
+                    raise PosTimeout(f"no Concert answer for {order_id} within {timeout:g} s"
+                                     + ("" if delivered else " (the request was never acknowledged)")
+                                     + ": it stays unfinished in the journal")
+                link_deadline = self._link.next_deadline()
+                wait = min(deadline - now, 0.1 if link_deadline is None else max(0.0, link_deadline - now), 0.1)
+                data = self._read(wait)
+                now = self._clock()
+                self._link.receive_data(data, now)
+                self._link.tick(now)
+                self._write(self._link.data_to_send())
+                while (ev := self._link.next_event()) is not None:
+                    if isinstance(ev, Delivered):
+                        delivered = True
+                    elif isinstance(ev, SendFailed):
+                        raise LinkFailed(f"Concert request not taken by {self.port_name} after {ev.attempts}"
+                                         f" attempt(s) ({ev.cause}): check the cable, port and serial settings"
+                                         " (USB 8N1, native RS-232 7E1)")
+                    elif isinstance(ev, Received):
+                        answer = ev.message
+                        if answer.private and answer.private != order_id:
+                            log.warning("ignoring a Concert answer for %r (waiting for %r)", answer.private, order_id)
+                            continue
+                        # The terminal still sends EOT; let it arrive so the line is free for the next request.
+                        self._drain_eot()
+                        return answer
+                    elif isinstance(ev, FrameRejected):
+                        wire_log.info("NAK sent: %s", ev.reason)
+                    elif isinstance(ev, GarbageSkipped):
+                        wire_log.info("skipped %d bytes of line noise", len(ev.data))
+
+    def _drain_eot(self) -> None:
+        until = self._clock() + 0.5
+        while not self._link.idle and self._clock() < until:
+            data = self._read(0.05)
+            now = self._clock()
+            self._link.receive_data(data, now)
+            self._link.tick(now)
+            self._write(self._link.data_to_send())
+
+    def _result(self, answer: ConcertAnswer, txn: TxnType, order_id: str, amount_minor: int,
+                currency: str) -> PaymentResult:
+        outcome = _outcome(answer, txn)
+        last4 = (answer.report or "").rstrip()[-4:]
+        # Concert answers carry no reason code: the status says all the ECR learns.
+        return PaymentResult(order_id, outcome, answer.amount_minor, currency, Reason.NONE,
+                             f"concert status {answer.status.value}", None,
+                             last4 if last4.isdigit() and len(last4) == 4 else None)
+
+    def _journal_result(self, result: PaymentResult) -> None:
+        if self._journal is not None:
+            self._journal.record_outcome(result.order_id, "pay", result.result, int(result.reason),
+                                         result.to_json(), final=result.final)
+
+    def _read(self, timeout: float) -> bytes:
+        try:
+            return self._transport.read(512, timeout)
+        except TransportError:
+            raise
+        except OSError as exc:
+            raise Disconnected(f"{self.port_name}: {exc}") from exc
+
+    def _write(self, data: bytes) -> None:
+        if not data:
+            return
+        try:
+            self._transport.write(data)
+        except TransportError:
+            raise
+        except OSError as exc:
+            raise Disconnected(f"{self.port_name}: {exc}") from exc
+
+
+def _no_caps():
+    from firmware_protocol.messages import Capability
+
+    return Capability(0)

@@ -1,0 +1,337 @@
+"""The Concert link, sans-IO: ENQ / ACK / NAK / EOT in both directions.
+
+No I/O and no clock reads inside: feed bytes with :meth:`ConcertLink.receive_data`,
+pass the time to :meth:`tick`, write what :meth:`data_to_send` returns, read
+:meth:`next_event`. Both ends use it; ``role`` says which messages it decodes
+(``"ecr"`` receives answers, ``"terminal"`` receives requests).
+
+A transmission (either direction)::
+
+    sender                         receiver
+    ENQ  ------------------------>
+         <------------------------  ACK        (within enq_timeout; else ENQ again, enq_attempts in all)
+    STX body ETX LRC ------------>
+         <------------------------  ACK / NAK  (within ack_timeout, 3 s; NAK or silence: frame again,
+                                                send_attempts in all)
+    EOT  ------------------------>             (the line is free again)
+
+A frame whose ACK was lost arrives twice: it is ACKed again and delivered once.
+Both sides sending ENQ at once: the ECR gives way (ACKs the terminal's ENQ and
+tries again afterwards). Nothing is buffered beyond one frame (512 bytes).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from firmware_protocol.concert import (
+    ACK,
+    ENQ,
+    EOT,
+    NAK,
+    ConcertAnswer,
+    ConcertFrameError,
+    ConcertFramer,
+    ConcertGarbage,
+    ConcertRequest,
+)
+from firmware_protocol.errors import FieldError
+
+from posterm.errors import LocalProtocolError
+
+
+@dataclass(frozen=True, slots=True)
+class ConcertConfig:
+    """Timers (seconds) and retry limits; the defaults are those of Telium terminals."""
+
+    enq_timeout: float = 2.0     # ENQ sent, no ACK: send ENQ again
+    enq_attempts: int = 3
+    ack_timeout: float = 3.0     # frame sent, no ACK/NAK: the receiver checks the LRC within 3 s
+    send_attempts: int = 3       # a frame is sent at most this many times (NAK or silence)
+    frame_timeout: float = 3.0   # ENQ ACKed, the frame must be in within this
+    eot_timeout: float = 2.0     # frame ACKed, no EOT: the line is free anyway
+    nak_limit: int = 3           # bad frames NAKed in one transmission before giving up on it
+
+    def __post_init__(self) -> None:
+        for name in ("enq_timeout", "ack_timeout", "frame_timeout", "eot_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"ConcertConfig.{name} must be positive")
+        for name in ("enq_attempts", "send_attempts", "nak_limit"):
+            if not 1 <= getattr(self, name) <= 10:
+                raise ValueError(f"ConcertConfig.{name} must be 1..10")
+
+
+# ------------------------------------------------------------------ events
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A message from the peer (already ACKed)."""
+
+    message: Any
+    raw: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """The peer ACKed our frame (and we sent EOT)."""
+
+    message: Any
+
+
+@dataclass(frozen=True, slots=True)
+class SendFailed:
+    """The peer never took the message: ``cause`` is ``"no ACK to ENQ"`` or ``"frame not ACKed"``."""
+
+    message: Any
+    attempts: int
+    cause: str
+
+
+@dataclass(frozen=True, slots=True)
+class FrameRejected:
+    """We answered NAK: bad LRC or a malformed frame."""
+
+    reason: str
+    raw: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class GarbageSkipped:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    """A control byte seen or sent (for traces and recordings)."""
+
+    direction: str   # "in" | "out"
+    byte: int
+
+
+class _State(enum.Enum):
+    IDLE = "idle"
+    SENDING_ENQ = "sent ENQ"
+    SENDING_FRAME = "sent frame"
+    RECEIVING = "ACKed ENQ"
+    RECEIVED = "ACKed frame"
+
+
+class ConcertLink:
+    """One end of a Concert line. ``role``: ``"ecr"`` or ``"terminal"``."""
+
+    def __init__(self, role: str = "ecr", config: ConcertConfig | None = None) -> None:
+        if role not in ("ecr", "terminal"):
+            raise LocalProtocolError(f"role must be 'ecr' or 'terminal', not {role!r}")
+        self.role = role
+        self.config = config or ConcertConfig()
+        self._decode = ConcertAnswer.decode if role == "ecr" else ConcertRequest.decode
+        self._framer = ConcertFramer()
+        self._queue: deque = deque()
+        self._out = bytearray()
+        self._events: deque = deque()
+        self._state = _State.IDLE
+        self._deadline: float | None = None
+        self._attempts = 0
+        self._naks = 0
+        self._current: tuple[Any, bytes] | None = None
+        self._now = 0.0
+        self.stats = {"sent": 0, "received": 0, "retransmitted": 0, "naks_sent": 0, "failed": 0,
+                      "duplicates": 0, "garbage_bytes": 0}
+
+    # -- the sans-IO surface (same shape as posterm.link.Link) -------------------
+
+    @property
+    def state(self) -> str:
+        return self._state.value
+
+    @property
+    def idle(self) -> bool:
+        return self._state is _State.IDLE and not self._queue
+
+    def send(self, message: ConcertRequest | ConcertAnswer, now: float | None = None) -> bytes:
+        """Queue ``message``; returns the bytes to write now (ENQ when the line is free)."""
+        self.enqueue(message, now)
+        return self.data_to_send()
+
+    def enqueue(self, message: ConcertRequest | ConcertAnswer, now: float | None = None) -> None:
+        """Queue ``message`` without taking the bytes to write (they wait in :meth:`data_to_send`)."""
+        expected = ConcertRequest if self.role == "ecr" else ConcertAnswer
+        if not isinstance(message, expected):
+            raise LocalProtocolError(f"the {self.role} side sends {expected.__name__}, not {type(message).__name__}")
+        self._clock(now)
+        self._queue.append((message, message.encode()))
+        self._pump()
+
+    def receive_data(self, data: bytes, now: float | None = None) -> None:
+        self._clock(now)
+        for item in self._framer.feed(data):
+            if isinstance(item, int):
+                self._emit(Control("in", item))
+                self._on_control(item)
+            elif isinstance(item, ConcertGarbage):
+                self.stats["garbage_bytes"] += len(item.data)
+                self._emit(GarbageSkipped(item.data))
+            else:
+                self._on_frame(item)
+        self._pump()
+
+    def tick(self, now: float) -> None:
+        self._clock(now)
+        if self._deadline is None or now < self._deadline:
+            return
+        st, cfg = self._state, self.config
+        if st is _State.SENDING_ENQ:
+            if self._attempts < cfg.enq_attempts:
+                self._attempts += 1
+                self.stats["retransmitted"] += 1
+                self._put(ENQ)
+                self._deadline = now + cfg.enq_timeout
+            else:
+                self._fail("no ACK to ENQ")
+        elif st is _State.SENDING_FRAME:
+            if self._attempts < cfg.send_attempts:
+                self._resend_frame()
+            else:
+                self._put(EOT)
+                self._fail("frame not ACKed")
+        elif st in (_State.RECEIVING, _State.RECEIVED):
+            dropped = self._framer.reset()
+            if dropped:
+                self._emit(GarbageSkipped(dropped))
+            self._to_idle()
+        self._pump()
+
+    def next_event(self) -> Any | None:
+        return self._events.popleft() if self._events else None
+
+    def data_to_send(self) -> bytes:
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def next_deadline(self) -> float | None:
+        return self._deadline
+
+    def reset(self) -> list:
+        """Forget the line (a new connection); returns the messages not yet delivered."""
+        pending = [msg for msg, _ in ([self._current] if self._current else [])] + [m for m, _ in self._queue]
+        self._queue.clear()
+        self._current = None
+        self._framer.reset()
+        self._out.clear()
+        self._to_idle()
+        return pending
+
+    def start_session(self) -> None:
+        """Concert has no sessions (kept for the shape of posterm.link.Link)."""
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _clock(self, now: float | None) -> None:
+        if now is not None:
+            self._now = now
+
+    def _emit(self, event: Any) -> None:
+        self._events.append(event)
+
+    def _put(self, byte: int) -> None:
+        self._out.append(byte)
+        self._emit(Control("out", byte))
+
+    def _to_idle(self) -> None:
+        self._state = _State.IDLE
+        self._deadline = None
+        self._attempts = 0
+        self._naks = 0
+
+    def _pump(self) -> None:
+        if self._state is _State.IDLE and self._queue:
+            self._current = self._queue.popleft()
+            self._state = _State.SENDING_ENQ
+            self._attempts = 1
+            self._put(ENQ)
+            self._deadline = self._now + self.config.enq_timeout
+
+    def _fail(self, cause: str) -> None:
+        msg = self._current[0] if self._current else None
+        self.stats["failed"] += 1
+        self._emit(SendFailed(msg, self._attempts, cause))
+        self._current = None
+        self._to_idle()
+
+    def _resend_frame(self) -> None:
+        assert self._current is not None
+        self._attempts += 1
+        self.stats["retransmitted"] += 1
+        self._out += self._current[1]
+        self._deadline = self._now + self.config.ack_timeout
+
+    def _on_control(self, byte: int) -> None:
+        st, cfg = self._state, self.config
+        if byte == ENQ:
+            if st is _State.SENDING_ENQ and self.role == "ecr" and self._current is not None:
+                self._queue.appendleft(self._current)   # give way; try again afterwards
+                self._current = None
+                st = _State.IDLE
+            if st in (_State.IDLE, _State.RECEIVING, _State.RECEIVED):
+                self._framer.reset()
+                self._put(ACK)
+                self._state = _State.RECEIVING
+                self._naks = 0
+                self._deadline = self._now + cfg.frame_timeout
+        elif byte == ACK:
+            if st is _State.SENDING_ENQ and self._current is not None:
+                self._state = _State.SENDING_FRAME
+                self._attempts = 0
+                self._resend_frame()
+                self.stats["retransmitted"] -= 1   # the first send is not a retransmission
+            elif st is _State.SENDING_FRAME and self._current is not None:
+                self._put(EOT)
+                self.stats["sent"] += 1
+                self._emit(Delivered(self._current[0]))
+                self._current = None
+                self._to_idle()
+        elif byte == NAK:
+            if st is _State.SENDING_FRAME:
+                if self._attempts < cfg.send_attempts:
+                    self._resend_frame()
+                else:
+                    self._put(EOT)
+                    self._fail("frame not ACKed")
+            elif st is _State.SENDING_ENQ:   # not ready: counts as an unanswered ENQ
+                self._deadline = self._now
+        elif byte == EOT:
+            if st in (_State.RECEIVING, _State.RECEIVED):
+                self._framer.reset()
+                self._to_idle()
+
+    def _on_frame(self, raw: bytes) -> None:
+        st = self._state
+        if st not in (_State.RECEIVING, _State.RECEIVED):
+            self.stats["garbage_bytes"] += len(raw)
+            self._emit(GarbageSkipped(raw))
+            return
+        try:
+            message = self._decode(raw)
+        except (ConcertFrameError, FieldError) as exc:
+            self._naks += 1
+            self.stats["naks_sent"] += 1
+            self._put(NAK)
+            self._emit(FrameRejected(str(exc), raw))
+            if self._naks >= self.config.nak_limit:
+                self._to_idle()
+            else:
+                self._deadline = self._now + self.config.frame_timeout
+            return
+        self._put(ACK)
+        if st is _State.RECEIVED:
+            self.stats["duplicates"] += 1     # our ACK was lost: ACKed again, not delivered twice
+        else:
+            self.stats["received"] += 1
+            self._emit(Received(message, raw))
+            self._state = _State.RECEIVED
+        self._deadline = self._now + self.config.eot_timeout

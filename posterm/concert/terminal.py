@@ -1,0 +1,171 @@
+"""The emulated terminal's Concert front: Concert on the line, posterm messages to the firmware.
+
+:class:`ConcertTerminalLink` has the shape of :class:`posterm.link.Link` that the
+emulator's line loop drives (``receive_data``, ``tick``, ``next_event``, ``send``,
+``data_to_send``, ``next_deadline``, ``reset``), so the same firmware, host,
+scenarios and test codes serve both protocol families:
+
+* a Concert request becomes a posterm request for the firmware: debit ``"0"`` a
+  ``PayRequest`` (the terminal scans the customer's code: Concert has no field for
+  it), credit ``"1"`` a ``Refund`` of the order named in the private field (the
+  operator's password is typed on the terminal's keypad), cancel ``"2"`` a ``Cancel``;
+* the firmware's ``PayResult`` / ``RefundResult`` becomes the Concert answer, long or
+  short as the request asked; ``Progress`` and ``Print`` stay on the terminal
+  (its display and printer), as on a real Concert terminal.
+
+The order id is the request's private field when the ECR filled it (so the ECR
+can find the order again), otherwise one the terminal makes up; the answer's
+private field carries it either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from firmware_protocol import messages as m
+from firmware_protocol.concert import ConcertAnswer, ConcertRequest, Status, TxnType
+from firmware_protocol.currency import from_numeric
+from firmware_protocol.messages import Outcome
+
+from posterm.concert.link import ConcertConfig, ConcertLink, Received
+from posterm.link import MessageReceived
+
+log = logging.getLogger("posterm.emulator.concert")
+
+_ALPHABET = "0123456789ABCDEFGHJKLMNPQRSTUVWXYZ"
+
+
+def new_concert_order_id() -> str:
+    """Ten characters (the width of the private field): ``C`` and 9 random base-34 characters."""
+    return "C" + "".join(secrets.choice(_ALPHABET) for _ in range(9))
+
+
+@dataclass
+class _Pending:
+    request: ConcertRequest
+    order_id: str
+    currency: str
+
+
+class ConcertTerminalLink:
+    """Concert on the wire, posterm messages towards the firmware."""
+
+    def __init__(self, operator_password: str, config: ConcertConfig | None = None) -> None:
+        self._link = ConcertLink("terminal", config)
+        self._operator_password = operator_password
+        self._events: deque = deque()
+        self._pending: _Pending | None = None
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return self._link.stats
+
+    # -- the Link shape -------------------------------------------------------------
+
+    def receive_data(self, data: bytes, now: float | None = None) -> None:
+        self._link.receive_data(data, now)
+        self._drain()
+
+    def tick(self, now: float) -> None:
+        self._link.tick(now)
+        self._drain()
+
+    def next_event(self) -> Any | None:
+        return self._events.popleft() if self._events else None
+
+    def data_to_send(self) -> bytes:
+        return self._link.data_to_send()
+
+    def next_deadline(self) -> float | None:
+        return self._link.next_deadline()
+
+    def reset(self) -> list:
+        self._pending = None
+        self._events.clear()
+        return self._link.reset()
+
+    def start_session(self) -> None:
+        pass
+
+    def send(self, message: m.Message, now: float | None = None) -> bytes:
+        """A firmware message for the ECR: the outcome becomes a Concert answer; the rest stays here."""
+        answer = self._answer_for(message)
+        if answer is None:
+            return b""
+        self._pending = None
+        return self._link.send(answer, now)
+
+    # -- translation ---------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        while (ev := self._link.next_event()) is not None:
+            if isinstance(ev, Received):
+                self._on_request(ev.message, ev.raw)
+
+    def _refuse(self, req: ConcertRequest, why: str) -> None:
+        log.info("concert: request not processed: %s", why)
+        self._link.enqueue(ConcertAnswer(Status.NOT_PROCESSED, req.amount_minor, req.currency_numeric,
+                                      req.pos_number, req.mode, "" if req.answer_flag.value == "1" else None,
+                                      req.private))
+
+    def _on_request(self, req: ConcertRequest, raw: bytes) -> None:
+        if self._pending is not None:
+            return self._refuse(req, "a transaction is already in progress")
+        try:
+            currency = from_numeric(req.currency_numeric)
+        except KeyError:
+            return self._refuse(req, f"currency {req.currency_numeric:03d} is not accepted")
+        if req.amount_minor <= 0:
+            return self._refuse(req, "amount is zero")
+        order_id = req.private or new_concert_order_id()
+        try:
+            if req.txn_type is TxnType.DEBIT:
+                msg: m.Message = m.PayRequest(amount_minor=req.amount_minor, currency=currency, order_id=order_id)
+            elif req.txn_type is TxnType.CREDIT:
+                if not req.private:
+                    return self._refuse(req, "a refund names its order in the private field")
+                msg = m.Refund(order_id=order_id, amount_minor=req.amount_minor, currency=currency,
+                               refund_id=f"R{order_id}-{secrets.token_hex(3)}",
+                               operator_password=self._operator_password)
+            elif req.txn_type is TxnType.CANCEL:
+                if not req.private:
+                    return self._refuse(req, "a cancel names its order in the private field")
+                msg = m.Cancel(order_id=order_id, operator_password=self._operator_password)
+            else:
+                return self._refuse(req, f"transaction type {req.txn_type.value!r} is not offered")
+        except Exception as exc:  # noqa: BLE001 - a field our messages refuse (e.g. private data charset)
+            return self._refuse(req, str(exc))
+        self._pending = _Pending(req, order_id, currency)
+        self._events.append(MessageReceived(msg, 0, raw))
+
+    def _answer_for(self, message: m.Message) -> ConcertAnswer | None:
+        p = self._pending
+        if p is None:
+            if not isinstance(message, (m.Progress, m.Print)):
+                log.debug("concert: %s from the firmware with nothing pending, dropped", type(message).__name__)
+            return None
+        req = p.request
+        report: str | None = "" if req.answer_flag.value == "1" else None
+        if isinstance(message, m.PayResult):
+            if message.outcome is Outcome.PENDING:
+                return None
+            if req.txn_type is TxnType.CANCEL:
+                status = Status.ACCEPTED if message.outcome is Outcome.CANCELLED else Status.REFUSED
+            else:
+                status = {Outcome.APPROVED: Status.ACCEPTED, Outcome.DECLINED: Status.REFUSED}.get(
+                    message.outcome, Status.NOT_PROCESSED)
+            if report is not None and message.code_last4:
+                report = f"{'*' * 14}{message.code_last4}"
+        elif isinstance(message, m.RefundResult):
+            status = {Outcome.APPROVED: Status.ACCEPTED, Outcome.DECLINED: Status.REFUSED}.get(
+                message.outcome, Status.NOT_PROCESSED)
+        elif isinstance(message, m.Error):
+            status = Status.NOT_PROCESSED
+        else:
+            return None   # Progress, Print: the terminal's own display and printer
+        return ConcertAnswer(status, req.amount_minor, req.currency_numeric, req.pos_number, req.mode, report,
+                             p.order_id)
