@@ -52,7 +52,8 @@ class ConcertConfig:
     ack_timeout: float = 3.0     # frame sent, no ACK/NAK: the receiver checks the LRC within 3 s
     send_attempts: int = 3       # a frame is sent at most this many times (NAK or silence)
     frame_timeout: float = 3.0   # ENQ ACKed, the frame must be in within this
-    eot_timeout: float = 2.0     # frame ACKed, no EOT: the line is free anyway
+    eot_timeout: float = 4.0     # frame ACKed, no EOT: free after this (> ack_timeout, so a frame
+                                 # re-sent because our ACK was lost is still recognised as a duplicate)
     nak_limit: int = 3           # bad frames NAKed in one transmission before giving up on it
 
     def __post_init__(self) -> None:
