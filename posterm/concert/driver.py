@@ -113,7 +113,7 @@ class ConcertTerminal:
         if record:
             from posterm.record import open_recorded
 
-            open_transport = open_recorded(open_transport, record, url, settings)  # noqa: N806
+            open_transport = open_recorded(open_transport, record, url, settings, protocol="concert")  # noqa: N806
         transport = open_transport(url, **settings)
         own = False
         if journal is None or isinstance(journal, str):

@@ -212,7 +212,7 @@ class EmulatedTerminal:
             except ImportError:
                 raise ConfigError("recording is not available in this build") from None
             transport = RecordingTransport(transport, recording_path(self._record, self.hostlink.terminal_id),
-                                           side="terminal")
+                                           side="terminal", protocol=self.protocol)
         return transport
 
     # ------------------------------------------------------------------ the handle

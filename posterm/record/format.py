@@ -21,6 +21,12 @@ Secrets never reach the file: frame hex goes through :func:`redact_frame`; chunk
 hex is held back until the framer has seen whole frames, then masked at the same
 stream offsets; a frame that failed its CRC has its whole payload masked (when in
 doubt, mask), and so does a partial frame still buffered at close.
+
+The header's ``protocol`` names the protocol family on the line: ``posterm`` (also
+when absent: recordings made before families existed) or ``concert`` (Ingenico
+Concert; records as described in :mod:`posterm.record.concert`: frames have ``kind``
+``request``/``answer`` and no ``seq``, control bytes are ``enq``/``ack``/``nak``/``eot``
+events, the answer's ``report`` keeps only its last 4 characters).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, TextIO
 
+from firmware_protocol import concert as cc
 from firmware_protocol import frame as fr
 from firmware_protocol import messages as m
 from firmware_protocol.errors import ProtocolError
@@ -47,6 +54,7 @@ from posterm.redact import MASK_BYTE, message_fields, redact_frame, redacted_spa
 FORMAT = "posterm-recording"
 FORMAT_VERSION = 1
 SIDES = ("ecr", "terminal")
+PROTOCOLS = ("posterm", "concert")
 MAX_LINE = 1 << 20          # a record line is at most a frame's hex plus fields: far below this
 MAX_HELD = 4 * fr.MAX_FRAME  # chunk bytes held back per direction while a frame is incomplete
 
@@ -96,12 +104,21 @@ def recording_path(directory: str | Path, prefix: str) -> SessionPath:
 # ------------------------------------------------------------------ per-direction observer
 
 
+def _check_protocol(protocol: str | None) -> str:
+    protocol = protocol or "posterm"
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"recording supports the protocols {', '.join(PROTOCOLS)}, not {protocol!r}")
+    return protocol
+
+
 class _Direction:
     """Frames one direction's byte stream and masks secret bytes at their stream offsets."""
 
-    def __init__(self, sender: str) -> None:
+    def __init__(self, sender: str, protocol: str = "posterm") -> None:
         self.sender = sender
-        self.framer = fr.Framer()
+        self.concert = protocol == "concert"
+        self.framer = cc.ConcertFramer() if self.concert else fr.Framer()
+        self.last_frame: bytes | None = None               # Concert: the last frame since this side's EOT
         self.consumed = 0          # stream offset of the framer's buffer start
         self.flushed = 0           # stream offset up to which chunks were written
         self.held: list[tuple[float, float, bytes]] = []  # (t, wall, bytes) not yet written
@@ -109,6 +126,21 @@ class _Direction:
         self.masks: list[tuple[int, int]] = []            # absolute [start, end) to mask
         self.last_data: tuple[int, bytes] | None = None   # (seq, crc) of the last DATA frame
         self.nak_since = False     # the peer NAKed since this side's last DATA frame
+
+    @property
+    def pending(self) -> int:
+        """Bytes the framer holds (an incomplete frame)."""
+        return self.framer.buffered if self.concert else self.framer.pending
+
+    def mask_pending(self) -> None:
+        """Mask what may be the payload of the incomplete frame the framer holds.
+
+        Concert: only the terminal's answers can carry card data (requests have no such field)."""
+        if self.concert:
+            if self.sender == "terminal" and self.pending > 1:
+                self.masks.append((self.consumed + 1, self.consumed + self.pending))
+        else:
+            self.masks.append((self.consumed + fr.HEADER_SIZE, self.consumed + self.pending))
 
     def mask_payload(self, start: int, raw: bytes) -> None:
         if len(raw) > fr.HEADER_SIZE:
@@ -119,16 +151,19 @@ class Recorder:
     """Writes one recording. Thread-safe; ``close()`` flushes and closes the file.
 
     ``target`` is a path (created 0600) or an open text stream. ``port`` is a
-    dict of port settings for the header; ``side`` says whose transport was wrapped.
+    dict of port settings for the header; ``side`` says whose transport was wrapped;
+    ``protocol`` is the family on the line (``posterm`` or ``concert``).
     """
 
     def __init__(self, target: str | Path | TextIO, *, side: str = "ecr", port: dict[str, Any] | None = None,
-                 terminal: dict[str, Any] | None = None, clock=time.monotonic, wall=time.time) -> None:
+                 terminal: dict[str, Any] | None = None, clock=time.monotonic, wall=time.time,
+                 protocol: str = "posterm") -> None:
         if side not in SIDES and side != "tap":
             raise ConfigError(f"side must be 'ecr', 'terminal' or 'tap', not {side!r}")
+        self.protocol = _check_protocol(protocol)
         self._clock, self._wall = clock, wall
         self._lock = threading.Lock()
-        self._dirs = {"ecr": _Direction("ecr"), "terminal": _Direction("terminal")}
+        self._dirs = {"ecr": _Direction("ecr", self.protocol), "terminal": _Direction("terminal", self.protocol)}
         self._closed = False
         self._side, self._port, self._terminal = side, port or {}, terminal
         self._identity: dict[str, Any] | None = None
@@ -158,9 +193,11 @@ class Recorder:
         self._t0 = self._clock()
         self.session_frames = 0
         start = self._wall()
+        versions = {} if self.protocol == "concert" else {"protocol_version": m.PROTOCOL_VERSION,
+                                                           "link_version": fr.LINK_VERSION}
         self._write({"type": "header", "format": FORMAT, "format_version": FORMAT_VERSION,
-                     "tool": f"posterm {__version__}", "protocol_version": m.PROTOCOL_VERSION,
-                     "link_version": fr.LINK_VERSION, "side": self._side, "port": self._port,
+                     "tool": f"posterm {__version__}", "protocol": self.protocol, **versions,
+                     "side": self._side, "port": self._port,
                      "terminal": self._identity or self._terminal, "started_wall": round(start, 6),
                      "started_at": datetime.fromtimestamp(start, timezone.utc).isoformat(timespec="milliseconds")})
 
@@ -192,12 +229,15 @@ class Recorder:
             d = self._dirs[sender]
             d.held.append((t, wall, bytes(data)))
             d.held_bytes += len(data)
-            d.framer.feed(data)
-            self._drain(d, t, wall)
-            if not d.framer.pending or d.held_bytes > MAX_HELD:
-                if d.framer.pending:
+            if d.concert:
+                self._drain_concert(d, d.framer.feed(data), t, wall)
+            else:
+                d.framer.feed(data)
+                self._drain(d, t, wall)
+            if not d.pending or d.held_bytes > MAX_HELD:
+                if d.pending:
                     # A frame stalls this long: mask what may be its payload and move on.
-                    d.masks.append((d.consumed + fr.HEADER_SIZE, d.consumed + d.framer.pending))
+                    d.mask_pending()
                 self._flush_chunks(d)
             self._fh.flush()
 
@@ -270,6 +310,66 @@ class Recorder:
                 d.nak_since = True
             self._write({"type": "event", **base, "event": event, "seq": frame.seq})
 
+    # -- Concert -------------------------------------------------------------
+
+    def _drain_concert(self, d: _Direction, items: list, t: float, wall: float) -> None:
+        from posterm.record.concert import CONTROL_EVENTS
+
+        other = self._dirs["terminal" if d.sender == "ecr" else "ecr"]
+        for item in items:
+            start = d.consumed
+            base = {"t": t, "wall": wall, "from": d.sender}
+            if isinstance(item, int):
+                d.consumed += 1
+                if item == cc.NAK:
+                    d.nak_since = True
+                elif item == cc.EOT:
+                    d.last_frame = None          # this side's transmission is over
+                self._write({"type": "event", **base, "event": CONTROL_EVENTS.get(item, f"0x{item:02X}")})
+            elif isinstance(item, cc.ConcertGarbage):
+                d.consumed += len(item.data)
+                if d.sender == "terminal":       # may be an answer whose STX was lost, report and all
+                    d.masks.append((start, d.consumed))
+                self._write({"type": "event", **base, "event": "garbage", "n": len(item.data)})
+            else:
+                d.consumed += len(item)
+                self._concert_frame(d, other, bytes(item), start, base)
+
+    def _concert_frame(self, d: _Direction, other: _Direction, raw: bytes, start: int, base: dict[str, Any]) -> None:
+        from posterm.record.concert import bad_frame_reason, concert_fields, decode_frame, report_span
+
+        try:
+            msg = decode_frame(raw, d.sender)
+        except (ProtocolError, ValueError) as exc:
+            hexed = raw
+            if d.sender == "terminal" and len(raw) > 3:   # when in doubt, mask (the body may hold a report)
+                d.masks.append((start + 1, start + len(raw) - 2))
+                hexed = raw[:1] + bytes([MASK_BYTE]) * (len(raw) - 3) + raw[-2:]
+            self._write({"type": "event", **base, "event": "bad_frame", "reason": bad_frame_reason(exc, d.sender),
+                         "hex": hexed.hex().upper()})
+            return
+        self.frames += 1
+        self.session_frames += 1
+        masked, names = raw, []
+        if isinstance(msg, cc.ConcertAnswer) and (span := report_span(msg)) is not None:
+            s, e = span
+            d.masks.append((start + s, start + e))
+            masked = raw[:s] + bytes([MASK_BYTE]) * (e - s) + raw[e:]
+            names = ["report"]
+        rec: dict[str, Any] = {"type": "frame", **base, "kind": "request" if isinstance(msg, cc.ConcertRequest)
+                               else "answer", "hex": masked.hex().upper(), "msg": concert_fields(msg)}
+        if names:
+            rec["redacted"] = names
+        retransmit = d.last_frame == raw
+        d.last_frame = raw
+        if retransmit:
+            rec["retransmit"] = True
+        self._write(rec)
+        if retransmit:
+            self._write({"type": "event", **base, "event": "retransmit",
+                         "cause": "nak" if other.nak_since else "timeout"})
+        other.nak_since = False
+
     def _flush_chunks(self, d: _Direction) -> None:
         for t, wall, data in d.held:
             begin = d.flushed
@@ -313,11 +413,11 @@ class Recorder:
 
     def _flush_all(self) -> None:
         for d in self._dirs.values():
-            if d.framer.pending:
-                d.masks.append((d.consumed + fr.HEADER_SIZE, d.consumed + d.framer.pending))
+            if d.pending:
+                d.mask_pending()
                 t, wall = self._stamp()
                 self._write({"type": "event", "t": t, "wall": wall, "from": d.sender, "event": "partial",
-                             "n": d.framer.pending})
+                             "n": d.pending})
             self._flush_chunks(d)
         self._fh.flush()
 
@@ -337,15 +437,18 @@ class RecordingTransport:
     ``side`` says whose transport this is: ``"ecr"`` (writes are the ECR's bytes,
     reads the terminal's) or ``"terminal"`` (the reverse). ``path_or_recorder`` is
     a file path (a new :class:`Recorder`, closed with this transport) or a Recorder.
+    ``protocol``: the family on the line for a new Recorder (``posterm`` or ``concert``;
+    a given Recorder keeps its own).
     ``read``/``write``/``close``/``description``/``fileno`` pass through.
     """
 
     def __init__(self, inner: Any, path_or_recorder: str | Path | Recorder, side: str = "ecr",
-                 port: dict[str, Any] | None = None) -> None:
+                 port: dict[str, Any] | None = None, protocol: str = "posterm") -> None:
         """A shared Recorder (e.g. one per driver session across reconnects) is only
-        flushed by :meth:`close`; its owner closes it. Raises ConfigError for a bad side."""
+        flushed by :meth:`close`; its owner closes it. Raises ConfigError for a bad side or protocol."""
         if side not in SIDES:
             raise ConfigError(f"side must be 'ecr' or 'terminal', not {side!r}")
+        protocol = _check_protocol(protocol)
         self.inner = inner
         self.side = side
         self._peer = "terminal" if side == "ecr" else "ecr"
@@ -353,7 +456,8 @@ class RecordingTransport:
             self.recorder, self._owns = path_or_recorder, False
         else:
             desc = getattr(inner, "description", "")
-            self.recorder = Recorder(path_or_recorder, side=side, port={"description": desc, **(port or {})})
+            self.recorder = Recorder(path_or_recorder, side=side, port={"description": desc, **(port or {})},
+                                     protocol=protocol)
             self._owns = True
 
     @property
@@ -414,6 +518,7 @@ class Recording:
 
 _REQUIRED = {"chunk": ("t", "from", "hex"), "frame": ("t", "from", "kind", "seq", "hex"),
              "event": ("t", "event"), "identity": ()}
+_REQUIRED_CONCERT = {**_REQUIRED, "frame": ("t", "from", "kind", "hex")}  # Concert frames have no sequence number
 
 
 def iter_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -430,6 +535,7 @@ def iter_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
         raise RecordingError(p, 0, f"cannot open: {exc.strerror or exc}") from None
     with fh:
         n = 0
+        required = _REQUIRED
         for n, line in enumerate(iter(lambda: fh.readline(MAX_LINE + 1), ""), 1):
             if len(line) > MAX_LINE:
                 raise RecordingError(p, n, f"line longer than {MAX_LINE} characters")
@@ -447,12 +553,17 @@ def iter_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 if rec.get("format_version") != FORMAT_VERSION:
                     raise RecordingError(p, n, f"format version {rec.get('format_version')!r} is not supported"
                                                f" (this posterm reads {FORMAT_VERSION})")
+                if rec.get("protocol", "posterm") not in PROTOCOLS:
+                    raise RecordingError(p, n, f"protocol {rec.get('protocol')!r} is not supported"
+                                               f" (this posterm reads {', '.join(PROTOCOLS)})")
+                if rec.get("protocol") == "concert":
+                    required = _REQUIRED_CONCERT
                 yield n, rec
                 continue
             kind = rec["type"]
-            if kind not in _REQUIRED:
+            if kind not in required:
                 raise RecordingError(p, n, f"unknown record type {kind!r}")
-            missing = [f for f in _REQUIRED[kind] if f not in rec]
+            missing = [f for f in required[kind] if f not in rec]
             if missing:
                 raise RecordingError(p, n, f"{kind} record without {', '.join(missing)}")
             if "hex" in rec:
@@ -476,11 +587,14 @@ def load(path: str | Path) -> Recording:
     return Recording(str(path), header, tuple(rec for _, rec in it))
 
 
-def open_recorded(opener: Callable[..., Any], path: str | Path, url: str, settings: dict[str, Any]) -> Callable[..., Any]:
+def open_recorded(opener: Callable[..., Any], path: str | Path, url: str, settings: dict[str, Any],
+                  protocol: str = "posterm") -> Callable[..., Any]:
     """Wrap a transport opener so every transport it opens (the first one and any
-    reconnection) records, as the ECR, into one recording at ``path``."""
+    reconnection) records, as the ECR, into one recording at ``path``.
+    ``protocol``: the family on the line (``posterm`` or ``concert``)."""
     recorder = Recorder(path, side="ecr", port={"url": url, **{k: v for k, v in settings.items()
-                                                             if isinstance(v, (int, float, str, bool))}})
+                                                             if isinstance(v, (int, float, str, bool))}},
+                        protocol=protocol)
 
     def open_and_record(u: str, **kw: Any) -> RecordingTransport:
         return RecordingTransport(opener(u, **kw), recorder, side="ecr")

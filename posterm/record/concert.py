@@ -1,0 +1,377 @@
+"""Recording and replay of Ingenico Concert sessions (see :mod:`firmware_protocol.concert`).
+
+What differs from posterm's own protocol:
+
+* the line is ``ENQ / ACK / STX body ETX LRC / ACK / EOT``; control bytes are recorded
+  as ``event`` records (``enq``, ``ack``, ``nak``, ``eot``), each ``STX..ETX LRC``
+  frame as one ``frame`` record with ``kind`` ``"request"`` (ECR -> terminal) or
+  ``"answer"`` (terminal -> ECR) and no ``seq``;
+* ``msg`` holds the dataclass fields of :class:`ConcertRequest` / :class:`ConcertAnswer`
+  (enums as their values, e.g. ``"txn_type": "0"``) plus ``type``;
+* the only field that can hold card data is the long answer's 55-byte ``report``:
+  everything but its last 4 characters is masked (:func:`posterm.redact.mask_code`)
+  in frame hex, chunk hex and ``msg``, and ``redacted`` says ``["report"]``. Requests
+  carry no secret. A frame from the terminal that does not decode (bad LRC, malformed),
+  garbage from the terminal and a partial answer still buffered have their body masked.
+
+Replay matches by message (transaction type, amount, currency), not bytes; each side runs
+its own :class:`posterm.concert.link.ConcertLink`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import secrets as _random
+import threading
+import time
+from typing import Any, Callable
+
+from firmware_protocol.concert import (
+    ACK,
+    ENQ,
+    EOT,
+    NAK,
+    BadLrc,
+    ConcertAnswer,
+    ConcertFrameError,
+    ConcertRequest,
+    Status,
+)
+from firmware_protocol.errors import FieldError
+
+from posterm.errors import ConfigError, Disconnected, LinkFailed
+from posterm.redact import mask_code
+
+PROTOCOL = "concert"
+REPORT_OFFSET = 1 + 12           # STX, then pos_number(2) status(1) amount(8) mode(1)
+CONTROL_EVENTS = {ENQ: "enq", ACK: "ack", NAK: "nak", EOT: "eot"}
+# Fields of a Concert answer that change every run: never diffed (private is added when
+# the terminal made it up rather than echoing the request's).
+CONCERT_MASKS = frozenset({"report"})
+KINDS = {"request": ConcertRequest, "answer": ConcertAnswer}
+_ALPHABET = "0123456789ABCDEFGHJKLMNPQRSTUVWXYZ"
+
+
+# ------------------------------------------------------------------ fields and redaction
+
+
+def concert_fields(msg: ConcertRequest | ConcertAnswer) -> dict[str, Any]:
+    """The message's dataclass fields (enums as their values) and ``type``; the report masked."""
+    out: dict[str, Any] = {"type": type(msg).__name__}
+    for f in dataclasses.fields(msg):
+        value = getattr(msg, f.name)
+        if isinstance(value, enum.Enum):
+            value = value.value
+        if f.name == "report" and value:
+            value = mask_code(value)
+        out[f.name] = value
+    return out
+
+
+def report_span(answer: ConcertAnswer) -> tuple[int, int] | None:
+    """[start, end) inside the answer's frame of the report bytes to mask, or None."""
+    if not answer.report or len(answer.report) <= 4:
+        return None
+    return REPORT_OFFSET, REPORT_OFFSET + len(answer.report) - 4
+
+
+def decode_frame(raw: bytes, sender: str) -> ConcertRequest | ConcertAnswer:
+    """Decode one frame as the sender's message. Raises BadLrc / ConcertFrameError / FieldError."""
+    return (ConcertRequest if sender == "ecr" else ConcertAnswer).decode(raw)
+
+
+def bad_frame_reason(exc: Exception, sender: str) -> str:
+    """Why a frame did not decode, without quoting field content from the terminal's side
+    (the decoder's message may contain the report's bytes)."""
+    if isinstance(exc, BadLrc):
+        return "bad LRC"
+    if sender == "terminal":
+        return "malformed answer"
+    return str(exc)
+
+
+def message_from_fields(kind: str, fields: dict[str, Any]) -> ConcertRequest | ConcertAnswer:
+    """Rebuild a recorded message from its ``msg``. Raises ConfigError if it does not validate."""
+    cls = KINDS.get(kind)
+    if cls is None:
+        raise ConfigError(f"unknown Concert frame kind {kind!r} (request or answer)")
+    names = {f.name for f in dataclasses.fields(cls)}
+    try:
+        return cls(**{k: v for k, v in fields.items() if k in names})
+    except (TypeError, ValueError, FieldError) as exc:
+        raise ConfigError(f"recorded Concert {kind} does not validate: {exc}") from None
+
+
+# ------------------------------------------------------------------ the script
+
+
+def build_concert_script(recording: Any) -> list:
+    """The recording as exchanges (request + the answer(s) before the next request)."""
+    from posterm.record.replay import Exchange, Recorded
+
+    script: list = []
+    last_t = 0.0
+    for n, rec in enumerate(recording.records, 2):
+        if rec["type"] != "frame" or rec.get("retransmit") or not isinstance(rec.get("msg"), dict):
+            continue
+        if rec["kind"] not in KINDS:
+            continue
+        try:
+            msg = message_from_fields(rec["kind"], rec["msg"])
+        except ConfigError as exc:
+            raise ConfigError(f"{recording.path}: line {n}: {exc}") from None
+        item = Recorded(rec["t"], msg, dict(rec["msg"]), n)
+        if rec["kind"] == "request":
+            script.append(Exchange(item, gap=max(0.0, rec["t"] - last_t)))
+        elif script:
+            script[-1].answers.append(item)
+        last_t = rec["t"]
+    return script
+
+
+def is_concert_script(script: list) -> bool:
+    return bool(script) and isinstance(script[0].request.message, ConcertRequest)
+
+
+def _key(msg: ConcertRequest) -> tuple:
+    return (msg.txn_type, msg.amount_minor, msg.currency_numeric)
+
+
+def _echoed(answer_fields: dict[str, Any], request_fields: dict[str, Any]) -> bool:
+    """Did the recorded answer's private field echo the recorded request's?"""
+    return bool(request_fields.get("private")) and answer_fields.get("private") == request_fields.get("private")
+
+
+def _fields_diff(expected: dict[str, Any], got: dict[str, Any], masks: frozenset[str]) -> list[str]:
+    out = []
+    for key in sorted(set(expected) | set(got)):
+        if key in masks:
+            continue
+        a, b = expected.get(key, "<absent>"), got.get(key, "<absent>")
+        if a != b:
+            out.append(f"{key}: recorded {a!r}, got {b!r}")
+    return out
+
+
+def _brief(fields: dict[str, Any]) -> str:
+    return (f"(txn_type={fields.get('txn_type')}, amount_minor={fields.get('amount_minor')},"
+            f" currency_numeric={fields.get('currency_numeric')})")
+
+
+# ------------------------------------------------------------------ the terminal side
+
+
+class ConcertReplayTerminal:
+    """Plays the terminal's side of a Concert ``script`` to a live ECR on ``transport``.
+
+    Each request is matched to the first unanswered recorded one with the same transaction
+    type, amount and currency (else the next unanswered one of the same type, the differences
+    reported); the recorded answer goes back after the recorded delay, its private field
+    taken from the live request when the recorded answer echoed the recorded request's.
+    A request not in the recording is answered "not processed" (status 9) and reported.
+    """
+
+    def __init__(self, transport: Any, script: list, *, speed: float = 1.0, fast: bool = False,
+                 loop: bool = False, masks: frozenset[str] = frozenset(), report: Callable[[str], None] | None = None,
+                 config: Any = None) -> None:
+        from posterm.concert.link import ConcertLink
+        from posterm.record.replay import _Pacer
+
+        self.t = transport
+        self.script = script
+        self.pacer = _Pacer(speed, fast, False, None)
+        self.loop = loop
+        self.masks = frozenset(masks) | {"private"}   # the ECR makes up its order ids
+        self.report = report or (lambda s: None)
+        self.link = ConcertLink("terminal", config)
+        self.used = [False] * len(script)
+        self.used_count = 0
+        self.divergences: list = []
+        self.answered = 0
+        self._due: list[tuple[float, ConcertAnswer]] = []
+        self.stop = threading.Event()
+
+    @property
+    def done(self) -> bool:
+        return self.used_count == len(self.script) and not self._due and self.link.idle
+
+    def _diverge(self, index: int, what: str) -> None:
+        from posterm.record.replay import Divergence
+
+        d = Divergence(index, what)
+        self.divergences.append(d)
+        self.report(f"diverged: {d}")
+
+    def _match(self, req: ConcertRequest) -> int | None:
+        for i, ex in enumerate(self.script):
+            if not self.used[i] and _key(ex.request.message) == _key(req):
+                return i
+        for i, ex in enumerate(self.script):
+            if not self.used[i] and ex.request.message.txn_type == req.txn_type:
+                return i
+        return None
+
+    def on_request(self, req: ConcertRequest, now: float) -> None:
+        fields = concert_fields(req)
+        i = self._match(req)
+        if i is None and self.loop and self.used_count:
+            self.used = [False] * len(self.script)
+            self.used_count = 0
+            i = self._match(req)
+        if i is None:
+            self._diverge(self.answered, f"the ECR sent {fields['type']} {_brief(fields)}: not in the recording")
+            self.link.enqueue(ConcertAnswer(Status.NOT_PROCESSED, req.amount_minor, req.currency_numeric,
+                                            req.pos_number, req.mode, "" if req.answer_flag.value == "1" else None,
+                                            req.private), now)
+            return
+        ex = self.script[i]
+        skipped = [j for j in range(i) if not self.used[j]]
+        if skipped:
+            self._diverge(i, f"the ECR skipped {len(skipped)} recorded request(s) before this one,"
+                             f" first {_brief(self.script[skipped[0]].request.fields)}")
+        for line in _fields_diff(ex.request.fields, fields, self.masks):
+            self._diverge(i, f"{fields['type']} {line}")
+        self.used[i] = True
+        self.used_count += 1
+        self.answered += 1
+        for ans in ex.answers:
+            msg = ans.message
+            if _echoed(ans.fields, ex.request.fields):
+                msg = dataclasses.replace(msg, private=req.private)
+            self._due.append((now + self.pacer.delay(ans.t - ex.request.t), msg))
+
+    def run(self, until_done: bool = True, timeout: float = 3600.0) -> list:
+        """Serve until the script is played (``until_done``), ``stop`` is set or ``timeout``.
+
+        Returns the divergences. Raises :class:`Disconnected`, :class:`LinkFailed`.
+        """
+        from posterm.concert.link import Received, SendFailed
+
+        end = time.monotonic() + timeout
+        while not self.stop.is_set() and time.monotonic() < end:
+            if until_done and not self.loop and self.done:
+                break
+            now = time.monotonic()
+            wait = 0.02
+            if self._due:
+                wait = max(0.0, min(wait, self._due[0][0] - now))
+            nd = self.link.next_deadline()
+            if nd is not None:
+                wait = max(0.0, min(wait, nd - now))
+            try:
+                data = self.t.read(4096, wait)
+            except Disconnected:
+                if self.stop.is_set():
+                    break
+                raise
+            now = time.monotonic()
+            self.link.receive_data(data, now)
+            self.link.tick(now)
+            while (ev := self.link.next_event()) is not None:
+                if isinstance(ev, Received):
+                    self.on_request(ev.message, now)
+                elif isinstance(ev, SendFailed):
+                    raise LinkFailed(f"the ECR did not take the answer ({ev.cause})")
+            while self._due and self._due[0][0] <= now:
+                self.link.enqueue(self._due.pop(0)[1], now)   # the link sends it once the line is free
+            out = self.link.data_to_send()
+            if out:
+                self.t.write(out)
+        return self.divergences
+
+
+# ------------------------------------------------------------------ the ECR side
+
+
+def _fresh_private(old: str) -> str:
+    """A new private field shaped like ``old``: its first character, then random ones (same length)."""
+    return old[:1] + "".join(_random.choice(_ALPHABET) for _ in range(max(0, len(old) - 1)))
+
+
+def replay_concert_ecr(transport: Any, script: list, *, speed: float = 1.0, fast: bool = False,
+                       step: bool = False, loops: int = 1, masks: frozenset[str] = CONCERT_MASKS,
+                       wait_for: Callable[[str], None] | None = None, min_wait: float = 3.0,
+                       config: Any = None, fresh_ids: bool = True) -> Any:
+    """Send the recorded Concert requests to a live terminal and diff its answers.
+
+    With ``fresh_ids`` (default) each recorded private field (the order id) is replaced by a
+    new one of the same shape, consistently (a refund names the fresh id of its payment),
+    so a replay makes new payments. The answer's private field is expected to be the live
+    request's when the recorded answer echoed the request's, and is not diffed when the
+    terminal made it up; ``masks`` (default: ``report``) are never diffed. Returns an
+    :class:`~posterm.record.replay.EcrReplayResult`; raises :class:`LinkFailed` when the
+    terminal does not take a request, :class:`Disconnected`.
+    """
+    from posterm.concert.link import ConcertLink, Received, SendFailed
+    from posterm.record.replay import Divergence, EcrReplayResult, _Pacer
+
+    pacer = _Pacer(speed, fast, step, wait_for)
+    link = ConcertLink("ecr", config)
+    diffs: list = []
+    frames = 0
+    index = 0
+    mapping: dict[str, str] = {}
+
+    def pump(deadline: float, want: int, got: list) -> None:
+        while len(got) < want or not link.idle:
+            now = time.monotonic()
+            if now >= deadline:
+                return
+            nd = link.next_deadline()
+            wait = min(0.02, deadline - now) if nd is None else max(0.0, min(0.02, deadline - now, nd - now))
+            data = transport.read(4096, wait)
+            now = time.monotonic()
+            link.receive_data(data, now)
+            link.tick(now)
+            out = link.data_to_send()
+            if out:
+                transport.write(out)
+            while (ev := link.next_event()) is not None:
+                if isinstance(ev, Received):
+                    got.append(ev.message)
+                elif isinstance(ev, SendFailed):
+                    raise LinkFailed(f"the terminal did not take the request ({ev.cause})")
+
+    for _ in range(max(1, loops)):
+        mapping.clear()  # each pass makes new payments
+        for ex in script:
+            index += 1
+            rf = ex.request.fields
+            if step and wait_for is not None:
+                wait_for(f"#{index} {rf['type']} {_brief(rf)}")
+            elif (pause := pacer.delay(ex.gap)) > 0:
+                time.sleep(pause)
+            request = ex.request.message
+            if fresh_ids and request.private:
+                if request.private not in mapping:
+                    mapping[request.private] = _fresh_private(request.private)
+                request = dataclasses.replace(request, private=mapping[request.private])
+            now = time.monotonic()
+            link.enqueue(request, now)
+            transport.write(link.data_to_send())
+            frames += 1
+            got: list = []
+            span = (ex.answers[-1].t - ex.request.t) if ex.answers else 0.0
+            pump(now + max(min_wait, span * 1.5 + 2.0), len(ex.answers), got)
+            frames += len(got)
+            for j, exp in enumerate(ex.answers):
+                if j >= len(got):
+                    diffs.append(Divergence(index, f"after {rf['type']} {_brief(rf)}: recorded"
+                                                   f" {exp.fields['type']}, got nothing"))
+                    break
+                expected, here = dict(exp.fields), frozenset(masks)
+                if _echoed(exp.fields, rf):
+                    expected["private"] = request.private
+                else:
+                    here |= {"private"}
+                for line in _fields_diff(expected, concert_fields(got[j]), here):
+                    diffs.append(Divergence(index, f"{exp.fields['type']} answer {j + 1}: {line}"))
+            for extra in got[len(ex.answers):]:
+                diffs.append(Divergence(index, f"after {rf['type']}: unrecorded {type(extra).__name__}"
+                                               f" {_brief(concert_fields(extra))}"))
+    return EcrReplayResult(index, frames, diffs)
+
+
+__all__ = ["CONCERT_MASKS", "CONTROL_EVENTS", "ConcertReplayTerminal", "build_concert_script", "concert_fields",
+           "decode_frame", "message_from_fields", "replay_concert_ecr", "report_span", "ConcertFrameError"]
