@@ -20,6 +20,12 @@ _EVENT_COLOUR = {"nak": "red", "bad_frame": "red", "retransmit": "yellow", "garb
                  "partial": "yellow", "timeout": "red"}
 
 
+def _default_baud(protocol: str | None) -> int:
+    from posterm.protocols import family
+
+    return int(family(protocol or "posterm").serial_defaults.get("baudrate", 115200))
+
+
 def _write_port_file(port_file: str | None, path: str) -> None:
     if port_file:
         tmp = Path(port_file).with_suffix(".tmp")
@@ -49,12 +55,12 @@ def _secrets(pairs: tuple[str, ...]) -> dict[str, str]:
 def _summary(rec: dict[str, Any]) -> str:
     if rec["type"] == "frame":
         msg = rec.get("msg")
-        if rec["kind"] != "DATA":
+        if rec["kind"] in ("ACK", "NAK"):
             return ""
         if msg is None:
             return f"undecodable: {rec.get('error', '?')}"
         body = ", ".join(f"{k}={v}" for k, v in msg.items() if k != "type")
-        return f"{msg['type']}({body})" + (" [retransmit]" if rec.get("retransmit") else "")
+        return f"{msg.get('type', rec['kind'])}({body})" + (" [retransmit]" if rec.get("retransmit") else "")
     if rec["type"] == "event":
         extra = {k: v for k, v in rec.items() if k not in ("type", "t", "wall", "from", "event", "hex")}
         return f"{rec['event']} " + " ".join(f"{k}={v}" for k, v in extra.items())
@@ -68,25 +74,27 @@ def _summary(rec: dict[str, Any]) -> str:
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--chunks", is_flag=True, help="Also list the raw chunks as they crossed the port.")
-@click.option("--acks", is_flag=True, help="Also list ACK frames (NAKs are always listed).")
+@click.option("--acks", is_flag=True, help="Also list ACK frames (NAKs are always listed); Concert: ENQ, ACK and EOT.")
 @handle_errors
 def show(file: str, chunks: bool, acks: bool) -> None:
     """A timeline of a recording: time, direction, frame, decoded message, link events.
 
-    Coloured on a terminal, plain text when piped.
+    Coloured on a terminal, plain text when piped. Works for posterm and Concert recordings.
     """
     from posterm.record import load
 
     rec = load(file)
     h = rec.header
-    click.echo(f"recording {file}: {h.get('tool')}, protocol {h.get('protocol_version')}, side {h.get('side')},"
+    protocol = "concert" if h.get("protocol") == "concert" else h.get("protocol_version")
+    quiet = {"ack", "enq", "eot"} if h.get("protocol") == "concert" else {"ack"}
+    click.echo(f"recording {file}: {h.get('tool')}, protocol {protocol}, side {h.get('side')},"
                f" started {h.get('started_at')}, port {h.get('port', {}).get('description') or h.get('port', {}).get('url', '?')}")
     rows = sorted(rec.records, key=lambda r: r.get("t", 0.0))  # stable: file order within one instant
     for r in rows:
         kind = r["type"]
         if kind == "chunk" and not chunks:
             continue
-        if kind == "event" and r["event"] == "ack" and not acks:
+        if kind == "event" and r["event"] in quiet and not acks:
             continue
         if kind == "frame" and r["kind"] == "ACK" and not acks:
             continue
@@ -113,7 +121,8 @@ def show(file: str, chunks: bool, acks: bool) -> None:
 @handle_errors
 def convert(file: str, out: str) -> None:
     """Convert a recording to pcapng (OUT.pcapng): one packet per frame, link type
-    DLT_USER0 (147), direction in the packet flags; tshark and Wireshark open it."""
+    DLT_USER0 (147; a Concert recording: DLT_USER1, 148), direction in the packet flags;
+    tshark and Wireshark open it."""
     from posterm.record import load
     from posterm.record.pcapng import write_pcapng
 
@@ -135,12 +144,15 @@ def convert(file: str, out: str) -> None:
               help="The cash register's port (or pty:// to make a new pty for it; its path is printed).")
 @click.option("--terminal", "terminal_port", required=True, metavar="PORT", help="The terminal's port.")
 @click.option("--record", "record_file", required=True, type=click.Path(dir_okay=False), help="Recording file.")
-@click.option("--baud", type=click.IntRange(50, 4_000_000), default=115200, show_default=True)
+@click.option("--baud", type=click.IntRange(50, 4_000_000), default=None,
+              help="Baud rate [default: 115200; concert: 9600].")
+@click.option("--protocol", type=click.Choice(["posterm", "concert"]), default="posterm", show_default=True,
+              help="The protocol on the line, to decode it: posterm, or concert (Ingenico Telium protocol E).")
 @click.option("--port-file", type=click.Path(dir_okay=False), default=None, help="With --ecr pty://: write its path here.")
 @click.option("--duration", type=click.FloatRange(0.1, 7 * 86400), default=None,
               help="Stop after this many seconds (default: until Ctrl-C, SIGTERM or a side hangs up).")
 @handle_errors
-def tap(ecr_port: str, terminal_port: str, record_file: str, baud: int, port_file: str | None,
+def tap(ecr_port: str, terminal_port: str, record_file: str, baud: int | None, protocol: str, port_file: str | None,
         duration: float | None) -> None:
     """Sit between a cash register and a terminal: forward both ways, record both sides.
 
@@ -150,6 +162,7 @@ def tap(ecr_port: str, terminal_port: str, record_file: str, baud: int, port_fil
     from posterm.record.tap import Tap
     from posterm.transport import open_transport
 
+    baud = baud or _default_baud(protocol)
     stop = _stop_on_sigterm()
     term_t = open_transport(terminal_port, baudrate=baud)
     if ecr_port == "pty://":
@@ -161,7 +174,8 @@ def tap(ecr_port: str, terminal_port: str, record_file: str, baud: int, port_fil
         _write_port_file(port_file, path)
     else:
         ecr_t = open_transport(ecr_port, baudrate=baud)
-    recorder = Recorder(record_file, side="tap", port={"ecr": ecr_port, "terminal": terminal_port, "baudrate": baud})
+    recorder = Recorder(record_file, side="tap", port={"ecr": ecr_port, "terminal": terminal_port, "baudrate": baud},
+                        protocol=protocol)
     t = Tap(ecr_t, term_t, recorder).start()
     click.echo(f"tapping {ecr_port} <-> {terminal_port}, recording to {record_file}", err=True)
     end = time.monotonic() + duration if duration else None
@@ -189,7 +203,8 @@ def tap(ecr_port: str, terminal_port: str, record_file: str, baud: int, port_fil
 @click.option("--as", "role", type=click.Choice(["terminal", "ecr"]), required=True,
               help="terminal: play the terminal on a new pty for the ECR under test. ecr: drive --port.")
 @click.option("--port", "-p", default=None, metavar="URL", help="--as ecr: the terminal's port.")
-@click.option("--baud", type=click.IntRange(50, 4_000_000), default=115200, show_default=True)
+@click.option("--baud", type=click.IntRange(50, 4_000_000), default=None,
+              help="Baud rate [default: 115200; a Concert recording: 9600 8N1].")
 @click.option("--port-file", type=click.Path(dir_okay=False), default=None, help="--as terminal: write the pty path here.")
 @click.option("--speed", type=click.FloatRange(0.01, 1000), default=1.0, show_default=True,
               help="Replay speed: 1 = real time, 10 = ten times faster.")
@@ -200,17 +215,20 @@ def tap(ecr_port: str, terminal_port: str, record_file: str, baud: int, port_fil
               help="Value for a redacted field, e.g. operator_password=... (payment codes: test prefix + last 4).")
 @click.option("--mask", "extra_masks", multiple=True, metavar="FIELD", help="Another field not to diff.")
 @click.option("--same-ids", is_flag=True,
-              help="--as ecr: send the recorded order/refund ids (default: fresh ones, so new payments are made).")
+              help="--as ecr: send the recorded order/refund ids (Concert: private fields)"
+                   " (default: fresh ones, so new payments are made).")
 @click.option("--timeout", type=click.FloatRange(1, 86400), default=600.0, show_default=True,
               help="--as terminal: give up after this many seconds.")
 @handle_errors
-def replay(file: str, role: str, port: str | None, baud: int, port_file: str | None, speed: float, fast: bool,
+def replay(file: str, role: str, port: str | None, baud: int | None, port_file: str | None, speed: float, fast: bool,
            step: bool, loop: bool, secret_pairs: tuple[str, ...], extra_masks: tuple[str, ...], same_ids: bool, timeout: float) -> None:
     """Replay a recording against a live ECR (--as terminal) or a live terminal (--as ecr).
 
     Messages are matched by type and order/refund id, not byte offset; each side
     runs its own link, so sequence numbers and ACKs suit the live peer. Fields that
     change every run (times, trade numbers, KSNs, session numbers) are not diffed.
+    A Concert recording is replayed with Concert's link (ENQ/ACK/EOT): requests are
+    matched by transaction type, amount and currency; the report is not diffed.
 
     \b
     Exit codes:
@@ -220,24 +238,31 @@ def replay(file: str, role: str, port: str | None, baud: int, port_file: str | N
       4  transport or link failure
     """
     from posterm.record import load
+    from posterm.record.concert import CONCERT_MASKS, ConcertReplayTerminal, replay_concert_ecr
     from posterm.record.replay import DEFAULT_MASKS, ReplayTerminal, build_script, replay_ecr, stdin_step
 
-    script = build_script(load(file), _secrets(secret_pairs))
+    recording = load(file)
+    concert = recording.header.get("protocol") == "concert"
+    script = build_script(recording, _secrets(secret_pairs))
     if not script:
         fail(f"{file}: no ECR messages to replay", EXIT_USAGE)
-    masks = DEFAULT_MASKS | frozenset(extra_masks)
+    masks = (CONCERT_MASKS if concert else DEFAULT_MASKS) | frozenset(extra_masks)
     stop = _stop_on_sigterm()
     if role == "terminal":
         if port:
             raise click.UsageError("--as terminal makes its own pty; --port is for --as ecr")
         from posterm.transport.pty_port import PtyTransport
 
-        transport, path = PtyTransport.create(baudrate=baud)
+        transport, path = PtyTransport.create(baudrate=baud or _default_baud("concert" if concert else None))
         click.echo(path)
         sys.stdout.flush()
         _write_port_file(port_file, path)
-        player = ReplayTerminal(transport, script, speed=speed, fast=fast, loop=loop, masks=masks,
-                                report=lambda s: click.echo(s, err=True))
+        if concert:
+            player = ConcertReplayTerminal(transport, script, speed=speed, fast=fast, loop=loop,
+                                           masks=frozenset(extra_masks), report=lambda s: click.echo(s, err=True))
+        else:
+            player = ReplayTerminal(transport, script, speed=speed, fast=fast, loop=loop, masks=masks,
+                                    report=lambda s: click.echo(s, err=True))
         threading.Thread(target=lambda: (stop.wait(), player.stop.set()), daemon=True).start()
         try:
             divergences = player.run(timeout=timeout)
@@ -253,14 +278,26 @@ def replay(file: str, role: str, port: str | None, baud: int, port_file: str | N
         raise click.UsageError("--as ecr needs --port (the terminal to replay to)")
     from posterm.transport import open_transport
 
-    transport = open_transport(port, baudrate=baud)
+    if concert:
+        from posterm.protocols import CONCERT
+
+        settings: dict[str, Any] = {}
+        if not port.startswith(("tcp://", "virtual://", "pty://")):
+            settings = dict(CONCERT.serial_defaults)   # 9600 8N1, as ConcertTerminal.open
+        if baud:
+            settings["baudrate"] = baud
+        transport = open_transport(port, **settings)
+        replay_fn = replay_concert_ecr
+    else:
+        transport = open_transport(port, baudrate=baud or 115200)
+        replay_fn = replay_ecr
     try:
         loops = 1
         total = 0
         all_diffs = []
         while True:
-            result = replay_ecr(transport, script, speed=speed, fast=fast, step=step, masks=masks,
-                                wait_for=stdin_step if step else None, fresh_ids=not same_ids)
+            result = replay_fn(transport, script, speed=speed, fast=fast, step=step, masks=masks,
+                               wait_for=stdin_step if step else None, fresh_ids=not same_ids)
             total += result.exchanges
             all_diffs.extend(result.diffs)
             if not loop or stop.is_set() or result.diffs:

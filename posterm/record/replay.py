@@ -4,6 +4,11 @@ Replay works on messages, not byte offsets: the recording's DATA frames are
 turned back into messages (redacted secrets substituted), and each side runs its
 own :class:`posterm.link.Link`, so sequence numbers and ACKs are right for the live
 peer whatever happened on the recorded line (retransmissions are skipped).
+
+Concert recordings (header ``protocol: concert``): :func:`build_script` returns their
+request/answer exchanges and :func:`replay_ecr` hands them to
+:func:`posterm.record.concert.replay_concert_ecr`; the terminal side is
+:class:`posterm.record.concert.ConcertReplayTerminal`.
 """
 
 from __future__ import annotations
@@ -110,7 +115,14 @@ def message_of(rec: dict[str, Any], secrets: dict[str, str] | None = None) -> Me
 
 
 def build_script(recording: Recording, secrets: dict[str, str] | None = None) -> list[Exchange]:
-    """The recording as exchanges (ECR message + terminal answers). Retransmissions skipped."""
+    """The recording as exchanges (ECR message + terminal answers). Retransmissions skipped.
+
+    A Concert recording gives Concert requests and answers (``secrets`` unused: Concert
+    carries none)."""
+    if recording.header.get("protocol") == "concert":
+        from posterm.record.concert import build_concert_script
+
+        return build_concert_script(recording)
     script: list[Exchange] = []
     last_t = 0.0
     for n, rec in enumerate(recording.records, 2):
@@ -373,7 +385,15 @@ def replay_ecr(transport: Any, script: list[Exchange], *, speed: float = 1.0, fa
     terminal messages as were recorded (waiting up to the recorded time x1.5 + 2 s,
     at least ``min_wait``). Returns an :class:`EcrReplayResult`; raises
     :class:`LinkFailed` when the terminal does not ACK, :class:`Disconnected`.
+    A Concert script goes to :func:`posterm.record.concert.replay_concert_ecr` (``masks``
+    posterm's defaults then mean Concert's: ``report``).
     """
+    from posterm.record.concert import CONCERT_MASKS, is_concert_script, replay_concert_ecr
+
+    if is_concert_script(script):
+        return replay_concert_ecr(transport, script, speed=speed, fast=fast, step=step, loops=loops,
+                                  masks=CONCERT_MASKS if masks is DEFAULT_MASKS else masks, wait_for=wait_for,
+                                  min_wait=min_wait, fresh_ids=fresh_ids)
     pacer = _Pacer(speed, fast, step, wait_for)
     link = Link(link_config or LinkConfig())
     mapping: dict[str, str] = {}
