@@ -199,18 +199,37 @@ def frame(body: bytes) -> bytes:
 # ------------------------------------------------------------------ typed messages
 
 
-def _check_currency(n: int) -> None:
+def _check_common(msg: "ConcertRequest | ConcertAnswer") -> None:
+    """The fields a request and an answer share."""
+    if type(msg.amount_minor) is not int or not 0 <= msg.amount_minor <= MAX_AMOUNT:
+        raise FieldError(f"amount must be an int of minor units, 0..{MAX_AMOUNT}: {msg.amount_minor!r}")
+    if type(msg.pos_number) is not int or not 0 <= msg.pos_number <= 99:
+        raise FieldError(f"POS number must be 0..99: {msg.pos_number!r}")
+    n = msg.currency_numeric
     if type(n) is not int or not 0 < n < 1000:
         raise FieldError(f"currency must be an ISO 4217 numeric code (1..999), not {n!r}")
+    p = msg.private
+    if len(p) > PRIVATE_WIDTH or not p.isascii() or not p.isprintable():
+        raise FieldError(f"private data is at most {PRIVATE_WIDTH} printable ASCII characters: {p!r}")
+    if len(msg.mode) != 1 or not msg.mode.isascii() or not msg.mode.isprintable():
+        raise FieldError(f"mode must be one printable ASCII character: {msg.mode!r}")
 
 
-def _check_private(s: str) -> None:
-    if len(s) > PRIVATE_WIDTH or not s.isascii() or not s.isprintable():
-        raise FieldError(f"private data is at most {PRIVATE_WIDTH} printable ASCII characters: {s!r}")
+class _Currency:
+    __slots__ = ()
+    currency_numeric: int
+
+    @property
+    def currency(self) -> str | None:
+        """The alphabetic code, or None for a numeric code posterm does not know."""
+        try:
+            return cur.from_numeric(self.currency_numeric)
+        except KeyError:
+            return None
 
 
 @dataclass(frozen=True, slots=True)
-class ConcertRequest:
+class ConcertRequest(_Currency):
     """ECR -> terminal: a payment, refund or cancel request."""
 
     amount_minor: int
@@ -224,26 +243,13 @@ class ConcertRequest:
     authorization: str = AUTH_DEFAULT
 
     def __post_init__(self) -> None:
-        if type(self.amount_minor) is not int or not 0 <= self.amount_minor <= MAX_AMOUNT:
-            raise FieldError(f"amount must be an int of minor units, 0..{MAX_AMOUNT}: {self.amount_minor!r}")
-        if type(self.pos_number) is not int or not 0 <= self.pos_number <= 99:
-            raise FieldError(f"POS number must be 0..99: {self.pos_number!r}")
-        _check_currency(self.currency_numeric)
-        _check_private(self.private)
+        _check_common(self)
         object.__setattr__(self, "txn_type", TxnType(self.txn_type))
         object.__setattr__(self, "answer_flag", AnswerFlag(self.answer_flag))
-        for name, width in (("mode", 1), ("delay", 4), ("authorization", 4)):
+        for name, width in (("delay", 4), ("authorization", 4)):
             value = getattr(self, name)
             if len(value) != width or not value.isascii() or not value.isprintable():
                 raise FieldError(f"{name} must be {width} printable ASCII character(s): {value!r}")
-
-    @property
-    def currency(self) -> str | None:
-        """The alphabetic code, or None for a numeric code posterm does not know."""
-        try:
-            return cur.from_numeric(self.currency_numeric)
-        except KeyError:
-            return None
 
     def encode(self) -> bytes:
         return RequestFrame.build({"body": {"value": {
@@ -264,7 +270,7 @@ class ConcertRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class ConcertAnswer:
+class ConcertAnswer(_Currency):
     """Terminal -> ECR: the outcome. ``report`` is None in a short answer."""
 
     status: Status
@@ -277,14 +283,7 @@ class ConcertAnswer:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", Status(self.status))
-        if type(self.amount_minor) is not int or not 0 <= self.amount_minor <= MAX_AMOUNT:
-            raise FieldError(f"amount must be an int of minor units, 0..{MAX_AMOUNT}: {self.amount_minor!r}")
-        if type(self.pos_number) is not int or not 0 <= self.pos_number <= 99:
-            raise FieldError(f"POS number must be 0..99: {self.pos_number!r}")
-        _check_currency(self.currency_numeric)
-        _check_private(self.private)
-        if len(self.mode) != 1 or not self.mode.isascii() or not self.mode.isprintable():
-            raise FieldError(f"mode must be one printable ASCII character: {self.mode!r}")
+        _check_common(self)
         if self.report is not None and (len(self.report) > REPORT_WIDTH or not self.report.isascii()
                                         or not self.report.isprintable()):
             raise FieldError(f"report is at most {REPORT_WIDTH} printable ASCII characters")
@@ -292,13 +291,6 @@ class ConcertAnswer:
     @property
     def long(self) -> bool:
         return self.report is not None
-
-    @property
-    def currency(self) -> str | None:
-        try:
-            return cur.from_numeric(self.currency_numeric)
-        except KeyError:
-            return None
 
     def encode(self) -> bytes:
         fields = {"pos_number": self.pos_number, "status": self.status.value, "amount": self.amount_minor,
