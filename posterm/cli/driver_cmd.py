@@ -87,7 +87,7 @@ def _currency(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
-def _finish_payment(result, as_json: bool) -> None:
+def _finish_payment(result, as_json: bool, done: Outcome = Outcome.APPROVED) -> None:
     if as_json:
         emit_json(result.to_json())
     else:
@@ -96,9 +96,9 @@ def _finish_payment(result, as_json: bool) -> None:
                    f"{format_minor(result.amount_minor, result.currency)}")
         for line in result.receipt:
             click.echo(f"  | {line}")
-    if result.outcome is Outcome.APPROVED:
+    if result.outcome is done:
         sys.exit(EXIT_OK)
-    if result.outcome in (Outcome.DECLINED, Outcome.CANCELLED):
+    if result.outcome in (Outcome.DECLINED, Outcome.CANCELLED, Outcome.APPROVED):
         sys.exit(EXIT_DECLINED)
     sys.exit(EXIT_UNKNOWN)
 
@@ -235,12 +235,15 @@ def with_password(fn):
 @timeout_option
 @handle_errors
 def cancel(order_id, operator_password, password_stdin, as_json, timeout, **kw):
-    """Cancel ORDER_ID: closes an unpaid order, refunds a paid one."""
+    """Cancel ORDER_ID: closes an unpaid order, refunds a paid one.
+
+    Exits 0 when the order ends cancelled, 1 when the cancel is refused (e.g. past the 24 h window).
+    """
     pw = _password(operator_password, password_stdin) if (operator_password or password_stdin) else None
     with _open(kw) as term:
         result = term.cancel(order_id, operator_password=pw, timeout=timeout or 60.0,
                              on_progress=_progress_printer(as_json))
-    _finish_payment(result, as_json)
+    _finish_payment(result, as_json, done=Outcome.CANCELLED)
 
 
 @click.command(epilog=EXIT_CODES_HELP)

@@ -51,6 +51,15 @@ def test_pay_declined_exit_1(port):
     assert json.loads(r.stdout)["result"] == "declined"
 
 
+def test_cancel_that_cancels_exits_0_and_one_refused_exits_1(port):
+    paid = json.loads(run("pay", "--port", port, "--amount", "3", "--payment-code", CODE_OK, "--json").stdout)
+    r = run("cancel", "--port", port, paid["order_id"], "--json")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["result"] == "cancelled"
+    r = run("cancel", "--port", port, "NO-SUCH-ORDER", "--json")
+    assert r.exit_code == 1 and json.loads(r.stdout)["result"] == "declined"
+
+
 def test_trace_goes_to_stderr_masked(port):
     r = run("pay", "--port", port, "--amount", "1", "--payment-code", CODE_OK, "--trace")
     assert r.exit_code == 0
