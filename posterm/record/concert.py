@@ -51,6 +51,7 @@ CONTROL_EVENTS = {ENQ: "enq", ACK: "ack", NAK: "nak", EOT: "eot"}
 CONCERT_MASKS = frozenset({"report"})
 KINDS = {"request": ConcertRequest, "answer": ConcertAnswer}
 _ALPHABET = "0123456789ABCDEFGHJKLMNPQRSTUVWXYZ"
+LINGER = 0.3   # seconds the replaying terminal stays on the line after its last EOT
 
 
 # ------------------------------------------------------------------ fields and redaction
@@ -244,14 +245,22 @@ class ConcertReplayTerminal:
     def run(self, until_done: bool = True, timeout: float = 3600.0) -> list:
         """Serve until the script is played (``until_done``), ``stop`` is set or ``timeout``.
 
+        Once played, it serves :data:`LINGER` seconds more before returning: the last thing
+        on the line is our EOT, and a port closed at once could take it with it.
         Returns the divergences. Raises :class:`Disconnected`, :class:`LinkFailed`.
         """
         from posterm.concert.link import Received, SendFailed
 
         end = time.monotonic() + timeout
+        linger_until: float | None = None
         while not self.stop.is_set() and time.monotonic() < end:
             if until_done and not self.loop and self.done:
-                break
+                if linger_until is None:
+                    linger_until = time.monotonic() + LINGER
+                elif time.monotonic() >= linger_until:
+                    break
+            else:
+                linger_until = None
             now = time.monotonic()
             wait = 0.02
             if self._due:
@@ -262,7 +271,7 @@ class ConcertReplayTerminal:
             try:
                 data = self.t.read(4096, wait)
             except Disconnected:
-                if self.stop.is_set():
+                if self.stop.is_set() or linger_until is not None:   # stopped, or the ECR left once played
                     break
                 raise
             now = time.monotonic()
