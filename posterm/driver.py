@@ -236,7 +236,60 @@ class _Waiter:
     receipt: list[str] = field(default_factory=list)
 
 
-class Terminal:
+class PortSession:
+    """What every protocol family's driver shares: the port, the journal, closing, and
+    I/O errors normalised to :class:`Disconnected`. A context manager."""
+
+    READ_SIZE = 4096
+
+    def _init_port(self, transport: Any, port_name: str, journal: Journal | None) -> None:
+        self._transport = transport
+        self.port_name = port_name or getattr(transport, "description", "") or repr(transport)
+        self._journal = journal
+        self._owns_journal = False
+        self._closed = False
+
+    def close(self) -> None:
+        """Close the port (and the journal if this object opened it). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._transport.close()
+        finally:
+            if self._owns_journal and self._journal is not None:
+                self._journal.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def journal(self) -> Journal | None:
+        return self._journal
+
+    def _read(self, timeout: float) -> bytes:
+        try:
+            return self._transport.read(self.READ_SIZE, timeout)
+        except TransportError:
+            raise
+        except OSError as exc:  # a transport that did not normalise its errors
+            raise Disconnected(f"{self.port_name}: {exc}") from exc
+
+    def _write(self, data: bytes) -> None:
+        if not data:
+            return
+        try:
+            self._transport.write(data)
+        except TransportError:
+            raise
+        except OSError as exc:
+            raise Disconnected(f"{self.port_name}: {exc}") from exc
+
+
+class Terminal(PortSession):
     """A payment terminal on the other end of a transport. One operation at a time.
 
     Construct with :meth:`open` (a port URL) or directly with a transport object
@@ -247,10 +300,7 @@ class Terminal:
                  link_config: LinkConfig | None = None, clock: Callable[[], float] = time.monotonic,
                  reconnect: bool = False, reopen: Callable[[], Any] | None = None,
                  reconnect_attempts: int = 6, reconnect_max_delay: float = 2.0, trace: bool = False) -> None:
-        self._transport = transport
-        self.port_name = port_name or getattr(transport, "description", "") or repr(transport)
-        self._journal = journal
-        self._owns_journal = False
+        self._init_port(transport, port_name, journal)
         cfg = link_config or LinkConfig()
         self._trace = trace or wire_log.isEnabledFor(logging.DEBUG)
         if self._trace and not cfg.trace_frames:
@@ -265,7 +315,6 @@ class Terminal:
         self._op_lock = threading.Lock()
         self._abort_requested: str | None | bool = False
         self.info: TerminalInfo | None = None
-        self._closed = False
 
     # -- opening and closing ------------------------------------------------
 
@@ -305,27 +354,6 @@ class Terminal:
                    link_config=link_config, reopen=lambda: open_transport(url, **settings))
         term._owns_journal = own
         return term
-
-    def close(self) -> None:
-        """Close the port (and the journal if this object opened it). Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self._transport.close()
-        finally:
-            if self._owns_journal and self._journal is not None:
-                self._journal.close()
-
-    def __enter__(self) -> "Terminal":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @property
-    def journal(self) -> Journal | None:
-        return self._journal
 
     @property
     def link_stats(self) -> dict[str, int]:
@@ -603,25 +631,7 @@ class Terminal:
         wire_log.debug("%s %s seq=%d len=%d %s\n%s", arrow, event.kind.name, event.seq, len(event.raw), desc,
                        hexdump(masked))
 
-    # -- I/O with failure normalisation ------------------------------------------
-
-    def _read(self, timeout: float) -> bytes:
-        try:
-            return self._transport.read(4096, timeout)
-        except TransportError:
-            raise
-        except OSError as exc:  # a transport that did not normalise its errors
-            raise Disconnected(f"{self.port_name}: {exc}") from exc
-
-    def _write(self, data: bytes) -> None:
-        if not data:
-            return
-        try:
-            self._transport.write(data)
-        except TransportError:
-            raise
-        except OSError as exc:
-            raise Disconnected(f"{self.port_name}: {exc}") from exc
+    # -- reconnecting ------------------------------------------------------------------
 
     def _reconnect_now(self) -> None:
         """Reopen the port with bounded exponential back-off, then say Hello again."""

@@ -48,8 +48,8 @@ from firmware_protocol.concert import (
 from firmware_protocol.messages import Outcome, Reason
 
 from posterm.concert.link import ConcertConfig, ConcertLink, Delivered, FrameRejected, GarbageSkipped, Received, SendFailed
-from posterm.driver import DEFAULT_PAY_TIMEOUT, PaymentResult, RefundOutcome, TerminalInfo
-from posterm.errors import Disconnected, LinkFailed, LocalProtocolError, PosError, PosTimeout, TransportError
+from posterm.driver import DEFAULT_PAY_TIMEOUT, PaymentResult, PortSession, RefundOutcome, TerminalInfo
+from posterm.errors import LinkFailed, LocalProtocolError, PosTimeout
 from posterm.journal import Journal
 
 log = logging.getLogger("posterm.driver.concert")
@@ -74,24 +74,21 @@ def _outcome(answer: ConcertAnswer, txn: TxnType) -> Outcome:
         answer.status, Outcome.CANCELLED)
 
 
-class ConcertTerminal:
+class ConcertTerminal(PortSession):
     """An ECR talking Concert to a terminal. One operation at a time; a context manager."""
 
     protocol = "concert"
+    READ_SIZE = 512
 
     def __init__(self, transport: Any, *, port_name: str = "", journal: Journal | None = None,
                  config: ConcertConfig | None = None, pos_number: int = 1, long_answer: bool = True,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self._transport = transport
-        self.port_name = port_name or getattr(transport, "description", "") or repr(transport)
-        self._journal = journal
-        self._owns_journal = False
+        self._init_port(transport, port_name, journal)
         self._link = ConcertLink("ecr", config)
         self._clock = clock
         self.pos_number = pos_number
         self.long_answer = long_answer
         self._lock = threading.Lock()
-        self._closed = False
         self.info: TerminalInfo | None = None
 
     @classmethod
@@ -122,26 +119,6 @@ class ConcertTerminal:
         term = cls(transport, port_name=url, journal=journal, pos_number=pos_number, config=config)
         term._owns_journal = own
         return term
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self._transport.close()
-        finally:
-            if self._owns_journal and self._journal is not None:
-                self._journal.close()
-
-    def __enter__(self) -> "ConcertTerminal":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @property
-    def journal(self) -> Journal | None:
-        return self._journal
 
     @property
     def link_stats(self) -> dict[str, int]:
@@ -339,24 +316,6 @@ class ConcertTerminal:
         if self._journal is not None:
             self._journal.record_outcome(result.order_id, "pay", result.result, int(result.reason),
                                          result.to_json(), final=result.final)
-
-    def _read(self, timeout: float) -> bytes:
-        try:
-            return self._transport.read(512, timeout)
-        except TransportError:
-            raise
-        except OSError as exc:
-            raise Disconnected(f"{self.port_name}: {exc}") from exc
-
-    def _write(self, data: bytes) -> None:
-        if not data:
-            return
-        try:
-            self._transport.write(data)
-        except TransportError:
-            raise
-        except OSError as exc:
-            raise Disconnected(f"{self.port_name}: {exc}") from exc
 
 
 def _no_caps():
