@@ -34,7 +34,6 @@ from firmware_protocol.concert import (
     NAK,
     BadLrc,
     ConcertAnswer,
-    ConcertFrameError,
     ConcertRequest,
     Status,
 )
@@ -383,4 +382,4 @@ def replay_concert_ecr(transport: Any, script: list, *, speed: float = 1.0, fast
 
 
 __all__ = ["CONCERT_MASKS", "CONTROL_EVENTS", "ConcertReplayTerminal", "build_concert_script", "concert_fields",
-           "decode_frame", "message_from_fields", "replay_concert_ecr", "report_span", "ConcertFrameError"]
+           "decode_frame", "message_from_fields", "replay_concert_ecr", "report_span"]
