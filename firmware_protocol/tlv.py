@@ -33,7 +33,7 @@ import enum
 import re
 import struct
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterable
+from typing import Any, Callable, ClassVar, Iterable
 
 from construct import Bytes, ConstructError, GreedyRange, Int8ub, Int16ub, Rebuild, Struct, Terminated, len_, this
 
@@ -112,10 +112,12 @@ class EnumCodec(UInt):
         self.enum_type = enum_type
         self.strict = strict
         self.doc = f"u{8 * width} {enum_type.__name__}"
+        # value -> member: a dict hit is what enum_type(value) returns, without its ~0.5 us call
+        self._members = {int(m): m for m in enum_type}
 
     def check(self, name: str, value: Any) -> None:
         super().check(name, value)
-        if self.strict and not isinstance(value, self.enum_type):
+        if self.strict and not isinstance(value, self.enum_type) and value not in self._members:
             try:
                 self.enum_type(value)
             except ValueError:
@@ -123,6 +125,9 @@ class EnumCodec(UInt):
 
     def decode(self, data: bytes) -> Any:
         raw = super().decode(data)
+        member = self._members.get(raw)
+        if member is not None:
+            return member
         try:
             return self.enum_type(raw)
         except ValueError:
@@ -160,10 +165,13 @@ class Text(Codec):
     def check(self, name: str, value: Any) -> None:
         if not isinstance(value, str):
             raise FieldError(f"{name} must be a str")
-        try:
-            n = len(value.encode(self.encoding))
-        except UnicodeEncodeError:
-            raise FieldError(f"{name} must be {self.encoding}") from None
+        if value.isascii():  # one byte per character in both encodings: no need to encode
+            n = len(value)
+        else:
+            try:
+                n = len(value.encode(self.encoding))
+            except UnicodeEncodeError:
+                raise FieldError(f"{name} must be {self.encoding}") from None
         if not self.min_len <= n <= self.max_len:
             raise FieldError(f"{name} must be {self.min_len}..{self.max_len} bytes, got {n}")
         if self.pattern is not None and not self.pattern.fullmatch(value):
@@ -258,6 +266,31 @@ class _FieldSpec:
 
 _REGISTRY: dict[int, type["Message"]] = {}
 
+# Per class, the field walks of __post_init__, encode and decode, built once from FIELDS:
+# the hot paths then neither format field names nor look up spec attributes per field
+# (together about half of a small message's encode + decode time).
+_CHECKS: dict[type, tuple[tuple[str, str, Callable[[str, Any], None], bool, bool], ...]] = {}
+_ENCODERS: dict[type, tuple[tuple[str, int, Callable[[Any], bytes], bool], ...]] = {}
+_DECODERS: dict[type, dict[int, tuple[str, Callable[[bytes], Any], bool]]] = {}
+
+
+def _checks(cls: type) -> tuple[tuple[str, str, Callable[[str, Any], None], bool, bool], ...]:
+    plan = tuple((s.name, f"{cls.__name__}.{s.name}", s.codec.check, s.required, s.repeated) for s in cls.FIELDS)
+    _CHECKS[cls] = plan
+    return plan
+
+
+def _encoders(cls: type) -> tuple[tuple[str, int, Callable[[Any], bytes], bool], ...]:
+    plan = tuple((s.name, s.tag, s.codec.encode, s.repeated) for s in cls.FIELDS)
+    _ENCODERS[cls] = plan
+    return plan
+
+
+def _decoders(cls: type) -> dict[int, tuple[str, Callable[[bytes], Any], bool]]:
+    plan = {tag: (s.name, s.codec.decode, s.repeated) for tag, s in cls.BY_TAG.items()}
+    _DECODERS[cls] = plan
+    return plan
+
 
 @dataclass(frozen=True, slots=True)
 class Message:
@@ -268,19 +301,20 @@ class Message:
     BY_TAG: ClassVar[dict[int, _FieldSpec]] = {}
 
     def __post_init__(self) -> None:
-        for spec in self.FIELDS:
-            value = getattr(self, spec.name)
+        cls = type(self)
+        for name, label, check, required, repeated in _CHECKS.get(cls) or _checks(cls):
+            value = getattr(self, name)
             if value is None:
-                if spec.required:
-                    raise FieldError(f"{type(self).__name__}.{spec.name} is required")
+                if required:
+                    raise FieldError(f"{label} is required")
                 continue
-            if spec.repeated:
+            if repeated:
                 if not isinstance(value, tuple):
-                    raise FieldError(f"{type(self).__name__}.{spec.name} must be a tuple")
+                    raise FieldError(f"{label} must be a tuple")
                 for item in value:
-                    spec.codec.check(f"{type(self).__name__}.{spec.name}[]", item)
+                    check(f"{label}[]", item)
             else:
-                spec.codec.check(f"{type(self).__name__}.{spec.name}", value)
+                check(label, value)
         self.validate()
 
     def validate(self) -> None:
@@ -347,14 +381,27 @@ def encode(msg: Message, extra: Iterable[tuple[int, bytes]] = ()) -> bytes:
 
     Raises :class:`MessageError` if the result would exceed ``MAX_PAYLOAD``.
     """
-    if msg.TYPE not in _REGISTRY or _REGISTRY[msg.TYPE] is not type(msg):
-        raise MessageError(f"{type(msg).__name__} is not a registered message")
+    cls = type(msg)
+    if _REGISTRY.get(msg.TYPE) is not cls:
+        raise MessageError(f"{cls.__name__} is not a registered message")
     parts = [_TYPE.pack(msg.TYPE)]
-    for tag, value in (*iter_items(msg), *extra):
-        if len(value) > 0xFFFF:
+    append = parts.append
+    head = _ITEM_HEAD.pack
+    for name, tag, enc, repeated in _ENCODERS.get(cls) or _encoders(cls):
+        value = getattr(msg, name)
+        if value is None:
+            continue
+        for item in value if repeated else (value,):
+            raw = enc(item)
+            if len(raw) > 0xFFFF:
+                raise MessageError(f"field 0x{tag:02X} too long")
+            append(head(tag, len(raw)))
+            append(raw)
+    for tag, raw in extra:
+        if len(raw) > 0xFFFF:
             raise MessageError(f"field 0x{tag:02X} too long")
-        parts.append(_ITEM_HEAD.pack(tag, len(value)))
-        parts.append(value)
+        append(head(tag, len(raw)))
+        append(raw)
     out = b"".join(parts)
     if len(out) > MAX_PAYLOAD:
         raise MessageError(f"{type(msg).__name__} encodes to {len(out)} bytes, over the {MAX_PAYLOAD}-byte cap")
@@ -369,16 +416,18 @@ def split_items(payload: bytes) -> tuple[int, list[tuple[int, int, bytes]]]:
     if n > MAX_PAYLOAD:
         raise MessageError("payload over the cap")
     (type_code,) = _TYPE.unpack_from(payload, 0)
-    items = []
+    items: list[tuple[int, int, bytes]] = []
+    append = items.append
+    unpack = _ITEM_HEAD.unpack_from
     pos = 2
     while pos < n:
         if pos + 3 > n:
             raise MessageError(f"truncated TLV header at offset {pos}")
-        tag, length = _ITEM_HEAD.unpack_from(payload, pos)
+        tag, length = unpack(payload, pos)
         end = pos + 3 + length
         if end > n:
             raise MessageError(f"TLV 0x{tag:02X} at offset {pos} runs past the end")
-        items.append((tag, pos, payload[pos + 3 : end]))
+        append((tag, pos, payload[pos + 3 : end]))
         pos = end
     return type_code, items
 
@@ -393,21 +442,27 @@ def decode(payload: bytes, allow_unknown_tags: Iterable[int] = ()) -> Message:
     cls = _REGISTRY.get(type_code)
     if cls is None:
         raise UnknownMessageType(type_code)
-    allowed = frozenset(allow_unknown_tags)
+    decoders = _DECODERS.get(cls) or _decoders(cls)
+    allowed: frozenset[int] | None = None
     values: dict[str, Any] = {}
     for tag, _, raw in items:
-        spec = cls.BY_TAG.get(tag)
-        if spec is None:
-            if tag & OPTIONAL_TAG_BIT or tag in allowed:
+        entry = decoders.get(tag)
+        if entry is None:
+            if tag & OPTIONAL_TAG_BIT:
+                continue
+            if allowed is None:
+                allowed = frozenset(allow_unknown_tags)
+            if tag in allowed:
                 continue
             raise UnknownMandatoryField(cls.__name__, tag)
-        value = spec.codec.decode(raw)
-        if spec.repeated:
-            values[spec.name] = values.get(spec.name, ()) + (value,)
-        elif spec.name in values:
-            raise FieldError(f"{cls.__name__}.{spec.name} appears twice")
+        name, dec, repeated = entry
+        value = dec(raw)
+        if repeated:
+            values[name] = values.get(name, ()) + (value,)
+        elif name in values:
+            raise FieldError(f"{cls.__name__}.{name} appears twice")
         else:
-            values[spec.name] = value
+            values[name] = value
     try:
         return cls(**values)
     except ProtocolError:
