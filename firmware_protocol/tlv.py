@@ -114,8 +114,13 @@ class EnumCodec(UInt):
         self.doc = f"u{8 * width} {enum_type.__name__}"
         # value -> member: a dict hit is what enum_type(value) returns, without its ~0.5 us call
         self._members = {int(m): m for m in enum_type}
+        # Fast paths for the common case; anything else takes the full checks below.
+        self._in_range = frozenset(m for m in enum_type if self.minimum <= m <= self.maximum)
+        self._by_wire = {int(m).to_bytes(width, "big"): m for m in self._in_range}
 
     def check(self, name: str, value: Any) -> None:
+        if type(value) is self.enum_type and value in self._in_range:
+            return
         super().check(name, value)
         if self.strict and not isinstance(value, self.enum_type) and value not in self._members:
             try:
@@ -124,6 +129,9 @@ class EnumCodec(UInt):
                 raise FieldError(f"{name}={value} is not a valid {self.enum_type.__name__}") from None
 
     def decode(self, data: bytes) -> Any:
+        member = self._by_wire.get(data)
+        if member is not None:
+            return member
         raw = super().decode(data)
         member = self._members.get(raw)
         if member is not None:
@@ -302,7 +310,8 @@ class Message:
 
     def __post_init__(self) -> None:
         cls = type(self)
-        for name, label, check, required, repeated in _CHECKS.get(cls) or _checks(cls):
+        checks = _CHECKS.get(cls)
+        for name, label, check, required, repeated in checks if checks is not None else _checks(cls):
             value = getattr(self, name)
             if value is None:
                 if required:
@@ -387,11 +396,19 @@ def encode(msg: Message, extra: Iterable[tuple[int, bytes]] = ()) -> bytes:
     parts = [_TYPE.pack(msg.TYPE)]
     append = parts.append
     head = _ITEM_HEAD.pack
-    for name, tag, enc, repeated in _ENCODERS.get(cls) or _encoders(cls):
+    encoders = _ENCODERS.get(cls)
+    for name, tag, enc, repeated in encoders if encoders is not None else _encoders(cls):
         value = getattr(msg, name)
         if value is None:
             continue
-        for item in value if repeated else (value,):
+        if not repeated:
+            raw = enc(value)
+            if len(raw) > 0xFFFF:
+                raise MessageError(f"field 0x{tag:02X} too long")
+            append(head(tag, len(raw)))
+            append(raw)
+            continue
+        for item in value:
             raw = enc(item)
             if len(raw) > 0xFFFF:
                 raise MessageError(f"field 0x{tag:02X} too long")
@@ -442,7 +459,9 @@ def decode(payload: bytes, allow_unknown_tags: Iterable[int] = ()) -> Message:
     cls = _REGISTRY.get(type_code)
     if cls is None:
         raise UnknownMessageType(type_code)
-    decoders = _DECODERS.get(cls) or _decoders(cls)
+    decoders = _DECODERS.get(cls)
+    if decoders is None:
+        decoders = _decoders(cls)
     allowed: frozenset[int] | None = None
     values: dict[str, Any] = {}
     for tag, _, raw in items:
