@@ -274,29 +274,116 @@ class _FieldSpec:
 
 _REGISTRY: dict[int, type["Message"]] = {}
 
-# Per class, the field walks of __post_init__, encode and decode, built once from FIELDS:
-# the hot paths then neither format field names nor look up spec attributes per field
-# (together about half of a small message's encode + decode time).
-_CHECKS: dict[type, tuple[tuple[str, str, Callable[[str, Any], None], bool, bool], ...]] = {}
-_ENCODERS: dict[type, tuple[tuple[str, int, Callable[[Any], bytes], bool], ...]] = {}
-_DECODERS: dict[type, dict[int, tuple[str, Callable[[bytes], Any], bool]]] = {}
+# ------------------------------------------------------------ per-class fast paths
+#
+# A generic walk over FIELDS made a Python call per field for each of encode, decode
+# and check: most of a message's cost. So each message class gets three functions,
+# generated from its FIELDS on first use (as construct's compile() does for a Struct):
+# ``check(msg)`` (the field half of __post_init__), ``encode(msg, append)`` and
+# ``decode(items, allow_unknown_tags) -> kwargs``. They inline the common case of the
+# built-in codecs (exact types only) and call the codec's own method whenever that case
+# does not hold, so unusual values and every error take the codec's own path: same
+# bytes, same values, same errors. tests/protocol/test_differential.py holds them to a
+# plain walk over the codecs' methods.
+
+_PLANS: dict[type, tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]] = {}
+_INT_FORMATS = {1: "B", 2: "H", 4: "I", 8: "Q"}
+_FLAG_BY_WIRE = {b"\x00": False, b"\x01": True}
 
 
-def _checks(cls: type) -> tuple[tuple[str, str, Callable[[str, Any], None], bool, bool], ...]:
-    plan = tuple((s.name, f"{cls.__name__}.{s.name}", s.codec.check, s.required, s.repeated) for s in cls.FIELDS)
-    _CHECKS[cls] = plan
-    return plan
+def _field_code(i: int, spec: _FieldSpec, cls_name: str, env: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
+    """Source lines (check, encode, decode) for field ``i``; constants go into ``env``."""
+    codec, kind, name, tag = spec.codec, type(spec.codec), spec.name, spec.tag
+    label = f"{cls_name}.{name}"
+    env.update({f"c{i}": codec.check, f"e{i}": codec.encode, f"d{i}": codec.decode, f"L{i}": label,
+                f"LR{i}": f"{label}[]", f"N{i}": name, f"REQ{i}": f"{label} is required",
+                f"TUP{i}": f"{label} must be a tuple", f"DUP{i}": f"{label} appears twice",
+                f"LONG{i}": f"field 0x{tag:02X} too long"})
+    # check: a condition that implies the codec's check passes, else the codec decides.
+    fast = None
+    if kind is UInt or kind is EnumCodec:
+        if kind is UInt:
+            fast = f"type(v) is int and {codec.minimum} <= v <= {codec.maximum}"
+        else:
+            env[f"E{i}"], env[f"R{i}"] = codec.enum_type, codec._in_range
+            fast = f"type(v) is E{i} and v in R{i}"
+    elif kind is Text:
+        fast = f"type(v) is str and v.isascii() and {codec.min_len} <= len(v) <= {codec.max_len}"
+        if codec.pattern is not None:
+            env[f"P{i}"] = codec.pattern.fullmatch
+            fast += f" and P{i}(v) is not None"
+    elif kind is Flag:
+        fast = "type(v) is bool"
+    elif kind is Blob:
+        fast = f"type(v) is bytes and {codec.min_len} <= len(v) <= {codec.max_len}"
+    check = [f"    v = self.{name}", "    if v is None:",
+             f"        raise FieldError(REQ{i})" if spec.required else "        pass"]
+    if spec.repeated:
+        check += ["    elif not isinstance(v, tuple):", f"        raise FieldError(TUP{i})",
+                  "    else:", "        for x in v:", f"            c{i}(LR{i}, x)"]
+    elif fast is not None:
+        check += [f"    elif not ({fast}):", f"        c{i}(L{i}, v)"]
+    else:
+        check += ["    else:", f"        c{i}(L{i}, v)"]
+
+    # encode: a checked message's values, so lengths are within the codec's bounds.
+    encode = [f"    v = msg.{name}", "    if v is not None:"]
+    if spec.repeated:
+        encode += ["        for x in v:", f"            r = e{i}(x)",
+                   f"            if len(r) > 0xFFFF:", f"                raise MessageError(LONG{i})",
+                   f"            append(HEAD({tag}, len(r)))", "            append(r)"]
+    elif kind in (UInt, EnumCodec) and codec.width in _INT_FORMATS:
+        env[f"S{i}"] = struct.Struct(">BH" + _INT_FORMATS[codec.width]).pack
+        encode += [f"        append(S{i}({tag}, {codec.width}, v))"]
+    elif kind is Flag:
+        env[f"T{i}"], env[f"F{i}"] = _ITEM_HEAD.pack(tag, 1) + b"\x01", _ITEM_HEAD.pack(tag, 1) + b"\x00"
+        encode += [f"        append(T{i} if v else F{i})"]
+    elif kind is Text and codec.max_len <= 0xFFFF:
+        encode += [f"        r = v.encode({codec.encoding!r})", f"        append(HEAD({tag}, len(r)))", "        append(r)"]
+    else:
+        encode += [f"        r = e{i}(v)", "        if len(r) > 0xFFFF:", f"            raise MessageError(LONG{i})",
+                   f"        append(HEAD({tag}, len(r)))", "        append(r)"]
+
+    # decode: the codec's method whenever the common case does not hold (it raises).
+    decode = [f"        if tag == {tag}:"]
+    if spec.repeated:
+        decode += [f"            values[N{i}] = values.get(N{i}, ()) + (d{i}(raw),)", "            continue"]
+        return check, encode, decode
+    if kind is Text:
+        decode += ["            try:", f"                x = raw.decode({codec.encoding!r})",
+                   "            except UnicodeDecodeError:", f"                x = d{i}(raw)"]
+    elif kind is UInt:
+        decode += [f"            x = from_bytes(raw, 'big') if len(raw) == {codec.width} else d{i}(raw)"]
+    elif kind is EnumCodec or kind is Flag:
+        env[f"W{i}"] = codec._by_wire if kind is EnumCodec else _FLAG_BY_WIRE
+        decode += [f"            x = W{i}.get(raw)", "            if x is None:", f"                x = d{i}(raw)"]
+    else:
+        decode += [f"            x = d{i}(raw)"]
+    decode += [f"            if N{i} in values:", f"                raise FieldError(DUP{i})",
+               f"            values[N{i}] = x", "            continue"]
+    return check, encode, decode
 
 
-def _encoders(cls: type) -> tuple[tuple[str, int, Callable[[Any], bytes], bool], ...]:
-    plan = tuple((s.name, s.tag, s.codec.encode, s.repeated) for s in cls.FIELDS)
-    _ENCODERS[cls] = plan
-    return plan
-
-
-def _decoders(cls: type) -> dict[int, tuple[str, Callable[[bytes], Any], bool]]:
-    plan = {tag: (s.name, s.codec.decode, s.repeated) for tag, s in cls.BY_TAG.items()}
-    _DECODERS[cls] = plan
+def _plan(cls: type) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
+    """Generate (check, encode, decode) for ``cls`` from its FIELDS and cache them."""
+    env: dict[str, Any] = {"FieldError": FieldError, "MessageError": MessageError,
+                           "UnknownMandatoryField": UnknownMandatoryField, "HEAD": _ITEM_HEAD.pack,
+                           "from_bytes": int.from_bytes, "OPTIONAL": OPTIONAL_TAG_BIT, "NAME": cls.__name__}
+    check, encode, decode = ["def check(self):"], ["def encode(msg, append):"], [
+        "def decode(items, allow_unknown_tags):", "    values = {}", "    allowed = None",
+        "    for tag, _, raw in items:"]
+    for i, spec in enumerate(cls.FIELDS):
+        c, e, d = _field_code(i, spec, cls.__name__, env)
+        check += c
+        encode += e
+        decode += d
+    decode += ["        if tag & OPTIONAL:", "            continue", "        if allowed is None:",
+               "            allowed = frozenset(allow_unknown_tags)", "        if tag in allowed:",
+               "            continue", "        raise UnknownMandatoryField(NAME, tag)", "    return values"]
+    source = "\n".join(check + ["    return None", ""] + encode + ["    return None", ""] + decode) + "\n"
+    exec(compile(source, f"<tlv plan {cls.__name__}>", "exec"), env)
+    plan = (env["check"], env["encode"], env["decode"])
+    _PLANS[cls] = plan
     return plan
 
 
@@ -309,21 +396,8 @@ class Message:
     BY_TAG: ClassVar[dict[int, _FieldSpec]] = {}
 
     def __post_init__(self) -> None:
-        cls = type(self)
-        checks = _CHECKS.get(cls)
-        for name, label, check, required, repeated in checks if checks is not None else _checks(cls):
-            value = getattr(self, name)
-            if value is None:
-                if required:
-                    raise FieldError(f"{label} is required")
-                continue
-            if repeated:
-                if not isinstance(value, tuple):
-                    raise FieldError(f"{label} must be a tuple")
-                for item in value:
-                    check(f"{label}[]", item)
-            else:
-                check(label, value)
+        plan = _PLANS.get(type(self))
+        (plan if plan is not None else _plan(type(self)))[0](self)
         self.validate()
 
     def validate(self) -> None:
@@ -396,24 +470,8 @@ def encode(msg: Message, extra: Iterable[tuple[int, bytes]] = ()) -> bytes:
     parts = [_TYPE.pack(msg.TYPE)]
     append = parts.append
     head = _ITEM_HEAD.pack
-    encoders = _ENCODERS.get(cls)
-    for name, tag, enc, repeated in encoders if encoders is not None else _encoders(cls):
-        value = getattr(msg, name)
-        if value is None:
-            continue
-        if not repeated:
-            raw = enc(value)
-            if len(raw) > 0xFFFF:
-                raise MessageError(f"field 0x{tag:02X} too long")
-            append(head(tag, len(raw)))
-            append(raw)
-            continue
-        for item in value:
-            raw = enc(item)
-            if len(raw) > 0xFFFF:
-                raise MessageError(f"field 0x{tag:02X} too long")
-            append(head(tag, len(raw)))
-            append(raw)
+    plan = _PLANS.get(cls)
+    (plan if plan is not None else _plan(cls))[1](msg, append)
     for tag, raw in extra:
         if len(raw) > 0xFFFF:
             raise MessageError(f"field 0x{tag:02X} too long")
@@ -459,29 +517,8 @@ def decode(payload: bytes, allow_unknown_tags: Iterable[int] = ()) -> Message:
     cls = _REGISTRY.get(type_code)
     if cls is None:
         raise UnknownMessageType(type_code)
-    decoders = _DECODERS.get(cls)
-    if decoders is None:
-        decoders = _decoders(cls)
-    allowed: frozenset[int] | None = None
-    values: dict[str, Any] = {}
-    for tag, _, raw in items:
-        entry = decoders.get(tag)
-        if entry is None:
-            if tag & OPTIONAL_TAG_BIT:
-                continue
-            if allowed is None:
-                allowed = frozenset(allow_unknown_tags)
-            if tag in allowed:
-                continue
-            raise UnknownMandatoryField(cls.__name__, tag)
-        name, dec, repeated = entry
-        value = dec(raw)
-        if repeated:
-            values[name] = values.get(name, ()) + (value,)
-        elif name in values:
-            raise FieldError(f"{cls.__name__}.{name} appears twice")
-        else:
-            values[name] = value
+    plan = _PLANS.get(cls)
+    values = (plan if plan is not None else _plan(cls))[2](items, allow_unknown_tags)
     try:
         return cls(**values)
     except ProtocolError:

@@ -46,6 +46,7 @@ def catalogue() -> list[type[Message]]:
     return [cls for _, cls in sorted(message_types().items())]
 
 
+@functools.cache
 def _pattern_alphabet(codec: Text) -> list[str]:
     """Printable ASCII characters a pattern-restricted Text accepts, probed one by one.
 
