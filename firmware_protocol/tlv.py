@@ -284,7 +284,8 @@ _REGISTRY: dict[int, type["Message"]] = {}
 # built-in codecs (exact types only) and call the codec's own method whenever that case
 # does not hold, so unusual values and every error take the codec's own path: same
 # bytes, same values, same errors. tests/protocol/test_differential.py holds them to a
-# plain walk over the codecs' methods.
+# plain walk over the codecs' methods. Only the declarations (identifiers, integers,
+# encoding names) go into the generated source; wire data never does.
 
 _PLANS: dict[type, tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]] = {}
 _INT_FORMATS = {1: "B", 2: "H", 4: "I", 8: "Q"}
@@ -330,7 +331,7 @@ def _field_code(i: int, spec: _FieldSpec, cls_name: str, env: dict[str, Any]) ->
     encode = [f"    v = msg.{name}", "    if v is not None:"]
     if spec.repeated:
         encode += ["        for x in v:", f"            r = e{i}(x)",
-                   f"            if len(r) > 0xFFFF:", f"                raise MessageError(LONG{i})",
+                   "            if len(r) > 0xFFFF:", f"                raise MessageError(LONG{i})",
                    f"            append(HEAD({tag}, len(r)))", "            append(r)"]
     elif kind in (UInt, EnumCodec) and codec.width in _INT_FORMATS:
         env[f"S{i}"] = struct.Struct(">BH" + _INT_FORMATS[codec.width]).pack
@@ -339,7 +340,8 @@ def _field_code(i: int, spec: _FieldSpec, cls_name: str, env: dict[str, Any]) ->
         env[f"T{i}"], env[f"F{i}"] = _ITEM_HEAD.pack(tag, 1) + b"\x01", _ITEM_HEAD.pack(tag, 1) + b"\x00"
         encode += [f"        append(T{i} if v else F{i})"]
     elif kind is Text and codec.max_len <= 0xFFFF:
-        encode += [f"        r = v.encode({codec.encoding!r})", f"        append(HEAD({tag}, len(r)))", "        append(r)"]
+        encode += [f"        r = v.encode({codec.encoding!r})", f"        append(HEAD({tag}, len(r)))",
+                   "        append(r)"]
     else:
         encode += [f"        r = e{i}(v)", "        if len(r) > 0xFFFF:", f"            raise MessageError(LONG{i})",
                    f"        append(HEAD({tag}, len(r)))", "        append(r)"]
