@@ -222,7 +222,28 @@ class Framer:
         self._buf += data
 
     def discard_partial(self) -> bytes:
-        """Drop and return whatever partial frame is buffered."""
+        """A partial frame stalled (the inter-byte timeout): drop it and return what was dropped.
+
+        The stalled start may be a false one, an 0xA5 in line noise whose bytes happened
+        to look like a header, with a whole real frame behind it. So only the bytes up to
+        the next SOF that starts a complete frame (by its header's length) are dropped; the
+        rest stays for :meth:`pop`. With no such SOF, everything buffered is dropped.
+        """
+        buf = self._buf
+        pos = buf.find(SOF, 1)
+        while pos >= 0:
+            if len(buf) - pos >= HEADER_SIZE:
+                head = _check_header(bytes(buf[pos:pos + HEADER_SIZE]))
+                if head is not None and len(buf) - pos >= HEADER_SIZE + head[3] + CRC_SIZE:
+                    break
+            pos = buf.find(SOF, pos + 1)
+        cut = len(buf) if pos < 0 else pos
+        dropped = bytes(buf[:cut])
+        del buf[:cut]
+        return dropped
+
+    def clear(self) -> bytes:
+        """Drop and return everything buffered (the port was reopened)."""
         dropped = bytes(self._buf)
         self._buf.clear()
         return dropped

@@ -232,6 +232,7 @@ class Link:
             self._retransmit("timeout")
         if self._framer.pending and self._now - self._last_rx_progress >= self.config.inter_byte_timeout:
             self._emit(PartialDiscarded(self._framer.discard_partial()))
+            self.receive_data(b"", now)  # a whole frame behind a false start comes out now
 
     def next_event(self) -> Event | None:
         """The next event, or ``None`` when there is none."""
@@ -260,7 +261,7 @@ class Link:
         dropped = ([self._outstanding.message] if self._outstanding else []) + list(self._queue)
         self._outstanding = None
         self._queue.clear()
-        self._framer.discard_partial()
+        self._framer.clear()
         self._recent_rx.clear()
         self._out.clear()
         return dropped

@@ -50,7 +50,7 @@ class LossyWire:
                 self._in_flight.append((at, self._counter, chunk))
         if framer.pending:  # a partial frame written on purpose (tests): pass it through
             self._counter += 1
-            self._in_flight.append((now + self.latency, self._counter, framer.discard_partial()))
+            self._in_flight.append((now + self.latency, self._counter, framer.clear()))
 
     def take(self, now: float) -> bytes:
         due = sorted(x for x in self._in_flight if x[0] <= now)

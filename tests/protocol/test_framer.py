@@ -267,3 +267,37 @@ def test_buffer_stays_bounded(chunks):
     for ev in events:
         if isinstance(ev, LinkFrame):
             assert decode_frame(ev.raw) == ev
+
+
+def test_a_real_frame_behind_a_false_start_survives_the_stall():
+    # Line noise holding 0xA5 and a header that passes its checks (length 200, length check
+    # right), then a whole real frame, then silence: the inter-byte timeout must drop the
+    # false start only, and the real frame must still come out.
+    import struct
+
+    false_start = struct.pack(">BBBBHH", 0xA5, 1, 1, 9, 200, 200 ^ 0xFFFF) + b"\x00\x11"
+    real = FRAMES[0]
+    assert len(false_start) + len(real) < 8 + 200 + 2    # the false frame would swallow the real one
+    framer = Framer()
+    framer.feed(false_start + real)
+    assert framer.pop() is None                            # waiting for the false frame's 40 bytes
+    assert framer.discard_partial() == false_start
+    assert drain(framer) == [decode_frame(real)]
+
+
+def test_the_link_delivers_a_frame_hidden_behind_a_false_start():
+    import struct
+
+    from firmware_protocol import PayRequest, encode_message
+    from firmware_protocol.frame import FrameKind, encode_frame
+    from posterm.link import Link, MessageReceived
+
+    msg = PayRequest(amount_minor=5, currency="CNY", order_id="X")
+    real = encode_frame(FrameKind.DATA, 0, encode_message(msg))
+    false_start = struct.pack(">BBBBHH", 0xA5, 1, 1, 9, 200, 200 ^ 0xFFFF)
+    link = Link()
+    link.receive_data(false_start + real, 0.0)
+    assert not any(isinstance(e, MessageReceived) for e in iter(link.next_event, None))
+    link.tick(1.0)                                          # past the inter-byte timeout
+    got = [e.message for e in iter(link.next_event, None) if isinstance(e, MessageReceived)]
+    assert got == [msg]
