@@ -475,8 +475,10 @@ def _with_prefixes(mapping: dict[str, str]) -> dict[str, str]:
 
 def _fresh_id(old: str) -> str:
     """A new id shaped like ``old``: its letter prefix, then UTC time and random hex."""
+    from posterm.driver import new_order_id
+
     prefix = re.match(r"[A-Za-z]*", old).group(0)[:8] or "RP"  # type: ignore[union-attr]
-    return f"{prefix}{time.strftime('%Y%m%d%H%M%S', time.gmtime())}{_random.token_hex(3).upper()}"
+    return new_order_id(prefix)
 
 
 def stdin_step(prompt: str) -> None:
