@@ -42,6 +42,42 @@ from firmware_protocol.tlv import (
     tlv,
 )
 
+
+# What `from firmware_protocol.messages import *` gives: the messages and their enums, not the
+# helpers imported from tlv (a star import of `tlv` shadowed the firmware_protocol.tlv module).
+__all__ = [
+    "PROTOCOL_VERSION",
+    "MAX_AMOUNT_MINOR",
+    "Capability",
+    "TerminalState",
+    "Stage",
+    "Outcome",
+    "Reason",
+    "ErrorCode",
+    "KeyAlgorithm",
+    "Totals",
+    "Hello",
+    "HelloReply",
+    "StatusRequest",
+    "Status",
+    "PayRequest",
+    "Progress",
+    "PayResult",
+    "Query",
+    "Cancel",
+    "Refund",
+    "RefundResult",
+    "Settle",
+    "SettleReport",
+    "Print",
+    "KeyLoad",
+    "KeyStatusRequest",
+    "KeyStatus",
+    "Abort",
+    "Error",
+    "ECR_MESSAGES",
+]
+
 PROTOCOL_VERSION = 1
 MAX_AMOUNT_MINOR = 10**15  # well beyond any retail payment, well inside u64
 

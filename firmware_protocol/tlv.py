@@ -270,6 +270,7 @@ class _FieldSpec:
     required: bool
     repeated: bool
     secret: bool
+    nullable: bool = True   # None allowed (and then not sent): only when the default is None
 
 
 _REGISTRY: dict[int, type["Message"]] = {}
@@ -298,6 +299,7 @@ def _field_code(i: int, spec: _FieldSpec, cls_name: str, env: dict[str, Any]) ->
     label = f"{cls_name}.{name}"
     env.update({f"c{i}": codec.check, f"e{i}": codec.encode, f"d{i}": codec.decode, f"L{i}": label,
                 f"LR{i}": f"{label}[]", f"N{i}": name, f"REQ{i}": f"{label} is required",
+                f"NUL{i}": f"{label} cannot be None (its default is not None)",
                 f"TUP{i}": f"{label} must be a tuple", f"DUP{i}": f"{label} appears twice",
                 f"LONG{i}": f"field 0x{tag:02X} too long"})
     # check: a condition that implies the codec's check passes, else the codec decides.
@@ -318,7 +320,8 @@ def _field_code(i: int, spec: _FieldSpec, cls_name: str, env: dict[str, Any]) ->
     elif kind is Blob:
         fast = f"type(v) is bytes and {codec.min_len} <= len(v) <= {codec.max_len}"
     check = [f"    v = self.{name}", "    if v is None:",
-             f"        raise FieldError(REQ{i})" if spec.required else "        pass"]
+             f"        raise FieldError(REQ{i})" if spec.required
+             else "        pass" if spec.nullable else f"        raise FieldError(NUL{i})"]
     if spec.repeated:
         check += ["    elif not isinstance(v, tuple):", f"        raise FieldError(TUP{i})",
                   "    else:", "        for x in v:", f"            c{i}(LR{i}, x)"]
@@ -428,7 +431,9 @@ def message(type_code: int):
             if "tag" not in f.metadata:
                 raise TypeError(f"{cls.__name__}.{f.name} needs tlv()")
             required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-            specs.append(_FieldSpec(f.name, f.metadata["tag"], f.metadata["codec"], required, f.metadata["repeated"], f.metadata["secret"]))
+            nullable = required or f.default is None or f.default_factory is not dataclasses.MISSING
+            specs.append(_FieldSpec(f.name, f.metadata["tag"], f.metadata["codec"], required, f.metadata["repeated"],
+                                    f.metadata["secret"], nullable))
         tags = [s.tag for s in specs]
         if len(tags) != len(set(tags)):
             raise TypeError(f"{cls.__name__} has duplicate tags")

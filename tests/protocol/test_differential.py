@@ -139,6 +139,8 @@ def _walk_check(msg) -> None:
         if value is None:
             if spec.required:
                 raise FieldError(f"{name}.{spec.name} is required")
+            if not spec.nullable:
+                raise FieldError(f"{name}.{spec.name} cannot be None (its default is not None)")
             continue
         if spec.repeated:
             if not isinstance(value, tuple):

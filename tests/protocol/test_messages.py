@@ -234,3 +234,13 @@ def test_oversize_message_is_refused_on_encode():
     msg = Print(lines=tuple("x" * 64 for _ in range(64)))  # 64 * 67 bytes > 4096
     with pytest.raises(MessageError, match="cap"):
         encode_message(msg)
+
+
+def test_package_names_do_not_shadow_its_modules():
+    import types
+
+    import firmware_protocol
+
+    for name in ("tlv", "frame", "host", "messages", "currency", "errors", "concert"):
+        __import__(f"firmware_protocol.{name}")
+        assert isinstance(getattr(firmware_protocol, name), types.ModuleType), name
