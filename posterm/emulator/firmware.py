@@ -735,7 +735,8 @@ class Firmware:
                                     amount_minor=reply.amount_minor or req.amount_minor,
                                     currency=reply.currency or req.currency, reason=reply.reason,
                                     refunded_total_minor=reply.refunded_total_minor)
-            if outcome in (Outcome.APPROVED, Outcome.DECLINED):
+            # ORDER_CONFLICT judges this request, not the refund id's earlier outcome: not recorded.
+            if outcome in (Outcome.APPROVED, Outcome.DECLINED) and reply.reason != Reason.ORDER_CONFLICT:
                 self.journal.record_refund(req.refund_id, req.order_id, result.amount_minor, result.currency,
                                            outcome, int(reply.reason), reply.refunded_total_minor, self._stamp())
         else:

@@ -183,11 +183,18 @@ class TerminalJournal:
 
     def record_refund(self, refund_id: str, order_id: str, amount_minor: int, currency: str, outcome: Outcome,
                       reason: int, refunded_total: int, now: str) -> None:
+        """Record the host's answer to a refund. An approved refund is final: a later answer
+        under the same id (a conflicting re-use the host refused) never replaces it, or the
+        batch would lose money the host did pay back. A declined one may be retried."""
         self._write(
-            "INSERT OR REPLACE INTO refunds(refund_id, order_id, amount_minor, currency, batch_no, outcome, reason,"
-            " refunded_total, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO refunds(refund_id, order_id, amount_minor, currency, batch_no, outcome, reason,"
+            " refunded_total, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT(refund_id) DO UPDATE SET order_id = excluded.order_id,"
+            " amount_minor = excluded.amount_minor, currency = excluded.currency, batch_no = excluded.batch_no,"
+            " outcome = excluded.outcome, reason = excluded.reason, refunded_total = excluded.refunded_total,"
+            " created_at = excluded.created_at WHERE refunds.outcome != ?",
             (refund_id, order_id, amount_minor, currency, self.batch_no(), int(outcome), int(reason),
-             refunded_total, now))
+             refunded_total, now, int(Outcome.APPROVED)))
         if outcome is Outcome.APPROVED:
             self._write("UPDATE orders SET refunded_minor = MAX(refunded_minor, ?) WHERE order_id = ?",
                         (refunded_total, order_id))

@@ -127,3 +127,15 @@ def test_operator_password_guards_settle_and_key_loading_and_locks(term):
     locked = term.settle("246810", timeout=30)                           # even the right one now
     assert locked.reason == Reason.OPERATOR_LOCKED and not locked.totals
     assert term.refund("X", 1, "RF-X", "246810", currency="CNY", timeout=30).reason == Reason.OPERATOR_LOCKED
+
+
+def test_refund_id_reused_with_another_amount_keeps_the_approved_refund(term):
+    r = term.pay(100_000, "CNY", payment_code=CODE[1], timeout=30)
+    assert term.refund(r.order_id, 50_000, "RF-R", "246810", timeout=30).outcome is Outcome.APPROVED
+    again = term.refund(r.order_id, 30_000, "RF-R", "246810", timeout=30)
+    assert (again.outcome, again.reason) == (Outcome.DECLINED, Reason.ORDER_CONFLICT)
+    rf = term.emu.journal.refund("RF-R")
+    assert (rf["outcome"], rf["amount_minor"]) == (Outcome.APPROVED, 50_000)
+    st = term.settle("246810", timeout=30)
+    assert st.host_agrees
+    assert (st.totals[0].refunded_count, st.totals[0].refunded_minor) == (1, 50_000)
