@@ -57,15 +57,26 @@ def status_and_settle(term):
     assert term.settle(OPERATOR).host_agrees
 
 
+def concert_day(term):
+    """Over Concert (Ingenico Telium): a payment, a refused one, a refund, a void."""
+    paid = term.pay(1234, "CNY")
+    assert paid.outcome is Outcome.APPROVED, paid
+    assert term.pay(500_001, "CNY").outcome is Outcome.DECLINED       # over the per-transaction limit
+    assert term.refund(paid.order_id, 234, "RF1", currency="CNY").outcome is Outcome.APPROVED
+    other = term.pay(300, "CNY")
+    assert term.cancel(other.order_id).outcome is Outcome.CANCELLED
+
+
 FLOWS = {f.__name__: f for f in (pay_approved, pay_declined, pay_pin, pay_phone, pay_risk, refund,
-                                 cancel_and_query, status_and_settle)}
+                                 cancel_and_query, status_and_settle, concert_day)}
+PROTOCOL = {"concert_day": "concert"}   # every other flow speaks posterm's protocol
 
 
-def start_emulator(home: Path):
+def start_emulator(home: Path, protocol: str = "posterm"):
     from posterm.emulator.firmware import FirmwareConfig
     from posterm.emulator.runner import EmulatedTerminal
 
-    return EmulatedTerminal.start(home=home, config=FirmwareConfig(**FIRMWARE))
+    return EmulatedTerminal.start(home=home, config=FirmwareConfig(**FIRMWARE), protocol=protocol)
 
 
 def record(name: str, out: Path, home: Path) -> Path:
@@ -73,8 +84,9 @@ def record(name: str, out: Path, home: Path) -> Path:
     from posterm.driver import Terminal
 
     path = out / f"{name}.jsonl"
-    with start_emulator(home) as emu:
-        with Terminal.open(emu.port, journal=str(home / "driver.db"), record=str(path)) as term:
+    protocol = PROTOCOL.get(name, "posterm")
+    with start_emulator(home, protocol) as emu:
+        with Terminal.open(emu.port, journal=str(home / "driver.db"), record=str(path), protocol=protocol) as term:
             FLOWS[name](term)
     return path
 

@@ -262,18 +262,30 @@ def test_replay_as_terminal_reports_where_the_ecr_diverged(tmp_path, journal):
 @pytest.mark.parametrize("golden", sorted(p.stem for p in SESSIONS.glob("*.jsonl")))
 def test_golden_replays_against_the_emulator_and_the_driver(golden, tmp_path):
     from posterm.transport import open_transport
-    from tests.record.flows import FLOWS, start_emulator
+    from tests.record.flows import FLOWS, PROTOCOL, start_emulator
 
+    protocol = PROTOCOL.get(golden, "posterm")
     script = build_script(load(SESSIONS / f"{golden}.jsonl"))
-    with start_emulator(tmp_path / "emu") as emu:
+    with start_emulator(tmp_path / "emu", protocol) as emu:
         t = open_transport(emu.port)
         try:
             result = replay_ecr(t, script, fast=True)
         finally:
             t.close()
     assert result.ok, "\n".join(map(str, result.diffs))
-    ecr, player, th = _serve(script)
-    with Terminal(ecr, journal=Journal(tmp_path / "j.db")) as term:
+    if protocol == "concert":
+        from posterm.concert.driver import ConcertTerminal
+        from posterm.record.concert import ConcertReplayTerminal
+
+        ecr, term_side = VirtualTransport.pair()
+        player = ConcertReplayTerminal(term_side, script, fast=True)
+        th = threading.Thread(target=player.run, kwargs={"timeout": 20}, daemon=True)
+        th.start()
+        driver = ConcertTerminal(ecr, journal=Journal(tmp_path / "j.db"))
+    else:
+        ecr, player, th = _serve(script)
+        driver = Terminal(ecr, journal=Journal(tmp_path / "j.db"))
+    with driver as term:
         FLOWS[golden](term)
     th.join(5)
     assert player.done and player.divergences == []
