@@ -287,6 +287,11 @@ class Firmware:
                                    in_reply_to=msg.TYPE))
             else:
                 self._fire("abort", request=msg)
+        elif isinstance(msg, m.Error):
+            # Never answer an Error with an Error: two peers doing so would ping-pong forever.
+            log.warning("%s: the ECR sent Error %s (in reply to %s): %r", self.identity.terminal_id,
+                        _code_name(msg.code), f"0x{msg.in_reply_to:04X}" if msg.in_reply_to is not None else "-",
+                        msg.text)
         else:
             self._send(m.Error(code=m.ErrorCode.UNKNOWN_MESSAGE, text=f"{type(msg).__name__} is not a request",
                                in_reply_to=msg.TYPE))
@@ -1100,5 +1105,12 @@ def _attr(obj: Any, name: str, default: Any) -> Any:
 def _reason_name(code: int) -> str:
     try:
         return Reason(code).name
+    except ValueError:
+        return f"CODE {code}"
+
+
+def _code_name(code: int) -> str:
+    try:
+        return m.ErrorCode(code).name
     except ValueError:
         return f"CODE {code}"
