@@ -586,15 +586,44 @@ class Firmware:
             return
         self._timer("flow", self.config.query_delay, self._act_query_host)
 
+    def _act_cancel_order(self, request: m.Cancel, **_: Any) -> None:
+        """An ECR Cancel while idle. Cancelling a paid order refunds it, which needs the
+        operator password (a wrong one counts toward the lock, as for refunds). Without a
+        password only an unpaid order may be cancelled: the journal, or else the host, says."""
+        rec = self.journal.get(request.order_id)
+        flow = _Flow("cancel", request, order_id=request.order_id, amount_minor=rec.amount_minor if rec else 0,
+                     currency=rec.currency if rec else "XXX", cancel_reason=Reason.NONE)
+        self._flow = flow
+        if request.operator_password is not None or (rec is not None and rec.outcome is Outcome.APPROVED):
+            verdict = self.keypad.check(request.operator_password)
+            if verdict is not Reason.NONE:
+                self._fire("operator_refused", reason=verdict)
+                return
+            self._act_cancel_at_host()
+            return
+        # A race remains: an order confirmed at the host between this query and the HostCancel
+        # is refunded (to its payer) without the password. Closing it needs a conditional cancel.
+        self._progress(Stage.CANCELLING, "Checking with the host...")
+        self._host(h.HostQuery(terminal_id=self.identity.terminal_id, order_id=request.order_id), sent="cancel_check")
+
+    def _act_cancel_refused(self, reason: int = Reason.NONE, reply: Any = None, **_: Any) -> None:
+        flow = self._flow
+        self._flow = None
+        assert flow is not None and flow.order_id is not None
+        self._clear_timer("keepalive")
+        if not reason:  # the host says the order is paid and no password came
+            reason = Reason.OPERATOR_LOCKED if self.keypad.check(None) is Reason.OPERATOR_LOCKED \
+                else Reason.OPERATOR_PASSWORD_WRONG
+        text = "" if isinstance(flow.request, m.Cancel) and flow.request.operator_password is not None \
+            else "the operator password is needed to cancel a paid order"
+        self._send(m.PayResult(order_id=flow.order_id, outcome=Outcome.DECLINED,
+                               amount_minor=flow.amount_minor or getattr(reply, "amount_minor", 0) or 0,
+                               currency=getattr(reply, "currency", None) or flow.currency, reason=reason,
+                               reason_text=text))
+
     def _act_cancel_at_host(self, request: Message | None = None, reply: Any = None, **_: Any) -> None:
         flow = self._flow
-        if flow is None:  # an ECR Cancel while idle starts its own flow
-            assert isinstance(request, m.Cancel)
-            rec = self.journal.get(request.order_id)
-            flow = _Flow("cancel", request, order_id=request.order_id,
-                         amount_minor=rec.amount_minor if rec else 0, currency=rec.currency if rec else "XXX",
-                         cancel_reason=Reason.NONE)
-            self._flow = flow
+        assert flow is not None
         if flow.cancel_reason is None:
             reason = _CANCEL_REASONS.get(self._event, Reason.OTHER)
             if isinstance(request, m.Abort):
@@ -999,6 +1028,14 @@ class Firmware:
     def _purpose_of(self, flow: _Flow, reply: h.HostMessage | None) -> str:
         """Name the event for the flow's host answer (see states.py)."""
         kind = flow.sent
+        if kind == "cancel_check":
+            status = getattr(reply, "status", None)
+            if status is h.HostStatus.APPROVED:
+                return "cancel_needs_password"
+            if status in (h.HostStatus.PROCESSING, h.HostStatus.NEED_PIN, h.HostStatus.WAIT_BUYER,
+                          h.HostStatus.SHOW_QR):
+                return "cancel_unpaid"
+            kind = "cancel"  # final, not found, an error or silence: the query's answer is the cancel's
         if kind == "cancel":
             if reply is None:
                 return "cancel_silent"
@@ -1014,13 +1051,13 @@ class Firmware:
             return f"host_{reply.status.name.lower()}"
         return "host_declined"  # a HostError to a payment request: a decline with its reason
 
-    def _host(self, msg: h.HostMessage) -> None:
+    def _host(self, msg: h.HostMessage, sent: str | None = None) -> None:
         flow = self._flow
         assert flow is not None
         token = next(self._tokens)
         flow.inflight = token
-        flow.sent = {h.HostCancel: "cancel", h.HostRefund: "refund",
-                                  h.SettleRequest: "settle"}.get(type(msg), "pay")
+        flow.sent = sent or {h.HostCancel: "cancel", h.HostRefund: "refund",
+                             h.SettleRequest: "settle"}.get(type(msg), "pay")
         self._host_out.append(HostCall(token, msg, self.config.host_timeout))
 
     def _send(self, msg: Message) -> None:

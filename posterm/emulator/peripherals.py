@@ -168,10 +168,10 @@ class OperatorKeypad:
 
     def check(self, password: str | None) -> Reason:
         """``Reason.NONE`` when right, else ``OPERATOR_PASSWORD_WRONG`` or ``OPERATOR_LOCKED``."""
-        if password is None:
-            return Reason.OPERATOR_PASSWORD_WRONG
         if getattr(self.checker, "locked", False) is True:
             return Reason.OPERATOR_LOCKED
+        if password is None:
+            return Reason.OPERATOR_PASSWORD_WRONG
         try:
             ok = self.checker.verify(password)
         except (CryptoError, PosError) as exc:

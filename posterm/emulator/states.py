@@ -14,7 +14,9 @@ Events come from four places:
 * the host, as the answer to the flow's one request in flight
   (``host_<status>`` for AuthRequest / PinVerify / ConfirmPoll / HostQuery,
   ``host_silent`` when it did not answer; ``cancel_done`` / ``cancel_refused``
-  / ``cancel_silent`` for HostCancel; ``refund_done`` / ``refund_silent``;
+  / ``cancel_silent`` for HostCancel, and ``cancel_unpaid`` /
+  ``cancel_needs_password`` for the HostQuery before a password-free ECR
+  Cancel; ``refund_done`` / ``refund_silent``;
   ``settle_done`` / ``settle_silent``),
 * timers (``poll_due``, ``polls_exhausted``, ``scan_timeout``, ``pin_timeout``,
   ``qr_timeout``, ``printed``, ``recovered``).
@@ -113,7 +115,12 @@ TABLE: dict[tuple[S, str], tuple[S, str]] = {
     (S.QUERYING, "host_silent"): (S.PRINTING, "unknown"),
     (S.QUERYING, "abort"): (S.CANCELLING, "cancel_at_host"),
     # -- cancelling (ECR Cancel, Abort, timeouts) ----------------------------------------
-    (S.IDLE, "cancel"): (S.CANCELLING, "cancel_at_host"),
+    # An ECR Cancel of an earlier order: a paid one is refunded, so it needs the operator
+    # password; without one the terminal first asks the host whether the order is paid.
+    (S.IDLE, "cancel"): (S.CANCELLING, "cancel_order"),
+    (S.CANCELLING, "operator_refused"): (S.IDLE, "cancel_refused"),
+    (S.CANCELLING, "cancel_needs_password"): (S.IDLE, "cancel_refused"),
+    (S.CANCELLING, "cancel_unpaid"): (S.CANCELLING, "cancel_at_host"),
     (S.CANCELLING, "cancel_done"): (S.PRINTING, "cancel_finished"),
     (S.CANCELLING, "cancel_refused"): (S.PRINTING, "cancel_finished"),
     (S.CANCELLING, "cancel_silent"): (S.PRINTING, "unknown"),

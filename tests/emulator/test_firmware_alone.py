@@ -7,6 +7,7 @@ import logging
 
 import pytest
 
+from firmware_protocol import host as h
 from firmware_protocol import messages as m
 from posterm.crypto.terminal import OperatorPassword, SecureModule
 from posterm.emulator.firmware import Firmware, FirmwareConfig, Identity
@@ -32,3 +33,76 @@ def test_an_error_from_the_ecr_is_logged_never_answered_with_an_error(fw, caplog
     fw.on_message(m.Progress(order_id="X", stage=m.Stage.AUTHORISING, text="?"), 1.0)
     (err,) = fw.take_ecr()                # anything else that is not a request still gets one
     assert isinstance(err, m.Error) and err.code == m.ErrorCode.UNKNOWN_MESSAGE
+
+
+# ------------------------------------------------------------------ cancel needs the operator for a paid order
+
+NOW = "2026-11-22T10:00:00+00:00"
+
+
+def _paid(fw, order_id="P-1"):
+    fw.journal.begin_order(order_id, 700, "CNY", "0001", False, NOW)
+    fw.journal.finish_order(order_id, m.Outcome.APPROVED, m.Reason.NONE, NOW, trade_no="T1")
+
+
+def _finish(fw, now):
+    """Run the timers (the receipt) and return what went to the ECR, Progress and Print left out."""
+    fw.tick(now)
+    return [x for x in fw.take_ecr() if not isinstance(x, (m.Progress, m.Print))]
+
+
+def test_cancel_of_a_paid_order_without_the_password_is_refused_at_the_terminal(fw):
+    _paid(fw)
+    fw.on_message(m.Cancel(order_id="P-1"), 1.0)
+    assert fw.take_host_calls() == []                               # nothing reaches the host
+    (r,) = _finish(fw, 1.1)
+    assert (r.outcome, r.reason) == (m.Outcome.DECLINED, m.Reason.OPERATOR_PASSWORD_WRONG)
+    assert fw.state is m.TerminalState.IDLE and fw.journal.get("P-1").outcome is m.Outcome.APPROVED
+
+
+def test_wrong_cancel_passwords_count_toward_the_lock_shared_with_refunds(fw):
+    _paid(fw)
+    for i in range(5):
+        fw.on_message(m.Cancel(order_id="P-1", operator_password="135790"), 1.0 + i)
+        assert fw.take_host_calls() == []
+        (r,) = _finish(fw, 1.1 + i)
+        assert r.outcome is m.Outcome.DECLINED
+        assert r.reason in (m.Reason.OPERATOR_PASSWORD_WRONG, m.Reason.OPERATOR_LOCKED)
+    fw.on_message(m.Refund(order_id="P-1", amount_minor=1, currency="CNY", refund_id="RF-1",
+                           operator_password="246810"), 10.0)
+    (rf,) = _finish(fw, 10.1)
+    assert rf.reason == m.Reason.OPERATOR_LOCKED
+    fw.on_message(m.Cancel(order_id="P-1"), 11.0)                   # no password, locked: says so
+    (r,) = _finish(fw, 11.1)
+    assert r.reason == m.Reason.OPERATOR_LOCKED
+
+
+def test_cancel_with_the_password_goes_to_the_host(fw):
+    _paid(fw)
+    fw.on_message(m.Cancel(order_id="P-1", operator_password="246810"), 1.0)
+    (call,) = fw.take_host_calls()
+    assert isinstance(call.message, h.HostCancel)
+    fw.on_host_reply(call.token, h.AuthResponse(order_id="P-1", status=h.HostStatus.REFUNDED, amount_minor=700,
+                                                currency="CNY", refunded_minor=700, trade_no="T1"), 1.1)
+    (r,) = _finish(fw, 1.2)
+    assert r.outcome is m.Outcome.CANCELLED and r.refunded_minor == 700
+
+
+@pytest.mark.parametrize("status, cancels", [(h.HostStatus.WAIT_BUYER, True), (h.HostStatus.APPROVED, False)])
+def test_password_free_cancel_asks_the_host_first_when_the_terminal_does_not_know(fw, status, cancels):
+    fw.on_message(m.Cancel(order_id="ELSEWHERE-1"), 1.0)           # not in this terminal's journal
+    (q,) = fw.take_host_calls()
+    assert isinstance(q.message, h.HostQuery)
+    fw.on_host_reply(q.token, h.AuthResponse(order_id="ELSEWHERE-1", status=status, amount_minor=500,
+                                             currency="CNY"), 1.1)
+    if cancels:                                                     # unpaid: no password needed
+        (c,) = fw.take_host_calls()
+        assert isinstance(c.message, h.HostCancel)
+        fw.on_host_reply(c.token, h.AuthResponse(order_id="ELSEWHERE-1", status=h.HostStatus.CANCELLED,
+                                                 amount_minor=500, currency="CNY"), 1.2)
+        (r,) = _finish(fw, 1.3)
+        assert r.outcome is m.Outcome.CANCELLED
+    else:                                                           # paid: the operator must say so
+        assert fw.take_host_calls() == []
+        (r,) = _finish(fw, 1.2)
+        assert (r.outcome, r.reason) == (m.Outcome.DECLINED, m.Reason.OPERATOR_PASSWORD_WRONG)

@@ -77,7 +77,7 @@ def test_query_cancel_refund_settle_and_keys(term):
     bad = term.refund(r.order_id, 1, "RF-C", "000000", timeout=30)
     assert bad.outcome is Outcome.DECLINED and bad.reason == Reason.OPERATOR_PASSWORD_WRONG
     c = term.pay(700, "CNY", payment_code=CODE[1], timeout=30)
-    assert term.cancel(c.order_id).outcome is Outcome.CANCELLED
+    assert term.cancel(c.order_id, "246810").outcome is Outcome.CANCELLED
     assert host_status(term, c.order_id) == "REFUNDED"
     st = term.settle("246810", timeout=30)
     assert st.host_agrees and st.totals[0].approved_count == 1
@@ -139,3 +139,13 @@ def test_refund_id_reused_with_another_amount_keeps_the_approved_refund(term):
     st = term.settle("246810", timeout=30)
     assert st.host_agrees
     assert (st.totals[0].refunded_count, st.totals[0].refunded_minor) == (1, 50_000)
+
+
+def test_cancelling_a_paid_order_needs_the_operator_password(term):
+    c = term.pay(700, "CNY", payment_code=CODE[1], timeout=30)
+    for password in (None, "000000"):
+        r = term.cancel(c.order_id, password, timeout=30)
+        assert (r.outcome, r.reason) == (Outcome.DECLINED, Reason.OPERATOR_PASSWORD_WRONG)
+        assert host_status(term, c.order_id) == "APPROVED"           # nothing refunded
+    assert term.cancel(c.order_id, "246810", timeout=30).outcome is Outcome.CANCELLED
+    assert host_status(term, c.order_id) == "REFUNDED"
