@@ -4,8 +4,9 @@ Requests arrive as :mod:`firmware_protocol.host` messages, MAC'd by the terminal
 pad; :meth:`Host.handle` verifies the MAC and that the KSN counter increases (a replay
 is refused), applies account security, limits and risk rules, moves money in a
 double-entry ledger exactly once per (merchant, order id), and answers signed by the
-HSM. Every state change is one ``BEGIN IMMEDIATE`` transaction, so a host killed at any
-point restarts with consistent books.
+HSM. Every state change is one ``BEGIN IMMEDIATE`` transaction, and a terminal request
+is exactly one, its KSN bookkeeping included (one commit, one fsync), so a host killed at
+any point restarts with consistent books and every request either happened or did not.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 from zoneinfo import ZoneInfo
@@ -31,7 +32,7 @@ from firmware_protocol.tlv import encode as tlv_encode
 from posterm.crypto.host import Hsm
 from posterm.errors import ConfigError, CryptoError, PosError, PosTimeout
 from posterm.host import risk
-from posterm.host.store import Store, check_ledger
+from posterm.host.store import Store, check_ledger, local_day
 
 log = logging.getLogger("posterm.host")
 
@@ -357,22 +358,31 @@ class Host:
         return InProcessHostClient(self)
 
     def handle(self, msg: h.HostMessage) -> h.HostMessage | None:
-        """Answer one terminal request (signed), or None when the host stays silent."""
+        """Answer one terminal request (signed), or None when the host stays silent.
+
+        The KSN bookkeeping and everything the request changes are one write transaction:
+        one commit per request, and a request either happened with its KSN consumed or
+        not at all. The answer is signed after the commit, so nothing is answered that a
+        crash could still undo.
+        """
         payload = tlv_encode(msg)
         ksn = msg.ksn or b""
         if not msg.mac or not self.hsm.verify_request_mac(ksn, h.mac_input(payload), msg.mac):
             log.warning("refused %s: bad or missing MAC", type(msg).__name__)
             return self._sign(h.HostError(code=1, reason=Reason.MAC_INVALID, text="MAC check failed"), ksn)
-        if not self._ksn_increases(ksn):
-            log.warning("refused %s: KSN counter did not increase (replay)", type(msg).__name__)
-            return self._sign(h.HostError(code=2, reason=Reason.REPLAY_DETECTED, text="replayed request"), ksn)
-        terminal_id = getattr(msg, "terminal_id", None)
-        if terminal_id and self._outage_until.get(terminal_id, 0.0) > self.clock():
-            return None
-        try:
-            reply = self._dispatch(msg)
-        except HostRefused as exc:
-            reply = h.HostError(code=3, reason=Reason.OTHER, text=str(exc)[:60])
+        with self.store.write() as db:
+            if not self._ksn_fresh(db, "ksn_seen", ksn):
+                log.warning("refused %s: KSN counter did not increase (replay)", type(msg).__name__)
+                reply = h.HostError(code=2, reason=Reason.REPLAY_DETECTED, text="replayed request")
+            else:
+                terminal_id = getattr(msg, "terminal_id", None)
+                if terminal_id and self._outage_until.get(terminal_id, 0.0) > self.clock():
+                    reply = None
+                else:
+                    try:
+                        reply = self._dispatch(msg)
+                    except HostRefused as exc:  # its own changes are rolled back; the KSN stays consumed
+                        reply = h.HostError(code=3, reason=Reason.OTHER, text=str(exc)[:60])
         if reply is None:
             return None
         return self._sign(reply, ksn)
@@ -389,15 +399,20 @@ class Host:
             return reply
         return dataclasses.replace(unsigned, mac=mac)
 
-    def _ksn_increases(self, ksn: bytes) -> bool:
-        ikid, counter = (ksn[:8], int.from_bytes(ksn[8:], "big")) if len(ksn) == 12 else \
-            (ksn[:7] + bytes([ksn[7] & 0xE0]), int.from_bytes(ksn[-3:], "big") & 0x1FFFFF)
-        with self.store.write() as db:
-            row = db.execute("SELECT counter FROM ksn_seen WHERE ikid = ?", (ikid.hex(),)).fetchone()
-            if row is not None and counter <= row[0]:
-                return False
-            db.execute("INSERT OR REPLACE INTO ksn_seen VALUES (?, ?)", (ikid.hex(), counter))
-        return True
+    @staticmethod
+    def _ksn_parts(ksn: bytes) -> tuple[str, int]:
+        """(initial key id in hex, transaction counter) of an AES (12-byte) or TDES (10-byte) KSN."""
+        if len(ksn) == 12:
+            return ksn[:8].hex(), int.from_bytes(ksn[8:], "big")
+        return (ksn[:7] + bytes([ksn[7] & 0xE0])).hex(), int.from_bytes(ksn[-3:], "big") & 0x1FFFFF
+
+    def _ksn_fresh(self, db, table: str, ksn: bytes) -> bool:
+        """Record ``ksn`` in ``table`` if its counter is above the last one seen from its
+        initial key; False (nothing recorded) for a replay."""
+        ikid, counter = self._ksn_parts(ksn)
+        cur = db.execute(f"INSERT INTO {table} VALUES (?, ?) ON CONFLICT (ikid) DO UPDATE "
+                         f"SET counter = excluded.counter WHERE excluded.counter > counter", (ikid, counter))
+        return cur.rowcount == 1
 
     def _dispatch(self, msg: h.HostMessage) -> h.HostMessage | None:
         if isinstance(msg, h.LogonRequest):
@@ -463,35 +478,40 @@ class Host:
             if term is None:
                 return h.AuthResponse(order_id=msg.order_id, status=h.HostStatus.DECLINED,
                                       reason=Reason.TERMINAL_UNKNOWN)
-            existing = db.execute("SELECT * FROM trades WHERE merchant_id = ? AND order_id = ?",
+            params_hash = self._params_hash(msg)
+            existing = db.execute("SELECT trade_no, params_hash FROM trades WHERE merchant_id = ? AND order_id = ?",
                                   (term["merchant_id"], msg.order_id)).fetchone()
             if existing is not None:
-                if existing["params_hash"] != self._params_hash(msg):
+                if existing["params_hash"] != params_hash:
                     return h.AuthResponse(order_id=msg.order_id, status=h.HostStatus.DECLINED,
                                           reason=Reason.ORDER_CONFLICT,
                                           reason_text="order id reused with other parameters")
                 return self._answer(db, existing["trade_no"])
             trade_no = f"{datetime.fromtimestamp(now):%Y%m%d}{secrets.randbelow(10 ** 12):012d}"
-            db.execute("""INSERT INTO trades (trade_no, merchant_id, order_id, terminal_id, amount_minor, currency,
-                          status, params_hash, created_at, description) VALUES (?, ?, ?, ?, ?, ?, 'PROCESSING', ?, ?, ?)""",
-                       (trade_no, term["merchant_id"], msg.order_id, msg.terminal_id, msg.amount_minor, msg.currency,
-                        self._params_hash(msg), now, msg.description))
+            acct = code_reason = None
+            if msg.payment_code and not msg.dynamic_qr:
+                acct, code_reason = self._resolve_code(db, msg.payment_code, now)
+            # The trade is stored once with what is known so far; only its outcome is updated below.
+            db.execute("""INSERT INTO trades (trade_no, merchant_id, order_id, terminal_id, account_id, amount_minor,
+                          currency, status, params_hash, code_last4, created_at, asked_at, qr_data, description)
+                          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                       (trade_no, term["merchant_id"], msg.order_id, msg.terminal_id, acct["id"] if acct else None,
+                        msg.amount_minor, msg.currency, "SHOW_QR" if msg.dynamic_qr else "PROCESSING", params_hash,
+                        msg.payment_code[-4:] if msg.payment_code and not msg.dynamic_qr else None, now,
+                        now if msg.dynamic_qr else None,
+                        f"https://qr.posterm.test/p/{trade_no}" if msg.dynamic_qr else None, msg.description))
             if msg.dynamic_qr:
-                db.execute("UPDATE trades SET status = 'SHOW_QR', qr_data = ?, asked_at = ? WHERE trade_no = ?",
-                           (f"https://qr.posterm.test/p/{trade_no}", now, trade_no))
                 return self._answer(db, trade_no)
             if not msg.payment_code:
                 self._decline(db, trade_no, Reason.CODE_INVALID, "no payment code")
                 return self._answer(db, trade_no)
-            acct, code_reason = self._resolve_code(db, msg.payment_code, now)
-            db.execute("UPDATE trades SET code_last4 = ? WHERE trade_no = ?", (msg.payment_code[-4:], trade_no))
             if acct is None:
                 self._decline(db, trade_no, code_reason, code_reason.name.lower())
                 return self._answer(db, trade_no)
-            db.execute("UPDATE trades SET account_id = ? WHERE trade_no = ?", (acct["id"], trade_no))
             if acct["behaviour"] == "outage":
                 self._outage_until[msg.terminal_id] = now + self.outage_seconds
-            refusal = self._checks(db, acct, msg.amount_minor, msg.currency, term, trade_no)
+            spent = self._spent_today(db, acct)
+            refusal = self._checks(db, acct, msg.amount_minor, msg.currency, term, trade_no, spent)
             if refusal is not None and refusal[0] == "decline":
                 self._decline(db, trade_no, refusal[1], refusal[2])
             elif refusal is not None or msg.amount_minor > acct["password_free"] or \
@@ -499,7 +519,9 @@ class Host:
                 status = "WAIT_BUYER" if acct["confirm"] == "phone" else "NEED_PIN"
                 db.execute("UPDATE trades SET status = ?, asked_at = ? WHERE trade_no = ?", (status, now, trade_no))
             else:
-                self._capture(db, trade_no)
+                # Nothing in this transaction has changed the account or today's spending since
+                # _checks read them: capture with those values instead of reading them again.
+                self._capture_trade(db, trade_no, term["merchant_id"], msg.amount_minor, msg.currency, acct, spent)
             answer = self._answer(db, trade_no)
         if acct is not None and acct["behaviour"] == "outage":
             return None  # processed, but the answer is lost in the outage
@@ -517,8 +539,10 @@ class Host:
             db.execute("UPDATE payment_codes SET used_at = ? WHERE code_hash = ?", (now, row["code_hash"]))
         return self._require_account(db, row["account_id"]), Reason.NONE
 
-    def _checks(self, db, acct, amount: int, currency: str, term, trade_no: str):
-        """None to approve, ('confirm', ...) to ask the customer, ('decline', reason, text) to refuse."""
+    def _checks(self, db, acct, amount: int, currency: str, term, trade_no: str, spent: int | None = None):
+        """None to approve, ('confirm', ...) to ask the customer, ('decline', reason, text) to refuse.
+
+        ``spent``: the account's spending today, when the caller already has it."""
         if acct["frozen"]:
             return "decline", Reason.ACCOUNT_FROZEN, "account frozen"
         if currency != acct["currency"]:
@@ -527,7 +551,7 @@ class Host:
             return "decline", Reason.NOT_REAL_NAME_VERIFIED, "real-name verification needed"
         if amount > acct["per_tx_limit"]:
             return "decline", Reason.OVER_TRANSACTION_LIMIT, "over the per-transaction limit"
-        if self._spent_today(db, acct) + amount > acct["daily_limit"]:
+        if (self._spent_today(db, acct) if spent is None else spent) + amount > acct["daily_limit"]:
             return "decline", Reason.OVER_DAILY_LIMIT, "over the daily limit"
         decision = self._risk(db, acct, amount, term, trade_no)
         if decision.action == "reject":
@@ -538,17 +562,17 @@ class Host:
             return "confirm", Reason.NONE, "; ".join(decision.reasons)
         return None
 
-    def _day_bounds(self, acct) -> tuple[float, float]:
-        tz = ZoneInfo(acct["tz"])
-        local = datetime.fromtimestamp(self.clock(), tz)
-        start = local.replace(hour=0, minute=0, second=0, microsecond=0)
-        return start.timestamp(), (start + timedelta(days=1)).timestamp()
-
     def _spent_today(self, db, acct) -> int:
-        start, end = self._day_bounds(acct)
-        return db.execute("""SELECT COALESCE(SUM(amount_minor - refunded_minor), 0) FROM trades WHERE account_id = ?
-                             AND status IN ('APPROVED') AND paid_at >= ? AND paid_at < ?""",
-                          (acct["id"], start, end)).fetchone()[0]
+        row = db.execute("SELECT spent_minor FROM daily_spend WHERE account_id = ? AND day = ?",
+                         (acct["id"], local_day(self.clock(), acct["tz"]))).fetchone()
+        return row[0] if row else 0
+
+    def _add_spent(self, db, account_id: str, paid_at: float, delta: int, tz: str | None = None) -> None:
+        """Count ``delta`` in the account's daily total of the day ``paid_at`` falls on (its time zone)."""
+        if tz is None:
+            tz = db.execute("SELECT tz FROM accounts WHERE id = ?", (account_id,)).fetchone()[0]
+        db.execute("INSERT INTO daily_spend VALUES (?, ?, ?) ON CONFLICT (account_id, day) DO UPDATE "
+                   "SET spent_minor = spent_minor + excluded.spent_minor", (account_id, local_day(paid_at, tz), delta))
 
     def _risk(self, db, acct, amount: int, term, trade_no: str) -> risk.Decision:
         now = self.clock()
@@ -596,16 +620,24 @@ class Host:
         if t["status"] in FINAL:
             return
         acct = self._require_account(db, t["account_id"])
+        self._capture_trade(db, trade_no, t["merchant_id"], t["amount_minor"], t["currency"], acct,
+                            self._spent_today(db, acct))
+
+    def _capture_trade(self, db, trade_no: str, merchant_id: str, amount: int, currency: str, acct,
+                       spent: int) -> None:
+        """Capture a trade not yet final: ``acct`` and ``spent`` (today's spending) as read
+        in this transaction."""
         if acct["frozen"]:
             return self._decline(db, trade_no, Reason.ACCOUNT_FROZEN, "account frozen")
-        if t["amount_minor"] > acct["balance_minor"]:
+        if amount > acct["balance_minor"]:
             return self._decline(db, trade_no, Reason.INSUFFICIENT_BALANCE, "insufficient balance")
-        if self._spent_today(db, acct) + t["amount_minor"] > acct["daily_limit"]:
+        if spent + amount > acct["daily_limit"]:
             return self._decline(db, trade_no, Reason.OVER_DAILY_LIMIT, "over the daily limit")
-        self._move(db, trade_no, f"customer:{acct['id']}", f"merchant:{t['merchant_id']}", t["amount_minor"],
-                   t["currency"], "payment")
+        self._move(db, trade_no, f"customer:{acct['id']}", f"merchant:{merchant_id}", amount, currency, "payment")
+        now = self.clock()
         db.execute("UPDATE trades SET status = 'APPROVED', reason = 0, reason_text = '', paid_at = ? WHERE trade_no = ?",
-                   (self.clock(), trade_no))
+                   (now, trade_no))
+        self._add_spent(db, acct["id"], now, amount, acct["tz"])
 
     def _decline(self, db, trade_no: str, reason: int, text: str) -> None:
         db.execute("UPDATE trades SET status = 'DECLINED', reason = ?, reason_text = ? WHERE trade_no = ?",
@@ -716,6 +748,7 @@ class Host:
                                back, t["currency"], "reversal" if reversal else "cancel")
                 db.execute("UPDATE trades SET status = 'REFUNDED', refunded_minor = amount_minor WHERE trade_no = ?",
                            (t["trade_no"],))
+                self._add_spent(db, t["account_id"], t["paid_at"], -back)
             return self._answer(db, t["trade_no"])
 
     def _refund(self, msg: h.HostRefund) -> h.HostMessage:
@@ -750,6 +783,7 @@ class Host:
                        msg.amount_minor, t["currency"], "refund")
             total = t["refunded_minor"] + msg.amount_minor
             db.execute("UPDATE trades SET refunded_minor = ? WHERE trade_no = ?", (total, t["trade_no"]))
+            self._add_spent(db, t["account_id"], t["paid_at"], -msg.amount_minor)
             return h.RefundResponse(order_id=msg.order_id, refund_id=msg.refund_id, outcome=Outcome.APPROVED,
                                     amount_minor=msg.amount_minor, refunded_total_minor=total, currency=t["currency"])
 

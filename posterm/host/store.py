@@ -2,7 +2,9 @@
 
 WAL, ``synchronous=FULL`` (NORMAL may lose committed transactions on power loss),
 foreign keys on, one connection per thread, explicit ``BEGIN IMMEDIATE`` for every
-write so a read-check-write sequence cannot interleave with another writer.
+write so a read-check-write sequence cannot interleave with another writer. A
+:meth:`Store.write` inside another on the same thread is a savepoint of the outer
+transaction, so a terminal request and its replay bookkeeping commit (and fsync) once.
 """
 
 from __future__ import annotations
@@ -10,8 +12,10 @@ from __future__ import annotations
 import sqlite3
 import threading
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Iterator
+from zoneinfo import ZoneInfo
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -42,6 +46,8 @@ CREATE TABLE IF NOT EXISTS trades (
     UNIQUE (merchant_id, order_id), CHECK (refunded_minor <= amount_minor));
 CREATE INDEX IF NOT EXISTS trades_account ON trades (account_id, created_at);
 CREATE INDEX IF NOT EXISTS trades_terminal ON trades (terminal_id, created_at);
+CREATE INDEX IF NOT EXISTS trades_approved ON trades (account_id, paid_at, amount_minor, status)
+    WHERE status = 'APPROVED';
 CREATE TABLE IF NOT EXISTS refunds (
     refund_id TEXT PRIMARY KEY, trade_no TEXT NOT NULL REFERENCES trades(trade_no),
     amount_minor INTEGER NOT NULL CHECK (amount_minor > 0), currency TEXT NOT NULL, created_at REAL NOT NULL,
@@ -58,6 +64,7 @@ CREATE TABLE IF NOT EXISTS alerts (
     text TEXT NOT NULL, created_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS pin_failures (
     id INTEGER PRIMARY KEY, account_id TEXT NOT NULL, created_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS pin_failures_account ON pin_failures (account_id, created_at);
 CREATE TABLE IF NOT EXISTS cases (
     id INTEGER PRIMARY KEY, trade_no TEXT NOT NULL REFERENCES trades(trade_no), account_id TEXT,
     reason TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'open', created_at REAL NOT NULL);
@@ -65,6 +72,9 @@ CREATE TABLE IF NOT EXISTS settlements (
     id INTEGER PRIMARY KEY, terminal_id TEXT NOT NULL, batch_no INTEGER NOT NULL, totals TEXT NOT NULL,
     agrees INTEGER NOT NULL, created_at REAL NOT NULL, UNIQUE (terminal_id, batch_no));
 CREATE TABLE IF NOT EXISTS ksn_seen (ikid TEXT PRIMARY KEY, counter INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS daily_spend (
+    account_id TEXT NOT NULL, day TEXT NOT NULL, spent_minor INTEGER NOT NULL,
+    PRIMARY KEY (account_id, day)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS nonces (nonce TEXT PRIMARY KEY, seen_at REAL NOT NULL);
 """
 
@@ -78,7 +88,19 @@ class Store:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self.commits = 0   # outermost write transactions committed (a WAL fsync each, when it changed anything)
         self.conn().executescript(SCHEMA)
+        if self.read().execute("SELECT 1 FROM meta WHERE key = 'daily_spend'").fetchone() is None:
+            self._fill_daily_spend()
+
+    def _fill_daily_spend(self) -> None:
+        """Build ``daily_spend`` from the trades of a database made before it existed (once)."""
+        with self.write() as db:
+            if db.execute("SELECT 1 FROM meta WHERE key = 'daily_spend'").fetchone() is None:
+                db.execute("DELETE FROM daily_spend")
+                db.executemany("INSERT INTO daily_spend VALUES (?, ?, ?)",
+                               [(a, d, v) for (a, d), v in daily_spend_from_trades(db).items()])
+                db.execute("INSERT INTO meta VALUES ('daily_spend', '1')")
 
     def conn(self) -> sqlite3.Connection:
         c = getattr(self._local, "conn", None)
@@ -96,8 +118,22 @@ class Store:
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
-        """One durable transaction: BEGIN IMMEDIATE ... COMMIT (ROLLBACK on any error)."""
+        """One durable transaction: BEGIN IMMEDIATE ... COMMIT (ROLLBACK on any error).
+
+        Inside another ``write`` on this thread it is a savepoint instead: its changes are
+        undone if it raises, and made durable only when the outermost transaction commits.
+        """
         c = self.conn()
+        if c.in_transaction:
+            c.execute("SAVEPOINT nested")
+            try:
+                yield c
+            except BaseException:
+                c.execute("ROLLBACK TO nested")
+                c.execute("RELEASE nested")
+                raise
+            c.execute("RELEASE nested")
+            return
         c.execute("BEGIN IMMEDIATE")
         try:
             yield c
@@ -105,6 +141,7 @@ class Store:
             c.execute("ROLLBACK")
             raise
         c.execute("COMMIT")
+        self.commits += 1
 
     def read(self) -> sqlite3.Connection:
         return self.conn()
@@ -120,11 +157,32 @@ class Store:
         self._local = threading.local()
 
 
+def local_day(ts: float, tz: str) -> str:
+    """The date (YYYY-MM-DD) of ``ts`` in time zone ``tz``: the day a daily limit counts in."""
+    return datetime.fromtimestamp(ts, ZoneInfo(tz)).strftime("%Y-%m-%d")
+
+
+def daily_spend_from_trades(db: sqlite3.Connection) -> dict[tuple[str, str], int]:
+    """(account, local day) -> approved payments paid that day less their refunds, from the trades.
+
+    What the ``daily_spend`` table keeps up to date at each capture, refund and cancel, so
+    a daily-limit check is one lookup instead of a sum over the day's trades.
+    """
+    out: dict[tuple[str, str], int] = {}
+    for acct, paid_at, net, tz in db.execute(
+            """SELECT t.account_id, t.paid_at, t.amount_minor - t.refunded_minor, a.tz FROM trades t
+               JOIN accounts a ON a.id = t.account_id WHERE t.status = 'APPROVED'"""):
+        key = (acct, local_day(paid_at, tz))
+        out[key] = out.get(key, 0) + net
+    return out
+
+
 def check_ledger(db: sqlite3.Connection) -> list[str]:
     """Problems with the books (empty when they balance).
 
     Every ledger transaction sums to zero per currency; every customer's balance equals
-    its ledger entries; money issued equals what customers and merchants hold.
+    its ledger entries; money issued equals what customers and merchants hold; every
+    trade is charged what its status says; the daily-limit totals match the trades.
     """
     problems = []
     for row in db.execute("SELECT txn, currency, SUM(delta) s FROM ledger GROUP BY txn, currency HAVING s != 0"):
@@ -143,4 +201,11 @@ def check_ledger(db: sqlite3.Connection) -> list[str]:
         paid = row["amount_minor"] if row["status"] in ("APPROVED", "REFUNDED") else 0
         if row["charged"] != paid:
             problems.append(f"trade {row['trade_no']} ({row['status']}) charged {row['charged']}, expected {paid}")
+    expected = {k: v for k, v in daily_spend_from_trades(db).items() if v}
+    kept = {(r[0], r[1]): r[2] for r in db.execute("SELECT account_id, day, spent_minor FROM daily_spend "
+                                                    "WHERE spent_minor != 0")}
+    for key in sorted(set(expected) | set(kept)):
+        if expected.get(key, 0) != kept.get(key, 0):
+            problems.append(f"daily spend of {key[0]} on {key[1]} is {kept.get(key, 0)}, trades say "
+                            f"{expected.get(key, 0)}")
     return problems

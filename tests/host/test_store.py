@@ -1,0 +1,111 @@
+"""The host's store: one commit per terminal request, nested writes as savepoints, the
+daily-spend totals (kept, rebuilt for an older database, checked)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from firmware_protocol import host as h
+from firmware_protocol.host import HostStatus as S
+from posterm.host import Host
+from posterm.host.store import Store
+from tests.host.conftest import CODE
+from tests.host.test_host import enter_pin, pay, query
+
+
+def test_each_request_is_one_commit(host, term):
+    def commits(fn):
+        before = host.store.commits
+        r = fn()
+        return host.store.commits - before, r
+
+    n, r = commits(lambda: pay(term, 100, order="ONE-1"))
+    assert (n, r.status) == (1, S.APPROVED)
+    n, r = commits(lambda: pay(term, 100, CODE[3], order="ONE-2"))
+    assert (n, r.status) == (1, S.NEED_PIN)
+    n, r = commits(lambda: enter_pin(term, "ONE-2", CODE[3]))
+    assert (n, r.status) == (1, S.APPROVED)
+    assert commits(lambda: query(term, "ONE-1"))[0] == 1
+    n, r = commits(lambda: term.request(h.HostRefund(terminal_id=term.terminal_id, order_id="ONE-1", refund_id="OR-1",
+                                                     amount_minor=50, currency="CNY"), 5))
+    assert n == 1 and r.refunded_total_minor == 50
+
+
+def test_the_ksn_and_the_payment_commit_together(host, term):
+    signed = term.sign(h.AuthRequest(terminal_id=term.terminal_id, order_id="TOG-1", amount_minor=100, currency="CNY",
+                                     payment_code=CODE[1]))
+    db = sqlite3.connect(host.store.path)
+    before = db.execute("SELECT counter FROM ksn_seen").fetchall()
+    boom = "CREATE TEMP TRIGGER boom BEFORE INSERT ON ledger BEGIN SELECT RAISE(ABORT, 'disk gone'); END"
+    host.store.conn().execute(boom)  # the host's own connection: its capture fails half-way ...
+    with pytest.raises(sqlite3.IntegrityError):
+        host.handle(signed)
+    host.store.conn().execute("DROP TRIGGER temp.boom")
+    assert db.execute("SELECT counter FROM ksn_seen").fetchall() == before  # ... so its KSN was not consumed
+    assert db.execute("SELECT COUNT(*) FROM trades WHERE order_id = 'TOG-1'").fetchone()[0] == 0
+    assert host.handle(signed).status is S.APPROVED  # and the very request can still be processed, once
+    assert isinstance(host.handle(signed), h.HostError)
+
+
+def test_nested_write_is_a_savepoint(tmp_path):
+    store = Store(tmp_path / "s.db")
+    first = store.commits
+    with store.write() as db:
+        db.execute("INSERT INTO meta VALUES ('outer', '1')")
+        with pytest.raises(RuntimeError):
+            with store.write() as inner:
+                inner.execute("INSERT INTO meta VALUES ('inner', '1')")
+                raise RuntimeError
+        with store.write() as inner:
+            inner.execute("INSERT INTO meta VALUES ('inner2', '1')")
+    keys = {r[0] for r in sqlite3.connect(store.path).execute("SELECT key FROM meta")}
+    assert {"outer", "inner2"} <= keys and "inner" not in keys
+    assert store.commits == first + 1
+    store.close()
+
+
+def test_refunds_and_cancels_give_back_daily_limit(host, term):
+    host.set_limits("demo-001", daily_limit=1000, password_free=1000)
+    pay(term, 600, order="DL-1")
+    pay(term, 400, order="DL-2")
+    assert pay(term, 1).reason == h.Reason.OVER_DAILY_LIMIT
+    term.request(h.HostRefund(terminal_id=term.terminal_id, order_id="DL-1", refund_id="DLR-1", amount_minor=100,
+                              currency="CNY"), 5)
+    assert pay(term, 100, order="DL-3").status is S.APPROVED
+    assert pay(term, 1).reason == h.Reason.OVER_DAILY_LIMIT
+    term.request(h.HostCancel(terminal_id=term.terminal_id, order_id="DL-2"), 5)
+    assert pay(term, 400, order="DL-4").status is S.APPROVED
+    assert pay(term, 1).reason == h.Reason.OVER_DAILY_LIMIT
+
+
+def test_daily_spend_rebuilt_for_an_older_database(tmp_path, clock):
+    path = tmp_path / "old.db"
+    host = Host.open(path, clock=clock)
+    from tests.host.conftest import terminal
+
+    term = terminal(host)
+    host.set_limits("demo-001", daily_limit=1000, password_free=1000)
+    pay(term, 700, order="OLD-1")
+    host.close()
+    db = sqlite3.connect(path)  # a database from before the daily_spend table
+    db.execute("DROP TABLE daily_spend")
+    db.execute("DELETE FROM meta")
+    db.commit()
+    db.close()
+    host = Host.open(path, clock=clock)
+    term = terminal(host, "T0000002")
+    assert host.check_books() == []
+    assert pay(term, 301).reason == h.Reason.OVER_DAILY_LIMIT
+    assert pay(term, 300).status is S.APPROVED
+    host.close()
+
+
+def test_books_check_sees_a_wrong_daily_total(host, term):
+    pay(term, 100)
+    host.store.conn().execute("UPDATE daily_spend SET spent_minor = spent_minor + 1")
+    problems = host.check_books()
+    assert problems and "daily spend of demo-001" in problems[0]
+    host.store.conn().execute("UPDATE daily_spend SET spent_minor = spent_minor - 1")
+
