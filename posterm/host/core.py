@@ -692,6 +692,9 @@ class Host:
             if acct["verifier"] is None:
                 self._decline(db, t["trade_no"], Reason.WRONG_PIN, "no payment password set")
                 return self._answer(db, t["trade_no"])
+            refused = self._pin_ksn_refusal(db, msg)
+            if refused is not None:
+                return refused
             check = self.hsm.verify_pin(ksn=msg.pin_ksn, pin_block=msg.pin_block, pin_format=msg.pin_format,
                                         pan=self._pan_for(t), verifier=acct["verifier"], tries_used=acct["pin_tries"])
             if check.match:
@@ -708,6 +711,23 @@ class Host:
                                   reason_text="wrong payment password", amount_minor=t["amount_minor"],
                                   currency=t["currency"], code_last4=t["code_last4"],
                                   pin_tries_left=check.tries_left)
+
+    def _pin_ksn_refusal(self, db, msg: h.PinVerify) -> h.HostError | None:
+        """Refuse a PIN block that is not fresh from the requesting terminal's own PIN pad.
+
+        Its KSN must share the request's initial key (same device) and its counter must be
+        above the last PIN block accepted from that device, which is then recorded; the
+        request KSN guard cannot serve, as a PIN block's counter comes before its request's.
+        A refusal uses no PIN try and leaves the trade waiting for a PIN.
+        """
+        pin_ksn, req_ksn = bytes(msg.pin_ksn), bytes(msg.ksn or b"")
+        if len(pin_ksn) != len(req_ksn) or self._ksn_parts(pin_ksn)[0] != self._ksn_parts(req_ksn)[0]:
+            log.warning("refused PinVerify from %s: PIN block KSN is not this terminal's device", msg.terminal_id)
+            return h.HostError(code=6, reason=Reason.KEY_ERROR, text="PIN block from another device")
+        if not self._ksn_fresh(db, "pin_ksn_seen", pin_ksn):
+            log.warning("refused PinVerify from %s: PIN block KSN counter did not increase (replay)", msg.terminal_id)
+            return h.HostError(code=2, reason=Reason.REPLAY_DETECTED, text="replayed PIN block")
+        return None
 
     def _pan_for(self, t) -> str:
         """The PIN block is bound to the payment code; we keep only its hash, so the terminal's

@@ -72,6 +72,7 @@ CREATE TABLE IF NOT EXISTS settlements (
     id INTEGER PRIMARY KEY, terminal_id TEXT NOT NULL, batch_no INTEGER NOT NULL, totals TEXT NOT NULL,
     agrees INTEGER NOT NULL, created_at REAL NOT NULL, UNIQUE (terminal_id, batch_no));
 CREATE TABLE IF NOT EXISTS ksn_seen (ikid TEXT PRIMARY KEY, counter INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS pin_ksn_seen (ikid TEXT PRIMARY KEY, counter INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS daily_spend (
     account_id TEXT NOT NULL, day TEXT NOT NULL, spent_minor INTEGER NOT NULL,
     PRIMARY KEY (account_id, day)) WITHOUT ROWID;

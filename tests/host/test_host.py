@@ -228,6 +228,49 @@ def test_replay_and_bad_mac_refused(term, host):
     assert host.handle(unsigned).reason == Reason.MAC_INVALID
 
 
+def pin_verify(term, order, code, pin=PIN) -> h.PinVerify:
+    """A PinVerify with a freshly entered PIN block (not yet sent)."""
+    sm = term.module
+    sm.begin_pin_entry(pin_pan(code[-4:]))
+    for d in pin:
+        sm.press(d)
+    e = sm.finish()
+    return h.PinVerify(terminal_id=term.terminal_id, order_id=order, pin_block=e.block, pin_ksn=e.ksn,
+                       pin_format=e.format)
+
+
+def test_replayed_pin_block_refused_without_using_a_try(term, host):
+    pay(term, 100, CODE[3], order="PR-1")
+    wrong = pin_verify(term, "PR-1", CODE[3], "000000")
+    assert term.request(wrong, 5).pin_tries_left == 2
+    again = term.request(wrong, 5)            # the same PIN block in a fresh, correctly MAC'd request
+    assert isinstance(again, h.HostError) and (again.code, again.reason) == (2, Reason.REPLAY_DETECTED)
+    assert host.account("demo-003")["pin_tries"] == 1      # the replay used no try
+    assert query(term, "PR-1").status is S.NEED_PIN        # and the payment still waits for the PIN
+    right = pin_verify(term, "PR-1", CODE[3])
+    assert term.request(right, 5).status is S.APPROVED
+    # A PIN block captured from that payment, offered for the next one: refused, not verified.
+    pay(term, 100, CODE[3], order="PR-2")
+    stolen = dataclasses.replace(right, order_id="PR-2")
+    r = term.request(stolen, 5)
+    assert isinstance(r, h.HostError) and r.reason == Reason.REPLAY_DETECTED
+    assert query(term, "PR-2").status is S.NEED_PIN
+    assert term.request(pin_verify(term, "PR-2", CODE[3]), 5).status is S.APPROVED
+
+
+def test_pin_block_from_another_terminals_pin_pad_refused(host, term):
+    other = terminal(host, "T0000002")
+    pay(term, 100, CODE[3], order="PO-1")
+    foreign = pin_verify(other, "PO-1", CODE[3])             # right PIN, another device's key
+    r = term.request(dataclasses.replace(foreign, terminal_id=term.terminal_id), 5)
+    assert isinstance(r, h.HostError) and (r.code, r.reason) == (6, Reason.KEY_ERROR)
+    assert query(term, "PO-1").status is S.NEED_PIN
+    assert host.account("demo-003")["pin_tries"] == 0
+    # That PIN block was not consumed on its own device either: T0000002 can still use fresh ones.
+    pay(other, 100, CODE[3], order="PO-2")
+    assert other.request(pin_verify(other, "PO-2", CODE[3]), 5).status is S.APPROVED
+
+
 def test_unknown_terminal_and_replayed_logon_refused(host):
     from posterm.emulator.hostlink import HostRefusedLogon
 
