@@ -5,10 +5,12 @@ foreign keys on, one connection per thread, explicit ``BEGIN IMMEDIATE`` for eve
 write so a read-check-write sequence cannot interleave with another writer. A
 :meth:`Store.write` inside another on the same thread is a savepoint of the outer
 transaction, so a terminal request and its replay bookkeeping commit (and fsync) once.
+The database file is created 0600; SQLite gives ``-wal`` and ``-shm`` the same mode.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -86,6 +88,10 @@ class Store:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:  # before SQLite creates it with the umask's mode (often 0644: the books world-readable)
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()

@@ -1,9 +1,11 @@
 """The host's store: one commit per terminal request, nested writes as savepoints, the
-daily-spend totals (kept, rebuilt for an older database, checked)."""
+daily-spend totals (kept, rebuilt for an older database, checked), file modes."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 
 import pytest
 
@@ -109,3 +111,38 @@ def test_books_check_sees_a_wrong_daily_total(host, term):
     assert problems and "daily spend of demo-001" in problems[0]
     host.store.conn().execute("UPDATE daily_spend SET spent_minor = spent_minor - 1")
 
+
+@pytest.mark.parametrize("umask", [0o022, 0o000])
+def test_database_and_hsm_are_private(tmp_path, monkeypatch, umask):
+    monkeypatch.setenv("POSTERM_HOME", str(tmp_path / "home"))  # --db outside POSTERM_HOME
+    old = os.umask(umask)
+    try:
+        host = Host.open(tmp_path / "elsewhere" / "host.db")
+    finally:
+        os.umask(old)
+    db = host.store.path
+    host.store.conn().execute("INSERT INTO meta VALUES ('x', 'y')")  # the WAL and its index exist now
+    for p in (db, db.with_name("host.db-wal"), db.with_name("host.db-shm")):
+        assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
+    hsm = db.parent / "hsm"
+    assert stat.S_IMODE(hsm.stat().st_mode) == 0o700
+    files = list(hsm.iterdir())
+    assert {p.name for p in files} == {"hsm.keys", "hsm.keys.devkey"}
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in files)
+    host.close()
+
+
+def test_cli_on_a_new_db_outside_home_makes_private_files(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from posterm.cli import main
+
+    monkeypatch.setenv("POSTERM_HOME", str(tmp_path / "home"))
+    old = os.umask(0o022)
+    try:
+        r = CliRunner().invoke(main, ["host", "trades", "--db", str(tmp_path / "x" / "host.db")])
+    finally:
+        os.umask(old)
+    assert r.exit_code == 0, r.output
+    assert stat.S_IMODE((tmp_path / "x" / "host.db").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "x" / "hsm").stat().st_mode) == 0o700
