@@ -35,7 +35,9 @@ def host_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-def open_host(db_path: str | None, demo: bool = True, **kw: Any):
+def open_host(db_path: str | None, demo: bool = False, **kw: Any):
+    """The host for one command. Only ``serve`` loads the demo data (see the group's help):
+    an administrative command on a new database must not fill it with demo accounts."""
     from posterm.host import Host
 
     return Host.open(db_path, demo=demo, **kw)
@@ -54,16 +56,18 @@ def money(amount: str, currency: str) -> int:
 def host() -> None:
     """The emulated payment host: serve it, manage accounts, read trades, bills and cases.
 
-    Every command takes --db (default $POSTERM_HOME/host.db). An empty database is
-    loaded with demo data (merchant M100000001, terminals T0000001..T0000064, and the
-    test payment codes 289900000000000001..008; see docs/host.md).
+    Every command takes --db (default $POSTERM_HOME/host.db). `serve` (unless --no-demo),
+    like `posterm emulate` and `posterm demo`, loads the demo data into a database with
+    no merchant yet (merchant M100000001, terminals T0000001..T0000064, and the test
+    payment codes 289900000000000001..008; see docs/host.md). The other commands never
+    load it.
     """
 
 
 @host.command()
 @click.option("--listen", default="127.0.0.1:0", show_default=True, help="HOST:PORT (loopback by default).")
 @click.option("--allow-remote", is_flag=True, help="Allow a non-loopback listen address.")
-@click.option("--no-demo", is_flag=True, help="Do not load demo data into an empty database.")
+@click.option("--no-demo", is_flag=True, help="Do not load the demo data into a database with no merchant.")
 @click.option("--risk-rules", type=click.Path(exists=True, dir_okay=False), help="Risk rules TOML.")
 @click.option("--outage-seconds", type=click.FloatRange(0, 3600), default=30.0, show_default=True,
               help="How long test code ...006 keeps the host silent.")

@@ -95,7 +95,11 @@ class Host:
     def open(cls, db_path: str | Path | None = None, *, hsm: Hsm | None = None, demo: bool = True,
              clock: Callable[[], float] = time.time, risk_config: str | Path | dict | None = None,
              outage_seconds: float = 30.0, phone_delay: float = 2.0) -> "Host":
-        """Open the host database (default ``$POSTERM_HOME/host.db``), loading demo data into an empty one."""
+        """Open the host database (default ``$POSTERM_HOME/host.db``).
+
+        With ``demo`` (the default, as the emulator wants) the demo data is loaded into a
+        database with no merchant yet; ``posterm host`` commands other than ``serve`` pass False.
+        """
         from posterm.home import posterm_home
 
         path = Path(db_path) if db_path else posterm_home() / "host.db"

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 import time
@@ -54,3 +55,41 @@ def test_serve_prints_address_and_stops_on_sigterm(tmp_path):
     finally:
         p.terminate()
         assert p.wait(10) == 0
+
+
+def _serve_once(db, *extra):
+    p = subprocess.Popen([sys.executable, "-m", "posterm", "host", "serve", "--db", str(db), *extra],
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().startswith("tcp://127.0.0.1:")
+    finally:
+        p.terminate()
+        assert p.wait(10) == 0
+
+
+def _merchants_and_accounts(db):
+    c = sqlite3.connect(db)
+    try:
+        return ([r[0] for r in c.execute("SELECT id FROM merchants")],
+                sorted(r[0] for r in c.execute("SELECT id FROM accounts")))
+    finally:
+        c.close()
+
+
+def test_only_serve_loads_the_demo_data(tmp_path):
+    db = tmp_path / "host.db"
+    assert json.loads(run(db, "trades", "--json")[1]) == []
+    assert run(db, "cases")[0] == 0
+    code, out = run(db, "account", "show", "demo-001")
+    assert code == 1 and "no account demo-001" in out
+    assert run(db, "account", "add", "erin", "--name", "Erin", "--balance", "1.00")[0] == 0
+    assert run(db, "wallet", "code", "erin")[0] == 0
+    assert run(db, "security", "erin")[0] == 0
+    assert run(db, "bill", "erin", "--month", "2026-12")[0] == 0
+    assert _merchants_and_accounts(db) == ([], ["erin"])       # no command above seeded it
+    _serve_once(db, "--no-demo")
+    assert _merchants_and_accounts(db) == ([], ["erin"])
+    _serve_once(db)                                              # no merchant yet: serve loads the demo
+    merchants, accounts = _merchants_and_accounts(db)
+    assert merchants == ["M100000001"] and "demo-001" in accounts and "erin" in accounts
+    assert run(db, "account", "show", "demo-001")[0] == 0
