@@ -161,6 +161,7 @@ class _Flow:
     progress: m.Progress | None = None
     final: Message | None = None
     last_reply: h.HostMessage | None = None
+    reached_host: bool = False                   # a request of this flow may have been processed
     key_reason: Reason = Reason.NONE
     batch_no: int = 0
     totals: tuple[m.Totals, ...] = ()
@@ -206,6 +207,7 @@ class Firmware:
         self.config = self.base_config
         self.state = S.IDLE
         self.host_online = True
+        self.host_refusal: int | None = None     # why the host refused our logon (a Reason), until it accepts
         self.scenario_results: list[ScenarioResult] = []
         self._scripts: list[PaymentScript] = []
         self.set_scenario(scenario)
@@ -296,18 +298,40 @@ class Firmware:
             self._send(m.Error(code=m.ErrorCode.UNKNOWN_MESSAGE, text=f"{type(msg).__name__} is not a request",
                                in_reply_to=msg.TYPE))
 
-    def on_host_reply(self, token: int, reply: h.HostMessage | None, now: float, error: str = "") -> None:
-        """The host's answer to HostCall ``token``; ``None`` when it did not answer (``error`` says why)."""
+    def on_logon(self, refused: int | None, now: float, error: str = "") -> None:
+        """What came of a logon tried outside a request (at start): accepted (``refused``
+        None, ``error`` empty), refused (``refused`` = the host's Reason) or no answer."""
+        self._now = now
+        self.host_online = refused is None and not error
+        self.host_refusal = refused
+
+    def on_host_reply(self, token: int, reply: h.HostMessage | None, now: float, error: str = "",
+                      refused: int | None = None) -> None:
+        """The host's answer to HostCall ``token``; ``None`` when it did not answer (``error`` says why).
+
+        ``refused``: the host refused this terminal's logon (a Reason, e.g. TERMINAL_UNKNOWN),
+        so the request was never processed there.
+        """
         self._now = now
         self.host_online = reply is not None
-        if reply is None:
+        if refused or reply is not None:
+            self.host_refusal = refused or None
+        if reply is None and not refused:
             log.info("%s: host did not answer: %s", self.identity.terminal_id, error or "timeout")
+        flow = self._flow
+        if refused:
+            # Nothing of this request happened at the host; where nothing of the flow did
+            # either, the host's refusal is the answer (a payment is declined: not charged).
+            # A flow the host may already have acted on treats it as silence and finds out later.
+            if not (flow is not None and flow.inflight == token and flow.reached_host):
+                reply = h.HostError(code=0, reason=refused, text="logon refused")
+        elif flow is not None and flow.inflight == token and flow.sent != "check":
+            flow.reached_host = True
         side = self._side.pop(token, None)
         if side is not None:
             self._side_by_order.pop(side.order_id, None)
             self._on_side_reply(side, reply)
             return
-        flow = self._flow
         if flow is None or flow.inflight != token:
             log.debug("stale host answer for token %d dropped", token)
             return

@@ -12,6 +12,7 @@ import os
 import threading
 
 from firmware_protocol import host as h
+from firmware_protocol.messages import Reason
 from firmware_protocol.tlv import encode as tlv_encode
 
 from posterm.crypto.terminal import SecureModule
@@ -19,7 +20,16 @@ from posterm.errors import PosError, PosTimeout, RemoteProtocolError
 
 
 class HostRefusedLogon(PosError):
-    """The host refused this terminal's logon (unknown terminal, bad proof, replay)."""
+    """The host refused this terminal's logon (unknown terminal, bad proof, replay).
+
+    ``reason`` is the :class:`~firmware_protocol.messages.Reason` the host gave
+    (``MAC_INVALID`` when the host's own proof was wrong). The request that needed the
+    logon was not processed by the host.
+    """
+
+    def __init__(self, text: str, reason: int = Reason.OTHER) -> None:
+        super().__init__(text)
+        self.reason = int(reason) or int(Reason.OTHER)
 
 
 class SignedHostLink:
@@ -59,14 +69,18 @@ class SignedHostLink:
                 terminal_id=self.terminal_id, merchant_id=self.merchant_id, firmware_version=self.firmware_version,
                 location=self.location, terminal_nonce=tn), timeout)
             if isinstance(challenge, h.LogonResult):
-                raise HostRefusedLogon(f"host refused logon of {self.terminal_id}: reason {challenge.reason}")
+                raise HostRefusedLogon(f"host refused logon of {self.terminal_id}: {_reason_name(challenge.reason)}",
+                                       challenge.reason)
+            if isinstance(challenge, h.HostError) and challenge.reason:
+                raise HostRefusedLogon(f"host refused logon of {self.terminal_id}: {_reason_name(challenge.reason)}"
+                                       f" ({challenge.text})", challenge.reason)
             if not isinstance(challenge, h.LogonChallenge):
                 raise RemoteProtocolError(f"expected LogonChallenge, got {type(challenge).__name__}")
             # The challenge came under the LogonRequest's KSN: that answer's MAC already proved
             # the host holds our keys; its proof binds both nonces.
             ksn = challenge.ksn
             if not self.module.verify_response_mac(ksn, b"H" + tn + challenge.host_nonce, challenge.host_proof):
-                raise HostRefusedLogon("the host's logon proof is wrong: not our host")
+                raise HostRefusedLogon("the host's logon proof is wrong: not our host", Reason.MAC_INVALID)
             confirm = h.LogonConfirm(terminal_id=self.terminal_id, terminal_proof=b"\x00" * 8)
             signed_ksn = self.module.next_ksn()
             proof = self.module.request_mac(signed_ksn, b"T" + challenge.host_nonce + tn)
@@ -78,7 +92,8 @@ class SignedHostLink:
                                                                    result.mac)):
                 raise RemoteProtocolError("logon result has a bad MAC")
             if not isinstance(result, h.LogonResult) or not result.accepted:
-                raise HostRefusedLogon(f"host refused logon: {getattr(result, 'reason', result)}")
+                reason = int(getattr(result, "reason", 0) or Reason.OTHER)
+                raise HostRefusedLogon(f"host refused logon of {self.terminal_id}: {_reason_name(reason)}", reason)
             self.logged_on, self.session_id = True, result.session_id
             return result.session_id or ""
 
@@ -92,3 +107,10 @@ class SignedHostLink:
             self.logon(timeout)
             reply = self._exchange(msg, timeout)
         return reply
+
+
+def _reason_name(code: int) -> str:
+    try:
+        return Reason(code).name
+    except ValueError:
+        return f"reason {code}"

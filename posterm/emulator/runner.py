@@ -29,7 +29,7 @@ from firmware_protocol import messages as m
 
 from posterm.crypto.terminal import OperatorPassword, SecureModule
 from posterm.emulator.firmware import Firmware, FirmwareConfig, Identity
-from posterm.emulator.hostlink import SignedHostLink
+from posterm.emulator.hostlink import HostRefusedLogon, SignedHostLink
 from posterm.emulator.journal import TerminalJournal
 from posterm.emulator.peripherals import OperatorKeypad, PinPad
 from posterm.emulator.scenario import Scenario, load_scenario
@@ -116,6 +116,7 @@ class EmulatedTerminal:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self._stop = threading.Event()
+        self._refused: int | None = None    # the host's last logon refusal (logged once at error level)
         self.error: BaseException | None = None
         self.bytes_received = 0             # wire bytes ECR -> terminal (for the wire-bound benchmark)
         self.bytes_sent = 0                 # wire bytes terminal -> ECR
@@ -197,6 +198,9 @@ class EmulatedTerminal:
         term = cls(transport, port, firmware, hostlink, host=embedded, listener=listener, journal=journal,
                    faults=faults, record=record, line_link=line_link, protocol=fam.name)
         firmware.start(time.monotonic())
+        # Log on now, not at the first payment: a host that refuses this terminal shows at
+        # once (an error in the log, Status.host_online False), not as a failed sale.
+        term._calls.put(("logon", None))
         term._worker.start()
         term._line.start()
         return term
@@ -218,10 +222,15 @@ class EmulatedTerminal:
     # ------------------------------------------------------------------ the handle
 
     def set_scenario(self, scenario: str | Path | Scenario | None) -> None:
+        """Replace the customer scripts; the next payment takes the first. Returns once the
+        firmware has them (straight to the line thread, never queued behind a host request)."""
         if isinstance(scenario, (str, Path)):
             scenario = load_scenario(scenario)
-        self._calls.put(("scenario", scenario))
+        applied = threading.Event()
+        self._replies.put(("scenario", (scenario, applied)))
         self._wake()
+        if self._line.is_alive():
+            applied.wait(5.0)
 
     def receipts(self) -> list:
         return self.journal.receipts()
@@ -274,18 +283,40 @@ class EmulatedTerminal:
             if item is None:
                 return
             kind, payload = item
-            if kind == "scenario":
-                self._replies.put(("scenario", payload))
+            if kind == "logon":
+                refused, err = None, ""
+                try:
+                    self.hostlink.logon(self.firmware.config.host_timeout)
+                except HostRefusedLogon as exc:
+                    refused, err = self._note_refusal(exc), type(exc).__name__
+                except PosError as exc:
+                    err = type(exc).__name__
+                    log.info("%s: could not log on to the host yet: %s", self.terminal_id, exc)
+                else:
+                    self._refused = None
+                self._replies.put(("logon", (refused, err)))
             elif kind == "call":
+                refused = None
                 try:
                     reply, err = self.hostlink.request(payload.message, payload.timeout), ""
+                    self._refused = None
+                except HostRefusedLogon as exc:
+                    reply, err, refused = None, type(exc).__name__, self._note_refusal(exc)
                 except PosError as exc:
                     reply, err = None, type(exc).__name__
                     log.info("%s: host: %s", self.terminal_id, exc)
-                self._replies.put(("reply", (payload.token, reply, err)))
+                self._replies.put(("reply", (payload.token, reply, err, refused)))
             elif kind == "wallet":
                 self._wallet(payload)
             self._wake()
+
+    def _note_refusal(self, exc: HostRefusedLogon) -> int:
+        """Log a refused logon: at error level when it starts (or its reason changes), then quieter."""
+        level = logging.INFO if self._refused == exc.reason else logging.ERROR
+        self._refused = exc.reason
+        log.log(level, "%s: %s (every host request fails until the host accepts this terminal)",
+                self.terminal_id, exc)
+        return exc.reason
 
     def _wallet(self, call) -> None:
         if self.host is None:
@@ -361,9 +392,13 @@ class EmulatedTerminal:
             except queue.Empty:
                 break
             if kind == "reply":
-                fw.on_host_reply(*payload[:2], now, payload[2])
+                token, reply, err, refused = payload
+                fw.on_host_reply(token, reply, now, err, refused=refused)
+            elif kind == "logon":
+                fw.on_logon(payload[0], now, payload[1])
             elif kind == "scenario":
-                fw.set_scenario(payload)
+                fw.set_scenario(payload[0])
+                payload[1].set()
         fw.tick(now)
         for call in fw.take_host_calls():
             self._calls.put(("call", call))

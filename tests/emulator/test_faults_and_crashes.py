@@ -3,6 +3,7 @@ definite outcome that matches the host's ledger."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from firmware_protocol.messages import Outcome
+from firmware_protocol.messages import Outcome, Reason
 from posterm.driver import Terminal
 from posterm.emulator.firmware import FirmwareConfig
 from posterm.emulator.runner import EmulatedTerminal
@@ -123,3 +124,22 @@ def _try(fn):
         return fn()
     except PosError as exc:
         return exc
+
+
+def test_a_terminal_the_host_does_not_know_is_told_so_not_left_unknown(tmp_path, caplog):
+    # The demo data registers T0000001..T0000064 only.
+    with caplog.at_level(logging.INFO, logger="posterm.emulator"):
+        with EmulatedTerminal.start(home=tmp_path, terminal_id="T0000099") as emu:
+            with Terminal.open(emu.port, journal=str(tmp_path / "d.db")) as term:
+                deadline = time.monotonic() + 10        # the terminal logs on as it starts
+                while term.status().host_online and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert term.status().host_online is False
+                r = term.pay(100, "CNY", payment_code=CODE[1], timeout=30)
+                assert (r.outcome, r.reason) == (Outcome.DECLINED, Reason.TERMINAL_UNKNOWN)
+                st = term.status()
+                assert st.host_online is False and st.unfinished == 0
+            assert emu.host.order_status(r.order_id) is None            # the host never saw it
+    refusals = [rec for rec in caplog.records if "refused" in rec.getMessage()]
+    assert refusals and refusals[0].levelno == logging.ERROR
+    assert "TERMINAL_UNKNOWN" in refusals[0].getMessage()

@@ -106,3 +106,20 @@ def test_password_free_cancel_asks_the_host_first_when_the_terminal_does_not_kno
         assert fw.take_host_calls() == []
         (r,) = _finish(fw, 1.2)
         assert (r.outcome, r.reason) == (m.Outcome.DECLINED, m.Reason.OPERATOR_PASSWORD_WRONG)
+
+
+# ------------------------------------------------------------------ the host refuses this terminal's logon
+
+
+def test_a_refused_logon_declines_the_payment_and_says_host_offline(fw):
+    fw.on_message(m.PayRequest(amount_minor=100, currency="CNY", order_id="R-1",
+                               payment_code="289900000000000001"), 1.0)
+    (call,) = fw.take_host_calls()
+    fw.on_host_reply(call.token, None, 1.1, "HostRefusedLogon", refused=m.Reason.TERMINAL_UNKNOWN)
+    (r,) = _finish(fw, 1.2)
+    # The request never reached the host (it was refused at logon): nothing was charged.
+    assert (r.outcome, r.reason) == (m.Outcome.DECLINED, m.Reason.TERMINAL_UNKNOWN)
+    assert fw.take_host_calls() == []                               # no query, no reversal
+    st = fw.status()
+    assert not st.host_online and st.unfinished == 0
+    assert fw.host_refusal == m.Reason.TERMINAL_UNKNOWN
