@@ -164,7 +164,7 @@ def account_show(account_id, as_json, db_path):
     if as_json:
         emit_json(a)
     else:
-        for k, v in a.items():
+        for k, v in _iso_text(a).items():
             click.echo(f"{k:<16} {v}")
 
 
@@ -364,7 +364,15 @@ def cases(as_json, db_path):
         rows = h.cases()
     finally:
         h.close()
-    _table(rows, as_json, False)
+    _table(rows if as_json else [_iso_text(r) for r in rows], as_json, False)
+
+
+def _iso_text(row: dict) -> dict:
+    """For text output: ``created_at`` shown as its ISO 8601 form (JSON keeps both fields)."""
+    out = dict(row)
+    if "created_at_iso" in out:
+        out["created_at"] = out.pop("created_at_iso")
+    return out
 
 
 def _table(rows: list[dict], as_json: bool, as_csv: bool) -> None:

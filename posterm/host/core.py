@@ -67,7 +67,12 @@ class TradeView:
                 "currency": self.currency, "status": self.status.lower(),
                 "reason": Reason(self.reason).name.lower() if self.reason in Reason._value2member_map_ else self.reason,
                 "refunded_minor": self.refunded_minor,
-                "created_at": datetime.fromtimestamp(self.created_at).astimezone().isoformat(timespec="seconds")}
+                "created_at": iso_time(self.created_at)}
+
+
+def iso_time(ts: float) -> str:
+    """``ts`` (epoch seconds) as ISO 8601 in the machine's time zone, with its offset, to the second."""
+    return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
 
 
 def code_hash(code: str) -> str:
@@ -174,6 +179,7 @@ class Host:
             raise HostRefused(f"no account {account_id}")
         out = {k: row[k] for k in row.keys() if k != "verifier"}
         out["password_set"] = row["verifier"] is not None
+        out["created_at_iso"] = iso_time(row["created_at"])
         return out
 
     def set_limits(self, account_id: str, **limits: int) -> None:
@@ -266,7 +272,10 @@ class Host:
             return int(cur.lastrowid)
 
     def cases(self) -> list[dict[str, Any]]:
-        return [dict(r) for r in self.store.read().execute("SELECT * FROM cases ORDER BY id")]
+        """Every case, oldest first: the table's columns (``created_at`` in epoch seconds)
+        and ``created_at_iso`` (ISO 8601 with the machine's offset)."""
+        return [dict(r) | {"created_at_iso": iso_time(r["created_at"])}
+                for r in self.store.read().execute("SELECT * FROM cases ORDER BY id")]
 
     def trades(self, *, terminal: str | None = None, date: str | None = None, account: str | None = None,
                month: str | None = None) -> list[TradeView]:

@@ -93,3 +93,41 @@ def test_only_serve_loads_the_demo_data(tmp_path):
     merchants, accounts = _merchants_and_accounts(db)
     assert merchants == ["M100000001"] and "demo-001" in accounts and "erin" in accounts
     assert run(db, "account", "show", "demo-001")[0] == 0
+
+
+ISO = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d"
+
+
+def test_text_output_prints_times_as_iso_8601_with_offset(tmp_path, monkeypatch):
+    import re
+    import time as _time
+
+    from firmware_protocol import host as h
+    from posterm.host import Host
+    from tests.host.conftest import CODE, terminal
+
+    monkeypatch.setenv("TZ", "Asia/Shanghai")
+    _time.tzset()
+    try:
+        db = tmp_path / "host.db"
+        host = Host.open(db)
+        term = terminal(host)
+        term.request(h.AuthRequest(terminal_id=term.terminal_id, order_id="ISO-1", amount_minor=100, currency="CNY",
+                                   payment_code=CODE[1]), 5)
+        host.report("ISO-1", "not me")
+        host.close()
+        for args in (("cases",), ("trades",), ("account", "show", "demo-001")):
+            code, out = run(db, *args)
+            assert code == 0, out
+            assert re.search(ISO, out) and "+08:00" in out, (args, out)
+            assert not re.search(r"\b1[0-9]{9}\.[0-9]+", out), (args, out)   # no epoch seconds left
+        case = json.loads(run(db, "cases", "--json")[1])[0]
+        assert isinstance(case["created_at"], float)                         # JSON fields as they were ...
+        assert re.fullmatch(ISO, case["created_at_iso"]) and case["created_at_iso"].endswith("+08:00")  # and ISO
+        acct = json.loads(run(db, "account", "show", "demo-001", "--json")[1])
+        assert isinstance(acct["created_at"], float) and re.fullmatch(ISO, acct["created_at_iso"])
+        trade = json.loads(run(db, "trades", "--json")[1])[0]
+        assert re.fullmatch(ISO, trade["created_at"])                         # trades' JSON was ISO already
+    finally:
+        monkeypatch.undo()
+        _time.tzset()
