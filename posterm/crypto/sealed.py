@@ -21,13 +21,20 @@ from posterm.errors import CryptoError
 MAGIC = b"PTSEAL1"
 
 
+def _private_dir(directory: Path) -> None:
+    """Make ``directory`` (and its parents); a new leaf directory is 0700 whatever the umask."""
+    if not directory.is_dir():
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(directory, 0o700)
+
+
 def _device_key(path: Path) -> bytes:
     key_path = path.with_name(path.name + ".devkey")
     try:
         key = key_path.read_bytes()
     except FileNotFoundError:
         key = AESGCM.generate_key(256)
-        key_path.parent.mkdir(parents=True, exist_ok=True)
+        _private_dir(key_path.parent)
         # Written under a temporary name and linked into place: a concurrent creator either
         # wins (we then use its key) or loses, and nobody ever reads a half-written key.
         tmp = key_path.with_name(f"{key_path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
@@ -67,7 +74,7 @@ def load(path: Path) -> dict[str, Any] | None:
 def save(path: Path, doc: dict[str, Any]) -> None:
     """Seal ``doc`` into ``path`` atomically (write, fsync, rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _private_dir(path.parent)
     nonce = os.urandom(12)
     blob = MAGIC + nonce + AESGCM(_device_key(path)).encrypt(nonce, json.dumps(doc).encode(), MAGIC + path.name.encode())
     tmp = path.with_name(f"{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")  # concurrent savers never share one

@@ -504,3 +504,20 @@ def test_transaction_key_cache_is_bounded_and_correct(monkeypatch, hsm):
     assert list(fresh._tk_cache) == ksns[-3:]
     # a cached key never answers for another KSN
     assert not fresh.verify_request_mac(ksns[-2], b"msg7", sm.request_mac(ksns[-1], b"msg7"))
+
+
+def test_sealed_stores_live_in_private_directories(tmp_path):
+    import os
+    import stat
+
+    from posterm.crypto import sealed
+
+    old = os.umask(0)
+    try:
+        sealed.save(tmp_path / "hsm" / "keys.sealed", {"k": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "hsm").stat().st_mode) == 0o700
+    for f in (tmp_path / "hsm").iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+    assert sealed.load(tmp_path / "hsm" / "keys.sealed") == {"k": 1}
