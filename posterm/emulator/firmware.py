@@ -93,6 +93,10 @@ class FirmwareConfig:
     reconcile_base: float = 1.0      # back-off of the background reconciler: base * 2**n ...
     reconcile_max: float = 60.0      # ... capped here
     error_recovery: float = 1.0
+    # Look a new order id up at the host before authorising it (one HostQuery, about 1 ms
+    # in process): the only way, on this host protocol, to tell that another terminal of
+    # the merchant already took that order id. Off only if the ECR makes ids unique per terminal.
+    check_new_orders: bool = True
 
     def __post_init__(self) -> None:
         for name in ("poll_interval", "scan_timeout", "pin_timeout", "qr_timeout", "host_timeout",
@@ -162,6 +166,7 @@ class _Flow:
     final: Message | None = None
     last_reply: h.HostMessage | None = None
     reached_host: bool = False                   # a request of this flow may have been processed
+    journaled: bool = False                      # the order is in the terminal journal (ours)
     key_reason: Reason = Reason.NONE
     batch_no: int = 0
     totals: tuple[m.Totals, ...] = ()
@@ -486,20 +491,50 @@ class Firmware:
 
     # ---------------------------------------------------------------- actions: the payment
 
-    def _begin_pay(self, request: m.PayRequest) -> _Flow:
+    def _act_check_order(self, request: m.PayRequest, **_: Any) -> None:
+        """A new order id: ask the host whether it already has it (another terminal of the
+        merchant used it). Nothing is journaled yet: a HostQuery cannot charge anyone, so a
+        terminal killed now has nothing to reconcile. No Progress either: the ECR sees the
+        payment start as before."""
         script = self._scripts.pop(0) if self._scripts else None
-        flow = _Flow("pay", request, order_id=request.order_id, amount_minor=request.amount_minor,
-                     currency=request.currency, code=request.payment_code, dynamic_qr=request.dynamic_qr,
-                     customer=Customer(script), script=script)
-        self._flow = flow
-        self.journal.begin_order(request.order_id, request.amount_minor, request.currency,
-                                 request.payment_code[-4:] if request.payment_code else None,
-                                 request.dynamic_qr, self._stamp())
+        self._flow = _Flow("pay", request, order_id=request.order_id, amount_minor=request.amount_minor,
+                           currency=request.currency, code=request.payment_code, dynamic_qr=request.dynamic_qr,
+                           customer=Customer(script), script=script)
+        if not self.config.check_new_orders:
+            self._fire(_new_order_event(request))
+            return
+        self._host(h.HostQuery(terminal_id=self.identity.terminal_id, order_id=request.order_id), sent="check")
+
+    def _begin_pay(self) -> _Flow:
+        """The order is this terminal's: journal it before anything that could charge leaves."""
+        flow = self._flow
+        assert flow is not None and flow.kind == "pay"
+        if not flow.journaled:
+            req = flow.request
+            self.journal.begin_order(req.order_id, req.amount_minor, req.currency,
+                                     req.payment_code[-4:] if req.payment_code else None, req.dynamic_qr,
+                                     self._stamp())
+            flow.journaled = True
         return flow
 
-    def _act_authorise(self, request: m.PayRequest | None = None, code: str | None = None, **_: Any) -> None:
-        flow = self._begin_pay(request) if request is not None else self._flow
-        assert flow is not None
+    def _act_elsewhere(self, reply: h.AuthResponse, **_: Any) -> None:
+        """The host already has this order id from another terminal of the merchant: tell the
+        ECR what became of it (paid or not, never charged twice), marked ORDER_CONFLICT, and
+        keep it out of this terminal's journal and batch: it is the other terminal's sale."""
+        status = reply.status
+        outcome = _FINAL_STATUSES.get(status, Outcome.UNKNOWN)  # still in progress there: ask again later
+        log.warning("%s: order %s was taken on another terminal (host status %s): answered, not counted",
+                    self.identity.terminal_id, reply.order_id, status.name)
+        self._conclude(outcome, Reason.ORDER_CONFLICT, reply, record=False,
+                       reason_text=f"order taken on another terminal ({status.name.lower()}); not in this batch")
+
+    def _act_not_sent(self, reply: h.HostMessage | None = None, **_: Any) -> None:
+        reason = int(getattr(reply, "reason", 0) or 0) or (Reason.HOST_UNAVAILABLE if reply is None else Reason.OTHER)
+        self._conclude(Outcome.DECLINED, reason, None, record=False,
+                       reason_text="the host could not be asked; nothing was charged")
+
+    def _act_authorise(self, code: str | None = None, **_: Any) -> None:
+        flow = self._begin_pay()
         if code is not None:
             flow.code = code
             self.journal.set_code(flow.order_id, code[-4:], self._stamp())
@@ -509,15 +544,16 @@ class Firmware:
                                  amount_minor=flow.amount_minor, currency=flow.currency, payment_code=flow.code,
                                  location=self.identity.location, description=flow.request.description))
 
-    def _act_precreate(self, request: m.PayRequest, **_: Any) -> None:
-        flow = self._begin_pay(request)
+    def _act_precreate(self, **_: Any) -> None:
+        flow = self._begin_pay()
         self._progress(Stage.AUTHORISING, "Preparing QR code...")
         self._host(h.AuthRequest(terminal_id=self.identity.terminal_id, order_id=flow.order_id,
                                  amount_minor=flow.amount_minor, currency=flow.currency, dynamic_qr=True,
-                                 location=self.identity.location, description=request.description))
+                                 location=self.identity.location, description=flow.request.description))
 
-    def _act_ask_for_scan(self, request: m.PayRequest, **_: Any) -> None:
-        flow = self._begin_pay(request)
+    def _act_ask_for_scan(self, **_: Any) -> None:
+        flow = self._begin_pay()
+        request = flow.request
         timeout = float(request.timeout_s) if request.timeout_s else self.config.scan_timeout
         self._progress(Stage.WAITING_FOR_SCAN, f"{format_minor(flow.amount_minor, flow.currency)}\nShow your payment code")
         self._timer("flow", timeout, lambda: self._fire("scan_timeout"))
@@ -710,7 +746,8 @@ class Firmware:
         else:  # an ECR Cancel the host did not answer: the order itself is as it was
             self._conclude(Outcome.UNKNOWN, Reason.HOST_UNAVAILABLE, None, record=False)
 
-    def _conclude(self, outcome: Outcome, reason: int, reply: Any, record: bool = True) -> None:
+    def _conclude(self, outcome: Outcome, reason: int, reply: Any, record: bool = True,
+                  reason_text: str | None = None) -> None:
         """Journal the outcome, print the receipt, and hold the PayResult until printed."""
         flow = self._flow
         assert flow is not None and flow.order_id is not None
@@ -725,7 +762,8 @@ class Firmware:
         refunded = getattr(reply, "refunded_minor", 0) or (amount if status is h.HostStatus.REFUNDED else 0)
         trade_no = getattr(reply, "trade_no", None)
         paid_at = getattr(reply, "paid_at", None)
-        reason_text = getattr(reply, "reason_text", "") or ""
+        if reason_text is None:
+            reason_text = getattr(reply, "reason_text", "") or ""
         if record and self.journal.get(flow.order_id) is not None:
             self.journal.finish_order(flow.order_id, outcome, reason, self._stamp(), reason_text=reason_text,
                                       trade_no=trade_no, paid_at=paid_at, refunded_minor=refunded,
@@ -742,6 +780,8 @@ class Firmware:
             *([receipt_line("REASON", _reason_name(reason))] if reason else []),
             *([receipt_line("TRADE NO", trade_no)] if trade_no else []),
             *(["CHECK WITH THE HOST BEFORE", "TAKING THE PAYMENT AGAIN"] if outcome is Outcome.UNKNOWN else []),
+            *(["TAKEN ON ANOTHER TERMINAL", "NOT IN THIS BATCH"]
+              if flow.kind == "pay" and reason == Reason.ORDER_CONFLICT else []),
         ]
         self._print(lines, flow.order_id, "pay" if flow.kind == "pay" else "cancel")
 
@@ -1052,6 +1092,10 @@ class Firmware:
     def _purpose_of(self, flow: _Flow, reply: h.HostMessage | None) -> str:
         """Name the event for the flow's host answer (see states.py)."""
         kind = flow.sent
+        if kind == "check":
+            if not isinstance(reply, h.AuthResponse):
+                return "check_failed"
+            return _new_order_event(flow.request) if reply.status is h.HostStatus.NOT_FOUND else "order_elsewhere"
         if kind == "cancel_check":
             status = getattr(reply, "status", None)
             if status is h.HostStatus.APPROVED:
@@ -1155,6 +1199,10 @@ class Firmware:
 
     def _stamp(self) -> str:
         return self._wallclock().astimezone(timezone.utc).isoformat(timespec="seconds")
+
+
+def _new_order_event(request: m.PayRequest) -> str:
+    return f"order_new_{'qr' if request.dynamic_qr else 'code' if request.payment_code else 'scan'}"
 
 
 def _attr(obj: Any, name: str, default: Any) -> Any:

@@ -12,7 +12,9 @@ Events come from four places:
 * the customer at a peripheral (``code_scanned``, ``pin_entered``,
   ``pin_cancelled``, ``walked_away``),
 * the host, as the answer to the flow's one request in flight
-  (``host_<status>`` for AuthRequest / PinVerify / ConfirmPoll / HostQuery,
+  (``order_new_<code|scan|qr>`` / ``order_elsewhere`` / ``check_failed`` for the
+  HostQuery that looks a new order id up before anything is authorised;
+  ``host_<status>`` for AuthRequest / PinVerify / ConfirmPoll / HostQuery,
   ``host_silent`` when it did not answer; ``cancel_done`` / ``cancel_refused``
   / ``cancel_silent`` for HostCancel, and ``cancel_unpaid`` /
   ``cancel_needs_password`` for the HostQuery before a password-free ECR
@@ -48,9 +50,18 @@ HOST_ANSWERS = ("approved", "declined", "cancelled", "need_pin", "wait_buyer", "
 
 TABLE: dict[tuple[S, str], tuple[S, str]] = {
     # -- a payment starts -------------------------------------------------------------
-    (S.IDLE, "pay_code"): (S.AUTHORISING, "authorise"),
-    (S.IDLE, "pay_scan"): (S.AWAITING_SCAN, "ask_for_scan"),
-    (S.IDLE, "pay_qr"): (S.AUTHORISING, "precreate"),
+    # A new order id is first looked up at the host (HostQuery, read only): the host keys
+    # orders by merchant, so an id another terminal of the merchant already used gets that
+    # terminal's stored answer, which must not be counted in this terminal's batch.
+    (S.IDLE, "pay_code"): (S.AUTHORISING, "check_order"),
+    (S.IDLE, "pay_scan"): (S.AUTHORISING, "check_order"),
+    (S.IDLE, "pay_qr"): (S.AUTHORISING, "check_order"),
+    (S.AUTHORISING, "order_new_code"): (S.AUTHORISING, "authorise"),
+    (S.AUTHORISING, "order_new_scan"): (S.AWAITING_SCAN, "ask_for_scan"),
+    (S.AUTHORISING, "order_new_qr"): (S.AUTHORISING, "precreate"),
+    (S.AUTHORISING, "order_elsewhere"): (S.PRINTING, "elsewhere"),
+    # No answer (or a refusal) to the look-up: nothing that could charge has left.
+    (S.AUTHORISING, "check_failed"): (S.PRINTING, "not_sent"),
     (S.AWAITING_SCAN, "code_scanned"): (S.AUTHORISING, "authorise"),
     (S.AWAITING_SCAN, "walked_away"): (S.PRINTING, "no_code"),
     (S.AWAITING_SCAN, "scan_timeout"): (S.PRINTING, "no_code"),
@@ -128,6 +139,10 @@ TABLE: dict[tuple[S, str], tuple[S, str]] = {
     **{(S.CANCELLING, f"host_{a}"): (S.CANCELLING, "cancel_at_host") for a in HOST_ANSWERS},
     (S.CANCELLING, "poll_due"): (S.CANCELLING, "ignore"),
     (S.CANCELLING, "pin_entered"): (S.CANCELLING, "ignore"),
+    # Aborted during the look-up: nothing reached the host, and an order that is another
+    # terminal's is not ours to cancel.
+    **{(S.CANCELLING, e): (S.PRINTING, "aborted_before_host")
+       for e in ("order_new_code", "order_new_scan", "order_new_qr", "order_elsewhere", "check_failed")},
     # -- operator functions -------------------------------------------------------------
     (S.IDLE, "refund"): (S.REFUNDING, "refund_at_host"),
     (S.REFUNDING, "refund_done"): (S.PRINTING, "refund_finished"),

@@ -123,3 +123,66 @@ def test_a_refused_logon_declines_the_payment_and_says_host_offline(fw):
     st = fw.status()
     assert not st.host_online and st.unfinished == 0
     assert fw.host_refusal == m.Reason.TERMINAL_UNKNOWN
+
+
+# ------------------------------------------------------------------ a new order id is looked up first
+
+PAY = m.PayRequest(amount_minor=100, currency="CNY", order_id="N-1", payment_code="289900000000000001")
+
+
+def _look_up(fw, now=1.0):
+    fw.on_message(PAY, now)
+    (q,) = fw.take_host_calls()
+    assert isinstance(q.message, h.HostQuery) and q.message.order_id == "N-1"
+    assert fw.journal.get("N-1") is None             # a look-up cannot charge: nothing to reconcile yet
+    assert fw.take_ecr() == []                       # and nothing new on the ECR line
+    return q
+
+
+def test_an_order_id_the_host_does_not_have_is_journaled_then_authorised(fw):
+    q = _look_up(fw)
+    fw.on_host_reply(q.token, h.AuthResponse(order_id="N-1", status=h.HostStatus.NOT_FOUND), 1.1)
+    (auth,) = fw.take_host_calls()
+    assert isinstance(auth.message, h.AuthRequest)
+    assert fw.journal.get("N-1").state == "in_flight"
+
+
+@pytest.mark.parametrize("status, outcome", [(h.HostStatus.WAIT_BUYER, m.Outcome.UNKNOWN),
+                                             (h.HostStatus.DECLINED, m.Outcome.DECLINED)])
+def test_an_order_id_another_terminal_used_is_answered_not_taken(fw, status, outcome):
+    q = _look_up(fw)
+    fw.on_host_reply(q.token, h.AuthResponse(order_id="N-1", status=status, amount_minor=100, currency="CNY",
+                                             reason=m.Reason.INSUFFICIENT_BALANCE), 1.1)
+    (r,) = _finish(fw, 1.2)
+    assert (r.outcome, r.reason) == (outcome, m.Reason.ORDER_CONFLICT)
+    assert fw.take_host_calls() == []                # never authorised, cancelled or reversed here
+    assert fw.journal.get("N-1") is None and fw.status().unfinished == 0
+
+
+def test_abort_during_the_look_up_sends_nothing_more(fw):
+    q = _look_up(fw)
+    fw.on_message(m.Abort(order_id="N-1"), 1.05)
+    fw.on_host_reply(q.token, h.AuthResponse(order_id="N-1", status=h.HostStatus.APPROVED), 1.1)
+    (r,) = _finish(fw, 1.2)
+    assert (r.outcome, r.reason) == (m.Outcome.CANCELLED, m.Reason.ABORTED_BY_ECR)
+    assert fw.take_host_calls() == []                # another terminal's paid order is not ours to cancel
+
+
+def test_no_answer_to_the_look_up_declines_nothing_charged(fw):
+    q = _look_up(fw)
+    fw.on_host_reply(q.token, None, 11.0, "PosTimeout")
+    (r,) = _finish(fw, 11.1)
+    assert (r.outcome, r.reason) == (m.Outcome.DECLINED, m.Reason.HOST_UNAVAILABLE)
+    assert fw.take_host_calls() == [] and fw.journal.get("N-1") is None
+
+
+def test_the_look_up_can_be_turned_off(tmp_path):
+    journal = TerminalJournal(tmp_path / "j.db")
+    try:
+        fw = Firmware(Identity(), journal, PinPad(SecureModule()), OperatorKeypad(OperatorPassword(password="1")),
+                      config=FirmwareConfig(check_new_orders=False))
+        fw.on_message(PAY, 1.0)
+        (auth,) = fw.take_host_calls()
+        assert isinstance(auth.message, h.AuthRequest) and journal.get("N-1").state == "in_flight"
+    finally:
+        journal.close()

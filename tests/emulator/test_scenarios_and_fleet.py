@@ -159,3 +159,22 @@ def test_tcp_listener_and_a_remote_host_over_tcp(tmp_path):
     finally:
         server.close()
         host.close()
+
+
+def test_one_order_id_on_two_terminals_is_counted_only_where_it_was_taken(tmp_path):
+    with Fleet.start(2, home=tmp_path) as fleet:
+        a, b = fleet.terminals
+        with Terminal.open(a.port, journal=str(tmp_path / "a.db")) as ta, \
+                Terminal.open(b.port, journal=str(tmp_path / "b.db")) as tb:
+            first = ta.pay(1000, "CNY", order_id="SAME-1", payment_code=CODE[1], timeout=30)
+            again = tb.pay(1000, "CNY", order_id="SAME-1", payment_code=CODE[1], timeout=30)
+            # B tells the ECR what became of the order (paid, once, on A) and that it was not B's.
+            assert first.approved and again.approved and again.trade_no == first.trade_no
+            assert again.reason is Reason.ORDER_CONFLICT
+            assert b.journal.get("SAME-1") is None and b.journal.totals(b.journal.batch_no()) == ()
+            st_a, st_b = ta.settle("246810", timeout=30), tb.settle("246810", timeout=30)
+        assert st_a.host_agrees and st_a.totals[0].approved_count == 1
+        assert st_b.host_agrees and st_b.totals == ()
+        host = a.host
+        assert host.order_status("SAME-1") == "APPROVED" and host.check_books() == []
+        assert [t.terminal_id for t in host.trades() if t.order_id == "SAME-1"] == ["T0000001"]
