@@ -17,7 +17,7 @@ from firmware_protocol.errors import ProtocolError
 from firmware_protocol.tlv import decode as tlv_decode
 from firmware_protocol.tlv import encode as tlv_encode
 
-from posterm.errors import Disconnected, PosTimeout, RemoteProtocolError, TransportError
+from posterm.errors import Disconnected, RemoteProtocolError, TransportError
 
 log = logging.getLogger("posterm.host.wire")
 MAX_CONNECTIONS = 256
@@ -117,45 +117,10 @@ def serve(host, listen: str = "127.0.0.1:0", **kw) -> HostServer:
     return HostServer(host, listen, **kw)
 
 
-class TcpHostClient:
-    """A terminal's connection to a host server: ``request(msg, timeout)`` like the in-process client."""
+def __getattr__(name: str):
+    # The terminal's client lives in posterm.host.client (it reconnects to a restarted host).
+    if name == "TcpHostClient":
+        from posterm.host.client import TcpHostClient
 
-    def __init__(self, url: str) -> None:
-        self.url = url if "://" in url else f"tcp://{url}"
-        self._conn = None
-        self._framer = fr.Framer()
-        self._seq = 0
-        self._lock = threading.Lock()
-
-    def _connect(self):
-        from posterm.transport.tcp import TcpTransport
-
-        if self._conn is None:
-            self._conn = TcpTransport.connect(self.url, timeout=3.0)
-            self._framer = fr.Framer()
-        return self._conn
-
-    def request(self, msg: h.HostMessage, timeout: float) -> h.HostMessage:
-        """Send ``msg`` and wait for the answer. Raises PosTimeout (silent host) or TransportError."""
-        with self._lock:
-            self._seq = (self._seq + 1) & 0xFF
-            frame = fr.encode_frame(fr.FrameKind.DATA, self._seq, tlv_encode(msg))
-            deadline = time.monotonic() + timeout
-            try:
-                conn = self._connect()
-                conn.write(frame)
-                while True:
-                    got = read_message(conn, self._framer, deadline)
-                    if got is None:
-                        raise PosTimeout(f"host {self.url} did not answer {type(msg).__name__} in {timeout:g}s")
-                    seq, reply = got
-                    if seq == self._seq:
-                        return reply  # an older, late answer has another seq: skip it
-            except Disconnected:
-                self.close()
-                raise
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        return TcpHostClient
+    raise AttributeError(name)
