@@ -430,7 +430,11 @@ class Terminal(PortSession):
 
     def cancel(self, order_id: str, operator_password: str | None = None,
                timeout: float = 60.0, on_progress: Callable[[m.Progress], None] | None = None) -> PaymentResult:
-        """Cancel ``order_id``: closes an unpaid order, refunds a paid one (host rules apply)."""
+        """Cancel ``order_id``: closes an unpaid order, refunds a paid one (host rules apply).
+
+        Cancelling a paid order needs ``operator_password`` (it refunds the customer); without
+        one the terminal cancels only an unpaid order and otherwise answers DECLINED
+        (OPERATOR_PASSWORD_WRONG)."""
         answer, receipt = self._transact_collect(
             m.Cancel(order_id=order_id, operator_password=operator_password), (m.PayResult,), timeout,
             order_id, on_progress)

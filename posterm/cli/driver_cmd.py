@@ -237,6 +237,9 @@ def with_password(fn):
 def cancel(order_id, operator_password, password_stdin, as_json, timeout, **kw):
     """Cancel ORDER_ID: closes an unpaid order, refunds a paid one.
 
+    Cancelling a paid order refunds it and needs the operator password (--operator-password
+    or --password-stdin); without one only an unpaid order is cancelled.
+
     Exits 0 when the order ends cancelled, 1 when the cancel is refused (e.g. past the 24 h window).
     """
     pw = _password(operator_password, password_stdin) if (operator_password or password_stdin) else None
