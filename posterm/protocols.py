@@ -37,6 +37,9 @@ class ProtocolFamily:
     driver: str                     # "module:Class" of the ECR side
     terminal_link: str              # "module:callable(operator_password=...) -> link" for the emulator
     serial_defaults: dict[str, Any] = field(default_factory=dict)
+    # The ECR can ask what became of an order (posterm: Query). Without that, the emulated
+    # terminal reverses an order whose outcome the ECR never learnt (FirmwareConfig.void_unfinished).
+    ecr_can_query: bool = True
 
     def driver_class(self) -> Any:
         return _load(self.driver)
@@ -59,7 +62,7 @@ FAMILIES: dict[str, ProtocolFamily] = {
         "concert", "Ingenico Concert (Telium), protocol E", "posterm.concert.driver:ConcertTerminal",
         "posterm.concert.terminal:ConcertTerminalLink",
         # USB (CDC-ACM) terminals: 8N1; native RS-232 Telium ports: 7E1 (--bytesize 7 --parity E)
-        {"baudrate": 9600, "bytesize": 8, "parity": "N", "stopbits": 1}),
+        {"baudrate": 9600, "bytesize": 8, "parity": "N", "stopbits": 1}, ecr_can_query=False),
 }
 
 POSTERM = FAMILIES["posterm"]

@@ -21,7 +21,8 @@ What Concert carries and what it does not, and what the driver does about it:
   ``abort`` raise :class:`Unsupported`. ``recover`` cannot ask the terminal about
   an unfinished order; it reports them as ``unknown`` and leaves them unfinished in
   the journal, to be checked on the terminal's own journal or the acquirer's
-  report. (Sending the request again would charge the customer again on a real
+  report. (posterm's emulated Concert terminal reverses such an order at the host,
+  as real terminals send a reversal when an outcome is in doubt.) (Sending the request again would charge the customer again on a real
   terminal: the driver never does.)
 
 Every request is journaled before it goes on the wire, as with posterm's protocol.

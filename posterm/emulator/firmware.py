@@ -97,6 +97,11 @@ class FirmwareConfig:
     # in process): the only way, on this host protocol, to tell that another terminal of
     # the merchant already took that order id. Off only if the ECR makes ids unique per terminal.
     check_new_orders: bool = True
+    # An order left unfinished (the ECR got UNKNOWN, or no answer at all) is reversed at the
+    # host when reconciled, even if the host approved it. For ECR protocols with no query
+    # (Concert): there the ECR was told "not processed" and cannot learn otherwise, so a
+    # payment the host approved meanwhile must be given back, not kept.
+    void_unfinished: bool = False
 
     def __post_init__(self) -> None:
         for name in ("poll_interval", "scan_timeout", "pin_timeout", "qr_timeout", "host_timeout",
@@ -1017,6 +1022,15 @@ class Firmware:
                 self._send(self._host_result(op.order_id, reply))
             return
         # An unfinished order of ours: query, then undo what cannot be finished.
+        if (self.config.void_unfinished and op.step == "query" and not op.answer_ecr
+                and status is h.HostStatus.APPROVED):
+            # The ECR cannot learn that it was paid (see FirmwareConfig.void_unfinished): refund it.
+            op.step = "reverse"
+            log.warning("%s: order %s was approved after the ECR was told it was not: reversing it",
+                        self.identity.terminal_id, rec.order_id)
+            self._side_send(op, h.HostCancel(terminal_id=self.identity.terminal_id, order_id=rec.order_id,
+                                             reason=int(Reason.HOST_UNAVAILABLE)))
+            return
         if status in _FINAL_STATUSES and not (op.step != "query" and status is h.HostStatus.DECLINED):
             outcome = _FINAL_STATUSES[status]
             reason = int(reply.reason) if outcome is not Outcome.APPROVED else Reason.NONE

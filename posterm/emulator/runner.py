@@ -17,6 +17,7 @@ TR-31 block, both from the HSM under ``<home>/hsm`` (where the host keeps it).
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 import os
 import queue
 import select
@@ -150,6 +151,8 @@ class EmulatedTerminal:
 
         fam = family(protocol)
         line_link = None if fam.name == "posterm" else fam.make_terminal_link(operator_password=operator_password)
+        if not fam.ecr_can_query:
+            config = replace(config or FirmwareConfig(), void_unfinished=True)
         home = Path(home) if home else posterm_home()
         state = home / "terminals" / terminal_id
         state.mkdir(parents=True, exist_ok=True)

@@ -23,9 +23,9 @@ def journal(tmp_path):
     j.close()
 
 
-def restarted(journal) -> Firmware:
+def restarted(journal, config=CFG) -> Firmware:
     fw = Firmware(Identity(), journal, PinPad(SecureModule()), OperatorKeypad(OperatorPassword(password="246810")),
-                  config=CFG)
+                  config=config)
     assert fw.start(100.0) == 1
     fw.tick(100.0)
     return fw
@@ -74,6 +74,22 @@ def test_approved_at_the_host_is_kept_approved(journal):
     rec = journal.get("K-1")
     assert rec.outcome is Outcome.APPROVED and rec.trade_no == "T123"
     assert fw.take_host_calls() == []                             # nothing to undo
+
+
+def test_approved_at_the_host_is_reversed_when_the_ecr_cannot_query(journal):
+    # Concert: the ECR was told "not processed" (or nothing) and has no query to learn better,
+    # so an approval that happened meanwhile is given back, never kept unseen.
+    from dataclasses import replace
+
+    fw = restarted(journal, replace(CFG, void_unfinished=True))
+    q = only_call(fw)
+    fw.on_host_reply(q.token, answer(h.HostStatus.APPROVED, trade_no="T123"), 100.1)
+    assert not journal.get("K-1").final
+    cancel = only_call(fw)
+    assert isinstance(cancel.message, h.HostCancel) and cancel.message.order_id == "K-1"
+    fw.on_host_reply(cancel.token, answer(h.HostStatus.REFUNDED, reason=Reason.HOST_UNAVAILABLE), 100.2)
+    rec = journal.get("K-1")
+    assert rec.final and rec.outcome is Outcome.CANCELLED and journal.unfinished() == []
 
 
 def test_silent_host_is_asked_again_with_capped_back_off(journal):
