@@ -8,8 +8,10 @@ transaction's MAC key. The clear PIN and every key stay inside: ``repr`` and exc
 never carry them. This module never imports :mod:`posterm.crypto.host`.
 
 The DUKPT counter advances before every use and is persisted (sealed) before the KSN
-leaves the module, so a crash can never make a KSN be used twice; counters with too
-many one-bits are skipped; at exhaustion the module refuses to work and says so.
+leaves the module, so a crash can never make a KSN be used twice: the module reserves
+``KSN_RESERVE`` counters per sealed write and, after a restart, continues after the
+reservation (skipping unused counters is allowed, reusing one never is). Counters with
+too many one-bits are skipped; at exhaustion the module refuses to work and says so.
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ def _count_valid_upto(limit: int, max_ones: int, bits: int) -> int:
     return total - 1  # drop zero
 
 
+KSN_RESERVE = 16   # counters reserved per sealed write (next_ksn)
+
+
 class SecureModule:
     """The PIN pad's secure module. See the module docstring."""
 
@@ -73,6 +78,7 @@ class SecureModule:
         self._ik: c.Key | None = None
         self._ikid: bytes = b""      # AES: 8-byte initial key id; TDES: the KSN with counter 0
         self._counter = 0
+        self._reserved = 0           # persisted high-water mark: no counter up to it is ever used again
         self._algorithm = "AES"
         self._key_version = "00"
         self._tk_cache: tuple[bytes, bytes] | None = None   # (current KSN, its transaction key)
@@ -92,7 +98,9 @@ class SecureModule:
             alg = c.Algorithm.AES if doc["algorithm"] == "AES" else c.Algorithm.TDES
             self._ik = c.Key(bytes.fromhex(doc["ik"]), c.Usage.DUKPT_IK, alg, c.Mode.DERIVE)
             self._ikid = bytes.fromhex(doc["ikid"])
-            self._counter = doc["counter"]
+            # The stored counter is a high-water mark: counters up to it may have been used
+            # before the module stopped, so it continues after it (see next_ksn).
+            self._counter = self._reserved = doc["counter"]
             self._algorithm = doc["algorithm"]
             self._key_version = doc.get("key_version", "00")
 
@@ -102,7 +110,7 @@ class SecureModule:
         sealed.save(self._path, {
             "kbpk": self._kbpk.hex() if self._kbpk else None,
             "ik": self._ik.material(c.Usage.DUKPT_IK).hex() if self._ik else None,
-            "ikid": self._ikid.hex(), "counter": self._counter, "algorithm": self._algorithm,
+            "ikid": self._ikid.hex(), "counter": max(self._counter, self._reserved), "algorithm": self._algorithm,
             "key_version": self._key_version})
 
     # -- key loading --------------------------------------------------------
@@ -164,7 +172,7 @@ class SecureModule:
             self._tk_cache = None
             self._key_version = header.key_version
             self._ikid = ikid
-            self._counter = 0
+            self._counter = self._reserved = 0
             self._algorithm = alg.name
             self._persist()
             return self.status()
@@ -201,9 +209,22 @@ class SecureModule:
         """Advance to the next valid counter and return its KSN. Raises CryptoError at exhaustion."""
         with self._lock:
             self._require_key()
-            nxt = (c.aes_dukpt_next_counter if self._algorithm == "AES" else c.tdes_dukpt_next_counter)(self._counter)
+            step = c.aes_dukpt_next_counter if self._algorithm == "AES" else c.tdes_dukpt_next_counter
+            nxt = step(self._counter)
+            if nxt > self._reserved:
+                # Reserve the next KSN_RESERVE counters in one sealed write, before any of them
+                # leaves: a crash then skips what was reserved and unused (skipping is allowed;
+                # reusing never is), and the pad writes its state once per KSN_RESERVE KSNs.
+                high = nxt
+                for _ in range(KSN_RESERVE - 1):
+                    try:
+                        high = step(high)
+                    except CryptoError:
+                        break
+                self._reserved = high
+                self._counter = nxt
+                self._persist()
             self._counter = nxt
-            self._persist()  # before the KSN leaves: a crash must not reuse it
             return self._ksn()
 
     def _working(self, ksn: bytes, purpose: str) -> bytes:

@@ -109,6 +109,21 @@ def test_state_survives_restart_and_never_reuses_a_ksn(pad, tmp_path):
     assert b"\"ik\"" not in raw and b"counter" not in raw  # sealed, not clear JSON
 
 
+def test_counters_are_reserved_in_blocks_and_never_reused_after_a_crash(pad, tmp_path, monkeypatch):
+    from posterm.crypto import sealed
+    from posterm.crypto.terminal import KSN_RESERVE
+
+    writes = []
+    real_save = sealed.save
+    monkeypatch.setattr(sealed, "save", lambda path, doc: (writes.append(doc["counter"]), real_save(path, doc)))
+    used = [pad.next_ksn() for _ in range(3 * KSN_RESERVE)]
+    assert len(writes) == 3                           # one sealed write per KSN_RESERVE KSNs, not one per KSN
+    again = SecureModule(tmp_path / "pad")            # as if killed right after the last KSN left
+    after = [again.next_ksn() for _ in range(KSN_RESERVE + 1)]
+    assert not set(after) & set(used)
+    assert int.from_bytes(after[0][-4:], "big") > int.from_bytes(used[-1][-4:], "big")
+
+
 def test_exhaustion_refuses_and_says_so(hsm):
     sm = SecureModule()
     sm.inject_kbpk(hsm.kbpk_for_injection("T9"))
