@@ -769,10 +769,6 @@ class Firmware:
         paid_at = getattr(reply, "paid_at", None)
         if reason_text is None:
             reason_text = getattr(reply, "reason_text", "") or ""
-        if record and self.journal.get(flow.order_id) is not None:
-            self.journal.finish_order(flow.order_id, outcome, reason, self._stamp(), reason_text=reason_text,
-                                      trade_no=trade_no, paid_at=paid_at, refunded_minor=refunded,
-                                      code_last4=code_last4)
         result = m.PayResult(order_id=flow.order_id, outcome=outcome, amount_minor=amount, currency=currency,
                              reason=reason, reason_text=reason_text[:128], trade_no=trade_no,
                              code_last4=code_last4, refunded_minor=refunded, paid_at=paid_at)
@@ -788,7 +784,16 @@ class Firmware:
             *(["TAKEN ON ANOTHER TERMINAL", "NOT IN THIS BATCH"]
               if flow.kind == "pay" and reason == Reason.ORDER_CONFLICT else []),
         ]
-        self._print(lines, flow.order_id, "pay" if flow.kind == "pay" else "cancel")
+        kind = "pay" if flow.kind == "pay" else "cancel"
+        printed = self.printer.print(tuple(lines))
+        if record and self.journal.get(flow.order_id) is not None:
+            # The outcome and its receipt in one journal transaction (one fsync, not two).
+            self.journal.finish_order(flow.order_id, outcome, reason, self._stamp(), reason_text=reason_text,
+                                      trade_no=trade_no, paid_at=paid_at, refunded_minor=refunded,
+                                      code_last4=code_last4, receipt=(kind, printed))
+        else:
+            self.journal.add_receipt(flow.order_id, kind, printed, self._stamp())
+        self._printed(printed, flow.order_id)
 
     def _act_deliver(self, **_: Any) -> None:
         flow = self._flow
@@ -1167,6 +1172,10 @@ class Firmware:
     def _print(self, lines: list[str], order_id: str | None, kind: str) -> None:
         printed = self.printer.print(tuple(lines))
         self.journal.add_receipt(order_id, kind, printed, self._stamp())
+        self._printed(printed, order_id)
+
+    def _printed(self, printed: tuple[str, ...], order_id: str | None) -> None:
+        """The receipt is printed and journaled: show it and send it to the ECR."""
         self._progress(Stage.PRINTING, "Printing receipt...", order_id=order_id or "terminal")
         self._send(m.Print(lines=printed, order_id=order_id))
         self._timer("print", self.config.print_time, lambda: self._fire("printed"))

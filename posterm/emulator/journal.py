@@ -73,6 +73,9 @@ CREATE TABLE IF NOT EXISTS meta (
 """
 
 
+_RECEIPT_SQL = "INSERT INTO receipts(order_id, kind, lines, created_at) VALUES (?, ?, ?, ?)"
+
+
 @dataclass(frozen=True, slots=True)
 class OrderRecord:
     """One payment as the terminal knows it."""
@@ -133,11 +136,14 @@ class TerminalJournal:
 
     # -- writing -----------------------------------------------------------------------
 
-    def _write(self, sql: str, args: tuple) -> None:
+    def _write(self, sql: str, args: tuple, *more: tuple[str, tuple]) -> None:
+        """One transaction: ``sql`` with ``args``, then each further (sql, args) pair."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.execute(sql, args)
+                for extra_sql, extra_args in more:
+                    self._db.execute(extra_sql, extra_args)
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
@@ -157,15 +163,17 @@ class TerminalJournal:
 
     def finish_order(self, order_id: str, outcome: Outcome, reason: int, now: str, *, reason_text: str = "",
                      trade_no: str | None = None, paid_at: str | None = None, refunded_minor: int = 0,
-                     code_last4: str | None = None) -> None:
-        """Record the outcome. UNKNOWN keeps the order unfinished (the reconciler owns it)."""
+                     code_last4: str | None = None, receipt: tuple[str, tuple[str, ...]] | None = None) -> None:
+        """Record the outcome (and its receipt, ``(kind, lines)``, in the same transaction).
+        UNKNOWN keeps the order unfinished (the reconciler owns it)."""
         state = "unfinished" if outcome in (Outcome.UNKNOWN, Outcome.PENDING) else "final"
+        more = () if receipt is None else ((_RECEIPT_SQL, (order_id, receipt[0], json.dumps(list(receipt[1])), now)),)
         self._write(
             "UPDATE orders SET state = ?, outcome = ?, reason = ?, reason_text = ?,"
             " trade_no = COALESCE(?, trade_no), paid_at = COALESCE(?, paid_at), refunded_minor = ?,"
             " code_last4 = COALESCE(?, code_last4), updated_at = ? WHERE order_id = ?",
             (state, int(outcome), int(reason), reason_text[:128], trade_no, paid_at, refunded_minor,
-             code_last4, now, order_id))
+             code_last4, now, order_id), *more)
 
     def mark_unfinished_after_restart(self) -> int:
         """A restart found orders still ``in_flight``: the old process died mid-flow."""
@@ -200,8 +208,7 @@ class TerminalJournal:
                         (refunded_total, order_id))
 
     def add_receipt(self, order_id: str | None, kind: str, lines: tuple[str, ...], now: str) -> None:
-        self._write("INSERT INTO receipts(order_id, kind, lines, created_at) VALUES (?, ?, ?, ?)",
-                    (order_id, kind, json.dumps(list(lines)), now))
+        self._write(_RECEIPT_SQL, (order_id, kind, json.dumps(list(lines)), now))
 
     def close_batch(self, batch_no: int, totals: tuple[Totals, ...], host_agrees: bool, settled_at: str | None) -> None:
         """Store the batch's totals and open the next batch, in one transaction."""
