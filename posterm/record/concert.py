@@ -322,24 +322,10 @@ def replay_concert_ecr(transport: Any, script: list, *, speed: float = 1.0, fast
     mapping: dict[str, str] = {}
 
     def pump(deadline: float, want: int, got: list) -> None:
-        while len(got) < want or not link.idle:
-            now = time.monotonic()
-            if now >= deadline:
-                return
-            nd = link.next_deadline()
-            wait = min(0.02, deadline - now) if nd is None else max(0.0, min(0.02, deadline - now, nd - now))
-            data = transport.read(4096, wait)
-            now = time.monotonic()
-            link.receive_data(data, now)
-            link.tick(now)
-            out = link.data_to_send()
-            if out:
-                transport.write(out)
-            while (ev := link.next_event()) is not None:
-                if isinstance(ev, Received):
-                    got.append(ev.message)
-                elif isinstance(ev, SendFailed):
-                    raise LinkFailed(f"the terminal did not take the request ({ev.cause})")
+        from posterm.record.replay import pump_link
+
+        pump_link(link, transport, deadline, want, got, Received, SendFailed,
+                  lambda ev: f"the terminal did not take the request ({ev.cause})")
 
     for _ in range(max(1, loops)):
         mapping.clear()  # each pass makes new payments

@@ -371,6 +371,30 @@ class EcrReplayResult:
         return not self.diffs
 
 
+def pump_link(link: Any, transport: Any, deadline: float, want: int, got: list, received: type, failed: type,
+              describe: Callable[[Any], str]) -> None:
+    """Drive a sans-IO ``link`` over ``transport`` until ``want`` messages are in ``got`` and the
+    line is idle, or until ``deadline``. A ``failed`` event raises LinkFailed(``describe(event)``)."""
+    while len(got) < want or not link.idle:
+        now = time.monotonic()
+        if now >= deadline:
+            return
+        nd = link.next_deadline()
+        wait = min(0.02, deadline - now) if nd is None else max(0.0, min(0.02, deadline - now, nd - now))
+        data = transport.read(4096, wait)
+        now = time.monotonic()
+        link.receive_data(data, now)
+        link.tick(now)
+        out = link.data_to_send()
+        if out:
+            transport.write(out)
+        while (ev := link.next_event()) is not None:
+            if isinstance(ev, received):
+                got.append(ev.message)
+            elif isinstance(ev, failed):
+                raise LinkFailed(describe(ev))
+
+
 def replay_ecr(transport: Any, script: list[Exchange], *, speed: float = 1.0, fast: bool = False,
                step: bool = False, loops: int = 1, masks: frozenset[str] = DEFAULT_MASKS,
                wait_for: Callable[[str], None] | None = None, min_wait: float = 3.0,
@@ -402,22 +426,8 @@ def replay_ecr(transport: Any, script: list[Exchange], *, speed: float = 1.0, fa
     index = 0
 
     def pump(deadline: float, want: int, got: list[Message]) -> None:
-        while len(got) < want or not link.idle:
-            now = time.monotonic()
-            if now >= deadline:
-                return
-            data = transport.read(4096, min(0.02, deadline - now))
-            now = time.monotonic()
-            link.receive_data(data, now)
-            link.tick(now)
-            out = link.data_to_send()
-            if out:
-                transport.write(out)
-            while (ev := link.next_event()) is not None:
-                if isinstance(ev, MessageReceived):
-                    got.append(ev.message)
-                elif isinstance(ev, SendFailed):
-                    raise LinkFailed(f"the terminal did not acknowledge {type(ev.message).__name__}")
+        pump_link(link, transport, deadline, want, got, MessageReceived, SendFailed,
+                  lambda ev: f"the terminal did not acknowledge {type(ev.message).__name__}")
 
     for _ in range(max(1, loops)):
         mapping.clear()  # each pass makes new payments
