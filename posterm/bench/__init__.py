@@ -41,3 +41,28 @@ def percentile(samples: list[float], p: float) -> float:
     ordered = sorted(samples)
     k = max(0, min(len(ordered) - 1, int(round(p / 100.0 * len(ordered) + 0.5)) - 1))
     return ordered[k]
+
+
+def interleaved(fns: list[Callable[[], Any]], seconds: float, slices: int,
+                batch: int = 1) -> list[tuple[int, float, float]]:
+    """Run each of ``fns`` for ``seconds`` in total, in ``slices`` alternating slices, so
+    a figure and its baseline see the same load on a shared machine. ``batch`` calls are
+    made between clock reads. Returns ``(calls, seconds spent, best slice calls/s)`` each.
+    """
+    calls, spent, best = [0] * len(fns), [0.0] * len(fns), [0.0] * len(fns)
+    per_slice = seconds / slices
+    for _ in range(slices):
+        for i, fn in enumerate(fns):
+            n, start = 0, time.perf_counter()
+            while True:
+                for _ in range(batch):
+                    fn()
+                n += batch
+                elapsed = time.perf_counter() - start
+                if elapsed >= per_slice:
+                    break
+            calls[i] += n
+            spent[i] += elapsed
+            best[i] = max(best[i], n / elapsed)
+    return [(calls[i], spent[i], best[i]) for i in range(len(fns))]
+

@@ -28,7 +28,7 @@ from typing import Any, Callable
 from firmware_protocol import FrameKind, Framer, LinkFrame, decode_message, encode_frame, encode_message
 from firmware_protocol.messages import Outcome, PayRequest, PayResult, Reason
 
-from posterm.bench import emit
+from posterm.bench import emit, interleaved
 
 GOAL_FRAMES_PER_S = 50_000
 GOAL_RATIO = 3.0
@@ -170,29 +170,8 @@ def _baseline(build: Callable[[int, dict[str, Any]], bytes], fields: dict[str, A
 
 
 def _interleaved(fns: list[Callable[[], Any]], seconds: float, slices: int) -> list[tuple[float, float]]:
-    """Run each of ``fns`` for ``seconds`` in total, in ``slices`` alternating slices.
-
-    Returns (mean calls/s, best slice calls/s) for each.
-    """
-    calls = [0] * len(fns)
-    spent = [0.0] * len(fns)
-    best = [0.0] * len(fns)
-    per_slice = seconds / slices
-    for _ in range(slices):
-        for i, fn in enumerate(fns):
-            n = 0
-            start = time.perf_counter()
-            while True:
-                for _ in range(50):
-                    fn()
-                n += 50
-                elapsed = time.perf_counter() - start
-                if elapsed >= per_slice:
-                    break
-            calls[i] += n
-            spent[i] += elapsed
-            best[i] = max(best[i], n / elapsed)
-    return [(calls[i] / spent[i], best[i]) for i in range(len(fns))]
+    """(mean calls/s, best slice calls/s) of each of ``fns``, run in alternating slices."""
+    return [(n / spent, best) for n, spent, best in interleaved(fns, seconds, slices, batch=50)]
 
 
 def _check_same_bytes() -> None:

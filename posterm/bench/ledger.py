@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from posterm.bench import emit
+from posterm.bench import emit, interleaved
 
 
 def _ceiling_step(path: Path) -> tuple[Callable[[], None], Callable[[], None]]:
@@ -36,28 +36,6 @@ def _ceiling_step(path: Path) -> tuple[Callable[[], None], Callable[[], None]]:
         db.execute("INSERT INTO t (v) VALUES ('x')")
         db.execute("COMMIT")
     return step, db.close
-
-
-def _interleaved(fns: list[Callable[[], None]], seconds: float, slices: int) -> list[tuple[int, float, float]]:
-    """Run each of ``fns`` for ``seconds`` in total, in ``slices`` alternating slices.
-
-    Returns (calls, seconds spent, best slice calls/s) for each.
-    """
-    calls, spent, best = [0] * len(fns), [0.0] * len(fns), [0.0] * len(fns)
-    per_slice = seconds / slices
-    for _ in range(slices):
-        for i, fn in enumerate(fns):
-            n, start = 0, time.perf_counter()
-            while True:
-                fn()
-                n += 1
-                elapsed = time.perf_counter() - start
-                if elapsed >= per_slice:
-                    break
-            calls[i] += n
-            spent[i] += elapsed
-            best[i] = max(best[i], n / elapsed)
-    return [(calls[i], spent[i], best[i]) for i in range(len(fns))]
 
 
 def main(argv: list[str]) -> int:
@@ -87,7 +65,7 @@ def main(argv: list[str]) -> int:
             assert r.status is h.HostStatus.APPROVED
 
         commits_before = host.store.commits
-        (base_n, base_s, base_best), (n, spent, best) = _interleaved([ceiling, authorise], args.seconds,
+        (base_n, base_s, base_best), (n, spent, best) = interleaved([ceiling, authorise], args.seconds,
                                                                      max(1, args.slices))
         commits = host.store.commits - commits_before
         problems = host.check_books()
