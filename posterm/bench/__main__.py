@@ -18,7 +18,11 @@ def main(argv: list[str]) -> int:
     if name not in names:
         print(f"unknown benchmark {name!r}; choose from: {', '.join(names)}", file=sys.stderr)
         return 2
-    return importlib.import_module(f"posterm.bench.{name}").main(argv[1:])
+    try:
+        return importlib.import_module(f"posterm.bench.{name}").main(argv[1:])
+    except BrokenPipeError:  # piped into head: the reader has what it wanted
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":
