@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import secrets
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -48,6 +47,7 @@ from firmware_protocol.concert import (
 )
 from firmware_protocol.messages import Outcome, Reason
 
+from posterm.concert import new_private_id
 from posterm.concert.link import ConcertConfig, ConcertLink, Delivered, FrameRejected, GarbageSkipped, Received, SendFailed
 from posterm.driver import DEFAULT_PAY_TIMEOUT, PaymentResult, PortSession, RefundOutcome, TerminalInfo
 from posterm.errors import LinkFailed, LocalProtocolError, PosTimeout
@@ -56,7 +56,6 @@ from posterm.journal import Journal
 log = logging.getLogger("posterm.driver.concert")
 wire_log = logging.getLogger("posterm.wire")
 
-_ALPHABET = "0123456789ABCDEFGHJKLMNPQRSTUVWXYZ"
 
 
 class Unsupported(LocalProtocolError):
@@ -65,7 +64,7 @@ class Unsupported(LocalProtocolError):
 
 def new_order_id() -> str:
     """Ten characters, the width of Concert's private field."""
-    return "P" + "".join(secrets.choice(_ALPHABET) for _ in range(PRIVATE_WIDTH - 1))
+    return new_private_id("P", PRIVATE_WIDTH)
 
 
 def _outcome(answer: ConcertAnswer, txn: TxnType) -> Outcome:

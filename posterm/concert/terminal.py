@@ -31,17 +31,17 @@ from firmware_protocol.concert import ConcertAnswer, ConcertRequest, Status, Txn
 from firmware_protocol.currency import from_numeric
 from firmware_protocol.messages import Outcome
 
+from posterm.concert import new_private_id
 from posterm.concert.link import ConcertConfig, ConcertLink, Received
 from posterm.link import MessageReceived
 
 log = logging.getLogger("posterm.emulator.concert")
 
-_ALPHABET = "0123456789ABCDEFGHJKLMNPQRSTUVWXYZ"
 
 
 def new_concert_order_id() -> str:
     """Ten characters (the width of the private field): ``C`` and 9 random base-34 characters."""
-    return "C" + "".join(secrets.choice(_ALPHABET) for _ in range(9))
+    return new_private_id("C")
 
 
 @dataclass

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import secrets as _random
-import threading
 import time
 from typing import Any, Callable
 
@@ -40,6 +38,7 @@ from firmware_protocol.concert import (
 from firmware_protocol.errors import FieldError
 
 from posterm.errors import ConfigError, Disconnected, LinkFailed
+from posterm.record.replay import ReplayPlayer
 from posterm.redact import mask_code
 
 PROTOCOL = "concert"
@@ -49,7 +48,6 @@ CONTROL_EVENTS = {ENQ: "enq", ACK: "ack", NAK: "nak", EOT: "eot"}
 # the terminal made it up rather than echoing the request's).
 CONCERT_MASKS = frozenset({"report"})
 KINDS = {"request": ConcertRequest, "answer": ConcertAnswer}
-_ALPHABET = "0123456789ABCDEFGHJKLMNPQRSTUVWXYZ"
 LINGER = 0.3   # seconds the replaying terminal stays on the line after its last EOT
 
 
@@ -162,7 +160,7 @@ def _brief(fields: dict[str, Any]) -> str:
 # ------------------------------------------------------------------ the terminal side
 
 
-class ConcertReplayTerminal:
+class ConcertReplayTerminal(ReplayPlayer):
     """Plays the terminal's side of a Concert ``script`` to a live ECR on ``transport``.
 
     Each request is matched to the first unanswered recorded one with the same transaction
@@ -176,32 +174,11 @@ class ConcertReplayTerminal:
                  loop: bool = False, masks: frozenset[str] = frozenset(), report: Callable[[str], None] | None = None,
                  config: Any = None) -> None:
         from posterm.concert.link import ConcertLink
-        from posterm.record.replay import _Pacer
 
-        self.t = transport
-        self.script = script
-        self.pacer = _Pacer(speed, fast, False, None)
-        self.loop = loop
-        self.masks = frozenset(masks) | {"private"}   # the ECR makes up its order ids
-        self.report = report or (lambda s: None)
+        # the ECR makes up its order ids: the private field is masked
+        super().__init__(transport, script, speed=speed, fast=fast, loop=loop, masks=frozenset(masks) | {"private"},
+                         report=report)
         self.link = ConcertLink("terminal", config)
-        self.used = [False] * len(script)
-        self.used_count = 0
-        self.divergences: list = []
-        self.answered = 0
-        self._due: list[tuple[float, ConcertAnswer]] = []
-        self.stop = threading.Event()
-
-    @property
-    def done(self) -> bool:
-        return self.used_count == len(self.script) and not self._due and self.link.idle
-
-    def _diverge(self, index: int, what: str) -> None:
-        from posterm.record.replay import Divergence
-
-        d = Divergence(index, what)
-        self.divergences.append(d)
-        self.report(f"diverged: {d}")
 
     def _match(self, req: ConcertRequest) -> int | None:
         for i, ex in enumerate(self.script):
@@ -294,7 +271,9 @@ class ConcertReplayTerminal:
 
 def _fresh_private(old: str) -> str:
     """A new private field shaped like ``old``: its first character, then random ones (same length)."""
-    return old[:1] + "".join(_random.choice(_ALPHABET) for _ in range(max(0, len(old) - 1)))
+    from posterm.concert import new_private_id
+
+    return new_private_id(old[:1], len(old))
 
 
 def replay_concert_ecr(transport: Any, script: list, *, speed: float = 1.0, fast: bool = False,

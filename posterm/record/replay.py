@@ -222,7 +222,38 @@ class _Pacer:
 # ------------------------------------------------------------------ the terminal side
 
 
-class ReplayTerminal:
+class ReplayPlayer:
+    """What the terminal-side players share: the script, pacing, masks, the record of what
+    was used and where the ECR diverged. A subclass sets ``link`` and answers requests."""
+
+    link: Any
+
+    def __init__(self, transport: Any, script: list, *, speed: float, fast: bool, loop: bool,
+                 masks: frozenset[str], report: Callable[[str], None] | None) -> None:
+        self.t = transport
+        self.script = script
+        self.pacer = _Pacer(speed, fast, False, None)
+        self.loop = loop
+        self.masks = frozenset(masks)
+        self.report = report or (lambda s: None)
+        self.used = [False] * len(script)
+        self.used_count = 0
+        self.divergences: list[Divergence] = []
+        self.answered = 0
+        self._due: list[tuple[float, Any]] = []
+        self.stop = threading.Event()
+
+    @property
+    def done(self) -> bool:
+        return self.used_count == len(self.script) and not self._due and self.link.idle
+
+    def _diverge(self, index: int, what: str) -> None:
+        d = Divergence(index, what)
+        self.divergences.append(d)
+        self.report(f"diverged: {d}")
+
+
+class ReplayTerminal(ReplayPlayer):
     """Plays the terminal's side of ``script`` to a live ECR on ``transport``.
 
     Each ECR message is matched to the next unanswered recorded one of the same
@@ -234,33 +265,14 @@ class ReplayTerminal:
     def __init__(self, transport: Any, script: list[Exchange], *, speed: float = 1.0, fast: bool = False,
                  loop: bool = False, masks: frozenset[str] = DEFAULT_MASKS,
                  report: Callable[[str], None] | None = None, link_config: LinkConfig | None = None) -> None:
-        self.t = transport
-        self.script = script
-        self.pacer = _Pacer(speed, fast, False, None)
-        self.loop = loop
-        self.masks = masks | {"order_id", "refund_id"}
-        self.report = report or (lambda s: None)
+        super().__init__(transport, script, speed=speed, fast=fast, loop=loop,
+                         masks=masks | {"order_id", "refund_id"}, report=report)
         self.link = Link(link_config or LinkConfig())
         self.pos = 0
-        self.used = [False] * len(script)
-        self.used_count = 0
         self._by_key: dict[tuple, list[int]] = {}
         for i, ex in enumerate(script):
             self._by_key.setdefault(_key(ex.request.fields), []).append(i)
         self.mapping: dict[str, str] = {}
-        self.divergences: list[Divergence] = []
-        self.answered = 0
-        self._due: list[tuple[float, Message]] = []
-        self.stop = threading.Event()
-
-    @property
-    def done(self) -> bool:
-        return self.used_count == len(self.script) and not self._due and self.link.idle
-
-    def _diverge(self, index: int, what: str) -> None:
-        d = Divergence(index, what)
-        self.divergences.append(d)
-        self.report(f"diverged: {d}")
 
     def _match(self, fields: dict[str, Any]) -> int | None:
         same_type = None
