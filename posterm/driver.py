@@ -351,6 +351,8 @@ class Terminal(PortSession):
 
             open_transport = open_recorded(open_transport, record, url, settings)  # noqa: N806 - same call, recorded
         transport = open_transport(url, **settings)
+        if link_config is None:
+            link_config = LinkConfig(line_rate=_line_rate(url, settings))
         own = False
         if journal is None or isinstance(journal, str):
             journal = Journal(journal)
@@ -706,6 +708,20 @@ class Terminal(PortSession):
     @staticmethod
     def _key_info(msg: m.KeyStatus) -> KeyInfo:
         return KeyInfo(msg.loaded, msg.algorithm, msg.ksn, msg.counters_left, msg.kcv, _reason(msg.reason))
+
+
+def _line_rate(url: str, settings: dict[str, Any]) -> float | None:
+    """Bytes per second of a real serial line at these settings; None where the bytes are not
+    clocked out at the baud rate (TCP, socket://, loop://; a pty is a serial path and gets a
+    rate, which only lengthens its ACK timer)."""
+    from posterm.transport import default_baud
+    from posterm.transport.base import bits_per_byte
+
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme and scheme not in ("rfc2217",):
+        return None
+    baud = settings.get("baudrate") or default_baud()
+    return baud / bits_per_byte(settings.get("bytesize", 8), settings.get("parity", "N"), settings.get("stopbits", 1))
 
 
 def _config_dict(cfg: LinkConfig) -> dict[str, Any]:

@@ -43,10 +43,16 @@ class LinkConfig:
     max_queue: int = 32
     max_events: int = 4096
     trace_frames: bool = False
+    # Bytes per second the line carries (baud / bits per byte), or None for unlimited (pty,
+    # TCP). The ACK timer then also allows the time the frame and its ACK take on the wire,
+    # so a 4 KiB frame at 9600 baud (4.3 s) is not retransmitted while it is still going out.
+    line_rate: float | None = None
 
     def __post_init__(self) -> None:
         if not self.ack_timeout > 0 or not self.inter_byte_timeout > 0:
             raise ValueError("link timeouts must be positive")
+        if self.line_rate is not None and not self.line_rate > 0:
+            raise ValueError("line_rate must be positive (bytes per second) or None")
         if not 0 <= self.max_retries <= 20:
             raise ValueError("max_retries must be 0..20")
         if self.max_queue < 1 or self.max_events < 16:
@@ -304,7 +310,14 @@ class Link:
         seq = self._next_seq
         self._next_seq = (seq + 1) & 0xFF
         raw = self._write(fr.FrameKind.DATA, seq, encode(message), message)
-        self._outstanding = _Outstanding(message, seq, raw, self._now + self.config.ack_timeout)
+        self._outstanding = _Outstanding(message, seq, raw, self._now + self._ack_wait(len(raw)))
+
+    def _ack_wait(self, frame_len: int) -> float:
+        """How long to wait for the ACK of a frame of ``frame_len`` bytes sent now."""
+        rate = self.config.line_rate
+        if rate is None:
+            return self.config.ack_timeout
+        return self.config.ack_timeout + (frame_len + fr.HEADER_SIZE + fr.CRC_SIZE) / rate
 
     def _retransmit(self, cause: str) -> None:
         out = self._outstanding
@@ -316,7 +329,7 @@ class Link:
             self._pump()
             return
         out.attempts += 1
-        out.deadline = self._now + self.config.ack_timeout
+        out.deadline = self._now + self._ack_wait(len(out.frame))
         self._out += out.frame
         self.stats["frames_out"] += 1
         self.stats["retransmits"] += 1

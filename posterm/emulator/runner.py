@@ -144,7 +144,7 @@ class EmulatedTerminal:
         from posterm.transport.parity import parse_line_format
 
         try:
-            _bits, parity, _stop = parse_line_format(line_format)
+            bits, parity, stop = parse_line_format(line_format)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         from posterm.protocols import family
@@ -198,8 +198,12 @@ class EmulatedTerminal:
                 from posterm.transport.parity import SoftParityTransport
 
                 transport = SoftParityTransport(transport, parity)
+        # Paced like a cable: the ACK timer allows for the frame's time on the line.
+        from posterm.transport.base import bits_per_byte
+
+        link_config = LinkConfig(line_rate=baudrate / bits_per_byte(bits, parity, stop)) if pace else None
         term = cls(transport, port, firmware, hostlink, host=embedded, listener=listener, journal=journal,
-                   faults=faults, record=record, line_link=line_link, protocol=fam.name)
+                   faults=faults, record=record, line_link=line_link, protocol=fam.name, link_config=link_config)
         firmware.start(time.monotonic())
         # Log on now, not at the first payment: a host that refuses this terminal shows at
         # once (an error in the log, Status.host_online False), not as a failed sale.

@@ -222,3 +222,29 @@ def test_failed_send_is_reported_not_silent():
     pair.run(max_time=5)
     assert pair.outcomes_of("a") == ([], msgs)
     assert pair.received_by("b") == []
+
+
+def test_ack_timer_allows_for_the_frame_on_a_slow_line():
+    from firmware_protocol import Print, encode_message
+    from posterm.link import Link, LinkConfig
+
+    big = Print(lines=tuple("x" * 40 for _ in range(60)))
+    frame_len = 8 + len(encode_message(big)) + 2
+    fast = Link(LinkConfig())
+    fast.send(big, 0.0)
+    assert fast.next_deadline() == pytest.approx(0.5)
+    slow = Link(LinkConfig(line_rate=960.0))            # 9600 baud 8N1
+    slow.send(big, 0.0)
+    assert slow.next_deadline() == pytest.approx(0.5 + (frame_len + 10) / 960.0)
+    slow.tick(2.0)                                      # still going out at 9600: no retransmission
+    assert slow.stats["retransmits"] == 0
+
+
+def test_the_driver_gives_serial_lines_their_rate():
+    from posterm.driver import _line_rate
+
+    assert _line_rate("/dev/ttyUSB0", {"baudrate": 9600}) == pytest.approx(960.0)
+    assert _line_rate("/dev/ttyS0", {"baudrate": 9600, "bytesize": 7, "parity": "E"}) == pytest.approx(960.0)
+    assert _line_rate("rfc2217://127.0.0.1:2217", {"baudrate": 19200}) == pytest.approx(1920.0)
+    assert _line_rate("socket://127.0.0.1:7000", {"baudrate": 9600}) is None
+    assert _line_rate("tcp://127.0.0.1:7000", {}) is None
