@@ -55,9 +55,9 @@ class SignedHostLink:
 
     def _exchange(self, msg: h.HostMessage, timeout: float) -> h.HostMessage:
         signed = self.sign(msg)
-        reply = self.client.request(signed, timeout)
+        reply, payload = self._request(signed, timeout)
         if reply.ksn != signed.ksn or not reply.mac or not self.module.verify_response_mac(
-                signed.ksn, h.mac_input(tlv_encode(reply)), reply.mac):
+                signed.ksn, _covered(reply, payload), reply.mac):
             raise RemoteProtocolError(f"host answer to {type(msg).__name__} has a bad MAC: ignored")
         return reply
 
@@ -87,8 +87,8 @@ class SignedHostLink:
             unsigned = dataclasses.replace(confirm, terminal_proof=proof, ksn=signed_ksn, mac=b"\x00" * 8)
             signed = dataclasses.replace(unsigned, mac=self.module.request_mac(
                 signed_ksn, h.mac_input(tlv_encode(unsigned))))
-            result = self.client.request(signed, timeout)
-            if not (result.mac and self.module.verify_response_mac(signed_ksn, h.mac_input(tlv_encode(result)),
+            result, payload = self._request(signed, timeout)
+            if not (result.mac and self.module.verify_response_mac(signed_ksn, _covered(result, payload),
                                                                    result.mac)):
                 raise RemoteProtocolError("logon result has a bad MAC")
             if not isinstance(result, h.LogonResult) or not result.accepted:
@@ -96,6 +96,13 @@ class SignedHostLink:
                 raise HostRefusedLogon(f"host refused logon of {self.terminal_id}: {_reason_name(reason)}", reason)
             self.logged_on, self.session_id = True, result.session_id
             return result.session_id or ""
+
+    def _request(self, msg: h.HostMessage, timeout: float) -> tuple[h.HostMessage, bytes | None]:
+        """The client's answer, with its payload as received when the client has it (TCP)."""
+        with_payload = getattr(self.client, "request_with_payload", None)
+        if with_payload is not None:
+            return with_payload(msg, timeout)
+        return self.client.request(msg, timeout), None
 
     def request(self, msg: h.HostMessage, timeout: float) -> h.HostMessage:
         """Signed request, verified answer. Raises PosTimeout when the host is silent."""
@@ -114,3 +121,13 @@ def _reason_name(code: int) -> str:
         return Reason(code).name
     except ValueError:
         return f"reason {code}"
+
+
+def _covered(reply: h.HostMessage, payload: bytes | None) -> bytes:
+    """What the answer's MAC covers: its payload as received (a newer host's optional items
+    included), or, from an in-process host, the message encoded again."""
+    try:
+        return h.mac_input(payload if payload is not None else tlv_encode(reply))
+    except ProtocolError:
+        return b""
+

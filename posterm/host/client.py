@@ -60,7 +60,12 @@ class TcpHostClient:
         self._lock = threading.Lock()
 
     def request(self, msg: h.HostMessage, timeout: float) -> h.HostMessage:
-        """Send ``msg`` and wait for the answer.
+        """Send ``msg`` and wait for the answer (see :meth:`request_with_payload`)."""
+        return self.request_with_payload(msg, timeout)[0]
+
+    def request_with_payload(self, msg: h.HostMessage, timeout: float) -> tuple[h.HostMessage, bytes]:
+        """Send ``msg`` and wait for the answer; returns it with its payload as received
+        (what its MAC covers).
 
         Raises PosTimeout (the host is silent), Disconnected (the line died and the request
         could not be sent again, or its answer was lost), or TransportError (no host to
@@ -80,25 +85,26 @@ class TcpHostClient:
                          type(msg).__name__, exc)
                 first = exc
             try:
-                reply = self._send_and_wait(frame, msg, deadline, timeout)
+                reply, payload = self._send_and_wait(frame, msg, deadline, timeout)
             except Disconnected:
                 self.close()
                 raise
             if isinstance(reply, h.HostError) and reply.reason == Reason.REPLAY_DETECTED:
                 raise Disconnected(f"host {self.url} had the first copy of {type(msg).__name__}; its answer was "
                                    "lost with the connection") from first
-            return reply
+            return reply, payload
 
-    def _send_and_wait(self, frame: bytes, msg: h.HostMessage, deadline: float, timeout: float) -> h.HostMessage:
+    def _send_and_wait(self, frame: bytes, msg: h.HostMessage, deadline: float,
+                       timeout: float) -> tuple[h.HostMessage, bytes]:
         conn = self._live_connection(deadline)
         conn.write(frame)
         while True:
             got = read_message(conn, self._framer, deadline)
             if got is None:
                 raise PosTimeout(f"host {self.url} did not answer {type(msg).__name__} in {timeout:g}s")
-            seq, reply = got
+            seq, reply, payload = got
             if seq == self._seq:
-                return reply  # an older, late answer has another seq: skip it
+                return reply, payload  # an older, late answer has another seq: skip it
 
     def _live_connection(self, deadline: float):
         """The open connection if the host has not closed it, else a new one (bounded attempts)."""

@@ -25,6 +25,7 @@ from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
 from firmware_protocol import host as h
+from firmware_protocol.errors import ProtocolError
 from firmware_protocol.host import pin_pan
 from firmware_protocol.messages import Outcome, Reason, Totals
 from firmware_protocol.tlv import encode as tlv_encode
@@ -374,17 +375,25 @@ class Host:
     def client(self) -> "InProcessHostClient":
         return InProcessHostClient(self)
 
-    def handle(self, msg: h.HostMessage) -> h.HostMessage | None:
+    def handle(self, msg: h.HostMessage, raw: bytes | None = None) -> h.HostMessage | None:
         """Answer one terminal request (signed), or None when the host stays silent.
+
+        ``raw``: the payload as it came off the wire; the MAC is checked over it (a newer
+        terminal's optional items are covered though this host skips them). Without it
+        (in process) the message is encoded again.
 
         The KSN bookkeeping and everything the request changes are one write transaction:
         one commit per request, and a request either happened with its KSN consumed or
         not at all. The answer is signed after the commit, so nothing is answered that a
         crash could still undo.
         """
-        payload = tlv_encode(msg)
+        payload = raw if raw is not None else tlv_encode(msg)
         ksn = msg.ksn or b""
-        if not msg.mac or not self.hsm.verify_request_mac(ksn, h.mac_input(payload), msg.mac):
+        try:
+            covered = h.mac_input(payload)
+        except ProtocolError:
+            covered = b""
+        if not msg.mac or not covered or not self.hsm.verify_request_mac(ksn, covered, msg.mac):
             log.warning("refused %s: bad or missing MAC", type(msg).__name__)
             return self._sign(h.HostError(code=1, reason=Reason.MAC_INVALID, text="MAC check failed"), ksn)
         with self.store.write() as db:

@@ -23,8 +23,10 @@ log = logging.getLogger("posterm.host.wire")
 MAX_CONNECTIONS = 256
 
 
-def read_message(transport, framer: fr.Framer, deadline: float) -> tuple[int, h.HostMessage] | None:
-    """The next whole host message from ``transport`` before ``deadline``; None on timeout."""
+def read_message(transport, framer: fr.Framer, deadline: float) -> tuple[int, h.HostMessage, bytes] | None:
+    """The next whole host message from ``transport`` before ``deadline``, as (seq, message,
+    payload bytes); None on timeout. MACs are checked over the payload as received, so a
+    newer peer's optional items (skipped by the decoder) stay covered."""
     while True:
         item = framer.pop()
         if isinstance(item, fr.LinkFrame):
@@ -34,7 +36,7 @@ def read_message(transport, framer: fr.Framer, deadline: float) -> tuple[int, h.
                 msg = tlv_decode(item.payload)
             except ProtocolError as exc:
                 raise RemoteProtocolError(f"undecodable host message: {exc}") from exc
-            return item.seq, msg
+            return item.seq, msg, item.payload
         if item is not None:
             continue  # garbage or a bad frame: TCP should not produce them; skip to the next start byte
         remaining = deadline - time.monotonic()
@@ -82,11 +84,11 @@ class HostServer:
                 got = read_message(conn, framer, time.monotonic() + 0.5)
                 if got is None:
                     continue
-                seq, msg = got
+                seq, msg, payload = got
                 if not isinstance(msg, h.HostMessage):
                     log.warning("not a host message: %s", type(msg).__name__)
                     continue
-                reply = self.host.handle(msg)
+                reply = self.host.handle(msg, raw=payload)
                 if reply is not None:
                     conn.write(fr.encode_frame(fr.FrameKind.DATA, seq, tlv_encode(reply)))
         except (Disconnected, TransportError, RemoteProtocolError) as exc:

@@ -361,3 +361,39 @@ def test_tcp_server_and_client(host):
         with pytest.raises(PosTimeout):
             pay(term, 100, CODE[6], timeout=0.3)
         client.close()
+
+
+def test_a_newer_terminals_optional_items_stay_under_the_mac_over_tcp(host):
+    # A newer terminal adds an optional item (tag >= 0x80) this host does not know. The
+    # decoder skips it, so the MAC must be checked over the payload as received, not over
+    # the message encoded again (which would drop the item and fail the MAC).
+    import dataclasses
+    import time
+
+    from firmware_protocol import frame as fr
+    from firmware_protocol.tlv import encode as tlv_encode
+    from posterm.host.client import TcpHostClient
+    from posterm.host.server import serve
+    from posterm.host.wire import read_message
+    from posterm.transport.tcp import TcpTransport
+
+    with serve(host) as server:
+        client = TcpHostClient(server.address)
+        term = terminal(host, "T0000003", client=client)
+        term.logon()
+        msg = h.AuthRequest(terminal_id="T0000003", order_id="NEWER-1", amount_minor=100, currency="CNY",
+                            payment_code=CODE[1])
+        ksn = term.module.next_ksn()
+        unsigned = dataclasses.replace(msg, ksn=ksn, mac=b"\x00" * h.MAC_SIZE)
+        newer = tlv_encode(unsigned, extra=[(0x9A, b"from a newer firmware")])
+        mac = term.module.request_mac(ksn, h.mac_input(newer))
+        payload = tlv_encode(dataclasses.replace(unsigned, mac=mac), extra=[(0x9A, b"from a newer firmware")])
+        conn = TcpTransport.connect(server.address, timeout=3.0)
+        try:
+            conn.write(fr.encode_frame(fr.FrameKind.DATA, 1, payload))
+            seq, reply, raw = read_message(conn, fr.Framer(), time.monotonic() + 5)
+        finally:
+            conn.close()
+            client.close()
+    assert seq == 1 and isinstance(reply, h.AuthResponse) and reply.status is S.APPROVED
+    assert term.module.verify_response_mac(ksn, h.mac_input(raw), reply.mac)
