@@ -353,12 +353,28 @@ def report(trade, reason, db_path):
     click.echo(f"case {case} opened; the account is frozen pending review")
 
 
+@host.command("close-case")
+@click.argument("case_id", type=int)
+@click.option("--resolution", required=True, help="What the review found (kept with the case).")
+@click.option("--unfreeze", is_flag=True, help="Also lift the account's freeze (refused while another case is open).")
+@db_option
+@host_errors
+def close_case(case_id, resolution, unfreeze, db_path):
+    """Close case CASE_ID after review (see `posterm host cases`)."""
+    h = open_host(db_path)
+    try:
+        h.close_case(case_id, resolution, unfreeze=unfreeze)
+    finally:
+        h.close()
+    click.echo(f"case {case_id} closed" + ("; the account is unfrozen" if unfreeze else ""))
+
+
 @host.command()
 @json_option
 @db_option
 @host_errors
 def cases(as_json, db_path):
-    """Open and closed cases."""
+    """Open and closed cases (with their resolution once closed)."""
     h = open_host(db_path)
     try:
         rows = h.cases()
@@ -368,10 +384,10 @@ def cases(as_json, db_path):
 
 
 def _iso_text(row: dict) -> dict:
-    """For text output: ``created_at`` shown as its ISO 8601 form (JSON keeps both fields)."""
+    """For text output: each time shown as its ISO 8601 form (JSON keeps both fields)."""
     out = dict(row)
-    if "created_at_iso" in out:
-        out["created_at"] = out.pop("created_at_iso")
+    for key in [k for k in out if k.endswith("_iso")]:
+        out[key[:-4]] = out.pop(key)
     return out
 
 

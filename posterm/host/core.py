@@ -272,10 +272,37 @@ class Host:
                             f"{reason}; account frozen pending review")
             return int(cur.lastrowid)
 
+    def close_case(self, case_id: int, resolution: str, *, unfreeze: bool = False) -> None:
+        """Close an open case with its resolution; ``unfreeze``: also lift the account's freeze
+        (only when no other case on that account is still open). Raises HostRefused."""
+        resolution = resolution.strip()
+        if not resolution:
+            raise HostRefused("a case is closed with a resolution")
+        with self.store.write() as db:
+            c = db.execute("SELECT * FROM cases WHERE id = ?", (case_id,)).fetchone()
+            if c is None:
+                raise HostRefused(f"no case {case_id}")
+            if c["status"] != "open":
+                raise HostRefused(f"case {case_id} is already {c['status']}")
+            db.execute("UPDATE cases SET status = 'closed', resolution = ?, closed_at = ? WHERE id = ?",
+                       (resolution[:200], self.clock(), case_id))
+            account = c["account_id"]
+            if not account:
+                return
+            self._alert(db, account, "case_closed", f"case {case_id} closed: {resolution}")
+            if unfreeze:
+                still_open = db.execute("SELECT COUNT(*) FROM cases WHERE account_id = ? AND status = 'open'",
+                                        (account,)).fetchone()[0]
+                if still_open:
+                    raise HostRefused(f"account {account} has {still_open} other open case(s): it stays frozen")
+                db.execute("UPDATE accounts SET frozen = 0 WHERE id = ?", (account,))
+                self._alert(db, account, "unfrozen", f"case {case_id} closed: {resolution}")
+
     def cases(self) -> list[dict[str, Any]]:
-        """Every case, oldest first: the table's columns (``created_at`` in epoch seconds)
-        and ``created_at_iso`` (ISO 8601 with the machine's offset)."""
-        return [dict(r) | {"created_at_iso": iso_time(r["created_at"])}
+        """Every case, oldest first: the table's columns (times in epoch seconds) and
+        ``created_at_iso`` / ``closed_at_iso`` (ISO 8601 with the machine's offset)."""
+        return [dict(r) | {"created_at_iso": iso_time(r["created_at"]),
+                           "closed_at_iso": iso_time(r["closed_at"]) if r["closed_at"] is not None else None}
                 for r in self.store.read().execute("SELECT * FROM cases ORDER BY id")]
 
     def trades(self, *, terminal: str | None = None, date: str | None = None, account: str | None = None,

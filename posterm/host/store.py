@@ -69,7 +69,8 @@ CREATE TABLE IF NOT EXISTS pin_failures (
 CREATE INDEX IF NOT EXISTS pin_failures_account ON pin_failures (account_id, created_at);
 CREATE TABLE IF NOT EXISTS cases (
     id INTEGER PRIMARY KEY, trade_no TEXT NOT NULL REFERENCES trades(trade_no), account_id TEXT,
-    reason TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'open', created_at REAL NOT NULL);
+    reason TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'open', created_at REAL NOT NULL,
+    resolution TEXT, closed_at REAL);
 CREATE TABLE IF NOT EXISTS settlements (
     id INTEGER PRIMARY KEY, terminal_id TEXT NOT NULL, batch_no INTEGER NOT NULL, totals TEXT NOT NULL,
     agrees INTEGER NOT NULL, created_at REAL NOT NULL, UNIQUE (terminal_id, batch_no));
@@ -97,8 +98,18 @@ class Store:
         self._lock = threading.Lock()
         self.commits = 0   # outermost write transactions committed (a WAL fsync each, when it changed anything)
         self.conn().executescript(SCHEMA)
+        self._add_columns("cases", {"resolution": "TEXT", "closed_at": "REAL"})
         if self.read().execute("SELECT 1 FROM meta WHERE key = 'daily_spend'").fetchone() is None:
             self._fill_daily_spend()
+
+    def _add_columns(self, table: str, columns: dict[str, str]) -> None:
+        """Give a database made by an older version the columns it lacks (nullable, so old rows stay valid)."""
+        have = {r[1] for r in self.read().execute(f"PRAGMA table_info({table})")}
+        missing = {k: v for k, v in columns.items() if k not in have}
+        if missing:
+            with self.write() as db:
+                for name, kind in missing.items():
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
     def _fill_daily_spend(self) -> None:
         """Build ``daily_spend`` from the trades of a database made before it existed (once)."""

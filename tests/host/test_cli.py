@@ -128,6 +128,10 @@ def test_text_output_prints_times_as_iso_8601_with_offset(tmp_path, monkeypatch)
         assert isinstance(acct["created_at"], float) and re.fullmatch(ISO, acct["created_at_iso"])
         trade = json.loads(run(db, "trades", "--json")[1])[0]
         assert re.fullmatch(ISO, trade["created_at"])                         # trades' JSON was ISO already
+        code, out = run(db, "close-case", str(case["id"]), "--resolution", "reviewed", "--unfreeze")
+        assert code == 0 and "unfrozen" in out, out
+        code, out = run(db, "cases")
+        assert "closed" in out and "reviewed" in out and not re.search(r"\b1[0-9]{9}\.[0-9]+", out), out
     finally:
         monkeypatch.undo()
         _time.tzset()

@@ -301,6 +301,21 @@ def test_accounts_passwords_freeze_report_bill(host, term):
     assert sec["frozen"] and sec["open_cases"] and any(a["kind"] == "report" for a in sec["recent_alerts"])
     with pytest.raises(HostRefused):
         host.issue_code("bob")
+    with pytest.raises(HostRefused, match="resolution"):
+        host.close_case(case, "  ")
+    second = host.report("BOB-1", "and again")
+    with pytest.raises(HostRefused, match="other open case"):
+        host.close_case(case, "customer confirmed the payment", unfreeze=True)
+    assert host.cases()[0]["status"] == "open"                  # the refusal changed nothing
+    host.close_case(second, "duplicate of the first report")
+    host.close_case(case, "customer confirmed the payment", unfreeze=True)
+    closed = host.cases()[0]
+    assert closed["status"] == "closed" and closed["resolution"] == "customer confirmed the payment"
+    assert closed["closed_at_iso"] and not host.account("bob")["frozen"]
+    assert not host.security("bob")["open_cases"]
+    with pytest.raises(HostRefused, match="already closed"):
+        host.close_case(case, "again")
+    host.freeze("bob", True)
     host.freeze("bob", False)
     assert not host.account("bob")["frozen"]
 
