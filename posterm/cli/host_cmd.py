@@ -190,6 +190,27 @@ def account_limits(account_id, per_tx_limit, daily_limit, password_free, db_path
     click.echo("limits updated")
 
 
+@account.command("set-security")
+@click.argument("account_id")
+@click.option("--two-factor/--no-two-factor", default=None,
+              help="Two-factor: a confirmed payment needs the payment password and then the phone.")
+@click.option("--real-name/--no-real-name", default=None, help="Real-name verification status.")
+@click.option("--confirm", type=click.Choice(["pin", "phone"]), default=None,
+              help="How the customer confirms a payment above the password-free threshold.")
+@db_option
+@host_errors
+def account_security(account_id, two_factor, real_name, confirm, db_path):
+    """Change an account's security settings (shown by `posterm host security`)."""
+    if two_factor is None and real_name is None and confirm is None:
+        raise click.UsageError("give at least one of --two-factor/--no-two-factor, --real-name/--no-real-name, --confirm")
+    h = open_host(db_path)
+    try:
+        h.set_flags(account_id, two_factor=two_factor, real_name=real_name, confirm=confirm)
+    finally:
+        h.close()
+    click.echo("security settings updated")
+
+
 @account.command("set-password")
 @click.argument("account_id")
 @db_option

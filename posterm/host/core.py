@@ -569,7 +569,8 @@ class Host:
                 self._decline(db, trade_no, refusal[1], refusal[2])
             elif refusal is not None or msg.amount_minor > acct["password_free"] or \
                     acct["behaviour"] in ("always_pin", "phone", "phone_never"):
-                status = "WAIT_BUYER" if acct["confirm"] == "phone" else "NEED_PIN"
+                # Two-factor accounts give the password first, then confirm on the phone (_pin).
+                status = "WAIT_BUYER" if acct["confirm"] == "phone" and not acct["two_factor"] else "NEED_PIN"
                 db.execute("UPDATE trades SET status = ?, asked_at = ? WHERE trade_no = ?", (status, now, trade_no))
             else:
                 # Nothing in this transaction has changed the account or today's spending since
@@ -752,6 +753,12 @@ class Host:
                                         pan=self._pan_for(t), verifier=acct["verifier"], tries_used=acct["pin_tries"])
             if check.match:
                 db.execute("UPDATE accounts SET pin_tries = 0 WHERE id = ?", (acct["id"],))
+                if acct["two_factor"]:
+                    # Two-factor: the payment password is one factor, the phone bound to the
+                    # account the other; the payment waits for the customer's confirmation there.
+                    db.execute("UPDATE trades SET status = 'WAIT_BUYER', asked_at = ? WHERE trade_no = ?",
+                               (now, t["trade_no"]))
+                    return self._answer(db, t["trade_no"])
                 self._capture(db, t["trade_no"])
                 return self._answer(db, t["trade_no"])
             db.execute("UPDATE accounts SET pin_tries = MIN(pin_tries + 1, 3) WHERE id = ?", (acct["id"],))

@@ -149,3 +149,27 @@ def test_cancelling_a_paid_order_needs_the_operator_password(term):
         assert host_status(term, c.order_id) == "APPROVED"           # nothing refunded
     assert term.cancel(c.order_id, "246810", timeout=30).outcome is Outcome.CANCELLED
     assert host_status(term, c.order_id) == "REFUNDED"
+
+
+def test_two_factor_account_types_the_pin_then_confirms_on_the_phone(term, tmp_path):
+    host = term.emu.host
+    host.add_account("tfa", "Two Factor", balance_minor=1_000_000, password="135790", two_factor=True)
+    code = host.issue_code("tfa")
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(f"""
+[terminal]
+poll_interval = 0.2
+
+[[payment]]
+actions = [
+  {{ action = "present_code", code = "{code}" }},
+  {{ action = "type_pin", digits = "135790" }},
+  {{ action = "confirm_on_phone", after = 0.3 }},
+]
+""")
+    term.emu.set_scenario(scenario)
+    stages = []
+    r = term.pay(150_000, "CNY", timeout=30, on_progress=lambda p: stages.append(p.stage.name))
+    assert r.approved, r
+    assert stages.index("WAITING_FOR_PIN") < stages.index("WAITING_FOR_PHONE")
+    assert host_status(term, r.order_id) == "APPROVED"

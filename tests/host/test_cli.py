@@ -135,3 +135,14 @@ def test_text_output_prints_times_as_iso_8601_with_offset(tmp_path, monkeypatch)
     finally:
         monkeypatch.undo()
         _time.tzset()
+
+
+def test_account_set_security_turns_two_factor_on_and_off(tmp_path):
+    db = tmp_path / "host.db"
+    assert run(db, "account", "add", "zed", "--name", "Zed", "--balance", "100.00")[0] == 0
+    code, out = run(db, "account", "set-security", "zed", "--two-factor", "--confirm", "phone")
+    assert code == 0, out
+    assert json.loads(run(db, "security", "zed", "--json")[1])["two_factor"] is True
+    assert run(db, "account", "set-security", "zed", "--no-two-factor")[0] == 0
+    assert json.loads(run(db, "security", "zed", "--json")[1])["two_factor"] is False
+    assert run(db, "account", "set-security", "zed")[0] == 2          # nothing to change: a usage error

@@ -412,3 +412,20 @@ def test_a_newer_terminals_optional_items_stay_under_the_mac_over_tcp(host):
             client.close()
     assert seq == 1 and isinstance(reply, h.AuthResponse) and reply.status is S.APPROVED
     assert term.module.verify_response_mac(ksn, h.mac_input(raw), reply.mac)
+
+
+def test_two_factor_needs_the_password_and_the_phone(host, term):
+    host.add_account("tia", "Tia Example", balance_minor=1_000_000, password="246802", two_factor=True,
+                     confirm="phone")
+    code = host.issue_code("tia")
+    r = pay(term, 150_000, code, order="2FA-1")                 # above the password-free threshold
+    assert r.status is S.NEED_PIN                                # the password first, phone preference or not
+    r = enter_pin(term, "2FA-1", code, pin="246802")
+    assert r.status is S.WAIT_BUYER                              # the right password alone does not pay
+    assert query(term, "2FA-1").status is S.WAIT_BUYER
+    assert host.wallet_confirm("2FA-1") == "APPROVED"
+    assert query(term, "2FA-1").status is S.APPROVED
+    host.set_flags("tia", two_factor=False)
+    code = host.issue_code("tia")
+    assert pay(term, 150_000, code, order="2FA-2").status is S.WAIT_BUYER   # back to the phone alone
+
