@@ -25,6 +25,7 @@ from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
 from firmware_protocol import host as h
+from firmware_protocol.currency import CURRENCIES
 from firmware_protocol.errors import ProtocolError
 from firmware_protocol.host import pin_pan
 from firmware_protocol.messages import Outcome, Reason, Totals
@@ -40,7 +41,7 @@ log = logging.getLogger("posterm.host")
 CANCEL_WINDOW_S = 24 * 3600
 CODE_TTL_S = 60.0
 TEST_CODE_PREFIX = "2899000000000000"
-REAL_NAME_FREE_MINOR = 20000      # above 200.00 a payer must be real-name verified
+REAL_NAME_FREE_MAJOR = 200        # above 200 (in major units of the currency) a payer must be real-name verified
 FINAL = ("APPROVED", "DECLINED", "CANCELLED", "REFUNDED")
 
 
@@ -482,7 +483,8 @@ class Host:
         if isinstance(msg, (h.ConfirmPoll, h.HostQuery)):
             return self._query(msg.terminal_id, msg.order_id)
         if isinstance(msg, (h.HostCancel, h.ReversalAdvice)):
-            return self._cancel(msg.terminal_id, msg.order_id, isinstance(msg, h.ReversalAdvice))
+            return self._cancel(msg.terminal_id, msg.order_id, isinstance(msg, h.ReversalAdvice),
+                                int(getattr(msg, "reason", 0) or 0))
         if isinstance(msg, h.HostRefund):
             return self._refund(msg)
         if isinstance(msg, h.SettleRequest):
@@ -601,7 +603,7 @@ class Host:
             return "decline", Reason.ACCOUNT_FROZEN, "account frozen"
         if currency != acct["currency"]:
             return "decline", Reason.CURRENCY_MISMATCH, f"account is in {acct['currency']}"
-        if not acct["real_name"] and amount > REAL_NAME_FREE_MINOR:
+        if not acct["real_name"] and amount > REAL_NAME_FREE_MAJOR * 10 ** CURRENCIES.get(acct["currency"], (0, 2))[1]:
             return "decline", Reason.NOT_REAL_NAME_VERIFIED, "real-name verification needed"
         if amount > acct["per_tx_limit"]:
             return "decline", Reason.OVER_TRANSACTION_LIMIT, "over the per-transaction limit"
@@ -808,15 +810,17 @@ class Host:
                     self._capture(db, t["trade_no"])
             return self._answer(db, t["trade_no"])
 
-    def _cancel(self, terminal_id: str, order_id: str, reversal: bool) -> h.HostMessage:
+    def _cancel(self, terminal_id: str, order_id: str, reversal: bool, reason: int = 0) -> h.HostMessage:
         now = self.clock()
         with self.store.write() as db:
             t = self._trade_for(db, terminal_id, order_id)
             if t is None:
                 return self._not_found(order_id)
             if t["status"] in ("PROCESSING", "NEED_PIN", "WAIT_BUYER", "SHOW_QR"):
+                # The terminal says why (customer cancelled, aborted by the ECR, ...); none given:
+                # the customer did not confirm in time.
                 db.execute("UPDATE trades SET status = 'CANCELLED', reason = ? WHERE trade_no = ?",
-                           (int(Reason.CONFIRMATION_TIMEOUT), t["trade_no"]))
+                           (reason or int(Reason.CONFIRMATION_TIMEOUT), t["trade_no"]))
             elif t["status"] == "APPROVED":
                 if not reversal and now - (t["paid_at"] or now) > CANCEL_WINDOW_S:
                     return h.AuthResponse(order_id=order_id, status=h.HostStatus.APPROVED,

@@ -429,3 +429,24 @@ def test_two_factor_needs_the_password_and_the_phone(host, term):
     code = host.issue_code("tia")
     assert pay(term, 150_000, code, order="2FA-2").status is S.WAIT_BUYER   # back to the phone alone
 
+
+def test_real_name_threshold_is_200_in_the_accounts_currency(host, term):
+    # 200.00 CNY is 20000 minor units; 200 JPY is 200 (no minor unit). Unverified payers above it are declined.
+    host.add_account("jp", "Unverified Yen", currency="JPY", balance_minor=100_000, real_name=False, password_free=1_000)
+    code = host.issue_code("jp")
+    r = term.request(h.AuthRequest(terminal_id=term.terminal_id, order_id="JPY-1", amount_minor=201, currency="JPY",
+                                   payment_code=code), 5)
+    assert r.status is S.DECLINED and r.reason == Reason.NOT_REAL_NAME_VERIFIED
+    code = host.issue_code("jp")
+    r = term.request(h.AuthRequest(terminal_id=term.terminal_id, order_id="JPY-2", amount_minor=200, currency="JPY",
+                                   payment_code=code), 5)
+    assert r.status is S.APPROVED
+
+
+def test_a_cancel_records_the_terminals_reason(host, term):
+    r = pay(term, 150_000, CODE[3], order="CXL-1")              # waits for the PIN
+    assert r.status is S.NEED_PIN
+    r = term.request(h.HostCancel(terminal_id=term.terminal_id, order_id="CXL-1",
+                                  reason=int(Reason.CUSTOMER_CANCELLED)), 5)
+    assert r.status is S.CANCELLED and r.reason == Reason.CUSTOMER_CANCELLED
+
