@@ -5,12 +5,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from posterm.safefs import private_dir
+
 
 def posterm_home(create: bool = True) -> Path:
     """Return the state directory (journal, host database, recordings).
 
     ``$POSTERM_HOME`` wins; otherwise ``$XDG_DATA_HOME/posterm`` or
     ``~/.local/share/posterm`` (macOS: ``~/Library/Application Support/posterm``).
+    With ``create`` it is made (or tightened to) 0700, the caller's alone. Raises
+    :class:`~posterm.safefs.UnsafePath` if it is a symlink (give the real path), not a
+    directory, or another user's.
     """
     env = os.environ.get("POSTERM_HOME")
     if env:
@@ -21,5 +26,5 @@ def posterm_home(create: bool = True) -> Path:
         base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
         path = Path(base) / "posterm"
     if create:
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(path, own=True)
     return path

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from posterm.home import posterm_home
+from posterm.safefs import prepare_sqlite
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS orders (
@@ -64,7 +65,7 @@ class Journal:
 
     def __init__(self, path: str | Path | None = None, clock=time.time) -> None:
         self.path = Path(path) if path is not None else posterm_home() / "driver-journal.db"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        prepare_sqlite(self.path)  # 0600, its -wal/-shm too; a planted symlink is refused
         self._clock = clock
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)

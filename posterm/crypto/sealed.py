@@ -3,7 +3,8 @@
 This stands in for a secure element's tamper-resistant memory (the PIN pad) and an HSM's
 key store (the host): key material is never written in clear. The device key lives in
 its own file, created 0600 beside the store, as a real device keeps its storage key in
-hardware apart from the memory it protects.
+hardware apart from the memory it protects. Neither file is ever read or written through
+a symlink (:mod:`posterm.safefs`).
 """
 
 from __future__ import annotations
@@ -17,28 +18,23 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from posterm.errors import CryptoError
+from posterm import safefs
 
 MAGIC = b"PTSEAL1"
-
-
-def _private_dir(directory: Path) -> None:
-    """Make ``directory`` (and its parents); a new leaf directory is 0700 whatever the umask."""
-    if not directory.is_dir():
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(directory, 0o700)
 
 
 def _device_key(path: Path) -> bytes:
     key_path = path.with_name(path.name + ".devkey")
     try:
-        key = key_path.read_bytes()
+        key = safefs.read_private(key_path, 4096)
     except FileNotFoundError:
         key = AESGCM.generate_key(256)
-        _private_dir(key_path.parent)
+        safefs.private_dir(key_path.parent)
         # Written under a temporary name and linked into place: a concurrent creator either
         # wins (we then use its key) or loses, and nobody ever reads a half-written key.
+        # link() never follows a link at key_path: a planted one is then refused by the read.
         tmp = key_path.with_name(f"{key_path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = safefs.private_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, parent=False)
         with os.fdopen(fd, "wb") as fh:
             fh.write(key)
             fh.flush()
@@ -46,7 +42,7 @@ def _device_key(path: Path) -> bytes:
         try:
             os.link(tmp, key_path)
         except FileExistsError:
-            key = key_path.read_bytes()
+            key = safefs.read_private(key_path, 4096)
         finally:
             tmp.unlink()
     if len(key) != 32:
@@ -55,10 +51,14 @@ def _device_key(path: Path) -> bytes:
 
 
 def load(path: Path) -> dict[str, Any] | None:
-    """The sealed document at ``path``, or None if there is none. Raises CryptoError if tampered."""
+    """The sealed document at ``path``, or None if there is none.
+
+    Raises CryptoError if tampered, :class:`~posterm.safefs.UnsafePath` if the store or
+    its device key is a symlink (never read through one: it would choose the keys).
+    """
     path = Path(path)
     try:
-        blob = path.read_bytes()
+        blob = safefs.read_private(path)
     except FileNotFoundError:
         return None
     if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + 12 + 16:
@@ -72,15 +72,13 @@ def load(path: Path) -> dict[str, Any] | None:
 
 
 def save(path: Path, doc: dict[str, Any]) -> None:
-    """Seal ``doc`` into ``path`` atomically (write, fsync, rename)."""
+    """Seal ``doc`` into ``path`` atomically (a fresh 0600 temp file, fsync, rename).
+
+    Raises :class:`~posterm.safefs.UnsafePath` if the store or its device key is a symlink.
+    """
     path = Path(path)
-    _private_dir(path.parent)
+    safefs.private_dir(path.parent)
+    safefs.refuse_symlink(path)
     nonce = os.urandom(12)
     blob = MAGIC + nonce + AESGCM(_device_key(path)).encrypt(nonce, json.dumps(doc).encode(), MAGIC + path.name.encode())
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")  # concurrent savers never share one
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(blob)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    safefs.replace_private(path, blob, parent=False)  # concurrent savers never share a temp file

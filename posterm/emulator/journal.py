@@ -21,6 +21,7 @@ from typing import Any
 from firmware_protocol.messages import Outcome, Reason, Totals
 
 from posterm.home import posterm_home
+from posterm.safefs import prepare_sqlite
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS orders (
@@ -120,7 +121,7 @@ class TerminalJournal:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        prepare_sqlite(self.path)  # 0600, its -wal/-shm too; a planted symlink is refused
         self._lock = threading.Lock()
         # isolation_level=None: we open every transaction ourselves (PITFALLS: 3.11 implicit ones).
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)

@@ -37,6 +37,7 @@ from posterm.emulator.scenario import Scenario, load_scenario
 from posterm.errors import ConfigError, Disconnected, PosError, TransportError
 from posterm.home import posterm_home
 from posterm.link import Link, LinkConfig, MessageReceived
+from posterm.safefs import private_dir
 
 log = logging.getLogger("posterm.emulator")
 DEMO_OPERATOR_PASSWORD = "246810"
@@ -55,7 +56,7 @@ def _embedded_host(home: Path, **kw: Any):
     """
     from posterm.host import Host
 
-    path = (home / "host.db").resolve()
+    path = home.resolve() / "host.db"  # not host.db resolved: a planted link must reach Store, refused
     with _hosts_lock:
         entry = _hosts.get(path)
         if entry is None:
@@ -153,9 +154,9 @@ class EmulatedTerminal:
         line_link = None if fam.name == "posterm" else fam.make_terminal_link(operator_password=operator_password)
         if not fam.ecr_can_query:
             config = replace(config or FirmwareConfig(), void_unfinished=True)
-        home = Path(home) if home else posterm_home()
-        state = home / "terminals" / terminal_id
-        state.mkdir(parents=True, exist_ok=True)
+        home = private_dir(home, own=True) if home else posterm_home()
+        private_dir(home / "terminals", own=True)
+        state = private_dir(home / "terminals" / terminal_id, own=True)
         module = SecureModule(state / "pinpad.sealed")
         operator = OperatorPassword(state / "operator.sealed", password=operator_password)
         embedded = None
@@ -168,7 +169,8 @@ class EmulatedTerminal:
 
             client, hsm = TcpHostClient(host), None
             if not module.status().loaded:
-                hsm = Hsm.open(home / "hsm")  # the key injection facility shares the host's HSM state
+                # the key injection facility shares the host's HSM state
+                hsm = Hsm.open(private_dir(home / "hsm", own=True))
         else:
             raise ConfigError(f"--host must be 'embedded' or tcp://HOST:PORT, not {host!r}")
         if not module.status().loaded:

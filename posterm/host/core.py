@@ -108,15 +108,15 @@ class Host:
         database with no merchant yet; ``posterm host`` commands other than ``serve`` pass False.
         """
         from posterm.home import posterm_home
+        from posterm.safefs import private_dir
 
         path = Path(db_path) if db_path else posterm_home() / "host.db"
         store = Store(path)
         rules = risk.load_rules(risk_config)
         if hsm is None:
             # Key material: the directory is the owner's alone whatever the umask (the sealed
-            # files in it are 0600 too). One that exists is left as it is.
-            (path.parent / "hsm").mkdir(mode=0o700, exist_ok=True)
-            hsm = Hsm.open(path.parent / "hsm")
+            # files in it are 0600 too); one that exists is tightened, a symlink refused.
+            hsm = Hsm.open(private_dir(path.parent / "hsm", own=True))
         host = cls(store, hsm, clock=clock, rules=rules, outage_seconds=outage_seconds, phone_delay=phone_delay)
         if demo and store.read().execute("SELECT COUNT(*) FROM merchants").fetchone()[0] == 0:
             from posterm.host.demo import load_demo

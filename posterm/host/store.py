@@ -10,7 +10,6 @@ The database file is created 0600; SQLite gives ``-wal`` and ``-shm`` the same m
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -18,6 +17,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 from zoneinfo import ZoneInfo
+
+from posterm.safefs import prepare_sqlite
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -88,11 +89,8 @@ class Store:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:  # before SQLite creates it with the umask's mode (often 0644: the books world-readable)
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        except FileExistsError:
-            pass
+        # before SQLite creates it 0644 (the books world-readable); a planted symlink is refused
+        prepare_sqlite(self.path)
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
