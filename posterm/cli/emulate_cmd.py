@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from pathlib import Path
 
 import click
 
@@ -83,9 +82,16 @@ def emulate(use_pty, listen, count, port_file, link, scenario, host_url, home, t
         click.echo(t.port)
     sys.stdout.flush()
     if port_file:
-        tmp = Path(port_file).with_suffix(".tmp")
-        tmp.write_text("".join(f"{t.port}\n" for t in terminals))
-        tmp.replace(port_file)  # appears whole, only once the terminals are ready
+        from posterm.safefs import replace_private
+
+        try:  # 0600, appears whole, only once the terminals are ready; a symlink there is refused
+            replace_private(port_file, "".join(f"{t.port}\n" for t in terminals).encode(), parent=False)
+        except (PosError, OSError) as exc:
+            (fleet or terminals[0]).close()
+            fail(f"{type(exc).__name__}: {exc}" if isinstance(exc, PosError)
+                 else f"cannot write {port_file}: {exc.strerror or exc}",
+                 EXIT_USAGE)
+            return
     try:
         while not stop.wait(0.5):
             dead = [t for t in terminals if t.error is not None]

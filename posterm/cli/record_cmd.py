@@ -6,7 +6,6 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import click
@@ -28,9 +27,9 @@ def _default_baud(protocol: str | None) -> int:
 
 def _write_port_file(port_file: str | None, path: str) -> None:
     if port_file:
-        tmp = Path(port_file).with_suffix(".tmp")
-        tmp.write_text(path + "\n")
-        tmp.replace(port_file)  # appears whole, only once the port is ready
+        from posterm.safefs import replace_private
+
+        replace_private(port_file, (path + "\n").encode(), parent=False)  # appears whole, once the port is ready
 
 
 def _stop_on_sigterm() -> threading.Event:
@@ -124,15 +123,12 @@ def convert(file: str, out: str) -> None:
     DLT_USER0 (147; a Concert recording: DLT_USER1, 148), direction in the packet flags;
     tshark and Wireshark open it."""
     from posterm.record import load
-    from posterm.record.pcapng import write_pcapng
+    from posterm.record.pcapng import write_pcapng_file
 
     if not out.endswith(".pcapng"):
         raise click.BadParameter("the output must end in .pcapng", param_hint="OUT")
     rec = load(file)
-    tmp = Path(out + ".tmp")
-    with tmp.open("wb") as fh:
-        n = write_pcapng(rec, fh)
-    tmp.replace(out)
+    n = write_pcapng_file(rec, out)
     click.echo(f"{out}: {n} packets")
 
 

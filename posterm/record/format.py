@@ -50,6 +50,7 @@ from firmware_protocol.tlv import decode
 from posterm import __version__
 from posterm.errors import ConfigError
 from posterm.redact import MASK_BYTE, message_fields, redact_frame, redacted_spans
+from posterm.safefs import private_dir, private_file
 
 FORMAT = "posterm-recording"
 FORMAT_VERSION = 1
@@ -81,17 +82,17 @@ class SessionPath(type(Path())):  # type: ignore[misc]
 def recording_path(directory: str | Path, prefix: str) -> SessionPath:
     """A new file name in ``directory`` for one session: ``PREFIX-YYYYmmddTHHMMSS-NNN.jsonl``.
 
-    Creates the directory (and the empty file, 0600). Never returns an existing file
-    (a counter breaks ties). Given to :class:`RecordingTransport`, later ECR sessions
+    Creates the directory (0700 if missing; an existing one is the user's and left as it is)
+    and the empty file, 0600. Never returns an existing file (a counter breaks ties); a
+    symlink planted at the name is refused (:class:`~posterm.safefs.UnsafePath`). Given to :class:`RecordingTransport`, later ECR sessions
     go to further files of the same form.
     """
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
+    d = private_dir(directory)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     for n in range(1000):
         p = d / f"{prefix}-{stamp}-{n:03d}.jsonl"
         try:
-            fd = os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            fd = private_file(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, parent=False)
         except FileExistsError:
             continue
         os.close(fd)
@@ -150,7 +151,8 @@ class _Direction:
 class Recorder:
     """Writes one recording. Thread-safe; ``close()`` flushes and closes the file.
 
-    ``target`` is a path (created 0600) or an open text stream. ``port`` is a
+    ``target`` is a path (created 0600; a symlink there is refused with
+    :class:`~posterm.safefs.UnsafePath`) or an open text stream. ``port`` is a
     dict of port settings for the header; ``side`` says whose transport was wrapped;
     ``protocol`` is the family on the line (``posterm`` or ``concert``).
     """
@@ -181,7 +183,7 @@ class Recorder:
     def _open_file(self, path: Path) -> None:
         self.path = path
         self.paths.append(path)
-        fd = os.open(path, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
+        fd = private_file(path, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, parent=False)  # no planted link
         self._fh = os.fdopen(fd, "w", encoding="utf-8")
         self._owns = True
         # A recorder shared across reconnects (open_recorded) has no single closer:

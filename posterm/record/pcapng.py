@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from posterm.record.format import Recording
+from posterm.safefs import atomic_private
 
 LINKTYPE_USER0 = 147
 LINKTYPE_USER1 = 148        # Concert recordings
@@ -106,3 +107,13 @@ def read_pcapng(data: bytes) -> Iterator[tuple[int, int, bytes, int]]:
                 o += 4 + length + (-length % 4)
             yield linktype, (hi << 32) | lo, packet, flags
         pos += total
+
+
+def write_pcapng_file(recording: Recording, path: str | Path) -> int:
+    """Write ``recording`` as pcapng to ``path`` (0600, whole or not at all); return the packet count.
+
+    The file appears only once complete (temp file, fsync, rename); a symlink at ``path``
+    is refused with :class:`~posterm.safefs.UnsafePath`. Its directory must exist.
+    """
+    with atomic_private(path, parent=False) as out:
+        return write_pcapng(recording, out)
