@@ -139,15 +139,19 @@ def keygen_cmd(key_file) -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 @db_option
 @key_option
+@click.option("--allow-other-host", is_flag=True,
+              help="Restore a backup taken on another host (refused by default: its host id must be this host's).")
+@click.option("--host-id", default=None, help="This host's id, compared with the backup's (default: hostname).")
 @json_option
 @backup_errors
-def restore(file, db_path, key_file, as_json) -> None:
-    """Restore the backup FILE into --db: refused (nothing changed) if FILE is tampered, truncated
-    or under another key; otherwise checked and swapped in atomically. Stop the host first;
-    the database it replaces is kept as <db>.pre-restore-<time>."""
+def restore(file, db_path, key_file, allow_other_host, host_id, as_json) -> None:
+    """Restore the backup FILE into --db: refused (nothing changed) if FILE is tampered, truncated,
+    under another key, or taken on another host (unless --allow-other-host); otherwise checked and
+    swapped in atomically. Stop the host first; the database it replaces is kept as
+    <db>.pre-restore-<time>."""
     from posterm.host.backup import restore as run
 
-    rep = run(file, _db(db_path), key_file)
+    rep = run(file, _db(db_path), key_file, allow_other_host=allow_other_host, host_id=host_id)
     if as_json:
         click.echo(json.dumps({"db": str(rep.db_path), "ledger_hash": rep.ledger_hash,
                                "previous": str(rep.previous) if rep.previous else None,

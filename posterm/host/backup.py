@@ -53,6 +53,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from posterm.errors import ConfigError, CryptoError, PosError
+from posterm.safefs import prepare_sqlite, private_file, refuse_symlink
 
 log = logging.getLogger("posterm.backup")
 
@@ -84,6 +85,15 @@ class BackupTruncated(BackupTampered):
 
 class BackupKeyMismatch(BackupError, CryptoError):
     """The backup was encrypted under a different key."""
+
+
+class BackupOtherHost(BackupError, ConfigError):
+    """The backup was taken on another host: restoring it here needs ``allow_other_host``."""
+
+
+def this_host_id() -> str:
+    """The host id a backup records by default, and a restore compares with: the host name."""
+    return socket.gethostname() or "host"
 
 
 # ---------------------------------------------------------------- keys
@@ -152,9 +162,13 @@ def load_key(key: BackupKey | bytes | str | os.PathLike | None = None) -> Backup
 
 
 def generate_key_file(path: str | os.PathLike) -> BackupKey:
-    """Write a new random key (hex) to ``path`` with mode 0600; refuses to overwrite."""
+    """Write a new random key (hex) to ``path`` with mode 0600; refuses to overwrite.
+
+    Raises ``FileExistsError`` for an existing file, :class:`~posterm.safefs.UnsafePath`
+    for a symlink there (never followed), ``OSError`` otherwise.
+    """
     raw = secrets.token_bytes(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = private_file(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, parent=False)
     with os.fdopen(fd, "w") as f:
         f.write(raw.hex() + "\n")
     return BackupKey(raw)
@@ -346,8 +360,10 @@ def snapshot(db_path: str | os.PathLike, into: str | os.PathLike) -> tuple[str, 
     Raises BackupError when the source cannot be read or the copy fails its integrity check.
     """
     db_path = Path(db_path)
+    prepare_sqlite(db_path, parent=False, create=False)  # a planted link at it or its -wal is refused
     if not db_path.is_file():
         raise BackupError(f"no database at {db_path}")
+    prepare_sqlite(into, parent=False)  # the copy (and its -journal) 0600, through no link
     try:
         # a plain connection that only reads: a read-only one cannot open a WAL database without its -shm
         src = sqlite3.connect(db_path, timeout=30.0, isolation_level=None)
@@ -391,6 +407,7 @@ def _write_one(plain: Path, dest: Path, name: str, hdr_fields: dict, key: Backup
             out.flush()
             os.fsync(out.fileno())
         final = dest / name
+        refuse_symlink(final)
         os.replace(tmp, final)
         _fsync_dir(dest)
         return final
@@ -420,7 +437,7 @@ def backup(db_path: str | os.PathLike, dests: Sequence[str | os.PathLike],
     if not 1 <= chunk_size <= MAX_CHUNK:
         raise ConfigError(f"chunk size must be 1..{MAX_CHUNK}")
     db_path = Path(db_path)
-    host_id = host_id or socket.gethostname() or "host"
+    host_id = host_id or this_host_id()
     now = _dt.datetime.now(_dt.timezone.utc)
     name = f"posterm-backup-{_safe_name(host_id)}-{now.strftime('%Y%m%dT%H%M%S.%fZ')}{SUFFIX}"
     parent = db_path.parent if db_path.parent.is_dir() else Path(tempfile.gettempdir())
@@ -575,20 +592,47 @@ class RestoreReport:
     previous: Path | None
 
 
+def _refuse_other_host(file: Path, key: BackupKey, here: str) -> None:
+    """Raise BackupOtherHost if ``file`` was taken on another host than ``here``.
+
+    Runs before anything is decrypted to disk. The header's host id is believed only once
+    the first chunk authenticates (every chunk's associated data covers the header), so
+    a tampered header is still named as tampered, not as another host's.
+    """
+    try:
+        with open(file, "rb") as f:
+            hdr, hh = _open_backup(f, str(file), key)
+            if hdr.host_id == here:
+                return
+            next(_decrypt_chunks(f, hdr, hh, key, str(file)))
+    except OSError as exc:
+        raise BackupError(f"cannot read {file}: {exc.strerror or exc}") from None
+    raise BackupOtherHost(f"{file} was taken on host {hdr.host_id!r}, this is host {here!r}: nothing changed "
+                          f"(to restore it here anyway: --allow-other-host, or allow_other_host=True)")
+
+
 def restore(file: str | os.PathLike, db_path: str | os.PathLike,
-            key: BackupKey | bytes | str | os.PathLike | None) -> RestoreReport:
+            key: BackupKey | bytes | str | os.PathLike | None, *, allow_other_host: bool = False,
+            host_id: str | None = None) -> RestoreReport:
     """Restore ``file`` into ``db_path``: decrypt beside it, check, then swap in with os.replace.
 
+    A backup taken on another host (its header's ``host_id`` is not ``host_id``, by
+    default this host's name) is refused with :class:`BackupOtherHost` unless
+    ``allow_other_host``: restoring one host's ledger over another's is never an accident.
     Until every chunk authenticated, integrity_check said ok and the ledger hash matched,
     nothing at ``db_path`` is touched. A database already there is checkpointed and kept as
     ``<db>.pre-restore-<time>``; it must not be open by a running host (stop it first).
-    Raises BackupTampered / BackupTruncated / BackupKeyMismatch, ConfigError, BackupError.
+    Raises BackupTampered / BackupTruncated / BackupKeyMismatch, BackupOtherHost,
+    ConfigError (UnsafePath for a symlink at ``db_path`` or its companions), BackupError.
     """
     k = load_key(key)
     file, db_path = Path(file), Path(db_path)
     target_dir = db_path.parent
     if not target_dir.is_dir():
         raise BackupError(f"cannot restore into {db_path}: directory {target_dir} does not exist")
+    prepare_sqlite(db_path, parent=False, create=False)
+    if not allow_other_host:
+        _refuse_other_host(file, k, host_id or this_host_id())
     try:
         hdr, tmp = _decrypt_to(file, k, target_dir)
     except OSError as exc:

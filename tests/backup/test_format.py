@@ -150,14 +150,14 @@ def test_restore_refusal_changes_nothing(pair, tmp_path):
         p.parent.mkdir(exist_ok=True)
         p.write_bytes(blob)
         with pytest.raises(exc):
-            restore(p, target, key)
+            restore(p, target, key, host_id="H1")
         after = {q.name: q.read_bytes() for q in tmp_path.iterdir() if q.is_file()}
         assert after == before
 
 
 def test_restore_swaps_in_and_keeps_previous(pair, tmp_path, db):
     target = make_db(tmp_path / "live.db", rows=5)
-    rep = restore(pair[1], target, KEY)
+    rep = restore(pair[1], target, KEY, host_id="H1")
     assert rep.previous is not None and rep.previous.exists()
     c = sqlite3.connect(target)
     assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -210,12 +210,12 @@ def test_restore_over_a_database_in_use_is_refused(pair, tmp_path):
     before = target.read_bytes()
     try:
         with pytest.raises(BackupError, match="stop the host first"):
-            restore(pair[0], target, KEY)
+            restore(pair[0], target, KEY, host_id="H1")
         assert target.read_bytes() == before
         assert not [p for p in tmp_path.iterdir() if "pre-restore" in p.name or p.name.startswith(".")]
     finally:
         live.close()
-    restore(pair[0], target, KEY)  # once it is closed
+    restore(pair[0], target, KEY, host_id="H1")  # once it is closed
     assert sqlite3.connect(target).execute("SELECT COUNT(*) FROM accounts").fetchone()[0] == 300
 
 
