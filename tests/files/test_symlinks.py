@@ -219,11 +219,15 @@ def _cli_exit_2(r) -> None:
     assert len(lines) == 1 and "symlink" in lines[0], r.stderr
 
 
-def test_cli_keygen_convert_backup_restore_refuse_links(tmp_path, victim):
-    from tests.backup.conftest import make_db
-
+def test_cli_keygen_refuses_a_link(tmp_path, victim):
     plant(tmp_path / "k.key", victim / "file")
     _cli_exit_2(run("host", "backup", "keygen", str(tmp_path / "k.key")))
+    assert untouched(victim)
+
+
+@pytest.fixture
+def a_backup(tmp_path):
+    from tests.backup.conftest import make_db
 
     key = tmp_path / "good.key"
     assert run("host", "backup", "keygen", str(key)).exit_code == 0
@@ -231,15 +235,26 @@ def test_cli_keygen_convert_backup_restore_refuse_links(tmp_path, victim):
     (tmp_path / "dest").mkdir()
     r = run("host", "backup", "--to", str(tmp_path / "dest"), "--key-file", str(key), "--db", str(db))
     assert r.exit_code == 0, r.output
-    file = r.stdout.split()[0]
+    return key, r.stdout.split()[0]
 
+
+def test_cli_backup_of_a_linked_database_is_refused(tmp_path, victim, a_backup):
+    key, _ = a_backup
     plant(tmp_path / "linked.db", victim / "file")
     _cli_exit_2(run("host", "backup", "--to", str(tmp_path / "dest"), "--key-file", str(key),
                     "--db", str(tmp_path / "linked.db")))
+    assert untouched(victim)
+
+
+@pytest.mark.parametrize("planted", ["linked.db", "linked.db-wal"])
+def test_cli_restore_over_a_link_is_refused(tmp_path, victim, a_backup, planted):
+    key, file = a_backup
+    plant(tmp_path / planted, victim / "file")
     _cli_exit_2(run("host", "restore", file, "--db", str(tmp_path / "linked.db"), "--key-file", str(key)))
-    assert (tmp_path / "linked.db").is_symlink()
+    assert (tmp_path / planted).is_symlink() and untouched(victim)
 
 
+def test_cli_convert_refuses_a_link(tmp_path, victim):
     from posterm.record.format import Recorder
 
     Recorder(tmp_path / "r.jsonl").close()
