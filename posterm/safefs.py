@@ -65,7 +65,8 @@ def private_dir(path: str | os.PathLike[str], *, own: bool = False) -> Path:
     """Make ``path`` a directory, creating it and missing parents 0700, and return it.
 
     With ``own=True`` (a directory posterm owns: its home, a terminal's state, the HSM)
-    the leaf must not be a symlink, must be the caller's, and is tightened to 0700.
+    the leaf must not be a symlink, must be the caller's, must not be a shared (sticky)
+    directory such as ``/tmp``, and is tightened to 0700.
     Without it an existing directory the user chose (``/tmp`` for a port file) is left as
     it is, a symlink to a directory included (``/tmp`` itself is one on macOS): the files
     posterm makes in it are still refused through links. Raises :class:`UnsafePath` if
@@ -105,6 +106,8 @@ def private_dir(path: str | os.PathLike[str], *, own: bool = False) -> Path:
     if own:
         if hasattr(os, "getuid") and st.st_uid != os.getuid():
             raise UnsafePath(f"{path} belongs to another user (uid {st.st_uid})")
+        if st.st_mode & stat.S_ISVTX:  # /tmp itself as POSTERM_HOME: never chmod a shared directory
+            raise UnsafePath(f"{path} is a shared directory (sticky bit): give posterm a directory of its own")
         if stat.S_IMODE(st.st_mode) != DIR_MODE:
             os.chmod(path, DIR_MODE)
     return path

@@ -85,3 +85,13 @@ def test_prepare_sqlite_checks_companions_and_create_false_creates_nothing(tmp_p
     wal.symlink_to(tmp_path / "victim")
     with pytest.raises(UnsafePath, match="x.db-wal"):
         prepare_sqlite(db)
+
+
+def test_a_shared_sticky_directory_is_never_taken_as_posterms_own(tmp_path):
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    with pytest.raises(UnsafePath, match="shared directory"):
+        private_dir(shared, own=True)
+    assert mode(shared) == 0o1777
+    private_dir(shared)                    # as a user's directory (a port file in /tmp) it is fine
