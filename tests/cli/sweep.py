@@ -85,6 +85,10 @@ def category(path: tuple[str, ...], param: click.Parameter) -> str | None:
     t = param.type
     if getattr(param, "is_flag", False) or isinstance(t, (click.Choice, click.types.BoolParamType)):
         return None
+    if path[-1] == "emulate" and name == "record":
+        return "dir"  # emulate records one file per session into a directory
+    if path[0] == "crypto" and name == "text":
+        return None  # any text has a MAC: no bad value
     if name in _PORTS:
         return "port"
     if name == "host_url":
@@ -94,13 +98,15 @@ def category(path: tuple[str, ...], param: click.Parameter) -> str | None:
     if name == "amount_minor":
         return "amount_minor"
     if name in _AMOUNTS:
-        return "amount"
+        return "money" if path[0] == "host" else "amount"  # host amounts may be 0 (a balance, a limit)
     if name == "payment_code":
         return "code"
     if name == "operator_password":
         return "password"
     if name in _IDS:
         return "id"
+    if name == "outage_seconds":
+        return "seconds0"
     if name in _SECONDS:
         return "seconds"
     if name == "date":
@@ -121,7 +127,9 @@ def category(path: tuple[str, ...], param: click.Parameter) -> str | None:
         return "outfile"
     if name in _DIRS or (name == "record" and isinstance(t, click.Path) and not t.file_okay):
         return "dir"
-    if isinstance(t, (click.Path, click.File)) or name.endswith("_file") or name in ("file", "scenario", "risk_rules"):
+    if name in ("scenario", "risk_rules"):
+        return "toml"
+    if isinstance(t, (click.Path, click.File)) or name.endswith("_file") or name == "file":
         return "infile"
     if path[0] == "crypto" and name in _HEX:
         return "hex"
@@ -170,6 +178,7 @@ class Files:
         (r / "not-toml").write_text("[[[ = = =\n")
         (r / "a-dir").mkdir()
         (r / "regular").write_text("a file\n")
+        (r / "backup.key").write_text("00" * 32 + "\n")
         os.symlink(r / "loop-b", r / "loop-a")
         os.symlink(r / "loop-a", r / "loop-b")
         return self
@@ -187,6 +196,9 @@ def bad_values(cat: str, f: Files) -> list[tuple[str, int]]:
         "id": ["bad id!", "", "x" * 65, "é" * 10, "a\nb", "../../etc"],
         "password": ["7q", "", "Q" * 33, "pass word", "密码密码"],
         "seconds": ["nan", "inf", "-inf", "-1", "0", "1e308", "abc", ""],
+        "seconds0": ["nan", "inf", "-inf", "-1", "1e308", "abc", ""],
+        "money": ["1e30", "-1", "nan", "inf", "1e999999999", "12abc", "", "99999999999999999999", "12.345",
+                  "0.001", "1,00", "١٢"],
         "int": ["99999999999999999999999", "-1", "nan", "abc", ""],
         "date": ["yesterday", "2026-13-01", "2026-02-30", "", "20261201"],
         "month": ["2026-13", "December", "", "2026-1"],
@@ -198,14 +210,15 @@ def bad_values(cat: str, f: Files) -> list[tuple[str, int]]:
         "listen": ["tcp://127.0.0.1:notaport", "tcp://[::1", "127.0.0.1:99999", "notaport", ""],
         "port": ["tcp://[::1", "tcp://127.0.0.1:notaport", "tcp://127.0.0.1:99999", "rfc2217://", "nosuch://x",
                  "socket://:x", ""],
-        "hex": ["XYZ", "", "0" * 10001, "éé"],
+        "hex": ["XYZ", "0" * 10001, "éé"],
         "pan": ["12a4", "", "1" * 40],
         "description": ["x" * 300, "é" * 65],
         "text": ["x" * 70000],
-        "database": [p["garbage_db"], p["corrupt_db"], p["binary"], p["dir"], p["missing_dir"], p["loop"],
+        "database": [p["garbage_db"], p["corrupt_db"], p["binary"], p["dir"], p["loop"],
                      p["under_file"]],
         "infile": [p["binary"], p["empty"], p["not_toml"], p["dir"], p["missing"], p["missing_dir"], p["loop"],
                    p["under_file"], p["garbage_db"]],
+        "toml": [p["binary"], p["dir"], p["missing"], p["missing_dir"], p["loop"], p["under_file"], p["not_toml"]],
         "outfile": [p["dir"], p["missing_dir"], p["loop"], p["under_file"]],
         "dir": [p["regular"], p["under_file"], p["loop"]],
     }[cat]
@@ -250,6 +263,10 @@ def good_value(path: tuple[str, ...], param: click.Parameter, cat: str | None, f
         return "1"
     if name in ("file", "scenario", "risk_rules"):
         return None
+    if name == "dests":
+        return str(f.root)
+    if name == "key_file" and path[-1] != "keygen":
+        return str(f.root / "backup.key")
     if name == "out":
         return str(f.root / "out.pcapng")
     if name == "record_file":
@@ -287,6 +304,12 @@ def good_args(path: tuple[str, ...], cmd: click.Command, target: click.Parameter
             needed = False
         if path[0] == "crypto" and name == "key" and path[-1] in ("encode",):
             needed = False
+        if path[0] == "crypto" and name == "pin":
+            needed = True  # else it is prompted for
+        if path[:2] == ("host", "backup") and name in ("dests", "key_file") and len(path) == 2:
+            needed = True
+        if path[-1] == "restore" and name == "key_file":
+            needed = True
         if path[-1] == "replay" and name == "port":
             needed = True
         if not needed:
@@ -342,8 +365,10 @@ def cases_for(path: tuple[str, ...], cmd: click.Command, f: Files) -> list[Case]
             # options before the bad one, arguments after "--" when needed
             argv = list(path) + place(cmd, p, value) + argv_pos if not isinstance(p, click.Argument) \
                 else list(path) + argv_pos + place(cmd, p, value)
-            names = param_names(p) + ((value,) if cat in ("database", "infile", "outfile", "dir", "port") and value
-                                      else ())
+            names = param_names(p) + ((value,) if cat in ("database", "infile", "toml", "outfile", "dir", "port")
+                                      and value else ())
+            if code == 4:  # nobody answers: either port may be the one named
+                names += (GOOD["port"],)
             out.append(Case(argv, code, names, secret=value if cat == "password" and len(value) > 1 else None))
     # the operator password from stdin: empty, malformed
     if any(p.name == "password_stdin" for p in cmd.params):

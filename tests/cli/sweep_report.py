@@ -8,7 +8,6 @@ lines, no parameter named).
 from __future__ import annotations
 
 import collections
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -35,6 +34,7 @@ def run() -> int:
                 mp.delenv(var, raising=False)
             sweep.sigterm_at_once(mp)
             runner = _runner()
+            runner.invoke(main, ["host", "account", "add", "ORDER-1", "--name", "swept"])
             for case in cases:
                 total += 1
                 result = runner.invoke(main, case.argv, input=case.stdin)

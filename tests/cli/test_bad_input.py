@@ -59,6 +59,7 @@ def run_cases(cases, tmp_path, monkeypatch):
     sweep.sigterm_at_once(monkeypatch)
     failures = []
     runner = _runner()
+    runner.invoke(main, ["host", "account", "add", "ORDER-1", "--name", "swept"])  # an account to change
     for case in cases:
         result = runner.invoke(main, case.argv, input=case.stdin)
         why = check(case, result)
