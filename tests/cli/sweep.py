@@ -135,15 +135,13 @@ def category(path: tuple[str, ...], param: click.Parameter) -> str | None:
         return "hex"
     if name == "pan":
         return "pan"
-    if isinstance(t, click.types.IntParamType) or t is click.INT:
+    if isinstance(t, click.types.IntParamType) or t.name == "integer":
         return "int"
-    if isinstance(t, click.types.FloatParamType) or t is click.FLOAT:
+    if isinstance(t, click.types.FloatParamType) or t.name in ("float", "seconds"):
         return "seconds"
     if name == "description":
         return "description"
-    if t is click.STRING or isinstance(t, click.types.StringParamType):
-        return "text"
-    return None
+    return "text"  # anything else takes text: at least an over-long one must be refused or harmless
 
 
 def unused_port() -> int:
