@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import click
 
-from posterm.cli.common import EXIT_USAGE, fail
+from posterm.cli.common import EXIT_USAGE, DatabaseFile, Directory, IdType, InputFile, OutputFile, fail
 
 EXIT_PARTIAL = 1
 EXIT_FAILED = 4
@@ -22,7 +22,7 @@ EXIT_FAILED = 4
 key_option = click.option("--key-file", type=click.Path(dir_okay=False), default=None,
                           help="Backup key: 32 raw bytes, 64 hex digits or base64 (default $POSTERM_BACKUP_KEY). "
                                "Keep it away from the backups.")
-db_option = click.option("--db", "db_path", type=click.Path(dir_okay=False), default=None,
+db_option = click.option("--db", "db_path", type=DatabaseFile(), default=None,
                          help="Host database (default $POSTERM_HOME/host.db).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
@@ -50,13 +50,13 @@ def backup_errors(fn: Callable) -> Callable:
 
 
 @click.group(invoke_without_command=True)
-@click.option("--to", "dests", multiple=True, type=click.Path(file_okay=False),
+@click.option("--to", "dests", multiple=True, type=Directory(),
               help="Destination directory (repeat for several places).")
 @key_option
 @db_option
 @click.option("--keep", type=click.IntRange(1, 100000), default=None,
               help="Keep only the newest N backups of this host in each destination.")
-@click.option("--host-id", default=None, help="Source host id recorded in the header (default: hostname).")
+@click.option("--host-id", type=IdType(64), default=None, help="Source host id recorded in the header (default: hostname).")
 @json_option
 @click.pass_context
 @backup_errors
@@ -94,7 +94,7 @@ def backup(ctx: click.Context, dests, key_file, db_path, keep, host_id, as_json)
 
 
 @backup.command("verify")
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file", type=InputFile())
 @key_option
 @json_option
 @backup_errors
@@ -120,7 +120,7 @@ def verify_cmd(file, key_file, as_json) -> None:
 
 
 @backup.command("keygen")
-@click.argument("key_file", type=click.Path(dir_okay=False))
+@click.argument("key_file", type=OutputFile())
 @backup_errors
 def keygen_cmd(key_file) -> None:
     """Write a new random backup key (hex, mode 0600) to KEY_FILE; prints its key id, never the key."""
@@ -136,7 +136,7 @@ def keygen_cmd(key_file) -> None:
 
 
 @click.command()
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file", type=InputFile())
 @db_option
 @key_option
 @click.option("--allow-other-host", is_flag=True,

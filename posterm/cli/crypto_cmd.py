@@ -12,10 +12,27 @@ from typing import Any, Callable
 
 import click
 
-from posterm.cli.common import emit_json
+from posterm.cli.common import InputFile, emit_json
 from posterm.errors import CryptoError
 
 json_flag = click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+
+
+class _Digits(click.ParamType):
+    """lo..hi ASCII digits; ``secret`` values are never shown in an error."""
+
+    def __init__(self, name: str, lo: int, hi: int) -> None:
+        self.name, self.lo, self.hi = name, lo, hi
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value).strip()
+        if not (self.lo <= len(text) <= self.hi and text.isascii() and text.isdigit()):
+            self.fail(f"a {self.name} is {self.lo} to {self.hi} digits", param, ctx)
+        return text
+
+
+PAN = _Digits("PAN", 1, 19)     # ISO 9564-1: the PAN (or a payment code) fits 19 digits
+PIN = _Digits("PIN", 4, 12)
 
 
 def hexarg(value: str, what: str, sizes: tuple[int, ...] | None = None) -> bytes:
@@ -98,7 +115,7 @@ def _bdk(bdk: str | None, bdk_file: str | None) -> bytes:
 
 bdk_options = [
     click.option("--bdk", default=None, help="Base derivation key, hex (public test keys only)."),
-    click.option("--bdk-file", default=None, type=click.Path(dir_okay=False),
+    click.option("--bdk-file", default=None, type=InputFile(max_bytes=4096),
                  help="Read the BDK from a file (hex text or 16 raw bytes); only KCVs are printed then."),
 ]
 
@@ -206,10 +223,10 @@ def pinblock() -> None:
 
 @pinblock.command("encode")
 @click.option("--format", "fmt", type=click.Choice(["0", "3", "4"]), required=True)
-@click.option("--pin", default=None,
+@click.option("--pin", type=PIN, default=None,
               help="Only for published test vectors; omit it to type the PIN at a hidden prompt "
                    "(a PIN on a command line lands in shell history).")
-@click.option("--pan", required=True)
+@click.option("--pan", type=PAN, required=True)
 @click.option("--key", default=None, help="PIN key, hex: gives the encrypted block (required for format 4).")
 @click.option("--fill", default=None, help="Random fill, hex (format 3: nibbles; format 4: 8 bytes).")
 @json_flag
@@ -221,20 +238,20 @@ def pinblock_encode(fmt: str, pin: str | None, pan: str, key: str | None, fill: 
     if pin is None:
         pin = click.prompt("PIN", hide_input=True, err=True)
 
-    raw_fill = hexarg(fill, "--fill") if fill else None
+    raw_fill = hexarg(fill, "--fill") if fill is not None else None
     if fmt == "4":
-        if not key:
+        if key is None:
             raise click.UsageError("format 4 is defined enciphered: give --key (AES)")
         k = c.Key(hexarg(key, "--key", (16, 24, 32)), c.Usage.PIN, c.Algorithm.AES)
         return {"block": c.encrypt_pin_block_4(k, pin, pan, raw_fill)}
     clear = c.pin_block_0(pin, pan) if fmt == "0" else c.pin_block_3(pin, pan, raw_fill)
-    if key:
+    if key is not None:
         return {"block": c.tdes_ecb(hexarg(key, "--key", (16, 24)), clear)}
     return {"block": clear}
 
 
 @pinblock.command("pan-field")
-@click.option("--pan", required=True)
+@click.option("--pan", type=PAN, required=True)
 @json_flag
 @calc
 def pinblock_pan_field(pan: str) -> dict:
@@ -247,7 +264,7 @@ def pinblock_pan_field(pan: str) -> dict:
 @pinblock.command("decode")
 @click.option("--format", "fmt", type=click.Choice(["0", "3", "4"]), required=True)
 @click.option("--block", required=True)
-@click.option("--pan", required=True)
+@click.option("--pan", type=PAN, required=True)
 @click.option("--key", default=None, help="PIN key, hex, if the block is encrypted.")
 @json_flag
 @calc
@@ -256,12 +273,12 @@ def pinblock_decode(fmt: str, block: str, pan: str, key: str | None) -> dict:
     from posterm.crypto import common as c
 
     if fmt == "4":
-        if not key:
+        if key is None:
             raise click.UsageError("format 4 needs --key")
         k = c.Key(hexarg(key, "--key", (16, 24, 32)), c.Usage.PIN, c.Algorithm.AES)
         return {"pin": c.decrypt_pin_block_4(k, hexarg(block, "--block", (16,)), pan)}
     raw = hexarg(block, "--block", (8,))
-    if key:
+    if key is not None:
         raw = c.tdes_ecb(hexarg(key, "--key", (16, 24)), raw, decrypt=True)
     return {"pin": c.decode_pin_block_03(raw, pan)}
 
@@ -300,7 +317,10 @@ def tr31_unwrap(kbpk: str, block: str) -> dict:
     """Check and unwrap BLOCK; prints the key (and with --json the header)."""
     from posterm.crypto import common as c
 
-    h, key = c.tr31_unwrap(hexarg(kbpk, "--kbpk", (16, 24, 32)), block.strip())
+    try:
+        h, key = c.tr31_unwrap(hexarg(kbpk, "--kbpk", (16, 24, 32)), block.strip())
+    except CryptoError as exc:
+        raise click.BadParameter(str(exc), param_hint="BLOCK") from None
     return {"key": key, "usage": h.usage, "algorithm": h.algorithm, "mode": h.mode,
             "exportability": h.exportability, "kcv": c.kcv(key, c.Algorithm.AES if h.algorithm == "A"
                                                              else c.Algorithm.TDES).hex().upper()}
@@ -314,7 +334,10 @@ def tr31_inspect(block: str) -> dict:
     """The clear header of BLOCK (needs no key)."""
     from posterm.crypto import common as c
 
-    h, _ = c.parse_tr31_header(block.strip())
+    try:
+        h, _ = c.parse_tr31_header(block.strip())
+    except CryptoError as exc:
+        raise click.BadParameter(str(exc), param_hint="BLOCK") from None
     return {"usage": h.usage, "version": h.version, "length": h.length, "algorithm": h.algorithm, "mode": h.mode,
             "key_version": h.key_version, "exportability": h.exportability,
             "optional_blocks": dict(h.optional_blocks)}

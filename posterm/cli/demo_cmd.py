@@ -13,6 +13,8 @@ import click
 
 from firmware_protocol.currency import format_minor
 
+from posterm.cli.common import Directory
+
 DAY = [
     # (what, payment code, amount minor, expected result)
     ("approved, password-free", "289900000000000001", 2_500, "approved"),
@@ -25,7 +27,7 @@ DAY = [
 
 
 @click.command()
-@click.option("--home", type=click.Path(file_okay=False), default=None,
+@click.option("--home", type=Directory(), default=None,
               help="Keep state here (default: a fresh temporary directory, removed afterwards).")
 @click.option("--trace", is_flag=True, help="Log every frame (masked) to stderr.")
 def demo(home: str | None, trace: bool) -> None:

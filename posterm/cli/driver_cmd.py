@@ -10,11 +10,21 @@ from typing import Any
 
 import click
 
-from firmware_protocol.currency import CURRENCIES, format_minor, to_minor
+from firmware_protocol.currency import CURRENCIES, format_minor
 from firmware_protocol.messages import Outcome
 
 from posterm.cli.common import (
+    AMOUNT,
+    AMOUNT_MINOR,
+    CURRENCY,
+    DESCRIPTION,
+    ORDER_ID,
+    PASSWORD,
+    PAYMENT_CODE,
     EXIT_CODES_HELP,
+    SecondsType,
+    check_password,
+    minor_units,
     EXIT_DECLINED,
     EXIT_OK,
     EXIT_UNKNOWN,
@@ -63,21 +73,12 @@ def _print_qr(data: str) -> None:
     click.echo(f"QR data: {data}", err=True)
 
 
-def _amount(amount: str | None, amount_minor: int | None, currency: str) -> int:
-    currency = currency.upper()
+def _amount(amount, amount_minor: int | None, currency: str) -> int:
     if (amount is None) == (amount_minor is None):
         raise click.UsageError("give exactly one of --amount (decimal) and --amount-minor (integer)")
     if amount_minor is not None:
-        if amount_minor <= 0:
-            raise click.BadParameter("must be positive", param_hint="--amount-minor")
-        return amount_minor
-    try:
-        value = to_minor(amount, currency)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--amount") from None
-    if value <= 0:
-        raise click.BadParameter("must be positive", param_hint="--amount")
-    return value
+        return amount_minor  # AMOUNT_MINOR checked 1..MAX_AMOUNT_MINOR
+    return minor_units(amount, currency, "--amount")
 
 
 def _currency(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -104,7 +105,7 @@ def _finish_payment(result, as_json: bool, done: Outcome = Outcome.APPROVED) -> 
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-timeout_option = click.option("--timeout", type=click.FloatRange(0.1, 3600), default=None,
+timeout_option = click.option("--timeout", type=SecondsType(0.1, 3600), default=None,
                               help="Seconds to wait for the answer.")
 
 
@@ -155,12 +156,12 @@ def status(as_json: bool, timeout: float | None, **kw: Any) -> None:
 
 @click.command(epilog=EXIT_CODES_HELP)
 @port_options
-@click.option("--amount", help="Decimal amount in the currency's unit, e.g. 12.34 (never a float).")
-@click.option("--amount-minor", type=int, help="Amount in minor units, e.g. 1234.")
-@click.option("--currency", default="CNY", show_default=True, callback=_currency, help="ISO 4217 code.")
-@click.option("--payment-code", help="The customer's payment code, if the ECR scanned it.")
-@click.option("--order-id", help="Merchant order id (generated when not given).")
-@click.option("--description", help="Shown to the customer and on the receipt.")
+@click.option("--amount", type=AMOUNT, help="Decimal amount in the currency's unit, e.g. 12.34 (never a float).")
+@click.option("--amount-minor", type=AMOUNT_MINOR, help="Amount in minor units, e.g. 1234.")
+@click.option("--currency", type=CURRENCY, default="CNY", show_default=True, help="ISO 4217 code.")
+@click.option("--payment-code", type=PAYMENT_CODE, help="The customer's payment code, if the ECR scanned it.")
+@click.option("--order-id", type=ORDER_ID, help="Merchant order id (generated when not given).")
+@click.option("--description", type=DESCRIPTION, help="Shown to the customer and on the receipt.")
 @click.option("--qr", "dynamic_qr", is_flag=True, help="Merchant-presented dynamic QR for the customer to scan.")
 @json_option
 @timeout_option
@@ -193,7 +194,7 @@ def pay(amount, amount_minor, currency, payment_code, order_id, description, dyn
 
 @click.command(epilog=EXIT_CODES_HELP)
 @port_options
-@click.argument("order_id")
+@click.argument("order_id", type=ORDER_ID)
 @json_option
 @timeout_option
 @handle_errors
@@ -208,14 +209,14 @@ def _password(value: str | None, stdin: bool) -> str:
     if value and stdin:
         raise click.UsageError("give --operator-password or --password-stdin, not both")
     if stdin:
-        return sys.stdin.readline().strip()
+        return check_password(sys.stdin.readline().strip(), "--password-stdin")
     if value:
-        return value
-    return click.prompt("Operator password", hide_input=True)
+        return value  # PASSWORD checked its form
+    return check_password(click.prompt("Operator password", hide_input=True, err=True))
 
 
 password_options = [
-    click.option("--operator-password", envvar="POSTERM_OPERATOR_PASSWORD",
+    click.option("--operator-password", envvar="POSTERM_OPERATOR_PASSWORD", type=PASSWORD,
                  help="Operator transaction password (prompted when absent). [env POSTERM_OPERATOR_PASSWORD]"),
     click.option("--password-stdin", is_flag=True, help="Read the operator password from stdin."),
 ]
@@ -229,7 +230,7 @@ def with_password(fn):
 
 @click.command(epilog=EXIT_CODES_HELP)
 @port_options
-@click.argument("order_id")
+@click.argument("order_id", type=ORDER_ID)
 @with_password
 @json_option
 @timeout_option
@@ -251,11 +252,11 @@ def cancel(order_id, operator_password, password_stdin, as_json, timeout, **kw):
 
 @click.command(epilog=EXIT_CODES_HELP)
 @port_options
-@click.argument("order_id")
-@click.option("--amount", help="Decimal amount to refund.")
-@click.option("--amount-minor", type=int, help="Amount to refund in minor units.")
-@click.option("--currency", default="CNY", show_default=True, callback=_currency)
-@click.option("--refund-id", required=True, help="Your refund id: the same id never refunds twice.")
+@click.argument("order_id", type=ORDER_ID)
+@click.option("--amount", type=AMOUNT, help="Decimal amount to refund.")
+@click.option("--amount-minor", type=AMOUNT_MINOR, help="Amount to refund in minor units.")
+@click.option("--currency", type=CURRENCY, default="CNY", show_default=True)
+@click.option("--refund-id", type=ORDER_ID, required=True, help="Your refund id: the same id never refunds twice.")
 @with_password
 @json_option
 @timeout_option
@@ -405,5 +406,5 @@ def doctor(as_json, quick, **kw):
     if as_json:
         emit_json({"port": port, "answered_with": answered, "checks": checks})
     elif not answered:
-        click.echo("no terminal answered a Hello on any tried setting", err=True)
+        click.echo(f"posterm: error: no terminal answered a Hello on {port} with any tried setting", err=True)
     sys.exit(EXIT_OK if answered else 4)

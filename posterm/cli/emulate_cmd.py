@@ -8,32 +8,32 @@ import threading
 
 import click
 
-from posterm.cli.common import EXIT_USAGE, fail
+from posterm.cli.common import EXIT_USAGE, ID32, Directory, FaultsType, HostUrlType, InputFile, ListenType, OutputFile, SecondsType, fail
 
 
 @click.command()
 @click.option("--pty", "use_pty", is_flag=True, default=True, help="On a new pseudo-terminal (the default).")
-@click.option("--listen", default=None, metavar="tcp://127.0.0.1:PORT", help="Listen on TCP instead of a pty.")
+@click.option("--listen", type=ListenType(), default=None, metavar="tcp://127.0.0.1:PORT", help="Listen on TCP instead of a pty.")
 @click.option("--count", type=click.IntRange(1, 64), default=1, show_default=True,
               help="A fleet: one port per terminal, T0000001 upwards; every path printed.")
-@click.option("--port-file", type=click.Path(dir_okay=False), default=None,
+@click.option("--port-file", type=OutputFile(), default=None,
               help="Also write the port path(s) here once the terminal is ready.")
-@click.option("--link", default=None, help="Also make a stable symlink to the pty (one terminal only).")
-@click.option("--scenario", type=click.Path(exists=True, dir_okay=False), default=None, help="Scenario TOML.")
-@click.option("--host", "host_url", default="embedded", show_default=True, help="'embedded' or tcp://HOST:PORT.")
-@click.option("--home", type=click.Path(file_okay=False), default=None, help="State directory (default $POSTERM_HOME).")
-@click.option("--terminal-id", default="T0000001", show_default=True)
+@click.option("--link", type=OutputFile(), default=None, help="Also make a stable symlink to the pty (one terminal only).")
+@click.option("--scenario", type=InputFile(text=True), default=None, help="Scenario TOML.")
+@click.option("--host", "host_url", type=HostUrlType(), default="embedded", show_default=True, help="'embedded' or tcp://HOST:PORT.")
+@click.option("--home", type=Directory(), default=None, help="State directory (default $POSTERM_HOME).")
+@click.option("--terminal-id", type=ID32, default="T0000001", show_default=True)
 @click.option("--pace", is_flag=True, help="Pace the line to the baud rate.")
 @click.option("--baud", type=click.IntRange(50, 4_000_000), default=115200, show_default=True)
-@click.option("--faults", default=None, help="Line faults, e.g. drop=0.01,corrupt=0.01,dup=0.005,delay=20ms,unplug_after=30s,seed=1")
-@click.option("--record", type=click.Path(file_okay=False), default=None, help="Record each session into this directory.")
+@click.option("--faults", type=FaultsType(), default=None, help="Line faults, e.g. drop=0.01,corrupt=0.01,dup=0.005,delay=20ms,unplug_after=30s,seed=1")
+@click.option("--record", type=Directory(), default=None, help="Record each session into this directory.")
 @click.option("--protocol", type=click.Choice(["posterm", "concert"]), default="posterm", show_default=True,
               help="Protocol family on the line: posterm, or concert (Ingenico Telium protocol E).")
 @click.option("--line-format", type=click.Choice(["8N1", "7E1", "7O1"], case_sensitive=False), default="8N1",
               show_default=True, help="Character format on the pty: 8N1 (USB), 7E1 (a native RS-232 Telium port).")
 @click.option("--show-display", is_flag=True,
               help="Show each terminal's screen on stderr as it changes; a dynamic QR as a text QR code.")
-@click.option("--poll-interval", type=click.FloatRange(0.05, 60), default=5.0, show_default=True,
+@click.option("--poll-interval", type=SecondsType(0.05, 60), default=5.0, show_default=True,
               help="Phone/QR confirmation: query the host this often ...")
 @click.option("--poll-attempts", type=click.IntRange(1, 100), default=5, show_default=True, help="... this many times, then cancel.")
 def emulate(use_pty, listen, count, port_file, link, scenario, host_url, home, terminal_id, pace, baud, faults, record,

@@ -13,9 +13,31 @@ from typing import Any, Callable
 
 import click
 
-from posterm.cli.common import EXIT_USAGE, emit_json, fail
+from posterm.cli.common import (
+    CURRENCY,
+    DATE,
+    EXIT_USAGE,
+    ID32,
+    MONTH,
+    NOTE,
+    ORDER_ID,
+    TZ,
+    AmountType,
+    DatabaseFile,
+    Directory,
+    InputFile,
+    IntType,
+    ListenType,
+    SecondsType,
+    TextType,
+    emit_json,
+    fail,
+    minor_units,
+)
 
-db_option = click.option("--db", "db_path", type=click.Path(dir_okay=False), default=None,
+MONEY = AmountType(allow_zero=True)
+
+db_option = click.option("--db", "db_path", type=DatabaseFile(), default=None,
                          help="Host database (default $POSTERM_HOME/host.db).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
@@ -43,13 +65,9 @@ def open_host(db_path: str | None, demo: bool = False, **kw: Any):
     return Host.open(db_path, demo=demo, **kw)
 
 
-def money(amount: str, currency: str) -> int:
-    from firmware_protocol.currency import to_minor
-
-    try:
-        return to_minor(amount, currency)
-    except ValueError as exc:
-        raise click.BadParameter(f"{amount!r} is not an amount in {currency}: {exc}") from None
+def money(amount, currency: str, param_hint: str = "amount") -> int:
+    """A decimal amount (from MONEY) in minor units of ``currency``: exponent and wire cap checked."""
+    return minor_units(MONEY.convert(amount, None, None), currency, param_hint, allow_zero=True)
 
 
 @click.group()
@@ -65,16 +83,16 @@ def host() -> None:
 
 
 @host.command()
-@click.option("--listen", default="127.0.0.1:0", show_default=True, help="HOST:PORT (loopback by default).")
+@click.option("--listen", type=ListenType(url=False), default="127.0.0.1:0", show_default=True, help="HOST:PORT (loopback by default).")
 @click.option("--allow-remote", is_flag=True, help="Allow a non-loopback listen address.")
 @click.option("--no-demo", is_flag=True, help="Do not load the demo data into a database with no merchant.")
-@click.option("--risk-rules", type=click.Path(exists=True, dir_okay=False), help="Risk rules TOML.")
-@click.option("--outage-seconds", type=click.FloatRange(0, 3600), default=30.0, show_default=True,
+@click.option("--risk-rules", type=InputFile(text=True), help="Risk rules TOML.")
+@click.option("--outage-seconds", type=SecondsType(0, 3600), default=30.0, show_default=True,
               help="How long test code ...006 keeps the host silent.")
 @click.option("--backup-every", default=None, help="Take an encrypted backup this often (e.g. 1h, 15m).")
-@click.option("--backup-to", multiple=True, type=click.Path(file_okay=False), help="Backup directory (repeatable).")
+@click.option("--backup-to", multiple=True, type=Directory(), help="Backup directory (repeatable).")
 @click.option("--keep", type=click.IntRange(1, 10000), default=24, show_default=True, help="Backups kept per directory.")
-@click.option("--backup-key-file", type=click.Path(exists=True, dir_okay=False), help="Backup key file.")
+@click.option("--backup-key-file", type=InputFile(max_bytes=4096), help="Backup key file.")
 @db_option
 @host_errors
 def serve(listen, allow_remote, no_demo, risk_rules, outage_seconds, backup_every, backup_to, keep,
@@ -89,7 +107,7 @@ def serve(listen, allow_remote, no_demo, risk_rules, outage_seconds, backup_ever
     signal.signal(signal.SIGTERM, lambda *_: stop.set())  # before the address is announced: no race
     h = open_host(db_path, demo=not no_demo, risk_config=risk_rules, outage_seconds=outage_seconds)
     scheduler = None
-    if backup_every or backup_to:
+    if backup_every is not None or backup_to or backup_key_file:
         if not (backup_every and backup_to and backup_key_file):
             raise click.UsageError("scheduled backups need --backup-every, --backup-to and --backup-key-file")
         try:
@@ -120,16 +138,16 @@ def account() -> None:
 
 
 @account.command("add")
-@click.argument("account_id")
-@click.option("--name", required=True)
-@click.option("--currency", default="CNY", show_default=True)
-@click.option("--balance", default="0", help="Opening balance, decimal.")
-@click.option("--per-tx-limit", default="5000.00", show_default=True)
-@click.option("--daily-limit", default="20000.00", show_default=True)
-@click.option("--password-free", default="1000.00", show_default=True, help="No confirmation up to this amount.")
+@click.argument("account_id", type=ID32)
+@click.option("--name", type=NOTE, required=True)
+@click.option("--currency", type=CURRENCY, default="CNY", show_default=True)
+@click.option("--balance", type=MONEY, default="0", help="Opening balance, decimal.")
+@click.option("--per-tx-limit", type=MONEY, default="5000.00", show_default=True)
+@click.option("--daily-limit", type=MONEY, default="20000.00", show_default=True)
+@click.option("--password-free", type=MONEY, default="1000.00", show_default=True, help="No confirmation up to this amount.")
 @click.option("--confirm", type=click.Choice(["pin", "phone"]), default="pin", show_default=True)
-@click.option("--home-region", default="CN-SH", show_default=True)
-@click.option("--tz", default="Asia/Shanghai", show_default=True)
+@click.option("--home-region", type=TextType(32), default="CN-SH", show_default=True)
+@click.option("--tz", type=TZ, default="Asia/Shanghai", show_default=True)
 @click.option("--not-verified", is_flag=True, help="Not real-name verified.")
 @click.option("--set-password", is_flag=True, help="Prompt for a payment password (hidden).")
 @db_option
@@ -140,9 +158,10 @@ def account_add(account_id, name, currency, balance, per_tx_limit, daily_limit, 
     password = click.prompt("Payment password", hide_input=True, confirmation_prompt=True) if set_password else None
     h = open_host(db_path)
     try:
-        h.add_account(account_id, name, currency=currency, balance_minor=money(balance, currency),
-                      per_tx_limit=money(per_tx_limit, currency), daily_limit=money(daily_limit, currency),
-                      password_free=money(password_free, currency), confirm=confirm, home_region=home_region,
+        h.add_account(account_id, name, currency=currency, balance_minor=money(balance, currency, "--balance"),
+                      per_tx_limit=money(per_tx_limit, currency, "--per-tx-limit"),
+                      daily_limit=money(daily_limit, currency, "--daily-limit"),
+                      password_free=money(password_free, currency, "--password-free"), confirm=confirm, home_region=home_region,
                       tz=tz, real_name=not not_verified, password=password)
     finally:
         h.close()
@@ -150,7 +169,7 @@ def account_add(account_id, name, currency, balance, per_tx_limit, daily_limit, 
 
 
 @account.command("show")
-@click.argument("account_id")
+@click.argument("account_id", type=ID32)
 @json_option
 @db_option
 @host_errors
@@ -169,10 +188,10 @@ def account_show(account_id, as_json, db_path):
 
 
 @account.command("set-limits")
-@click.argument("account_id")
-@click.option("--per-tx-limit", default=None)
-@click.option("--daily-limit", default=None)
-@click.option("--password-free", default=None)
+@click.argument("account_id", type=ID32)
+@click.option("--per-tx-limit", type=MONEY, default=None)
+@click.option("--daily-limit", type=MONEY, default=None)
+@click.option("--password-free", type=MONEY, default=None)
 @db_option
 @host_errors
 def account_limits(account_id, per_tx_limit, daily_limit, password_free, db_path):
@@ -180,7 +199,7 @@ def account_limits(account_id, per_tx_limit, daily_limit, password_free, db_path
     h = open_host(db_path)
     try:
         cur = h.account(account_id)["currency"]
-        limits = {k: money(v, cur) for k, v in (("per_tx_limit", per_tx_limit), ("daily_limit", daily_limit),
+        limits = {k: money(v, cur, "--" + k.replace("_", "-")) for k, v in (("per_tx_limit", per_tx_limit), ("daily_limit", daily_limit),
                                                 ("password_free", password_free)) if v is not None}
         if not limits:
             raise click.UsageError("give at least one of --per-tx-limit, --daily-limit, --password-free")
@@ -191,7 +210,7 @@ def account_limits(account_id, per_tx_limit, daily_limit, password_free, db_path
 
 
 @account.command("set-security")
-@click.argument("account_id")
+@click.argument("account_id", type=ID32)
 @click.option("--two-factor/--no-two-factor", default=None,
               help="Two-factor: a confirmed payment needs the payment password and then the phone.")
 @click.option("--real-name/--no-real-name", default=None, help="Real-name verification status.")
@@ -212,7 +231,7 @@ def account_security(account_id, two_factor, real_name, confirm, db_path):
 
 
 @account.command("set-password")
-@click.argument("account_id")
+@click.argument("account_id", type=ID32)
 @db_option
 @host_errors
 def account_password(account_id, db_path):
@@ -228,8 +247,8 @@ def account_password(account_id, db_path):
 
 
 @account.command("freeze")
-@click.argument("account_id")
-@click.option("--why", default="")
+@click.argument("account_id", type=ID32)
+@click.option("--why", type=NOTE, default="")
 @db_option
 @host_errors
 def account_freeze(account_id, why, db_path):
@@ -243,7 +262,7 @@ def account_freeze(account_id, why, db_path):
 
 
 @account.command("unfreeze")
-@click.argument("account_id")
+@click.argument("account_id", type=ID32)
 @db_option
 @host_errors
 def account_unfreeze(account_id, db_path):
@@ -257,7 +276,7 @@ def account_unfreeze(account_id, db_path):
 
 
 @host.command()
-@click.argument("account_id")
+@click.argument("account_id", type=ID32)
 @json_option
 @db_option
 @host_errors
@@ -285,7 +304,7 @@ def wallet() -> None:
 
 
 @wallet.command("code")
-@click.argument("account_id")
+@click.argument("account_id", type=ID32)
 @db_option
 @host_errors
 def wallet_code(account_id, db_path):
@@ -298,8 +317,8 @@ def wallet_code(account_id, db_path):
 
 
 @wallet.command("scan")
-@click.argument("qr_data")
-@click.option("--account", "account_id", required=True)
+@click.argument("qr_data", type=TextType(1024))
+@click.option("--account", "account_id", type=ID32, required=True)
 @db_option
 @host_errors
 def wallet_scan(qr_data, account_id, db_path):
@@ -312,8 +331,8 @@ def wallet_scan(qr_data, account_id, db_path):
 
 
 @wallet.command("confirm")
-@click.argument("order_id")
-@click.option("--merchant", default="M100000001", show_default=True)
+@click.argument("order_id", type=ORDER_ID)
+@click.option("--merchant", type=ID32, default="M100000001", show_default=True)
 @db_option
 @host_errors
 def wallet_confirm(order_id, merchant, db_path):
@@ -326,8 +345,8 @@ def wallet_confirm(order_id, merchant, db_path):
 
 
 @host.command()
-@click.option("--terminal", default=None)
-@click.option("--date", default=None, help="YYYY-MM-DD (Asia/Shanghai).")
+@click.option("--terminal", type=ID32, default=None)
+@click.option("--date", type=DATE, default=None, help="YYYY-MM-DD (Asia/Shanghai).")
 @click.option("--csv", "as_csv", is_flag=True, help="CSV export.")
 @json_option
 @db_option
@@ -343,8 +362,8 @@ def trades(terminal, date, as_csv, as_json, db_path):
 
 
 @host.command()
-@click.argument("account_id")
-@click.option("--month", required=True, help="YYYY-MM, in the account's time zone.")
+@click.argument("account_id", type=ID32)
+@click.option("--month", type=MONTH, required=True, help="YYYY-MM, in the account's time zone.")
 @click.option("--csv", "as_csv", is_flag=True, help="CSV export.")
 @json_option
 @db_option
@@ -360,8 +379,8 @@ def bill(account_id, month, as_csv, as_json, db_path):
 
 
 @host.command()
-@click.argument("trade")
-@click.option("--reason", required=True)
+@click.argument("trade", type=ORDER_ID)
+@click.option("--reason", type=NOTE, required=True)
 @db_option
 @host_errors
 def report(trade, reason, db_path):
@@ -375,8 +394,8 @@ def report(trade, reason, db_path):
 
 
 @host.command("close-case")
-@click.argument("case_id", type=int)
-@click.option("--resolution", required=True, help="What the review found (kept with the case).")
+@click.argument("case_id", type=IntType(1, 2**63 - 1))
+@click.option("--resolution", type=NOTE, required=True, help="What the review found (kept with the case).")
 @click.option("--unfreeze", is_flag=True, help="Also lift the account's freeze (refused while another case is open).")
 @db_option
 @host_errors

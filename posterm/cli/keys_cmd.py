@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 import sys
+from pathlib import Path
 
 import click
 
-from posterm.cli.common import EXIT_CODES_HELP, emit_json, handle_errors, port_options
+from posterm.cli.common import EXIT_CODES_HELP, InputFile, emit_json, handle_errors, port_options
 from posterm.cli.driver_cmd import _open, _password, json_option, timeout_option, with_password
 
 
@@ -19,7 +20,7 @@ def keys() -> None:
 @keys.command("load", epilog=EXIT_CODES_HELP)
 @port_options
 @click.argument("block", required=False)
-@click.option("--block-file", type=click.File("r"), help="Read the TR-31 key block from a file ('-' for stdin).")
+@click.option("--block-file", type=InputFile(text=True, max_bytes=65536, allow_dash=True), help="Read the TR-31 key block from a file ('-' for stdin).")
 @with_password
 @json_option
 @timeout_option
@@ -33,9 +34,11 @@ def load(block, block_file, operator_password, password_stdin, as_json, timeout,
     """
     if (block is None) == (block_file is None):
         raise click.UsageError("give the key block as an argument or with --block-file, not both")
-    text = (block if block is not None else block_file.read()).strip()
+    text = (block if block is not None else sys.stdin.read() if block_file == "-"
+            else Path(block_file).read_text(encoding="utf-8")).strip()
     if not re.fullmatch(r"[0-9A-Z]{16,512}", text):
-        raise click.BadParameter("a TR-31 key block is 16..512 characters of 0-9 and A-Z", param_hint="BLOCK")
+        raise click.BadParameter("a TR-31 key block is 16..512 characters of 0-9 and A-Z",
+                                 param_hint="BLOCK" if block is not None else "--block-file")
     pw = _password(operator_password, password_stdin)
     with _open(kw) as term:
         info = term.load_key(text, pw, timeout=timeout or 10.0)

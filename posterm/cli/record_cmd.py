@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from posterm.cli.common import EXIT_OK, EXIT_USAGE, fail, handle_errors
+from posterm.cli.common import EXIT_OK, EXIT_USAGE, PORT, InputFile, OutputFile, SecondsType, TextType, fail, handle_errors
 
 EXIT_DIFF = 1
 
@@ -71,7 +71,7 @@ def _summary(rec: dict[str, Any]) -> str:
 
 
 @click.command()
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file", type=InputFile(text=True))
 @click.option("--chunks", is_flag=True, help="Also list the raw chunks as they crossed the port.")
 @click.option("--acks", is_flag=True, help="Also list ACK frames (NAKs are always listed); Concert: ENQ, ACK and EOT.")
 @handle_errors
@@ -115,8 +115,8 @@ def show(file: str, chunks: bool, acks: bool) -> None:
 
 
 @click.command()
-@click.argument("file", type=click.Path(dir_okay=False))
-@click.argument("out", type=click.Path(dir_okay=False))
+@click.argument("file", type=InputFile(text=True))
+@click.argument("out", type=OutputFile())
 @handle_errors
 def convert(file: str, out: str) -> None:
     """Convert a recording to pcapng (OUT.pcapng): one packet per frame, link type
@@ -136,16 +136,16 @@ def convert(file: str, out: str) -> None:
 
 
 @click.command()
-@click.option("--ecr", "ecr_port", required=True, metavar="PORT",
+@click.option("--ecr", "ecr_port", type=PORT, required=True, metavar="PORT",
               help="The cash register's port (or pty:// to make a new pty for it; its path is printed).")
-@click.option("--terminal", "terminal_port", required=True, metavar="PORT", help="The terminal's port.")
-@click.option("--record", "record_file", required=True, type=click.Path(dir_okay=False), help="Recording file.")
+@click.option("--terminal", "terminal_port", type=PORT, required=True, metavar="PORT", help="The terminal's port.")
+@click.option("--record", "record_file", required=True, type=OutputFile(), help="Recording file.")
 @click.option("--baud", type=click.IntRange(50, 4_000_000), default=None,
               help="Baud rate [default: 115200; concert: 9600].")
 @click.option("--protocol", type=click.Choice(["posterm", "concert"]), default="posterm", show_default=True,
               help="The protocol on the line, to decode it: posterm, or concert (Ingenico Telium protocol E).")
-@click.option("--port-file", type=click.Path(dir_okay=False), default=None, help="With --ecr pty://: write its path here.")
-@click.option("--duration", type=click.FloatRange(0.1, 7 * 86400), default=None,
+@click.option("--port-file", type=OutputFile(), default=None, help="With --ecr pty://: write its path here.")
+@click.option("--duration", type=SecondsType(0.1, 7 * 86400), default=None,
               help="Stop after this many seconds (default: until Ctrl-C, SIGTERM or a side hangs up).")
 @handle_errors
 def tap(ecr_port: str, terminal_port: str, record_file: str, baud: int | None, protocol: str, port_file: str | None,
@@ -195,25 +195,25 @@ def tap(ecr_port: str, terminal_port: str, record_file: str, baud: int | None, p
 
 
 @click.command()
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file", type=InputFile(text=True))
 @click.option("--as", "role", type=click.Choice(["terminal", "ecr"]), required=True,
               help="terminal: play the terminal on a new pty for the ECR under test. ecr: drive --port.")
-@click.option("--port", "-p", default=None, metavar="URL", help="--as ecr: the terminal's port.")
+@click.option("--port", "-p", type=PORT, default=None, metavar="URL", help="--as ecr: the terminal's port.")
 @click.option("--baud", type=click.IntRange(50, 4_000_000), default=None,
               help="Baud rate [default: 115200; a Concert recording: 9600 8N1].")
-@click.option("--port-file", type=click.Path(dir_okay=False), default=None, help="--as terminal: write the pty path here.")
-@click.option("--speed", type=click.FloatRange(0.01, 1000), default=1.0, show_default=True,
+@click.option("--port-file", type=OutputFile(), default=None, help="--as terminal: write the pty path here.")
+@click.option("--speed", type=SecondsType(0.01, 1000), default=1.0, show_default=True,
               help="Replay speed: 1 = real time, 10 = ten times faster.")
 @click.option("--fast", is_flag=True, help="No pauses at all.")
 @click.option("--step", is_flag=True, help="--as ecr: wait for Enter before each message.")
 @click.option("--loop", is_flag=True, help="Start again when the recording is done (until Ctrl-C / SIGTERM).")
-@click.option("--secret", "secret_pairs", multiple=True, metavar="NAME=VALUE",
+@click.option("--secret", "secret_pairs", type=TextType(4096), multiple=True, metavar="NAME=VALUE",
               help="Value for a redacted field, e.g. operator_password=... (payment codes: test prefix + last 4).")
-@click.option("--mask", "extra_masks", multiple=True, metavar="FIELD", help="Another field not to diff.")
+@click.option("--mask", "extra_masks", type=TextType(64), multiple=True, metavar="FIELD", help="Another field not to diff.")
 @click.option("--same-ids", is_flag=True,
               help="--as ecr: send the recorded order/refund ids (Concert: private fields)"
                    " (default: fresh ones, so new payments are made).")
-@click.option("--timeout", type=click.FloatRange(1, 86400), default=600.0, show_default=True,
+@click.option("--timeout", type=SecondsType(1, 86400), default=600.0, show_default=True,
               help="--as terminal: give up after this many seconds.")
 @handle_errors
 def replay(file: str, role: str, port: str | None, baud: int | None, port_file: str | None, speed: float, fast: bool,

@@ -97,7 +97,12 @@ def open_transport(url: str, **settings: Any) -> Transport:
     settings = {k: v for k, v in settings.items() if v is not None}
     settings.setdefault("baudrate", default_baud())
     cls = backend(_backend_for(url))
-    return cls.connect(url, **settings)
+    try:
+        return cls.connect(url, **settings)
+    except ValueError as exc:  # urllib and pyserial's URL parsers: "Invalid IPv6 URL", a bad port, ...
+        if isinstance(exc, LocalProtocolError):
+            raise
+        raise LocalProtocolError(f"bad port {url!r}: {exc}") from exc
 
 
 def __getattr__(name: str) -> Any:

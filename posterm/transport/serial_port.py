@@ -66,16 +66,25 @@ class SerialTransport(Transport):
             port.stopbits = _STOPBITS[stopbits]
             port.rtscts = rtscts
             port.xonxoff = xonxoff
-            port.write_timeout = write_timeout
+            rfc2217 = url.lower().startswith("rfc2217://")
+            if not rfc2217:
+                port.write_timeout = write_timeout
+            # else: pyserial's rfc2217 refuses write_timeout at open (PITFALLS.md); its writes are
+            # socket sendall()s, bounded below by the socket's own timeout instead.
             if exclusive and "://" not in url:
                 port.exclusive = True  # an advisory flock: a second exclusive open fails (PITFALLS.md)
             port.timeout = 0
             port.open()
+            if rfc2217 and getattr(port, "_socket", None) is not None:
+                port._socket.settimeout(write_timeout)  # a write that cannot go out in time fails, typed
+        except NotImplementedError as exc:  # a pyserial URL handler that lacks a setting
+            raise LocalProtocolError(f"{url}: this kind of port does not support a setting asked for ({exc})") from exc
         except (serial.SerialException, OSError, ValueError, termios.error) as exc:
             if isinstance(exc, termios.error):  # not an OSError: make it one, with errno
                 exc = OSError(*exc.args) if len(exc.args) == 2 else OSError(str(exc))
             raise open_error(exc, url) from exc
         self._port = port
+        self._write_timeout = write_timeout
         self._timeout: float | None = 0
 
     @classmethod
@@ -120,7 +129,7 @@ class SerialTransport(Transport):
         try:
             self._port.write(data)
         except serial.SerialTimeoutException as exc:
-            raise TransportError(f"{self.url}: write timed out after {self._port.write_timeout}s "
+            raise TransportError(f"{self.url}: write timed out after {self._write_timeout}s "
                                  "(flow control holding the line? check --rtscts/--xonxoff)") from exc
         except _LINE_ERRORS as exc:
             raise normalise(exc, self.url) from exc

@@ -104,8 +104,8 @@ class TcpListener:
         """Wait up to ``timeout`` s for a connection; ``None`` if none came."""
         if self._closed.is_set():
             raise Disconnected(f"{self.address}: listener closed")
-        self._sock.settimeout(timeout)
         try:
+            self._sock.settimeout(timeout)  # inside the try: close() from another thread may win the race
             conn, peer = self._sock.accept()
         except socket.timeout:
             return None

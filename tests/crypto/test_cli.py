@@ -93,7 +93,7 @@ def test_cmac_kcv_tr31_vectors_via_cli():
     ["retail-mac", "--key", "00" * 8, "--data", "00"], ["pinblock", "pan-field", "--pan", "12a4"]])
 def test_bad_input_is_a_one_line_usage_error(args):
     r = CliRunner().invoke(main, ["crypto", *args])
-    assert r.exit_code == 2 and "Traceback" not in r.output and "Error:" in r.output
+    assert r.exit_code == 2 and "Traceback" not in r.output and "posterm: error: " in r.output
 
 
 def test_bdk_file_prints_only_check_values(tmp_path):
@@ -143,7 +143,7 @@ def test_pin_is_read_at_a_hidden_prompt():
 ])
 def test_more_bad_input_is_a_usage_error(args):
     r = CliRunner().invoke(main, ["crypto", *args])
-    assert r.exit_code == 2 and "Traceback" not in r.output and "Error:" in r.output, r.output
+    assert r.exit_code == 2 and "Traceback" not in r.output and "posterm: error: " in r.output, r.output
 
 
 @pytest.mark.parametrize("sub", [[], ["dukpt", "derive"], ["pinblock", "encode"], ["tr31", "inspect"], ["kcv"]])
