@@ -141,7 +141,7 @@ def keygen_cmd(key_file) -> None:
 @key_option
 @click.option("--allow-other-host", is_flag=True,
               help="Restore a backup taken on another host (refused by default: its host id must be this host's).")
-@click.option("--host-id", default=None, help="This host's id, compared with the backup's (default: hostname).")
+@click.option("--host-id", type=IdType(64), default=None, help="This host's id, compared with the backup's (default: hostname).")
 @json_option
 @backup_errors
 def restore(file, db_path, key_file, allow_other_host, host_id, as_json) -> None:

@@ -578,6 +578,8 @@ class DatabaseFile(click.ParamType):
         path = os.fspath(value)
         if path == "":
             self.fail("no file given", param, ctx)
+        if os.path.islink(path):  # never opened through, not even to read its header
+            self.fail(f"{path} is a symlink; posterm does not follow links it did not make", param, ctx)
         st = _stat(path, param, ctx, self)
         if st is None:  # a new database: its directories are made as $POSTERM_HOME is
             _existing_ancestor_is_dir(path, param, ctx, self, direct=False)
