@@ -530,6 +530,12 @@ class Firmware:
         outcome = _FINAL_STATUSES.get(status, Outcome.UNKNOWN)  # still in progress there: ask again later
         log.warning("%s: order %s was taken on another terminal (host status %s): answered, not counted",
                     self.identity.terminal_id, reply.order_id, status.name)
+        flow = self._flow
+        if flow is not None and flow.journaled:
+            # Journaled before its AuthRequest left: close it as not ours (a decline is in no
+            # batch total) so neither settlement nor the reconciler ever takes it for a sale.
+            self.journal.finish_order(flow.order_id, Outcome.DECLINED, Reason.ORDER_CONFLICT, self._stamp(),
+                                      reason_text=f"order taken on terminal {reply.owner_terminal_id}")
         self._conclude(outcome, Reason.ORDER_CONFLICT, reply, record=False,
                        reason_text=f"order taken on another terminal ({status.name.lower()}); not in this batch")
 
@@ -1115,6 +1121,11 @@ class Firmware:
             if not isinstance(reply, h.AuthResponse):
                 return "check_failed"
             return _new_order_event(flow.request) if reply.status is h.HostStatus.NOT_FOUND else "order_elsewhere"
+        if (kind == "pay" and isinstance(reply, h.AuthResponse) and reply.owner_terminal_id is not None
+                and reply.owner_terminal_id != self.identity.terminal_id):
+            # Both look-ups passed and the other terminal's authorisation got there first: the
+            # host's answer is the owner's, not ours (a host before protocol 2 names no owner).
+            return "order_elsewhere"
         if kind == "cancel_check":
             status = getattr(reply, "status", None)
             if status is h.HostStatus.APPROVED:

@@ -93,8 +93,8 @@ class Host:
         self.outage_seconds = outage_seconds
         self.phone_delay = phone_delay
         self._outage_until: dict[str, float] = {}
-        self._logons: dict[str, tuple[bytes, bytes, str]] = {}   # terminal -> (tn, hn, ksn hex) pending
-        self._sessions: set[str] = set()
+        self._logons: dict[str, tuple[bytes, bytes, str, int]] = {}  # terminal -> (tn, hn, ksn hex, version)
+        self._sessions: dict[str, int] = {}     # logged-on terminal -> the host protocol version it speaks
         self._lock = threading.Lock()
         self.require_logon = True
 
@@ -503,7 +503,7 @@ class Host:
             db.execute("INSERT INTO nonces VALUES (?, ?)", (msg.terminal_nonce.hex(), self.clock()))
         hn = os.urandom(16)
         with self._lock:
-            self._logons[msg.terminal_id] = (msg.terminal_nonce, hn, msg.ksn.hex())
+            self._logons[msg.terminal_id] = (msg.terminal_nonce, hn, msg.ksn.hex(), int(msg.protocol_version))
         proof = self.hsm.response_mac(msg.ksn, b"H" + msg.terminal_nonce + hn)
         return h.LogonChallenge(host_nonce=hn, host_proof=proof)
 
@@ -512,11 +512,11 @@ class Host:
             pending = self._logons.pop(msg.terminal_id, None)
         if pending is None:
             return h.LogonResult(accepted=False, reason=Reason.REPLAY_DETECTED)
-        tn, hn, _ = pending
+        tn, hn, _, version = pending
         if not self.hsm.verify_request_mac(msg.ksn, b"T" + hn + tn, msg.terminal_proof):
             return h.LogonResult(accepted=False, reason=Reason.MAC_INVALID)
         with self._lock:
-            self._sessions.add(msg.terminal_id)
+            self._sessions[msg.terminal_id] = version
         return h.LogonResult(accepted=True, session_id=secrets.token_hex(8).upper(),
                              host_time=datetime.fromtimestamp(self.clock()).astimezone().isoformat(timespec="seconds"))
 
@@ -534,13 +534,22 @@ class Host:
                 return h.AuthResponse(order_id=msg.order_id, status=h.HostStatus.DECLINED,
                                       reason=Reason.TERMINAL_UNKNOWN)
             params_hash = self._params_hash(msg)
-            existing = db.execute("SELECT trade_no, params_hash FROM trades WHERE merchant_id = ? AND order_id = ?",
+            existing = db.execute("SELECT trade_no, params_hash, terminal_id FROM trades "
+                                  "WHERE merchant_id = ? AND order_id = ?",
                                   (term["merchant_id"], msg.order_id)).fetchone()
             if existing is not None:
+                owner = existing["terminal_id"]
                 if existing["params_hash"] != params_hash:
                     return h.AuthResponse(order_id=msg.order_id, status=h.HostStatus.DECLINED,
                                           reason=Reason.ORDER_CONFLICT,
-                                          reason_text="order id reused with other parameters")
+                                          reason_text="order id reused with other parameters",
+                                          owner_terminal_id=owner)
+                if owner != msg.terminal_id and self._sessions.get(msg.terminal_id, 1) < 2:
+                    # A terminal before host protocol 2 cannot read owner_terminal_id and would
+                    # count the owner's stored answer as its own sale: it gets a decline instead.
+                    return h.AuthResponse(order_id=msg.order_id, status=h.HostStatus.DECLINED,
+                                          reason=Reason.ORDER_CONFLICT,
+                                          reason_text="order taken on another terminal", owner_terminal_id=owner)
                 return self._answer(db, existing["trade_no"])
             trade_no = f"{datetime.fromtimestamp(now):%Y%m%d}{secrets.randbelow(10 ** 12):012d}"
             acct = code_reason = None
@@ -724,7 +733,7 @@ class Host:
                               qr_data=t["qr_data"] if status is h.HostStatus.SHOW_QR else None,
                               code_last4=t["code_last4"], paid_at=paid, refunded_minor=t["refunded_minor"],
                               pin_tries_left=tries,
-                              poll_interval_ms=None)
+                              poll_interval_ms=None, owner_terminal_id=t["terminal_id"])
 
     def _trade_for(self, db, terminal_id: str, order_id: str):
         term = db.execute("SELECT merchant_id FROM terminals WHERE id = ?", (terminal_id,)).fetchone()
@@ -732,6 +741,16 @@ class Host:
             return None
         return db.execute("SELECT * FROM trades WHERE merchant_id = ? AND order_id = ?",
                           (term["merchant_id"], order_id)).fetchone()
+
+    @staticmethod
+    def _foreign(t, terminal_id: str, what: str) -> bool:
+        """True (and logged) when ``t`` is owned by a terminal other than ``terminal_id``: only the
+        owner changes an order; the others get its answer unchanged, which names the owner."""
+        if t["terminal_id"] == terminal_id:
+            return False
+        log.warning("refused %s of order %s from %s: it is %s's order", what, t["order_id"], terminal_id,
+                    t["terminal_id"])
+        return True
 
     def _not_found(self, order_id: str) -> h.AuthResponse:
         return h.AuthResponse(order_id=order_id, status=h.HostStatus.NOT_FOUND, reason=Reason.ORDER_NOT_FOUND)
@@ -742,7 +761,7 @@ class Host:
             t = self._trade_for(db, msg.terminal_id, msg.order_id)
             if t is None:
                 return self._not_found(msg.order_id)
-            if t["status"] != "NEED_PIN":
+            if t["status"] != "NEED_PIN" or self._foreign(t, msg.terminal_id, "PinVerify"):
                 return self._answer(db, t["trade_no"])
             acct = self._require_account(db, t["account_id"])
             if acct["verifier"] is None:
@@ -816,6 +835,8 @@ class Host:
             t = self._trade_for(db, terminal_id, order_id)
             if t is None:
                 return self._not_found(order_id)
+            if self._foreign(t, terminal_id, "ReversalAdvice" if reversal else "HostCancel"):
+                return self._answer(db, t["trade_no"])
             if t["status"] in ("PROCESSING", "NEED_PIN", "WAIT_BUYER", "SHOW_QR"):
                 # The terminal says why (customer cancelled, aborted by the ECR, ...); none given:
                 # the customer did not confirm in time.
