@@ -75,16 +75,28 @@ def host() -> None:
 @click.option("--backup-to", multiple=True, type=click.Path(file_okay=False), help="Backup directory (repeatable).")
 @click.option("--keep", type=click.IntRange(1, 10000), default=24, show_default=True, help="Backups kept per directory.")
 @click.option("--backup-key-file", type=click.Path(exists=True, dir_okay=False), help="Backup key file.")
+@click.option("--max-connections", type=click.IntRange(1, 4096), default=256, show_default=True,
+              help="Connections held at once.")
+@click.option("--max-pending", type=click.IntRange(1, 4096), default=32, show_default=True,
+              help="Of which not logged on yet (the oldest is closed to admit a new one).")
+@click.option("--logon-deadline", type=click.FloatRange(0.1, 600), default=10.0, show_default=True,
+              help="Seconds a new connection has to log on.")
+@click.option("--idle-timeout", type=click.FloatRange(1, 86400), default=300.0, show_default=True,
+              help="Seconds a logged-on connection may stay silent.")
 @db_option
 @host_errors
 def serve(listen, allow_remote, no_demo, risk_rules, outage_seconds, backup_every, backup_to, keep,
-          backup_key_file, db_path):
+          backup_key_file, max_connections, max_pending, logon_deadline, idle_timeout, db_path):
     """Serve the host to terminals over TCP until Ctrl-C or SIGTERM.
 
     Prints the address (tcp://127.0.0.1:PORT) as the first line of stdout.
     """
+    from posterm.host.server import ServerLimits
     from posterm.host.server import serve as start
 
+    if max_pending > max_connections:
+        raise click.BadParameter("must not exceed --max-connections", param_hint="--max-pending")
+    limits = ServerLimits(max_connections, max_pending, logon_deadline, idle_timeout)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())  # before the address is announced: no race
     h = open_host(db_path, demo=not no_demo, risk_config=risk_rules, outage_seconds=outage_seconds)
@@ -97,7 +109,7 @@ def serve(listen, allow_remote, no_demo, risk_rules, outage_seconds, backup_ever
         except ImportError:
             raise click.UsageError("backups are not available in this build") from None
         scheduler = BackupScheduler(h.store.path, list(backup_to), backup_key_file, parse_interval(backup_every), keep)
-    server = start(h, listen, allow_remote=allow_remote)
+    server = start(h, listen, allow_remote=allow_remote, limits=limits)
     click.echo(server.address, nl=True)
     sys.stdout.flush()
     if scheduler:

@@ -441,6 +441,11 @@ class Host:
             return None
         return self._sign(reply, ksn)
 
+    def has_session(self, terminal_id: str) -> bool:
+        """Whether ``terminal_id`` has logged on to this host (since it started)."""
+        with self._lock:
+            return terminal_id in self._sessions
+
     def _sign(self, reply: h.HostMessage, ksn: bytes) -> h.HostMessage:
         if not ksn:
             return reply
