@@ -43,13 +43,60 @@ def open_host(db_path: str | None, demo: bool = False, **kw: Any):
     return Host.open(db_path, demo=demo, **kw)
 
 
-def money(amount: str, currency: str) -> int:
-    from firmware_protocol.currency import to_minor
+def money(amount: str, currency: str, param: str | None = None) -> int:
+    """A decimal amount option in minor units; a one-line usage error (exit 2) if it is not one
+    or is above the largest amount the wire carries."""
+    from firmware_protocol.currency import format_minor, to_minor
+    from firmware_protocol.messages import MAX_AMOUNT_MINOR
 
     try:
-        return to_minor(amount, currency)
+        minor = to_minor(amount, currency)
     except ValueError as exc:
-        raise click.BadParameter(f"{amount!r} is not an amount in {currency}: {exc}") from None
+        raise click.BadParameter(f"{amount!r} is not an amount in {currency}: {exc}", param_hint=param) from None
+    if minor > MAX_AMOUNT_MINOR:
+        raise click.BadParameter(f"{amount!r} is above the largest amount, {format_minor(MAX_AMOUNT_MINOR, currency)}",
+                                 param_hint=param)
+    return minor
+
+
+def _currency(ctx, param, value):
+    from firmware_protocol.currency import CURRENCIES
+
+    if value is not None and value not in CURRENCIES:
+        raise click.BadParameter(f"{value!r} is not an ISO 4217 currency this host knows (e.g. CNY, USD)")
+    return value
+
+
+def _time_zone(ctx, param, value):
+    from zoneinfo import ZoneInfo
+
+    try:
+        ZoneInfo(value)
+    except Exception:
+        raise click.BadParameter(f"{value!r} is not a time zone (e.g. Asia/Shanghai)") from None
+    return value
+
+
+def _pattern(fmt: str, example: str):
+    from datetime import datetime
+
+    def check(ctx, param, value):
+        if value is None:
+            return value
+        try:
+            datetime.strptime(value, fmt)
+        except ValueError:
+            raise click.BadParameter(f"{value!r} is not a date like {example}") from None
+        return value
+    return check
+
+
+def _region(ctx, param, value):
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9_\-.:]{1,32}", value):
+        raise click.BadParameter(f"{value!r} is not a region code (e.g. CN-SH)")
+    return value
 
 
 @click.group()
@@ -127,6 +174,44 @@ def serve(listen, allow_remote, no_demo, risk_rules, outage_seconds, backup_ever
 
 
 @host.group()
+def terminal() -> None:
+    """Terminals registered at the host: their keys."""
+
+
+@terminal.command("key")
+@click.argument("terminal_id")
+@click.option("--algorithm", type=click.Choice(["AES", "TDES"]), default="AES", show_default=True,
+              help="AES DUKPT (X9.24-3) or TDES DUKPT (X9.24-1, legacy PIN pads).")
+@json_option
+@db_option
+@host_errors
+def terminal_key(terminal_id, algorithm, as_json, db_path):
+    """Issue a new initial DUKPT key for TERMINAL_ID, as a TR-31 key block (version D, usage B1)
+    under the terminal's key-block protection key.
+
+    Prints the block alone on stdout (for `posterm keys load --block-file -`), what it is on
+    stderr. Every issue is a new key with a new key id and the next key version, so its
+    KSNs were never seen by the host, and the PIN pad refuses an older block afterwards.
+    The block is encrypted, but it is a key: do not leave it lying around. Exit 1: the host
+    does not know the terminal.
+    """
+    h = open_host(db_path)
+    try:
+        issued = h.issue_terminal_key(terminal_id, algorithm)
+    finally:
+        h.close()
+    if as_json:
+        emit_json({"terminal_id": terminal_id, "algorithm": algorithm, "key_block": issued.block,
+                   "initial_ksn": issued.ksn.hex().upper(), "kcv": issued.kcv.hex().upper(),
+                   "key_version": issued.key_version})
+        return
+    click.echo(issued.block)
+    click.echo(f"new {algorithm} initial key for {terminal_id}: initial KSN {issued.ksn.hex().upper()}, "
+               f"KCV {issued.kcv.hex().upper()}, key version {issued.key_version}; load it with "
+               f"`posterm keys load --block-file -`", err=True)
+
+
+@host.group()
 def account() -> None:
     """Customer accounts."""
 
@@ -134,14 +219,14 @@ def account() -> None:
 @account.command("add")
 @click.argument("account_id")
 @click.option("--name", required=True)
-@click.option("--currency", default="CNY", show_default=True)
+@click.option("--currency", default="CNY", show_default=True, callback=_currency)
 @click.option("--balance", default="0", help="Opening balance, decimal.")
 @click.option("--per-tx-limit", default="5000.00", show_default=True)
 @click.option("--daily-limit", default="20000.00", show_default=True)
 @click.option("--password-free", default="1000.00", show_default=True, help="No confirmation up to this amount.")
 @click.option("--confirm", type=click.Choice(["pin", "phone"]), default="pin", show_default=True)
-@click.option("--home-region", default="CN-SH", show_default=True)
-@click.option("--tz", default="Asia/Shanghai", show_default=True)
+@click.option("--home-region", default="CN-SH", show_default=True, callback=_region)
+@click.option("--tz", default="Asia/Shanghai", show_default=True, callback=_time_zone)
 @click.option("--not-verified", is_flag=True, help="Not real-name verified.")
 @click.option("--set-password", is_flag=True, help="Prompt for a payment password (hidden).")
 @db_option
@@ -152,9 +237,11 @@ def account_add(account_id, name, currency, balance, per_tx_limit, daily_limit, 
     password = click.prompt("Payment password", hide_input=True, confirmation_prompt=True) if set_password else None
     h = open_host(db_path)
     try:
-        h.add_account(account_id, name, currency=currency, balance_minor=money(balance, currency),
-                      per_tx_limit=money(per_tx_limit, currency), daily_limit=money(daily_limit, currency),
-                      password_free=money(password_free, currency), confirm=confirm, home_region=home_region,
+        h.add_account(account_id, name, currency=currency, balance_minor=money(balance, currency, "--balance"),
+                      per_tx_limit=money(per_tx_limit, currency, "--per-tx-limit"),
+                      daily_limit=money(daily_limit, currency, "--daily-limit"),
+                      password_free=money(password_free, currency, "--password-free"), confirm=confirm,
+                      home_region=home_region,
                       tz=tz, real_name=not not_verified, password=password)
     finally:
         h.close()
@@ -192,7 +279,7 @@ def account_limits(account_id, per_tx_limit, daily_limit, password_free, db_path
     h = open_host(db_path)
     try:
         cur = h.account(account_id)["currency"]
-        limits = {k: money(v, cur) for k, v in (("per_tx_limit", per_tx_limit), ("daily_limit", daily_limit),
+        limits = {k: money(v, cur, "--" + k.replace("_", "-")) for k, v in (("per_tx_limit", per_tx_limit), ("daily_limit", daily_limit),
                                                 ("password_free", password_free)) if v is not None}
         if not limits:
             raise click.UsageError("give at least one of --per-tx-limit, --daily-limit, --password-free")
@@ -339,7 +426,7 @@ def wallet_confirm(order_id, merchant, db_path):
 
 @host.command()
 @click.option("--terminal", default=None)
-@click.option("--date", default=None, help="YYYY-MM-DD (Asia/Shanghai).")
+@click.option("--date", default=None, help="YYYY-MM-DD (Asia/Shanghai).", callback=_pattern("%Y-%m-%d", "2026-12-01"))
 @click.option("--csv", "as_csv", is_flag=True, help="CSV export.")
 @json_option
 @db_option
@@ -356,7 +443,8 @@ def trades(terminal, date, as_csv, as_json, db_path):
 
 @host.command()
 @click.argument("account_id")
-@click.option("--month", required=True, help="YYYY-MM, in the account's time zone.")
+@click.option("--month", required=True, help="YYYY-MM, in the account's time zone.",
+              callback=_pattern("%Y-%m", "2026-12"))
 @click.option("--csv", "as_csv", is_flag=True, help="CSV export.")
 @json_option
 @db_option

@@ -28,7 +28,7 @@ from firmware_protocol import host as h
 from firmware_protocol.currency import CURRENCIES
 from firmware_protocol.errors import ProtocolError
 from firmware_protocol.host import pin_pan
-from firmware_protocol.messages import Outcome, Reason, Totals
+from firmware_protocol.messages import MAX_AMOUNT_MINOR, Outcome, Reason, Totals
 from firmware_protocol.tlv import encode as tlv_encode
 
 from posterm.crypto.host import Hsm
@@ -146,6 +146,15 @@ class Host:
             db.execute("INSERT OR REPLACE INTO terminals VALUES (?, ?, ?, ?)",
                        (terminal_id, merchant_id, location, self.clock()))
 
+    def issue_terminal_key(self, terminal_id: str, algorithm: str = "AES"):
+        """A new initial DUKPT key for a registered terminal, as a TR-31 block under its KBPK
+        (:meth:`posterm.crypto.host.Hsm.issue_initial_key`: a new key id, so no KSN the host
+        has seen). Returns the IssuedKey (block, initial KSN, KCV). Raises HostRefused for a
+        terminal the host does not know, CryptoError from the HSM."""
+        if self.store.read().execute("SELECT 1 FROM terminals WHERE id = ?", (terminal_id,)).fetchone() is None:
+            raise HostRefused(f"unknown terminal {terminal_id}: register it first")
+        return self.hsm.issue_initial_key(terminal_id, algorithm)
+
     def add_account(self, account_id: str, name: str, *, currency: str = "CNY", balance_minor: int = 0,
                     real_name: bool = True, password: str | None = None, per_tx_limit: int = 500000,
                     daily_limit: int = 2000000, password_free: int = 100000, confirm: str = "pin",
@@ -153,8 +162,8 @@ class Host:
                     behaviour: str = "normal") -> None:
         """Open an account, funding it with ``balance_minor`` issued into the ledger."""
         for v in (balance_minor, per_tx_limit, daily_limit, password_free):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise HostRefused("amounts and limits are whole minor units, not negative")
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= MAX_AMOUNT_MINOR:
+                raise HostRefused(f"amounts and limits are whole minor units, 0 to {MAX_AMOUNT_MINOR}")
         if confirm not in ("pin", "phone"):
             raise HostRefused("confirmation is 'pin' or 'phone'")
         try:
@@ -191,8 +200,8 @@ class Host:
         with self.store.write() as db:
             self._require_account(db, account_id)
             for k, v in limits.items():
-                if not isinstance(v, int) or v < 0:
-                    raise HostRefused(f"{k} must be a whole, non-negative number of minor units")
+                if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= MAX_AMOUNT_MINOR:
+                    raise HostRefused(f"{k} must be a whole number of minor units, 0 to {MAX_AMOUNT_MINOR}")
                 db.execute(f"UPDATE accounts SET {k} = ? WHERE id = ?", (v, account_id))
 
     def set_password(self, account_id: str, new: str, old: str | None = None) -> None:
