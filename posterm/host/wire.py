@@ -106,6 +106,8 @@ class HostServer:
         self._conns: dict[_Conn, threading.Thread] = {}
         self.evictions = 0           # connections closed to make room (for tests and `serve` logs)
         self.timeouts = 0            # connections closed by the logon deadline or the idle timeout
+        self.rejected = 0            # frames skipped: they decode to no host message
+        self.errors = 0              # connections ended by an unexpected error (a bug: see the log)
         self._accept = threading.Thread(target=self._accept_loop, name="host-accept", daemon=True)
         self._accept.start()
 
@@ -169,7 +171,15 @@ class HostServer:
                 if rec.logged_on and now - rec.last_message_at >= limits.idle_timeout:
                     rec.why = "idle"
                     break
-                got = read_message(conn, framer, now + tick)
+                try:
+                    got = read_message(conn, framer, now + tick)
+                except RemoteProtocolError as exc:
+                    # A frame that decodes to no host message: skipped, like garbage. It does not
+                    # count as activity, so a peer sending only that meets the logon deadline.
+                    with self._lock:
+                        self.rejected += 1
+                    log.debug("skipped: %s", exc)
+                    continue
                 if got is None:
                     continue
                 rec.last_message_at = time.monotonic()
@@ -187,8 +197,12 @@ class HostServer:
                 if rec.why != "evicted to make room":
                     with self._lock:
                         self.timeouts += 1
-        except (Disconnected, TransportError, RemoteProtocolError) as exc:
+        except (Disconnected, TransportError) as exc:
             log.info("terminal connection ended: %s", exc)
+        except Exception:  # a bug, not the peer's doing: this connection ends, the server serves on
+            with self._lock:
+                self.errors += 1
+            log.exception("host connection failed")
         finally:
             conn.close()
             with self._changed:
