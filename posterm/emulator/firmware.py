@@ -745,7 +745,13 @@ class Firmware:
     def _act_no_code(self, **_: Any) -> None:
         self._conclude(Outcome.CANCELLED, Reason.NO_CODE_PRESENTED, None)
 
-    def _act_aborted_before_host(self, **_: Any) -> None:
+    def _act_aborted_before_host(self, reply: Any = None, **_: Any) -> None:
+        flow = self._flow
+        if flow is not None and flow.journaled and isinstance(reply, h.AuthResponse):
+            # Aborted while our AuthRequest was out, and its answer is another terminal's
+            # order: nothing of ours to cancel, and not ours to count as cancelled either.
+            self._act_elsewhere(reply)
+            return
         self._conclude(Outcome.CANCELLED, Reason.ABORTED_BY_ECR, None)
 
     def _act_unknown(self, **_: Any) -> None:

@@ -153,3 +153,22 @@ def test_the_answer_lost_then_the_query_finds_the_order_another_terminals(host, 
     assert rb.reason == m.Reason.ORDER_CONFLICT
     assert b.journal.get("RACE-2").outcome is m.Outcome.DECLINED and b.fw.status().unfinished == 0
     assert host.order_status("RACE-2") == "APPROVED"
+
+
+def test_aborted_while_authorising_an_order_that_turns_out_another_terminals(host, tills):
+    a, b = tills
+    pay = m.PayRequest(amount_minor=100, currency="CNY", order_id="RACE-3", payment_code=CODE[1])
+    a.fw.on_message(pay, 0.0)
+    b.fw.on_message(pay, 0.0)
+    (qa,), (qb,) = a.calls(), b.calls()
+    a.answer(qa)
+    b.answer(qb)
+    (auth_a,), (auth_b,) = a.calls(), b.calls()
+    a.answer(auth_a)
+    b.fw.on_message(m.Abort(order_id="RACE-3"), b.now)    # the ECR aborts B while its AuthRequest is out
+    b.answer(auth_b)
+    (rb,) = b.run_until_idle()
+    assert rb.reason == m.Reason.ORDER_CONFLICT
+    assert b.journal.get("RACE-3").outcome is m.Outcome.DECLINED     # in no batch total, cancelled or not
+    assert b.journal.totals(b.journal.batch_no()) == ()
+    assert host.order_status("RACE-3") == "APPROVED"                  # A's sale stands
