@@ -9,7 +9,8 @@ import json
 import signal
 import sys
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -68,11 +69,11 @@ def _currency(ctx, param, value):
 
 
 def _time_zone(ctx, param, value):
-    from zoneinfo import ZoneInfo
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
     try:
         ZoneInfo(value)
-    except Exception:
+    except (ZoneInfoNotFoundError, ValueError):
         raise click.BadParameter(f"{value!r} is not a time zone (e.g. Asia/Shanghai)") from None
     return value
 

@@ -17,7 +17,6 @@ from firmware_protocol import host as h
 from firmware_protocol.errors import ProtocolError
 from firmware_protocol.tlv import decode as tlv_decode
 from firmware_protocol.tlv import encode as tlv_encode
-
 from posterm.errors import Disconnected, RemoteProtocolError, TransportError
 
 log = logging.getLogger("posterm.host.wire")
@@ -77,7 +76,7 @@ class ServerLimits:
 class _Conn:
     """One accepted connection, as the server tracks it."""
 
-    __slots__ = ("transport", "accepted_at", "last_message_at", "logged_on", "evicted", "why")
+    __slots__ = ("accepted_at", "evicted", "last_message_at", "logged_on", "transport", "why")
 
     def __init__(self, transport, now: float) -> None:
         self.transport = transport
@@ -231,7 +230,7 @@ class HostServer:
         for _, t in held:
             t.join(2)
 
-    def __enter__(self) -> "HostServer":
+    def __enter__(self) -> HostServer:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -129,7 +129,7 @@ def test_a_version_1_terminal_gets_a_decline_for_another_terminals_order(host, m
     host.register_terminal("T0000002", "M100000001", "CN-SH")
     monkeypatch.setattr(h, "HOST_PROTOCOL_VERSION", 1)   # logs on as a terminal before host protocol 2
     old = terminal(host, "T0000002")
-    pay = dict(order_id="OLD-1", amount_minor=100, currency="CNY", payment_code=CODE[1])
+    pay = {"order_id": "OLD-1", "amount_minor": 100, "currency": "CNY", "payment_code": CODE[1]}
     assert a.request(h.AuthRequest(terminal_id="T0000001", **pay), 5.0).status is h.HostStatus.APPROVED
     got = old.request(h.AuthRequest(terminal_id="T0000002", **pay), 5.0)
     # It cannot read owner_terminal_id: a decline is the answer it will not count as a sale.

@@ -6,6 +6,7 @@ No sleeps: the tests wait on events (a socket's EOF, a counter), with a generous
 from __future__ import annotations
 
 import socket
+
 import pytest
 
 from firmware_protocol import host as h
@@ -27,7 +28,7 @@ def _closed_by_server(sock: socket.socket, bound: float = 10.0) -> bool:
         return sock.recv(1) == b""
     except ConnectionResetError:
         return True
-    except socket.timeout:
+    except TimeoutError:
         return False
 
 
