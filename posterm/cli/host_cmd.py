@@ -190,7 +190,7 @@ def terminal_key(terminal_id, algorithm, as_json, db_path):
     """Issue a new initial DUKPT key for TERMINAL_ID, as a TR-31 key block (version D, usage B1)
     under the terminal's key-block protection key.
 
-    Prints the block alone on stdout (for `posterm keys load --block-file -`), what it is on
+    Prints the block alone on stdout (for `posterm keys load --block-file`), what it is on
     stderr. Every issue is a new key with a new key id and the next key version, so its
     KSNs were never seen by the host, and the PIN pad refuses an older block afterwards.
     The block is encrypted, but it is a key: do not leave it lying around. Exit 1: the host
@@ -209,7 +209,7 @@ def terminal_key(terminal_id, algorithm, as_json, db_path):
     click.echo(issued.block)
     click.echo(f"new {algorithm} initial key for {terminal_id}: initial KSN {issued.ksn.hex().upper()}, "
                f"KCV {issued.kcv.hex().upper()}, key version {issued.key_version}; load it with "
-               f"`posterm keys load --block-file -`", err=True)
+               f"`posterm keys load --port PORT --block-file FILE`", err=True)
 
 
 @host.group()
