@@ -153,7 +153,8 @@ class HostServer:
             victim = pending[0] if pending else min(live, key=lambda c: c.last_message_at)
         if victim is not None:
             victim.why = "evicted to make room"
-            victim.evicted.set()      # its own thread closes it (no close from another thread)
+            victim.evicted.set()
+            _wake(victim.transport)   # its own thread sees EOF at once and closes it
             self.evictions += 1
 
     def _serve(self, rec: _Conn) -> None:
@@ -203,9 +204,12 @@ class HostServer:
                 self.errors += 1
             log.exception("host connection failed")
         finally:
-            conn.close()
+            # Out of the table first, then closed: a connection in the table always has its
+            # own descriptor open, so _wake never touches a number the system re-used.
             with self._changed:
                 self._conns.pop(rec, None)
+            conn.close()
+            with self._changed:
                 self._changed.notify_all()
 
     def _admits(self, msg: h.HostMessage, reply: h.HostMessage | None) -> bool:
@@ -224,8 +228,9 @@ class HostServer:
         self._listener.close()
         with self._lock:
             held = list(self._conns.items())
-        for rec, _ in held:
-            rec.evicted.set()
+            for rec, _ in held:
+                rec.evicted.set()
+                _wake(rec.transport)
         self._accept.join(2)
         for _, t in held:
             t.join(2)
@@ -235,6 +240,23 @@ class HostServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _wake(transport) -> None:
+    """Shut ``transport``'s socket down (not close it) so the thread reading it sees EOF now.
+    Called under the server lock for a connection still in its table (so still open)."""
+    import socket
+
+    try:
+        sock = socket.socket(fileno=transport.fileno())
+    except OSError:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.detach()   # the descriptor stays the transport's to close
 
 
 def serve(host, listen: str = "127.0.0.1:0", **kw) -> HostServer:

@@ -45,6 +45,7 @@ def test_silent_connections_do_not_lock_out_a_real_terminal(host):
             held, pending = server.connections()
             assert held <= 16 and pending <= 4         # the caps held under the flood
             assert server.evictions >= 300 - 4
+            assert _closed_by_server(socks[0])        # the evicted ones were closed, not just forgotten
         finally:
             for s in socks:
                 s.close()
