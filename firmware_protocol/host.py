@@ -21,6 +21,10 @@ Logon is a mutual challenge-response::
     host -> terminal   LogonResult    (accepted, session_id)
 
 A host that has seen a terminal nonce before refuses the logon (replayed challenge).
+
+An order id belongs to the merchant, and to the first terminal whose AuthRequest the
+host stored for it: every AuthResponse names that terminal (``owner_terminal_id``, host
+protocol 2), and the host changes an order only at its owner's request.
 """
 
 from __future__ import annotations
@@ -49,6 +53,10 @@ from firmware_protocol.tlv import Blob, EnumCodec, Flag, Message, Text, message,
 KSN_TAG = 0x7E
 MAC_TAG = 0x7F
 MAC_SIZE = 8
+# Host protocol version a terminal states in LogonRequest.protocol_version. 2: AuthResponse
+# carries owner_terminal_id (0x0E), and the host refuses a cancel/reversal/PIN of an order
+# owned by another terminal. A version-1 terminal ignores the item (unknown optional tag).
+HOST_PROTOCOL_VERSION = 2
 
 
 class HostStatus(enum.IntEnum):
@@ -159,6 +167,9 @@ class AuthResponse(HostMessage):
     refunded_minor: int = tlv(0x0B, AMOUNT, default=0)
     pin_tries_left: int | None = tlv(0x0C, U8, default=None)
     poll_interval_ms: int | None = tlv(0x0D, U32, default=None)
+    # Since host protocol 2: the terminal that owns the order (the first to authorise its
+    # id). A terminal that gets an answer owned by another terminal must not count it.
+    owner_terminal_id: str | None = tlv(0x0E, ID32, default=None)
 
 
 @message(0x0112)

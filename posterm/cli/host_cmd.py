@@ -9,7 +9,8 @@ import json
 import signal
 import sys
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -93,16 +94,28 @@ def host() -> None:
 @click.option("--backup-to", multiple=True, type=Directory(), help="Backup directory (repeatable).")
 @click.option("--keep", type=click.IntRange(1, 10000), default=24, show_default=True, help="Backups kept per directory.")
 @click.option("--backup-key-file", type=InputFile(max_bytes=4096), help="Backup key file.")
+@click.option("--max-connections", type=click.IntRange(1, 4096), default=256, show_default=True,
+              help="Connections held at once.")
+@click.option("--max-pending", type=click.IntRange(1, 4096), default=32, show_default=True,
+              help="Of which not logged on yet (the oldest is closed to admit a new one).")
+@click.option("--logon-deadline", type=SecondsType(0.1, 600), default=10.0, show_default=True,
+              help="Seconds a new connection has to log on.")
+@click.option("--idle-timeout", type=SecondsType(1, 86400), default=300.0, show_default=True,
+              help="Seconds a logged-on connection may stay silent.")
 @db_option
 @host_errors
 def serve(listen, allow_remote, no_demo, risk_rules, outage_seconds, backup_every, backup_to, keep,
-          backup_key_file, db_path):
+          backup_key_file, max_connections, max_pending, logon_deadline, idle_timeout, db_path):
     """Serve the host to terminals over TCP until Ctrl-C or SIGTERM.
 
     Prints the address (tcp://127.0.0.1:PORT) as the first line of stdout.
     """
+    from posterm.host.server import ServerLimits
     from posterm.host.server import serve as start
 
+    if max_pending > max_connections:
+        raise click.BadParameter("must not exceed --max-connections", param_hint="--max-pending")
+    limits = ServerLimits(max_connections, max_pending, logon_deadline, idle_timeout)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())  # before the address is announced: no race
     h = open_host(db_path, demo=not no_demo, risk_config=risk_rules, outage_seconds=outage_seconds)
@@ -115,7 +128,7 @@ def serve(listen, allow_remote, no_demo, risk_rules, outage_seconds, backup_ever
         except ImportError:
             raise click.UsageError("backups are not available in this build") from None
         scheduler = BackupScheduler(h.store.path, list(backup_to), backup_key_file, parse_interval(backup_every), keep)
-    server = start(h, listen, allow_remote=allow_remote)
+    server = start(h, listen, allow_remote=allow_remote, limits=limits)
     click.echo(server.address, nl=True)
     sys.stdout.flush()
     if scheduler:
@@ -133,6 +146,44 @@ def serve(listen, allow_remote, no_demo, risk_rules, outage_seconds, backup_ever
 
 
 @host.group()
+def terminal() -> None:
+    """Terminals registered at the host: their keys."""
+
+
+@terminal.command("key")
+@click.argument("terminal_id", type=ID32)
+@click.option("--algorithm", type=click.Choice(["AES", "TDES"]), default="AES", show_default=True,
+              help="AES DUKPT (X9.24-3) or TDES DUKPT (X9.24-1, legacy PIN pads).")
+@json_option
+@db_option
+@host_errors
+def terminal_key(terminal_id, algorithm, as_json, db_path):
+    """Issue a new initial DUKPT key for TERMINAL_ID, as a TR-31 key block (version D, usage B1)
+    under the terminal's key-block protection key.
+
+    Prints the block alone on stdout (for `posterm keys load --block-file`), what it is on
+    stderr. Every issue is a new key with a new key id and the next key version, so its
+    KSNs were never seen by the host, and the PIN pad refuses an older block afterwards.
+    The block is encrypted, but it is a key: do not leave it lying around. Exit 1: the host
+    does not know the terminal.
+    """
+    h = open_host(db_path)
+    try:
+        issued = h.issue_terminal_key(terminal_id, algorithm)
+    finally:
+        h.close()
+    if as_json:
+        emit_json({"terminal_id": terminal_id, "algorithm": algorithm, "key_block": issued.block,
+                   "initial_ksn": issued.ksn.hex().upper(), "kcv": issued.kcv.hex().upper(),
+                   "key_version": issued.key_version})
+        return
+    click.echo(issued.block)
+    click.echo(f"new {algorithm} initial key for {terminal_id}: initial KSN {issued.ksn.hex().upper()}, "
+               f"KCV {issued.kcv.hex().upper()}, key version {issued.key_version}; load it with "
+               f"`posterm keys load --port PORT --block-file FILE`", err=True)
+
+
+@host.group()
 def account() -> None:
     """Customer accounts."""
 
@@ -146,7 +197,7 @@ def account() -> None:
 @click.option("--daily-limit", type=MONEY, default="20000.00", show_default=True)
 @click.option("--password-free", type=MONEY, default="1000.00", show_default=True, help="No confirmation up to this amount.")
 @click.option("--confirm", type=click.Choice(["pin", "phone"]), default="pin", show_default=True)
-@click.option("--home-region", type=TextType(32), default="CN-SH", show_default=True)
+@click.option("--home-region", type=ID32, default="CN-SH", show_default=True)
 @click.option("--tz", type=TZ, default="Asia/Shanghai", show_default=True)
 @click.option("--not-verified", is_flag=True, help="Not real-name verified.")
 @click.option("--set-password", is_flag=True, help="Prompt for a payment password (hidden).")

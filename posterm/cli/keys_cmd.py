@@ -28,9 +28,11 @@ def keys() -> None:
 def load(block, block_file, operator_password, password_stdin, as_json, timeout, **kw):
     """Send a TR-31 key block (version D, usage B1: initial DUKPT key) to the terminal.
 
-    The block is issued by the host's HSM (`posterm host terminal key T...`); it is
-    encrypted under the terminal's key-block protection key, so it is safe to
-    carry, but it is still masked in traces and recordings.
+    The block is issued by the host's HSM (`posterm host terminal key T...`, a new
+    key with a new key id each time: `posterm keys load --port P --block-file <(posterm
+    host terminal key T0000001)`); it is encrypted under the terminal's key-block protection key,
+    so it is safe to carry, but it is still masked in traces and recordings. Loading a key
+    the PIN pad held before continues its KSN counter; it never starts again from 0.
     """
     if (block is None) == (block_file is None):
         raise click.UsageError("give the key block as an argument or with --block-file, not both")

@@ -33,6 +33,7 @@ class IssuedKey:
     block: str
     ksn: bytes
     kcv: bytes
+    key_version: str = "00"     # the TR-31 header's key version (the issue count, see issue_initial_key)
 
     def __repr__(self) -> str:
         return f"IssuedKey(block=<TR-31 {self.block[:16]}...>, ksn={self.ksn.hex().upper()}, kcv={self.kcv.hex().upper()})"
@@ -49,7 +50,8 @@ class Hsm:
     """See the module docstring. Create with :meth:`open` (sealed key store) or :meth:`ephemeral`."""
 
     def __init__(self, keys: dict[str, bytes], path: Path | None = None,
-                 retired: dict[bytes, bytes] | None = None, tdes_devices: dict[str, int] | None = None) -> None:
+                 retired: dict[bytes, bytes] | None = None, tdes_devices: dict[str, int] | None = None,
+                 generations: dict[str, int] | None = None) -> None:
         self._bdk = keys["bdk"]              # the current AES BDK: new terminals get keys under it
         self._bdk_id = keys["bdk_id"]        # 4 bytes; the first 4 bytes of every KSN it issues
         self._tdes_bdk = keys["tdes_bdk"]
@@ -58,6 +60,9 @@ class Hsm:
         self._retired: dict[bytes, bytes] = dict(retired or {})
         # terminal id -> device number (see _device); the name is historical.
         self._tdes_devices: dict[str, int] = dict(tdes_devices or {})
+        # terminal id -> how many times a new initial key was issued to it (issue_initial_key):
+        # each issue is a new device number, so a new key id, and the next TR-31 key version.
+        self._generations: dict[str, int] = dict(generations or {})
         self._path = path
         self._lock = threading.Lock()
         self._cache_lock = threading.Lock()
@@ -74,7 +79,8 @@ class Hsm:
             return hsm
         retired = {bytes.fromhex(k): bytes.fromhex(v) for k, v in doc.pop("retired", {}).items()}
         devices = {str(k): int(v) for k, v in doc.pop("tdes_devices", {}).items()}
-        return cls({k: bytes.fromhex(v) for k, v in doc.items()}, path, retired, devices)
+        generations = {str(k): int(v) for k, v in doc.pop("generations", {}).items()}
+        return cls({k: bytes.fromhex(v) for k, v in doc.items()}, path, retired, devices, generations)
 
     def _save(self) -> None:
         if self._path is None:
@@ -82,7 +88,7 @@ class Hsm:
         sealed.save(self._path, {"bdk": self._bdk.hex(), "bdk_id": self._bdk_id.hex(),
                                  "tdes_bdk": self._tdes_bdk.hex(), "kbpk_master": self._kbpk_master.hex(),
                                  "retired": {k.hex(): v.hex() for k, v in self._retired.items()},
-                                 "tdes_devices": self._tdes_devices})
+                                 "tdes_devices": self._tdes_devices, "generations": self._generations})
 
     @property
     def bdk_id(self) -> bytes:
@@ -141,19 +147,39 @@ class Hsm:
         with self._lock:
             device = self._tdes_devices.get(terminal_id)
             if device is None:
-                device = len(self._tdes_devices) + 1
+                self._merge_stored()
+                device = self._tdes_devices.get(terminal_id)
+            if device is None:
+                device = max(self._tdes_devices.values(), default=0) + 1
                 if device >= 1 << 19:
                     raise CryptoError("this HSM has no device ids left (2^19 - 1 issued)")
                 self._tdes_devices[terminal_id] = device
                 self._save()
             return device
 
+    def _device_name(self, terminal_id: str) -> str:
+        """The name the terminal's current device number is allocated under (one per issue)."""
+        gen = self._generations.get(terminal_id, 0)
+        return terminal_id if gen == 0 else f"{terminal_id}#{gen}"
+
+    def _merge_stored(self) -> None:
+        """Under the lock, before allocating: take in what another process (``posterm host
+        terminal key`` beside a running ``host serve``) allocated and saved since we loaded,
+        so two terminals never get one device number, hence one initial key."""
+        if self._path is None:
+            return
+        doc = sealed.load(self._path) or {}
+        for k, v in (doc.get("tdes_devices") or {}).items():
+            self._tdes_devices.setdefault(str(k), int(v))
+        for k, v in (doc.get("generations") or {}).items():
+            self._generations[str(k)] = max(int(v), self._generations.get(str(k), 0))
+
     def _ikid(self, terminal_id: str) -> bytes:
-        return self._bdk_id + self._device(terminal_id).to_bytes(4, "big")
+        return self._bdk_id + self._device(self._device_name(terminal_id)).to_bytes(4, "big")
 
     def _tdes_initial_ksn(self, terminal_id: str) -> bytes:
         """KSN with counter 0: key set id (FFFF + the TDES BDK's KCV) | 19-bit device id | 0."""
-        device = self._device(terminal_id)
+        device = self._device(self._device_name(terminal_id))
         ksi = b"\xFF\xFF" + c.kcv(self._tdes_bdk, c.Algorithm.TDES, 3)
         return ((int.from_bytes(ksi, "big") << 40) | (device << 21)).to_bytes(10, "big")
 
@@ -161,24 +187,47 @@ class Hsm:
         """The terminal's initial DUKPT key in a TR-31 version D block under its KBPK.
 
         ``algorithm`` "AES" (X9.24-3, default) or "TDES" (X9.24-1, legacy pads). The same
-        terminal always gets the same key (until a BDK rotation, for AES). Raises CryptoError.
+        terminal gets the same key (its current one) until :meth:`issue_initial_key` issues
+        a new one or, for AES, a BDK rotation. Raises CryptoError.
         """
+        version = f"{self._generations.get(terminal_id, 0):02d}"
         if algorithm == "AES":
             ikid = self._ikid(terminal_id)
             ik = c.aes_dukpt_initial_key(self._bdk, ikid)
             kcv = c.kcv(ik, c.Algorithm.AES, 5)
             opts = (("IK", ikid.hex().upper()), ("KC", "01" + kcv.hex().upper()))
-            header = c.TR31Header("D", 0, "B1", "A", "X", "00", "N", opts)
+            header = c.TR31Header("D", 0, "B1", "A", "X", version, "N", opts)
             ksn = ikid + bytes(4)
         elif algorithm == "TDES":
             ksn = self._tdes_initial_ksn(terminal_id)
             ik = c.tdes_dukpt_ipek(self._tdes_bdk, ksn)
             kcv = c.kcv(ik, c.Algorithm.TDES, 3)
             opts = (("KS", ksn.hex().upper()), ("KC", "00" + kcv.hex().upper()))
-            header = c.TR31Header("D", 0, "B1", "T", "X", "00", "N", opts)
+            header = c.TR31Header("D", 0, "B1", "T", "X", version, "N", opts)
         else:
             raise CryptoError(f"unknown DUKPT algorithm {algorithm!r} (AES or TDES)")
-        return IssuedKey(c.tr31_wrap(self._kbpk(terminal_id), header, ik), ksn, kcv[:3])
+        return IssuedKey(c.tr31_wrap(self._kbpk(terminal_id), header, ik), ksn, kcv[:3], version)
+
+    def issue_initial_key(self, terminal_id: str, algorithm: str = "AES") -> IssuedKey:
+        """A **new** initial key for the terminal (re-keying, a replaced PIN pad), in a TR-31
+        block as :meth:`initial_key_block` gives it.
+
+        Each issue allocates a new device number, so the key has a new key id (AES) or
+        initial KSN (TDES): its KSNs start at counter 1 and were never seen by the host,
+        whatever the pad used before. The block's key version is the issue count (01, 02,
+        ...), so the pad's anti-rollback refuses an older block afterwards. Persisted.
+        Raises CryptoError (after 99 issues, or with no device numbers left).
+        """
+        if algorithm not in ("AES", "TDES"):
+            raise CryptoError(f"unknown DUKPT algorithm {algorithm!r} (AES or TDES)")
+        with self._lock:
+            self._merge_stored()
+            gen = self._generations.get(terminal_id, 0) + 1
+            if gen > 99:
+                raise CryptoError("this terminal was issued 99 initial keys: the key version is exhausted")
+            self._generations[terminal_id] = gen
+            self._save()
+        return self.initial_key_block(terminal_id, algorithm)
 
     # -- DUKPT on the host side ------------------------------------------------------
 

@@ -66,6 +66,7 @@ def _count_valid_upto(limit: int, max_ones: int, bits: int) -> int:
 
 
 KSN_RESERVE = 16   # counters reserved per sealed write (next_ksn)
+KEYS_REMEMBERED = 64   # initial key ids whose last counter the pad keeps (oldest forgotten first)
 
 
 class SecureModule:
@@ -82,6 +83,9 @@ class SecureModule:
         self._algorithm = "AES"
         self._key_version = "00"
         self._tk_cache: tuple[bytes, bytes] | None = None   # (current KSN, its transaction key)
+        # Initial key id (hex) -> the highest counter reserved under it: loading a key the
+        # pad held before continues after it instead of from 0 (a KSN is never used twice).
+        self._high_water: dict[str, int] = {}
         self._pan: str | None = None
         self._digits = bytearray()
         if self._path is not None:
@@ -103,6 +107,7 @@ class SecureModule:
             self._counter = self._reserved = doc["counter"]
             self._algorithm = doc["algorithm"]
             self._key_version = doc.get("key_version", "00")
+        self._high_water = {str(k): int(v) for k, v in (doc.get("high_water") or {}).items()}
 
     def _persist(self) -> None:
         if self._path is None:
@@ -111,7 +116,7 @@ class SecureModule:
             "kbpk": self._kbpk.hex() if self._kbpk else None,
             "ik": self._ik.material(c.Usage.DUKPT_IK).hex() if self._ik else None,
             "ikid": self._ikid.hex(), "counter": max(self._counter, self._reserved), "algorithm": self._algorithm,
-            "key_version": self._key_version})
+            "key_version": self._key_version, "high_water": self._high_water})
 
     # -- key loading --------------------------------------------------------
 
@@ -168,14 +173,33 @@ class SecureModule:
             want = opts["KC"][2:].upper()
             if not 2 <= len(want) // 2 <= 5 or c.kcv(key, alg, len(want) // 2).hex().upper() != want:
                 raise CryptoError("key check value does not match: the key block is corrupt or not for this pad")
+            if self._ik is not None:
+                self._remember(self._ikid, max(self._counter, self._reserved))
             self._ik = c.Key(key, c.Usage.DUKPT_IK, alg, c.Mode.DERIVE)
             self._tk_cache = None
             self._key_version = header.key_version
             self._ikid = ikid
-            self._counter = self._reserved = 0
+            # The same initial key loaded again (the host's block for this terminal, a retry)
+            # continues after the last counter it reserved: a reset to 0 re-used KSNs, and the
+            # host refused every payment as a replay until the counter climbed back.
+            self._counter = self._reserved = self._high_water.get(self._key_id(ikid, alg), 0)
             self._algorithm = alg.name
             self._persist()
             return self.status()
+
+    @staticmethod
+    def _key_id(ikid: bytes, alg: c.Algorithm | str) -> str:
+        """The initial key's identity in a KSN: AES the 8-byte id; TDES the KSN without its counter."""
+        name = alg.name if isinstance(alg, c.Algorithm) else alg
+        if name == "AES":
+            return "A" + ikid.hex()
+        return "T" + (int.from_bytes(ikid, "big") & ~0x1FFFFF).to_bytes(10, "big").hex()
+
+    def _remember(self, ikid: bytes, counter: int) -> None:
+        key = self._key_id(ikid, self._algorithm)
+        self._high_water[key] = max(counter, self._high_water.pop(key, 0))   # re-inserted: now the newest
+        while len(self._high_water) > KEYS_REMEMBERED:
+            self._high_water.pop(next(iter(self._high_water)))
 
     # -- status -------------------------------------------------------------
 

@@ -530,6 +530,12 @@ class Firmware:
         outcome = _FINAL_STATUSES.get(status, Outcome.UNKNOWN)  # still in progress there: ask again later
         log.warning("%s: order %s was taken on another terminal (host status %s): answered, not counted",
                     self.identity.terminal_id, reply.order_id, status.name)
+        flow = self._flow
+        if flow is not None and flow.journaled:
+            # Journaled before its AuthRequest left: close it as not ours (a decline is in no
+            # batch total) so neither settlement nor the reconciler ever takes it for a sale.
+            self.journal.finish_order(flow.order_id, Outcome.DECLINED, Reason.ORDER_CONFLICT, self._stamp(),
+                                      reason_text=f"order taken on terminal {reply.owner_terminal_id}")
         self._conclude(outcome, Reason.ORDER_CONFLICT, reply, record=False,
                        reason_text=f"order taken on another terminal ({status.name.lower()}); not in this batch")
 
@@ -739,7 +745,13 @@ class Firmware:
     def _act_no_code(self, **_: Any) -> None:
         self._conclude(Outcome.CANCELLED, Reason.NO_CODE_PRESENTED, None)
 
-    def _act_aborted_before_host(self, **_: Any) -> None:
+    def _act_aborted_before_host(self, reply: Any = None, **_: Any) -> None:
+        flow = self._flow
+        if flow is not None and flow.journaled and isinstance(reply, h.AuthResponse):
+            # Aborted while our AuthRequest was out, and its answer is another terminal's
+            # order: nothing of ours to cancel, and not ours to count as cancelled either.
+            self._act_elsewhere(reply)
+            return
         self._conclude(Outcome.CANCELLED, Reason.ABORTED_BY_ECR, None)
 
     def _act_unknown(self, **_: Any) -> None:
@@ -1115,6 +1127,11 @@ class Firmware:
             if not isinstance(reply, h.AuthResponse):
                 return "check_failed"
             return _new_order_event(flow.request) if reply.status is h.HostStatus.NOT_FOUND else "order_elsewhere"
+        if (kind == "pay" and isinstance(reply, h.AuthResponse) and reply.owner_terminal_id is not None
+                and reply.owner_terminal_id != self.identity.terminal_id):
+            # Both look-ups passed and the other terminal's authorisation got there first: the
+            # host's answer is the owner's, not ours (a host before protocol 2 names no owner).
+            return "order_elsewhere"
         if kind == "cancel_check":
             status = getattr(reply, "status", None)
             if status is h.HostStatus.APPROVED:

@@ -12,6 +12,7 @@ import os
 import threading
 
 from firmware_protocol import host as h
+from firmware_protocol.errors import ProtocolError
 from firmware_protocol.messages import Reason
 from firmware_protocol.tlv import encode as tlv_encode
 
@@ -67,7 +68,8 @@ class SignedHostLink:
             tn = os.urandom(16)
             challenge = self._exchange(h.LogonRequest(
                 terminal_id=self.terminal_id, merchant_id=self.merchant_id, firmware_version=self.firmware_version,
-                location=self.location, terminal_nonce=tn), timeout)
+                location=self.location, terminal_nonce=tn,
+                protocol_version=h.HOST_PROTOCOL_VERSION), timeout)
             if isinstance(challenge, h.LogonResult):
                 raise HostRefusedLogon(f"host refused logon of {self.terminal_id}: {_reason_name(challenge.reason)}",
                                        challenge.reason)

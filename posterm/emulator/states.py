@@ -125,6 +125,8 @@ TABLE: dict[tuple[S, str], tuple[S, str]] = {
     (S.QUERYING, "host_not_found"): (S.CANCELLING, "cancel_at_host"),
     (S.QUERYING, "host_silent"): (S.PRINTING, "unknown"),
     (S.QUERYING, "abort"): (S.CANCELLING, "cancel_at_host"),
+    # The answer to our AuthRequest was lost; the query finds the order another terminal's.
+    (S.QUERYING, "order_elsewhere"): (S.PRINTING, "elsewhere"),
     # -- cancelling (ECR Cancel, Abort, timeouts) ----------------------------------------
     # An ECR Cancel of an earlier order: a paid one is refunded, so it needs the operator
     # password; without one the terminal first asks the host whether the order is paid.

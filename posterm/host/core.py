@@ -28,7 +28,7 @@ from firmware_protocol import host as h
 from firmware_protocol.currency import CURRENCIES
 from firmware_protocol.errors import ProtocolError
 from firmware_protocol.host import pin_pan
-from firmware_protocol.messages import Outcome, Reason, Totals
+from firmware_protocol.messages import MAX_AMOUNT_MINOR, Outcome, Reason, Totals
 from firmware_protocol.tlv import encode as tlv_encode
 
 from posterm.crypto.host import Hsm
@@ -93,8 +93,8 @@ class Host:
         self.outage_seconds = outage_seconds
         self.phone_delay = phone_delay
         self._outage_until: dict[str, float] = {}
-        self._logons: dict[str, tuple[bytes, bytes, str]] = {}   # terminal -> (tn, hn, ksn hex) pending
-        self._sessions: set[str] = set()
+        self._logons: dict[str, tuple[bytes, bytes, str, int]] = {}  # terminal -> (tn, hn, ksn hex, version)
+        self._sessions: dict[str, int] = {}     # logged-on terminal -> the host protocol version it speaks
         self._lock = threading.Lock()
         self.require_logon = True
 
@@ -146,6 +146,15 @@ class Host:
             db.execute("INSERT OR REPLACE INTO terminals VALUES (?, ?, ?, ?)",
                        (terminal_id, merchant_id, location, self.clock()))
 
+    def issue_terminal_key(self, terminal_id: str, algorithm: str = "AES"):
+        """A new initial DUKPT key for a registered terminal, as a TR-31 block under its KBPK
+        (:meth:`posterm.crypto.host.Hsm.issue_initial_key`: a new key id, so no KSN the host
+        has seen). Returns the IssuedKey (block, initial KSN, KCV). Raises HostRefused for a
+        terminal the host does not know, CryptoError from the HSM."""
+        if self.store.read().execute("SELECT 1 FROM terminals WHERE id = ?", (terminal_id,)).fetchone() is None:
+            raise HostRefused(f"unknown terminal {terminal_id}: register it first")
+        return self.hsm.issue_initial_key(terminal_id, algorithm)
+
     def add_account(self, account_id: str, name: str, *, currency: str = "CNY", balance_minor: int = 0,
                     real_name: bool = True, password: str | None = None, per_tx_limit: int = 500000,
                     daily_limit: int = 2000000, password_free: int = 100000, confirm: str = "pin",
@@ -153,8 +162,8 @@ class Host:
                     behaviour: str = "normal") -> None:
         """Open an account, funding it with ``balance_minor`` issued into the ledger."""
         for v in (balance_minor, per_tx_limit, daily_limit, password_free):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise HostRefused("amounts and limits are whole minor units, not negative")
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= MAX_AMOUNT_MINOR:
+                raise HostRefused(f"amounts and limits are whole minor units, 0 to {MAX_AMOUNT_MINOR}")
         if confirm not in ("pin", "phone"):
             raise HostRefused("confirmation is 'pin' or 'phone'")
         try:
@@ -191,8 +200,8 @@ class Host:
         with self.store.write() as db:
             self._require_account(db, account_id)
             for k, v in limits.items():
-                if not isinstance(v, int) or v < 0:
-                    raise HostRefused(f"{k} must be a whole, non-negative number of minor units")
+                if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= MAX_AMOUNT_MINOR:
+                    raise HostRefused(f"{k} must be a whole number of minor units, 0 to {MAX_AMOUNT_MINOR}")
                 db.execute(f"UPDATE accounts SET {k} = ? WHERE id = ?", (v, account_id))
 
     def set_password(self, account_id: str, new: str, old: str | None = None) -> None:
@@ -441,6 +450,11 @@ class Host:
             return None
         return self._sign(reply, ksn)
 
+    def has_session(self, terminal_id: str) -> bool:
+        """Whether ``terminal_id`` has logged on to this host (since it started)."""
+        with self._lock:
+            return terminal_id in self._sessions
+
     def _sign(self, reply: h.HostMessage, ksn: bytes) -> h.HostMessage:
         if not ksn:
             return reply
@@ -503,7 +517,7 @@ class Host:
             db.execute("INSERT INTO nonces VALUES (?, ?)", (msg.terminal_nonce.hex(), self.clock()))
         hn = os.urandom(16)
         with self._lock:
-            self._logons[msg.terminal_id] = (msg.terminal_nonce, hn, msg.ksn.hex())
+            self._logons[msg.terminal_id] = (msg.terminal_nonce, hn, msg.ksn.hex(), int(msg.protocol_version))
         proof = self.hsm.response_mac(msg.ksn, b"H" + msg.terminal_nonce + hn)
         return h.LogonChallenge(host_nonce=hn, host_proof=proof)
 
@@ -512,11 +526,11 @@ class Host:
             pending = self._logons.pop(msg.terminal_id, None)
         if pending is None:
             return h.LogonResult(accepted=False, reason=Reason.REPLAY_DETECTED)
-        tn, hn, _ = pending
+        tn, hn, _, version = pending
         if not self.hsm.verify_request_mac(msg.ksn, b"T" + hn + tn, msg.terminal_proof):
             return h.LogonResult(accepted=False, reason=Reason.MAC_INVALID)
         with self._lock:
-            self._sessions.add(msg.terminal_id)
+            self._sessions[msg.terminal_id] = version
         return h.LogonResult(accepted=True, session_id=secrets.token_hex(8).upper(),
                              host_time=datetime.fromtimestamp(self.clock()).astimezone().isoformat(timespec="seconds"))
 
@@ -534,13 +548,22 @@ class Host:
                 return h.AuthResponse(order_id=msg.order_id, status=h.HostStatus.DECLINED,
                                       reason=Reason.TERMINAL_UNKNOWN)
             params_hash = self._params_hash(msg)
-            existing = db.execute("SELECT trade_no, params_hash FROM trades WHERE merchant_id = ? AND order_id = ?",
+            existing = db.execute("SELECT trade_no, params_hash, terminal_id FROM trades "
+                                  "WHERE merchant_id = ? AND order_id = ?",
                                   (term["merchant_id"], msg.order_id)).fetchone()
             if existing is not None:
+                owner = existing["terminal_id"]
                 if existing["params_hash"] != params_hash:
                     return h.AuthResponse(order_id=msg.order_id, status=h.HostStatus.DECLINED,
                                           reason=Reason.ORDER_CONFLICT,
-                                          reason_text="order id reused with other parameters")
+                                          reason_text="order id reused with other parameters",
+                                          owner_terminal_id=owner)
+                if owner != msg.terminal_id and self._sessions.get(msg.terminal_id, 1) < 2:
+                    # A terminal before host protocol 2 cannot read owner_terminal_id and would
+                    # count the owner's stored answer as its own sale: it gets a decline instead.
+                    return h.AuthResponse(order_id=msg.order_id, status=h.HostStatus.DECLINED,
+                                          reason=Reason.ORDER_CONFLICT,
+                                          reason_text="order taken on another terminal", owner_terminal_id=owner)
                 return self._answer(db, existing["trade_no"])
             trade_no = f"{datetime.fromtimestamp(now):%Y%m%d}{secrets.randbelow(10 ** 12):012d}"
             acct = code_reason = None
@@ -724,7 +747,7 @@ class Host:
                               qr_data=t["qr_data"] if status is h.HostStatus.SHOW_QR else None,
                               code_last4=t["code_last4"], paid_at=paid, refunded_minor=t["refunded_minor"],
                               pin_tries_left=tries,
-                              poll_interval_ms=None)
+                              poll_interval_ms=None, owner_terminal_id=t["terminal_id"])
 
     def _trade_for(self, db, terminal_id: str, order_id: str):
         term = db.execute("SELECT merchant_id FROM terminals WHERE id = ?", (terminal_id,)).fetchone()
@@ -732,6 +755,16 @@ class Host:
             return None
         return db.execute("SELECT * FROM trades WHERE merchant_id = ? AND order_id = ?",
                           (term["merchant_id"], order_id)).fetchone()
+
+    @staticmethod
+    def _foreign(t, terminal_id: str, what: str) -> bool:
+        """True (and logged) when ``t`` is owned by a terminal other than ``terminal_id``: only the
+        owner changes an order; the others get its answer unchanged, which names the owner."""
+        if t["terminal_id"] == terminal_id:
+            return False
+        log.warning("refused %s of order %s from %s: it is %s's order", what, t["order_id"], terminal_id,
+                    t["terminal_id"])
+        return True
 
     def _not_found(self, order_id: str) -> h.AuthResponse:
         return h.AuthResponse(order_id=order_id, status=h.HostStatus.NOT_FOUND, reason=Reason.ORDER_NOT_FOUND)
@@ -742,7 +775,7 @@ class Host:
             t = self._trade_for(db, msg.terminal_id, msg.order_id)
             if t is None:
                 return self._not_found(msg.order_id)
-            if t["status"] != "NEED_PIN":
+            if t["status"] != "NEED_PIN" or self._foreign(t, msg.terminal_id, "PinVerify"):
                 return self._answer(db, t["trade_no"])
             acct = self._require_account(db, t["account_id"])
             if acct["verifier"] is None:
@@ -816,6 +849,8 @@ class Host:
             t = self._trade_for(db, terminal_id, order_id)
             if t is None:
                 return self._not_found(order_id)
+            if self._foreign(t, terminal_id, "ReversalAdvice" if reversal else "HostCancel"):
+                return self._answer(db, t["trade_no"])
             if t["status"] in ("PROCESSING", "NEED_PIN", "WAIT_BUYER", "SHOW_QR"):
                 # The terminal says why (customer cancelled, aborted by the ECR, ...); none given:
                 # the customer did not confirm in time.

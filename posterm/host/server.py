@@ -1,5 +1,5 @@
 """``posterm host serve``: the host on a loopback TCP port (see :mod:`posterm.host.wire`)."""
 
-from posterm.host.wire import HostServer, serve
+from posterm.host.wire import HostServer, ServerLimits, serve
 
-__all__ = ["HostServer", "serve"]
+__all__ = ["HostServer", "ServerLimits", "serve"]

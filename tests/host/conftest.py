@@ -22,9 +22,12 @@ class Clock:
 
 
 def terminal(host: Host, tid: str = "T0000001", client=None) -> SignedHostLink:
+    """A logged-on terminal with a new PIN pad. A new pad gets a new initial key (a new key
+    id): the terminal's current key in a pad with no memory of its counter would re-use KSNs
+    an earlier pad of this terminal used, and the host refuses them as replays."""
     sm = SecureModule()
     sm.inject_kbpk(host.hsm.kbpk_for_injection(tid))
-    sm.load_key_block(host.hsm.initial_key_block(tid).block)
+    sm.load_key_block(host.hsm.issue_initial_key(tid).block)
     link = SignedHostLink(sm, client or host.client(), terminal_id=tid, merchant_id="M100000001",
                           firmware_version="test 1", location="CN-SH")
     link.logon()
