@@ -222,7 +222,9 @@ class Soak:
         self.home.mkdir(parents=True, exist_ok=True)
         self.journal = self.dir / "driver-journal.db"
         self.ops_log = self.dir / "ops.jsonl"
-        self.rng = random.Random(seed)
+        self.rng = random.Random(seed)               # delays and targets
+        self.plan_rng = random.Random(seed + 1)      # the drivers' journal kill points
+        self._targets: list[str] = []
         self.seed = seed
         self.mix = mix
         self.hport, self.eport = free_port(), free_port()
@@ -257,11 +259,11 @@ class Soak:
     def start_driver(self) -> None:
         self.incarnation += 1
         # Half the incarnations die at a journal commit (somewhere in their first ~40 operations).
-        die_after = self.rng.randrange(1, 120) if self.rng.random() < 0.5 else 0
+        die_after = self.plan_rng.randrange(1, 120) if self.plan_rng.random() < 0.5 else 0
         args = ["-m", "posterm.bench.crash", "worker", "--port", f"tcp://127.0.0.1:{self.eport}",
                 "--journal", str(self.journal), "--ops-log", str(self.ops_log), "--mix", self.mix,
                 "--seed", str(self.seed * 1000 + self.incarnation), "--die-after", str(die_after)]
-        if self.rng.random() < 0.5:
+        if self.plan_rng.random() < 0.5:
             args.append("--die-before")
         self.procs["driver"] = self._spawn("driver", args)
 
@@ -341,7 +343,9 @@ class Soak:
             delay = self.rng.uniform(0.0, 1.0)  # where in the next operations the kill lands
             if self._reap_driver(timeout=delay):
                 continue
-            target = self.rng.choice(["driver", "emulator", "host"])
+            if not self._targets:  # each of the three once per round, in a seeded order
+                self._targets = self.rng.sample(["driver", "emulator", "host"], 3)
+            target = self._targets.pop()
             self.kill(target)
             self.figures.kills[target] += 1
             key = f"{target}:delay"
