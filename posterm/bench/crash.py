@@ -128,6 +128,7 @@ def _worker(argv: list[str]) -> int:
             note(op=op, order=order, phase="end", result=res)
         except PosError as exc:
             note(op=op, order=order, phase="end", result="error", error=type(exc).__name__, detail=str(exc)[:120])
+            time.sleep(0.1)  # back-off: a terminal still finishing a killed driver's PIN entry answers BUSY
             try:
                 term.close()
             except PosError:
