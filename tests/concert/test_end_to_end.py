@@ -96,7 +96,7 @@ def test_seven_bits_even_parity_both_sides(emu_7e1, tmp_path):
     # LinkFailed, not PosTimeout: the link gives up on its own retry bound (no wall-clock bound).
     with ConcertTerminal.open(emu_7e1.port, journal=str(tmp_path / "j.db"), config=FAST) as term:
         with pytest.raises(LinkFailed, match="serial settings"):
-            term.pay(999, "CNY", timeout=60)
+            term.pay(999, "CNY", timeout=10)
 
 
 def test_a_terminal_that_never_answers(tmp_path):
