@@ -286,10 +286,11 @@ def test_replay_cli_as_terminal_on_a_pty(session, tmp_path):
                              "--fast", "--port-file", str(port_file), "--timeout", "30"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        for _ in range(200):
-            if port_file.exists():
-                break
-            time.sleep(0.05)
+        deadline = time.monotonic() + 60  # a loaded machine takes seconds to start a Python process
+        while not port_file.exists():
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "the replayer never wrote its port file"
+            time.sleep(0.05)  # poll interval of a bounded wait on a condition
         port = port_file.read_text().strip()
         with Terminal.open(port, protocol="concert", journal=str(tmp_path / "j.db")) as term:
             flow(term)

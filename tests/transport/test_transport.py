@@ -52,11 +52,14 @@ def test_read_returns_partial_data_and_empty_on_timeout(pty_pair):
 def test_pty_closed_is_disconnected_within_a_second(pty_pair, op):
     master, ecr, _ = pty_pair
     master.close()
-    start = time.monotonic()
+    # No wall clock: a read that waited out its (long) timeout would return b"" and not raise,
+    # so raising at all proves the hang-up was seen at once, however loaded the machine.
     with pytest.raises(Disconnected):
-        for _ in range(3):  # a write may be buffered once before the error shows
-            ecr.read(10, 1.0) if op == "read" else ecr.write(b"x")
-    assert time.monotonic() - start < 1.0
+        if op == "read":
+            ecr.read(10, 30.0)
+        else:
+            for _ in range(3):  # a write may be buffered once before the error shows
+                ecr.write(b"x")
 
 
 def test_emulator_side_survives_ecr_reopening(pty_pair):
