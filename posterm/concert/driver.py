@@ -58,6 +58,10 @@ wire_log = logging.getLogger("posterm.wire")
 
 
 
+UNACKNOWLEDGED = ("never acknowledged by this ECR: a Concert terminal reverses an approval its ECR"
+                  " did not acknowledge")
+
+
 class Unsupported(LocalProtocolError):
     """The protocol family has no message for this operation."""
 
@@ -213,16 +217,27 @@ class ConcertTerminal(PortSession):
                              "the journal's answer to the first request with this refund id (not sent again)")
 
     def recover(self, timeout: float = 10.0) -> list[PaymentResult]:
-        """Concert cannot ask about an order: unfinished ones are reported as unknown, left unfinished."""
+        """Concert cannot ask about an order, but this driver ACKs an answer only after journaling
+        it, and a Concert terminal does not keep an approval its ECR never acknowledged (posterm's
+        emulator reverses it at the host). So an unfinished payment here was never charged, or is
+        being given back: it is recorded ``cancelled`` (final), with the reason in ``reason_text``.
+        Unfinished refunds and cancels are reported ``unknown`` and left unfinished: check the
+        terminal's journal (a refund sent again under the same refund id is never re-sent)."""
         if self._journal is None:
             return []
         out = []
         for entry in self._journal.unfinished():
             if entry.kind == "pay":
-                log.warning("order %s: no outcome recorded and Concert has no query: check the terminal's"
-                            " journal", entry.order_id)
+                result = PaymentResult(entry.order_id, Outcome.CANCELLED, entry.amount_minor, entry.currency,
+                                       Reason.NONE, UNACKNOWLEDGED)
+                self._journal_result(result)
+                log.warning("order %s: its answer was never acknowledged by this ECR: recorded cancelled"
+                            " (the terminal does not keep it)", entry.order_id)
+                out.append(result)
+            else:
                 out.append(PaymentResult(entry.order_id, Outcome.UNKNOWN, entry.amount_minor, entry.currency,
-                                         Reason.NONE, "Concert has no query: check the terminal's journal"))
+                                         Reason.NONE, f"Concert has no query: check the terminal's journal"
+                                         f" for this {entry.kind}"))
         return out
 
     def query(self, order_id: str, timeout: float = 10.0) -> PaymentResult:
