@@ -195,5 +195,13 @@ class ConcertTerminalLink:
             status = Status.NOT_PROCESSED
         else:
             return None   # Progress, Print: the terminal's own display and printer
+        reason = int(getattr(message, "reason", 0) or 0)
+        if reason:   # Concert's answer has no reason code: the terminal's display and log say it
+            try:
+                why = m.Reason(reason).name.lower()
+            except ValueError:
+                why = str(reason)
+            log.info("concert: %s %s: status %s, reason %s", req.txn_type.name.lower(), p.order_id,
+                     status.value, why)
         return ConcertAnswer(status, req.amount_minor, req.currency_numeric, req.pos_number, req.mode, report,
                              p.order_id)
