@@ -14,16 +14,18 @@ What Concert carries and what it does not, and what the driver does about it:
   back in the answer's.
 * ``refund``: a credit request naming the order in the private field; the operator
   types the password on the terminal (``operator_password`` does not cross the
-  line). ``cancel``: a cancel ("annulation") request for the order.
+  line). The wire has no refund id: a refund id already journaled is answered from
+  the journal and never sent again; another amount under it is refused.
+  ``cancel``: a cancel ("annulation") request for the order.
 * Status ``0`` is approved, ``7`` declined, ``9`` not processed (cancelled on the
   terminal, or refused before any host contact). The answer carries no reason code.
 * There is no query in Concert: ``query``, ``status``, ``settle``, ``load_key`` and
-  ``abort`` raise :class:`Unsupported`. ``recover`` cannot ask the terminal about
-  an unfinished order; it reports them as ``unknown`` and leaves them unfinished in
-  the journal, to be checked on the terminal's own journal or the acquirer's
-  report. (posterm's emulated Concert terminal reverses such an order at the host,
-  as real terminals send a reversal when an outcome is in doubt.) (Sending the request again would charge the customer again on a real
-  terminal: the driver never does.)
+  ``abort`` raise :class:`Unsupported`.
+* The ACK is the receipt (PROTOCOL.md C.8): an answer is journaled before the driver
+  ACKs it, and a Concert terminal does not keep an approval its ECR never ACKed
+  (posterm's emulator reverses it at the host). So ``recover`` records an unfinished
+  payment ``cancelled``; unfinished refunds and cancels are reported ``unknown``.
+  (Sending a request again would charge the customer again: the driver never does.)
 
 Every request is journaled before it goes on the wire, as with posterm's protocol.
 """
