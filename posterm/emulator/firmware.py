@@ -807,11 +807,10 @@ class Firmware:
             # Concert: approved, but kept only once the ECR acknowledges the answer (ResultDelivery);
             # until then the order stays in flight, so a restart reverses it too.
             self.journal.add_receipt(flow.order_id, kind, printed, self._stamp())
-            self._undelivered[flow.order_id] = dict(
-                outcome=outcome, reason=reason, reason_text=reason_text, trade_no=trade_no, paid_at=paid_at,
-                refunded_minor=refunded, code_last4=code_last4)
-            del_over = list(self._undelivered)[:-1000]
-            for key in del_over:
+            self._undelivered[flow.order_id] = {
+                "outcome": outcome, "reason": reason, "reason_text": reason_text, "trade_no": trade_no,
+                "paid_at": paid_at, "refunded_minor": refunded, "code_last4": code_last4}
+            for key in list(self._undelivered)[:-1000]:   # bounded; the journal keeps them in flight anyway
                 self._undelivered.pop(key, None)
         elif record and self.journal.get(flow.order_id) is not None:
             # The outcome and its receipt in one journal transaction (one fsync, not two).

@@ -286,7 +286,7 @@ def test_ecr_link_acks_only_what_the_caller_accepts():
         term.send(ans, 0.0)
         seen = []
 
-        def on_ecr(ev):
+        def on_ecr(ev, seen=seen, decision=decision, ecr=ecr):
             if isinstance(ev, Received):
                 seen.append(ev.message)
                 if decision == "accept":

@@ -60,7 +60,6 @@ class RawEcr:
 
     def read_until(self, byte, timeout=15.0):
         buf = b""
-        ev = threading.Event()
         for _ in range(int(timeout / 0.05)):
             if select.select([self.fd], [], [], 0.05)[0]:
                 buf += os.read(self.fd, 512)
