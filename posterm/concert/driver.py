@@ -14,16 +14,18 @@ What Concert carries and what it does not, and what the driver does about it:
   back in the answer's.
 * ``refund``: a credit request naming the order in the private field; the operator
   types the password on the terminal (``operator_password`` does not cross the
-  line). ``cancel``: a cancel ("annulation") request for the order.
+  line). The wire has no refund id: a refund id already journaled is answered from
+  the journal and never sent again; another amount under it is refused.
+  ``cancel``: a cancel ("annulation") request for the order.
 * Status ``0`` is approved, ``7`` declined, ``9`` not processed (cancelled on the
   terminal, or refused before any host contact). The answer carries no reason code.
 * There is no query in Concert: ``query``, ``status``, ``settle``, ``load_key`` and
-  ``abort`` raise :class:`Unsupported`. ``recover`` cannot ask the terminal about
-  an unfinished order; it reports them as ``unknown`` and leaves them unfinished in
-  the journal, to be checked on the terminal's own journal or the acquirer's
-  report. (posterm's emulated Concert terminal reverses such an order at the host,
-  as real terminals send a reversal when an outcome is in doubt.) (Sending the request again would charge the customer again on a real
-  terminal: the driver never does.)
+  ``abort`` raise :class:`Unsupported`.
+* The ACK is the receipt (PROTOCOL.md C.8): an answer is journaled before the driver
+  ACKs it, and a Concert terminal does not keep an approval its ECR never ACKed
+  (posterm's emulator reverses it at the host). So ``recover`` records an unfinished
+  payment ``cancelled``; unfinished refunds and cancels are reported ``unknown``.
+  (Sending a request again would charge the customer again: the driver never does.)
 
 Every request is journaled before it goes on the wire, as with posterm's protocol.
 """
@@ -58,6 +60,10 @@ wire_log = logging.getLogger("posterm.wire")
 
 
 
+UNACKNOWLEDGED = ("never acknowledged by this ECR: a Concert terminal reverses an approval its ECR"
+                  " did not acknowledge")
+
+
 class Unsupported(LocalProtocolError):
     """The protocol family has no message for this operation."""
 
@@ -84,7 +90,7 @@ class ConcertTerminal(PortSession):
                  config: ConcertConfig | None = None, pos_number: int = 1, long_answer: bool = True,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._init_port(transport, port_name, journal)
-        self._link = ConcertLink("ecr", config)
+        self._link = ConcertLink("ecr", config, confirm_frames=True)   # ACK only what is journaled
         self._clock = clock
         self.pos_number = pos_number
         self.long_answer = long_answer
@@ -153,49 +159,87 @@ class ConcertTerminal(PortSession):
             raise Unsupported("Concert has no field for a payment code or a dynamic QR: the terminal scans"
                               " the customer's code itself")
         order_id = order_id or new_order_id()
-        answer = self._transact(TxnType.DEBIT, amount_minor, currency, order_id, "pay", timeout)
-        result = self._result(answer, TxnType.DEBIT, order_id, amount_minor, currency)
-        self._journal_result(result)
-        return result
+        def record(answer: ConcertAnswer) -> PaymentResult:
+            result = self._result(answer, TxnType.DEBIT, order_id, amount_minor, currency)
+            self._journal_result(result)
+            return result
+
+        return self._transact(TxnType.DEBIT, amount_minor, currency, order_id, "pay", timeout, record)
 
     def cancel(self, order_id: str, operator_password: str | None = None, timeout: float = 60.0,
                on_progress: Callable[[Any], None] | None = None, amount_minor: int | None = None,
                currency: str | None = None) -> PaymentResult:
         """Cancel (void) ``order_id`` on the terminal. Amount and currency come from the journal."""
         amount_minor, currency = self._from_journal(order_id, amount_minor, currency)
-        answer = self._transact(TxnType.CANCEL, amount_minor, currency, order_id, None, timeout)
-        result = self._result(answer, TxnType.CANCEL, order_id, amount_minor, currency)
-        if self._journal is not None and self._journal.get(order_id) is not None:
-            self._journal_result(result)
-        return result
+        def record(answer: ConcertAnswer) -> PaymentResult:
+            result = self._result(answer, TxnType.CANCEL, order_id, amount_minor, currency)
+            if self._journal is not None and self._journal.get(order_id) is not None:
+                self._journal_result(result)
+            return result
+
+        return self._transact(TxnType.CANCEL, amount_minor, currency, order_id, None, timeout, record)
 
     def refund(self, order_id: str, amount_minor: int, refund_id: str, operator_password: str | None = None,
                currency: str | None = None, timeout: float = 60.0,
                on_progress: Callable[[Any], None] | None = None) -> RefundOutcome:
         """A credit of ``amount_minor`` against ``order_id``; the operator confirms on the terminal."""
         _, currency = self._from_journal(order_id, amount_minor, currency)
-        answer = self._transact(TxnType.CREDIT, amount_minor, currency, order_id, "refund", timeout,
-                                ref_id=refund_id)
-        outcome = {Status.ACCEPTED: Outcome.APPROVED, Status.REFUSED: Outcome.DECLINED}.get(
-            answer.status, Outcome.CANCELLED)
-        result = RefundOutcome(order_id, refund_id, outcome, answer.amount_minor, currency,
-                               Reason.NONE, 0, f"concert status {answer.status.value}")
         if self._journal is not None:
-            self._journal.record_outcome(order_id, "refund", result.result, 0, result.to_json(), final=True,
-                                         ref_id=refund_id)
-        return result
+            earlier = self._journal.get(order_id, "refund", refund_id)
+            if earlier is not None:
+                return self._refund_again(earlier, amount_minor, currency)
+
+        def record(answer: ConcertAnswer) -> RefundOutcome:
+            outcome = {Status.ACCEPTED: Outcome.APPROVED, Status.REFUSED: Outcome.DECLINED}.get(
+                answer.status, Outcome.CANCELLED)
+            result = RefundOutcome(order_id, refund_id, outcome, answer.amount_minor, currency,
+                                   Reason.NONE, 0, f"concert status {answer.status.value}")
+            if self._journal is not None:
+                self._journal.record_outcome(order_id, "refund", result.result, 0, result.to_json(), final=True,
+                                             ref_id=refund_id)
+            return result
+
+        return self._transact(TxnType.CREDIT, amount_minor, currency, order_id, "refund", timeout, record,
+                              ref_id=refund_id)
+
+    def _refund_again(self, earlier: Any, amount_minor: int, currency: str) -> RefundOutcome:
+        """A refund id this journal has seen. Concert's wire carries no refund id, so the terminal
+        cannot tell a retry from a second refund: the journal answers, nothing is sent."""
+        if (earlier.amount_minor, earlier.currency) != (amount_minor, currency):
+            raise LocalProtocolError(
+                f"refund id {earlier.ref_id!r} was already used for {earlier.amount_minor} {earlier.currency}"
+                f" on order {earlier.order_id}: a different amount needs a new refund id")
+        if earlier.state != "final" or not earlier.result:
+            raise PosTimeout(
+                f"refund {earlier.ref_id!r} of order {earlier.order_id} was sent and its answer never came:"
+                " Concert cannot ask, and sending it again could refund twice; check the terminal's journal")
+        r = earlier.result
+        return RefundOutcome(earlier.order_id, earlier.ref_id, Outcome[str(r["result"]).upper()],
+                             r.get("amount_minor", earlier.amount_minor), earlier.currency, Reason.NONE, 0,
+                             "the journal's answer to the first request with this refund id (not sent again)")
 
     def recover(self, timeout: float = 10.0) -> list[PaymentResult]:
-        """Concert cannot ask about an order: unfinished ones are reported as unknown, left unfinished."""
+        """Concert cannot ask about an order, but this driver ACKs an answer only after journaling
+        it, and a Concert terminal does not keep an approval its ECR never acknowledged (posterm's
+        emulator reverses it at the host). So an unfinished payment here was never charged, or is
+        being given back: it is recorded ``cancelled`` (final), with the reason in ``reason_text``.
+        Unfinished refunds and cancels are reported ``unknown`` and left unfinished: check the
+        terminal's journal (a refund sent again under the same refund id is never re-sent)."""
         if self._journal is None:
             return []
         out = []
         for entry in self._journal.unfinished():
             if entry.kind == "pay":
-                log.warning("order %s: no outcome recorded and Concert has no query: check the terminal's"
-                            " journal", entry.order_id)
+                result = PaymentResult(entry.order_id, Outcome.CANCELLED, entry.amount_minor, entry.currency,
+                                       Reason.NONE, UNACKNOWLEDGED)
+                self._journal_result(result)
+                log.warning("order %s: its answer was never acknowledged by this ECR: recorded cancelled"
+                            " (the terminal does not keep it)", entry.order_id)
+                out.append(result)
+            else:
                 out.append(PaymentResult(entry.order_id, Outcome.UNKNOWN, entry.amount_minor, entry.currency,
-                                         Reason.NONE, "Concert has no query: check the terminal's journal"))
+                                         Reason.NONE, f"Concert has no query: check the terminal's journal"
+                                         f" for this {entry.kind}"))
         return out
 
     def query(self, order_id: str, timeout: float = 10.0) -> PaymentResult:
@@ -242,7 +286,7 @@ class ConcertTerminal(PortSession):
         return amount_minor, currency
 
     def _transact(self, txn: TxnType, amount_minor: int, currency: str, order_id: str, journal_kind: str | None,
-                  timeout: float, ref_id: str = "") -> ConcertAnswer:
+                  timeout: float, record: Callable[[ConcertAnswer], Any], ref_id: str = "") -> Any:
         if type(amount_minor) is not int:
             raise LocalProtocolError("amount_minor must be an int of minor units (never a float)")
         try:
@@ -284,18 +328,55 @@ class ConcertTerminal(PortSession):
                     elif isinstance(ev, Received):
                         answer = ev.message
                         if answer.private and answer.private != order_id:
-                            log.warning("ignoring a Concert answer for %r (waiting for %r)", answer.private, order_id)
+                            self._take_stray(answer)
                             continue
-                        # The terminal still sends EOT; let it arrive so the line is free for the next request.
+                        try:
+                            result = record(answer)     # journaled before our ACK leaves
+                        except BaseException:
+                            self._link.refuse(self._clock())
+                            self._write(self._link.data_to_send())
+                            raise
+                        self._link.accept(self._clock())
+                        self._write(self._link.data_to_send())
+                        # The terminal still sends EOT (or the frame again, if our ACK was lost:
+                        # ACKed again); wait for it so the line is free and the terminal keeps it.
                         self._drain_eot()
-                        return answer
+                        return result
                     elif isinstance(ev, FrameRejected):
                         wire_log.info("NAK sent: %s", ev.reason)
                     elif isinstance(ev, GarbageSkipped):
                         wire_log.info("skipped %d bytes of line noise", len(ev.data))
 
+    def _take_stray(self, answer: ConcertAnswer) -> None:
+        """An answer for another order (one this ECR gave up waiting for): journal it and ACK it
+        when that order is unfinished in the journal, else NAK it, so the terminal, never told
+        it was received, reverses it. Never ACK what is not written down."""
+        kinds = {"pay": TxnType.DEBIT, "cancel": TxnType.CANCEL, "refund": TxnType.CREDIT}
+        entries = [e for e in (self._journal.unfinished() if self._journal is not None else [])
+                   if e.order_id == answer.private and e.kind in kinds]
+        if len(entries) != 1:
+            log.warning("refusing a Concert answer for %r: not an unfinished order of this journal", answer.private)
+            self._link.refuse(self._clock())
+        else:
+            e = entries[0]
+            if e.kind == "refund":
+                outcome = {Status.ACCEPTED: Outcome.APPROVED, Status.REFUSED: Outcome.DECLINED}.get(
+                    answer.status, Outcome.CANCELLED)
+                late = RefundOutcome(e.order_id, e.ref_id, outcome, answer.amount_minor, e.currency,
+                                     Reason.NONE, 0, f"concert status {answer.status.value}")
+                self._journal.record_outcome(e.order_id, "refund", late.result, 0, late.to_json(), final=True,
+                                             ref_id=e.ref_id)
+            else:
+                res = self._result(answer, kinds[e.kind], e.order_id, e.amount_minor, e.currency)
+                self._journal.record_outcome(e.order_id, e.kind, res.result, int(res.reason), res.to_json(),
+                                             final=res.final)
+            log.warning("a late Concert answer for %s (%s) was journaled", e.order_id, e.kind)
+            self._link.accept(self._clock())
+        self._write(self._link.data_to_send())
+
     def _drain_eot(self) -> None:
-        until = self._clock() + 0.5
+        cfg = self._link.config
+        until = self._clock() + cfg.eot_timeout + cfg.ack_timeout
         while not self._link.idle and self._clock() < until:
             data = self._read(0.05)
             now = self._clock()

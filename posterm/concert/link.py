@@ -17,7 +17,16 @@ A transmission (either direction)::
 
 A frame whose ACK was lost arrives twice: it is ACKed again and delivered once.
 Both sides sending ENQ at once: the ECR gives way (ACKs the terminal's ENQ and
-tries again afterwards). Nothing is buffered beyond one frame (512 bytes).
+tries again afterwards). Nothing is buffered beyond one frame (512 bytes), and what
+waits to be written is capped too (:data:`OUT_CAP`): a peer that floods ENQs and
+never reads gets a bounded answer, the ACKs beyond the cap are dropped.
+
+``confirm_frames=True`` (the ECR driver): a good frame is *held*, not ACKed; the
+caller decides with :meth:`ConcertLink.accept` (ACK: "I have it, recorded") or
+:meth:`ConcertLink.refuse` (NAK, and NAK again for the same frame re-sent, so the
+sender gives up with the answer undelivered). An undecided frame is refused by
+:meth:`tick` after ``frame_timeout``. The ACK is the ECR's receipt: the driver
+journals an answer before it lets the ACK go.
 """
 
 from __future__ import annotations
@@ -113,18 +122,23 @@ class Control:
     byte: int
 
 
+OUT_CAP = 2048   # bytes waiting for the caller to write; control bytes beyond it are dropped
+
+
 class _State(enum.Enum):
     IDLE = "idle"
     SENDING_ENQ = "sent ENQ"
     SENDING_FRAME = "sent frame"
     RECEIVING = "ACKed ENQ"
     RECEIVED = "ACKed frame"
+    HOLDING = "frame held for the caller's decision"
 
 
 class ConcertLink:
     """One end of a Concert line. ``role``: ``"ecr"`` or ``"terminal"``."""
 
-    def __init__(self, role: str = "ecr", config: ConcertConfig | None = None) -> None:
+    def __init__(self, role: str = "ecr", config: ConcertConfig | None = None, *,
+                 confirm_frames: bool = False) -> None:
         if role not in ("ecr", "terminal"):
             raise LocalProtocolError(f"role must be 'ecr' or 'terminal', not {role!r}")
         self.role = role
@@ -140,8 +154,11 @@ class ConcertLink:
         self._naks = 0
         self._current: tuple[Any, bytes] | None = None
         self._now = 0.0
+        self.confirm_frames = confirm_frames
+        self._held: bytes | None = None        # the frame awaiting accept() / refuse()
+        self._refused: bytes | None = None     # a frame refused in this transmission (NAKed if re-sent)
         self.stats = {"sent": 0, "received": 0, "retransmitted": 0, "naks_sent": 0, "failed": 0,
-                      "duplicates": 0, "garbage_bytes": 0}
+                      "duplicates": 0, "garbage_bytes": 0, "refused": 0, "out_dropped": 0}
 
     # -- the sans-IO surface (same shape as posterm.link.Link) -------------------
 
@@ -199,12 +216,35 @@ class ConcertLink:
             else:
                 self._put(EOT)
                 self._fail("frame not ACKed")
+        elif st is _State.HOLDING:
+            self.refuse(now)   # nobody decided: the sender must not count it as delivered
         elif st in (_State.RECEIVING, _State.RECEIVED):
             dropped = self._framer.reset()
             if dropped:
                 self._emit(GarbageSkipped(dropped))
             self._to_idle()
         self._pump()
+
+    def accept(self, now: float | None = None) -> None:
+        """ACK the held frame (``confirm_frames``): the caller has it safe. No-op if none is held."""
+        self._clock(now)
+        if self._state is not _State.HOLDING:
+            return
+        self._held = None
+        self._put(ACK)
+        self.stats["received"] += 1
+        self._state = _State.RECEIVED
+        self._deadline = self._now + self.config.eot_timeout
+
+    def refuse(self, now: float | None = None) -> None:
+        """NAK the held frame (``confirm_frames``); the same frame re-sent is NAKed at once,
+        so the sender gives up after its attempts with the message undelivered."""
+        self._clock(now)
+        if self._state is not _State.HOLDING:
+            return
+        self._refused, self._held = self._held, None
+        self.stats["refused"] += 1
+        self._nak()
 
     def next_event(self) -> Any | None:
         return self._events.popleft() if self._events else None
@@ -240,6 +280,9 @@ class ConcertLink:
         self._events.append(event)
 
     def _put(self, byte: int) -> None:
+        if len(self._out) >= OUT_CAP and byte in (ACK, NAK):
+            self.stats["out_dropped"] += 1      # a flood the peer does not read: answer it no further
+            return
         self._out.append(byte)
         self._emit(Control("out", byte))
 
@@ -248,6 +291,8 @@ class ConcertLink:
         self._deadline = None
         self._attempts = 0
         self._naks = 0
+        self._held = None
+        self._refused = None
 
     def _pump(self) -> None:
         if self._state is _State.IDLE and self._queue:
@@ -278,6 +323,9 @@ class ConcertLink:
                 self._queue.appendleft(self._current)   # give way; try again afterwards
                 self._current = None
                 st = _State.IDLE
+            if st is _State.HOLDING:
+                self.refuse()          # the sender started over: what it sent was not taken
+                st = self._state
             if st in (_State.IDLE, _State.RECEIVING, _State.RECEIVED):
                 self._framer.reset()
                 self._put(ACK)
@@ -306,9 +354,22 @@ class ConcertLink:
             elif st is _State.SENDING_ENQ:   # not ready: counts as an unanswered ENQ
                 self._deadline = self._now
         elif byte == EOT:
+            if st is _State.HOLDING:
+                self.refuse()          # the sender gave up before we decided: not taken
+                st = self._state
             if st in (_State.RECEIVING, _State.RECEIVED):
                 self._framer.reset()
                 self._to_idle()
+
+    def _nak(self) -> None:
+        self._naks += 1
+        self.stats["naks_sent"] += 1
+        self._put(NAK)
+        if self._naks >= self.config.nak_limit:
+            self._to_idle()
+        else:
+            self._state = _State.RECEIVING
+            self._deadline = self._now + self.config.frame_timeout
 
     def _on_frame(self, raw: bytes) -> None:
         st = self._state
@@ -316,17 +377,21 @@ class ConcertLink:
             self.stats["garbage_bytes"] += len(raw)
             self._emit(GarbageSkipped(raw))
             return
+        if st is _State.RECEIVING and raw == self._refused:
+            self._emit(FrameRejected("refused by the receiver", raw))
+            self._nak()
+            return
         try:
             message = self._decode(raw)
         except (ConcertFrameError, FieldError) as exc:
-            self._naks += 1
-            self.stats["naks_sent"] += 1
-            self._put(NAK)
             self._emit(FrameRejected(str(exc), raw))
-            if self._naks >= self.config.nak_limit:
-                self._to_idle()
-            else:
-                self._deadline = self._now + self.config.frame_timeout
+            self._nak()
+            return
+        if self.confirm_frames and st is _State.RECEIVING:
+            self._held = raw
+            self._state = _State.HOLDING
+            self._emit(Received(message, raw))
+            self._deadline = self._now + self.config.frame_timeout
             return
         self._put(ACK)
         if st is _State.RECEIVED:

@@ -16,6 +16,17 @@ scenarios and test codes serve both protocol families:
 The order id is the request's private field when the ECR filled it (so the ECR
 can find the order again), otherwise one the terminal makes up; the answer's
 private field carries it either way.
+
+Delivery: the ECR's ACK of the answer frame is its receipt. Every answer the front
+sends is reported to the firmware as a :class:`ResultDelivery` once the line knows:
+delivered (ACKed), or not (ENQ never ACKed, frame never ACKed or NAKed each time, the
+line reset with the answer still queued). The firmware keeps an approval only once
+delivered and reverses it at the host otherwise (FirmwareConfig.void_unfinished).
+
+The operator password: Concert carries none; the operator types it on the terminal.
+The emulated operator types the terminal's own password unless a test says otherwise
+with :meth:`ConcertTerminalLink.operator_types` (a wrong one is refused and counts
+toward the keypad's lock, as on the native side).
 """
 
 from __future__ import annotations
@@ -32,7 +43,8 @@ from firmware_protocol.currency import from_numeric
 from firmware_protocol.messages import Outcome
 
 from posterm.concert import new_private_id
-from posterm.concert.link import ConcertConfig, ConcertLink, Received
+from posterm.concert.link import ConcertConfig, ConcertLink, Delivered, Received, SendFailed
+from posterm.emulator.firmware import ResultDelivery
 from posterm.link import MessageReceived
 
 log = logging.getLogger("posterm.emulator.concert")
@@ -59,6 +71,14 @@ class ConcertTerminalLink:
         self._operator_password = operator_password
         self._events: deque = deque()
         self._pending: _Pending | None = None
+        self._typed: deque = deque(maxlen=16)   # what the emulated operator types at the next prompts
+
+    def operator_types(self, password: str) -> None:
+        """The emulated operator will type ``password`` at the next password prompt (once)."""
+        self._typed.append(password)
+
+    def _operator_entry(self) -> str:
+        return self._typed.popleft() if self._typed else self._operator_password
 
     @property
     def stats(self) -> dict[str, int]:
@@ -86,7 +106,11 @@ class ConcertTerminalLink:
     def reset(self) -> list:
         self._pending = None
         self._events.clear()
-        return self._link.reset()
+        pending = self._link.reset()
+        for msg in pending:   # a new connection: answers still queued never reached the ECR
+            if isinstance(msg, ConcertAnswer) and msg.private:
+                self._events.append(ResultDelivery(msg.private, False, "line reset"))
+        return pending
 
     def start_session(self) -> None:
         pass
@@ -105,6 +129,10 @@ class ConcertTerminalLink:
         while (ev := self._link.next_event()) is not None:
             if isinstance(ev, Received):
                 self._on_request(ev.message, ev.raw)
+            elif isinstance(ev, Delivered) and isinstance(ev.message, ConcertAnswer) and ev.message.private:
+                self._events.append(ResultDelivery(ev.message.private, True))
+            elif isinstance(ev, SendFailed) and isinstance(ev.message, ConcertAnswer) and ev.message.private:
+                self._events.append(ResultDelivery(ev.message.private, False, ev.cause))
 
     def _refuse(self, req: ConcertRequest, why: str) -> None:
         log.info("concert: request not processed: %s", why)
@@ -130,11 +158,11 @@ class ConcertTerminalLink:
                     return self._refuse(req, "a refund names its order in the private field")
                 msg = m.Refund(order_id=order_id, amount_minor=req.amount_minor, currency=currency,
                                refund_id=f"R{order_id}-{secrets.token_hex(3)}",
-                               operator_password=self._operator_password)
+                               operator_password=self._operator_entry())
             elif req.txn_type is TxnType.CANCEL:
                 if not req.private:
                     return self._refuse(req, "a cancel names its order in the private field")
-                msg = m.Cancel(order_id=order_id, operator_password=self._operator_password)
+                msg = m.Cancel(order_id=order_id, operator_password=self._operator_entry())
             else:
                 return self._refuse(req, f"transaction type {req.txn_type.value!r} is not offered")
         except Exception as exc:  # noqa: BLE001 - a field our messages refuse (e.g. private data charset)
@@ -167,5 +195,13 @@ class ConcertTerminalLink:
             status = Status.NOT_PROCESSED
         else:
             return None   # Progress, Print: the terminal's own display and printer
+        reason = int(getattr(message, "reason", 0) or 0)
+        if reason:   # Concert's answer has no reason code: the terminal's display and log say it
+            try:
+                why = m.Reason(reason).name.lower()
+            except ValueError:
+                why = str(reason)
+            log.info("concert: %s %s: status %s, reason %s", req.txn_type.name.lower(), p.order_id,
+                     status.value, why)
         return ConcertAnswer(status, req.amount_minor, req.currency_numeric, req.pos_number, req.mode, report,
                              p.order_id)

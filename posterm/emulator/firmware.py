@@ -100,7 +100,9 @@ class FirmwareConfig:
     # An order left unfinished (the ECR got UNKNOWN, or no answer at all) is reversed at the
     # host when reconciled, even if the host approved it. For ECR protocols with no query
     # (Concert): there the ECR was told "not processed" and cannot learn otherwise, so a
-    # payment the host approved meanwhile must be given back, not kept.
+    # payment the host approved meanwhile must be given back, not kept. With it, an approval
+    # stays in flight in the journal until the front reports ResultDelivery: one the ECR never
+    # acknowledged is reversed too (and a restart before the report reverses it as well).
     void_unfinished: bool = False
 
     def __post_init__(self) -> None:
@@ -113,6 +115,16 @@ class FirmwareConfig:
 
     def with_overrides(self, overrides: dict[str, float]) -> "FirmwareConfig":
         return replace(self, **{k: (int(v) if k == "poll_attempts" else float(v)) for k, v in overrides.items()})
+
+
+@dataclass(frozen=True, slots=True)
+class ResultDelivery:
+    """From an ECR front that knows whether the ECR took an outcome (Concert: the ECR's ACK of
+    the answer frame). ``delivered`` False: the ECR never acknowledged it (Concert)."""
+
+    order_id: str
+    delivered: bool
+    cause: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +247,8 @@ class Firmware:
         self._side: dict[int, _SideOp] = {}
         self._side_by_order: dict[str, int] = {}
         self._reconcile_due: dict[str, float] = {}
+        self._undelivered: dict[str, dict[str, Any]] = {}   # Concert: approvals awaiting the ECR's ACK
+        self._reverse: set[str] = set()                       # Concert: approvals the ECR never took
         self.transitions: list[tuple[S, str, S]] = []   # for tests and traces (bounded)
 
     # ================================================================ inputs
@@ -263,6 +277,8 @@ class Firmware:
         self._now = now
         if isinstance(event, MessageReceived):
             self.on_message(event.message, now)
+        elif isinstance(event, ResultDelivery):
+            self._on_delivery(event)
         elif isinstance(event, UndecodableMessage):
             code = m.ErrorCode.UNKNOWN_MESSAGE if isinstance(event.error, UnknownMessageType) else m.ErrorCode.MALFORMED
             self._send(m.Error(code=code, text=type(event.error).__name__))
@@ -798,7 +814,17 @@ class Firmware:
         ]
         kind = "pay" if flow.kind == "pay" else "cancel"
         printed = self.printer.print(tuple(lines))
-        if record and self.journal.get(flow.order_id) is not None:
+        if (record and self.config.void_unfinished and flow.kind == "pay" and outcome is Outcome.APPROVED
+                and self.journal.get(flow.order_id) is not None):
+            # Concert: approved, but kept only once the ECR acknowledges the answer (ResultDelivery);
+            # until then the order stays in flight, so a restart reverses it too.
+            self.journal.add_receipt(flow.order_id, kind, printed, self._stamp())
+            self._undelivered[flow.order_id] = {
+                "outcome": outcome, "reason": reason, "reason_text": reason_text, "trade_no": trade_no,
+                "paid_at": paid_at, "refunded_minor": refunded, "code_last4": code_last4}
+            for key in list(self._undelivered)[:-1000]:   # bounded; the journal keeps them in flight anyway
+                self._undelivered.pop(key, None)
+        elif record and self.journal.get(flow.order_id) is not None:
             # The outcome and its receipt in one journal transaction (one fsync, not two).
             self.journal.finish_order(flow.order_id, outcome, reason, self._stamp(), reason_text=reason_text,
                                       trade_no=trade_no, paid_at=paid_at, refunded_minor=refunded,
@@ -1083,7 +1109,25 @@ class Firmware:
                                   trade_no=getattr(reply, "trade_no", None), paid_at=getattr(reply, "paid_at", None),
                                   refunded_minor=refunded, code_last4=getattr(reply, "code_last4", None))
         self._reconcile_due.pop(rec.order_id, None)
+        self._reverse.discard(rec.order_id)
         log.info("%s: order %s reconciled with the host: %s", self.identity.terminal_id, rec.order_id, outcome.name)
+
+    def _on_delivery(self, ev: ResultDelivery) -> None:
+        """Concert: the ECR acknowledged an outcome (keep it) or never did (reverse an approval)."""
+        pending = self._undelivered.pop(ev.order_id, None)
+        if ev.delivered:
+            if pending is not None:
+                out = pending.pop("outcome")
+                reason = pending.pop("reason")
+                self.journal.finish_order(ev.order_id, out, reason, self._stamp(), **pending)
+            return
+        rec = self.journal.get(ev.order_id)
+        if rec is None or (rec.final and rec.outcome is not Outcome.APPROVED):
+            return   # nothing was charged: nothing to give back
+        log.warning("%s: the ECR never acknowledged the answer for %s (%s): reversing it at the host",
+                    self.identity.terminal_id, ev.order_id, ev.cause or "undelivered")
+        self._reverse.add(ev.order_id)
+        self._reconcile_due[ev.order_id] = self._now
 
     def _maybe_reconcile(self) -> None:
         if not self._reconcile_due or self._side:
@@ -1092,6 +1136,11 @@ class Firmware:
         if due > self._now or order_id == self.order_in_flight:
             return
         rec = self.journal.get(order_id)
+        if rec is not None and rec.final and order_id in self._reverse and rec.outcome is Outcome.APPROVED:
+            self._reconcile_due[order_id] = self._now + self.config.reconcile_max
+            self._start_side(order_id, rec, answer_ecr=False)
+            return
+        self._reverse.discard(order_id)
         if rec is None or rec.final:
             self._reconcile_due.pop(order_id, None)
             return

@@ -262,3 +262,70 @@ def test_enq_collision_the_ecr_gives_way():
     w.run(5)
     assert [e.message for e in w.events(w.ecr) if isinstance(e, Received)] == [ans]
     assert [e.message for e in w.events(w.term) if isinstance(e, Received)] == [REQ]
+
+
+def _exchange(a, b, now, rounds=400, dt=0.05, on_b=None):
+    """Move bytes both ways on a fake clock; ``on_b(event)`` sees b's events."""
+    for _ in range(rounds):
+        now += dt
+        b.receive_data(a.data_to_send(), now)
+        b.tick(now)
+        while (ev := b.next_event()) is not None:
+            if on_b:
+                on_b(ev)
+        a.receive_data(b.data_to_send(), now)
+        a.tick(now)
+    return now
+
+
+def test_ecr_link_acks_only_what_the_caller_accepts():
+    cfg = ConcertConfig(enq_timeout=0.2, ack_timeout=0.3, frame_timeout=0.3, eot_timeout=0.4)
+    ans = ConcertAnswer(Status.ACCEPTED, 100, 978, 1, "1", None, "P1")
+    for decision in ("accept", "refuse", "undecided"):
+        term, ecr = ConcertLink("terminal", cfg), ConcertLink("ecr", cfg, confirm_frames=True)
+        term.send(ans, 0.0)
+        seen = []
+
+        def on_ecr(ev, seen=seen, decision=decision, ecr=ecr):
+            if isinstance(ev, Received):
+                seen.append(ev.message)
+                if decision == "accept":
+                    ecr.accept()
+                elif decision == "refuse":
+                    ecr.refuse()
+        _exchange(term, ecr, 0.0, on_b=on_ecr)
+        events = []
+        while (ev := term.next_event()) is not None:
+            events.append(ev)
+        delivered = [e for e in events if isinstance(e, Delivered)]
+        failed = [e for e in events if isinstance(e, SendFailed)]
+        if decision == "accept":
+            assert delivered and not failed and seen == [ans]
+        else:   # refused or never decided: never ACKed, so the sender knows it was not delivered
+            assert failed and not delivered and ecr.stats["received"] == 0, decision
+        assert term.idle and ecr.idle
+
+
+def test_front_reports_undelivered_answers_to_the_firmware():
+    from firmware_protocol import messages as msgs
+    from posterm.concert.terminal import ConcertTerminalLink
+    from posterm.emulator.firmware import ResultDelivery
+    from posterm.link import MessageReceived
+
+    cfg = ConcertConfig(enq_timeout=0.2, ack_timeout=0.3, frame_timeout=0.3, eot_timeout=0.4)
+    front = ConcertTerminalLink("246810", cfg)
+    req = ConcertRequest(amount_minor=500, currency_numeric=156, private="Q000000001")
+    front.receive_data(bytes([ENQ]), 0.0)
+    front.receive_data(req.encode() + bytes([EOT]), 0.0)
+    ev = front.next_event()
+    assert isinstance(ev, MessageReceived)
+    front.send(msgs.PayResult(order_id="Q000000001", outcome=msgs.Outcome.APPROVED, amount_minor=500,
+                              currency="CNY"), 0.1)
+    now = 0.1
+    out = []
+    for _ in range(100):                # the ECR is gone: nobody ACKs the ENQ
+        now += 0.1
+        front.tick(now)
+        while (e := front.next_event()) is not None:
+            out.append(e)
+    assert out == [ResultDelivery("Q000000001", False, "no ACK to ENQ")]

@@ -109,7 +109,7 @@ def test_a_terminal_that_never_answers(tmp_path):
             unfinished = term.journal.unfinished()
             assert len(unfinished) == 1                       # journaled before the wire, never lost
             recovered = term.recover()
-            assert [r.outcome for r in recovered] == [Outcome.UNKNOWN]
+            assert [r.outcome for r in recovered] == [Outcome.CANCELLED]   # never ACKed: never charged
         assert os.read(master, 100) == b"\x05\x05\x05"          # three ENQs, nothing else
     finally:
         os.close(master)
