@@ -302,6 +302,15 @@ class Link:
         self._out.clear()
         return dropped
 
+    def drop_queued(self, which=None) -> list[Message]:
+        """Drop the messages queued behind the one in flight (all, or those for which
+        ``which(message)`` is true) and return them: answers meant for a peer that has gone,
+        or ones the peer can ask for again, to make room. The frame in flight stays."""
+        dropped = [msg for msg in self._queue if which is None or which(msg)]
+        if dropped:
+            self._queue = deque(msg for msg in self._queue if not (which is None or which(msg)))
+        return dropped
+
     def start_session(self) -> None:
         """The peer began a new session (it sent a Hello after reopening the port).
 

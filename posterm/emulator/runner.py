@@ -48,6 +48,7 @@ DEMO_OPERATOR_PASSWORD = "246810"
 # terminal waits for the next reader). The loop itself never blocks on a write.
 WRITE_STALL_TIMEOUT = 5.0
 MAX_OUTPUT = 256 * 1024
+_REASKABLE = (m.Status, m.KeyStatus, m.Progress, m.Error)
 _TERMINAL_ID = re.compile(r"[A-Za-z0-9_\-.:]{1,32}")
 
 _hosts: dict[Path, list] = {}
@@ -508,6 +509,10 @@ class EmulatedTerminal:
                 while (ev := link.next_event()) is not None:
                     if isinstance(ev, MessageReceived) and isinstance(ev.message, m.Hello):
                         link.start_session()
+                        stale = link.drop_queued() if isinstance(link, Link) else []
+                        if stale:
+                            self._note("stale_dropped", "a new ECR session; %d answers to the last one dropped",
+                                       len(stale))
                     fw.on_link_event(ev, now)
                 self._service(now)
         except BaseException as exc:  # noqa: BLE001 - surfaced through .error and the log
@@ -541,7 +546,14 @@ class EmulatedTerminal:
                 out += link.send(msg, now)
             except SendQueueFull:
                 # The ECR sends requests faster than it takes the answers: overload, not a crash.
-                self._note("send_queue_full", "the ECR is not taking answers; %s dropped", type(msg).__name__)
+                # An answer it can ask for again (status, progress, an error) is dropped; a
+                # result makes room by dropping those (it is journaled; a Query gets it anyway).
+                evicted = [] if isinstance(msg, _REASKABLE) else link.drop_queued(
+                    lambda q: isinstance(q, _REASKABLE))
+                if evicted:
+                    out += link.send(msg, now)
+                self._note("send_queue_full", "the ECR is not taking answers; %s dropped",
+                           ", ".join(sorted({type(q).__name__ for q in evicted})) if evicted else type(msg).__name__)
         out += link.data_to_send()
         if self._transport is None:
             return
