@@ -302,11 +302,16 @@ class Link:
         self._out.clear()
         return dropped
 
-    def drop_queued(self, which=None) -> list[Message]:
+    def drop_queued(self, which=None, *, in_flight: bool = False) -> list[Message]:
         """Drop the messages queued behind the one in flight (all, or those for which
         ``which(message)`` is true) and return them: answers meant for a peer that has gone,
-        or ones the peer can ask for again, to make room. The frame in flight stays."""
-        dropped = [msg for msg in self._queue if which is None or which(msg)]
+        or ones the peer can ask for again, to make room. ``in_flight``: also stop
+        retransmitting the one waiting for its ACK (the peer that would ACK it is gone)."""
+        dropped = []
+        if in_flight and self._outstanding is not None:
+            dropped.append(self._outstanding.message)
+            self._outstanding = None
+        dropped += [msg for msg in self._queue if which is None or which(msg)]
         if dropped:
             self._queue = deque(msg for msg in self._queue if not (which is None or which(msg)))
         return dropped

@@ -411,6 +411,11 @@ class EmulatedTerminal:
         with self._line_cond:
             return self._line_cond.wait_for(lambda: self.line_events[kind] >= count, timeout)
 
+    def wait_for_input(self, total: int, timeout: float = 30.0) -> bool:
+        """Wait until the terminal has read ``total`` bytes from its ECRs since start."""
+        with self._line_cond:
+            return self._line_cond.wait_for(lambda: self.bytes_received >= total, timeout)
+
     def _drop_ecr(self, kind: str, why: str) -> None:
         """The ECR stopped reading (or flooded us): forget its backlog and link state; on TCP
         close the connection (the next one is accepted), on a pty wait for the next reader."""
@@ -503,13 +508,20 @@ class EmulatedTerminal:
                         self._outbuf.clear()
                         continue
                 now = time.monotonic()
-                self.bytes_received += len(data)
+                if data:
+                    with self._line_cond:
+                        self.bytes_received += len(data)
+                        self._line_cond.notify_all()
                 link.receive_data(data, now)
                 link.tick(now)
                 while (ev := link.next_event()) is not None:
                     if isinstance(ev, MessageReceived) and isinstance(ev.message, m.Hello):
                         link.start_session()
-                        stale = link.drop_queued() if isinstance(link, Link) else []
+                        stale = link.drop_queued(in_flight=True) if isinstance(link, Link) else []
+                        discard = getattr(self._transport, "discard_output", None)
+                        if discard is not None:   # pty: bytes the last reader left unread
+                            self._outbuf.clear()
+                            discard()
                         if stale:
                             self._note("stale_dropped", "a new ECR session; %d answers to the last one dropped",
                                        len(stale))
