@@ -14,6 +14,7 @@ from firmware_protocol.messages import Outcome, Reason, StatusRequest
 from firmware_protocol.tlv import encode
 from posterm.driver import Terminal
 from posterm.emulator.runner import EmulatedTerminal
+from posterm.errors import PosError
 
 CODE_OK = "289900000000000001"
 CODE_PIN = "289900000000000003"   # the host asks this code's account for its payment password
@@ -128,3 +129,18 @@ def test_the_default_pin_pad_types_the_demo_pin_once(tmp_path, monkeypatch):
         assert (r.outcome, r.reason) == (Outcome.CANCELLED, Reason.CUSTOMER_CANCELLED)
         assert emu.host.security(account)["pin_locked"] is False
         assert emu.host.account(account).get("pin_tries", 1) <= 1
+
+
+def test_a_dying_host_thread_stops_the_terminal_loudly(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("POSTERM_HOME", str(tmp_path))
+    with EmulatedTerminal.start(home=tmp_path / "emu") as emu:
+        def broken(*_a, **_kw):
+            raise RuntimeError("bug in the host link")
+        monkeypatch.setattr(emu.hostlink, "request", broken)
+        with Terminal.open(emu.port, journal=str(tmp_path / "d.db")) as term:
+            with pytest.raises(PosError):
+                term.pay(100, "CNY", payment_code=CODE_OK, timeout=3)
+        emu._line.join(10)                     # the line thread follows the host thread down
+        assert not emu._line.is_alive() and not emu._worker.is_alive()
+        assert emu.error is not None
+    assert any("host thread stopped" in r.getMessage() for r in caplog.records)
