@@ -478,7 +478,7 @@ class EmulatedTerminal:
                     port_fd = None
                     wait = min(wait, 0.01)
                 wfds = [port_fd] if self._outbuf and port_fd is not None else []
-                ready, writable, _ = select.select(fds, wfds, [], wait)
+                ready, _writable, _ = select.select(fds, wfds, [], wait)
                 if self._wake_r in ready:
                     try:
                         os.read(self._wake_r, 4096)

@@ -14,12 +14,11 @@ Baud rate means nothing on a pty (PITFALLS.md); ``pace=True`` simulates it.
 from __future__ import annotations
 
 import os
+import termios
 import tty
 
 from posterm.errors import Disconnected, TransportError
 from posterm.transport.base import Pacer, Transport, bits_per_byte
-import termios
-
 from posterm.transport.fd import fd_read, fd_write, fd_write_some
 
 

@@ -137,9 +137,8 @@ def test_a_dying_host_thread_stops_the_terminal_loudly(tmp_path, monkeypatch, ca
         def broken(*_a, **_kw):
             raise RuntimeError("bug in the host link")
         monkeypatch.setattr(emu.hostlink, "request", broken)
-        with Terminal.open(emu.port, journal=str(tmp_path / "d.db")) as term:
-            with pytest.raises(PosError):
-                term.pay(100, "CNY", payment_code=CODE_OK, timeout=3)
+        with Terminal.open(emu.port, journal=str(tmp_path / "d.db")) as term, pytest.raises(PosError):
+            term.pay(100, "CNY", payment_code=CODE_OK, timeout=3)
         emu._line.join(10)                     # the line thread follows the host thread down
         assert not emu._line.is_alive() and not emu._worker.is_alive()
         assert emu.error is not None
