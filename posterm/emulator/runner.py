@@ -427,15 +427,21 @@ class EmulatedTerminal:
                 self._transport.close()
             self._transport = None
         else:
-            discard = getattr(self._transport, "discard_output", None)
+            discard = self._own(self._transport, "discard_output")
             if discard is not None:
                 discard()
+
+    @staticmethod
+    def _own(transport, name: str):
+        """``transport.name`` if its class defines it: a wrapper (recording, parity, faults)
+        that forwards unknown attributes to the port must not be bypassed."""
+        return getattr(transport, name) if getattr(type(transport), name, None) is not None else None
 
     def _flush(self, now: float) -> None:
         """Write what the ECR takes now, without blocking; drop an ECR that stalls."""
         if not self._outbuf or self._transport is None:
             return
-        write_some = getattr(self._transport, "write_some", None)
+        write_some = self._own(self._transport, "write_some")
         try:
             if write_some is None:  # a wrapper (faults, recording, parity): bounded blocking write
                 self._transport.write(bytes(self._outbuf))
@@ -518,7 +524,7 @@ class EmulatedTerminal:
                     if isinstance(ev, MessageReceived) and isinstance(ev.message, m.Hello):
                         link.start_session()
                         stale = link.drop_queued(in_flight=True) if isinstance(link, Link) else []
-                        discard = getattr(self._transport, "discard_output", None)
+                        discard = self._own(self._transport, "discard_output")
                         if discard is not None:   # pty: bytes the last reader left unread
                             self._outbuf.clear()
                             discard()
