@@ -89,13 +89,13 @@ def emulate(use_pty, listen, count, port_file, link, scenario, host_url, home, t
     if show_display:
         for t in terminals:
             t.firmware.display.on_change = _screen_printer(t.terminal_id)
-    for t in terminals:
-        click.echo(t.port)
-    sys.stdout.flush()
-    if port_file:
+    if port_file:  # before stdout: a reader of the first stdout line can rely on the file too
         tmp = Path(port_file).with_suffix(".tmp")
         tmp.write_text("".join(f"{t.port}\n" for t in terminals))
         tmp.replace(port_file)  # appears whole, only once the terminals are ready
+    for t in terminals:
+        click.echo(t.port)
+    sys.stdout.flush()
     try:
         while not stop.wait(0.5):
             dead = [t for t in terminals if t.error is not None]

@@ -15,7 +15,7 @@ def test_emulate_prints_port_first_and_stops_on_sigterm(tmp_path):
     try:
         first, second = p.stdout.readline().strip(), p.stdout.readline().strip()
         assert first.startswith("/dev/pts/") and second.startswith("/dev/pts/") and first != second
-        # The port file is replaced into place before stdout is flushed: it is there now.
+        # The port file is replaced into place before the ports are printed: it is there now.
         assert (tmp_path / "ports").read_text().split() == [first, second]
         r = subprocess.run([sys.executable, "-m", "posterm", "pay", "--port", second, "--amount", "12.34",
                             "--payment-code", "289900000000000001", "--json", "--journal", str(tmp_path / "j.db")],
