@@ -31,6 +31,22 @@ from firmware_protocol.tlv import Message, decode, encode
 from posterm.errors import LocalProtocolError
 
 DUP_WINDOW = 16
+# Bytes of ACK/NAK the link holds for a peer that does not take them (data_to_send not
+# called, or a flood of bad frames): past this, control frames are dropped and counted.
+# Dropping one is safe: an unACKed DATA frame is retransmitted, a lost NAK becomes a timeout.
+MAX_CONTROL_BACKLOG = 16 * 1024
+
+
+class SendQueueFull(LocalProtocolError):
+    """``send()`` found ``max_queue`` messages already waiting: the caller sends faster
+    than the peer ACKs. Nothing was queued; the caller decides (drop, answer busy, wait)."""
+
+
+class EventQueueFull(LocalProtocolError):
+    """``max_events`` events that matter (messages, deliveries, failures) were not taken
+    with ``next_event()``: the caller does not drain the link. Diagnostic events (garbage,
+    rejected frames, duplicates, traces) never raise this: past the bound they are dropped
+    and counted in ``stats["events_dropped"]``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +165,9 @@ class FrameTrace(Event):
     message: Message | None = None
 
 
+# Events that only describe the line; dropped (and counted) rather than raised on overflow.
+_DIAGNOSTIC = (GarbageSkipped, FrameRejected, DuplicateIgnored, PartialDiscarded, FrameTrace, Retransmitted)
+
 # ------------------------------------------------------------------ the link
 
 
@@ -179,7 +198,8 @@ class Link:
         self._now = 0.0
         self._last_rx_progress = 0.0
         self.stats = {"frames_in": 0, "frames_out": 0, "retransmits": 0, "naks_sent": 0,
-                      "garbage_bytes": 0, "duplicates": 0, "send_failed": 0}
+                      "garbage_bytes": 0, "duplicates": 0, "send_failed": 0,
+                      "events_dropped": 0, "control_dropped": 0}
 
     # -- public API ---------------------------------------------------------
 
@@ -192,8 +212,8 @@ class Link:
         """Queue ``message`` and return the bytes to write now (empty if another
         message still waits for its ACK; it goes out when that one is ACKed).
 
-        Raises :class:`LocalProtocolError` for a message that cannot be encoded
-        or when the send queue is full.
+        Raises :class:`LocalProtocolError` for a message that cannot be encoded, and
+        its subclass :class:`SendQueueFull` when ``max_queue`` messages already wait.
         """
         self._clock(now)
         if not isinstance(message, Message):
@@ -203,25 +223,35 @@ class Link:
         except ProtocolError as exc:
             raise LocalProtocolError(f"cannot send {type(message).__name__}: {exc}") from exc
         if len(self._queue) >= self.config.max_queue:
-            raise LocalProtocolError(f"send queue full ({self.config.max_queue} messages)")
+            raise SendQueueFull(f"send queue full ({self.config.max_queue} messages)")
         self._queue.append(message)
         self._pump()
         return self.data_to_send()
 
     def receive_data(self, data: bytes, now: float | None = None) -> None:
-        """Feed bytes read from the wire. Produces events and outbound ACK/NAK bytes."""
+        """Feed bytes read from the wire. Produces events and outbound ACK/NAK bytes.
+
+        Consecutive garbage comes out as one :class:`GarbageSkipped` (a run of false
+        starts is one event, not one per byte). Raises :class:`EventQueueFull` only when
+        the caller left ``max_events`` messages untaken.
+        """
         self._clock(now)
         if data:
             self._framer.feed(data)
             self._last_rx_progress = self._now
+        junk = bytearray()
         while True:
             item = self._framer.pop()
-            if item is None:
-                break
             if isinstance(item, fr.Garbage):
                 self.stats["garbage_bytes"] += len(item.data)
-                self._emit(GarbageSkipped(item.data))
-            elif isinstance(item, fr.BadFrame):
+                junk += item.data
+                continue
+            if junk:
+                self._emit(GarbageSkipped(bytes(junk)))
+                junk.clear()
+            if item is None:
+                break
+            if isinstance(item, fr.BadFrame):
                 self._emit(FrameRejected(item.seq, item.reason, item.raw))
                 self._write(fr.FrameKind.NAK, item.seq)
                 self.stats["naks_sent"] += 1
@@ -272,6 +302,20 @@ class Link:
         self._out.clear()
         return dropped
 
+    def drop_queued(self, which=None, *, in_flight: bool = False) -> list[Message]:
+        """Drop the messages queued behind the one in flight (all, or those for which
+        ``which(message)`` is true) and return them: answers meant for a peer that has gone,
+        or ones the peer can ask for again, to make room. ``in_flight``: also stop
+        retransmitting the one waiting for its ACK (the peer that would ACK it is gone)."""
+        dropped = []
+        if in_flight and self._outstanding is not None:
+            dropped.append(self._outstanding.message)
+            self._outstanding = None
+        dropped += [msg for msg in self._queue if which is None or which(msg)]
+        if dropped:
+            self._queue = deque(msg for msg in self._queue if not (which is None or which(msg)))
+        return dropped
+
     def start_session(self) -> None:
         """The peer began a new session (it sent a Hello after reopening the port).
 
@@ -292,10 +336,16 @@ class Link:
 
     def _emit(self, event: Event) -> None:
         if len(self._events) >= self.config.max_events:
-            raise LocalProtocolError(f"{len(self._events)} events not collected: call next_event()")
+            if isinstance(event, _DIAGNOSTIC):
+                self.stats["events_dropped"] += 1
+                return
+            raise EventQueueFull(f"{len(self._events)} events not collected: call next_event()")
         self._events.append(event)
 
     def _write(self, kind: fr.FrameKind, seq: int, payload: bytes = b"", message: Message | None = None) -> bytes:
+        if kind is not fr.FrameKind.DATA and len(self._out) >= MAX_CONTROL_BACKLOG:
+            self.stats["control_dropped"] += 1
+            return b""
         raw = fr.encode_frame(kind, seq, payload)
         self._out += raw
         self.stats["frames_out"] += 1

@@ -44,6 +44,16 @@ def emulate(use_pty, listen, count, port_file, link, scenario, host_url, home, t
     With no scenario, the host's test payment codes pick the outcome and the PIN
     pad types the demo PIN (147258) when asked.
 
+    With --scenario, each `expect` is checked as its payment ends and printed at exit
+    on stderr, one line each ("scenario: pass ..." / "scenario: FAIL ...").
+
+    \b
+    Exit codes:
+      0  stopped by Ctrl-C / SIGTERM, every scenario expectation met
+      1  a terminal stopped with an error (its line or host thread died)
+      2  bad options or files (one line on stderr)
+      5  a scenario expectation failed
+
     \b
     Example:
       posterm emulate --port-file /tmp/port &
@@ -78,10 +88,7 @@ def emulate(use_pty, listen, count, port_file, link, scenario, host_url, home, t
     if show_display:
         for t in terminals:
             t.firmware.display.on_change = _screen_printer(t.terminal_id)
-    for t in terminals:
-        click.echo(t.port)
-    sys.stdout.flush()
-    if port_file:
+    if port_file:  # before stdout: a reader of the first stdout line can rely on the file too
         from posterm.safefs import replace_private
 
         try:  # 0600, appears whole, only once the terminals are ready; a symlink there is refused
@@ -92,6 +99,9 @@ def emulate(use_pty, listen, count, port_file, link, scenario, host_url, home, t
                  else f"cannot write {port_file}: {exc.strerror or exc}",
                  EXIT_USAGE)
             return
+    for t in terminals:
+        click.echo(t.port)
+    sys.stdout.flush()
     try:
         while not stop.wait(0.5):
             dead = [t for t in terminals if t.error is not None]
@@ -105,7 +115,39 @@ def emulate(use_pty, listen, count, port_file, link, scenario, host_url, home, t
             fleet.close()
         else:
             terminals[0].close()
-    sys.exit(0 if not any(t.error for t in terminals) else 1)
+    failed = _report_scenarios(terminals)
+    if any(t.error for t in terminals):
+        sys.exit(1)
+    sys.exit(EXIT_SCENARIO_FAILED if failed else 0)
+
+
+EXIT_SCENARIO_FAILED = 5
+
+
+def _report_scenarios(terminals) -> int:
+    """One line per checked scenario payment, on stderr. Returns how many failed."""
+    failed = 0
+    for t in terminals:
+        for n, res in enumerate(t.firmware.scenario_results, 1):
+            if res.expected is None and res.expected_reason is None:
+                continue
+            want = res.expected.name.lower() if res.expected is not None else "any outcome"
+            if res.expected_reason is not None:
+                want += f"/{res.expected_reason.name.lower()}"
+            got = f"{res.outcome.name.lower()}/{_reason(res.reason)}"
+            failed += not res.ok
+            click.echo(f"scenario: {'pass' if res.ok else 'FAIL'} {t.terminal_id} payment {n} "
+                       f"order {res.order_id}: expected {want}, got {got}", err=True)
+    return failed
+
+
+def _reason(code: int) -> str:
+    from firmware_protocol.messages import Reason
+
+    try:
+        return Reason(code).name.lower()
+    except ValueError:
+        return str(code)
 
 
 def _screen_printer(terminal_id: str):

@@ -204,6 +204,7 @@ class Customer:
     def __init__(self, script: PaymentScript | None = None) -> None:
         self.script = script
         self._queue = collections.deque(script.actions if script else ())
+        self._typed_demo_pin = False
 
     def respond(self, stage: str) -> tuple[float, Action] | None:
         delay = 0.0
@@ -222,11 +223,16 @@ class Customer:
             return delay + action.after, action
         return self._default(stage)
 
-    @staticmethod
-    def _default(stage: str) -> tuple[float, Action] | None:
+    def _default(self, stage: str) -> tuple[float, Action] | None:
         if stage == "scan":
             return 0.2, Action("present_code", code=DEFAULT_CODE)
         if stage == "pin":
+            # The demo PIN once per payment. Asked again, it was not this account's PIN:
+            # a customer who does not know it presses Cancel rather than guessing, so an
+            # emulator pointed at a real account never burns its PIN tries.
+            if self._typed_demo_pin:
+                return 0.2, Action("cancel_pin")
+            self._typed_demo_pin = True
             return 0.2, Action("type_pin", digits=DEMO_PIN)
         if stage == "qr":
             return 0.5, Action("scan_qr", code=DEFAULT_CODE)

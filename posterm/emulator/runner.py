@@ -17,6 +17,8 @@ TR-31 block, both from the HSM under ``<home>/hsm`` (where the host keeps it).
 from __future__ import annotations
 
 import logging
+import re
+from collections import Counter
 from dataclasses import replace
 import os
 import queue
@@ -36,11 +38,19 @@ from posterm.emulator.peripherals import OperatorKeypad, PinPad
 from posterm.emulator.scenario import Scenario, load_scenario
 from posterm.errors import ConfigError, Disconnected, PosError, TransportError
 from posterm.home import posterm_home
-from posterm.link import Link, LinkConfig, MessageReceived
+from posterm.link import Link, LinkConfig, MessageReceived, SendQueueFull
 from posterm.safefs import private_dir
 
 log = logging.getLogger("posterm.emulator")
 DEMO_OPERATOR_PASSWORD = "246810"
+# The line's output buffer: what the ECR has not read yet. An ECR that takes nothing for
+# WRITE_STALL_TIMEOUT seconds, or lets MAX_OUTPUT bytes pile up, is dropped (TCP: the
+# connection is closed and the next one accepted; pty: the backlog is discarded and the
+# terminal waits for the next reader). The loop itself never blocks on a write.
+WRITE_STALL_TIMEOUT = 5.0
+MAX_OUTPUT = 256 * 1024
+_REASKABLE = (m.Status, m.KeyStatus, m.Progress, m.Error)
+_TERMINAL_ID = re.compile(r"[A-Za-z0-9_\-.:]{1,32}")
 
 _hosts: dict[Path, list] = {}
 _hosts_lock = threading.Lock()
@@ -122,6 +132,15 @@ class EmulatedTerminal:
         self.error: BaseException | None = None
         self.bytes_received = 0             # wire bytes ECR -> terminal (for the wire-bound benchmark)
         self.bytes_sent = 0                 # wire bytes terminal -> ECR
+        self.write_stall_timeout = WRITE_STALL_TIMEOUT
+        self.max_output = MAX_OUTPUT
+        self._outbuf = bytearray()
+        self._out_progress = 0.0            # when the ECR last took bytes (or the buffer filled from empty)
+        # What the line survived, by kind (write_stall, output_overflow, send_queue_full, replaced,
+        # disconnected): for logs, tests (wait_for_line_event) and the fuzz.
+        self.line_events: Counter[str] = Counter()
+        self._line_cond = threading.Condition()
+        self._quiet_until: dict[str, float] = {}
         self._line = threading.Thread(target=self._line_loop, name=f"emu-{hostlink.terminal_id}", daemon=True)
         self._worker = threading.Thread(target=self._host_loop, name=f"emu-host-{hostlink.terminal_id}", daemon=True)
 
@@ -144,6 +163,27 @@ class EmulatedTerminal:
         """
         from posterm.transport.parity import parse_line_format
 
+        if not isinstance(terminal_id, str) or not _TERMINAL_ID.fullmatch(terminal_id):
+            raise ConfigError(f"terminal id {terminal_id!r}: 1 to 32 of A-Z a-z 0-9 _ - . :")
+        if host != "embedded":
+            if not host.startswith("tcp://"):
+                raise ConfigError(f"--host must be 'embedded' or tcp://HOST:PORT, not {host!r}")
+            from posterm.transport.tcp import parse_address
+
+            try:
+                parse_address(host)
+            except PosError as exc:
+                raise ConfigError(f"--host {exc}") from None
+        if listen:
+            from posterm.transport.tcp import LOOPBACK, parse_address
+
+            try:
+                listen_host, _ = parse_address(listen)
+            except PosError as exc:
+                raise ConfigError(f"--listen {exc}") from None
+            if listen_host not in LOOPBACK:
+                raise ConfigError(f"--listen {listen}: the emulator listens on loopback only "
+                                  "(127.0.0.1, ::1, localhost); there is no option to expose it")
         try:
             bits, parity, stop = parse_line_format(line_format)
         except ValueError as exc:
@@ -287,6 +327,15 @@ class EmulatedTerminal:
             pass
 
     def _host_loop(self) -> None:
+        try:
+            self._host_loop_inner()
+        except BaseException as exc:  # noqa: BLE001 - a dead host thread takes the terminal down, loudly
+            if not self._stop.is_set():
+                self.error = exc
+                log.exception("%s: host thread stopped", self.terminal_id)
+                self._wake()
+
+    def _host_loop_inner(self) -> None:
         while not self._stop.is_set():
             item = self._calls.get()
             if item is None:
@@ -345,47 +394,145 @@ class EmulatedTerminal:
             return False
         self._transport = self._wrap(conn)
         self._link.reset()
+        self._outbuf.clear()
         return True
+
+    # -- what the line survived: counted, logged (at most once a second per kind), waitable
+
+    def _note(self, kind: str, message: str, *args: Any) -> None:
+        with self._line_cond:
+            self.line_events[kind] += 1
+            self._line_cond.notify_all()
+        now = time.monotonic()
+        if now >= self._quiet_until.get(kind, 0.0):
+            self._quiet_until[kind] = now + 1.0
+            log.warning("%s: " + message, self.terminal_id, *args)
+
+    def wait_for_line_event(self, kind: str, count: int = 1, timeout: float = 30.0) -> bool:
+        """Wait until the line has survived ``count`` events of ``kind`` (see ``line_events``)."""
+        with self._line_cond:
+            return self._line_cond.wait_for(lambda: self.line_events[kind] >= count, timeout)
+
+    def wait_for_input(self, total: int, timeout: float = 30.0) -> bool:
+        """Wait until the terminal has read ``total`` bytes from its ECRs since start."""
+        with self._line_cond:
+            return self._line_cond.wait_for(lambda: self.bytes_received >= total, timeout)
+
+    def _drop_ecr(self, kind: str, why: str) -> None:
+        """The ECR stopped reading (or flooded us): forget its backlog and link state; on TCP
+        close the connection (the next one is accepted), on a pty wait for the next reader."""
+        self._note(kind, "%s; dropped %d bytes of output and the link state", why, len(self._outbuf))
+        self._outbuf.clear()
+        self._link.reset()
+        if self._listener is not None:
+            if self._transport is not None:
+                self._transport.close()
+            self._transport = None
+        else:
+            discard = self._own(self._transport, "discard_output")
+            if discard is not None:
+                discard()
+
+    @staticmethod
+    def _own(transport, name: str):
+        """``transport.name`` if its class defines it: a wrapper (recording, parity, faults)
+        that forwards unknown attributes to the port must not be bypassed."""
+        return getattr(transport, name) if getattr(type(transport), name, None) is not None else None
+
+    def _flush(self, now: float) -> None:
+        """Write what the ECR takes now, without blocking; drop an ECR that stalls."""
+        if not self._outbuf or self._transport is None:
+            return
+        write_some = self._own(self._transport, "write_some")
+        try:
+            if write_some is None:  # a wrapper (faults, recording, parity): bounded blocking write
+                self._transport.write(bytes(self._outbuf))
+                sent = len(self._outbuf)
+            else:
+                sent = write_some(bytes(self._outbuf))
+        except (Disconnected, TransportError) as exc:
+            if self._listener is None and "stalled" not in str(exc):
+                raise
+            self._drop_ecr("write_stall", f"the ECR stopped reading ({exc})")
+            return
+        if sent:
+            self.bytes_sent += sent
+            del self._outbuf[:sent]
+            self._out_progress = now
+        if self._outbuf and now - self._out_progress >= self.write_stall_timeout:
+            self._drop_ecr("write_stall", f"the ECR read nothing for {self.write_stall_timeout:g}s")
 
     def _line_loop(self) -> None:
         fw, link = self.firmware, self._link
         try:
             while not self._stop.is_set():
+                if not self._worker.is_alive():
+                    raise RuntimeError("the host thread died") from self.error
                 if self._transport is None and not self._accept():
                     self._service(time.monotonic())
                     continue
                 now = time.monotonic()
                 deadlines = [d for d in (fw.next_deadline(), link.next_deadline()) if d is not None]
+                if self._outbuf:
+                    deadlines.append(self._out_progress + self.write_stall_timeout)
                 wait = max(0.0, min([0.25] + [d - now for d in deadlines]))
                 fds = [self._wake_r]
+                if self._listener is not None:
+                    fds.append(self._listener.fileno())
                 try:
-                    fds.append(self._transport.fileno())
+                    port_fd = self._transport.fileno()
+                    fds.append(port_fd)
                 except OSError:
+                    port_fd = None
                     wait = min(wait, 0.01)
-                ready, _, _ = select.select(fds, [], [], wait)
+                wfds = [port_fd] if self._outbuf and port_fd is not None else []
+                ready, _writable, _ = select.select(fds, wfds, [], wait)
                 if self._wake_r in ready:
                     try:
                         os.read(self._wake_r, 4096)
                     except BlockingIOError:
                         pass
+                if self._listener is not None and self._listener.fileno() in ready:
+                    # A new ECR connection replaces the current one: the ECR reconnects at
+                    # will, and a half-open old connection must not keep the terminal.
+                    conn = self._listener.accept(0)
+                    if conn is not None:
+                        self._note("replaced", "a new ECR connection replaces the current one")
+                        self._transport.close()
+                        self._transport = self._wrap(conn)
+                        self._link.reset()
+                        self._outbuf.clear()
+                        continue
                 data = b""
-                if len(fds) == 1 or fds[1] in ready:
+                if port_fd is None or port_fd in ready:
                     try:
                         data = self._transport.read(4096, 0)
                     except (Disconnected, TransportError):
                         if self._listener is None:
                             raise
-                        log.info("%s: ECR disconnected", self.terminal_id)
+                        self._note("disconnected", "ECR disconnected")
                         self._transport.close()
                         self._transport = None
+                        self._outbuf.clear()
                         continue
                 now = time.monotonic()
-                self.bytes_received += len(data)
+                if data:
+                    with self._line_cond:
+                        self.bytes_received += len(data)
+                        self._line_cond.notify_all()
                 link.receive_data(data, now)
                 link.tick(now)
                 while (ev := link.next_event()) is not None:
                     if isinstance(ev, MessageReceived) and isinstance(ev.message, m.Hello):
                         link.start_session()
+                        stale = link.drop_queued(in_flight=True) if isinstance(link, Link) else []
+                        discard = self._own(self._transport, "discard_output")
+                        if discard is not None:   # pty: bytes the last reader left unread
+                            self._outbuf.clear()
+                            discard()
+                        if stale:
+                            self._note("stale_dropped", "a new ECR session; %d answers to the last one dropped",
+                                       len(stale))
                     fw.on_link_event(ev, now)
                 self._service(now)
         except BaseException as exc:  # noqa: BLE001 - surfaced through .error and the log
@@ -413,13 +560,31 @@ class EmulatedTerminal:
             self._calls.put(("call", call))
         for wcall in fw.take_wallet_calls():
             self._calls.put(("wallet", wcall))
-        out = b""
+        out = bytearray()
         for msg in fw.take_ecr():
-            out += link.send(msg, now)
+            try:
+                out += link.send(msg, now)
+            except SendQueueFull:
+                # The ECR sends requests faster than it takes the answers: overload, not a crash.
+                # An answer it can ask for again (status, progress, an error) is dropped; a
+                # result makes room by dropping those (it is journaled; a Query gets it anyway).
+                evicted = [] if isinstance(msg, _REASKABLE) else link.drop_queued(
+                    lambda q: isinstance(q, _REASKABLE))
+                if evicted:
+                    out += link.send(msg, now)
+                self._note("send_queue_full", "the ECR is not taking answers; %s dropped",
+                           ", ".join(sorted({type(q).__name__ for q in evicted})) if evicted else type(msg).__name__)
         out += link.data_to_send()
-        if out and self._transport is not None:
-            self.bytes_sent += len(out)
-            self._transport.write(out)
+        if self._transport is None:
+            return
+        if out:
+            if not self._outbuf:
+                self._out_progress = now
+            self._outbuf += out
+            if len(self._outbuf) > self.max_output:
+                self._drop_ecr("output_overflow", f"over {self.max_output} bytes of output not read by the ECR")
+                return
+        self._flush(now)
 
 
 class Fleet:

@@ -41,3 +41,16 @@ def fd_write(fd: int, data: bytes, where: str, pacer: Pacer | None = None, timeo
                 view = view[sent:]
     except (OSError, ValueError) as exc:
         raise normalise(exc, where) from exc
+
+
+def fd_write_some(fd: int, data: bytes, where: str) -> int:
+    """Write what ``fd`` takes now, without blocking; returns how many bytes went out
+    (0 when the reader's buffer is full). EIO/EPIPE/a reset -> Disconnected."""
+    if not data:
+        return 0
+    try:
+        return os.write(fd, data)
+    except (BlockingIOError, InterruptedError):
+        return 0
+    except (OSError, ValueError) as exc:
+        raise normalise(exc, where) from exc

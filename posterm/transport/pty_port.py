@@ -14,11 +14,12 @@ Baud rate means nothing on a pty (PITFALLS.md); ``pace=True`` simulates it.
 from __future__ import annotations
 
 import os
+import termios
 import tty
 
 from posterm.errors import Disconnected, TransportError
 from posterm.transport.base import Pacer, Transport, bits_per_byte
-from posterm.transport.fd import fd_read, fd_write
+from posterm.transport.fd import fd_read, fd_write, fd_write_some
 
 
 class PtyTransport(Transport):
@@ -77,6 +78,25 @@ class PtyTransport(Transport):
         if self._closed:
             raise Disconnected(f"{self.description}: closed")
         fd_write(self._master, data, self.description, self._pacer)
+
+    def write_some(self, data: bytes) -> int:
+        """Write without blocking (the emulator's loop must never wait for an ECR); returns
+        the bytes written, 0 while the pty's buffer is full. Raises Disconnected."""
+        if self._closed:
+            raise Disconnected(f"{self.description}: closed")
+        if self._pacer is not None:  # a paced line is slow on purpose: blocking is the point
+            fd_write(self._master, data, self.description, self._pacer)
+            return len(data)
+        return fd_write_some(self._master, data, self.description)
+
+    def discard_output(self) -> None:
+        """Drop what was written but not yet read by the ECR (a reader that stalled), so
+        the next ECR to open the port does not read a stale backlog first."""
+        if self._slave is not None and not self._closed:
+            try:
+                termios.tcflush(self._slave, termios.TCIFLUSH)
+            except (termios.error, OSError):
+                pass
 
     def fileno(self) -> int:
         return self._master

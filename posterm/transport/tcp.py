@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from posterm.errors import Disconnected, LocalProtocolError, TransportError
 from posterm.transport.base import Pacer, Transport, bits_per_byte, normalise, open_error
-from posterm.transport.fd import fd_read, fd_write
+from posterm.transport.fd import fd_read, fd_write, fd_write_some
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
@@ -70,6 +70,16 @@ class TcpTransport(Transport):
         if self._closed:
             raise Disconnected(f"{self.description}: closed")
         fd_write(self._sock.fileno(), data, self.description, self._pacer)
+
+    def write_some(self, data: bytes) -> int:
+        """Write without blocking; returns the bytes the socket took (0 when its buffer is
+        full). Raises Disconnected."""
+        if self._closed:
+            raise Disconnected(f"{self.description}: closed")
+        if self._pacer is not None:
+            fd_write(self._sock.fileno(), data, self.description, self._pacer)
+            return len(data)
+        return fd_write_some(self._sock.fileno(), data, self.description)
 
     def fileno(self) -> int:
         return self._sock.fileno()

@@ -81,11 +81,12 @@ def test_kill_minus_nine_mid_flow_then_restart_reconciles(tmp_path):
     term = Terminal.open(port, journal=str(tmp_path / "d.db"))
     import threading
 
-    box = {}
+    box, polling = {}, threading.Event()
     t = threading.Thread(target=lambda: box.setdefault("r", _try(lambda: term.pay(
-        100, "CNY", order_id="KILL-1", payment_code=CODE[5], timeout=20))))
+        100, "CNY", order_id="KILL-1", payment_code=CODE[5], timeout=20,
+        on_progress=lambda p: (p.attempt or 0) >= 1 and polling.set()))))
     t.start()
-    time.sleep(0.8)  # the terminal is polling the host for the phone confirmation
+    assert polling.wait(20)  # the terminal is polling the host for the phone confirmation
     os.kill(p.pid, signal.SIGKILL)
     p.wait(10)
     t.join(20)

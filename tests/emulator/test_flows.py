@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
-from firmware_protocol.messages import Outcome, Reason
+from firmware_protocol.messages import Outcome, Reason, Stage
 from posterm.driver import Terminal
 
 CODE = {n: f"28990000000000000{n}" for n in range(1, 9)}
@@ -56,11 +55,12 @@ def test_scanned_by_the_terminal_and_dynamic_qr(term):
 
 
 def test_abort_mid_flow(term):
-    result = {}
-    t = threading.Thread(target=lambda: result.setdefault("r", term.pay(100, "CNY", payment_code=CODE[5],
-                                                                            order_id="AB-1", timeout=30)))
+    result, waiting = {}, threading.Event()
+    t = threading.Thread(target=lambda: result.setdefault("r", term.pay(
+        100, "CNY", payment_code=CODE[5], order_id="AB-1", timeout=30,
+        on_progress=lambda p: p.stage is Stage.WAITING_FOR_PHONE and waiting.set())))
     t.start()
-    time.sleep(0.5)
+    assert waiting.wait(30)       # the customer is being asked: now the ECR aborts
     term.abort()
     t.join(30)
     assert result["r"].outcome is Outcome.CANCELLED and result["r"].reason == Reason.ABORTED_BY_ECR
@@ -99,8 +99,7 @@ actions = [
   { action = "type_pin", digits = "147258" },
 ]
 """)
-    term.emu.set_scenario(scenario)
-    time.sleep(0.1)
+    term.emu.set_scenario(scenario)          # returns once the firmware has it
     r = term.pay(100, "CNY", timeout=30)
     assert r.outcome is Outcome.CANCELLED
     r = term.pay(100, "CNY", timeout=30)

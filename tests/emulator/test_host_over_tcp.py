@@ -137,12 +137,19 @@ def test_a_pin_try_is_never_sent_twice():
     assert len(host.received) == 1
 
 
-def test_no_host_at_all_fails_after_bounded_attempts():
+def test_no_host_at_all_fails_after_bounded_attempts(monkeypatch):
+    # Bounded by count, not by a stopwatch: the attempts and the back-off between them.
+    from posterm.host import client as client_mod
     from posterm.transport.tcp import TcpTransport
 
     with TcpTransport.listen("127.0.0.1", 0) as probe:
         address = probe.address
-    started = time.monotonic()
+    attempts, pauses = [], []
+    real_connect = TcpTransport.connect
+    monkeypatch.setattr(TcpTransport, "connect",
+                        classmethod(lambda cls, url, **kw: attempts.append(url) or real_connect(url, **kw)))
+    monkeypatch.setattr(client_mod.time, "sleep", pauses.append)
     with pytest.raises(TransportError):
         TcpHostClient(address).request(AUTH, 30)
-    assert time.monotonic() - started < 5
+    assert len(attempts) == client_mod.CONNECT_ATTEMPTS
+    assert sum(pauses) < 30 and len(pauses) == client_mod.CONNECT_ATTEMPTS - 1

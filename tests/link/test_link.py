@@ -248,3 +248,37 @@ def test_the_driver_gives_serial_lines_their_rate():
     assert _line_rate("rfc2217://127.0.0.1:2217", {"baudrate": 19200}) == pytest.approx(1920.0)
     assert _line_rate("socket://127.0.0.1:7000", {"baudrate": 9600}) is None
     assert _line_rate("tcp://127.0.0.1:7000", {}) is None
+
+
+def test_overflow_is_typed_and_a_flood_of_false_starts_is_one_event():
+    from posterm.link import EventQueueFull, GarbageSkipped, SendQueueFull
+
+    a = Link(LinkConfig(max_queue=2))
+    for i in range(3):
+        a.send(q(i), now=0)
+    with pytest.raises(SendQueueFull):       # a LocalProtocolError, typed so callers can tell
+        a.send(q(9), now=0)
+    b = Link(LinkConfig(max_events=16))
+    head = bytes([fr.SOF, 1, 1, 0]) + (4096).to_bytes(2, "big") + (4096 ^ 0xFFFF).to_bytes(2, "big")
+    b.receive_data(head + b"\xa5" * 8192, now=0)          # never raises: diagnostics are dropped
+    b.tick(1.0)
+    b.receive_data(fr.encode_frame(fr.FrameKind.DATA, 1, encode(q(1))), now=1.0)
+    events = drain(b)
+    assert sum(isinstance(e, GarbageSkipped) for e in events) <= 4
+    assert any(isinstance(e, MessageReceived) for e in events)
+    with pytest.raises(EventQueueFull):      # messages the caller never takes still raise
+        for i in range(40):
+            b.receive_data(fr.encode_frame(fr.FrameKind.DATA, 100 + i, encode(q(i))), now=2)
+
+
+def test_control_frames_for_a_peer_that_takes_nothing_are_bounded():
+    from posterm.link import MAX_CONTROL_BACKLOG
+
+    b = Link()
+    bad = bytearray(fr.encode_frame(fr.FrameKind.DATA, 3, encode(q(3))))
+    bad[-1] ^= 0xFF
+    for _ in range(5000):                    # 5000 NAKs owed, never collected with data_to_send
+        b.receive_data(bytes(bad), now=0)
+        drain(b)
+    assert len(b._out) <= MAX_CONTROL_BACKLOG + fr.HEADER_SIZE + fr.CRC_SIZE
+    assert b.stats["control_dropped"] > 0
