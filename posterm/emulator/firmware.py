@@ -776,7 +776,17 @@ class Firmware:
         if flow.kind == "pay":
             self._conclude(Outcome.UNKNOWN, Reason.HOST_UNAVAILABLE, None)
             self._reconcile_due[flow.order_id] = self._now + self.config.reconcile_base
-        else:  # an ECR Cancel the host did not answer: the order itself is as it was
+        else:
+            # An ECR Cancel the host did not answer: it may have been done (refunded) before the
+            # answer was lost, or not. The order is no longer known to be approved, so it leaves
+            # the batch and the reconciler asks the host; a Query meanwhile asks the host too
+            # instead of answering APPROVED from the journal.
+            rec = self.journal.get(flow.order_id)
+            if rec is not None and rec.final and rec.outcome is Outcome.APPROVED:
+                self.journal.finish_order(rec.order_id, Outcome.UNKNOWN, Reason.HOST_UNAVAILABLE, self._stamp(),
+                                          trade_no=rec.trade_no, paid_at=rec.paid_at,
+                                          refunded_minor=rec.refunded_minor)
+                self._reconcile_due[rec.order_id] = self._now + self.config.reconcile_base
             self._conclude(Outcome.UNKNOWN, Reason.HOST_UNAVAILABLE, None, record=False)
 
     def _conclude(self, outcome: Outcome, reason: int, reply: Any, record: bool = True,

@@ -88,6 +88,28 @@ def test_cancel_with_the_password_goes_to_the_host(fw):
     assert r.outcome is m.Outcome.CANCELLED and r.refunded_minor == 700
 
 
+@pytest.mark.parametrize("host_did_it", [True, False])
+def test_a_cancel_whose_host_answer_was_lost_is_unknown_and_a_query_asks_the_host(fw, host_did_it):
+    # The host may have refunded the order before its answer was lost (killed after its commit):
+    # the terminal must neither say "declined" to the cancel nor keep saying APPROVED to a Query.
+    _paid(fw)
+    fw.on_message(m.Cancel(order_id="P-1", operator_password="246810"), 1.0)
+    (call,) = fw.take_host_calls()
+    fw.on_host_reply(call.token, None, 1.1, "HostTimeout")
+    (r,) = _finish(fw, 1.2)
+    assert r.outcome is m.Outcome.UNKNOWN
+    assert not fw.journal.get("P-1").final                          # out of the batch until resolved
+    fw.on_message(m.Query(order_id="P-1"), 2.0)
+    calls = fw.take_host_calls()
+    assert calls and isinstance(calls[-1].message, h.HostQuery)    # the host is asked, not the journal
+    status = h.HostStatus.REFUNDED if host_did_it else h.HostStatus.APPROVED
+    fw.on_host_reply(calls[-1].token, h.AuthResponse(order_id="P-1", status=status, amount_minor=700, currency="CNY",
+                                                     refunded_minor=700 if host_did_it else 0, trade_no="T1"), 2.1)
+    (q,) = _finish(fw, 2.2)
+    want = m.Outcome.CANCELLED if host_did_it else m.Outcome.APPROVED
+    assert q.outcome is want and fw.journal.get("P-1").outcome is want and fw.journal.get("P-1").final
+
+
 @pytest.mark.parametrize("status, cancels", [(h.HostStatus.WAIT_BUYER, True), (h.HostStatus.APPROVED, False)])
 def test_password_free_cancel_asks_the_host_first_when_the_terminal_does_not_know(fw, status, cancels):
     fw.on_message(m.Cancel(order_id="ELSEWHERE-1"), 1.0)           # not in this terminal's journal
