@@ -31,7 +31,6 @@ from construct import Int32ub, Int64ub, PaddedString, Struct
 from firmware_protocol.currency import CURRENCY_PATTERN
 from firmware_protocol.errors import FieldError
 from firmware_protocol.tlv import (
-    Blob,
     EnumCodec,
     Flag,
     Message,

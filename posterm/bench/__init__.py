@@ -9,7 +9,6 @@ issue names one, and the ratio.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from typing import Any, Callable
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import binascii
 import struct
-import time
 from typing import Any, Callable
 
 from firmware_protocol import FrameKind, Framer, LinkFrame, decode_message, encode_frame, encode_message

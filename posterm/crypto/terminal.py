@@ -69,6 +69,16 @@ KSN_RESERVE = 16   # counters reserved per sealed write (next_ksn)
 KEYS_REMEMBERED = 64   # initial key ids whose last counter the pad keeps (oldest forgotten first)
 
 
+class _PinDigits(bytearray):
+    """The digits typed so far: a bytearray that never shows them (repr, vars(), a debugger's
+    locals view, a traceback's frame dump)."""
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} PIN digits>"
+
+    __str__ = __repr__
+
+
 class SecureModule:
     """The PIN pad's secure module. See the module docstring."""
 
@@ -87,7 +97,7 @@ class SecureModule:
         # pad held before continues after it instead of from 0 (a KSN is never used twice).
         self._high_water: dict[str, int] = {}
         self._pan: str | None = None
-        self._digits = bytearray()
+        self._digits = _PinDigits()
         if self._path is not None:
             self._restore()
 

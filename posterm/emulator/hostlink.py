@@ -17,7 +17,7 @@ from firmware_protocol.messages import Reason
 from firmware_protocol.tlv import encode as tlv_encode
 
 from posterm.crypto.terminal import SecureModule
-from posterm.errors import PosError, PosTimeout, RemoteProtocolError
+from posterm.errors import PosError, RemoteProtocolError
 
 
 class HostRefusedLogon(PosError):

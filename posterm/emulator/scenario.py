@@ -196,7 +196,7 @@ def _action(a: Any, where: str, err) -> Action:
             continue
         v = a[key]
         if isinstance(v, bool) or not isinstance(v, typ):
-            raise err(f"{where}.{key}", "must be " + ("a number" if typ != str else "a string"))
+            raise err(f"{where}.{key}", "must be " + ("a number" if typ is not str else "a string"))
         if isinstance(v, (int, float)) and not 0 <= v <= 3600:
             raise err(f"{where}.{key}", "must be from 0 to 3600 seconds")
         values[key] = v

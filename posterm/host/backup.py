@@ -403,7 +403,7 @@ def _write_one(plain: Path, dest: Path, name: str, hdr_fields: dict, key: Backup
                 out.write(_CHUNK_HEAD.pack(nonce, len(ct)))
                 out.write(ct)
             if src.read(1):
-                raise BackupError(f"the snapshot of the database changed while it was encrypted")
+                raise BackupError("the snapshot of the database changed while it was encrypted")
             out.flush()
             os.fsync(out.fileno())
         final = dest / name

@@ -32,7 +32,7 @@ from firmware_protocol.messages import MAX_AMOUNT_MINOR, Outcome, Reason, Totals
 from firmware_protocol.tlv import encode as tlv_encode
 
 from posterm.crypto.host import Hsm
-from posterm.errors import ConfigError, CryptoError, PosError, PosTimeout
+from posterm.errors import CryptoError, PosError, PosTimeout
 from posterm.host import risk
 from posterm.host.store import Store, check_ledger, local_day
 

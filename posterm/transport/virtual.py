@@ -11,7 +11,6 @@ then ``open_transport("virtual://t1")`` returns the ``a`` end (once).
 
 from __future__ import annotations
 
-import collections
 import threading
 import time
 from typing import Callable, Iterable

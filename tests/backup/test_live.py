@@ -14,7 +14,7 @@ import pytest
 
 from posterm.host.backup import BackupScheduler, backup, ledger_hash, parse_interval, prune, restore, verify
 from posterm.errors import ConfigError
-from tests.backup.conftest import CHUNK, KEY, make_db, sums
+from tests.backup.conftest import CHUNK, KEY, sums
 
 
 class Writer(threading.Thread):

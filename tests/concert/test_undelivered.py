@@ -10,7 +10,7 @@ import tty
 
 import pytest
 
-from firmware_protocol.concert import ACK, ENQ, EOT, ConcertAnswer, ConcertRequest, TxnType
+from firmware_protocol.concert import ACK, ENQ, EOT, ConcertRequest, TxnType
 from firmware_protocol.messages import Outcome
 from posterm.concert.driver import ConcertTerminal
 from posterm.emulator.runner import EmulatedTerminal

@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from firmware_protocol.messages import Outcome, Reason
 from posterm.driver import Terminal
