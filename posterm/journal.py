@@ -14,7 +14,7 @@ The journal never downgrades what the host did (schema 2):
 
 - A row's ``amount_minor``/``currency`` are those of the first request; a re-send with
   other values keeps them (the re-send is written to ``attempts``).
-- A final row's outcome only moves up the ranks ``declined``/``cancelled`` <
+- A final row's outcome only moves up the ranks ``declined`` < ``cancelled`` <
   ``approved``: an approved payment or refund stays approved whatever is answered
   later. An answer that would downgrade it, and any answer the driver judged a
   rejection of one attempt (``ORDER_CONFLICT``, a protocol error), is written to
@@ -41,7 +41,8 @@ SCHEMA_VERSION = 2
 MAX_ATTEMPTS_PER_OP = 64
 
 #: outcome -> rank; a final row only ever moves to a strictly higher rank.
-OUTCOME_RANK = {None: 0, "unknown": 0, "pending": 0, "declined": 1, "cancelled": 1, "approved": 2}
+#: (A cancel row: a declined cancel retried with the right password may become cancelled.)
+OUTCOME_RANK = {None: 0, "unknown": 0, "pending": 0, "declined": 1, "cancelled": 2, "approved": 3}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS orders (
