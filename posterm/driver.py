@@ -622,6 +622,9 @@ class Terminal(PortSession):
                 self._journal_result(result)
                 results.append(result)
             elif entry.kind == "cancel":
+                # A cancel still running at the terminal would be misread by a Query of
+                # the order (still approved): let the terminal finish first.
+                self._wait_idle(timeout)
                 answer, _ = self._transact_collect(m.Query(order_id=entry.order_id), (m.PayResult,), timeout,
                                                    entry.order_id)
                 result = PaymentResult.from_message(answer)
@@ -633,9 +636,18 @@ class Terminal(PortSession):
                                                  entry.currency, reason_text="needs the operator password to ask"
                                                  " the terminal again (recover --operator-password)"))
                     continue
+                self._wait_idle(timeout)
                 results.append(self.refund(entry.order_id, entry.amount_minor, entry.ref_id, operator_password,
                                            currency=entry.currency, timeout=timeout))
         return results
+
+    def _wait_idle(self, timeout: float, pause: float = 0.2) -> None:
+        """Wait (asking Status) until the terminal is IDLE or ``timeout`` passes."""
+        deadline = self._clock() + timeout
+        while self.status(timeout=min(3.0, timeout)).state is not m.TerminalState.IDLE:
+            if self._clock() >= deadline:
+                return  # the request that follows will say why (BUSY)
+            time.sleep(pause)
 
     # -- the request loop -------------------------------------------------------
 
