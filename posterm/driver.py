@@ -329,7 +329,8 @@ class Terminal(PortSession):
     def __init__(self, transport: Any, *, port_name: str = "", journal: Journal | None = None,
                  link_config: LinkConfig | None = None, clock: Callable[[], float] = time.monotonic,
                  reconnect: bool = False, reopen: Callable[[], Any] | None = None,
-                 reconnect_attempts: int = 6, reconnect_max_delay: float = 2.0, trace: bool = False) -> None:
+                 reconnect_attempts: int = 6, reconnect_max_delay: float = 2.0, trace: bool = False,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self._init_port(transport, port_name, journal)
         cfg = link_config or LinkConfig()
         self._trace = trace or wire_log.isEnabledFor(logging.DEBUG)
@@ -338,6 +339,7 @@ class Terminal(PortSession):
         self._link_config = cfg
         self._link = Link(cfg)
         self._clock = clock
+        self._sleep = sleep  # pauses between polls (a fake clock's sleep in tests)
         self._reconnect = reconnect
         self._reopen = reopen
         self._reconnect_attempts = reconnect_attempts
@@ -647,7 +649,7 @@ class Terminal(PortSession):
         while self.status(timeout=min(3.0, timeout)).state is not m.TerminalState.IDLE:
             if self._clock() >= deadline:
                 return  # the request that follows will say why (BUSY)
-            time.sleep(pause)
+            self._sleep(pause)
 
     # -- the request loop -------------------------------------------------------
 
@@ -824,7 +826,7 @@ class Terminal(PortSession):
             result = PaymentResult.from_message(answer)
             if result.outcome is not Outcome.PENDING or self._clock() >= deadline:
                 return result
-            time.sleep(0.2)
+            self._sleep(0.2)
 
     def _try_query(self, order_id: str, timeout: float, final_only: bool = False) -> PaymentResult | None:
         """Query once; None when no answer, or (``final_only``) when PENDING."""
