@@ -169,7 +169,7 @@ class HostileLine:
                                                                getattr(req, "TYPE", None)])))
         if kind == 7:  # a Print flood
             payload = encode(m.Print(order_id=order_id, lines=("#" * 64,) * rng.randint(1, 40)))
-            return b"".join(self._frame(payload) for _ in range(rng.randint(1, 60)))
+            return b"".join(self._frame(payload) for _ in range(rng.randint(1, 20)))
         if kind == 8:  # silence
             return b""
         if kind == 9:  # the last frame again (a duplicate)

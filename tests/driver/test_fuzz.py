@@ -1,7 +1,7 @@
 """Driver fuzz: a seeded hostile terminal (tests/driver/hostile_line.py) against posterm.driver.Terminal.
 
 The rule: whatever the line does, the driver raises nothing but its typed errors
-(posterm.errors.PosError), its memory stays bounded, and afterwards a good payment
+(posterm.errors.PosError), the journal never downgrades an approved row, its memory stays bounded, and afterwards a good payment
 succeeds on the same Terminal object. Fake clock: no real waiting, exact replay by seed.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import sqlite3
 import tempfile
 import tracemalloc
 
@@ -64,7 +65,9 @@ def _fuzz(journal_path: str) -> None:
     try:
         with Journal(journal_path, clock=clock) as journal:
             term = Terminal(line, journal=journal, clock=clock, sleep=clock.sleep)
+            peek = sqlite3.connect(journal_path)  # a reader beside the driver's connection (WAL)
             n = 0
+            approved: set[tuple[str, str, str]] = set()
             while line.inputs < INPUTS:
                 n += 1
                 try:
@@ -74,6 +77,15 @@ def _fuzz(journal_path: str) -> None:
                 except Exception as exc:  # noqa: BLE001 - the point of the test
                     pytest.fail(f"seed {SEED}, operation {n}, input {line.inputs}: untyped"
                                 f" {type(exc).__name__}: {exc}")
+                # The journal never downgrades: what was once approved stays approved (checked
+                # every 8 operations: a downgrade is permanent, so it is still there to see).
+                if n % 8:
+                    continue
+                now_approved = set(peek.execute(
+                    "SELECT order_id, kind, ref_id FROM orders WHERE outcome = 'approved'").fetchall())
+                lost = approved - now_approved
+                assert not lost, f"seed {SEED}, operation {n}: approved rows downgraded: {sorted(lost)}"
+                approved = now_approved
             _, peak = tracemalloc.get_traced_memory()
             line.benign = True
             line.pending.clear()
