@@ -17,10 +17,19 @@ exception. Errors are typed (:mod:`posterm.errors`): ``TransportError`` (and
 acknowledged, ``PosTimeout`` when no answer comes, ``TerminalRefused`` when the
 terminal answers with an Error message.
 
-No payment is lost or doubled: each request is journaled (:mod:`posterm.journal`)
-before it goes on the wire; :meth:`Terminal.recover` asks the terminal about every
-order whose outcome was never learnt. Re-sending a PayRequest with the same
-order id is safe: the terminal answers the stored outcome.
+No payment is lost or doubled: each request (pay, refund, cancel) is journaled
+(:mod:`posterm.journal`) before it goes on the wire; :meth:`Terminal.recover` resolves
+every operation whose outcome was never learnt (payments and cancels by Query, refunds
+by re-sending them with their refund id). Re-sending a PayRequest with the same order
+id is safe: the terminal answers the stored outcome, or ORDER_CONFLICT for other
+parameters, which is journaled as a rejected attempt and never overwrites the order.
+
+The driver checks what it is told: an approval for another order, amount or currency
+is a protocol error, resolved by asking again (:class:`OutcomeMismatch` when the lie
+persists); answers for other orders or refunds, and Errors about earlier requests, are
+stale and ignored. When ``pay`` times out it aborts the payment on the terminal, then
+queries. Bounds: :data:`MAX_RECEIPT_LINES` receipt lines per operation; a link event
+overflow is :class:`LinkFailed`.
 """
 
 from __future__ import annotations
@@ -459,7 +468,7 @@ class Terminal(PortSession):
             return result
         log.warning("protocol error from the terminal: %s; asking again by Query", problem)
         self._journal_attempt(result, "pay", "protocol_error", problem)
-        checked = self._try_query(result.order_id, DEFAULT_TIMEOUT, final_only=False)
+        checked = self._try_query(result.order_id, 5.0, final_only=False)
         if checked is None:
             raise OutcomeMismatch(f"{problem}; no answer to the follow-up query: order {result.order_id}"
                                   " stays unfinished in the journal: run `posterm recover`")
