@@ -17,10 +17,19 @@ exception. Errors are typed (:mod:`posterm.errors`): ``TransportError`` (and
 acknowledged, ``PosTimeout`` when no answer comes, ``TerminalRefused`` when the
 terminal answers with an Error message.
 
-No payment is lost or doubled: each request is journaled (:mod:`posterm.journal`)
-before it goes on the wire; :meth:`Terminal.recover` asks the terminal about every
-order whose outcome was never learnt. Re-sending a PayRequest with the same
-order id is safe: the terminal answers the stored outcome.
+No payment is lost or doubled: each request (pay, refund, cancel) is journaled
+(:mod:`posterm.journal`) before it goes on the wire; :meth:`Terminal.recover` resolves
+every operation whose outcome was never learnt (payments and cancels by Query, refunds
+by re-sending them with their refund id). Re-sending a PayRequest with the same order
+id is safe: the terminal answers the stored outcome, or ORDER_CONFLICT for other
+parameters, which is journaled as a rejected attempt and never overwrites the order.
+
+The driver checks what it is told: an approval for another order, amount or currency
+is a protocol error, resolved by asking again (:class:`OutcomeMismatch` when the lie
+persists); answers for other orders or refunds, and Errors about earlier requests, are
+stale and ignored. When ``pay`` times out it aborts the payment on the terminal, then
+queries. Bounds: :data:`MAX_RECEIPT_LINES` receipt lines per operation; a link event
+overflow is :class:`LinkFailed`.
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ from posterm.errors import (
     LocalProtocolError,
     PosError,
     PosTimeout,
+    RemoteProtocolError,
     TransportError,
 )
 from posterm.journal import Journal
@@ -66,6 +76,15 @@ log = logging.getLogger("posterm.driver")
 
 DEFAULT_PAY_TIMEOUT = 120.0
 DEFAULT_TIMEOUT = 10.0
+#: Receipt lines kept per operation (a Print line is at most 64 characters): a terminal
+#: that floods Print messages costs at most this, the rest is dropped and logged.
+MAX_RECEIPT_LINES = 256
+
+
+class OutcomeMismatch(RemoteProtocolError):
+    """The terminal reports an order approved for another amount, currency or order than
+    requested, even when asked again. What it said is journaled (never hidden: the host may
+    have charged it); the ECR must check the order with the host."""
 
 
 class TerminalRefused(PosError):
@@ -107,10 +126,17 @@ class PaymentResult:
     refunded_minor: int = 0
     paid_at: str | None = None
     receipt: tuple[str, ...] = ()
+    #: Set when ``pay`` gave up waiting after this many seconds and aborted on the terminal.
+    gave_up_after: float | None = None
 
     @property
     def approved(self) -> bool:
         return self.outcome is Outcome.APPROVED
+
+    @property
+    def not_found(self) -> bool:
+        """The terminal and its host never heard of this order (nothing was charged)."""
+        return self.outcome is Outcome.DECLINED and self.reason == Reason.ORDER_NOT_FOUND
 
     @property
     def result(self) -> str:
@@ -128,6 +154,7 @@ class PaymentResult:
             "reason_text": self.reason_text or None, "trade_no": self.trade_no,
             "code_last4": self.code_last4, "refunded_minor": self.refunded_minor,
             "paid_at": self.paid_at, "receipt": list(self.receipt),
+            **({"gave_up_after": self.gave_up_after} if self.gave_up_after is not None else {}),
         }
 
     @classmethod
@@ -157,11 +184,16 @@ class RefundOutcome:
     def result(self) -> str:
         return self.outcome.name.lower()
 
+    @property
+    def final(self) -> bool:
+        return self.outcome in (Outcome.APPROVED, Outcome.DECLINED)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "result": self.result, "order_id": self.order_id, "refund_id": self.refund_id,
             "amount_minor": self.amount_minor, "currency": self.currency,
             "reason": _reason_name(self.reason) if self.reason else None,
+            "reason_text": self.reason_text or None,
             "refunded_total_minor": self.refunded_total_minor, "receipt": list(self.receipt),
         }
 
@@ -238,7 +270,9 @@ class _Waiter:
     expect: tuple[type[Message], ...]
     order_id: str | None
     on_progress: Callable[[m.Progress], None] | None
-    receipt: list[str] = field(default_factory=list)
+    receipt: list[str] = field(default_factory=list)  # at most MAX_RECEIPT_LINES
+    refund_id: str | None = None
+    receipt_dropped: int = 0
 
 
 class PortSession:
@@ -304,7 +338,8 @@ class Terminal(PortSession):
     def __init__(self, transport: Any, *, port_name: str = "", journal: Journal | None = None,
                  link_config: LinkConfig | None = None, clock: Callable[[], float] = time.monotonic,
                  reconnect: bool = False, reopen: Callable[[], Any] | None = None,
-                 reconnect_attempts: int = 6, reconnect_max_delay: float = 2.0, trace: bool = False) -> None:
+                 reconnect_attempts: int = 6, reconnect_max_delay: float = 2.0, trace: bool = False,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self._init_port(transport, port_name, journal)
         cfg = link_config or LinkConfig()
         self._trace = trace or wire_log.isEnabledFor(logging.DEBUG)
@@ -313,6 +348,7 @@ class Terminal(PortSession):
         self._link_config = cfg
         self._link = Link(cfg)
         self._clock = clock
+        self._sleep = sleep  # pauses between polls (a fake clock's sleep in tests)
         self._reconnect = reconnect
         self._reopen = reopen
         self._reconnect_attempts = reconnect_attempts
@@ -411,19 +447,65 @@ class Terminal(PortSession):
             answer, receipt = self._transact_collect(request, (m.PayResult,), timeout, order_id, on_progress,
                                                      resume=lambda: self._query_until_final(order_id, timeout))
         except PosTimeout:
-            # The terminal may have finished without our hearing it: ask once.
-            result = self._try_query(order_id, min(5.0, max(1.0, timeout / 2)))
-            if result is None:
-                raise PosTimeout(f"no outcome for order {order_id} within {timeout:g} s;"
-                                 " it stays in the journal: run `posterm recover`") from None
+            return self._give_up(order_id, amount_minor, currency, timeout)
+        result = answer if isinstance(answer, PaymentResult) else PaymentResult.from_message(answer, receipt)
+        return self._settle_pay_answer(result, amount_minor, currency)
+
+    def _settle_pay_answer(self, result: PaymentResult, amount_minor: int, currency: str,
+                           gave_up_after: float | None = None) -> PaymentResult:
+        """Check the answer to a PayRequest against the request and journal it."""
+        if gave_up_after is not None:
+            result = _replace(result, gave_up_after=gave_up_after)
+        if result.reason == Reason.ORDER_CONFLICT and result.outcome is not Outcome.APPROVED:
+            # The answer judges this attempt (same order id, other amount), not the order:
+            # the order keeps whatever the host did with the first request.
+            self._journal_attempt(result, "pay", "rejected", "ORDER_CONFLICT: the order id was used with"
+                                  f" other parameters; this attempt asked {amount_minor} {currency}")
+            return result
+        problem = _mismatch(result, result.order_id, amount_minor, currency)
+        if problem is None:
             self._journal_result(result)
             return result
-        result = answer if isinstance(answer, PaymentResult) else PaymentResult.from_message(answer, receipt)
-        self._journal_result(result)
-        return result
+        log.warning("protocol error from the terminal: %s; asking again by Query", problem)
+        self._journal_attempt(result, "pay", "protocol_error", problem)
+        checked = self._try_query(result.order_id, 5.0, final_only=False)
+        if checked is None:
+            raise OutcomeMismatch(f"{problem}; no answer to the follow-up query: order {result.order_id}"
+                                  " stays unfinished in the journal: run `posterm recover`")
+        if gave_up_after is not None:
+            checked = _replace(checked, gave_up_after=gave_up_after)
+        again = _mismatch(checked, result.order_id, amount_minor, currency)
+        self._journal_result(checked)  # what the host says about the order, even if wrong for us
+        if again is not None:
+            raise OutcomeMismatch(f"{again} (asked twice); journaled: check order {result.order_id} with the host")
+        return checked
+
+    def _give_up(self, order_id: str, amount_minor: int, currency: str, timeout: float) -> PaymentResult:
+        """``pay`` waited ``timeout`` in vain: abort the payment on the terminal (so it does not
+        run on without us), else learn its outcome by query; journal either way."""
+        grace = min(5.0, max(1.0, timeout / 2))
+        log.warning("no outcome for order %s within %g s: aborting it on the terminal", order_id, timeout)
+        if self._journal is not None:
+            self._journal.record_attempt(order_id, "pay", "gave_up", f"no answer within {timeout:g} s: sent Abort")
+        result = None
+        try:
+            answer, receipt = self._transact_collect(m.Abort(order_id=order_id), (m.PayResult,), grace, order_id)
+            result = PaymentResult.from_message(answer, receipt)
+        except TerminalRefused:
+            pass  # not in flight (any more): the outcome is the terminal's to tell by Query
+        except (PosTimeout, LinkFailed):
+            pass
+        if result is None:
+            result = self._try_query(order_id, grace)
+        if result is None:
+            raise PosTimeout(f"no outcome for order {order_id} within {timeout:g} s, and no answer to Abort"
+                             " or Query; it stays in the journal: run `posterm recover`") from None
+        return self._settle_pay_answer(result, amount_minor, currency, gave_up_after=timeout)
 
     def query(self, order_id: str, timeout: float = DEFAULT_TIMEOUT) -> PaymentResult:
-        """Ask what became of ``order_id``. ``PENDING`` while the terminal is still on it."""
+        """Ask what became of ``order_id``. ``PENDING`` while the terminal is still on it;
+        DECLINED with reason ORDER_NOT_FOUND (``result.not_found``) when the terminal and
+        its host never heard of it."""
         answer, receipt = self._transact_collect(m.Query(order_id=order_id), (m.PayResult,), timeout, order_id)
         result = PaymentResult.from_message(answer, receipt)
         if self._journal is not None and self._journal.get(order_id) is not None:
@@ -436,20 +518,27 @@ class Terminal(PortSession):
 
         Cancelling a paid order needs ``operator_password`` (it refunds the customer); without
         one the terminal cancels only an unpaid order and otherwise answers DECLINED
-        (OPERATOR_PASSWORD_WRONG)."""
+        (OPERATOR_PASSWORD_WRONG). Journaled as its own ``cancel`` entry before it is sent,
+        so ``recover()`` resolves a cancel whose answer was lost (by querying the order)."""
+        pay_entry = self._journal.get(order_id) if self._journal is not None else None
+        self._journal_sent(order_id, "cancel", pay_entry.amount_minor if pay_entry else 0,
+                           pay_entry.currency if pay_entry else "XXX")
         answer, receipt = self._transact_collect(
             m.Cancel(order_id=order_id, operator_password=operator_password), (m.PayResult,), timeout,
             order_id, on_progress)
         result = PaymentResult.from_message(answer, receipt)
-        if self._journal is not None and self._journal.get(order_id) is not None:
-            self._journal_result(result)
+        self._journal_cancel(result)
         return result
 
     def refund(self, order_id: str, amount_minor: int, refund_id: str, operator_password: str,
                currency: str | None = None, timeout: float = 60.0,
                on_progress: Callable[[m.Progress], None] | None = None) -> RefundOutcome:
         """Refund ``amount_minor`` of a paid order. Idempotent on ``refund_id``: sending
-        the same refund again returns its first outcome, never a second refund."""
+        the same refund again returns its first outcome, never a second refund.
+
+        An approved answer for another order, refund id, amount or currency is a protocol
+        error: the refund is asked once more (idempotent); if the answer is still wrong it
+        is journaled and :class:`OutcomeMismatch` raised."""
         if type(amount_minor) is not int:
             raise LocalProtocolError("amount_minor must be an int of minor units (never a float)")
         if currency is None:
@@ -458,18 +547,28 @@ class Terminal(PortSession):
                 raise LocalProtocolError("currency is required when the order is not in this journal")
             currency = entry.currency
         self._journal_sent(order_id, "refund", amount_minor, currency, ref_id=refund_id)
-        answer, receipt = self._transact_collect(
-            m.Refund(order_id=order_id, amount_minor=amount_minor, currency=currency, refund_id=refund_id,
-                     operator_password=operator_password),
-            (m.RefundResult,), timeout, order_id, on_progress)
-        outcome = RefundOutcome(answer.order_id, answer.refund_id, answer.outcome, answer.amount_minor,
-                                answer.currency, _reason(answer.reason), answer.refunded_total_minor,
-                                answer.reason_text, tuple(receipt))
-        if self._journal is not None:
-            self._journal.record_outcome(order_id, "refund", outcome.result, int(outcome.reason),
-                                         outcome.to_json(), final=outcome.outcome is not Outcome.UNKNOWN,
-                                         ref_id=refund_id)
-        return outcome
+        request = m.Refund(order_id=order_id, amount_minor=amount_minor, currency=currency, refund_id=refund_id,
+                           operator_password=operator_password)
+        problem = None
+        for _attempt in range(2):
+            answer, receipt = self._transact_collect(request, (m.RefundResult,), timeout, order_id, on_progress,
+                                                     refund_id=refund_id)
+            outcome = RefundOutcome(answer.order_id, answer.refund_id, answer.outcome, answer.amount_minor,
+                                    answer.currency, _reason(answer.reason), answer.refunded_total_minor,
+                                    answer.reason_text, tuple(receipt))
+            if outcome.reason == Reason.ORDER_CONFLICT and not outcome.approved:
+                self._journal_attempt(outcome, "refund", "rejected", "ORDER_CONFLICT: the refund id was used with"
+                                      f" other parameters; this attempt asked {amount_minor} {currency}",
+                                      ref_id=refund_id)
+                return outcome
+            problem = _mismatch(outcome, order_id, amount_minor, currency, refund_id)
+            if problem is None:
+                self._journal_refund(outcome, refund_id)
+                return outcome
+            log.warning("protocol error from the terminal: %s; asking again", problem)
+            self._journal_attempt(outcome, "refund", "protocol_error", problem, ref_id=refund_id)
+        raise OutcomeMismatch(f"{problem} (asked twice); refund {refund_id} stays unfinished in the journal:"
+                              " check it with the host")
 
     def settle(self, operator_password: str, timeout: float = 60.0,
                on_progress: Callable[[m.Progress], None] | None = None) -> Settlement:
@@ -510,23 +609,56 @@ class Terminal(PortSession):
             self._journal_result(result)
         return result
 
-    def recover(self, timeout: float = DEFAULT_TIMEOUT) -> list[PaymentResult]:
-        """Resolve every unfinished payment in the journal by asking the terminal.
+    def recover(self, timeout: float = DEFAULT_TIMEOUT,
+                operator_password: str | None = None) -> list[PaymentResult | RefundOutcome]:
+        """Resolve every unfinished operation in the journal.
 
-        Returns the results learnt (final or still pending/unknown). An order the
-        terminal never heard of is recorded as declined (``order_not_found``):
-        it was never charged.
+        - a payment: Query; an order the terminal never heard of is recorded as declined
+          (``order_not_found``): it was never charged;
+        - a cancel: Query the order; CANCELLED means the cancel took effect; any other
+          final answer means it did not (the cancel is recorded declined, the order keeps
+          its outcome);
+        - a refund: re-sent with the same refund id (the terminal and host answer a repeat
+          with its first outcome, never a second refund). That needs ``operator_password``;
+          without one the refund is returned UNKNOWN and stays unfinished.
+
+        Returns what was learnt, in journal order (final or still pending/unknown).
         """
         if self._journal is None:
             return []
-        results = []
+        results: list[PaymentResult | RefundOutcome] = []
         for entry in self._journal.unfinished():
-            if entry.kind != "pay":
-                continue
-            result = self.query(entry.order_id, timeout=timeout)
-            self._journal_result(result)
-            results.append(result)
+            if entry.kind == "pay":
+                result = self.query(entry.order_id, timeout=timeout)
+                self._journal_result(result)
+                results.append(result)
+            elif entry.kind == "cancel":
+                # A cancel still running at the terminal would be misread by a Query of
+                # the order (still approved): let the terminal finish first.
+                self._wait_idle(timeout)
+                answer, _ = self._transact_collect(m.Query(order_id=entry.order_id), (m.PayResult,), timeout,
+                                                   entry.order_id)
+                result = PaymentResult.from_message(answer)
+                self._journal_cancel(result, learnt_by_query=True)
+                results.append(result)
+            elif entry.kind == "refund":
+                if operator_password is None:
+                    results.append(RefundOutcome(entry.order_id, entry.ref_id, Outcome.UNKNOWN, entry.amount_minor,
+                                                 entry.currency, reason_text="needs the operator password to ask"
+                                                 " the terminal again (recover --operator-password)"))
+                    continue
+                self._wait_idle(timeout)
+                results.append(self.refund(entry.order_id, entry.amount_minor, entry.ref_id, operator_password,
+                                           currency=entry.currency, timeout=timeout))
         return results
+
+    def _wait_idle(self, timeout: float, pause: float = 0.2) -> None:
+        """Wait (asking Status) until the terminal is IDLE or ``timeout`` passes."""
+        deadline = self._clock() + timeout
+        while self.status(timeout=min(3.0, timeout)).state is not m.TerminalState.IDLE:
+            if self._clock() >= deadline:
+                return  # the request that follows will say why (BUSY)
+            self._sleep(pause)
 
     # -- the request loop -------------------------------------------------------
 
@@ -536,14 +668,15 @@ class Terminal(PortSession):
 
     def _transact_collect(self, request: Message, expect: tuple[type[Message], ...], timeout: float,
                           order_id: str | None, on_progress: Callable[[m.Progress], None] | None = None,
-                          resume: Callable[[], Any] | None = None) -> tuple[Any, list[str]]:
+                          resume: Callable[[], Any] | None = None,
+                          refund_id: str | None = None) -> tuple[Any, list[str]]:
         if self._closed:
             raise LocalProtocolError("terminal is closed")
         if not self._op_lock.acquire(blocking=False):
             raise LocalProtocolError("another operation is in progress on this Terminal")
         try:
             self._abort_requested = False
-            waiter = _Waiter(expect, order_id, on_progress)
+            waiter = _Waiter(expect, order_id, on_progress, refund_id=refund_id)
             deadline = self._clock() + timeout
             try:
                 if self.info is None and not isinstance(request, m.Hello):
@@ -583,15 +716,23 @@ class Terminal(PortSession):
             wait = min(deadline - now, 0.05 if link_deadline is None else max(0.0, link_deadline - now), 0.05)
             data = self._read(wait)
             now = self._clock()
-            self._link.receive_data(data, now)
-            self._link.tick(now)
+            try:
+                self._link.receive_data(data, now)
+                self._link.tick(now)
+            except LocalProtocolError as exc:
+                # The link's event buffer overflowed: the line floods us. That is the
+                # line's failure, not the caller's misuse.
+                raise LinkFailed(f"the line from {self.port_name} floods the link: {exc}") from exc
             self._write(self._link.data_to_send())
             while (event := self._link.next_event()) is not None:
-                answer = self._handle_event(event, waiter)
+                answer = self._handle_event(event, waiter, request)
                 if answer is not None:
+                    if waiter.receipt_dropped:
+                        log.warning("receipt cut at %d lines: %d more lines dropped", MAX_RECEIPT_LINES,
+                                    waiter.receipt_dropped)
                     return answer
 
-    def _handle_event(self, event: Any, waiter: _Waiter) -> Any:
+    def _handle_event(self, event: Any, waiter: _Waiter, request: Message | None = None) -> Any:
         if isinstance(event, FrameTrace):
             self._trace_frame(event)
             return None
@@ -601,18 +742,29 @@ class Terminal(PortSession):
                 wire_log.debug("msg in  %s", message_fields(msg))
             if isinstance(msg, waiter.expect):
                 mine = getattr(msg, "order_id", None)
-                if waiter.order_id is None or mine is None or mine == waiter.order_id:
-                    return msg
-                log.warning("ignoring %s for another order", type(msg).__name__)
-                return None
+                if waiter.order_id is not None and mine is not None and mine != waiter.order_id:
+                    log.warning("ignoring %s for another order (a stale answer)", type(msg).__name__)
+                    return None
+                if waiter.refund_id is not None and getattr(msg, "refund_id", None) != waiter.refund_id:
+                    log.warning("ignoring %s for another refund (a stale answer)", type(msg).__name__)
+                    return None
+                return msg
             if isinstance(msg, m.Progress):
-                if waiter.on_progress is not None:
+                if waiter.on_progress is not None and (msg.order_id is None or waiter.order_id is None
+                                                       or msg.order_id == waiter.order_id):
                     waiter.on_progress(msg)
                 return None
             if isinstance(msg, m.Print):
-                waiter.receipt.extend(msg.lines)
+                room = MAX_RECEIPT_LINES - len(waiter.receipt)
+                waiter.receipt.extend(msg.lines[:max(0, room)])
+                waiter.receipt_dropped += max(0, len(msg.lines) - max(0, room))
                 return None
             if isinstance(msg, m.Error):
+                if (request is not None and msg.in_reply_to is not None
+                        and msg.in_reply_to != getattr(request, "TYPE", msg.in_reply_to)):
+                    log.warning("ignoring an Error about an earlier 0x%04X request (a stale answer)",
+                                msg.in_reply_to)
+                    return None
                 raise TerminalRefused(msg)
             log.warning("unexpected %s from the terminal, ignored", type(msg).__name__)
             return None
@@ -683,15 +835,18 @@ class Terminal(PortSession):
             result = PaymentResult.from_message(answer)
             if result.outcome is not Outcome.PENDING or self._clock() >= deadline:
                 return result
-            time.sleep(0.2)
+            self._sleep(0.2)
 
-    def _try_query(self, order_id: str, timeout: float) -> PaymentResult | None:
+    def _try_query(self, order_id: str, timeout: float, final_only: bool = False) -> PaymentResult | None:
+        """Query once; None when no answer, or (``final_only``) when PENDING."""
         try:
             answer, receipt = self._transact_collect(m.Query(order_id=order_id), (m.PayResult,), timeout, order_id)
         except (PosTimeout, LinkFailed, TerminalRefused):
             return None
         result = PaymentResult.from_message(answer, receipt)
-        return result if result.outcome is not Outcome.PENDING else None
+        if result.outcome is Outcome.PENDING or (final_only and not result.final):
+            return None
+        return result
 
     # -- journal ----------------------------------------------------------------------
 
@@ -705,9 +860,60 @@ class Terminal(PortSession):
             self._journal.record_outcome(result.order_id, "pay", result.result, int(result.reason),
                                          result.to_json(), final=result.final)
 
+    def _journal_refund(self, outcome: RefundOutcome, refund_id: str) -> None:
+        if self._journal is not None:
+            self._journal.record_outcome(outcome.order_id, "refund", outcome.result, int(outcome.reason),
+                                         outcome.to_json(), final=outcome.final, ref_id=refund_id)
+
+    def _journal_cancel(self, result: PaymentResult, learnt_by_query: bool = False) -> None:
+        """The answer to a Cancel (or, in recover, a Query about a cancelled order): the
+        cancel entry and the order's own entry (which never downgrades, so a reversed
+        sale keeps its approval and trade number; the cancel entry says it was reversed)."""
+        if self._journal is None:
+            return
+        if result.final:
+            outcome = "cancelled" if result.outcome is Outcome.CANCELLED else "declined"
+            data = result.to_json()
+            if learnt_by_query and outcome == "declined":
+                data["reason_text"] = f"not cancelled: the order is {result.result}"
+            self._journal.record_outcome(result.order_id, "cancel", outcome, int(result.reason), data, final=True)
+        else:
+            self._journal.record_outcome(result.order_id, "cancel", result.result, int(result.reason),
+                                         result.to_json(), final=False)
+        if self._journal.get(result.order_id) is not None and not (learnt_by_query and not result.final):
+            self._journal_result(result)
+
+    def _journal_attempt(self, result: PaymentResult | RefundOutcome, kind: str, what: str, note: str,
+                         ref_id: str = "") -> None:
+        if self._journal is not None:
+            self._journal.record_attempt(result.order_id, kind, what, note, ref_id=ref_id,
+                                         amount_minor=result.amount_minor, currency=result.currency,
+                                         outcome=result.result, reason=int(result.reason), result=result.to_json())
+
     @staticmethod
     def _key_info(msg: m.KeyStatus) -> KeyInfo:
         return KeyInfo(msg.loaded, msg.algorithm, msg.ksn, msg.counters_left, msg.kcv, _reason(msg.reason))
+
+
+def _mismatch(result: PaymentResult | RefundOutcome, order_id: str, amount_minor: int, currency: str,
+              refund_id: str | None = None) -> str | None:
+    """Why an APPROVED answer does not answer this request (None when it does, or when it
+    is no approval: a decline moves no money, whatever amount it names)."""
+    if result.outcome is not Outcome.APPROVED:
+        return None
+    what = f"refund {refund_id}" if refund_id is not None else f"order {order_id}"
+    if result.order_id != order_id or (refund_id is not None and getattr(result, "refund_id", None) != refund_id):
+        return f"terminal approved {result.order_id} in answer to {what}"
+    if (result.amount_minor, result.currency) != (amount_minor, currency):
+        return (f"terminal approved {what} for {result.amount_minor} {result.currency},"
+                f" but {amount_minor} {currency} was requested")
+    return None
+
+
+def _replace(result: PaymentResult, **changes: Any) -> PaymentResult:
+    from dataclasses import replace
+
+    return replace(result, **changes)
 
 
 def _line_rate(url: str, settings: dict[str, Any]) -> float | None:

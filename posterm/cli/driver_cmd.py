@@ -27,6 +27,7 @@ from posterm.cli.common import (
     minor_units,
     EXIT_DECLINED,
     EXIT_OK,
+    EXIT_TRANSPORT,
     EXIT_UNKNOWN,
     emit_json,
     fail,
@@ -35,10 +36,23 @@ from posterm.cli.common import (
     serial_settings,
     setup_trace,
 )
-from posterm.errors import PosError, TransportError
+from posterm.errors import PortBusy, PortNotFound, PortPermission, PosError, TransportError
 
 
-def _open(kw: dict[str, Any]):
+def _open(kw: dict[str, Any], as_json: bool = False):
+    """Open the terminal. A port that cannot be opened means nothing was sent: one line,
+    exit 4, and (with --json) ``"result": "not_sent"``, never ``unknown``."""
+    try:
+        return _open_port(kw)
+    except (PortBusy, PortNotFound, PortPermission) as exc:
+        fail(f"{type(exc).__name__}: {exc}; nothing was sent", EXIT_TRANSPORT, as_json, result="not_sent")
+
+
+def _mismatch_exit(exc: PosError, as_json: bool) -> None:
+    fail(f"{exc}", EXIT_UNKNOWN, as_json, result="unknown")
+
+
+def _open_port(kw: dict[str, Any]):
     from posterm.driver import Terminal
 
     port = kw.pop("port")
@@ -88,12 +102,24 @@ def _currency(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
+def _reason_suffix(result) -> str:
+    """`` (reason: text)`` for a result with a reason, else empty."""
+    data = result.to_json()
+    parts = [p for p in (data.get("reason"), data.get("reason_text")) if p]
+    return f" ({': '.join(parts)})" if parts else ""
+
+
 def _finish_payment(result, as_json: bool, done: Outcome = Outcome.APPROVED) -> None:
+    if getattr(result, "gave_up_after", None) is not None:
+        click.echo(f"posterm: gave up after {result.gave_up_after:g} s and aborted the payment on the terminal;"
+                   f" its outcome: {result.result}", err=True)
     if as_json:
         emit_json(result.to_json())
+    elif getattr(result, "not_found", False):
+        click.echo(f"no such order: {result.order_id} (neither the terminal nor its host knows it;"
+                   " nothing was charged)")
     else:
-        reason = f" ({result.to_json()['reason']})" if result.reason else ""
-        click.echo(f"{result.result}{reason}: order {result.order_id}, "
+        click.echo(f"{result.result}{_reason_suffix(result)}: order {result.order_id}, "
                    f"{format_minor(result.amount_minor, result.currency)}")
         for line in result.receipt:
             click.echo(f"  | {line}")
@@ -141,7 +167,7 @@ def ports(as_json: bool, show_all: bool) -> None:
 @handle_errors
 def status(as_json: bool, timeout: float | None, **kw: Any) -> None:
     """Say Hello and show the terminal's identity and state."""
-    with _open(kw) as term:
+    with _open(kw, as_json) as term:
         info = term.hello(timeout=timeout or 3.0)
         st = term.status(timeout=timeout or 3.0)
     out = {**info.to_json(), "state": st.state.name.lower(), "order_id": st.order_id,
@@ -173,22 +199,33 @@ def pay(amount, amount_minor, currency, payment_code, order_id, description, dyn
     object goes to stdout with result (approved, declined, cancelled, unknown),
     order_id, amount_minor, currency and reason.
 
+    When --timeout passes without an outcome, pay aborts the payment on the
+    terminal (it does not run on unattended), says so on stderr and prints what
+    the terminal answered (normally cancelled); with no answer at all it exits 3.
+    Re-using an order id with another amount is declined (order_conflict) and
+    changes nothing in the journal about the first payment.
+
     \b
     Example:
       posterm pay --port /dev/ttyUSB0 --amount 12.34 --currency CNY \\
                   --payment-code 289900000000000001 --json
     """
+    from posterm.driver import OutcomeMismatch
+
     value = _amount(amount, amount_minor, currency)
     if dynamic_qr and payment_code:
         raise click.UsageError("--qr and --payment-code exclude each other")
-    with _open(kw) as term:
+    with _open(kw, as_json) as term:
         try:
             term.hello()
         except PosError:
             pass  # some terminals answer Hello only once per power-up; pay still works
-        result = term.pay(value, currency, order_id=order_id, payment_code=payment_code,
-                          on_progress=_progress_printer(as_json), timeout=timeout or 120.0,
-                          description=description, dynamic_qr=dynamic_qr)
+        try:
+            result = term.pay(value, currency, order_id=order_id, payment_code=payment_code,
+                              on_progress=_progress_printer(as_json), timeout=timeout or 120.0,
+                              description=description, dynamic_qr=dynamic_qr)
+        except OutcomeMismatch as exc:
+            _mismatch_exit(exc, as_json)
     _finish_payment(result, as_json)
 
 
@@ -199,8 +236,11 @@ def pay(amount, amount_minor, currency, payment_code, order_id, description, dyn
 @timeout_option
 @handle_errors
 def query(order_id, as_json, timeout, **kw):
-    """Ask the terminal what became of ORDER_ID."""
-    with _open(kw) as term:
+    """Ask the terminal what became of ORDER_ID.
+
+    Exits 0 approved, 1 declined/cancelled or no such order, 3 pending/unknown.
+    """
+    with _open(kw, as_json) as term:
         result = term.query(order_id, timeout=timeout or 10.0)
     _finish_payment(result, as_json)
 
@@ -244,7 +284,7 @@ def cancel(order_id, operator_password, password_stdin, as_json, timeout, **kw):
     Exits 0 when the order ends cancelled, 1 when the cancel is refused (e.g. past the 24 h window).
     """
     pw = _password(operator_password, password_stdin) if (operator_password or password_stdin) else None
-    with _open(kw) as term:
+    with _open(kw, as_json) as term:
         result = term.cancel(order_id, operator_password=pw, timeout=timeout or 60.0,
                              on_progress=_progress_printer(as_json))
     _finish_payment(result, as_json, done=Outcome.CANCELLED)
@@ -264,15 +304,21 @@ def cancel(order_id, operator_password, password_stdin, as_json, timeout, **kw):
 def refund(order_id, amount, amount_minor, currency, refund_id, operator_password, password_stdin, as_json,
            timeout, **kw):
     """Refund part or all of a paid ORDER_ID."""
+    from posterm.driver import OutcomeMismatch
+
     value = _amount(amount, amount_minor, currency)
     pw = _password(operator_password, password_stdin)
-    with _open(kw) as term:
-        out = term.refund(order_id, value, refund_id, pw, currency=currency, timeout=timeout or 60.0,
-                          on_progress=_progress_printer(as_json))
+    with _open(kw, as_json) as term:
+        try:
+            out = term.refund(order_id, value, refund_id, pw, currency=currency, timeout=timeout or 60.0,
+                              on_progress=_progress_printer(as_json))
+        except OutcomeMismatch as exc:
+            _mismatch_exit(exc, as_json)
     if as_json:
         emit_json(out.to_json())
     else:
-        click.echo(f"refund {out.result}: {refund_id} of order {order_id}, {format_minor(out.amount_minor, out.currency)}"
+        click.echo(f"refund {out.result}{_reason_suffix(out)}: {refund_id} of order {order_id},"
+                   f" {format_minor(out.amount_minor, out.currency)}"
                    f" (refunded in total {format_minor(out.refunded_total_minor, out.currency)})")
     sys.exit(EXIT_OK if out.approved else (EXIT_UNKNOWN if out.outcome is Outcome.UNKNOWN else EXIT_DECLINED))
 
@@ -286,7 +332,7 @@ def refund(order_id, amount, amount_minor, currency, refund_id, operator_passwor
 def settle(operator_password, password_stdin, as_json, timeout, **kw):
     """Close the batch and print the end-of-day totals."""
     pw = _password(operator_password, password_stdin)
-    with _open(kw) as term:
+    with _open(kw, as_json) as term:
         report = term.settle(pw, timeout=timeout or 60.0, on_progress=_progress_printer(as_json))
     if as_json:
         emit_json(report.to_json())
@@ -301,24 +347,32 @@ def settle(operator_password, password_stdin, as_json, timeout, **kw):
 
 @click.command(epilog=EXIT_CODES_HELP)
 @port_options
+@click.option("--operator-password", envvar="POSTERM_OPERATOR_PASSWORD",
+              help="Operator password, to re-send unfinished refunds (never prompted). [env POSTERM_OPERATOR_PASSWORD]")
+@click.option("--password-stdin", is_flag=True, help="Read the operator password from stdin.")
 @json_option
 @timeout_option
 @handle_errors
-def recover(as_json, timeout, **kw):
-    """Query every unfinished order in the journal and record its final outcome.
+def recover(operator_password, password_stdin, as_json, timeout, **kw):
+    """Resolve every unfinished payment, refund and cancel in the journal.
 
-    Run it after a crash, a killed process or a cut cable. Exit 0 when every
-    order is now final, 3 when some are still unknown or pending.
+    Run it after a crash, a killed process, a timeout or a cut cable. Payments
+    and cancels are resolved by querying the order; refunds are re-sent with
+    their refund id (never refunded twice), which needs the operator password.
+    Exit 0 when everything is now final, 3 when some are still unknown or pending.
     """
-    with _open(kw) as term:
-        results = term.recover(timeout=timeout or 10.0)
+    pw = _password(operator_password, password_stdin) if (operator_password or password_stdin) else None
+    with _open(kw, as_json) as term:
+        # (only posterm's driver re-sends refunds; other families' recover takes no password)
+        results = term.recover(timeout=timeout or 10.0, **({"operator_password": pw} if pw else {}))
     if as_json:
         emit_json([r.to_json() for r in results])
     else:
         if not results:
-            click.echo("nothing to recover: every journaled order is final")
+            click.echo("nothing to recover: every journaled operation is final")
         for r in results:
-            click.echo(f"{r.order_id}: {r.result} {format_minor(r.amount_minor, r.currency)}")
+            what = f"refund {r.refund_id}" if hasattr(r, "refund_id") else "order"
+            click.echo(f"{r.order_id}: {what} {r.result}{_reason_suffix(r)} {format_minor(r.amount_minor, r.currency)}")
     sys.exit(EXIT_OK if all(r.final for r in results) else EXIT_UNKNOWN)
 
 

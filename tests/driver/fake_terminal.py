@@ -19,7 +19,15 @@ class FakeTerminal(threading.Thread):
     """Answers like a terminal. Payment codes pick the outcome:
     ...01 approved, ...02 declined (insufficient balance), ...05 waits for an
     Abort, ...08 approves and then hangs (ACKs, answers nothing) until ``mute`` is cleared, ...09 never answers the PayRequest (the order becomes queryable as
-    approved), ...66 closes the connection mid-flow (then approved on query)."""
+    approved), ...66 closes the connection mid-flow (then approved on query).
+
+    Hostile codes (tests/driver/test_hostile.py): ...11 answers APPROVED for 1.00 more than
+    asked (stored correctly: a query tells the truth), ...12 approves and stores the order in
+    EUR (a query repeats the lie), ...13 first sends an approval for another order, ...14
+    floods ``flood`` Print messages of 32 lines before the answer, ...15 first sends a stale
+    Error about an earlier Refund. A refund id starting ``RF-LIE`` is answered APPROVED for
+    one more minor unit than asked; ``mute_refunds`` / ``mute_cancels`` swallow those requests
+    after doing them (a lost answer)."""
 
     def __init__(self, transport, terminal_id: str = "T0000001") -> None:
         super().__init__(daemon=True)
@@ -33,6 +41,9 @@ class FakeTerminal(threading.Thread):
         self.stop = threading.Event()
         self.error: BaseException | None = None
         self.mute = False  # ACK frames but answer nothing (a hung terminal)
+        self.mute_refunds = False
+        self.mute_cancels = False
+        self.flood = 0
 
     def send(self, msg) -> None:
         self.t.write(self.link.send(msg, time.monotonic()))
@@ -81,7 +92,14 @@ class FakeTerminal(threading.Thread):
         elif isinstance(msg, m.PayRequest):
             self.pay_requests.append(msg)
             if msg.order_id in self.orders:
-                self.send(self.orders[msg.order_id])
+                stored = self.orders[msg.order_id]
+                if (stored.amount_minor, stored.currency) != (msg.amount_minor, msg.currency) \
+                        and stored.currency not in ("EUR", "USD"):
+                    self.send(m.PayResult(order_id=msg.order_id, outcome=Outcome.DECLINED,
+                                          amount_minor=msg.amount_minor, currency=msg.currency,
+                                          reason=Reason.ORDER_CONFLICT, reason_text="order id reused"))
+                    return
+                self.send(stored)
                 return
             code = msg.payment_code or ""
             self.send(m.Progress(order_id=msg.order_id, stage=m.Stage.AUTHORISING, text="Authorising..."))
@@ -95,6 +113,31 @@ class FakeTerminal(threading.Thread):
                 self.mute = True  # hangs after approving
             elif code.endswith("09"):
                 self.result(msg, Outcome.APPROVED)  # approved, but the answer is never sent
+            elif code.endswith("11"):
+                good = self.result(msg, Outcome.APPROVED)
+                self.send(m.PayResult(order_id=good.order_id, outcome=Outcome.APPROVED,
+                                      amount_minor=good.amount_minor + 100, currency=good.currency))
+            elif code.endswith("12"):
+                res = m.PayResult(order_id=msg.order_id, outcome=Outcome.APPROVED, amount_minor=msg.amount_minor,
+                                  currency="EUR" if msg.currency != "EUR" else "USD")
+                self.orders[msg.order_id] = res
+                self.send(res)
+            elif code.endswith("13"):
+                self.send(m.PayResult(order_id="SOMEONE-ELSE", outcome=Outcome.APPROVED, amount_minor=1,
+                                      currency="CNY"))
+                self.send(self.result(msg, Outcome.APPROVED))
+            elif code.endswith("14"):
+                # Raw DATA frames, not through the link's stop-and-wait: a flood does not wait for ACKs.
+                from firmware_protocol import frame as fr
+                from firmware_protocol.tlv import encode
+
+                payload = encode(m.Print(order_id=msg.order_id, lines=("x" * 64,) * 32))
+                for i in range(self.flood):
+                    self.t.write(fr.encode_frame(fr.FrameKind.DATA, (100 + i) % 256, payload))
+                self.send(self.result(msg, Outcome.APPROVED))
+            elif code.endswith("15"):
+                self.send(m.Error(code=m.ErrorCode.BUSY, text="stale", in_reply_to=m.Refund.TYPE))
+                self.send(self.result(msg, Outcome.APPROVED))
             elif code.endswith("66"):
                 self.result(msg, Outcome.APPROVED)
                 self.t.close()
@@ -125,7 +168,8 @@ class FakeTerminal(threading.Thread):
                 new = m.PayResult(order_id=res.order_id, outcome=Outcome.CANCELLED, amount_minor=res.amount_minor,
                                   currency=res.currency, refunded_minor=res.amount_minor)
                 self.orders[msg.order_id] = new
-                self.send(new)
+                if not self.mute_cancels:
+                    self.send(new)
         elif isinstance(msg, m.Refund):
             if msg.operator_password != "246810":
                 self.send(m.RefundResult(order_id=msg.order_id, refund_id=msg.refund_id, outcome=Outcome.DECLINED,
@@ -138,7 +182,20 @@ class FakeTerminal(threading.Thread):
                     order_id=msg.order_id, refund_id=msg.refund_id, outcome=Outcome.APPROVED,
                     amount_minor=msg.amount_minor, currency=msg.currency,
                     refunded_total_minor=total + msg.amount_minor)
-            self.send(self.refunds[msg.refund_id])
+            elif self.refunds[msg.refund_id].amount_minor != msg.amount_minor:
+                first = self.refunds[msg.refund_id]
+                self.send(m.RefundResult(order_id=msg.order_id, refund_id=msg.refund_id, outcome=Outcome.DECLINED,
+                                         amount_minor=msg.amount_minor, currency=msg.currency,
+                                         reason=Reason.ORDER_CONFLICT,
+                                         refunded_total_minor=first.refunded_total_minor))
+                return
+            if self.mute_refunds:
+                return
+            res = self.refunds[msg.refund_id]
+            if msg.refund_id.startswith("RF-LIE"):
+                res = m.RefundResult(order_id=res.order_id, refund_id=res.refund_id, outcome=Outcome.APPROVED,
+                                     amount_minor=res.amount_minor + 1, currency=res.currency)
+            self.send(res)
         elif isinstance(msg, m.Settle):
             approved = [r for r in self.orders.values() if r.outcome is Outcome.APPROVED]
             self.send(m.SettleReport(batch_no=1, totals=(m.Totals(

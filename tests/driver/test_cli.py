@@ -8,7 +8,6 @@ import pytest
 from click.testing import CliRunner
 
 from posterm.cli import main
-from tests.driver.fake_terminal import make_pair
 
 CODE_OK = "289900000000000001"
 

@@ -18,6 +18,7 @@ from firmware_protocol import messages as m
 from firmware_protocol.messages import Outcome
 from firmware_protocol.tlv import encode
 from posterm.driver import Terminal
+from posterm.driver import OutcomeMismatch
 from posterm.journal import Journal
 from posterm.record import Recorder, RecordingError, RecordingTransport, load, recording_path
 from posterm.record.pcapng import INBOUND, LINKTYPE_USER0, OUTBOUND, read_pcapng, write_pcapng
@@ -246,7 +247,8 @@ def test_replay_as_terminal_reports_where_the_ecr_diverged(tmp_path, journal):
     record_fake_session(path, journal)
     ecr, player, th = _serve(build_script(load(path)))
     with Terminal(ecr, journal=Journal(tmp_path / "j2.db")) as term:
-        term.pay(999, "CNY", payment_code=CODE_OK)
+        with pytest.raises(OutcomeMismatch):  # the recording answers 1234 (the driver checks amounts)
+            term.pay(999, "CNY", payment_code=CODE_OK)
         with pytest.raises(Exception):
             term.settle("246810", timeout=1)
     player.stop.set()
