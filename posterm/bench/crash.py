@@ -366,11 +366,12 @@ class Soak:
         deadline = time.monotonic() + recover_timeout
         while True:
             r = subprocess.run([sys.executable, "-m", "posterm", "recover", "--port", f"tcp://127.0.0.1:{self.eport}",
-                                "--journal", str(self.journal), "--json"], env=self.env, capture_output=True,
+                                "--journal", str(self.journal), "--json", "--password-stdin"], env=self.env,
+                               input=f"{OPERATOR_PASSWORD}\n".encode(), capture_output=True,
                                timeout=recover_timeout, check=False)
             with open(self.dir / "recover.log", "ab") as fh:
                 fh.write(r.stdout + r.stderr)
-            if not [e for e in _journal_rows(self.journal) if e["state"] != "final" and e["kind"] == "pay"]:
+            if not [e for e in _journal_rows(self.journal) if e["state"] != "final"]:
                 break
             if time.monotonic() > deadline:
                 break
@@ -419,6 +420,9 @@ def check(journal_path: Path, host_db: Path, fig: Figures) -> Figures:
     rows = _journal_rows(journal_path)
     pays = {r["order_id"]: r for r in rows if r["kind"] == "pay"}
     refunds = {r["ref_id"]: r for r in rows if r["kind"] == "refund"}
+    # A cancel has a row of its own: the pay row keeps the approval the host gave, and the
+    # cancel row says whether it was then given back.
+    cancelled = {r["order_id"] for r in rows if r["kind"] == "cancel" and r["outcome"] == "cancelled"}
     fig.unfinished = [{k: r[k] for k in ("order_id", "kind", "ref_id", "outcome", "amount_minor")}
                       for r in rows if r["state"] != "final"]
     db = _ro(host_db)
@@ -451,13 +455,16 @@ def check(journal_path: Path, host_db: Path, fig: Figures) -> Figures:
         if j["outcome"] == "approved" and not captured:
             fig.mismatches.append({"order_id": order, "what": "approved in the journal, never captured",
                                    "host": host_row})
-        if j["outcome"] == "approved" and back_cancel:
-            fig.mismatches.append({"order_id": order, "what": "approved in the journal, cancelled at the host",
+        if back_cancel and order not in cancelled and j["outcome"] != "cancelled":
+            fig.mismatches.append({"order_id": order, "what": "cancelled at the host, not in the journal",
+                                   "journal": j["outcome"], "host": host_row})
+        if order in cancelled and captured and not back_cancel:
+            fig.mismatches.append({"order_id": order, "what": "cancelled in the journal, not at the host",
                                    "host": host_row})
         host_net = captured - back_cancel - back_refunds
         fig.host_net_minor += host_net
         journal_net = 0
-        if j["outcome"] == "approved":
+        if j["outcome"] == "approved" and order not in cancelled:
             journal_net = j["amount_minor"] - sum(r["amount_minor"] for r in refunds.values()
                                                   if r["order_id"] == order and r["outcome"] == "approved")
         if journal_net != host_net:
@@ -481,7 +488,7 @@ def check(journal_path: Path, host_db: Path, fig: Figures) -> Figures:
             fig.mismatches.append({"refund_id": rid, "order_id": j["order_id"],
                                    "what": "approved in the journal, no refund at the host"})
     for order, j in pays.items():
-        if j["outcome"] == "approved":  # a cancelled or declined order holds nothing
+        if j["outcome"] == "approved" and order not in cancelled:  # a cancelled or declined order holds nothing
             fig.journal_net_minor += j["amount_minor"] - sum(
                 r["amount_minor"] for r in refunds.values() if r["order_id"] == order and r["outcome"] == "approved")
     from posterm.host import Host

@@ -39,8 +39,6 @@ def test_pays_survive_kill_minus_nine_anywhere(tmp_path):
     _assert_clean(fig, tmp_path)
 
 
-@pytest.mark.xfail(reason="Terminal.recover() resolves pays only: a refund cut by a kill stays unfinished"
-                          " (driver fix in progress on another branch)", strict=False)
 def test_pays_refunds_and_cancels_survive_kill_minus_nine_anywhere(tmp_path):
     fig = soak(SEED + 1, tmp_path, kills=KILLS, mix="full")
     assert all(n > 0 for n in fig.kills.values()), fig.kills
