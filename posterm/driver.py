@@ -55,7 +55,7 @@ from posterm.errors import (
     RemoteProtocolError,
     TransportError,
 )
-from posterm.journal import Journal
+from posterm.journal import Journal, JournalEntry
 from posterm.link import (
     DuplicateIgnored,
     FrameRejected,
@@ -628,29 +628,43 @@ class Terminal(PortSession):
             return []
         results: list[PaymentResult | RefundOutcome] = []
         for entry in self._journal.unfinished():
-            if entry.kind == "pay":
-                result = self.query(entry.order_id, timeout=timeout)
-                self._journal_result(result)
-                results.append(result)
-            elif entry.kind == "cancel":
-                # A cancel still running at the terminal would be misread by a Query of
-                # the order (still approved): let the terminal finish first.
-                self._wait_idle(timeout)
-                answer, _ = self._transact_collect(m.Query(order_id=entry.order_id), (m.PayResult,), timeout,
-                                                   entry.order_id)
-                result = PaymentResult.from_message(answer)
-                self._journal_cancel(result, learnt_by_query=True)
-                results.append(result)
-            elif entry.kind == "refund":
-                if operator_password is None:
+            try:
+                results.append(self._recover_one(entry, timeout, operator_password))
+            except (TerminalRefused, RemoteProtocolError, PosTimeout) as exc:
+                # One operation the terminal will not resolve now must not keep the others
+                # unresolved: it stays unfinished (for the next recover) and is reported.
+                log.warning("recover: %s %s %s stays unfinished: %s", entry.kind, entry.order_id, entry.ref_id, exc)
+                text = f"not resolved: {type(exc).__name__}: {exc}"[:128]
+                if entry.kind == "refund":
                     results.append(RefundOutcome(entry.order_id, entry.ref_id, Outcome.UNKNOWN, entry.amount_minor,
-                                                 entry.currency, reason_text="needs the operator password to ask"
-                                                 " the terminal again (recover --operator-password)"))
-                    continue
-                self._wait_idle(timeout)
-                results.append(self.refund(entry.order_id, entry.amount_minor, entry.ref_id, operator_password,
-                                           currency=entry.currency, timeout=timeout))
+                                                 entry.currency, reason_text=text))
+                else:
+                    results.append(PaymentResult(entry.order_id, Outcome.UNKNOWN, entry.amount_minor,
+                                                 entry.currency, reason_text=text))
         return results
+
+    def _recover_one(self, entry: JournalEntry, timeout: float,
+                     operator_password: str | None) -> PaymentResult | RefundOutcome:
+        if entry.kind == "pay":
+            result = self.query(entry.order_id, timeout=timeout)
+            self._journal_result(result)
+            return result
+        if entry.kind == "cancel":
+            # A cancel still running at the terminal would be misread by a Query of
+            # the order (still approved): let the terminal finish first.
+            self._wait_idle(timeout)
+            answer, _ = self._transact_collect(m.Query(order_id=entry.order_id), (m.PayResult,), timeout,
+                                               entry.order_id)
+            result = PaymentResult.from_message(answer)
+            self._journal_cancel(result, learnt_by_query=True)
+            return result
+        if operator_password is None:
+            return RefundOutcome(entry.order_id, entry.ref_id, Outcome.UNKNOWN, entry.amount_minor,
+                                 entry.currency, reason_text="needs the operator password to ask"
+                                 " the terminal again (recover --operator-password)")
+        self._wait_idle(timeout)
+        return self.refund(entry.order_id, entry.amount_minor, entry.ref_id, operator_password,
+                           currency=entry.currency, timeout=timeout)
 
     def _wait_idle(self, timeout: float, pause: float = 0.2) -> None:
         """Wait (asking Status) until the terminal is IDLE or ``timeout`` passes."""

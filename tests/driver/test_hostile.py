@@ -116,6 +116,23 @@ def test_cancel_whose_answer_was_lost_is_recovered_by_query(term, journal):
     assert journal.unfinished() == [] and journal.get(paid.order_id, "cancel").outcome == "cancelled"
 
 
+def test_one_operation_the_terminal_refuses_does_not_stop_recover_of_the_others(term, journal, monkeypatch):
+    journal.record_sent("STUCK-1", "pay", "fake", 100, "CNY")
+    journal.record_sent("GONE-2", "pay", "fake", 200, "CNY")      # the terminal never heard of it
+    real_query = term.query
+
+    def query(order_id, timeout=10.0):
+        if order_id == "STUCK-1":
+            raise OutcomeMismatch("the terminal keeps answering another amount")
+        return real_query(order_id, timeout=timeout)
+
+    monkeypatch.setattr(term, "query", query)
+    results = {r.order_id: r for r in term.recover()}
+    assert results["STUCK-1"].result == "unknown" and "OutcomeMismatch" in results["STUCK-1"].reason_text
+    assert results["GONE-2"].result == "declined"                  # resolved despite the first
+    assert [e.order_id for e in journal.unfinished()] == ["STUCK-1"]  # left for the next recover
+
+
 # -- item 3: the driver checks what it is told ----------------------------------------------
 
 
