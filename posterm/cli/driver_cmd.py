@@ -347,7 +347,7 @@ def settle(operator_password, password_stdin, as_json, timeout, **kw):
 
 @click.command(epilog=EXIT_CODES_HELP)
 @port_options
-@click.option("--operator-password", envvar="POSTERM_OPERATOR_PASSWORD",
+@click.option("--operator-password", envvar="POSTERM_OPERATOR_PASSWORD", type=PASSWORD,
               help="Operator password, to re-send unfinished refunds (never prompted). [env POSTERM_OPERATOR_PASSWORD]")
 @click.option("--password-stdin", is_flag=True, help="Read the operator password from stdin.")
 @json_option
