@@ -28,13 +28,6 @@ FAST = ConcertConfig(enq_timeout=0.3, ack_timeout=0.3, frame_timeout=0.5, eot_ti
 
 
 @pytest.fixture
-def emu(tmp_path):
-    with EmulatedTerminal.start(home=tmp_path / "home", protocol="concert") as e:
-        yield e
-        assert e.error is None
-
-
-@pytest.fixture
 def emu_7e1(tmp_path):
     with EmulatedTerminal.start(home=tmp_path / "home", protocol="concert", line_format="7E1") as e:
         yield e

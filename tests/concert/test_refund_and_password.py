@@ -9,15 +9,7 @@ import pytest
 
 from firmware_protocol.messages import Outcome
 from posterm.concert.driver import ConcertTerminal
-from posterm.emulator.runner import EmulatedTerminal
 from posterm.errors import LocalProtocolError
-
-
-@pytest.fixture
-def emu(tmp_path):
-    with EmulatedTerminal.start(home=tmp_path / "home", protocol="concert") as e:
-        yield e
-        assert e.error is None
 
 
 @pytest.fixture
