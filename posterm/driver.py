@@ -406,6 +406,7 @@ class Terminal(PortSession):
 
     def hello(self, timeout: float = 3.0) -> TerminalInfo:
         """Say hello; learn who the terminal is and agree the protocol version."""
+        _check_timeout(timeout)
         reply = self._transact(self._hello_message(), (m.HelloReply,), timeout)
         return self._learn(reply)
 
@@ -422,6 +423,7 @@ class Terminal(PortSession):
 
     def status(self, timeout: float = 3.0) -> m.Status:
         """The terminal's state (answered even in the middle of a payment)."""
+        _check_timeout(timeout)
         return self._transact(m.StatusRequest(), (m.Status,), timeout)
 
     def pay(self, amount_minor: int, currency: str, order_id: str | None = None,
@@ -439,6 +441,7 @@ class Terminal(PortSession):
         """
         if type(amount_minor) is not int:
             raise LocalProtocolError("amount_minor must be an int of minor units (never a float)")
+        _check_timeout(timeout)
         order_id = order_id or new_order_id()
         request = m.PayRequest(amount_minor=amount_minor, currency=currency, order_id=order_id,
                                payment_code=payment_code, description=description, dynamic_qr=dynamic_qr)
@@ -506,6 +509,7 @@ class Terminal(PortSession):
         """Ask what became of ``order_id``. ``PENDING`` while the terminal is still on it;
         DECLINED with reason ORDER_NOT_FOUND (``result.not_found``) when the terminal and
         its host never heard of it."""
+        _check_timeout(timeout)
         answer, receipt = self._transact_collect(m.Query(order_id=order_id), (m.PayResult,), timeout, order_id)
         result = PaymentResult.from_message(answer, receipt)
         if self._journal is not None and self._journal.get(order_id) is not None:
@@ -520,6 +524,7 @@ class Terminal(PortSession):
         one the terminal cancels only an unpaid order and otherwise answers DECLINED
         (OPERATOR_PASSWORD_WRONG). Journaled as its own ``cancel`` entry before it is sent,
         so ``recover()`` resolves a cancel whose answer was lost (by querying the order)."""
+        _check_timeout(timeout)
         pay_entry = self._journal.get(order_id) if self._journal is not None else None
         self._journal_sent(order_id, "cancel", pay_entry.amount_minor if pay_entry else 0,
                            pay_entry.currency if pay_entry else "XXX")
@@ -539,6 +544,7 @@ class Terminal(PortSession):
         An approved answer for another order, refund id, amount or currency is a protocol
         error: the refund is asked once more (idempotent); if the answer is still wrong it
         is journaled and :class:`OutcomeMismatch` raised."""
+        _check_timeout(timeout)
         if type(amount_minor) is not int:
             raise LocalProtocolError("amount_minor must be an int of minor units (never a float)")
         if currency is None:
@@ -573,6 +579,7 @@ class Terminal(PortSession):
     def settle(self, operator_password: str, timeout: float = 60.0,
                on_progress: Callable[[m.Progress], None] | None = None) -> Settlement:
         """Close the batch: the terminal settles with the host and reports end-of-day totals."""
+        _check_timeout(timeout)
         answer, receipt = self._transact_collect(m.Settle(operator_password=operator_password),
                                                  (m.SettleReport,), timeout, None, on_progress)
         return Settlement(answer.batch_no, answer.totals, answer.host_agrees, answer.settled_at,
@@ -580,11 +587,13 @@ class Terminal(PortSession):
 
     def load_key(self, key_block: str, operator_password: str, timeout: float = 10.0) -> KeyInfo:
         """Send a TR-31 key block (the initial DUKPT key) to the PIN pad."""
+        _check_timeout(timeout)
         return self._key_info(self._transact(m.KeyLoad(key_block=key_block, operator_password=operator_password),
                                              (m.KeyStatus,), timeout))
 
     def key_status(self, timeout: float = 3.0) -> KeyInfo:
         """KSN, counters left and KCV of the PIN pad's key (never key bytes)."""
+        _check_timeout(timeout)
         return self._key_info(self._transact(m.KeyStatusRequest(), (m.KeyStatus,), timeout))
 
     def abort(self, order_id: str | None = None, timeout: float = 10.0) -> PaymentResult | None:
@@ -624,6 +633,7 @@ class Terminal(PortSession):
 
         Returns what was learnt, in journal order (final or still pending/unknown).
         """
+        _check_timeout(timeout)
         if self._journal is None:
             return []
         results: list[PaymentResult | RefundOutcome] = []
@@ -928,6 +938,16 @@ def _replace(result: PaymentResult, **changes: Any) -> PaymentResult:
     from dataclasses import replace
 
     return replace(result, **changes)
+
+
+#: The longest wait any one operation may be given (a day): a bound, not a policy.
+MAX_TIMEOUT = 86400.0
+
+
+def _check_timeout(timeout: float) -> None:
+    """A timeout is a finite number of seconds in (0, MAX_TIMEOUT]: nan or inf would wait forever."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_TIMEOUT:
+        raise LocalProtocolError(f"timeout must be a finite number of seconds in (0, {MAX_TIMEOUT:g}], not {timeout!r}")
 
 
 def _line_rate(url: str, settings: dict[str, Any]) -> float | None:

@@ -236,3 +236,14 @@ def test_link_event_overflow_is_a_link_failure(journal):
     t = Terminal(Flood(), journal=journal, link_config=LinkConfig(max_events=16))
     with pytest.raises(LinkFailed, match="flood"):
         t.status(timeout=5)
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), float("inf"), 0, -1.0, 1e12])
+def test_a_timeout_that_would_never_end_is_refused_before_anything_is_sent(term, journal, timeout):
+    from posterm.errors import LocalProtocolError
+
+    with pytest.raises(LocalProtocolError, match="timeout"):
+        term.pay(100, "CNY", order_id="NAN-1", payment_code=CODE + "01", timeout=timeout)
+    with pytest.raises(LocalProtocolError, match="timeout"):
+        term.query("NAN-1", timeout=timeout)
+    assert journal.get("NAN-1") is None                            # nothing journaled: nothing sent
