@@ -18,19 +18,9 @@ from firmware_protocol.messages import Outcome, Reason
 from firmware_protocol.tlv import encode
 
 from posterm.link import Link, LinkConfig, MessageReceived
+from posterm.testing.clock import FakeClock
 
 MAX_PENDING = 1 << 20  # bytes queued towards the ECR (the harness's own bound)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class HostileLine:

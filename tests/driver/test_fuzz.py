@@ -20,7 +20,8 @@ import pytest
 from posterm.driver import Terminal
 from posterm.errors import PosError
 from posterm.journal import Journal
-from tests.driver.hostile_line import FakeClock, HostileLine
+from posterm.testing.clock import FakeClock
+from tests.driver.hostile_line import HostileLine
 
 INPUTS = 20_000
 SEED = 20261201

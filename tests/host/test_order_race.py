@@ -136,9 +136,10 @@ def test_a_version_1_terminal_gets_a_decline_for_another_terminals_order(host, m
     assert (got.status, got.reason) == (h.HostStatus.DECLINED, m.Reason.ORDER_CONFLICT)
 
 
-def test_the_answer_lost_then_the_query_finds_the_order_another_terminals(host, tills):
-    a, b = tills
-    pay = m.PayRequest(amount_minor=100, currency="CNY", order_id="RACE-2", payment_code=CODE[1])
+def _both_pass_the_look_up_and_a_is_approved(a, b, order_id: str):
+    """Both terminals look the new order id up (nothing there), both send AuthRequest; A's is
+    answered (A owns the order). Returns B's AuthRequest call, not yet sent to the host."""
+    pay = m.PayRequest(amount_minor=100, currency="CNY", order_id=order_id, payment_code=CODE[1])
     a.fw.on_message(pay, 0.0)
     b.fw.on_message(pay, 0.0)
     (qa,), (qb,) = a.calls(), b.calls()
@@ -146,6 +147,12 @@ def test_the_answer_lost_then_the_query_finds_the_order_another_terminals(host, 
     b.answer(qb)
     (auth_a,), (auth_b,) = a.calls(), b.calls()
     a.answer(auth_a)
+    return auth_b
+
+
+def test_the_answer_lost_then_the_query_finds_the_order_another_terminals(host, tills):
+    a, b = tills
+    auth_b = _both_pass_the_look_up_and_a_is_approved(a, b, "RACE-2")
     b.link.request(auth_b.message, 5.0)                   # B's AuthRequest reaches the host ...
     b.now += 10
     b.fw.on_host_reply(auth_b.token, None, b.now, "PosTimeout")   # ... its answer is lost
@@ -157,14 +164,7 @@ def test_the_answer_lost_then_the_query_finds_the_order_another_terminals(host, 
 
 def test_aborted_while_authorising_an_order_that_turns_out_another_terminals(host, tills):
     a, b = tills
-    pay = m.PayRequest(amount_minor=100, currency="CNY", order_id="RACE-3", payment_code=CODE[1])
-    a.fw.on_message(pay, 0.0)
-    b.fw.on_message(pay, 0.0)
-    (qa,), (qb,) = a.calls(), b.calls()
-    a.answer(qa)
-    b.answer(qb)
-    (auth_a,), (auth_b,) = a.calls(), b.calls()
-    a.answer(auth_a)
+    auth_b = _both_pass_the_look_up_and_a_is_approved(a, b, "RACE-3")
     b.fw.on_message(m.Abort(order_id="RACE-3"), b.now)    # the ECR aborts B while its AuthRequest is out
     b.answer(auth_b)
     (rb,) = b.run_until_idle()
