@@ -8,7 +8,7 @@ Depends on ``construct`` only. Read PROTOCOL.md beside this file for the bytes.
     True
 """
 
-from firmware_protocol import host as host  # noqa: F401  registers the host messages
+from firmware_protocol.host import messages as host  # noqa: F401  registers the host messages
 from firmware_protocol.errors import (
     FieldError,
     FrameError,
@@ -17,7 +17,7 @@ from firmware_protocol.errors import (
     UnknownMandatoryField,
     UnknownMessageType,
 )
-from firmware_protocol.frame import (
+from firmware_protocol.native.frame import (
     LINK_VERSION,
     MAX_FRAME,
     MAX_PAYLOAD,
@@ -29,11 +29,11 @@ from firmware_protocol.frame import (
     decode_frame,
     encode_frame,
 )
-from firmware_protocol.messages import *  # noqa: F401,F403
-from firmware_protocol.messages import ECR_MESSAGES, PROTOCOL_VERSION
-from firmware_protocol.tlv import Message, message_types
-from firmware_protocol.tlv import decode as decode_message
-from firmware_protocol.tlv import encode as encode_message
+from firmware_protocol.native.messages import *  # noqa: F401,F403
+from firmware_protocol.native.messages import ECR_MESSAGES, PROTOCOL_VERSION
+from firmware_protocol.native.tlv import Message, message_types
+from firmware_protocol.native.tlv import decode as decode_message
+from firmware_protocol.native.tlv import encode as encode_message
 
 __all__ = [
     "BadFrame", "ECR_MESSAGES", "FieldError", "FrameError", "FrameKind", "Framer", "Garbage",

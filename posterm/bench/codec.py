@@ -25,7 +25,7 @@ import struct
 from typing import Any, Callable
 
 from firmware_protocol import FrameKind, Framer, LinkFrame, decode_message, encode_frame, encode_message
-from firmware_protocol.messages import Outcome, PayRequest, PayResult, Reason
+from firmware_protocol.native.messages import Outcome, PayRequest, PayResult, Reason
 
 from posterm.bench import emit, interleaved
 

@@ -63,9 +63,9 @@ PROGRESS_TIMEOUT = 90.0     # no operation finished in this long: the run is stu
 
 def _worker(argv: list[str]) -> int:
     """One driver incarnation; runs until killed (by the harness, or by itself at --die-after)."""
-    from posterm.driver import Terminal
+    from posterm.families.native.ecr import Terminal
     from posterm.errors import PosError
-    from posterm.journal import Journal
+    from posterm.ecr.journal import Journal
 
     p = argparse.ArgumentParser(prog="crash worker")
     p.add_argument("--port", required=True)

@@ -47,8 +47,8 @@ def _modules(secs: float) -> None:
     verify_pin is dominated by scrypt (deliberately slow: it is what makes a stolen
     verifier expensive to brute-force), so it is reported as its own figure.
     """
-    from posterm.crypto.host import Hsm
-    from posterm.crypto.terminal import SecureModule
+    from posterm.crypto.hsm import Hsm
+    from posterm.crypto.pinpad import SecureModule
 
     hsm = Hsm.ephemeral()
     sm = SecureModule()

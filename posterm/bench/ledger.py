@@ -42,8 +42,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--seconds", type=float, default=3.0, help="measuring time per figure (default 3)")
     ap.add_argument("--slices", type=int, default=6, help="alternating slices ceiling/host (default 6)")
     args = ap.parse_args(argv)
-    from firmware_protocol import host as h
-    from posterm.crypto.terminal import SecureModule
+    from firmware_protocol.host import messages as h
+    from posterm.crypto.pinpad import SecureModule
     from posterm.emulator.hostlink import SignedHostLink
     from posterm.host import Host
 

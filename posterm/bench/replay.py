@@ -19,9 +19,9 @@ from posterm.bench import emit
 
 
 def _recording(path: Path, payments: int) -> Path:
-    from firmware_protocol import messages as m
+    from firmware_protocol.native import messages as m
     from posterm.record import Recorder
-    from posterm.link import Link
+    from posterm.families.native.link import Link
 
     ecr, term = Link(), Link()
     with Recorder(path, side="ecr") as rec:

@@ -79,7 +79,7 @@ def port_options(fn: Callable) -> Callable:
 def _check_protocol(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     if value is None:
         return None
-    from posterm.protocols import family
+    from posterm.families import family
 
     try:
         return family(value).name
@@ -111,7 +111,7 @@ def setup_trace(enabled: bool) -> None:
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s.%(msecs)03d %(name)s %(message)s", "%H:%M:%S"))
-    for name in ("posterm.wire", "posterm.driver"):
+    for name in ("posterm.wire", "posterm.families.native.ecr"):
         logger = logging.getLogger(name)
         logger.setLevel(logging.DEBUG)
         logger.addHandler(handler)
@@ -154,7 +154,7 @@ def handle_errors(fn: Callable) -> Callable:
 #
 # Every command takes its values through these, so a bad value is refused while click
 # parses the command line (exit 2, one line naming the option) and never reaches a port,
-# a database or the wire. The limits are the wire contract's (firmware_protocol.messages).
+# a database or the wire. The limits are the wire contract's (firmware_protocol.native.messages).
 
 _DIGITS = re.compile(r"[0-9]+")
 _DECIMAL = re.compile(r"[0-9]{1,18}(?:\.[0-9]{1,6})?")
@@ -193,7 +193,7 @@ def minor_units(amount: Decimal, currency: str, param_hint: str, allow_zero: boo
     amount above what the wire's amount field carries (``MAX_AMOUNT_MINOR``).
     """
     from firmware_protocol.currency import exponent
-    from firmware_protocol.messages import MAX_AMOUNT_MINOR
+    from firmware_protocol.native.messages import MAX_AMOUNT_MINOR
 
     exp = exponent(currency)
     scaled = amount.scaleb(exp)
@@ -215,7 +215,7 @@ class AmountMinorType(click.ParamType):
     name = "integer"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        from firmware_protocol.messages import MAX_AMOUNT_MINOR
+        from firmware_protocol.native.messages import MAX_AMOUNT_MINOR
 
         if isinstance(value, int):
             text = str(value)

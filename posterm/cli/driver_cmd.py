@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from firmware_protocol.currency import CURRENCIES, format_minor
-from firmware_protocol.messages import Outcome
+from firmware_protocol.native.messages import Outcome
 
 from posterm.cli.common import (
     AMOUNT,
@@ -53,7 +53,7 @@ def _mismatch_exit(exc: PosError, as_json: bool) -> None:
 
 
 def _open_port(kw: dict[str, Any]):
-    from posterm.driver import Terminal
+    from posterm.families.native.ecr import Terminal
 
     port = kw.pop("port")
     if not port:
@@ -210,7 +210,7 @@ def pay(amount, amount_minor, currency, payment_code, order_id, description, dyn
       posterm pay --port /dev/ttyUSB0 --amount 12.34 --currency CNY \\
                   --payment-code 289900000000000001 --json
     """
-    from posterm.driver import OutcomeMismatch
+    from posterm.families.native.ecr import OutcomeMismatch
 
     value = _amount(amount, amount_minor, currency)
     if dynamic_qr and payment_code:
@@ -304,7 +304,7 @@ def cancel(order_id, operator_password, password_stdin, as_json, timeout, **kw):
 def refund(order_id, amount, amount_minor, currency, refund_id, operator_password, password_stdin, as_json,
            timeout, **kw):
     """Refund part or all of a paid ORDER_ID."""
-    from posterm.driver import OutcomeMismatch
+    from posterm.families.native.ecr import OutcomeMismatch
 
     value = _amount(amount, amount_minor, currency)
     pw = _password(operator_password, password_stdin)
@@ -392,14 +392,14 @@ def doctor(as_json, quick, **kw):
     Tries the configured settings, then common ones (115200 and 9600; 8N1,
     7E1, 8N2), and reports which answered a Hello.
     """
-    from posterm.driver import Terminal
+    from posterm.families.native.ecr import Terminal
     from posterm.transport import open_transport
 
     port = kw.pop("port")
     if not port:
         raise click.UsageError("no port: give --port or set POSTERM_PORT")
     kw.pop("trace"), kw.pop("journal_path"), kw.pop("reconnect"), kw.pop("record", None)
-    from posterm.protocols import family
+    from posterm.families import family
 
     fam = family(kw.pop("protocol", None))
     settings = {**fam.serial_defaults, **serial_settings(kw)}

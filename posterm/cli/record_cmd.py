@@ -20,7 +20,7 @@ _EVENT_COLOUR = {"nak": "red", "bad_frame": "red", "retransmit": "yellow", "garb
 
 
 def _default_baud(protocol: str | None) -> int:
-    from posterm.protocols import family
+    from posterm.families import family
 
     return int(family(protocol or "posterm").serial_defaults.get("baudrate", 115200))
 
@@ -234,7 +234,7 @@ def replay(file: str, role: str, port: str | None, baud: int | None, port_file: 
       4  transport or link failure
     """
     from posterm.record import load
-    from posterm.record.concert import CONCERT_MASKS, ConcertReplayTerminal, replay_concert_ecr
+    from posterm.families.concert.record import CONCERT_MASKS, ConcertReplayTerminal, replay_concert_ecr
     from posterm.record.replay import DEFAULT_MASKS, ReplayTerminal, build_script, replay_ecr, stdin_step
 
     recording = load(file)
@@ -275,7 +275,7 @@ def replay(file: str, role: str, port: str | None, baud: int | None, port_file: 
     from posterm.transport import open_transport
 
     if concert:
-        from posterm.protocols import CONCERT
+        from posterm.families import CONCERT
 
         settings: dict[str, Any] = {}
         if not port.startswith(("tcp://", "virtual://", "pty://")):

@@ -6,13 +6,13 @@
     blocks (formats 0, 3, 4), TR-31 key blocks (versions B and D; A and C read-only), AES DUKPT
     (ANSI X9.24-3) and TDES DUKPT (ANSI X9.24-1) derivation; salted scrypt verifiers
     (``posterm.crypto.verifier``, re-exported by ``common``).
-``posterm.crypto.terminal``
+``posterm.crypto.pinpad``
     The PIN pad's secure module: DUKPT state, PIN entry, request MACs, sealed persistence,
-    the operator transaction password.  Never imports ``posterm.crypto.host``.
-``posterm.crypto.host``
+    the operator transaction password.  Never imports ``posterm.crypto.hsm``.
+``posterm.crypto.hsm``
     The host's HSM: base derivation keys, key-block protection keys, PIN verification
     against payment-secret verifiers, response MACs.  Never imports
-    ``posterm.crypto.terminal``.
+    ``posterm.crypto.pinpad``.
 
 The import boundary is checked by the ``[tool.importlinter]`` contracts in
 ``pyproject.toml`` and by ``tests/crypto/test_boundary.py`` (which also runs ``lint-imports``).  This package ``__init__``

@@ -2,7 +2,7 @@
 
 Inputs (time is always passed in)::
 
-    fw.on_link_event(event, now)          # MessageReceived / UndecodableMessage from posterm.link
+    fw.on_link_event(event, now)          # MessageReceived / UndecodableMessage from posterm.families.native.link
     fw.on_host_reply(token, reply, now)   # the host's answer to a HostCall (None: no answer)
     fw.tick(now)                          # timers: polls, timeouts, the customer, reconciliation
 
@@ -33,16 +33,16 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from firmware_protocol import host as h
-from firmware_protocol.host import pin_pan
-from firmware_protocol import messages as m
+from firmware_protocol.host import messages as h
+from firmware_protocol.host.messages import pin_pan
+from firmware_protocol.native import messages as m
 from firmware_protocol.currency import format_minor
 from firmware_protocol.errors import UnknownMessageType
-from firmware_protocol.messages import Outcome, Reason, Stage, TerminalState as S
-from firmware_protocol.tlv import Message
+from firmware_protocol.native.messages import Outcome, Reason, Stage, TerminalState as S
+from firmware_protocol.native.tlv import Message
 
 from posterm.emulator import states
-from posterm.emulator.journal import OrderRecord, TerminalJournal
+from posterm.emulator.orders import OrderRecord, OrderStore
 from posterm.emulator.peripherals import (
     Customer,
     Display,
@@ -55,8 +55,8 @@ from posterm.emulator.peripherals import (
 )
 from posterm.emulator.scenario import Action, PaymentScript, Scenario
 from posterm.errors import PosError
-from posterm.link import MessageReceived, UndecodableMessage
-from posterm.redact import mask_code
+from posterm.families.native.link import MessageReceived, UndecodableMessage
+from posterm.families.native.redact import mask_code
 
 log = logging.getLogger("posterm.emulator")
 
@@ -216,7 +216,7 @@ def _utc_now() -> datetime:
 class Firmware:
     """The terminal's firmware. Not thread-safe: one loop owns it (the runner's terminal thread)."""
 
-    def __init__(self, identity: Identity, journal: TerminalJournal, pinpad: PinPad, keypad: OperatorKeypad, *,
+    def __init__(self, identity: Identity, journal: OrderStore, pinpad: PinPad, keypad: OperatorKeypad, *,
                  config: FirmwareConfig | None = None, scenario: Scenario | None = None,
                  wallclock: Callable[[], datetime] = _utc_now) -> None:
         self.identity = identity

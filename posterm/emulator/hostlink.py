@@ -11,19 +11,19 @@ import dataclasses
 import os
 import threading
 
-from firmware_protocol import host as h
+from firmware_protocol.host import messages as h
 from firmware_protocol.errors import ProtocolError
-from firmware_protocol.messages import Reason
-from firmware_protocol.tlv import encode as tlv_encode
+from firmware_protocol.native.messages import Reason
+from firmware_protocol.native.tlv import encode as tlv_encode
 
-from posterm.crypto.terminal import SecureModule
+from posterm.crypto.pinpad import SecureModule
 from posterm.errors import PosError, RemoteProtocolError
 
 
 class HostRefusedLogon(PosError):
     """The host refused this terminal's logon (unknown terminal, bad proof, replay).
 
-    ``reason`` is the :class:`~firmware_protocol.messages.Reason` the host gave
+    ``reason`` is the :class:`~firmware_protocol.native.messages.Reason` the host gave
     (``MAC_INVALID`` when the host's own proof was wrong). The request that needed the
     logon was not processed by the host.
     """
@@ -63,7 +63,7 @@ class SignedHostLink:
         return reply
 
     def logon(self, timeout: float = 5.0) -> str:
-        """Mutual challenge-response (see firmware_protocol.host). Returns the session id."""
+        """Mutual challenge-response (see firmware_protocol.host.messages). Returns the session id."""
         with self._lock:
             tn = os.urandom(16)
             challenge = self._exchange(h.LogonRequest(

@@ -3,7 +3,7 @@ keypad, and the customer who uses them (driven by a scenario).
 
 The firmware never sees PIN digits: the customer presses keys on the
 :class:`PinPad`, which passes each digit straight to the secure module
-(:mod:`posterm.crypto.terminal`) and gives the firmware only the encrypted PIN
+(:mod:`posterm.crypto.pinpad`) and gives the firmware only the encrypted PIN
 block. The secure module and the operator-password object are injected (the
 runner builds them), so this module imports no host code and no key material.
 """
@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from firmware_protocol.messages import Reason
+from firmware_protocol.native.messages import Reason
 
 from posterm.emulator.scenario import DEFAULT_CODE, DEMO_PIN, STAGE_OF, Action, PaymentScript
 from posterm.errors import CryptoError, PosError
@@ -88,7 +88,7 @@ class PinBlock:
         return f"PinBlock(ksn={self.ksn.hex().upper()}, format={self.format}, block=<redacted>)"
 
 
-class SecureModule(Protocol):  # what posterm.crypto.terminal provides (duck-typed)
+class SecureModule(Protocol):  # what posterm.crypto.pinpad provides (duck-typed)
     def begin_pin_entry(self, pan: str) -> Any: ...
     def press(self, digit: str) -> Any: ...
     def finish(self) -> Any: ...
@@ -158,7 +158,7 @@ class PinPad:
 class OperatorKeypad:
     """The merchant's keypad: checks the operator password for refund, settle and key load.
 
-    ``checker`` is :class:`posterm.crypto.terminal.OperatorPassword` (or anything with
+    ``checker`` is :class:`posterm.crypto.pinpad.OperatorPassword` (or anything with
     ``verify(password) -> bool`` that raises when locked). Five wrong tries lock it.
     """
 

@@ -28,17 +28,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from firmware_protocol import messages as m
+from firmware_protocol.native import messages as m
 
-from posterm.crypto.terminal import OperatorPassword, SecureModule
+from posterm.crypto.pinpad import OperatorPassword, SecureModule
 from posterm.emulator.firmware import Firmware, FirmwareConfig, Identity
 from posterm.emulator.hostlink import HostRefusedLogon, SignedHostLink
-from posterm.emulator.journal import TerminalJournal
+from posterm.emulator.orders import OrderStore
 from posterm.emulator.peripherals import OperatorKeypad, PinPad
 from posterm.emulator.scenario import Scenario, load_scenario
 from posterm.errors import ConfigError, Disconnected, PosError, TransportError
 from posterm.home import posterm_home
-from posterm.link import Link, LinkConfig, MessageReceived, SendQueueFull
+from posterm.families.native.link import Link, LinkConfig, MessageReceived, SendQueueFull
 from posterm.safefs import private_dir
 
 log = logging.getLogger("posterm.emulator")
@@ -108,7 +108,7 @@ class EmulatedTerminal:
     """One emulated terminal. Start with :meth:`start`; a context manager."""
 
     def __init__(self, transport, port: str, firmware: Firmware, hostlink: SignedHostLink, *, host=None,
-                 listener=None, journal: TerminalJournal, link_config: LinkConfig | None = None,
+                 listener=None, journal: OrderStore, link_config: LinkConfig | None = None,
                  faults: str | None = None, record: str | Path | None = None, line_link=None,
                  protocol: str = "posterm") -> None:
         self.port = port
@@ -121,7 +121,7 @@ class EmulatedTerminal:
         self._record = Path(record) if record else None
         self.protocol = protocol
         self._transport = self._wrap(transport) if transport is not None else None
-        # posterm's Link, or another family's terminal-side link of the same shape (posterm.protocols)
+        # posterm's Link, or another family's terminal-side link of the same shape (posterm.families)
         self._link = line_link if line_link is not None else Link(link_config or LinkConfig())
         self._calls: queue.Queue = queue.Queue()
         self._replies: queue.Queue = queue.Queue()
@@ -157,7 +157,7 @@ class EmulatedTerminal:
         """Start a terminal on a new pty (default) or ``listen`` (``tcp://127.0.0.1:PORT``).
 
         ``host``: ``"embedded"`` (a host in this process, state under ``home``) or
-        ``tcp://HOST:PORT``. ``protocol``: a family of :mod:`posterm.protocols`.
+        ``tcp://HOST:PORT``. ``protocol``: a family of :mod:`posterm.families`.
         ``line_format``: ``8N1`` or ``7E1``/``7O1`` (seven bits and parity, carried on the
         pty exactly as a UART puts them on the wire). Raises ConfigError / TransportError.
         """
@@ -188,7 +188,7 @@ class EmulatedTerminal:
             bits, parity, stop = parse_line_format(line_format)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        from posterm.protocols import family
+        from posterm.families import family
 
         fam = family(protocol)
         line_link = None if fam.name == "posterm" else fam.make_terminal_link(operator_password=operator_password)
@@ -204,7 +204,7 @@ class EmulatedTerminal:
             embedded, client = _embedded_host(home, **(host_options or {}))
             hsm = embedded.hsm
         elif host.startswith("tcp://"):
-            from posterm.crypto.host import Hsm
+            from posterm.crypto.hsm import Hsm
             from posterm.host.client import TcpHostClient
 
             client, hsm = TcpHostClient(host), None
@@ -216,7 +216,7 @@ class EmulatedTerminal:
         if not module.status().loaded:
             module.inject_kbpk(hsm.kbpk_for_injection(terminal_id))
             module.load_key_block(hsm.initial_key_block(terminal_id).block)
-        journal = TerminalJournal(state / "journal.db")
+        journal = OrderStore(state / "journal.db")
         if isinstance(scenario, (str, Path)):
             scenario = load_scenario(scenario)
         identity = Identity(terminal_id=terminal_id, merchant_id=merchant_id, location=location)

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from firmware_protocol.messages import Outcome, Reason
+from firmware_protocol.native.messages import Outcome, Reason
 
 from posterm.errors import ConfigError
 

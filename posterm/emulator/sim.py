@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from firmware_protocol.tlv import Message
+from firmware_protocol.native.tlv import Message
 
 from posterm.emulator.firmware import Firmware, WalletCall
 from posterm.errors import PosError
-from posterm.link import LinkConfig, MessageReceived, SendFailed
+from posterm.families.native.link import LinkConfig, MessageReceived, SendFailed
 from posterm.testing.linkpair import LinkPair, LossyWire
 
 

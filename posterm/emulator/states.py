@@ -30,7 +30,7 @@ table: they are allowed in every state.
 
 from __future__ import annotations
 
-from firmware_protocol.messages import TerminalState as S
+from firmware_protocol.native.messages import TerminalState as S
 
 from posterm.errors import PosError
 

@@ -29,10 +29,10 @@ import select
 import threading
 import time
 
-from firmware_protocol import frame as fr
-from firmware_protocol import host as h
-from firmware_protocol.messages import Reason
-from firmware_protocol.tlv import encode as tlv_encode
+from firmware_protocol.native import frame as fr
+from firmware_protocol.host import messages as h
+from firmware_protocol.native.messages import Reason
+from firmware_protocol.native.tlv import encode as tlv_encode
 
 from posterm.errors import Disconnected, PosTimeout, TransportError
 from posterm.host.wire import read_message

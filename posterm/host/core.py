@@ -1,6 +1,6 @@
 """The payment host: authorisation, confirmation, query, cancel, refund, settlement.
 
-Requests arrive as :mod:`firmware_protocol.host` messages, MAC'd by the terminal's PIN
+Requests arrive as :mod:`firmware_protocol.host.messages` messages, MAC'd by the terminal's PIN
 pad; :meth:`Host.handle` verifies the MAC and that the KSN counter increases (a replay
 is refused), applies account security, limits and risk rules, moves money in a
 double-entry ledger exactly once per (merchant, order id), and answers signed by the
@@ -24,14 +24,14 @@ from pathlib import Path
 from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
-from firmware_protocol import host as h
+from firmware_protocol.host import messages as h
 from firmware_protocol.currency import CURRENCIES
 from firmware_protocol.errors import ProtocolError
-from firmware_protocol.host import pin_pan
-from firmware_protocol.messages import MAX_AMOUNT_MINOR, Outcome, Reason, Totals
-from firmware_protocol.tlv import encode as tlv_encode
+from firmware_protocol.host.messages import pin_pan
+from firmware_protocol.native.messages import MAX_AMOUNT_MINOR, Outcome, Reason, Totals
+from firmware_protocol.native.tlv import encode as tlv_encode
 
-from posterm.crypto.host import Hsm
+from posterm.crypto.hsm import Hsm
 from posterm.errors import CryptoError, PosError, PosTimeout
 from posterm.host import risk
 from posterm.host.store import Store, check_ledger, local_day
@@ -148,7 +148,7 @@ class Host:
 
     def issue_terminal_key(self, terminal_id: str, algorithm: str = "AES"):
         """A new initial DUKPT key for a registered terminal, as a TR-31 block under its KBPK
-        (:meth:`posterm.crypto.host.Hsm.issue_initial_key`: a new key id, so no KSN the host
+        (:meth:`posterm.crypto.hsm.Hsm.issue_initial_key`: a new key id, so no KSN the host
         has seen). Returns the IssuedKey (block, initial KSN, KCV). Raises HostRefused for a
         terminal the host does not know, CryptoError from the HSM."""
         if self.store.read().execute("SELECT 1 FROM terminals WHERE id = ?", (terminal_id,)).fetchone() is None:

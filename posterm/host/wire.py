@@ -12,11 +12,11 @@ import threading
 import time
 from dataclasses import dataclass
 
-from firmware_protocol import frame as fr
-from firmware_protocol import host as h
+from firmware_protocol.native import frame as fr
+from firmware_protocol.host import messages as h
 from firmware_protocol.errors import ProtocolError
-from firmware_protocol.tlv import decode as tlv_decode
-from firmware_protocol.tlv import encode as tlv_encode
+from firmware_protocol.native.tlv import decode as tlv_decode
+from firmware_protocol.native.tlv import encode as tlv_encode
 from posterm.errors import Disconnected, RemoteProtocolError, TransportError
 
 log = logging.getLogger("posterm.host.wire")

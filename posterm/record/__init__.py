@@ -5,7 +5,7 @@
     t = RecordingTransport(transport, "session.jsonl", side="ecr", protocol="concert")  # Ingenico Concert
 
 See :mod:`posterm.record.format` for the file format, :mod:`posterm.record.replay`
-for replay, :mod:`posterm.record.concert` for Concert sessions, docs/record.md for the commands.
+for replay, :mod:`posterm.families.concert.record` for Concert sessions, docs/record.md for the commands.
 """
 
 from posterm.record.format import (

@@ -10,7 +10,7 @@ One JSON object per line, in this order:
   seconds since the header). Secret bytes are replaced by ``2A`` (``*``).
 * ``{"type": "frame", "t", "wall", "from", "kind", "seq", "hex", "msg",
   "redacted", "retransmit"}``: one decoded frame per direction (a Framer per
-  direction). ``msg`` is :func:`posterm.redact.message_fields` (secrets masked);
+  direction). ``msg`` is :func:`posterm.families.native.redact.message_fields` (secrets masked);
   ``redacted`` names the masked fields, so replay can substitute them.
 * ``{"type": "event", "t", "wall", "from", "event", ...}``: link events seen on
   the line: ``ack``, ``nak``, ``retransmit`` (``cause`` nak/timeout),
@@ -24,7 +24,7 @@ doubt, mask), and so does a partial frame still buffered at close.
 
 The header's ``protocol`` names the protocol family on the line: ``posterm`` (also
 when absent: recordings made before families existed) or ``concert`` (Ingenico
-Concert; records as described in :mod:`posterm.record.concert`: frames have ``kind``
+Concert; records as described in :mod:`posterm.families.concert.record`: frames have ``kind``
 ``request``/``answer`` and no ``seq``, control bytes are ``enq``/``ack``/``nak``/``eot``
 events, the answer's ``report`` keeps only its last 4 characters).
 """
@@ -42,14 +42,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, TextIO
 
 from firmware_protocol import concert as cc
-from firmware_protocol import frame as fr
-from firmware_protocol import messages as m
+from firmware_protocol.native import frame as fr
+from firmware_protocol.native import messages as m
 from firmware_protocol.errors import ProtocolError
-from firmware_protocol.tlv import decode
+from firmware_protocol.native.tlv import decode
 
 from posterm import __version__
 from posterm.errors import ConfigError
-from posterm.redact import MASK_BYTE, message_fields, redact_frame, redacted_spans
+from posterm.families.native.redact import MASK_BYTE, message_fields, redact_frame, redacted_spans
 from posterm.safefs import private_dir, private_file
 
 FORMAT = "posterm-recording"
@@ -315,7 +315,7 @@ class Recorder:
     # -- Concert -------------------------------------------------------------
 
     def _drain_concert(self, d: _Direction, items: list, t: float, wall: float) -> None:
-        from posterm.record.concert import CONTROL_EVENTS
+        from posterm.families.concert.record import CONTROL_EVENTS
 
         other = self._dirs["terminal" if d.sender == "ecr" else "ecr"]
         for item in items:
@@ -338,7 +338,7 @@ class Recorder:
                 self._concert_frame(d, other, bytes(item), start, base)
 
     def _concert_frame(self, d: _Direction, other: _Direction, raw: bytes, start: int, base: dict[str, Any]) -> None:
-        from posterm.record.concert import bad_frame_reason, concert_fields, decode_frame, report_span
+        from posterm.families.concert.record import bad_frame_reason, concert_fields, decode_frame, report_span
 
         try:
             msg = decode_frame(raw, d.sender)

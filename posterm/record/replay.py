@@ -2,13 +2,13 @@
 
 Replay works on messages, not byte offsets: the recording's DATA frames are
 turned back into messages (redacted secrets substituted), and each side runs its
-own :class:`posterm.link.Link`, so sequence numbers and ACKs are right for the live
+own :class:`posterm.families.native.link.Link`, so sequence numbers and ACKs are right for the live
 peer whatever happened on the recorded line (retransmissions are skipped).
 
 Concert recordings (header ``protocol: concert``): :func:`build_script` returns their
 request/answer exchanges and :func:`replay_ecr` hands them to
-:func:`posterm.record.concert.replay_concert_ecr`; the terminal side is
-:class:`posterm.record.concert.ConcertReplayTerminal`.
+:func:`posterm.families.concert.record.replay_concert_ecr`; the terminal side is
+:class:`posterm.families.concert.record.ConcertReplayTerminal`.
 """
 
 from __future__ import annotations
@@ -23,15 +23,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from firmware_protocol import frame as fr
-from firmware_protocol import messages as m
+from firmware_protocol.native import frame as fr
+from firmware_protocol.native import messages as m
 from firmware_protocol.errors import ProtocolError
-from firmware_protocol.tlv import Message, decode, message_types, split_items
+from firmware_protocol.native.tlv import Message, decode, message_types, split_items
 
 from posterm.errors import ConfigError, Disconnected, LinkFailed
-from posterm.link import Link, LinkConfig, MessageReceived, SendFailed, UndecodableMessage
+from posterm.families.native.link import Link, LinkConfig, MessageReceived, SendFailed, UndecodableMessage
 from posterm.record.format import Recording
-from posterm.redact import message_fields
+from posterm.families.native.redact import message_fields
 
 # Fields that change on every run of the same session: never diffed.
 DEFAULT_MASKS = frozenset({"session", "paid_at", "trade_no", "ksn", "settled_at", "batch_no", "kcv",
@@ -120,7 +120,7 @@ def build_script(recording: Recording, secrets: dict[str, str] | None = None) ->
     A Concert recording gives Concert requests and answers (``secrets`` unused: Concert
     carries none)."""
     if recording.header.get("protocol") == "concert":
-        from posterm.record.concert import build_concert_script
+        from posterm.families.concert.record import build_concert_script
 
         return build_concert_script(recording)
     script: list[Exchange] = []
@@ -421,10 +421,10 @@ def replay_ecr(transport: Any, script: list[Exchange], *, speed: float = 1.0, fa
     terminal messages as were recorded (waiting up to the recorded time x1.5 + 2 s,
     at least ``min_wait``). Returns an :class:`EcrReplayResult`; raises
     :class:`LinkFailed` when the terminal does not ACK, :class:`Disconnected`.
-    A Concert script goes to :func:`posterm.record.concert.replay_concert_ecr` (``masks``
+    A Concert script goes to :func:`posterm.families.concert.record.replay_concert_ecr` (``masks``
     posterm's defaults then mean Concert's: ``report``).
     """
-    from posterm.record.concert import CONCERT_MASKS, is_concert_script, replay_concert_ecr
+    from posterm.families.concert.record import CONCERT_MASKS, is_concert_script, replay_concert_ecr
 
     if is_concert_script(script):
         return replay_concert_ecr(transport, script, speed=speed, fast=fast, step=step, loops=loops,
@@ -497,7 +497,7 @@ def _with_prefixes(mapping: dict[str, str]) -> dict[str, str]:
 
 def _fresh_id(old: str) -> str:
     """A new id shaped like ``old``: its letter prefix, then UTC time and random hex."""
-    from posterm.driver import new_order_id
+    from posterm.families.native.ecr import new_order_id
 
     prefix = re.match(r"[A-Za-z]*", old).group(0)[:8] or "RP"  # type: ignore[union-attr]
     return new_order_id(prefix)

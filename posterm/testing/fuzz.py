@@ -15,9 +15,9 @@ import socket
 import tty
 from collections import Counter
 
-from firmware_protocol import frame as fr
-from firmware_protocol import messages as m
-from firmware_protocol.tlv import encode
+from firmware_protocol.native import frame as fr
+from firmware_protocol.native import messages as m
+from firmware_protocol.native.tlv import encode
 
 # Valid messages the terminal must take in any state: requests that cannot charge or lock
 # anything (no PayRequest, no operator password), and messages only a terminal sends.
@@ -153,7 +153,7 @@ class HostileEcr:
         import select
         import time
 
-        from firmware_protocol.tlv import decode
+        from firmware_protocol.native.tlv import decode
 
         hello = fr.encode_frame(fr.FrameKind.DATA, 0, encode(m.Hello(protocol_version=1)))
         # Answers come in order: once the answer to this query (an order id used nowhere

@@ -1,4 +1,4 @@
-"""Two :class:`~posterm.link.Link` ends joined by a lossy virtual wire, on a fake clock.
+"""Two :class:`~posterm.families.native.link.Link` ends joined by a lossy virtual wire, on a fake clock.
 
 The wire works per frame (what one ``data_to_send()`` holds is split into its
 frames) and can drop, duplicate, corrupt (flip one bit) and reorder them, from a
@@ -10,10 +10,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from firmware_protocol import frame as fr
-from firmware_protocol.tlv import Message
+from firmware_protocol.native import frame as fr
+from firmware_protocol.native.tlv import Message
 
-from posterm.link import Delivered, Event, Link, LinkConfig, MessageReceived, SendFailed
+from posterm.families.native.link import Delivered, Event, Link, LinkConfig, MessageReceived, SendFailed
 
 
 @dataclass

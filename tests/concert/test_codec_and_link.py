@@ -14,7 +14,7 @@ from firmware_protocol.concert import (
     MAX_FRAME, Status, TxnType, frame, lrc,
 )
 from firmware_protocol.errors import ProtocolError
-from posterm.concert.link import ConcertConfig, ConcertLink, Delivered, FrameRejected, Received, SendFailed
+from posterm.families.concert.link import ConcertConfig, ConcertLink, Delivered, FrameRejected, Received, SendFailed
 
 telium = pytest.importorskip("telium")  # the independent implementation (test extra)
 from telium.payment import TeliumAsk, TeliumResponse  # noqa: E402
@@ -307,13 +307,13 @@ def test_ecr_link_acks_only_what_the_caller_accepts():
 
 
 def test_front_reports_undelivered_answers_to_the_firmware():
-    from firmware_protocol import messages as msgs
-    from posterm.concert.terminal import ConcertTerminalLink
+    from firmware_protocol.native import messages as msgs
+    from posterm.families.concert.front import ConcertFront
     from posterm.emulator.firmware import ResultDelivery
-    from posterm.link import MessageReceived
+    from posterm.families.native.link import MessageReceived
 
     cfg = ConcertConfig(enq_timeout=0.2, ack_timeout=0.3, frame_timeout=0.3, eot_timeout=0.4)
-    front = ConcertTerminalLink("246810", cfg)
+    front = ConcertFront("246810", cfg)
     req = ConcertRequest(amount_minor=500, currency_numeric=156, private="Q000000001")
     front.receive_data(bytes([ENQ]), 0.0)
     front.receive_data(req.encode() + bytes([EOT]), 0.0)

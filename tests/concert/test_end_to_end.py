@@ -13,10 +13,10 @@ import tty
 
 import pytest
 
-from firmware_protocol.messages import Outcome
-from posterm.concert.driver import ConcertTerminal, Unsupported
-from posterm.concert.link import ConcertConfig
-from posterm.driver import Terminal
+from firmware_protocol.native.messages import Outcome
+from posterm.families.concert.ecr import ConcertTerminal, Unsupported
+from posterm.families.concert.link import ConcertConfig
+from posterm.families.native.ecr import Terminal
 from posterm.emulator.runner import EmulatedTerminal
 from posterm.errors import LinkFailed
 

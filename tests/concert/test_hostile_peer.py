@@ -9,14 +9,14 @@ import tracemalloc
 
 import pytest
 
-from firmware_protocol import messages as m
+from firmware_protocol.native import messages as m
 from firmware_protocol.concert import ACK, ENQ, EOT, MAX_FRAME, NAK, STX, ETX, ConcertRequest, TxnType, frame
-from firmware_protocol.messages import Outcome
-from posterm.concert.driver import ConcertTerminal
-from posterm.concert.link import OUT_CAP, ConcertConfig, ConcertLink, Received
-from posterm.concert.terminal import ConcertTerminalLink
+from firmware_protocol.native.messages import Outcome
+from posterm.families.concert.ecr import ConcertTerminal
+from posterm.families.concert.link import OUT_CAP, ConcertConfig, ConcertLink, Received
+from posterm.families.concert.front import ConcertFront
 from posterm.emulator.runner import EmulatedTerminal
-from posterm.link import MessageReceived
+from posterm.families.native.link import MessageReceived
 
 CFG = ConcertConfig(enq_timeout=0.2, ack_timeout=0.3, frame_timeout=0.3, eot_timeout=0.4)
 GOOD = ConcertRequest(amount_minor=1250, currency_numeric=156, txn_type=TxnType.DEBIT, private="F000000001")
@@ -46,7 +46,7 @@ def hostile(rng: random.Random) -> bytes:
     return b""                                                                  # silence: time passes
 
 
-def good_payment(front: ConcertTerminalLink, now: float) -> float:
+def good_payment(front: ConcertFront, now: float) -> float:
     """A clean ECR pays through the front after the storm; returns the time."""
     ecr = ConcertLink("ecr", CFG)
     wire = ecr.send(GOOD, now)
@@ -75,7 +75,7 @@ def good_payment(front: ConcertTerminalLink, now: float) -> float:
 @pytest.mark.slow
 def test_seeded_fuzz_of_the_concert_front():
     rng = random.Random(20261201)
-    front = ConcertTerminalLink("246810", CFG)
+    front = ConcertFront("246810", CFG)
     now, inputs, deaf = 0.0, 0, False
     tracemalloc.start()
     try:

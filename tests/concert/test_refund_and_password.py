@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from firmware_protocol.messages import Outcome
-from posterm.concert.driver import ConcertTerminal
+from firmware_protocol.native.messages import Outcome
+from posterm.families.concert.ecr import ConcertTerminal
 from posterm.errors import LocalProtocolError
 
 

@@ -11,8 +11,8 @@ import tty
 import pytest
 
 from firmware_protocol.concert import ACK, ENQ, EOT, ConcertRequest, TxnType
-from firmware_protocol.messages import Outcome
-from posterm.concert.driver import ConcertTerminal
+from firmware_protocol.native.messages import Outcome
+from posterm.families.concert.ecr import ConcertTerminal
 from posterm.emulator.runner import EmulatedTerminal
 from posterm.errors import PosTimeout
 

@@ -17,14 +17,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_import_boundary_in_the_source():
-    for side, forbidden in (("terminal", "posterm.crypto.host"), ("host", "posterm.crypto.terminal")):
+    for side, forbidden in (("pinpad", "posterm.crypto.hsm"), ("hsm", "posterm.crypto.pinpad")):
         tree = ast.parse((ROOT / "posterm" / "crypto" / f"{side}.py").read_text())
         names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module} | \
                 {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         assert forbidden not in names and not any(n.startswith(forbidden) for n in names)
 
 
-@pytest.mark.parametrize("side, other", [("terminal", "host"), ("host", "terminal")])
+@pytest.mark.parametrize("side, other", [("pinpad", "hsm"), ("hsm", "pinpad")])
 def test_importing_one_side_never_loads_the_other(side, other):
     code = (f"import sys, posterm.crypto.{side}; "
             f"sys.exit(1 if 'posterm.crypto.{other}' in sys.modules else 0)")

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from posterm.crypto import common as c
-from posterm.crypto.host import Hsm
-from posterm.crypto.terminal import OperatorPassword, SecureModule
+from posterm.crypto.hsm import Hsm
+from posterm.crypto.pinpad import OperatorPassword, SecureModule
 from posterm.errors import CryptoError
 
 PIN = "147258"
@@ -111,7 +111,7 @@ def test_state_survives_restart_and_never_reuses_a_ksn(pad, tmp_path):
 
 def test_counters_are_reserved_in_blocks_and_never_reused_after_a_crash(pad, tmp_path, monkeypatch):
     from posterm.crypto import sealed
-    from posterm.crypto.terminal import KSN_RESERVE
+    from posterm.crypto.pinpad import KSN_RESERVE
 
     writes = []
     real_save = sealed.save
@@ -501,7 +501,7 @@ def test_tdes_terminals_get_distinct_persistent_ksns(tmp_path):
 
 
 def test_transaction_key_cache_is_bounded_and_correct(monkeypatch, hsm):
-    import posterm.crypto.host as host_mod
+    import posterm.crypto.hsm as host_mod
 
     monkeypatch.setattr(host_mod, "TK_CACHE_SIZE", 3)
     fresh = Hsm.ephemeral()

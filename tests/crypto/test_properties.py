@@ -109,8 +109,8 @@ def test_tdes_next_counter_is_the_next_valid_one(counter):
 
 @pytest.fixture(scope="module")
 def hsm_and_pads():
-    from posterm.crypto.host import Hsm
-    from posterm.crypto.terminal import SecureModule
+    from posterm.crypto.hsm import Hsm
+    from posterm.crypto.pinpad import SecureModule
 
     hsm = Hsm.ephemeral()
     pads = {}
@@ -138,7 +138,7 @@ def test_pad_and_hsm_agree_at_any_counter(hsm_and_pads, alg, counter, data):
 @pytest.mark.parametrize("alg", ["AES", "TDES"])
 def test_psec_unwraps_the_hsm_issued_key_blocks(alg):
     """The HSM's B1 blocks (with IK/KS and KC optional blocks) are standard: psec reads them."""
-    from posterm.crypto.host import Hsm
+    from posterm.crypto.hsm import Hsm
 
     hsm = Hsm.ephemeral()
     issued = hsm.initial_key_block("T0000001", alg)
@@ -178,6 +178,6 @@ def test_encrypted_format_0_and_3_round_trip(pin, pan, key, fill):
 @given(st.integers(min_value=1, max_value=0xFFFF), st.integers(min_value=1, max_value=16))
 def test_counters_left_arithmetic_matches_brute_force(limit, max_ones):
     """status().counters_left comes from this count; check it where brute force is cheap."""
-    from posterm.crypto.terminal import _count_valid_upto
+    from posterm.crypto.pinpad import _count_valid_upto
 
     assert _count_valid_upto(limit, max_ones, 16) == sum(1 for v in range(1, limit + 1) if v.bit_count() <= max_ones)

@@ -1,4 +1,4 @@
-"""A small scripted terminal on posterm.link, for driver tests that need exact
+"""A small scripted terminal on posterm.families.native.link, for driver tests that need exact
 control of the terminal's behaviour (silence, errors, garbage, mid-flow cuts).
 End-to-end behaviour against the real emulator is tested in tests/emulator and
 tests/integration."""
@@ -8,11 +8,11 @@ from __future__ import annotations
 import threading
 import time
 
-from firmware_protocol import messages as m
-from firmware_protocol.messages import Outcome, Reason
+from firmware_protocol.native import messages as m
+from firmware_protocol.native.messages import Outcome, Reason
 
 from posterm.errors import Disconnected
-from posterm.link import Link, LinkConfig, MessageReceived, UndecodableMessage
+from posterm.families.native.link import Link, LinkConfig, MessageReceived, UndecodableMessage
 
 
 class FakeTerminal(threading.Thread):
@@ -128,8 +128,8 @@ class FakeTerminal(threading.Thread):
                 self.send(self.result(msg, Outcome.APPROVED))
             elif code.endswith("14"):
                 # Raw DATA frames, not through the link's stop-and-wait: a flood does not wait for ACKs.
-                from firmware_protocol import frame as fr
-                from firmware_protocol.tlv import encode
+                from firmware_protocol.native import frame as fr
+                from firmware_protocol.native.tlv import encode
 
                 payload = encode(m.Print(order_id=msg.order_id, lines=("x" * 64,) * 32))
                 for i in range(self.flood):

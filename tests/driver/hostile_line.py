@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import random
 
-from firmware_protocol import frame as fr
-from firmware_protocol import messages as m
-from firmware_protocol.messages import Outcome, Reason
-from firmware_protocol.tlv import encode
+from firmware_protocol.native import frame as fr
+from firmware_protocol.native import messages as m
+from firmware_protocol.native.messages import Outcome, Reason
+from firmware_protocol.native.tlv import encode
 
-from posterm.link import Link, LinkConfig, MessageReceived
+from posterm.families.native.link import Link, LinkConfig, MessageReceived
 from posterm.testing.clock import FakeClock
 
 MAX_PENDING = 1 << 20  # bytes queued towards the ECR (the harness's own bound)

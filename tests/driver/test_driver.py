@@ -1,4 +1,4 @@
-"""posterm.driver.Terminal against a scripted fake terminal (exact control of the far end)."""
+"""posterm.families.native.ecr.Terminal against a scripted fake terminal (exact control of the far end)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import time
 
 import pytest
 
-from firmware_protocol import messages as m
-from firmware_protocol.messages import Outcome, Reason
-from posterm.driver import PaymentResult, Terminal, TerminalRefused, new_order_id
+from firmware_protocol.native import messages as m
+from firmware_protocol.native.messages import Outcome, Reason
+from posterm.families.native.ecr import PaymentResult, Terminal, TerminalRefused, new_order_id
 from posterm.errors import Disconnected, LinkFailed, LocalProtocolError, PosTimeout
-from posterm.journal import Journal
-from posterm.link import LinkConfig
+from posterm.ecr.journal import Journal
+from posterm.families.native.link import LinkConfig
 from tests.driver.fake_terminal import TRANSPORTS, make_pair
 
 CODE_OK = "289900000000000001"

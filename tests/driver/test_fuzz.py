@@ -1,4 +1,4 @@
-"""Driver fuzz: a seeded hostile terminal (tests/driver/hostile_line.py) against posterm.driver.Terminal.
+"""Driver fuzz: a seeded hostile terminal (tests/driver/hostile_line.py) against posterm.families.native.ecr.Terminal.
 
 The rule: whatever the line does, the driver raises nothing but its typed errors
 (posterm.errors.PosError), the journal never downgrades an approved row, its memory stays bounded, and afterwards a good payment
@@ -17,9 +17,9 @@ import tracemalloc
 
 import pytest
 
-from posterm.driver import Terminal
+from posterm.families.native.ecr import Terminal
 from posterm.errors import PosError
-from posterm.journal import Journal
+from posterm.ecr.journal import Journal
 from posterm.testing.clock import FakeClock
 from tests.driver.hostile_line import HostileLine
 

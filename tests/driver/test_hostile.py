@@ -8,11 +8,11 @@ import tracemalloc
 
 import pytest
 
-from firmware_protocol import messages as m
-from firmware_protocol.messages import Outcome, Reason
-from posterm.driver import MAX_RECEIPT_LINES, OutcomeMismatch, Terminal
+from firmware_protocol.native import messages as m
+from firmware_protocol.native.messages import Outcome, Reason
+from posterm.families.native.ecr import MAX_RECEIPT_LINES, OutcomeMismatch, Terminal
 from posterm.errors import LinkFailed, PosTimeout
-from posterm.journal import Journal
+from posterm.ecr.journal import Journal
 from tests.driver.fake_terminal import make_pair
 
 CODE = "2899000000000000"
@@ -212,14 +212,14 @@ def _driver_snapshot() -> tracemalloc.Snapshot:
 
 
 def test_link_event_overflow_is_a_link_failure(journal):
-    from posterm.link import LinkConfig
+    from posterm.families.native.link import LinkConfig
 
     class Flood:
         """A transport that returns far more frames than asked in one read."""
 
         def __init__(self):
-            from firmware_protocol import frame as fr
-            from firmware_protocol.tlv import encode
+            from firmware_protocol.native import frame as fr
+            from firmware_protocol.native.tlv import encode
 
             payload = encode(m.Progress(order_id="F", stage=m.Stage.AUTHORISING, text="x"))
             self.data = b"".join(fr.encode_frame(fr.FrameKind.DATA, i, payload) for i in range(40))

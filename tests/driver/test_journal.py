@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from posterm.journal import MAX_ATTEMPTS_PER_OP, OUTCOME_RANK, Journal
+from posterm.ecr.journal import MAX_ATTEMPTS_PER_OP, OUTCOME_RANK, Journal
 from posterm.safefs import UnsafePath
 
 OUTCOMES = ["approved", "declined", "cancelled", "unknown", "pending"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from firmware_protocol import messages as m
-from posterm.driver import Terminal
-from posterm.journal import Journal
+from firmware_protocol.native import messages as m
+from posterm.families.native.ecr import Terminal
+from posterm.ecr.journal import Journal
 
 CODE = "289900000000000001"
 PW = "246810"

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 
-from firmware_protocol.messages import Outcome, Reason
-from posterm.driver import Terminal
+from firmware_protocol.native.messages import Outcome, Reason
+from posterm.families.native.ecr import Terminal
 from posterm.emulator.firmware import FirmwareConfig
 from posterm.emulator.runner import EmulatedTerminal
 from posterm.errors import PosError
@@ -110,9 +110,9 @@ def test_kill_minus_nine_mid_flow_then_restart_reconciles(tmp_path):
         assert host.check_books() == []
     finally:
         host.close()
-    from posterm.emulator.journal import TerminalJournal
+    from posterm.emulator.orders import OrderStore
 
-    j = TerminalJournal(home / "terminals" / "T0000001" / "journal.db")
+    j = OrderStore(home / "terminals" / "T0000001" / "journal.db")
     try:
         assert j.unfinished() == [] and j.get("KILL-1").outcome is Outcome.CANCELLED
     finally:

@@ -7,17 +7,17 @@ import logging
 
 import pytest
 
-from firmware_protocol import host as h
-from firmware_protocol import messages as m
-from posterm.crypto.terminal import OperatorPassword, SecureModule
+from firmware_protocol.host import messages as h
+from firmware_protocol.native import messages as m
+from posterm.crypto.pinpad import OperatorPassword, SecureModule
 from posterm.emulator.firmware import Firmware, FirmwareConfig, Identity
-from posterm.emulator.journal import TerminalJournal
+from posterm.emulator.orders import OrderStore
 from posterm.emulator.peripherals import OperatorKeypad, PinPad
 
 
 @pytest.fixture
 def fw(tmp_path):
-    journal = TerminalJournal(tmp_path / "journal.db")
+    journal = OrderStore(tmp_path / "journal.db")
     firmware = Firmware(Identity(), journal, PinPad(SecureModule()),
                         OperatorKeypad(OperatorPassword(password="246810")), config=FirmwareConfig(print_time=0.01))
     firmware.start(0.0)
@@ -199,7 +199,7 @@ def test_no_answer_to_the_look_up_declines_nothing_charged(fw):
 
 
 def test_the_look_up_can_be_turned_off(tmp_path):
-    journal = TerminalJournal(tmp_path / "j.db")
+    journal = OrderStore(tmp_path / "j.db")
     try:
         fw = Firmware(Identity(), journal, PinPad(SecureModule()), OperatorKeypad(OperatorPassword(password="1")),
                       config=FirmwareConfig(check_new_orders=False))

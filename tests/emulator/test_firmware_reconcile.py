@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from firmware_protocol import host as h
-from firmware_protocol.messages import Outcome, Reason
-from posterm.crypto.terminal import OperatorPassword, SecureModule
+from firmware_protocol.host import messages as h
+from firmware_protocol.native.messages import Outcome, Reason
+from posterm.crypto.pinpad import OperatorPassword, SecureModule
 from posterm.emulator.firmware import Firmware, FirmwareConfig, Identity
-from posterm.emulator.journal import TerminalJournal
+from posterm.emulator.orders import OrderStore
 from posterm.emulator.peripherals import OperatorKeypad, PinPad
 
 CFG = FirmwareConfig(reconcile_base=1.0, reconcile_max=8.0)
@@ -17,7 +17,7 @@ CFG = FirmwareConfig(reconcile_base=1.0, reconcile_max=8.0)
 
 @pytest.fixture
 def journal(tmp_path):
-    j = TerminalJournal(tmp_path / "journal.db")
+    j = OrderStore(tmp_path / "journal.db")
     j.begin_order("K-1", 1234, "CNY", "0005", False, "2026-11-22T10:00:00+00:00")  # then: kill -9
     yield j
     j.close()

@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from firmware_protocol.messages import Outcome, Reason, Stage
-from posterm.driver import Terminal
+from firmware_protocol.native.messages import Outcome, Reason, Stage
+from posterm.families.native.ecr import Terminal
 
 CODE = {n: f"28990000000000000{n}" for n in range(1, 9)}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from posterm.driver import Terminal
+from posterm.families.native.ecr import Terminal
 from posterm.emulator.runner import EmulatedTerminal
 from posterm.testing.fuzz import HostileEcr
 

@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from firmware_protocol import frame as fr
-from firmware_protocol import host as h
-from firmware_protocol.messages import Outcome, Reason
-from firmware_protocol.tlv import encode as tlv_encode
-from posterm.driver import Terminal
+from firmware_protocol.native import frame as fr
+from firmware_protocol.host import messages as h
+from firmware_protocol.native.messages import Outcome, Reason
+from firmware_protocol.native.tlv import encode as tlv_encode
+from posterm.families.native.ecr import Terminal
 from posterm.emulator import EmulatedTerminal
 from posterm.errors import Disconnected, TransportError
 from posterm.host import Host

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from firmware_protocol.messages import Outcome, Reason
-from posterm.emulator.journal import TerminalJournal
+from firmware_protocol.native.messages import Outcome, Reason
+from posterm.emulator.orders import OrderStore
 
 NOW = "2026-11-22T10:00:00+00:00"
 
 
 @pytest.fixture
 def journal(tmp_path):
-    j = TerminalJournal(tmp_path / "journal.db")
+    j = OrderStore(tmp_path / "journal.db")
     j.begin_order("P-1", 100_000, "CNY", "0001", False, NOW)
     j.finish_order("P-1", Outcome.APPROVED, Reason.NONE, NOW)
     yield j

@@ -9,10 +9,10 @@ import tty
 
 import pytest
 
-from firmware_protocol import frame as fr
-from firmware_protocol.messages import Outcome, Reason, StatusRequest
-from firmware_protocol.tlv import encode
-from posterm.driver import Terminal
+from firmware_protocol.native import frame as fr
+from firmware_protocol.native.messages import Outcome, Reason, StatusRequest
+from firmware_protocol.native.tlv import encode
+from posterm.families.native.ecr import Terminal
 from posterm.emulator.runner import EmulatedTerminal
 from posterm.errors import PosError
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 EXAMPLE = '''
-from posterm.driver import Terminal
+from posterm.families.native.ecr import Terminal
 
 
 def test_checkout(posterm_terminal):

@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from firmware_protocol.messages import Outcome, Reason
-from posterm.driver import Terminal
+from firmware_protocol.native.messages import Outcome, Reason
+from posterm.families.native.ecr import Terminal
 from posterm.emulator import Fleet, parse_scenario
 from posterm.emulator.firmware import FirmwareConfig
 from posterm.errors import ConfigError

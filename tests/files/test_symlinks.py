@@ -50,25 +50,25 @@ def _host(home: Path) -> None:
 
 
 def _driver_journal(home: Path) -> None:
-    from posterm.journal import Journal
+    from posterm.ecr.journal import Journal
 
     Journal().close()  # the default: $POSTERM_HOME/driver-journal.db
 
 
 def _terminal_journal(home: Path) -> None:
-    from posterm.emulator.journal import TerminalJournal, journal_path
+    from posterm.emulator.orders import OrderStore, journal_path
 
-    TerminalJournal(journal_path("T0000001", home)).close()
+    OrderStore(journal_path("T0000001", home)).close()
 
 
 def _pinpad(home: Path) -> None:
-    from posterm.crypto.terminal import SecureModule
+    from posterm.crypto.pinpad import SecureModule
 
     SecureModule(home / "terminals" / "T0000001" / "pinpad.sealed").inject_kbpk(os.urandom(16))
 
 
 def _operator(home: Path) -> None:
-    from posterm.crypto.terminal import OperatorPassword
+    from posterm.crypto.pinpad import OperatorPassword
 
     OperatorPassword(home / "terminals" / "T0000001" / "operator.sealed", password="246810")
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from posterm.crypto.terminal import SecureModule
+from posterm.crypto.pinpad import SecureModule
 from posterm.emulator.hostlink import SignedHostLink
 from posterm.host import Host
 

@@ -101,7 +101,7 @@ def test_text_output_prints_times_as_iso_8601_with_offset(tmp_path, monkeypatch)
     import re
     import time as _time
 
-    from firmware_protocol import host as h
+    from firmware_protocol.host import messages as h
     from posterm.host import Host
     from tests.host.conftest import CODE, terminal
 

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from posterm.cli import main
-from posterm.crypto.terminal import SecureModule
+from posterm.crypto.pinpad import SecureModule
 from posterm.host import Host
 
 

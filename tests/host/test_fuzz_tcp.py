@@ -18,9 +18,9 @@ import tracemalloc
 
 import pytest
 
-from firmware_protocol import host as h
-from firmware_protocol.frame import CRC_SIZE, HEADER_SIZE, FrameKind, encode_frame
-from firmware_protocol.tlv import encode as tlv_encode
+from firmware_protocol.host import messages as h
+from firmware_protocol.native.frame import CRC_SIZE, HEADER_SIZE, FrameKind, encode_frame
+from firmware_protocol.native.tlv import encode as tlv_encode
 from posterm.host.client import TcpHostClient
 from posterm.host.server import ServerLimits, serve
 from tests.protocol.mutate import mutate, reframe

@@ -9,9 +9,9 @@ import threading
 
 import pytest
 
-from firmware_protocol import host as h
-from firmware_protocol.host import HostStatus as S, pin_pan
-from firmware_protocol.messages import Outcome, Reason, Totals
+from firmware_protocol.host import messages as h
+from firmware_protocol.host.messages import HostStatus as S, pin_pan
+from firmware_protocol.native.messages import Outcome, Reason, Totals
 from posterm.errors import PosTimeout
 from posterm.host import Host, HostRefused
 from tests.host.conftest import CODE, PIN, terminal
@@ -385,8 +385,8 @@ def test_a_newer_terminals_optional_items_stay_under_the_mac_over_tcp(host):
     import dataclasses
     import time
 
-    from firmware_protocol import frame as fr
-    from firmware_protocol.tlv import encode as tlv_encode
+    from firmware_protocol.native import frame as fr
+    from firmware_protocol.native.tlv import encode as tlv_encode
     from posterm.host.client import TcpHostClient
     from posterm.host.server import serve
     from posterm.host.wire import read_message

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from firmware_protocol import host as h
-from firmware_protocol.tlv import encode as tlv_encode
+from firmware_protocol.host import messages as h
+from firmware_protocol.native.tlv import encode as tlv_encode
 from posterm.errors import RemoteProtocolError
 
 from .conftest import terminal

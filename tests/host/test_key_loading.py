@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from firmware_protocol.messages import Outcome, Reason
-from posterm.crypto.host import Hsm
-from posterm.crypto.terminal import SecureModule
-from posterm.driver import Terminal
+from firmware_protocol.native.messages import Outcome, Reason
+from posterm.crypto.hsm import Hsm
+from posterm.crypto.pinpad import SecureModule
+from posterm.families.native.ecr import Terminal
 from posterm.errors import CryptoError
 
 OPERATOR = "246810"

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from firmware_protocol import host as h
-from firmware_protocol.host import HostStatus as S, pin_pan
+from firmware_protocol.host import messages as h
+from firmware_protocol.host.messages import HostStatus as S, pin_pan
 from posterm.host import Host
 from tests.host.conftest import CODE, PIN, terminal
 

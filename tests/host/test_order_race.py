@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import pytest
 
-from firmware_protocol import host as h
-from firmware_protocol import messages as m
-from posterm.crypto.terminal import OperatorPassword, SecureModule
+from firmware_protocol.host import messages as h
+from firmware_protocol.native import messages as m
+from posterm.crypto.pinpad import OperatorPassword, SecureModule
 from posterm.emulator.firmware import Firmware, FirmwareConfig, Identity
 from posterm.emulator.hostlink import SignedHostLink
-from posterm.emulator.journal import TerminalJournal
+from posterm.emulator.orders import OrderStore
 from posterm.emulator.peripherals import OperatorKeypad, PinPad
 
 from .conftest import CODE, terminal
@@ -35,7 +35,7 @@ class Till:
             host.register_terminal(tid, "M100000001", "CN-SH")
         self.link = SignedHostLink(self.module, host.client(), terminal_id=tid, merchant_id="M100000001",
                                    firmware_version="test 1", location="CN-SH")
-        self.journal = TerminalJournal(tmp_path / f"{tid}.db")
+        self.journal = OrderStore(tmp_path / f"{tid}.db")
         self.fw = Firmware(Identity(terminal_id=tid), self.journal, PinPad(self.module),
                            OperatorKeypad(OperatorPassword(password=OPERATOR)), config=FirmwareConfig(print_time=0.01))
         self.fw.start(0.0)

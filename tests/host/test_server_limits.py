@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from firmware_protocol import host as h
+from firmware_protocol.host import messages as h
 from posterm.host.client import TcpHostClient
 from posterm.host.server import ServerLimits, serve
 

@@ -9,8 +9,8 @@ import stat
 
 import pytest
 
-from firmware_protocol import host as h
-from firmware_protocol.host import HostStatus as S
+from firmware_protocol.host import messages as h
+from firmware_protocol.host.messages import HostStatus as S
 from posterm.host import Host
 from posterm.host.store import Store
 from tests.host.conftest import CODE

@@ -1,4 +1,4 @@
-"""posterm.link: ACK/NAK, retransmission, duplicate suppression, resync, bounds."""
+"""posterm.families.native.link: ACK/NAK, retransmission, duplicate suppression, resync, bounds."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firmware_protocol import frame as fr
-from firmware_protocol.messages import PayRequest, Query, StatusRequest
-from firmware_protocol.tlv import encode
+from firmware_protocol.native import frame as fr
+from firmware_protocol.native.messages import PayRequest, Query, StatusRequest
+from firmware_protocol.native.tlv import encode
 from posterm.errors import LocalProtocolError
-from posterm.link import (
+from posterm.families.native.link import (
     Delivered,
     DuplicateIgnored,
     FrameRejected,
@@ -226,7 +226,7 @@ def test_failed_send_is_reported_not_silent():
 
 def test_ack_timer_allows_for_the_frame_on_a_slow_line():
     from firmware_protocol import Print, encode_message
-    from posterm.link import Link, LinkConfig
+    from posterm.families.native.link import Link, LinkConfig
 
     big = Print(lines=tuple("x" * 40 for _ in range(60)))
     frame_len = 8 + len(encode_message(big)) + 2
@@ -241,7 +241,7 @@ def test_ack_timer_allows_for_the_frame_on_a_slow_line():
 
 
 def test_the_driver_gives_serial_lines_their_rate():
-    from posterm.driver import _line_rate
+    from posterm.families.native.ecr import _line_rate
 
     assert _line_rate("/dev/ttyUSB0", {"baudrate": 9600}) == pytest.approx(960.0)
     assert _line_rate("/dev/ttyS0", {"baudrate": 9600, "bytesize": 7, "parity": "E"}) == pytest.approx(960.0)
@@ -251,7 +251,7 @@ def test_the_driver_gives_serial_lines_their_rate():
 
 
 def test_overflow_is_typed_and_a_flood_of_false_starts_is_one_event():
-    from posterm.link import EventQueueFull, GarbageSkipped, SendQueueFull
+    from posterm.families.native.link import EventQueueFull, GarbageSkipped, SendQueueFull
 
     a = Link(LinkConfig(max_queue=2))
     for i in range(3):
@@ -272,7 +272,7 @@ def test_overflow_is_typed_and_a_flood_of_false_starts_is_one_event():
 
 
 def test_control_frames_for_a_peer_that_takes_nothing_are_bounded():
-    from posterm.link import MAX_CONTROL_BACKLOG
+    from posterm.families.native.link import MAX_CONTROL_BACKLOG
 
     b = Link()
     bad = bytearray(fr.encode_frame(fr.FrameKind.DATA, 3, encode(q(3))))

@@ -11,7 +11,7 @@ import random
 import struct
 
 from firmware_protocol import FrameKind, encode_frame, encode_message, message_types
-from firmware_protocol.frame import CRC_SIZE, HEADER_SIZE, MAX_PAYLOAD, SOF, crc16
+from firmware_protocol.native.frame import CRC_SIZE, HEADER_SIZE, MAX_PAYLOAD, SOF, crc16
 
 from tests.protocol.strategies import catalogue, fixture_frames, random_message
 

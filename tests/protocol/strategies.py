@@ -19,8 +19,8 @@ from typing import Any
 from hypothesis import strategies as st
 
 from firmware_protocol import FieldError, Message, message_types
-from firmware_protocol.messages import AMOUNT, CURRENCY, U32, Totals
-from firmware_protocol.tlv import Blob, Codec, EnumCodec, Flag, StructCodec, Text, UInt
+from firmware_protocol.native.messages import AMOUNT, CURRENCY, U32, Totals
+from firmware_protocol.native.tlv import Blob, Codec, EnumCodec, Flag, StructCodec, Text, UInt
 
 MAX_REPEATS = 6        # repeated fields: enough to see order kept, far below the payload cap
 BLOB_CAP = 64          # no Blob in the catalogue is longer; keeps messages small

@@ -31,9 +31,9 @@ from firmware_protocol import (
     encode_message,
     message_types,
 )
-from firmware_protocol.frame import _HEADER, MAX_PAYLOAD, SOF, Frame, FrameHeader, decode_frame_reference
-from firmware_protocol.messages import Outcome, Reason, Stage
-from firmware_protocol.tlv import decode_reference, split_items
+from firmware_protocol.native.frame import _HEADER, MAX_PAYLOAD, SOF, Frame, FrameHeader, decode_frame_reference
+from firmware_protocol.native.messages import Outcome, Reason, Stage
+from firmware_protocol.native.tlv import decode_reference, split_items
 
 from tests.protocol.mutate import corpus, mutate
 from tests.protocol.strategies import catalogue, random_message

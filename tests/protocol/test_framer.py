@@ -23,8 +23,8 @@ from firmware_protocol import (
     encode_frame,
     encode_message,
 )
-from firmware_protocol.frame import CRC_SIZE, HEADER_SIZE, SOF, crc16
-from firmware_protocol.messages import Outcome, PayRequest, PayResult
+from firmware_protocol.native.frame import CRC_SIZE, HEADER_SIZE, SOF, crc16
+from firmware_protocol.native.messages import Outcome, PayRequest, PayResult
 
 PAY = PayRequest(amount_minor=12345, currency="CNY", order_id="ORD-20261201-000123",
                  payment_code="289900000000000001", description="2x coffee")
@@ -289,8 +289,8 @@ def test_the_link_delivers_a_frame_hidden_behind_a_false_start():
     import struct
 
     from firmware_protocol import PayRequest, encode_message
-    from firmware_protocol.frame import FrameKind, encode_frame
-    from posterm.link import Link, MessageReceived
+    from firmware_protocol.native.frame import FrameKind, encode_frame
+    from posterm.families.native.link import Link, MessageReceived
 
     msg = PayRequest(amount_minor=5, currency="CNY", order_id="X")
     real = encode_frame(FrameKind.DATA, 0, encode_message(msg))

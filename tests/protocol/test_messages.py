@@ -22,9 +22,9 @@ from firmware_protocol import (
     encode_message,
     message_types,
 )
-from firmware_protocol.host import HOST_MESSAGES
-from firmware_protocol.messages import PayRequest, Print, Query
-from firmware_protocol.tlv import OPTIONAL_TAG_BIT, Codec, decode_reference, encode, split_items
+from firmware_protocol.host.messages import HOST_MESSAGES
+from firmware_protocol.native.messages import PayRequest, Print, Query
+from firmware_protocol.native.tlv import OPTIONAL_TAG_BIT, Codec, decode_reference, encode, split_items
 
 from tests.protocol.strategies import (
     any_message,
@@ -241,6 +241,9 @@ def test_package_names_do_not_shadow_its_modules():
 
     import firmware_protocol
 
-    for name in ("tlv", "frame", "host", "messages", "currency", "errors", "concert"):
+    for name in ("native", "host", "currency", "errors", "concert"):
         __import__(f"firmware_protocol.{name}")
         assert isinstance(getattr(firmware_protocol, name), types.ModuleType), name
+    for name in ("tlv", "frame", "messages"):
+        __import__(f"firmware_protocol.native.{name}")
+        assert isinstance(getattr(firmware_protocol.native, name), types.ModuleType), name

@@ -10,7 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from firmware_protocol.messages import Outcome
+from firmware_protocol.native.messages import Outcome
 
 OPERATOR = "246810"
 # The emulator's phone confirmation polls this fast in the goldens (the Alipay default is 5 s).
@@ -81,7 +81,7 @@ def start_emulator(home: Path, protocol: str = "posterm"):
 
 def record(name: str, out: Path, home: Path) -> Path:
     """Run flow ``name`` against a fresh emulator, recording the ECR side to ``out/name.jsonl``."""
-    from posterm.driver import Terminal
+    from posterm.families.native.ecr import Terminal
 
     path = out / f"{name}.jsonl"
     protocol = PROTOCOL.get(name, "posterm")

@@ -24,11 +24,11 @@ from firmware_protocol.concert import (
     ConcertRequest,
     Status,
 )
-from firmware_protocol.messages import Outcome
-from posterm.concert.driver import ConcertTerminal
-from posterm.driver import Terminal
+from firmware_protocol.native.messages import Outcome
+from posterm.families.concert.ecr import ConcertTerminal
+from posterm.families.native.ecr import Terminal
 from posterm.record import Recorder, RecordingError, load
-from posterm.record.concert import REPORT_OFFSET, ConcertReplayTerminal
+from posterm.families.concert.record import REPORT_OFFSET, ConcertReplayTerminal
 from posterm.record.pcapng import INBOUND, LINKTYPE_USER1, OUTBOUND, read_pcapng, write_pcapng
 from posterm.record.replay import build_script, replay_ecr
 from posterm.record.tap import Tap

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from firmware_protocol import frame as fr
-from firmware_protocol import messages as m
-from firmware_protocol.messages import Outcome
-from firmware_protocol.tlv import encode
-from posterm.driver import Terminal
-from posterm.driver import OutcomeMismatch
-from posterm.journal import Journal
+from firmware_protocol.native import frame as fr
+from firmware_protocol.native import messages as m
+from firmware_protocol.native.messages import Outcome
+from firmware_protocol.native.tlv import encode
+from posterm.families.native.ecr import Terminal
+from posterm.families.native.ecr import OutcomeMismatch
+from posterm.ecr.journal import Journal
 from posterm.record import Recorder, RecordingError, RecordingTransport, load, recording_path
 from posterm.record.pcapng import INBOUND, LINKTYPE_USER0, OUTBOUND, read_pcapng, write_pcapng
 from posterm.record.replay import ReplayTerminal, build_script, replay_ecr
@@ -276,8 +276,8 @@ def test_golden_replays_against_the_emulator_and_the_driver(golden, tmp_path):
             t.close()
     assert result.ok, "\n".join(map(str, result.diffs))
     if protocol == "concert":
-        from posterm.concert.driver import ConcertTerminal
-        from posterm.record.concert import ConcertReplayTerminal
+        from posterm.families.concert.ecr import ConcertTerminal
+        from posterm.families.concert.record import ConcertReplayTerminal
 
         ecr, term_side = VirtualTransport.pair()
         player = ConcertReplayTerminal(term_side, script, fast=True)

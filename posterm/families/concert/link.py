@@ -160,7 +160,7 @@ class ConcertLink:
         self.stats = {"sent": 0, "received": 0, "retransmitted": 0, "naks_sent": 0, "failed": 0,
                       "duplicates": 0, "garbage_bytes": 0, "refused": 0, "out_dropped": 0}
 
-    # -- the sans-IO surface (same shape as posterm.link.Link) -------------------
+    # -- the sans-IO surface (same shape as posterm.families.native.link.Link) -------------------
 
     @property
     def state(self) -> str:
@@ -268,7 +268,7 @@ class ConcertLink:
         return pending
 
     def start_session(self) -> None:
-        """Concert has no sessions (kept for the shape of posterm.link.Link)."""
+        """Concert has no sessions (kept for the shape of posterm.families.native.link.Link)."""
 
     # -- internals ---------------------------------------------------------------------
 

@@ -24,9 +24,9 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from firmware_protocol import frame as fr
+from firmware_protocol.native import frame as fr
 from firmware_protocol.errors import ProtocolError
-from firmware_protocol.tlv import Message, decode, encode
+from firmware_protocol.native.tlv import Message, decode, encode
 
 from posterm.errors import LocalProtocolError
 

@@ -1,6 +1,6 @@
-"""Drive an Ingenico Concert (Telium) terminal with the :class:`posterm.driver.Terminal` API.
+"""Drive an Ingenico Concert (Telium) terminal with the :class:`posterm.families.native.ecr.Terminal` API.
 
-    from posterm.driver import Terminal
+    from posterm.families.native.ecr import Terminal
 
     with Terminal.open("/dev/ttyACM0", protocol="concert") as term:      # USB: 9600 8N1
         result = term.pay(1250, "EUR")
@@ -47,15 +47,15 @@ from firmware_protocol.concert import (
     Status,
     TxnType,
 )
-from firmware_protocol.messages import Outcome, Reason
+from firmware_protocol.native.messages import Outcome, Reason
 
-from posterm.concert import new_private_id
-from posterm.concert.link import ConcertConfig, ConcertLink, Delivered, FrameRejected, GarbageSkipped, Received, SendFailed
-from posterm.driver import DEFAULT_PAY_TIMEOUT, PaymentResult, PortSession, RefundOutcome, TerminalInfo
+from posterm.families.concert import new_private_id
+from posterm.families.concert.link import ConcertConfig, ConcertLink, Delivered, FrameRejected, GarbageSkipped, Received, SendFailed
+from posterm.families.native.ecr import DEFAULT_PAY_TIMEOUT, PaymentResult, PortSession, RefundOutcome, TerminalInfo
 from posterm.errors import LinkFailed, LocalProtocolError, PosTimeout
-from posterm.journal import Journal
+from posterm.ecr.journal import Journal
 
-log = logging.getLogger("posterm.driver.concert")
+log = logging.getLogger("posterm.families.native.ecr.concert")
 wire_log = logging.getLogger("posterm.wire")
 
 
@@ -102,7 +102,7 @@ class ConcertTerminal(PortSession):
              pos_number: int = 1, config: ConcertConfig | None = None, **settings: Any) -> "ConcertTerminal":
         """Open ``url`` with Concert's serial defaults (9600 8N1; pass ``bytesize=7, parity="E"``
         for a native RS-232 port). Raises TransportError."""
-        from posterm.protocols import CONCERT
+        from posterm.families import CONCERT
         from posterm.transport import default_port, open_transport
 
         url = url or default_port()
@@ -400,6 +400,6 @@ class ConcertTerminal(PortSession):
 
 
 def _no_caps():
-    from firmware_protocol.messages import Capability
+    from firmware_protocol.native.messages import Capability
 
     return Capability(0)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from firmware_protocol.messages import Outcome, Reason, Totals
+from firmware_protocol.native.messages import Outcome, Reason, Totals
 
 from posterm.home import posterm_home
 from posterm.safefs import prepare_sqlite
@@ -116,7 +116,7 @@ def journal_path(terminal_id: str, home: Path | None = None) -> Path:
     return (home or posterm_home()) / "terminals" / terminal_id / "journal.db"
 
 
-class TerminalJournal:
+class OrderStore:
     """The terminal's durable record of orders, refunds, receipts and batches. Thread-safe."""
 
     def __init__(self, path: str | Path) -> None:

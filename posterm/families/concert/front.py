@@ -1,6 +1,6 @@
 """The emulated terminal's Concert front: Concert on the line, posterm messages to the firmware.
 
-:class:`ConcertTerminalLink` has the shape of :class:`posterm.link.Link` that the
+:class:`ConcertFront` has the shape of :class:`posterm.families.native.link.Link` that the
 emulator's line loop drives (``receive_data``, ``tick``, ``next_event``, ``send``,
 ``data_to_send``, ``next_deadline``, ``reset``), so the same firmware, host,
 scenarios and test codes serve both protocol families:
@@ -25,7 +25,7 @@ delivered and reverses it at the host otherwise (FirmwareConfig.void_unfinished)
 
 The operator password: Concert carries none; the operator types it on the terminal.
 The emulated operator types the terminal's own password unless a test says otherwise
-with :meth:`ConcertTerminalLink.operator_types` (a wrong one is refused and counts
+with :meth:`ConcertFront.operator_types` (a wrong one is refused and counts
 toward the keypad's lock, as on the native side).
 """
 
@@ -37,15 +37,15 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from firmware_protocol import messages as m
+from firmware_protocol.native import messages as m
 from firmware_protocol.concert import ConcertAnswer, ConcertRequest, Status, TxnType
 from firmware_protocol.currency import from_numeric
-from firmware_protocol.messages import Outcome
+from firmware_protocol.native.messages import Outcome
 
-from posterm.concert import new_private_id
-from posterm.concert.link import ConcertConfig, ConcertLink, Delivered, Received, SendFailed
+from posterm.families.concert import new_private_id
+from posterm.families.concert.link import ConcertConfig, ConcertLink, Delivered, Received, SendFailed
 from posterm.emulator.firmware import ResultDelivery
-from posterm.link import MessageReceived
+from posterm.families.native.link import MessageReceived
 
 log = logging.getLogger("posterm.emulator.concert")
 
@@ -63,7 +63,7 @@ class _Pending:
     currency: str
 
 
-class ConcertTerminalLink:
+class ConcertFront:
     """Concert on the wire, posterm messages towards the firmware."""
 
     def __init__(self, operator_password: str, config: ConcertConfig | None = None) -> None:

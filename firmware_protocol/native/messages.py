@@ -1,9 +1,9 @@
 """The ECR <-> terminal message catalogue (application protocol version 1).
 
 Each message is a frozen, slotted dataclass that validates on construction;
-its wire form is the TLV body described in :mod:`firmware_protocol.tlv`.
+its wire form is the TLV body described in :mod:`firmware_protocol.native.tlv`.
 Type codes 0x0001-0x00FF are ECR <-> terminal; 0x0100-0x01FF are terminal <->
-host (:mod:`firmware_protocol.host`). PROTOCOL.md has the byte tables.
+host (:mod:`firmware_protocol.host.messages`). PROTOCOL.md has the byte tables.
 
 Who sends what, and what answers it::
 
@@ -30,7 +30,7 @@ from construct import Int32ub, Int64ub, PaddedString, Struct
 
 from firmware_protocol.currency import CURRENCY_PATTERN
 from firmware_protocol.errors import FieldError
-from firmware_protocol.tlv import (
+from firmware_protocol.native.tlv import (
     EnumCodec,
     Flag,
     Message,
@@ -42,8 +42,8 @@ from firmware_protocol.tlv import (
 )
 
 
-# What `from firmware_protocol.messages import *` gives: the messages and their enums, not the
-# helpers imported from tlv (a star import of `tlv` shadowed the firmware_protocol.tlv module).
+# What `from firmware_protocol.native.messages import *` gives: the messages and their enums, not the
+# helpers imported from tlv (a star import of `tlv` shadowed the firmware_protocol.native.tlv module).
 __all__ = [
     "PROTOCOL_VERSION",
     "MAX_AMOUNT_MINOR",

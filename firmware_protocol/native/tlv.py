@@ -44,7 +44,7 @@ from firmware_protocol.errors import (
     UnknownMandatoryField,
     UnknownMessageType,
 )
-from firmware_protocol.frame import MAX_PAYLOAD
+from firmware_protocol.native.frame import MAX_PAYLOAD
 
 OPTIONAL_TAG_BIT = 0x80
 

@@ -9,13 +9,13 @@ What differs from posterm's own protocol:
 * ``msg`` holds the dataclass fields of :class:`ConcertRequest` / :class:`ConcertAnswer`
   (enums as their values, e.g. ``"txn_type": "0"``) plus ``type``;
 * the only field that can hold card data is the long answer's 55-byte ``report``:
-  everything but its last 4 characters is masked (:func:`posterm.redact.mask_code`)
+  everything but its last 4 characters is masked (:func:`posterm.families.native.redact.mask_code`)
   in frame hex, chunk hex and ``msg``, and ``redacted`` says ``["report"]``. Requests
   carry no secret. A frame from the terminal that does not decode (bad LRC, malformed),
   garbage from the terminal and a partial answer still buffered have their body masked.
 
 Replay matches by message (transaction type, amount, currency), not bytes; each side runs
-its own :class:`posterm.concert.link.ConcertLink`.
+its own :class:`posterm.families.concert.link.ConcertLink`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from firmware_protocol.errors import FieldError
 
 from posterm.errors import ConfigError, Disconnected, LinkFailed
 from posterm.record.replay import ReplayPlayer
-from posterm.redact import mask_code
+from posterm.families.native.redact import mask_code
 
 PROTOCOL = "concert"
 REPORT_OFFSET = 1 + 12           # STX, then pos_number(2) status(1) amount(8) mode(1)
@@ -173,7 +173,7 @@ class ConcertReplayTerminal(ReplayPlayer):
     def __init__(self, transport: Any, script: list, *, speed: float = 1.0, fast: bool = False,
                  loop: bool = False, masks: frozenset[str] = frozenset(), report: Callable[[str], None] | None = None,
                  config: Any = None) -> None:
-        from posterm.concert.link import ConcertLink
+        from posterm.families.concert.link import ConcertLink
 
         # the ECR makes up its order ids: the private field is masked
         super().__init__(transport, script, speed=speed, fast=fast, loop=loop, masks=frozenset(masks) | {"private"},
@@ -225,7 +225,7 @@ class ConcertReplayTerminal(ReplayPlayer):
         on the line is our EOT, and a port closed at once could take it with it.
         Returns the divergences. Raises :class:`Disconnected`, :class:`LinkFailed`.
         """
-        from posterm.concert.link import Received, SendFailed
+        from posterm.families.concert.link import Received, SendFailed
 
         end = time.monotonic() + timeout
         linger_until: float | None = None
@@ -271,7 +271,7 @@ class ConcertReplayTerminal(ReplayPlayer):
 
 def _fresh_private(old: str) -> str:
     """A new private field shaped like ``old``: its first character, then random ones (same length)."""
-    from posterm.concert import new_private_id
+    from posterm.families.concert import new_private_id
 
     return new_private_id(old[:1], len(old))
 
@@ -290,7 +290,7 @@ def replay_concert_ecr(transport: Any, script: list, *, speed: float = 1.0, fast
     :class:`~posterm.record.replay.EcrReplayResult`; raises :class:`LinkFailed` when the
     terminal does not take a request, :class:`Disconnected`.
     """
-    from posterm.concert.link import ConcertLink, Received, SendFailed
+    from posterm.families.concert.link import ConcertLink, Received, SendFailed
     from posterm.record.replay import Divergence, EcrReplayResult, _Pacer
 
     pacer = _Pacer(speed, fast, step, wait_for)

@@ -13,9 +13,9 @@ import dataclasses
 import enum
 from typing import Any
 
-from firmware_protocol import frame as fr
+from firmware_protocol.native import frame as fr
 from firmware_protocol.errors import ProtocolError
-from firmware_protocol.tlv import Message, message_types, split_items
+from firmware_protocol.native.tlv import Message, message_types, split_items
 
 MASK_BYTE = ord("*")
 PAYMENT_CODE_FIELDS = frozenset({"payment_code"})

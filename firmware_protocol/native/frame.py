@@ -9,7 +9,7 @@ Byte layout (all integers big-endian)::
     3       1     seq           0..255, sender's sequence number (ACK/NAK: the seq answered)
     4       2     length        payload length n, 0..MAX_PAYLOAD (4096)
     6       2     length_check  length XOR 0xFFFF (lets the framer reject a false start at once)
-    8       n     payload       a message (firmware_protocol.messages); empty for ACK/NAK
+    8       n     payload       a message (firmware_protocol.native.messages); empty for ACK/NAK
     8+n     2     crc           CRC-16/XMODEM (poly 0x1021, init 0) over bytes 0 .. 8+n-1
 
 Rules:

@@ -7,7 +7,7 @@ version D blocks, and verifies PINs: a PIN block is decrypted only inside
 :meth:`Hsm.verify_pin`, compared with the customer's payment-secret verifier (salted
 scrypt), and the call answers match or no match. It never returns a PIN or a key, except
 :meth:`kbpk_for_injection`, the key-injection-facility step used by emulators and tests.
-This module never imports :mod:`posterm.crypto.terminal`.
+This module never imports :mod:`posterm.crypto.pinpad`.
 """
 
 from __future__ import annotations

@@ -6,13 +6,13 @@ name           family
 ``posterm``    posterm's own framed TLV protocol (firmware_protocol/PROTOCOL.md)
 ``concert``    Ingenico Concert ("protocole E") of Telium terminals: ENQ/ACK/EOT,
                STX fixed-width ASCII ETX LRC (PROTOCOL.md, Concert section)
-``NAME``       a family another package registers in the ``posterm.protocols``
+``NAME``       a family another package registers in the ``posterm.families``
                entry-point group (a :class:`ProtocolFamily`)
 =============  ==================================================================
 
 A family gives the driver class the ECR side opens (``open(url, **kw)`` returning an
-object with the :class:`posterm.driver.Terminal` API), a factory for the emulator's
-terminal-side link (the shape of :class:`posterm.link.Link`, carrying posterm
+object with the :class:`posterm.families.native.ecr.Terminal` API), a factory for the emulator's
+terminal-side link (the shape of :class:`posterm.families.native.link.Link`, carrying posterm
 messages to the firmware) and its default serial settings. Families load lazily,
 like transports, so ZVT or another one can be added without touching callers.
 """
@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from posterm.errors import ConfigError
 
-ENTRY_POINT_GROUP = "posterm.protocols"
+ENTRY_POINT_GROUP = "posterm.families"
 
 
 @dataclass(frozen=True)
@@ -56,11 +56,11 @@ def _load(spec: str) -> Any:
 
 FAMILIES: dict[str, ProtocolFamily] = {
     "posterm": ProtocolFamily(
-        "posterm", "posterm framed TLV protocol (default)", "posterm.driver:Terminal",
-        "posterm.protocols:_posterm_link", {"baudrate": 115200, "bytesize": 8, "parity": "N", "stopbits": 1}),
+        "posterm", "posterm framed TLV protocol (default)", "posterm.families.native.ecr:Terminal",
+        "posterm.families:_posterm_link", {"baudrate": 115200, "bytesize": 8, "parity": "N", "stopbits": 1}),
     "concert": ProtocolFamily(
-        "concert", "Ingenico Concert (Telium), protocol E", "posterm.concert.driver:ConcertTerminal",
-        "posterm.concert.terminal:ConcertTerminalLink",
+        "concert", "Ingenico Concert (Telium), protocol E", "posterm.families.concert.ecr:ConcertTerminal",
+        "posterm.families.concert.front:ConcertFront",
         # USB (CDC-ACM) terminals: 8N1; native RS-232 Telium ports: 7E1 (--bytesize 7 --parity E)
         {"baudrate": 9600, "bytesize": 8, "parity": "N", "stopbits": 1}, ecr_can_query=False),
 }
@@ -70,7 +70,7 @@ CONCERT = FAMILIES["concert"]
 
 
 def _posterm_link(operator_password: str = "", link_config: Any = None) -> Any:
-    from posterm.link import Link, LinkConfig
+    from posterm.families.native.link import Link, LinkConfig
 
     return Link(link_config or LinkConfig())
 

@@ -1,6 +1,6 @@
 """Drive a payment terminal from the cash register (ECR) side.
 
-    from posterm.driver import Terminal
+    from posterm.families.native.ecr import Terminal
 
     with Terminal.open("/dev/ttyUSB0") as term:          # or socket://, rfc2217://, a pty
         info = term.hello()
@@ -9,7 +9,7 @@
         if result.approved: ...
         elif result.outcome is Outcome.UNKNOWN: term.recover()
 
-Every call sends one request through :mod:`posterm.link` and waits for its
+Every call sends one request through :mod:`posterm.families.native.link` and waits for its
 answer; ``Progress`` and ``Print`` messages that arrive meanwhile go to
 ``on_progress`` and into the result's receipt. A decline is a result, not an
 exception. Errors are typed (:mod:`posterm.errors`): ``TransportError`` (and
@@ -18,7 +18,7 @@ acknowledged, ``PosTimeout`` when no answer comes, ``TerminalRefused`` when the
 terminal answers with an Error message.
 
 No payment is lost or doubled: each request (pay, refund, cancel) is journaled
-(:mod:`posterm.journal`) before it goes on the wire; :meth:`Terminal.recover` resolves
+(:mod:`posterm.ecr.journal`) before it goes on the wire; :meth:`Terminal.recover` resolves
 every operation whose outcome was never learnt (payments and cancels by Query, refunds
 by re-sending them with their refund id). Re-sending a PayRequest with the same order
 id is safe: the terminal answers the stored outcome, or ORDER_CONFLICT for other
@@ -42,9 +42,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
 
-from firmware_protocol import messages as m
-from firmware_protocol.messages import Outcome, Reason
-from firmware_protocol.tlv import Message
+from firmware_protocol.native import messages as m
+from firmware_protocol.native.messages import Outcome, Reason
+from firmware_protocol.native.tlv import Message
 
 from posterm.errors import (
     Disconnected,
@@ -55,8 +55,8 @@ from posterm.errors import (
     RemoteProtocolError,
     TransportError,
 )
-from posterm.journal import Journal, JournalEntry
-from posterm.link import (
+from posterm.ecr.journal import Journal, JournalEntry
+from posterm.families.native.link import (
     DuplicateIgnored,
     FrameRejected,
     FrameTrace,
@@ -69,10 +69,10 @@ from posterm.link import (
     SendFailed,
     UndecodableMessage,
 )
-from posterm.redact import hexdump, message_fields, redact_frame
+from posterm.families.native.redact import hexdump, message_fields, redact_frame
 
 wire_log = logging.getLogger("posterm.wire")
-log = logging.getLogger("posterm.driver")
+log = logging.getLogger("posterm.families.native.ecr")
 
 DEFAULT_PAY_TIMEOUT = 120.0
 DEFAULT_TIMEOUT = 10.0
@@ -367,12 +367,12 @@ class Terminal(PortSession):
         return a :class:`Terminal`. ``settings`` are serial settings (``baudrate``,
         ``bytesize``, ``parity``, ``stopbits``, ``rtscts``, ``xonxoff``, ``exclusive``,
         ``pace``). ``record``: write a session recording (:mod:`posterm.record`) to this
-        file. ``protocol``: the protocol family (:mod:`posterm.protocols`; default
+        file. ``protocol``: the protocol family (:mod:`posterm.families`; default
         ``$POSTERM_PROTOCOL`` or ``posterm``); another family returns its own driver
-        object with this API (e.g. :class:`posterm.concert.driver.ConcertTerminal`).
+        object with this API (e.g. :class:`posterm.families.concert.ecr.ConcertTerminal`).
         Raises :class:`TransportError` if the port cannot be opened.
         """
-        from posterm.protocols import family
+        from posterm.families import family
         from posterm.transport import open_transport, default_port
 
         fam = family(protocol)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import enum
 
 from firmware_protocol.errors import FieldError, MessageError
-from firmware_protocol.messages import (
+from firmware_protocol.native.messages import (
     AMOUNT,
     CURRENCY,
     ID32,
@@ -48,7 +48,7 @@ from firmware_protocol.messages import (
     Reason,
     Totals,
 )
-from firmware_protocol.tlv import Blob, EnumCodec, Flag, Message, Text, message, split_items, tlv
+from firmware_protocol.native.tlv import Blob, EnumCodec, Flag, Message, Text, message, split_items, tlv
 
 KSN_TAG = 0x7E
 MAC_TAG = 0x7F

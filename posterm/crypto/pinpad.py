@@ -5,7 +5,7 @@ X9.24-1 when the loaded key block says so) and the key-block protection key the 
 injection facility gave it. Digits typed on the PIN pad go straight in here; only an
 encrypted PIN block and its KSN come out. Host messages are MAC'd here with the
 transaction's MAC key. The clear PIN and every key stay inside: ``repr`` and exceptions
-never carry them. This module never imports :mod:`posterm.crypto.host`.
+never carry them. This module never imports :mod:`posterm.crypto.hsm`.
 
 The DUKPT counter advances before every use and is persisted (sealed) before the KSN
 leaves the module, so a crash can never make a KSN be used twice: the module reserves
