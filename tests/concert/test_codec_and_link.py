@@ -14,7 +14,7 @@ from firmware_protocol.concert import (
     MAX_FRAME, Status, TxnType, frame, lrc,
 )
 from firmware_protocol.errors import ProtocolError
-from posterm.families.concert.link import ConcertConfig, ConcertLink, Delivered, FrameRejected, Received, SendFailed
+from posterm.families.concert.link import ConcertConfig, ConcertLink, Delivered, FrameRejected, MessageReceived, SendFailed
 
 telium = pytest.importorskip("telium")  # the independent implementation (test extra)
 from telium.payment import TeliumAsk, TeliumResponse  # noqa: E402
@@ -167,12 +167,12 @@ def test_handshake_delivers_once_both_ways():
     w = Wire()
     w.ecr.enqueue(REQ, 0.0)
     w.run(1)
-    assert [e.message for e in w.events(w.term) if isinstance(e, Received)] == [REQ]
+    assert [e.message for e in w.events(w.term) if isinstance(e, MessageReceived)] == [REQ]
     assert any(isinstance(e, Delivered) for e in w.events(w.ecr))
     ans = ConcertAnswer(Status.ACCEPTED, 1250, 156, private="P000000001")
     w.term.enqueue(ans, w.now)
     w.run(1)
-    assert [e.message for e in w.events(w.ecr) if isinstance(e, Received)] == [ans]
+    assert [e.message for e in w.events(w.ecr) if isinstance(e, MessageReceived)] == [ans]
     assert w.ecr.idle and w.term.idle
 
 
@@ -192,7 +192,7 @@ def test_bad_lrc_is_naked_and_the_frame_sent_again():
     w.run(2)
     term_events = w.events(w.term)
     assert any(isinstance(e, FrameRejected) for e in term_events)
-    assert [e.message for e in term_events if isinstance(e, Received)] == [REQ]
+    assert [e.message for e in term_events if isinstance(e, MessageReceived)] == [REQ]
     assert w.term.stats["naks_sent"] == 1 and w.ecr.stats["retransmitted"] == 1
 
 
@@ -211,7 +211,7 @@ def test_lost_ack_frame_delivered_once():
     w.mangle["terminal"] = drop_first_frame_ack
     w.ecr.enqueue(REQ, 0.0)
     w.run(8)
-    assert [e.message for e in w.events(w.term) if isinstance(e, Received)] == [REQ]
+    assert [e.message for e in w.events(w.term) if isinstance(e, MessageReceived)] == [REQ]
     assert w.term.stats["duplicates"] == 1
     assert any(isinstance(e, Delivered) for e in w.events(w.ecr))
 
@@ -260,8 +260,8 @@ def test_enq_collision_the_ecr_gives_way():
     w.ecr.enqueue(REQ, 0.0)
     w.term.enqueue(ans, 0.0)       # both ENQ at once
     w.run(5)
-    assert [e.message for e in w.events(w.ecr) if isinstance(e, Received)] == [ans]
-    assert [e.message for e in w.events(w.term) if isinstance(e, Received)] == [REQ]
+    assert [e.message for e in w.events(w.ecr) if isinstance(e, MessageReceived)] == [ans]
+    assert [e.message for e in w.events(w.term) if isinstance(e, MessageReceived)] == [REQ]
 
 
 def _exchange(a, b, now, rounds=400, dt=0.05, on_b=None):
@@ -287,7 +287,7 @@ def test_ecr_link_acks_only_what_the_caller_accepts():
         seen = []
 
         def on_ecr(ev, seen=seen, decision=decision, ecr=ecr):
-            if isinstance(ev, Received):
+            if isinstance(ev, MessageReceived):
                 seen.append(ev.message)
                 if decision == "accept":
                     ecr.accept()

@@ -13,10 +13,9 @@ from firmware_protocol.native import messages as m
 from firmware_protocol.concert import ACK, ENQ, EOT, MAX_FRAME, NAK, STX, ETX, ConcertRequest, TxnType, frame
 from firmware_protocol.native.messages import Outcome
 from posterm.families.concert.ecr import ConcertTerminal
-from posterm.families.concert.link import OUT_CAP, ConcertConfig, ConcertLink, Received
+from posterm.families.concert.link import OUT_CAP, ConcertConfig, ConcertLink, MessageReceived
 from posterm.families.concert.front import ConcertFront
 from posterm.emulator.runner import EmulatedTerminal
-from posterm.families.native.link import MessageReceived
 
 CFG = ConcertConfig(enq_timeout=0.2, ack_timeout=0.3, frame_timeout=0.3, eot_timeout=0.4)
 GOOD = ConcertRequest(amount_minor=1250, currency_numeric=156, txn_type=TxnType.DEBIT, private="F000000001")
@@ -64,7 +63,7 @@ def good_payment(front: ConcertFront, now: float) -> float:
         ecr.tick(now)
         wire = ecr.data_to_send()
         while (ev := ecr.next_event()) is not None:
-            if isinstance(ev, Received):
+            if isinstance(ev, MessageReceived):
                 answered = ev.message
         if answered is not None and ecr.idle and front._link.idle:
             assert answered.status.value == "0" and answered.private == "F000000001"

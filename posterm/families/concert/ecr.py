@@ -50,7 +50,7 @@ from firmware_protocol.concert import (
 from firmware_protocol.native.messages import Outcome, Reason
 
 from posterm.families.concert import new_private_id
-from posterm.families.concert.link import ConcertConfig, ConcertLink, Delivered, FrameRejected, GarbageSkipped, Received, SendFailed
+from posterm.families.concert.link import ConcertConfig, ConcertLink, Delivered, FrameRejected, GarbageSkipped, MessageReceived, SendFailed
 from posterm.families.native.ecr import DEFAULT_PAY_TIMEOUT, PaymentResult, PortSession, RefundOutcome, TerminalInfo
 from posterm.errors import LinkFailed, LocalProtocolError, PosTimeout
 from posterm.ecr.journal import Journal
@@ -325,7 +325,7 @@ class ConcertTerminal(PortSession):
                         raise LinkFailed(f"Concert request not taken by {self.port_name} after {ev.attempts}"
                                          f" attempt(s) ({ev.cause}): check the cable, port and serial settings"
                                          " (USB 8N1, native RS-232 7E1)")
-                    elif isinstance(ev, Received):
+                    elif isinstance(ev, MessageReceived):
                         answer = ev.message
                         if answer.private and answer.private != order_id:
                             self._take_stray(answer)

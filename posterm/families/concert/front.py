@@ -43,9 +43,8 @@ from firmware_protocol.currency import from_numeric
 from firmware_protocol.native.messages import Outcome
 
 from posterm.families.concert import new_private_id
-from posterm.families.concert.link import ConcertConfig, ConcertLink, Delivered, Received, SendFailed
+from posterm.families.concert.link import ConcertConfig, ConcertLink, Delivered, MessageReceived, SendFailed
 from posterm.emulator.firmware import ResultDelivery
-from posterm.families.native.link import MessageReceived
 
 log = logging.getLogger("posterm.emulator.concert")
 
@@ -127,7 +126,7 @@ class ConcertFront:
 
     def _drain(self) -> None:
         while (ev := self._link.next_event()) is not None:
-            if isinstance(ev, Received):
+            if isinstance(ev, MessageReceived):
                 self._on_request(ev.message, ev.raw)
             elif isinstance(ev, Delivered) and isinstance(ev.message, ConcertAnswer) and ev.message.private:
                 self._events.append(ResultDelivery(ev.message.private, True))

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from firmware_protocol.concert import (
@@ -74,53 +74,19 @@ class ConcertConfig:
                 raise ValueError(f"ConcertConfig.{name} must be 1..10")
 
 
-# ------------------------------------------------------------------ events
+# The events are the families' shared ones (posterm.families.events): Concert frames carry
+# no sequence number, so ``seq`` is None.
+from posterm.families.events import (  # noqa: E402
+    ControlTrace,
+    Delivered,
+    FrameRejected,
+    GarbageSkipped,
+    MessageReceived,
+    SendFailed,
+)
 
-
-@dataclass(frozen=True, slots=True)
-class Received:
-    """A message from the peer (already ACKed)."""
-
-    message: Any
-    raw: bytes = field(repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class Delivered:
-    """The peer ACKed our frame (and we sent EOT)."""
-
-    message: Any
-
-
-@dataclass(frozen=True, slots=True)
-class SendFailed:
-    """The peer never took the message: ``cause`` is ``"no ACK to ENQ"`` or ``"frame not ACKed"``."""
-
-    message: Any
-    attempts: int
-    cause: str
-
-
-@dataclass(frozen=True, slots=True)
-class FrameRejected:
-    """We answered NAK: bad LRC or a malformed frame."""
-
-    reason: str
-    raw: bytes = field(repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class GarbageSkipped:
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Control:
-    """A control byte seen or sent (for traces and recordings)."""
-
-    direction: str   # "in" | "out"
-    byte: int
-
+__all__ = ["ConcertConfig", "ConcertLink", "ControlTrace", "Delivered", "FrameRejected", "GarbageSkipped",
+           "MessageReceived", "SendFailed", "OUT_CAP"]
 
 OUT_CAP = 2048   # bytes waiting for the caller to write; control bytes beyond it are dropped
 
@@ -188,7 +154,7 @@ class ConcertLink:
         self._clock(now)
         for item in self._framer.feed(data):
             if isinstance(item, int):
-                self._emit(Control("in", item))
+                self._emit(ControlTrace("in", item))
                 self._on_control(item)
             elif isinstance(item, ConcertGarbage):
                 self.stats["garbage_bytes"] += len(item.data)
@@ -284,7 +250,7 @@ class ConcertLink:
             self.stats["out_dropped"] += 1      # a flood the peer does not read: answer it no further
             return
         self._out.append(byte)
-        self._emit(Control("out", byte))
+        self._emit(ControlTrace("out", byte))
 
     def _to_idle(self) -> None:
         self._state = _State.IDLE
@@ -305,7 +271,7 @@ class ConcertLink:
     def _fail(self, cause: str) -> None:
         msg = self._current[0] if self._current else None
         self.stats["failed"] += 1
-        self._emit(SendFailed(msg, self._attempts, cause))
+        self._emit(SendFailed(msg, None, self._attempts, cause))
         self._current = None
         self._to_idle()
 
@@ -378,19 +344,19 @@ class ConcertLink:
             self._emit(GarbageSkipped(raw))
             return
         if st is _State.RECEIVING and raw == self._refused:
-            self._emit(FrameRejected("refused by the receiver", raw))
+            self._emit(FrameRejected(None, "refused by the receiver", raw))
             self._nak()
             return
         try:
             message = self._decode(raw)
         except (ConcertFrameError, FieldError) as exc:
-            self._emit(FrameRejected(str(exc), raw))
+            self._emit(FrameRejected(None, str(exc), raw))
             self._nak()
             return
         if self.confirm_frames and st is _State.RECEIVING:
             self._held = raw
             self._state = _State.HOLDING
-            self._emit(Received(message, raw))
+            self._emit(MessageReceived(message, None, raw))
             self._deadline = self._now + self.config.frame_timeout
             return
         self._put(ACK)
@@ -398,6 +364,6 @@ class ConcertLink:
             self.stats["duplicates"] += 1     # our ACK was lost: ACKed again, not delivered twice
         else:
             self.stats["received"] += 1
-            self._emit(Received(message, raw))
+            self._emit(MessageReceived(message, None, raw))
             self._state = _State.RECEIVED
         self._deadline = self._now + self.config.eot_timeout

@@ -225,7 +225,7 @@ class ConcertReplayTerminal(ReplayPlayer):
         on the line is our EOT, and a port closed at once could take it with it.
         Returns the divergences. Raises :class:`Disconnected`, :class:`LinkFailed`.
         """
-        from posterm.families.concert.link import Received, SendFailed
+        from posterm.families.concert.link import MessageReceived, SendFailed
 
         end = time.monotonic() + timeout
         linger_until: float | None = None
@@ -254,7 +254,7 @@ class ConcertReplayTerminal(ReplayPlayer):
             self.link.receive_data(data, now)
             self.link.tick(now)
             while (ev := self.link.next_event()) is not None:
-                if isinstance(ev, Received):
+                if isinstance(ev, MessageReceived):
                     self.on_request(ev.message, now)
                 elif isinstance(ev, SendFailed):
                     raise LinkFailed(f"the ECR did not take the answer ({ev.cause})")
@@ -290,7 +290,7 @@ def replay_concert_ecr(transport: Any, script: list, *, speed: float = 1.0, fast
     :class:`~posterm.record.replay.EcrReplayResult`; raises :class:`LinkFailed` when the
     terminal does not take a request, :class:`Disconnected`.
     """
-    from posterm.families.concert.link import ConcertLink, Received, SendFailed
+    from posterm.families.concert.link import ConcertLink, MessageReceived, SendFailed
     from posterm.record.replay import Divergence, EcrReplayResult, _Pacer
 
     pacer = _Pacer(speed, fast, step, wait_for)
@@ -303,7 +303,7 @@ def replay_concert_ecr(transport: Any, script: list, *, speed: float = 1.0, fast
     def pump(deadline: float, want: int, got: list) -> None:
         from posterm.record.replay import pump_link
 
-        pump_link(link, transport, deadline, want, got, Received, SendFailed,
+        pump_link(link, transport, deadline, want, got, MessageReceived, SendFailed,
                   lambda ev: f"the terminal did not take the request ({ev.cause})")
 
     for _ in range(max(1, loops)):

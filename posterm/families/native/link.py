@@ -22,7 +22,7 @@ retransmission: ACKed, not delivered again; a partial frame that stalls for
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from firmware_protocol.native import frame as fr
 from firmware_protocol.errors import ProtocolError
@@ -75,98 +75,25 @@ class LinkConfig:
             raise ValueError("queue bounds too small")
 
 
-# ------------------------------------------------------------------ events
+# The events are the families' shared ones (posterm.families.events); re-exported here.
+from posterm.families.events import (  # noqa: E402
+    DIAGNOSTIC as _DIAGNOSTIC,
+    Delivered,
+    DuplicateIgnored,
+    Event,
+    FrameRejected,
+    FrameTrace,
+    GarbageSkipped,
+    MessageReceived,
+    PartialDiscarded,
+    Retransmitted,
+    SendFailed,
+    UndecodableMessage,
+)
 
-
-class Event:
-    """Base of link events."""
-
-    __slots__ = ()
-
-
-@dataclass(frozen=True, slots=True)
-class MessageReceived(Event):
-    """A new message from the peer (already ACKed)."""
-
-    message: Message
-    seq: int
-    raw: bytes = field(repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class UndecodableMessage(Event):
-    """A well-framed DATA frame whose payload is not a valid message (ACKed: the
-    link delivered it; the application should answer with an Error message)."""
-
-    error: ProtocolError
-    seq: int
-    raw: bytes = field(repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class Delivered(Event):
-    """The peer ACKed our message."""
-
-    message: Message
-    seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class Retransmitted(Event):
-    message: Message
-    seq: int
-    attempt: int
-    cause: str  # "nak" or "timeout"
-
-
-@dataclass(frozen=True, slots=True)
-class SendFailed(Event):
-    """No ACK after the retransmission limit: the link gave up on this message."""
-
-    message: Message
-    seq: int
-    attempts: int
-
-
-@dataclass(frozen=True, slots=True)
-class FrameRejected(Event):
-    """A frame with a plausible header but a bad CRC or version (answered by NAK)."""
-
-    seq: int
-    reason: str
-    raw: bytes = field(repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class DuplicateIgnored(Event):
-    seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class GarbageSkipped(Event):
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class PartialDiscarded(Event):
-    """A partial frame stalled past the inter-byte timeout and was dropped."""
-
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class FrameTrace(Event):
-    """Every frame in or out, when ``LinkConfig.trace_frames`` is on (for traces and recordings)."""
-
-    direction: str  # "in" or "out"
-    kind: fr.FrameKind
-    seq: int
-    raw: bytes
-    message: Message | None = None
-
-
-# Events that only describe the line; dropped (and counted) rather than raised on overflow.
-_DIAGNOSTIC = (GarbageSkipped, FrameRejected, DuplicateIgnored, PartialDiscarded, FrameTrace, Retransmitted)
+__all__ = ["Delivered", "DuplicateIgnored", "Event", "EventQueueFull", "FrameRejected", "FrameTrace", "GarbageSkipped",
+           "Link", "LinkConfig", "MessageReceived", "PartialDiscarded", "Retransmitted", "SendFailed", "SendQueueFull",
+           "UndecodableMessage"]
 
 # ------------------------------------------------------------------ the link
 
