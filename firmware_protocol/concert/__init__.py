@@ -33,6 +33,7 @@ the typed messages below validate on construction. Only construct is needed.
 from __future__ import annotations
 
 import enum
+from collections import deque
 from dataclasses import dataclass
 from functools import reduce
 from operator import xor
@@ -346,33 +347,42 @@ def _parse(schema, data: bytes, body_len: int):
 class ConcertFramer:
     """Splits a byte stream into control bytes and STX...ETX LRC frames.
 
-    ``feed(data)`` returns a list of items: an int (a control byte: ENQ, ACK, NAK,
-    EOT), ``bytes`` (a whole frame, LRC not yet checked) or :class:`ConcertGarbage`.
-    A frame longer than :data:`MAX_FRAME` is dropped as garbage at once; the
-    buffer never holds more than that.
+    The framers' one API (as :class:`firmware_protocol.native.frame.Framer`): ``feed(data)``
+    buffers bytes; ``pop()`` returns the next item, or ``None`` when more bytes are needed:
+    an int (a control byte: ENQ, ACK, NAK, EOT), ``bytes`` (a whole frame, LRC not yet
+    checked) or :class:`ConcertGarbage`. ``pending`` counts the bytes of a partial frame;
+    ``discard_partial()`` drops it (the inter-character timeout). A frame longer than
+    :data:`MAX_FRAME` is dropped as garbage at once; the buffer never holds more than that.
+    The caller drains ``pop()`` after each ``feed()``: items wait only for that.
     """
 
     def __init__(self) -> None:
         self._buf = bytearray()
         self._in_frame = False
+        self._items: deque = deque()
 
     @property
-    def buffered(self) -> int:
+    def pending(self) -> int:
+        """Bytes of the partial frame held (not yet returned by :meth:`pop`)."""
         return len(self._buf)
+
+    def pop(self):
+        """The next control byte, frame or garbage, or ``None``."""
+        return self._items.popleft() if self._items else None
 
     @property
     def in_frame(self) -> bool:
         return self._in_frame
 
-    def reset(self) -> bytes:
+    def discard_partial(self) -> bytes:
         """Drop a partial frame (inter-character timeout); returns what was dropped."""
         dropped = bytes(self._buf)
         self._buf.clear()
         self._in_frame = False
         return dropped
 
-    def feed(self, data: bytes) -> list:
-        out: list = []
+    def feed(self, data: bytes) -> None:
+        out = self._items
         garbage = bytearray()
         i, n = 0, len(data)
         while i < n:
@@ -411,7 +421,6 @@ class ConcertFramer:
                 self._in_frame = False
         if garbage:
             out.append(ConcertGarbage(bytes(garbage)))
-        return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -131,7 +131,7 @@ class _Direction:
     @property
     def pending(self) -> int:
         """Bytes the framer holds (an incomplete frame)."""
-        return self.framer.buffered if self.concert else self.framer.pending
+        return self.framer.pending
 
     def mask_pending(self) -> None:
         """Mask what may be the payload of the incomplete frame the framer holds.
@@ -232,7 +232,8 @@ class Recorder:
             d.held.append((t, wall, bytes(data)))
             d.held_bytes += len(data)
             if d.concert:
-                self._drain_concert(d, d.framer.feed(data), t, wall)
+                d.framer.feed(data)
+                self._drain_concert(d, list(iter(d.framer.pop, None)), t, wall)
             else:
                 d.framer.feed(data)
                 self._drain(d, t, wall)

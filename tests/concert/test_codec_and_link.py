@@ -112,8 +112,13 @@ def test_fuzz_only_typed_errors_escape():
                 decode(data)
             except ProtocolError:
                 pass
-        items = ConcertFramer().feed(data)
+        items = _items(ConcertFramer(), data)
         assert all(isinstance(x, (int, bytes, ConcertGarbage)) for x in items)
+
+
+def _items(framer, data):
+    framer.feed(data)
+    return list(iter(framer.pop, None))
 
 
 def test_framer_any_split_and_garbage_and_cap():
@@ -121,11 +126,11 @@ def test_framer_any_split_and_garbage_and_cap():
     stream = b"\xff\x00" + bytes([ENQ]) + raw + bytes([EOT])
     for cut in range(len(stream) + 1):
         f = ConcertFramer()
-        items = f.feed(stream[:cut]) + f.feed(stream[cut:])
+        items = _items(f, stream[:cut]) + _items(f, stream[cut:])
         assert [x for x in items if not isinstance(x, ConcertGarbage)] == [ENQ, raw, EOT]
     f = ConcertFramer()
-    items = f.feed(bytes([STX]) + b"A" * (MAX_FRAME + 10))
-    assert f.buffered == 0 and isinstance(items[-1], ConcertGarbage)   # dropped at once, not held
+    items = _items(f, bytes([STX]) + b"A" * (MAX_FRAME + 10))
+    assert f.pending == 0 and isinstance(items[-1], ConcertGarbage)   # dropped at once, not held
 
 
 # ------------------------------------------------------------------ the link

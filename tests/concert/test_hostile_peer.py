@@ -92,7 +92,7 @@ def test_seeded_fuzz_of_the_concert_front():
             if not deaf:
                 front.data_to_send()
             link = front._link
-            assert link._framer.buffered <= MAX_FRAME
+            assert link._framer.pending <= MAX_FRAME
             assert len(link._out) <= OUT_CAP + 3 * 100       # control bytes capped; frames are few
             assert len(link._events) <= 4 and len(link._queue) <= 2
         front.data_to_send()

@@ -89,7 +89,8 @@ def assert_reports_masked(path: Path, secret: str | None = None) -> None:
         region = bytes.fromhex(f["hex"])[REPORT_OFFSET:REPORT_OFFSET + 55].decode("ascii")
         assert region.rstrip(" ") == report and f["redacted"] == ["report"]
     framer = ConcertFramer()
-    for item in framer.feed(side_stream(path, "terminal")):
+    framer.feed(side_stream(path, "terminal"))
+    for item in iter(framer.pop, None):
         if isinstance(item, bytes) and len(item) == 83:   # a long answer as it crossed the port
             content = item[REPORT_OFFSET:REPORT_OFFSET + 55].decode("ascii").rstrip(" ")
             assert set(content[:-4]) <= {"*"}, content

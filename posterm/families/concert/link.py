@@ -152,7 +152,8 @@ class ConcertLink:
 
     def receive_data(self, data: bytes, now: float | None = None) -> None:
         self._clock(now)
-        for item in self._framer.feed(data):
+        self._framer.feed(data)
+        while (item := self._framer.pop()) is not None:
             if isinstance(item, int):
                 self._emit(ControlTrace("in", item))
                 self._on_control(item)
@@ -185,7 +186,7 @@ class ConcertLink:
         elif st is _State.HOLDING:
             self.refuse(now)   # nobody decided: the sender must not count it as delivered
         elif st in (_State.RECEIVING, _State.RECEIVED):
-            dropped = self._framer.reset()
+            dropped = self._framer.discard_partial()
             if dropped:
                 self._emit(GarbageSkipped(dropped))
             self._to_idle()
@@ -228,7 +229,7 @@ class ConcertLink:
         pending = [msg for msg, _ in ([self._current] if self._current else [])] + [m for m, _ in self._queue]
         self._queue.clear()
         self._current = None
-        self._framer.reset()
+        self._framer.discard_partial()
         self._out.clear()
         self._to_idle()
         return pending
@@ -293,7 +294,7 @@ class ConcertLink:
                 self.refuse()          # the sender started over: what it sent was not taken
                 st = self._state
             if st in (_State.IDLE, _State.RECEIVING, _State.RECEIVED):
-                self._framer.reset()
+                self._framer.discard_partial()
                 self._put(ACK)
                 self._state = _State.RECEIVING
                 self._naks = 0
@@ -324,7 +325,7 @@ class ConcertLink:
                 self.refuse()          # the sender gave up before we decided: not taken
                 st = self._state
             if st in (_State.RECEIVING, _State.RECEIVED):
-                self._framer.reset()
+                self._framer.discard_partial()
                 self._to_idle()
 
     def _nak(self) -> None:
