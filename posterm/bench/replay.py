@@ -49,8 +49,9 @@ def _recording(path: Path, payments: int) -> Path:
 
 
 def main(argv: list[str]) -> int:
+    from posterm.families.native.record import ReplayTerminal
     from posterm.record import load
-    from posterm.record.replay import ReplayTerminal, build_script, replay_ecr
+    from posterm.record.replay import build_script, replay_ecr
     from posterm.transport import VirtualTransport
 
     ap = argparse.ArgumentParser(prog="python -m posterm.bench replay")

@@ -10,7 +10,20 @@ from typing import Any
 
 import click
 
-from posterm.cli.common import EXIT_OK, EXIT_USAGE, PORT, InputFile, OutputFile, SecondsType, TextType, fail, handle_errors
+from posterm.cli.common import (
+    EXIT_OK,
+    EXIT_USAGE,
+    PORT,
+    InputFile,
+    OutputFile,
+    SecondsType,
+    TextType,
+    _check_protocol,
+    fail,
+    handle_errors,
+)
+
+from posterm.record.format import DEFAULT_PROTOCOL
 
 EXIT_DIFF = 1
 
@@ -19,10 +32,24 @@ _EVENT_COLOUR = {"nak": "red", "bad_frame": "red", "retransmit": "yellow", "garb
                  "partial": "yellow", "timeout": "red"}
 
 
-def _default_baud(protocol: str | None) -> int:
+def _default_baud(protocol: str) -> int:
     from posterm.families import family
 
-    return int(family(protocol or "posterm").serial_defaults.get("baudrate", 115200))
+    return int(family(protocol).serial_defaults.get("baudrate", 115200))
+
+
+def _replay_port_settings(protocol: str, port: str, baud: int | None) -> dict[str, Any]:
+    """Serial settings to reach a terminal of ``protocol`` on ``port``, as the family's ECR
+    driver opens it: its serial defaults on a serial line (none where bytes move without a
+    line: TCP, virtual, pty), ``--baud`` over them."""
+    from posterm.families import family
+
+    settings: dict[str, Any] = {}
+    if not port.startswith(("tcp://", "virtual://", "pty://")):
+        settings = dict(family(protocol).serial_defaults)
+    if baud:
+        settings["baudrate"] = baud
+    return settings
 
 
 def _write_port_file(port_file: str | None, path: str) -> None:
@@ -51,10 +78,10 @@ def _secrets(pairs: tuple[str, ...]) -> dict[str, str]:
 # ------------------------------------------------------------------ show
 
 
-def _summary(rec: dict[str, Any]) -> str:
+def _summary(rec: dict[str, Any], control_frames: frozenset[str]) -> str:
     if rec["type"] == "frame":
         msg = rec.get("msg")
-        if rec["kind"] in ("ACK", "NAK"):
+        if rec["kind"] in control_frames:
             return ""
         if msg is None:
             return f"undecodable: {rec.get('error', '?')}"
@@ -73,20 +100,23 @@ def _summary(rec: dict[str, Any]) -> str:
 @click.command()
 @click.argument("file", type=InputFile(text=True))
 @click.option("--chunks", is_flag=True, help="Also list the raw chunks as they crossed the port.")
-@click.option("--acks", is_flag=True, help="Also list ACK frames (NAKs are always listed); Concert: ENQ, ACK and EOT.")
+@click.option("--acks", is_flag=True,
+              help="Also list acknowledgements and the link's other routine control traffic (NAKs are always listed).")
 @handle_errors
 def show(file: str, chunks: bool, acks: bool) -> None:
     """A timeline of a recording: time, direction, frame, decoded message, link events.
 
-    Coloured on a terminal, plain text when piped. Works for posterm and Concert recordings.
+    Coloured on a terminal, plain text when piped. Works for a recording of any protocol
+    family that can be recorded; what counts as routine control traffic is the family's.
     """
     from posterm.record import load
 
     rec = load(file)
     h = rec.header
-    protocol = "concert" if h.get("protocol") == "concert" else h.get("protocol_version")
-    quiet = {"ack", "enq", "eot"} if h.get("protocol") == "concert" else {"ack"}
-    click.echo(f"recording {file}: {h.get('tool')}, protocol {protocol}, side {h.get('side')},"
+    support = rec.support
+    quiet, quiet_frames, hidden_frames = support.quiet_events, support.quiet_frames, support.hidden_frames
+    control_frames = quiet_frames | hidden_frames
+    click.echo(f"recording {file}: {h.get('tool')}, protocol {support.show_label(h)}, side {h.get('side')},"
                f" started {h.get('started_at')}, port {h.get('port', {}).get('description') or h.get('port', {}).get('url', '?')}")
     rows = sorted(rec.records, key=lambda r: r.get("t", 0.0))  # stable: file order within one instant
     for r in rows:
@@ -95,16 +125,16 @@ def show(file: str, chunks: bool, acks: bool) -> None:
             continue
         if kind == "event" and r["event"] in quiet and not acks:
             continue
-        if kind == "frame" and r["kind"] == "ACK" and not acks:
+        if kind == "frame" and r["kind"] in quiet_frames and not acks:
             continue
-        if kind == "frame" and r["kind"] == "NAK":
+        if kind == "frame" and r["kind"] in hidden_frames:
             continue  # shown as its event
         arrow, colour = _FROM.get(r.get("from", ""), ("  --  ", "white"))
         what = r["kind"] if kind == "frame" else kind
         seq = f"{r['seq']:>3}" if "seq" in r else "   "
         if kind == "event":
             colour = _EVENT_COLOUR.get(r["event"], "white")
-        line = f"{r.get('t', 0.0):>10.3f}  {arrow}  {what:<8} {seq}  {_summary(r)}"
+        line = f"{r.get('t', 0.0):>10.3f}  {arrow}  {what:<8} {seq}  {_summary(r, control_frames)}"
         click.echo(click.style(line, fg=colour, bold=kind == "identity"))
     frames = rec.frames()
     click.echo(f"{len(frames)} frames, {sum(1 for f in frames if f.get('retransmit'))} retransmitted,"
@@ -119,8 +149,8 @@ def show(file: str, chunks: bool, acks: bool) -> None:
 @click.argument("out", type=OutputFile())
 @handle_errors
 def convert(file: str, out: str) -> None:
-    """Convert a recording to pcapng (OUT.pcapng): one packet per frame, link type
-    DLT_USER0 (147; a Concert recording: DLT_USER1, 148), direction in the packet flags;
+    """Convert a recording to pcapng (OUT.pcapng): one packet per frame, the protocol
+    family's link type (posterm's own: DLT_USER0, 147), direction in the packet flags;
     tshark and Wireshark open it."""
     from posterm.record import load
     from posterm.record.pcapng import write_pcapng_file
@@ -141,9 +171,9 @@ def convert(file: str, out: str) -> None:
 @click.option("--terminal", "terminal_port", type=PORT, required=True, metavar="PORT", help="The terminal's port.")
 @click.option("--record", "record_file", required=True, type=OutputFile(), help="Recording file.")
 @click.option("--baud", type=click.IntRange(50, 4_000_000), default=None,
-              help="Baud rate [default: 115200; concert: 9600].")
-@click.option("--protocol", type=click.Choice(["posterm", "concert"]), default="posterm", show_default=True,
-              help="The protocol on the line, to decode it: posterm, or concert (Ingenico Telium protocol E).")
+              help="Baud rate [default: the protocol family's].")
+@click.option("--protocol", default=DEFAULT_PROTOCOL, show_default=True, metavar="NAME", callback=_check_protocol,
+              help="The protocol family on the line, to decode it.")
 @click.option("--port-file", type=OutputFile(), default=None, help="With --ecr pty://: write its path here.")
 @click.option("--duration", type=SecondsType(0.1, 7 * 86400), default=None,
               help="Stop after this many seconds (default: until Ctrl-C, SIGTERM or a side hangs up).")
@@ -200,7 +230,7 @@ def tap(ecr_port: str, terminal_port: str, record_file: str, baud: int | None, p
               help="terminal: play the terminal on a new pty for the ECR under test. ecr: drive --port.")
 @click.option("--port", "-p", type=PORT, default=None, metavar="URL", help="--as ecr: the terminal's port.")
 @click.option("--baud", type=click.IntRange(50, 4_000_000), default=None,
-              help="Baud rate [default: 115200; a Concert recording: 9600 8N1].")
+              help="Baud rate [default: the recorded protocol family's].")
 @click.option("--port-file", type=OutputFile(), default=None, help="--as terminal: write the pty path here.")
 @click.option("--speed", type=SecondsType(0.01, 1000), default=1.0, show_default=True,
               help="Replay speed: 1 = real time, 10 = ten times faster.")
@@ -211,7 +241,7 @@ def tap(ecr_port: str, terminal_port: str, record_file: str, baud: int | None, p
               help="Value for a redacted field, e.g. operator_password=... (payment codes: test prefix + last 4).")
 @click.option("--mask", "extra_masks", type=TextType(64), multiple=True, metavar="FIELD", help="Another field not to diff.")
 @click.option("--same-ids", is_flag=True,
-              help="--as ecr: send the recorded order/refund ids (Concert: private fields)"
+              help="--as ecr: send the recorded order ids (and refund ids)"
                    " (default: fresh ones, so new payments are made).")
 @click.option("--timeout", type=SecondsType(1, 86400), default=600.0, show_default=True,
               help="--as terminal: give up after this many seconds.")
@@ -220,11 +250,10 @@ def replay(file: str, role: str, port: str | None, baud: int | None, port_file: 
            step: bool, loop: bool, secret_pairs: tuple[str, ...], extra_masks: tuple[str, ...], same_ids: bool, timeout: float) -> None:
     """Replay a recording against a live ECR (--as terminal) or a live terminal (--as ecr).
 
-    Messages are matched by type and order/refund id, not byte offset; each side
-    runs its own link, so sequence numbers and ACKs suit the live peer. Fields that
-    change every run (times, trade numbers, KSNs, session numbers) are not diffed.
-    A Concert recording is replayed with Concert's link (ENQ/ACK/EOT): requests are
-    matched by transaction type, amount and currency; the report is not diffed.
+    Messages are matched by type and order/refund id (as the recorded protocol family
+    matches them), not byte offset; each side runs the family's own link, so sequence
+    numbers and acknowledgements suit the live peer. Fields that change every run
+    (times, trade numbers, KSNs, session numbers: the family says which) are not diffed.
 
     \b
     Exit codes:
@@ -234,31 +263,26 @@ def replay(file: str, role: str, port: str | None, baud: int | None, port_file: 
       4  transport or link failure
     """
     from posterm.record import load
-    from posterm.families.concert.record import CONCERT_MASKS, ConcertReplayTerminal, replay_concert_ecr
-    from posterm.record.replay import DEFAULT_MASKS, ReplayTerminal, build_script, replay_ecr, stdin_step
+    from posterm.record.replay import build_script, replay_terminal, stdin_step
 
     recording = load(file)
-    concert = recording.header.get("protocol") == "concert"
+    support = recording.support
     script = build_script(recording, _secrets(secret_pairs))
     if not script:
         fail(f"{file}: no ECR messages to replay", EXIT_USAGE)
-    masks = (CONCERT_MASKS if concert else DEFAULT_MASKS) | frozenset(extra_masks)
+    masks = support.default_masks | frozenset(extra_masks)
     stop = _stop_on_sigterm()
     if role == "terminal":
         if port:
             raise click.UsageError("--as terminal makes its own pty; --port is for --as ecr")
         from posterm.transport.pty_port import PtyTransport
 
-        transport, path = PtyTransport.create(baudrate=baud or _default_baud("concert" if concert else None))
+        transport, path = PtyTransport.create(baudrate=baud or _default_baud(recording.protocol))
         click.echo(path)
         sys.stdout.flush()
         _write_port_file(port_file, path)
-        if concert:
-            player = ConcertReplayTerminal(transport, script, speed=speed, fast=fast, loop=loop,
-                                           masks=frozenset(extra_masks), report=lambda s: click.echo(s, err=True))
-        else:
-            player = ReplayTerminal(transport, script, speed=speed, fast=fast, loop=loop, masks=masks,
-                                    report=lambda s: click.echo(s, err=True))
+        player = replay_terminal(transport, script, speed=speed, fast=fast, loop=loop, masks=masks,
+                                 report=lambda s: click.echo(s, err=True))
         threading.Thread(target=lambda: (stop.wait(), player.stop.set()), daemon=True).start()
         try:
             divergences = player.run(timeout=timeout)
@@ -274,25 +298,13 @@ def replay(file: str, role: str, port: str | None, baud: int | None, port_file: 
         raise click.UsageError("--as ecr needs --port (the terminal to replay to)")
     from posterm.transport import open_transport
 
-    if concert:
-        from posterm.families import CONCERT
-
-        settings: dict[str, Any] = {}
-        if not port.startswith(("tcp://", "virtual://", "pty://")):
-            settings = dict(CONCERT.serial_defaults)   # 9600 8N1, as ConcertTerminal.open
-        if baud:
-            settings["baudrate"] = baud
-        transport = open_transport(port, **settings)
-        replay_fn = replay_concert_ecr
-    else:
-        transport = open_transport(port, baudrate=baud or 115200)
-        replay_fn = replay_ecr
+    transport = open_transport(port, **_replay_port_settings(recording.protocol, port, baud))
     try:
         loops = 1
         total = 0
         all_diffs = []
         while True:
-            result = replay_fn(transport, script, speed=speed, fast=fast, step=step, masks=masks,
+            result = support.replay_ecr(transport, script, speed=speed, fast=fast, step=step, masks=masks,
                                wait_for=stdin_step if step else None, fresh_ids=not same_ids)
             total += result.exchanges
             all_diffs.extend(result.diffs)

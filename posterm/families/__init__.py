@@ -40,6 +40,9 @@ class ProtocolFamily:
     # The ECR can ask what became of an order (posterm: Query). Without that, the emulated
     # terminal reverses an order whose outcome the ECR never learnt (FirmwareConfig.void_unfinished).
     ecr_can_query: bool = True
+    # "module:attr" of the family's posterm.families.interfaces.FamilyRecording (record, show,
+    # convert, tap, replay); None: the family cannot be recorded.
+    recording: str | None = None
 
     def driver_class(self) -> Any:
         return _load(self.driver)
@@ -57,12 +60,14 @@ def _load(spec: str) -> Any:
 FAMILIES: dict[str, ProtocolFamily] = {
     "posterm": ProtocolFamily(
         "posterm", "posterm framed TLV protocol (default)", "posterm.families.native.ecr:Terminal",
-        "posterm.families:_posterm_link", {"baudrate": 115200, "bytesize": 8, "parity": "N", "stopbits": 1}),
+        "posterm.families:_posterm_link", {"baudrate": 115200, "bytesize": 8, "parity": "N", "stopbits": 1},
+        recording="posterm.families.native.record:RECORDING"),
     "concert": ProtocolFamily(
         "concert", "Ingenico Concert (Telium), protocol E", "posterm.families.concert.ecr:ConcertTerminal",
         "posterm.families.concert.front:ConcertFront",
         # USB (CDC-ACM) terminals: 8N1; native RS-232 Telium ports: 7E1 (--bytesize 7 --parity E)
-        {"baudrate": 9600, "bytesize": 8, "parity": "N", "stopbits": 1}, ecr_can_query=False),
+        {"baudrate": 9600, "bytesize": 8, "parity": "N", "stopbits": 1}, ecr_can_query=False,
+        recording="posterm.families.concert.record:RECORDING"),
 }
 
 POSTERM = FAMILIES["posterm"]

@@ -22,12 +22,15 @@ family only through these interfaces; none of it names a family.
     vocabulary (native messages), translating the family's wire to it and back.
 ``RecordObserver``
     Watches both directions of a line for a recording: frames each side, says what each
-    frame is (a JSON-able record) and which byte spans hold secrets (masked).
+    frame is (a JSON-able record) and which byte spans hold secrets (masked). A family's
+    :class:`FamilyRecording` makes one, and gives replay, ``show`` and pcapng their
+    family-specific answers.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 from posterm.families.events import Event
 
@@ -90,18 +93,87 @@ class EcrDriver(Protocol):
     def link_stats(self) -> dict[str, int]: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """One record a :class:`RecordObserver` saw on the line, in the order it is to be written.
+
+    ``type`` is ``"frame"``, ``"event"`` or ``"identity"``. ``fields`` are the record's own
+    fields: the recorder writes ``type``, ``t``, ``wall`` and (but for ``identity``) ``from``
+    before them. Each ``frame`` counts as a recorded frame. ``masks`` are ``[start, end)``
+    offsets in the sender's byte stream that may hold a secret: the recorder writes those
+    bytes as ``2A`` in its chunk records. ``new_session``: this frame opens a new ECR session
+    (a recorder that writes one file per session starts the next file before it). An
+    ``identity``'s fields (the terminal's id, merchant, firmware) are also the next file's
+    header ``terminal``.
+    """
+
+    type: str
+    fields: dict[str, Any]
+    masks: tuple[tuple[int, int], ...] = ()
+    new_session: bool = False
+
+
 @runtime_checkable
 class RecordObserver(Protocol):
     """One recording's view of the line (both directions). Made by the family per recording.
 
-    ``feed(sender, data, offset)`` takes bytes ``sender`` (``"ecr"`` or ``"terminal"``) put
-    on the line, ``offset`` being where they start in that sender's stream, and returns
-    what it saw: a list of :class:`Observed`. ``pending(sender)`` is how many bytes of a
-    partial frame it holds; ``mask_pending(sender, offset)`` the spans of that partial frame
-    that may hold a secret (when a frame stalls and the bytes must be written anyway).
+    ``feed(sender, data)`` takes the next bytes ``sender`` (``"ecr"`` or ``"terminal"``) put
+    on the line and returns what they completed: frames (secrets masked in ``hex`` and
+    ``msg``, ``redacted`` naming the fields), link events, the terminal's identity. Offsets in
+    :attr:`Observed.masks` count from the first byte that sender was seen to send.
+    ``pending(sender)`` is how many bytes of a partial frame it holds; ``mask_pending(sender)``
+    the spans of that partial frame that may hold a secret (when a frame stalls and the
+    bytes must be written anyway). ``header()``: the family's fields of the file header
+    (e.g. protocol versions), written after ``protocol``.
     """
 
     def header(self) -> dict[str, Any]: ...
-    def feed(self, sender: str, data: bytes, offset: int) -> Iterable[Any]: ...
+    def feed(self, sender: str, data: bytes) -> list[Observed]: ...
     def pending(self, sender: str) -> int: ...
-    def mask_pending(self, sender: str, offset: int) -> list[tuple[int, int]]: ...
+    def mask_pending(self, sender: str) -> list[tuple[int, int]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PcapInterface:
+    """How a family's frames appear in a pcapng capture: the link type (``DLT_USER0`` is
+    147, ``DLT_USER1`` 148, ...; one per family, so each can have its own dissector), the
+    interface name and an optional description."""
+
+    linktype: int
+    name: str
+    description: str | None = None
+
+
+@dataclass(frozen=True)
+class FamilyRecording:
+    """What a family gives recording, ``show``, ``convert``, ``tap`` and ``replay``: its
+    :class:`posterm.families.ProtocolFamily` ``recording`` names one (``"module:attr"``).
+
+    ``observer()`` makes a :class:`RecordObserver` for a new recording.
+    ``build_script(recording, secrets)`` turns a :class:`posterm.record.Recording` into its
+    exchanges (a list of :class:`posterm.record.replay.Exchange`; ``secrets`` substitute
+    redacted fields); ``replay_terminal(transport, script, *, speed, fast, loop, masks,
+    report)`` makes a player of the terminal's side (``run()``, ``stop``, ``done``,
+    ``divergences``, ``answered``, ``used``: see :class:`posterm.record.replay.ReplayPlayer`);
+    ``replay_ecr(transport, script, *, speed, fast, step, loops, masks, wait_for, min_wait,
+    fresh_ids)`` plays the ECR's side and returns an
+    :class:`posterm.record.replay.EcrReplayResult`. ``default_masks``: message fields that
+    change every run, never diffed. ``record_fields``: required fields per record type
+    where the family's differ from the format's (e.g. ``frame`` with ``seq``).
+    ``show_label(header)``: how ``posterm show`` names the protocol of a recording;
+    ``quiet_events`` and ``quiet_frames`` (frame kinds) are listed only with ``--acks``;
+    ``hidden_frames`` are never listed (an event says the same). ``pcap``: see
+    :class:`PcapInterface`.
+    """
+
+    observer: Callable[[], RecordObserver]
+    build_script: Callable[..., list]
+    replay_terminal: Callable[..., Any]
+    replay_ecr: Callable[..., Any]
+    pcap: PcapInterface
+    default_masks: frozenset[str] = frozenset()
+    record_fields: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    show_label: Callable[[Mapping[str, Any]], str] = lambda header: str(header.get("protocol"))
+    quiet_events: frozenset[str] = frozenset()
+    quiet_frames: frozenset[str] = frozenset()
+    hidden_frames: frozenset[str] = frozenset()

@@ -8,31 +8,32 @@ One JSON object per line, in this order:
 * ``{"type": "chunk", "t", "wall", "from", "n", "hex"}``: bytes as they crossed
   the transport (``from`` is ``"ecr"`` or ``"terminal"``; ``t`` is monotonic
   seconds since the header). Secret bytes are replaced by ``2A`` (``*``).
-* ``{"type": "frame", "t", "wall", "from", "kind", "seq", "hex", "msg",
-  "redacted", "retransmit"}``: one decoded frame per direction (a Framer per
-  direction). ``msg`` is :func:`posterm.families.native.redact.message_fields` (secrets masked);
-  ``redacted`` names the masked fields, so replay can substitute them.
+* ``{"type": "frame", "t", "wall", "from", "kind", "hex", "msg", "redacted",
+  "retransmit", ...}``: one decoded frame (the family's framer splits each direction).
+  ``msg`` holds the message's fields, secrets masked; ``redacted`` names the masked
+  fields, so replay can substitute them; ``retransmit`` marks a frame sent again.
 * ``{"type": "event", "t", "wall", "from", "event", ...}``: link events seen on
-  the line: ``ack``, ``nak``, ``retransmit`` (``cause`` nak/timeout),
+  the line, e.g. ``ack``, ``nak``, ``retransmit`` (``cause`` nak/timeout),
   ``bad_frame``, ``garbage``, ``partial``.
-* ``{"type": "identity", ...}``: the terminal's identity, once its HelloReply passed.
+* ``{"type": "identity", ...}``: the terminal's identity, once it told it.
 
-Secrets never reach the file: frame hex goes through :func:`redact_frame`; chunk
-hex is held back until the framer has seen whole frames, then masked at the same
-stream offsets; a frame that failed its CRC has its whole payload masked (when in
-doubt, mask), and so does a partial frame still buffered at close.
+Secrets never reach the file: the family's :class:`~posterm.families.interfaces.RecordObserver`
+masks them in the frame records and says at which stream offsets they lie; chunk hex is
+held back until the observer has seen whole frames, then masked at those offsets. A stalled
+partial frame (held past :data:`MAX_HELD`, or still buffered at close) is masked where the
+observer says it may hold one.
 
-The header's ``protocol`` names the protocol family on the line: ``posterm`` (also
-when absent: recordings made before families existed) or ``concert`` (Ingenico
-Concert; records as described in :mod:`posterm.families.concert.record`: frames have ``kind``
-``request``/``answer`` and no ``seq``, control bytes are ``enq``/``ack``/``nak``/``eot``
-events, the answer's ``report`` keeps only its last 4 characters).
+The header's ``protocol`` names the protocol family on the line (a
+:class:`posterm.families.ProtocolFamily` with a ``recording``; absent: ``posterm``, the
+recordings made before families existed). What frames and events a family records is
+its own (``posterm.families.<name>.record``); this module names none.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pkgutil
 import threading
 import time
 import weakref
@@ -41,23 +42,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, TextIO
 
-from firmware_protocol import concert as cc
-from firmware_protocol.native import frame as fr
-from firmware_protocol.native import messages as m
-from firmware_protocol.errors import ProtocolError
-from firmware_protocol.native.tlv import decode
-
 from posterm import __version__
 from posterm.errors import ConfigError
-from posterm.families.native.redact import MASK_BYTE, message_fields, redact_frame, redacted_spans
+from posterm.families import ProtocolFamily, family, names
+from posterm.families.interfaces import FamilyRecording, Observed, RecordObserver
 from posterm.safefs import private_dir, private_file
 
 FORMAT = "posterm-recording"
 FORMAT_VERSION = 1
 SIDES = ("ecr", "terminal")
-PROTOCOLS = ("posterm", "concert")
+DEFAULT_PROTOCOL = "posterm"  # a header without ``protocol`` predates families: posterm's own protocol
 MAX_LINE = 1 << 20          # a record line is at most a frame's hex plus fields: far below this
-MAX_HELD = 4 * fr.MAX_FRAME  # chunk bytes held back per direction while a frame is incomplete
+# Chunk bytes held back per direction while a frame is incomplete: four of the largest frame
+# of posterm's own protocol (4106 bytes). A family whose frames are longer than this gets
+# its stalled partial frames masked (RecordObserver.mask_pending) and written in pieces.
+MAX_HELD = 4 * 4106
+MASK_BYTE = 0x2A            # "*": what a masked byte of a chunk is written as
 
 
 class RecordingError(ConfigError):
@@ -102,50 +102,41 @@ def recording_path(directory: str | Path, prefix: str) -> SessionPath:
     raise ConfigError(f"{d}: more than 1000 recordings named {prefix}-{stamp}-*")
 
 
-# ------------------------------------------------------------------ per-direction observer
+# ------------------------------------------------------------------ the families
 
 
-def _check_protocol(protocol: str | None) -> str:
-    protocol = protocol or "posterm"
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"recording supports the protocols {', '.join(PROTOCOLS)}, not {protocol!r}")
-    return protocol
+def recording_support(protocol: str | None) -> FamilyRecording:
+    """The :class:`FamilyRecording` of the family called ``protocol`` (``None``: posterm).
+
+    Raises :class:`ConfigError` naming the known families when none is called that, or
+    saying that the family cannot be recorded when it has no recording support.
+    """
+    name = DEFAULT_PROTOCOL if protocol is None else protocol
+    known = names()
+    if name not in known:
+        raise ConfigError(f"protocol {name!r} is not supported (known families: {', '.join(known)})")
+    fam: ProtocolFamily = family(name)
+    spec = getattr(fam, "recording", None)
+    if not spec:
+        raise ConfigError(f"protocol {name!r} cannot be recorded or replayed (its family has no recording support)")
+    try:
+        support = pkgutil.resolve_name(spec)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"protocol {name!r}: its recording support {spec!r} does not load ({exc})") from None
+    if not isinstance(support, FamilyRecording):
+        raise ConfigError(f"protocol {name!r}: {spec!r} is not a FamilyRecording")
+    return support
 
 
 class _Direction:
-    """Frames one direction's byte stream and masks secret bytes at their stream offsets."""
+    """One direction's chunks not yet written, and where in its stream secrets lie."""
 
-    def __init__(self, sender: str, protocol: str = "posterm") -> None:
+    def __init__(self, sender: str) -> None:
         self.sender = sender
-        self.concert = protocol == "concert"
-        self.framer = cc.ConcertFramer() if self.concert else fr.Framer()
-        self.last_frame: bytes | None = None               # Concert: the last frame since this side's EOT
-        self.consumed = 0          # stream offset of the framer's buffer start
         self.flushed = 0           # stream offset up to which chunks were written
         self.held: list[tuple[float, float, bytes]] = []  # (t, wall, bytes) not yet written
         self.held_bytes = 0
         self.masks: list[tuple[int, int]] = []            # absolute [start, end) to mask
-        self.last_data: tuple[int, bytes] | None = None   # (seq, crc) of the last DATA frame
-        self.nak_since = False     # the peer NAKed since this side's last DATA frame
-
-    @property
-    def pending(self) -> int:
-        """Bytes the framer holds (an incomplete frame)."""
-        return self.framer.pending
-
-    def mask_pending(self) -> None:
-        """Mask what may be the payload of the incomplete frame the framer holds.
-
-        Concert: only the terminal's answers can carry card data (requests have no such field)."""
-        if self.concert:
-            if self.sender == "terminal" and self.pending > 1:
-                self.masks.append((self.consumed + 1, self.consumed + self.pending))
-        else:
-            self.masks.append((self.consumed + fr.HEADER_SIZE, self.consumed + self.pending))
-
-    def mask_payload(self, start: int, raw: bytes) -> None:
-        if len(raw) > fr.HEADER_SIZE:
-            self.masks.append((start + fr.HEADER_SIZE, start + len(raw)))
 
 
 class Recorder:
@@ -154,18 +145,20 @@ class Recorder:
     ``target`` is a path (created 0600; a symlink there is refused with
     :class:`~posterm.safefs.UnsafePath`) or an open text stream. ``port`` is a
     dict of port settings for the header; ``side`` says whose transport was wrapped;
-    ``protocol`` is the family on the line (``posterm`` or ``concert``).
+    ``protocol`` names the family on the line (its :class:`FamilyRecording` frames,
+    decodes and masks). Raises ConfigError for a bad side or a family that cannot be recorded.
     """
 
     def __init__(self, target: str | Path | TextIO, *, side: str = "ecr", port: dict[str, Any] | None = None,
                  terminal: dict[str, Any] | None = None, clock=time.monotonic, wall=time.time,
-                 protocol: str = "posterm") -> None:
+                 protocol: str = DEFAULT_PROTOCOL) -> None:
         if side not in SIDES and side != "tap":
             raise ConfigError(f"side must be 'ecr', 'terminal' or 'tap', not {side!r}")
-        self.protocol = _check_protocol(protocol)
+        self.protocol = protocol or DEFAULT_PROTOCOL
+        self._observer: RecordObserver = recording_support(self.protocol).observer()
         self._clock, self._wall = clock, wall
         self._lock = threading.Lock()
-        self._dirs = {"ecr": _Direction("ecr", self.protocol), "terminal": _Direction("terminal", self.protocol)}
+        self._dirs = {sender: _Direction(sender) for sender in SIDES}
         self._closed = False
         self._side, self._port, self._terminal = side, port or {}, terminal
         self._identity: dict[str, Any] | None = None
@@ -195,20 +188,21 @@ class Recorder:
         self._t0 = self._clock()
         self.session_frames = 0
         start = self._wall()
-        versions = {} if self.protocol == "concert" else {"protocol_version": m.PROTOCOL_VERSION,
-                                                           "link_version": fr.LINK_VERSION}
         self._write({"type": "header", "format": FORMAT, "format_version": FORMAT_VERSION,
-                     "tool": f"posterm {__version__}", "protocol": self.protocol, **versions,
+                     "tool": f"posterm {__version__}", "protocol": self.protocol, **self._observer.header(),
                      "side": self._side, "port": self._port,
                      "terminal": self._identity or self._terminal, "started_wall": round(start, 6),
                      "started_at": datetime.fromtimestamp(start, timezone.utc).isoformat(timespec="milliseconds")})
 
-    def _rotate(self) -> None:
-        """A new ECR session began: finish this file, continue in a new one."""
+    def _rotate(self, sender: str) -> None:
+        """A new ECR session began (``sender``'s frame): finish this file, continue in a new one.
+
+        The other direction's held chunks end this file; ``sender``'s (the new session's
+        first frame among them) begin the next."""
         sp = self._session_dir
         assert sp is not None
         for d in self._dirs.values():
-            if d.sender != "ecr":
+            if d.sender != sender:
                 self._flush_chunks(d)
         self._fh.flush()
         self._fh.close()
@@ -231,147 +225,31 @@ class Recorder:
             d = self._dirs[sender]
             d.held.append((t, wall, bytes(data)))
             d.held_bytes += len(data)
-            if d.concert:
-                d.framer.feed(data)
-                self._drain_concert(d, list(iter(d.framer.pop, None)), t, wall)
-            else:
-                d.framer.feed(data)
-                self._drain(d, t, wall)
-            if not d.pending or d.held_bytes > MAX_HELD:
-                if d.pending:
+            for seen in self._observer.feed(sender, bytes(data)):
+                self._observed(d, seen, t, wall)
+            pending = self._observer.pending(sender)
+            if not pending or d.held_bytes > MAX_HELD:
+                if pending:
                     # A frame stalls this long: mask what may be its payload and move on.
-                    d.mask_pending()
+                    d.masks.extend(self._observer.mask_pending(sender))
                 self._flush_chunks(d)
             self._fh.flush()
 
-    def _drain(self, d: _Direction, t: float, wall: float) -> None:
-        while (item := d.framer.pop()) is not None:
-            start = d.consumed
-            base = {"t": t, "wall": wall, "from": d.sender}
-            if isinstance(item, fr.Garbage):
-                d.consumed += len(item.data)
-                # Garbage may be a frame whose header was mangled, secrets and all: mask it.
-                d.masks.append((start, d.consumed))
-                self._write({"type": "event", **base, "event": "garbage", "n": len(item.data)})
-            elif isinstance(item, fr.BadFrame):
-                # The framer resumes one byte after a CRC failure, after the frame otherwise.
-                d.consumed += 1 if item.reason == "CRC mismatch" else len(item.raw)
-                d.mask_payload(start, item.raw)
-                masked = item.raw[: fr.HEADER_SIZE] + bytes([MASK_BYTE]) * (len(item.raw) - fr.HEADER_SIZE)
-                self._write({"type": "event", **base, "event": "bad_frame", "seq": item.seq,
-                             "reason": item.reason, "hex": masked.hex().upper()})
-            else:
-                d.consumed += len(item.raw)
-                self._frame(d, item, start, base)
-
-    def _frame(self, d: _Direction, frame: fr.LinkFrame, start: int, base: dict[str, Any]) -> None:
-        if (self._rotating and d.sender == "ecr" and self.session_frames and frame.kind is fr.FrameKind.DATA
-                and frame.payload[:2] == m.Hello.TYPE.to_bytes(2, "big") and d.last_data != (frame.seq, frame.raw[-2:])):
-            self._rotate()
-            base = {**base, "t": round(self._clock() - self._t0, 6)}
-        self.frames += 1
-        self.session_frames += 1
-        masked, names = redact_frame(frame.raw)
-        for s, e, _ in redacted_spans(frame.payload):
-            d.masks.append((start + fr.HEADER_SIZE + s, start + fr.HEADER_SIZE + e))
-        rec: dict[str, Any] = {"type": "frame", **base, "kind": frame.kind.name, "seq": frame.seq,
-                               "hex": masked.hex().upper()}
-        other = self._dirs["terminal" if d.sender == "ecr" else "ecr"]
-        if frame.kind is fr.FrameKind.DATA:
-            key = (frame.seq, frame.raw[-2:])
-            retransmit = d.last_data == key
-            d.last_data = key
-            try:
-                msg = decode(frame.payload)
-            except ProtocolError as exc:
-                rec["msg"] = None
-                rec["error"] = str(exc)
-                d.mask_payload(start, frame.raw)
-                rec["hex"] = (frame.raw[: fr.HEADER_SIZE] + bytes([MASK_BYTE]) * (len(frame.raw) - fr.HEADER_SIZE)).hex().upper()
-                names = ["undecodable"]
-            else:
-                rec["msg"] = message_fields(msg)
-                if isinstance(msg, m.HelloReply):
-                    self._identity = {"terminal_id": msg.terminal_id, "merchant_id": msg.merchant_id,
-                                      "firmware_version": msg.firmware_version,
-                                      "protocol_version": msg.protocol_version}
-            if names:
-                rec["redacted"] = names
-            if retransmit:
-                rec["retransmit"] = True
-            self._write(rec)
-            if retransmit:
-                cause = "nak" if other.nak_since else "timeout"
-                self._write({"type": "event", **base, "event": "retransmit", "seq": frame.seq, "cause": cause})
-            other.nak_since = False
-            if isinstance(rec.get("msg"), dict) and rec["msg"]["type"] == "HelloReply" and not retransmit:
-                self._write({"type": "identity", "t": base["t"], "wall": base["wall"], **self._identity})
-        else:
-            self._write(rec)
-            event = frame.kind.name.lower()
-            if frame.kind is fr.FrameKind.NAK:
-                d.nak_since = True
-            self._write({"type": "event", **base, "event": event, "seq": frame.seq})
-
-    # -- Concert -------------------------------------------------------------
-
-    def _drain_concert(self, d: _Direction, items: list, t: float, wall: float) -> None:
-        from posterm.families.concert.record import CONTROL_EVENTS
-
-        other = self._dirs["terminal" if d.sender == "ecr" else "ecr"]
-        for item in items:
-            start = d.consumed
-            base = {"t": t, "wall": wall, "from": d.sender}
-            if isinstance(item, int):
-                d.consumed += 1
-                if item == cc.NAK:
-                    d.nak_since = True
-                elif item == cc.EOT:
-                    d.last_frame = None          # this side's transmission is over
-                self._write({"type": "event", **base, "event": CONTROL_EVENTS.get(item, f"0x{item:02X}")})
-            elif isinstance(item, cc.ConcertGarbage):
-                d.consumed += len(item.data)
-                if d.sender == "terminal":       # may be an answer whose STX was lost, report and all
-                    d.masks.append((start, d.consumed))
-                self._write({"type": "event", **base, "event": "garbage", "n": len(item.data)})
-            else:
-                d.consumed += len(item)
-                self._concert_frame(d, other, bytes(item), start, base)
-
-    def _concert_frame(self, d: _Direction, other: _Direction, raw: bytes, start: int, base: dict[str, Any]) -> None:
-        from posterm.families.concert.record import bad_frame_reason, concert_fields, decode_frame, report_span
-
-        try:
-            msg = decode_frame(raw, d.sender)
-        except (ProtocolError, ValueError) as exc:
-            hexed = raw
-            if d.sender == "terminal" and len(raw) > 3:   # when in doubt, mask (the body may hold a report)
-                d.masks.append((start + 1, start + len(raw) - 2))
-                hexed = raw[:1] + bytes([MASK_BYTE]) * (len(raw) - 3) + raw[-2:]
-            self._write({"type": "event", **base, "event": "bad_frame", "reason": bad_frame_reason(exc, d.sender),
-                         "hex": hexed.hex().upper()})
+    def _observed(self, d: _Direction, seen: Observed, t: float, wall: float) -> None:
+        """Write one record the observer saw (``t``, ``wall``: when its bytes came)."""
+        d.masks.extend(seen.masks)
+        if seen.type == "identity":
+            self._identity = dict(seen.fields)
+            self._write({"type": "identity", "t": t, "wall": wall, **seen.fields})
             return
-        self.frames += 1
-        self.session_frames += 1
-        masked, names = raw, []
-        if isinstance(msg, cc.ConcertAnswer) and (span := report_span(msg)) is not None:
-            s, e = span
-            d.masks.append((start + s, start + e))
-            masked = raw[:s] + bytes([MASK_BYTE]) * (e - s) + raw[e:]
-            names = ["report"]
-        rec: dict[str, Any] = {"type": "frame", **base, "kind": "request" if isinstance(msg, cc.ConcertRequest)
-                               else "answer", "hex": masked.hex().upper(), "msg": concert_fields(msg)}
-        if names:
-            rec["redacted"] = names
-        retransmit = d.last_frame == raw
-        d.last_frame = raw
-        if retransmit:
-            rec["retransmit"] = True
-        self._write(rec)
-        if retransmit:
-            self._write({"type": "event", **base, "event": "retransmit",
-                         "cause": "nak" if other.nak_since else "timeout"})
-        other.nak_since = False
+        stamp = t
+        if seen.new_session and self._rotating and self.session_frames:
+            self._rotate(d.sender)
+            stamp = round(self._clock() - self._t0, 6)   # the new file's clock
+        if seen.type == "frame":
+            self.frames += 1
+            self.session_frames += 1
+        self._write({"type": seen.type, "t": stamp, "wall": wall, "from": d.sender, **seen.fields})
 
     def _flush_chunks(self, d: _Direction) -> None:
         for t, wall, data in d.held:
@@ -416,11 +294,12 @@ class Recorder:
 
     def _flush_all(self) -> None:
         for d in self._dirs.values():
-            if d.pending:
-                d.mask_pending()
+            pending = self._observer.pending(d.sender)
+            if pending:
+                d.masks.extend(self._observer.mask_pending(d.sender))
                 t, wall = self._stamp()
                 self._write({"type": "event", "t": t, "wall": wall, "from": d.sender, "event": "partial",
-                             "n": d.pending})
+                             "n": pending})
             self._flush_chunks(d)
         self._fh.flush()
 
@@ -440,18 +319,17 @@ class RecordingTransport:
     ``side`` says whose transport this is: ``"ecr"`` (writes are the ECR's bytes,
     reads the terminal's) or ``"terminal"`` (the reverse). ``path_or_recorder`` is
     a file path (a new :class:`Recorder`, closed with this transport) or a Recorder.
-    ``protocol``: the family on the line for a new Recorder (``posterm`` or ``concert``;
-    a given Recorder keeps its own).
+    ``protocol``: the family on the line for a new Recorder (a given Recorder keeps its own).
     ``read``/``write``/``close``/``description``/``fileno`` pass through.
     """
 
     def __init__(self, inner: Any, path_or_recorder: str | Path | Recorder, side: str = "ecr",
-                 port: dict[str, Any] | None = None, protocol: str = "posterm") -> None:
+                 port: dict[str, Any] | None = None, protocol: str = DEFAULT_PROTOCOL) -> None:
         """A shared Recorder (e.g. one per driver session across reconnects) is only
         flushed by :meth:`close`; its owner closes it. Raises ConfigError for a bad side or protocol."""
         if side not in SIDES:
             raise ConfigError(f"side must be 'ecr' or 'terminal', not {side!r}")
-        protocol = _check_protocol(protocol)
+        recording_support(protocol or DEFAULT_PROTOCOL)   # a family that cannot be recorded fails before anything is wrapped
         self.inner = inner
         self.side = side
         self._peer = "terminal" if side == "ecr" else "ecr"
@@ -518,10 +396,20 @@ class Recording:
     def frames(self) -> list[dict[str, Any]]:
         return [r for r in self.records if r["type"] == "frame"]
 
+    @property
+    def protocol(self) -> str:
+        """The family on the recorded line (the header's ``protocol``)."""
+        return self.header.get("protocol", DEFAULT_PROTOCOL)
 
-_REQUIRED = {"chunk": ("t", "from", "hex"), "frame": ("t", "from", "kind", "seq", "hex"),
-             "event": ("t", "event"), "identity": ()}
-_REQUIRED_CONCERT = {**_REQUIRED, "frame": ("t", "from", "kind", "hex")}  # Concert frames have no sequence number
+    @property
+    def support(self) -> FamilyRecording:
+        """The family's recording support (the reader checked that it has one)."""
+        return recording_support(self.protocol)
+
+
+# Fields every record of a type has, whatever the family; FamilyRecording.record_fields adds its own.
+_REQUIRED: dict[str, tuple[str, ...]] = {"chunk": ("t", "from", "hex"), "frame": ("t", "from", "kind", "hex"),
+                                         "event": ("t", "event"), "identity": ()}
 
 
 def iter_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -556,11 +444,11 @@ def iter_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 if rec.get("format_version") != FORMAT_VERSION:
                     raise RecordingError(p, n, f"format version {rec.get('format_version')!r} is not supported"
                                                f" (this posterm reads {FORMAT_VERSION})")
-                if rec.get("protocol", "posterm") not in PROTOCOLS:
-                    raise RecordingError(p, n, f"protocol {rec.get('protocol')!r} is not supported"
-                                               f" (this posterm reads {', '.join(PROTOCOLS)})")
-                if rec.get("protocol") == "concert":
-                    required = _REQUIRED_CONCERT
+                try:
+                    support = recording_support(rec.get("protocol", DEFAULT_PROTOCOL))
+                except ConfigError as exc:
+                    raise RecordingError(p, n, str(exc)) from None
+                required = {**_REQUIRED, **support.record_fields}
                 yield n, rec
                 continue
             kind = rec["type"]
@@ -591,10 +479,10 @@ def load(path: str | Path) -> Recording:
 
 
 def open_recorded(opener: Callable[..., Any], path: str | Path, url: str, settings: dict[str, Any],
-                  protocol: str = "posterm") -> Callable[..., Any]:
+                  protocol: str = DEFAULT_PROTOCOL) -> Callable[..., Any]:
     """Wrap a transport opener so every transport it opens (the first one and any
     reconnection) records, as the ECR, into one recording at ``path``.
-    ``protocol``: the family on the line (``posterm`` or ``concert``)."""
+    ``protocol``: the family on the line. Raises ConfigError if it cannot be recorded."""
     recorder = Recorder(path, side="ecr", port={"url": url, **{k: v for k, v in settings.items()
                                                              if isinstance(v, (int, float, str, bool))}},
                         protocol=protocol)

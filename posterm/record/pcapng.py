@@ -1,17 +1,15 @@
 """Write a recording as pcapng (one packet per frame), for tshark and Wireshark.
 
 No dependency: pcapng's blocks are simple (https://www.ietf.org/archive/id/draft-ietf-opsawg-pcapng-02.html).
-One Section Header Block, one Interface Description Block with link type
-``DLT_USER0`` (147) and microsecond timestamps, then one Enhanced Packet Block
-per recorded frame (its redacted bytes) whose ``epb_flags`` option gives the
-direction: inbound (from the terminal) or outbound (from the ECR), as seen by the ECR.
-In Wireshark, map DLT_USER0 in Preferences > Protocols > DLT_USER to a dissector.
-
-A Concert recording (header ``protocol: concert``) uses ``DLT_USER1`` (148) instead, so
-a capture says which protocol it holds and each can have its own dissector; its
-interface is named ``posterm-concert`` and described (``if_description``) as Ingenico
-Concert. One packet per ``STX..ETX LRC`` frame (report masked); control bytes
-(ENQ/ACK/NAK/EOT) are not packets.
+One Section Header Block, one Interface Description Block with the recorded family's
+link type, interface name and description (its
+:class:`~posterm.families.interfaces.PcapInterface`: posterm's own protocol is
+``DLT_USER0``, 147; each family has its own, so a capture says which protocol it holds)
+and microsecond timestamps, then one Enhanced Packet Block per recorded frame (its
+redacted bytes) whose ``epb_flags`` option gives the direction: inbound (from the
+terminal) or outbound (from the ECR), as seen by the ECR. Link events that are not
+frames (control bytes a family records as events) are not packets. In Wireshark, map
+the DLT_USER link type in Preferences > Protocols > DLT_USER to a dissector.
 """
 
 from __future__ import annotations
@@ -23,9 +21,8 @@ from typing import BinaryIO, Iterator
 from posterm.record.format import Recording
 from posterm.safefs import atomic_private
 
-LINKTYPE_USER0 = 147
-LINKTYPE_USER1 = 148        # Concert recordings
-LINKTYPES = {"posterm": LINKTYPE_USER0, "concert": LINKTYPE_USER1}
+LINKTYPE_USER0 = 147        # DLT_USER0 .. DLT_USER15 are 147 .. 162: link types for private use
+LINKTYPE_USER1 = 148
 BYTE_ORDER_MAGIC = 0x1A2B3C4D
 SHB, IDB, EPB = 0x0A0D0D0A, 0x00000001, 0x00000006
 OPT_ENDOFOPT, OPT_COMMENT, IF_NAME, IF_DESCRIPTION, IF_TSRESOL, EPB_FLAGS = 0, 1, 2, 3, 9, 2
@@ -46,17 +43,16 @@ def _block(kind: int, body: bytes) -> bytes:
 
 
 def write_pcapng(recording: Recording, out: BinaryIO) -> int:
-    """Write ``recording``'s frames to ``out``. Returns the number of packets."""
+    """Write ``recording``'s frames to ``out``. Returns the number of packets.
+    Raises ConfigError if the recording's family cannot be read (see :func:`~posterm.record.load`)."""
     shb_opts = _option(OPT_COMMENT, f"posterm recording {Path(recording.path).name}".encode()) + _option(OPT_ENDOFOPT, b"")
     out.write(_block(SHB, struct.pack("<IHHq", BYTE_ORDER_MAGIC, 1, 0, -1) + shb_opts))
-    protocol = recording.header.get("protocol") or "posterm"
-    if protocol == "concert":
-        idb_opts = (_option(IF_NAME, b"posterm-concert")
-                    + _option(IF_DESCRIPTION, b"Ingenico Concert (protocol E): STX body ETX LRC frames"))
-    else:
-        idb_opts = _option(IF_NAME, b"posterm-serial")
+    iface = recording.support.pcap
+    idb_opts = _option(IF_NAME, iface.name.encode())
+    if iface.description:
+        idb_opts += _option(IF_DESCRIPTION, iface.description.encode())
     idb_opts += _option(IF_TSRESOL, bytes([6])) + _option(OPT_ENDOFOPT, b"")
-    out.write(_block(IDB, struct.pack("<HHI", LINKTYPES.get(protocol, LINKTYPE_USER0), 0, 0) + idb_opts))
+    out.write(_block(IDB, struct.pack("<HHI", iface.linktype, 0, 0) + idb_opts))
     start = float(recording.header.get("started_wall", 0.0))
     count = 0
     for rec in recording.frames():

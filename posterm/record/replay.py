@@ -1,45 +1,28 @@
 """Replay a recording: play the terminal to an ECR under test, or the ECR to a terminal.
 
-Replay works on messages, not byte offsets: the recording's DATA frames are
-turned back into messages (redacted secrets substituted), and each side runs its
-own :class:`posterm.families.native.link.Link`, so sequence numbers and ACKs are right for the live
-peer whatever happened on the recorded line (retransmissions are skipped).
+Replay works on messages, not byte offsets: the recording's frames are turned back into
+messages (redacted secrets substituted) by the recorded family
+(:class:`~posterm.families.interfaces.FamilyRecording`), and each side runs that family's
+own link, so sequence numbers and acknowledgements are right for the live peer whatever
+happened on the recorded line (retransmissions are skipped).
 
-Concert recordings (header ``protocol: concert``): :func:`build_script` returns their
-request/answer exchanges and :func:`replay_ecr` hands them to
-:func:`posterm.families.concert.record.replay_concert_ecr`; the terminal side is
-:class:`posterm.families.concert.record.ConcertReplayTerminal`.
+This module holds what every family's replay shares: the script (:class:`Script` of
+:class:`Exchange`), :class:`Divergence`, pacing, the terminal-side player's bookkeeping
+(:class:`ReplayPlayer`), the diff helpers, and :func:`build_script`,
+:func:`replay_terminal` and :func:`replay_ecr`, which hand a recording to its family.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import re
-import secrets as _random
-import struct
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from firmware_protocol.native import frame as fr
-from firmware_protocol.native import messages as m
-from firmware_protocol.errors import ProtocolError
-from firmware_protocol.native.tlv import Message, decode, message_types, split_items
-
-from posterm.errors import ConfigError, Disconnected, LinkFailed
-from posterm.families.native.link import Link, LinkConfig, MessageReceived, SendFailed, UndecodableMessage
-from posterm.record.format import Recording
-from posterm.families.native.redact import message_fields
-
-# Fields that change on every run of the same session: never diffed.
-DEFAULT_MASKS = frozenset({"session", "paid_at", "trade_no", "ksn", "settled_at", "batch_no", "kcv",
-                           "counters_left"})
-KEY_FIELDS = ("order_id", "refund_id")
-# Demo values put back where a recording redacted a secret (override with secrets=).
-DEMO_SECRETS = {"operator_password": "246810"}
-_ITEM = struct.Struct(">BH")
+from posterm.errors import ConfigError, LinkFailed
+from posterm.record.format import DEFAULT_PROTOCOL, Recording, recording_support
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +30,7 @@ class Recorded:
     """One recorded message: when, the message itself (secrets substituted), its masked fields."""
 
     t: float
-    message: Message
+    message: Any
     fields: dict[str, Any]
     line: int = 0
 
@@ -61,6 +44,15 @@ class Exchange:
     gap: float = 0.0  # recorded idle time before the request
 
 
+class Script(list):
+    """A recording's exchanges (a list of :class:`Exchange`) and the family that speaks them
+    (``protocol``), so :func:`replay_ecr` and :func:`replay_terminal` know whose link to run."""
+
+    def __init__(self, exchanges: Any = (), protocol: str = DEFAULT_PROTOCOL) -> None:
+        super().__init__(exchanges)
+        self.protocol = protocol
+
+
 @dataclass(frozen=True, slots=True)
 class Divergence:
     """Where the live peer did not do what the recording did."""
@@ -72,72 +64,32 @@ class Divergence:
         return f"#{self.index}: {self.what}"
 
 
-def substitute(payload: bytes, redacted: list[str], secrets: dict[str, str] | None = None) -> bytes:
-    """Put values back into a payload whose secret fields were masked.
-
-    Payment codes become the test prefix ``2899...`` + the recorded last 4 digits;
-    other secrets come from ``secrets`` (then :data:`DEMO_SECRETS`). Raises
-    :class:`ConfigError` when a value is needed and none is given.
-    """
-    secrets = {**DEMO_SECRETS, **(secrets or {})}
-    type_code, items = split_items(payload)
-    cls = message_types().get(type_code)
-    if cls is None:
-        raise ConfigError(f"unknown message type 0x{type_code:04X} in the recording")
-    out = bytearray(payload[:2])
-    for tag, _offset, value in items:
-        spec = cls.BY_TAG.get(tag)
-        if spec is not None and spec.secret:
-            name = spec.name
-            if name in secrets:
-                value = secrets[name].encode()
-            elif name == "payment_code":
-                value = b"2899" + b"0" * max(0, len(value) - 8) + value[-4:]
-            else:
-                raise ConfigError(f"the recording redacted {cls.__name__}.{name}; give its value"
-                                  f" (--secret {name}=...) to replay it")
-        out += _ITEM.pack(tag, len(value)) + value
-    return bytes(out)
+def build_script(recording: Recording, secrets: dict[str, str] | None = None) -> Script:
+    """The recording as exchanges (ECR message + terminal answers), by its family.
+    Retransmissions are skipped; ``secrets`` give values for redacted fields the family
+    cannot make up. Raises ConfigError when a recorded message does not rebuild."""
+    return Script(recording.support.build_script(recording, secrets), recording.protocol)
 
 
-def message_of(rec: dict[str, Any], secrets: dict[str, str] | None = None) -> Message | None:
-    """The message of a recorded DATA frame (None if it was undecodable)."""
-    raw = bytes.fromhex(rec["hex"])
-    if rec.get("msg") is None or len(raw) < fr.HEADER_SIZE + fr.CRC_SIZE:
-        return None
-    payload = raw[fr.HEADER_SIZE:-fr.CRC_SIZE]
-    if rec.get("redacted"):
-        payload = substitute(payload, rec["redacted"], secrets)
-    try:
-        return decode(payload)
-    except ProtocolError as exc:
-        raise ConfigError(f"recorded {rec['msg'].get('type')} does not decode: {exc}") from None
+def _support(script: list) -> Any:
+    return recording_support(getattr(script, "protocol", DEFAULT_PROTOCOL))
 
 
-def build_script(recording: Recording, secrets: dict[str, str] | None = None) -> list[Exchange]:
-    """The recording as exchanges (ECR message + terminal answers). Retransmissions skipped.
+def replay_terminal(transport: Any, script: list, **kw: Any) -> "ReplayPlayer":
+    """The family's player of the terminal's side of ``script`` (from :func:`build_script`)
+    on ``transport``: ``speed``, ``fast``, ``loop``, ``masks``, ``report`` as
+    :class:`ReplayPlayer`. ``run()`` serves until done and returns the divergences."""
+    return _support(script).replay_terminal(transport, script, **kw)
 
-    A Concert recording gives Concert requests and answers (``secrets`` unused: Concert
-    carries none)."""
-    if recording.header.get("protocol") == "concert":
-        from posterm.families.concert.record import build_concert_script
 
-        return build_concert_script(recording)
-    script: list[Exchange] = []
-    last_t = 0.0
-    for n, rec in enumerate(recording.records, 2):
-        if rec["type"] != "frame" or rec["kind"] != "DATA" or rec.get("retransmit"):
-            continue
-        msg = message_of(rec, secrets)
-        if msg is None:
-            continue
-        item = Recorded(rec["t"], msg, rec["msg"], n)
-        if rec["from"] == "ecr":
-            script.append(Exchange(item, gap=max(0.0, rec["t"] - last_t)))
-        elif script:
-            script[-1].answers.append(item)
-        last_t = rec["t"]
-    return script
+def replay_ecr(transport: Any, script: list, *, masks: frozenset[str] | None = None, **kw: Any) -> "EcrReplayResult":
+    """Send the ECR's recorded messages in ``script`` to a live terminal and diff what it
+    answers, with the family's link (``speed``, ``fast``, ``step``, ``loops``, ``wait_for``,
+    ``min_wait``, ``fresh_ids``; ``masks`` default: the family's). Returns an
+    :class:`EcrReplayResult`; raises :class:`LinkFailed` when the terminal does not take a
+    message, :class:`~posterm.errors.Disconnected`."""
+    support = _support(script)
+    return support.replay_ecr(transport, script, masks=support.default_masks if masks is None else masks, **kw)
 
 
 _TIME = re.compile(r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}(:\d{2})?(\.\d+)?( ?UTC|Z|[+-]\d{2}:?\d{2})?")
@@ -191,25 +143,9 @@ def _short(fields: dict[str, Any]) -> str:
     return f"{fields.get('type')}({body[:120]}{'...' if len(body) > 120 else ''})"
 
 
-def _key(fields: dict[str, Any]) -> tuple:
-    return (fields["type"],) + tuple(fields.get(k) for k in KEY_FIELDS)
+class Pacer:
+    """Recorded gaps scaled by ``speed``; none with ``fast`` or ``step`` (``prompt`` then)."""
 
-
-def _remap(msg: Message, mapping: dict[str, str]) -> Message:
-    """The recorded answer with recorded order/refund ids replaced by the live ECR's."""
-    changes: dict[str, Any] = {k: mapping[getattr(msg, k)] for k in KEY_FIELDS
-                               if hasattr(msg, k) and getattr(msg, k) in mapping}
-    if isinstance(msg, m.Print) and mapping:
-        lines = []
-        for line in msg.lines:
-            for old, new in mapping.items():
-                line = line.replace(old, new)
-            lines.append(line[:64])
-        changes["lines"] = tuple(lines)
-    return dataclasses.replace(msg, **changes) if changes else msg
-
-
-class _Pacer:
     def __init__(self, speed: float, fast: bool, step: bool, prompt: Callable[[str], None] | None) -> None:
         if not fast and not speed > 0:
             raise ConfigError("--speed must be positive")
@@ -232,7 +168,7 @@ class ReplayPlayer:
                  masks: frozenset[str], report: Callable[[str], None] | None) -> None:
         self.t = transport
         self.script = script
-        self.pacer = _Pacer(speed, fast, False, None)
+        self.pacer = Pacer(speed, fast, False, None)
         self.loop = loop
         self.masks = frozenset(masks)
         self.report = report or (lambda s: None)
@@ -251,122 +187,6 @@ class ReplayPlayer:
         d = Divergence(index, what)
         self.divergences.append(d)
         self.report(f"diverged: {d}")
-
-
-class ReplayTerminal(ReplayPlayer):
-    """Plays the terminal's side of ``script`` to a live ECR on ``transport``.
-
-    Each ECR message is matched to the next unanswered recorded one of the same
-    type (same order/refund id preferred; a new order id is mapped onto the
-    recorded one); the recorded answers go back with the recorded delays.
-    ``divergences`` lists where the ECR did something else.
-    """
-
-    def __init__(self, transport: Any, script: list[Exchange], *, speed: float = 1.0, fast: bool = False,
-                 loop: bool = False, masks: frozenset[str] = DEFAULT_MASKS,
-                 report: Callable[[str], None] | None = None, link_config: LinkConfig | None = None) -> None:
-        super().__init__(transport, script, speed=speed, fast=fast, loop=loop,
-                         masks=masks | {"order_id", "refund_id"}, report=report)
-        self.link = Link(link_config or LinkConfig())
-        self.pos = 0
-        self._by_key: dict[tuple, list[int]] = {}
-        for i, ex in enumerate(script):
-            self._by_key.setdefault(_key(ex.request.fields), []).append(i)
-        self.mapping: dict[str, str] = {}
-
-    def _match(self, fields: dict[str, Any]) -> int | None:
-        same_type = None
-        while self.pos < len(self.script) and self.used[self.pos]:
-            self.pos += 1  # everything before pos is used: start there (keeps replay O(n))
-        for i in self._by_key.get(_key(fields), ()):
-            if not self.used[i]:
-                return i
-        for i in range(self.pos, len(self.script)):
-            if not self.used[i] and self.script[i].request.fields["type"] == fields["type"]:
-                same_type = i
-                break
-        return same_type
-
-    def on_message(self, msg: Message, now: float) -> None:
-        if isinstance(msg, m.Hello):
-            self.link.start_session()
-        fields = message_fields(msg)
-        i = self._match(fields)
-        if i is None:
-            if self.loop and self.used_count:
-                self.used = [False] * len(self.script)
-                self.pos = self.used_count = 0
-                i = self._match(fields)
-        if i is None:
-            self._diverge(self.answered, f"the ECR sent {fields['type']} {_brief(fields)}: not in the recording")
-            self.t.write(self.link.send(m.Error(code=m.ErrorCode.UNEXPECTED, text="not in the recording"), now))
-            return
-        ex = self.script[i]
-        skipped = [j for j in range(self.pos, i) if not self.used[j]]
-        if skipped:
-            self._diverge(i, f"the ECR skipped {len(skipped)} recorded message(s) before {fields['type']},"
-                             f" first {self.script[skipped[0]].request.fields['type']}")
-        for k in KEY_FIELDS:
-            live, recd = fields.get(k), ex.request.fields.get(k)
-            if live is not None and recd is not None and live != recd:
-                self.mapping[recd] = live
-        for line in diff_fields(ex.request.fields, fields, self.masks):
-            self._diverge(i, f"{fields['type']} {line}")
-        self.used[i] = True
-        self.used_count += 1
-        self.answered += 1
-        for ans in ex.answers:
-            due = now + self.pacer.delay(ans.t - ex.request.t)
-            self._due.append((due, _remap(ans.message, self.mapping)))
-
-    def run(self, until_done: bool = True, timeout: float = 3600.0) -> list[Divergence]:
-        """Serve until the script is played (``until_done``), ``stop`` is set or ``timeout``.
-
-        Returns the divergences. Raises :class:`Disconnected` if the port goes away.
-        """
-        end = time.monotonic() + timeout
-        while not self.stop.is_set() and time.monotonic() < end:
-            if until_done and not self.loop and self.done:
-                break
-            now = time.monotonic()
-            wait = 0.02
-            if self._due and self.link.idle:  # else the ACK we wait for wakes the read
-                wait = max(0.0, min(wait, self._due[0][0] - now))
-            else:
-                nd = self.link.next_deadline()
-                if nd is not None:
-                    wait = max(0.0, min(wait, nd - now))
-            try:
-                data = self.t.read(4096, wait)
-            except Disconnected:
-                if self.stop.is_set():
-                    break
-                raise
-            now = time.monotonic()
-            self.link.receive_data(data, now)
-            self.link.tick(now)
-            while (ev := self.link.next_event()) is not None:
-                if isinstance(ev, MessageReceived):
-                    self.on_message(ev.message, now)
-                elif isinstance(ev, UndecodableMessage):
-                    self._diverge(self.answered, f"the ECR sent an undecodable message: {ev.error}")
-                elif isinstance(ev, SendFailed):
-                    raise LinkFailed(f"the ECR did not acknowledge {type(ev.message).__name__}")
-            # One answer in flight at a time (the link's queue is bounded); the ACK of what
-            # just came in and the next answer leave in one write.
-            out = b""
-            if self._due and self._due[0][0] <= now and self.link.idle:
-                _, msg = self._due.pop(0)
-                out = self.link.send(msg, now)  # returns every pending byte (ACKs too)
-            out += self.link.data_to_send()
-            if out:
-                self.t.write(out)
-        return self.divergences
-
-
-def _brief(fields: dict[str, Any]) -> str:
-    keys = [f"{k}={fields[k]}" for k in KEY_FIELDS if k in fields]
-    return "(" + ", ".join(keys) + ")" if keys else ""
 
 
 # ------------------------------------------------------------------ the ECR side
@@ -405,102 +225,6 @@ def pump_link(link: Any, transport: Any, deadline: float, want: int, got: list, 
                 got.append(ev.message)
             elif isinstance(ev, failed):
                 raise LinkFailed(describe(ev))
-
-
-def replay_ecr(transport: Any, script: list[Exchange], *, speed: float = 1.0, fast: bool = False,
-               step: bool = False, loops: int = 1, masks: frozenset[str] = DEFAULT_MASKS,
-               wait_for: Callable[[str], None] | None = None, min_wait: float = 3.0,
-               link_config: LinkConfig | None = None, fresh_ids: bool = True) -> EcrReplayResult:
-    """Send the ECR's recorded messages to a live terminal and diff what it answers.
-
-    With ``fresh_ids`` (the default) every recorded order and refund id is replaced by
-    a new one (consistently, answers compared through the same mapping), so a replay
-    makes new payments instead of reading back the stored outcome of the recorded ones.
-    For each recorded request: pause its recorded gap (scaled; none with ``fast`` or
-    ``step``, where ``wait_for`` is called instead), send it, and collect as many
-    terminal messages as were recorded (waiting up to the recorded time x1.5 + 2 s,
-    at least ``min_wait``). Returns an :class:`EcrReplayResult`; raises
-    :class:`LinkFailed` when the terminal does not ACK, :class:`Disconnected`.
-    A Concert script goes to :func:`posterm.families.concert.record.replay_concert_ecr` (``masks``
-    posterm's defaults then mean Concert's: ``report``).
-    """
-    from posterm.families.concert.record import CONCERT_MASKS, is_concert_script, replay_concert_ecr
-
-    if is_concert_script(script):
-        return replay_concert_ecr(transport, script, speed=speed, fast=fast, step=step, loops=loops,
-                                  masks=CONCERT_MASKS if masks is DEFAULT_MASKS else masks, wait_for=wait_for,
-                                  min_wait=min_wait, fresh_ids=fresh_ids)
-    pacer = _Pacer(speed, fast, step, wait_for)
-    link = Link(link_config or LinkConfig())
-    mapping: dict[str, str] = {}
-    diffs: list[Divergence] = []
-    frames = 0
-    index = 0
-
-    def pump(deadline: float, want: int, got: list[Message]) -> None:
-        pump_link(link, transport, deadline, want, got, MessageReceived, SendFailed,
-                  lambda ev: f"the terminal did not acknowledge {type(ev.message).__name__}")
-
-    for _ in range(max(1, loops)):
-        mapping.clear()  # each pass makes new payments
-        for ex in script:
-            index += 1
-            if step and wait_for is not None:
-                wait_for(f"#{index} {ex.request.fields['type']} {_brief(ex.request.fields)}")
-            elif (pause := pacer.delay(ex.gap)) > 0:
-                time.sleep(pause)
-            request = ex.request.message
-            if fresh_ids:
-                for k in KEY_FIELDS:
-                    old = getattr(request, k, None)
-                    if old is not None and old not in mapping:
-                        mapping[old] = _fresh_id(old)
-                request = _remap(request, mapping)
-            if isinstance(request, m.Hello):
-                # A new session number: the recorded one would be a duplicate to a terminal that heard it.
-                request = dataclasses.replace(request, session=_random.randbits(32))
-            now = time.monotonic()
-            transport.write(link.send(request, now))
-            frames += 1
-            got: list[Message] = []
-            span = (ex.answers[-1].t - ex.request.t) if ex.answers else 0.0
-            pump(now + max(min_wait, span * 1.5 + 2.0), len(ex.answers), got)
-            frames += len(got)
-            lives = [message_fields(g) for g in got]
-            # Only this exchange's ids: the whole mapping would make a long replay quadratic.
-            ids = (ex.request.fields.get(k) for k in KEY_FIELDS)
-            local = _with_prefixes({old: mapping[old] for old in ids if old in mapping})
-            # Recorded ids become the live ones first, then masked values become <field> on both sides.
-            known = ({**local, **masked_values([a.fields for a in ex.answers], masks)}, masked_values(lives, masks))
-            for j, exp in enumerate(ex.answers):
-                if j >= len(got):
-                    diffs.append(Divergence(index, f"after {ex.request.fields['type']}: recorded"
-                                                   f" {exp.fields['type']}, got nothing"))
-                    break
-                live = lives[j]
-                for line in diff_fields(exp.fields, live, masks, known):
-                    diffs.append(Divergence(index, f"{exp.fields['type']} answer {j + 1}: {line}"))
-            for extra in got[len(ex.answers):]:
-                diffs.append(Divergence(index, f"after {ex.request.fields['type']}: unrecorded"
-                                               f" {type(extra).__name__}"))
-    return EcrReplayResult(index, frames, diffs)
-
-
-def _with_prefixes(mapping: dict[str, str]) -> dict[str, str]:
-    """The id mapping plus its truncations (a receipt line may show only the first characters)."""
-    out = dict(mapping)
-    for old, new in mapping.items():
-        for k in range(len(old) - 1, 11, -1):
-            out.setdefault(old[:k], new[:k])
-    return out
-
-
-def _fresh_id(old: str) -> str:
-    """A new id shaped like ``old``: its letter prefix, then UTC time and random hex."""
-    from posterm.families.native.ecr import new_order_id
-
-    prefix = re.match(r"[A-Za-z]*", old).group(0)[:8] or "RP"  # type: ignore[union-attr]
-    return new_order_id(prefix)
 
 
 def stdin_step(prompt: str) -> None:

@@ -26,6 +26,7 @@ from firmware_protocol.concert import (
 )
 from firmware_protocol.native.messages import Outcome
 from posterm.families.concert.ecr import ConcertTerminal
+from posterm.errors import ConfigError
 from posterm.families.native.ecr import Terminal
 from posterm.record import Recorder, RecordingError, load
 from posterm.families.concert.record import REPORT_OFFSET, ConcertReplayTerminal
@@ -186,13 +187,13 @@ def test_a_resent_frame_is_marked_and_not_replayed(tmp_path):
 def test_header_protocol_is_checked(tmp_path, session):
     lines = session["ecr"].read_text().splitlines(keepends=True)
     header = json.loads(lines[0])
-    bad = tmp_path / "zvt.jsonl"
-    bad.write_text(json.dumps({**header, "protocol": "zvt"}) + "\n" + "".join(lines[1:]))
+    bad = tmp_path / "nosuch.jsonl"
+    bad.write_text(json.dumps({**header, "protocol": "nosuch"}) + "\n" + "".join(lines[1:]))
     with pytest.raises(RecordingError) as exc:
         load(bad)
-    assert exc.value.line == 1 and "protocol 'zvt'" in str(exc.value)
-    with pytest.raises(Exception, match="protocol"):
-        Recorder(tmp_path / "x.jsonl", protocol="zvt")
+    assert exc.value.line == 1 and "protocol 'nosuch' is not supported (known families: posterm, concert" in str(exc.value)
+    with pytest.raises(ConfigError, match="protocol 'nosuch' is not supported"):
+        Recorder(tmp_path / "x.jsonl", protocol="nosuch")
 
 
 # ------------------------------------------------------------------ show, convert, tap

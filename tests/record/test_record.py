@@ -22,7 +22,8 @@ from posterm.families.native.ecr import OutcomeMismatch
 from posterm.ecr.journal import Journal
 from posterm.record import Recorder, RecordingError, RecordingTransport, load, recording_path
 from posterm.record.pcapng import INBOUND, LINKTYPE_USER0, OUTBOUND, read_pcapng, write_pcapng
-from posterm.record.replay import ReplayTerminal, build_script, replay_ecr
+from posterm.families.native.record import ReplayTerminal
+from posterm.record.replay import build_script, replay_ecr
 from posterm.record.tap import Tap
 from posterm.transport import VirtualTransport
 from posterm.transport.faults import FaultyTransport
@@ -277,10 +278,10 @@ def test_golden_replays_against_the_emulator_and_the_driver(golden, tmp_path):
     assert result.ok, "\n".join(map(str, result.diffs))
     if protocol == "concert":
         from posterm.families.concert.ecr import ConcertTerminal
-        from posterm.families.concert.record import ConcertReplayTerminal
+        from posterm.record.replay import replay_terminal
 
         ecr, term_side = VirtualTransport.pair()
-        player = ConcertReplayTerminal(term_side, script, fast=True)
+        player = replay_terminal(term_side, script, fast=True)   # the script's family's player
         th = threading.Thread(target=player.run, kwargs={"timeout": 20}, daemon=True)
         th.start()
         driver = ConcertTerminal(ecr, journal=Journal(tmp_path / "j.db"))
@@ -451,11 +452,11 @@ def test_emulator_record_dir_one_file_per_session_no_secrets(tmp_path):
 
 
 def test_pacing_step_and_loop(tmp_path, journal):
-    from posterm.record.replay import _Pacer
+    from posterm.record.replay import Pacer
 
-    assert _Pacer(1.0, False, False, None).delay(2.0) == 2.0
-    assert _Pacer(4.0, False, False, None).delay(2.0) == 0.5
-    assert _Pacer(1.0, True, False, None).delay(2.0) == 0.0
+    assert Pacer(1.0, False, False, None).delay(2.0) == 2.0
+    assert Pacer(4.0, False, False, None).delay(2.0) == 0.5
+    assert Pacer(1.0, True, False, None).delay(2.0) == 0.0
     path = tmp_path / "s.jsonl"
     record_fake_session(path, journal)
     script = build_script(load(path))

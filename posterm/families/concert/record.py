@@ -15,7 +15,8 @@ What differs from posterm's own protocol:
   garbage from the terminal and a partial answer still buffered have their body masked.
 
 Replay matches by message (transaction type, amount, currency), not bytes; each side runs
-its own :class:`posterm.families.concert.link.ConcertLink`.
+its own :class:`posterm.families.concert.link.ConcertLink`. :data:`RECORDING` is what the
+family gives :mod:`posterm.record` (:class:`~posterm.families.interfaces.FamilyRecording`).
 """
 
 from __future__ import annotations
@@ -32,14 +33,17 @@ from firmware_protocol.concert import (
     NAK,
     BadLrc,
     ConcertAnswer,
+    ConcertFramer,
+    ConcertGarbage,
     ConcertRequest,
     Status,
 )
-from firmware_protocol.errors import FieldError
+from firmware_protocol.errors import FieldError, ProtocolError
 
 from posterm.errors import ConfigError, Disconnected, LinkFailed
+from posterm.families.interfaces import FamilyRecording, Observed, PcapInterface
+from posterm.families.native.redact import MASK_BYTE, mask_code
 from posterm.record.replay import ReplayPlayer
-from posterm.families.native.redact import mask_code
 
 PROTOCOL = "concert"
 REPORT_OFFSET = 1 + 12           # STX, then pos_number(2) status(1) amount(8) mode(1)
@@ -101,11 +105,101 @@ def message_from_fields(kind: str, fields: dict[str, Any]) -> ConcertRequest | C
         raise ConfigError(f"recorded Concert {kind} does not validate: {exc}") from None
 
 
+# ------------------------------------------------------------------ the observer
+
+
+class _Side:
+    """One direction's framer and what the observer remembers of it."""
+
+    def __init__(self) -> None:
+        self.framer = ConcertFramer()
+        self.consumed = 0                   # stream offset of the framer's buffer start
+        self.last_frame: bytes | None = None  # the last frame since this side's EOT
+        self.nak_since = False              # the peer NAKed since this side's last frame
+
+
+class ConcertObserver:
+    """A :class:`~posterm.families.interfaces.RecordObserver` of Concert: control bytes are
+    events, ``STX..ETX LRC`` frames are ``request``/``answer`` records, the report masked.
+    Only the terminal's bytes can carry card data: its garbage, bad frames and a partial
+    answer are masked; the ECR's are written as they are."""
+
+    def __init__(self) -> None:
+        self._sides = {"ecr": _Side(), "terminal": _Side()}
+
+    def header(self) -> dict[str, Any]:
+        return {}
+
+    def pending(self, sender: str) -> int:
+        return self._sides[sender].framer.pending
+
+    def mask_pending(self, sender: str) -> list[tuple[int, int]]:
+        d = self._sides[sender]
+        if sender == "terminal" and d.framer.pending > 1:
+            return [(d.consumed + 1, d.consumed + d.framer.pending)]
+        return []
+
+    def feed(self, sender: str, data: bytes) -> list[Observed]:
+        d = self._sides[sender]
+        other = self._sides["terminal" if sender == "ecr" else "ecr"]
+        d.framer.feed(data)
+        out: list[Observed] = []
+        while (item := d.framer.pop()) is not None:
+            start = d.consumed
+            if isinstance(item, int):
+                d.consumed += 1
+                if item == NAK:
+                    d.nak_since = True
+                elif item == EOT:
+                    d.last_frame = None          # this side's transmission is over
+                out.append(Observed("event", {"event": CONTROL_EVENTS.get(item, f"0x{item:02X}")}))
+            elif isinstance(item, ConcertGarbage):
+                d.consumed += len(item.data)
+                # from the terminal it may be an answer whose STX was lost, report and all
+                masks = ((start, d.consumed),) if sender == "terminal" else ()
+                out.append(Observed("event", {"event": "garbage", "n": len(item.data)}, masks))
+            else:
+                d.consumed += len(item)
+                out += self._frame(sender, d, other, bytes(item), start)
+        return out
+
+    def _frame(self, sender: str, d: _Side, other: _Side, raw: bytes, start: int) -> list[Observed]:
+        try:
+            msg = decode_frame(raw, sender)
+        except (ProtocolError, ValueError) as exc:
+            hexed, masks = raw, ()
+            if sender == "terminal" and len(raw) > 3:   # when in doubt, mask (the body may hold a report)
+                masks = ((start + 1, start + len(raw) - 2),)
+                hexed = raw[:1] + bytes([MASK_BYTE]) * (len(raw) - 3) + raw[-2:]
+            return [Observed("event", {"event": "bad_frame", "reason": bad_frame_reason(exc, sender),
+                                       "hex": hexed.hex().upper()}, masks)]
+        masked, names, masks = raw, [], ()
+        if isinstance(msg, ConcertAnswer) and (span := report_span(msg)) is not None:
+            s, e = span
+            masks = ((start + s, start + e),)
+            masked = raw[:s] + bytes([MASK_BYTE]) * (e - s) + raw[e:]
+            names = ["report"]
+        rec: dict[str, Any] = {"kind": "request" if isinstance(msg, ConcertRequest) else "answer",
+                               "hex": masked.hex().upper(), "msg": concert_fields(msg)}
+        if names:
+            rec["redacted"] = names
+        retransmit = d.last_frame == raw
+        d.last_frame = raw
+        if retransmit:
+            rec["retransmit"] = True
+        out = [Observed("frame", rec, masks)]
+        if retransmit:
+            out.append(Observed("event", {"event": "retransmit", "cause": "nak" if other.nak_since else "timeout"}))
+        other.nak_since = False
+        return out
+
+
 # ------------------------------------------------------------------ the script
 
 
-def build_concert_script(recording: Any) -> list:
-    """The recording as exchanges (request + the answer(s) before the next request)."""
+def build_concert_script(recording: Any, secrets: dict[str, str] | None = None) -> list:
+    """The recording as exchanges (request + the answer(s) before the next request).
+    ``secrets`` is not used: Concert requests carry none."""
     from posterm.record.replay import Exchange, Recorded
 
     script: list = []
@@ -126,10 +220,6 @@ def build_concert_script(recording: Any) -> list:
             script[-1].answers.append(item)
         last_t = rec["t"]
     return script
-
-
-def is_concert_script(script: list) -> bool:
-    return bool(script) and isinstance(script[0].request.message, ConcertRequest)
 
 
 def _key(msg: ConcertRequest) -> tuple:
@@ -291,9 +381,9 @@ def replay_concert_ecr(transport: Any, script: list, *, speed: float = 1.0, fast
     terminal does not take a request, :class:`Disconnected`.
     """
     from posterm.families.concert.link import ConcertLink, MessageReceived, SendFailed
-    from posterm.record.replay import Divergence, EcrReplayResult, _Pacer
+    from posterm.record.replay import Divergence, EcrReplayResult, Pacer
 
-    pacer = _Pacer(speed, fast, step, wait_for)
+    pacer = Pacer(speed, fast, step, wait_for)
     link = ConcertLink("ecr", config)
     diffs: list = []
     frames = 0
@@ -346,5 +436,15 @@ def replay_concert_ecr(transport: Any, script: list, *, speed: float = 1.0, fast
     return EcrReplayResult(index, frames, diffs)
 
 
-__all__ = ["CONCERT_MASKS", "CONTROL_EVENTS", "ConcertReplayTerminal", "build_concert_script", "concert_fields",
+RECORDING = FamilyRecording(
+    observer=ConcertObserver, build_script=build_concert_script, replay_terminal=ConcertReplayTerminal,
+    replay_ecr=replay_concert_ecr,
+    # DLT_USER1: a capture says which protocol it holds, each can have its own dissector
+    pcap=PcapInterface(148, "posterm-concert", "Ingenico Concert (protocol E): STX body ETX LRC frames"),
+    default_masks=CONCERT_MASKS,
+    show_label=lambda header: PROTOCOL,
+    quiet_events=frozenset({"ack", "enq", "eot"}))
+
+
+__all__ = ["CONCERT_MASKS", "RECORDING", "CONTROL_EVENTS", "ConcertReplayTerminal", "build_concert_script", "concert_fields",
            "decode_frame", "message_from_fields", "replay_concert_ecr", "report_span"]
