@@ -22,7 +22,6 @@ from posterm.cli.common import (
     fail,
     handle_errors,
 )
-
 from posterm.record.format import DEFAULT_PROTOCOL
 
 EXIT_DIFF = 1
@@ -184,10 +183,11 @@ def tap(ecr_port: str, terminal_port: str, record_file: str, baud: int | None, p
 
     Bytes are forwarded as they arrive (no re-framing); the recording decodes them.
     """
-    from posterm.record import Recorder
+    from posterm.record import Recorder, recording_support
     from posterm.record.tap import Tap
     from posterm.transport import open_transport
 
+    recording_support(protocol)   # a family that cannot be recorded fails before a port is opened
     baud = baud or _default_baud(protocol)
     stop = _stop_on_sigterm()
     term_t = open_transport(terminal_port, baudrate=baud)

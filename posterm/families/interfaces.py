@@ -30,7 +30,7 @@ family only through these interfaces; none of it names a family.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol, runtime_checkable
+from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 from posterm.families.events import Event
 
@@ -93,44 +93,54 @@ class EcrDriver(Protocol):
     def link_stats(self) -> dict[str, int]: ...
 
 
+OBSERVED_TYPES = ("frame", "event", "identity")
+
+
 @dataclass(frozen=True, slots=True)
 class Observed:
     """One record a :class:`RecordObserver` saw on the line, in the order it is to be written.
 
-    ``type`` is ``"frame"``, ``"event"`` or ``"identity"``. ``fields`` are the record's own
-    fields: the recorder writes ``type``, ``t``, ``wall`` and (but for ``identity``) ``from``
-    before them. Each ``frame`` counts as a recorded frame. ``masks`` are ``[start, end)``
-    offsets in the sender's byte stream that may hold a secret: the recorder writes those
-    bytes as ``2A`` in its chunk records. ``new_session``: this frame opens a new ECR session
-    (a recorder that writes one file per session starts the next file before it). An
-    ``identity``'s fields (the terminal's id, merchant, firmware) are also the next file's
-    header ``terminal``.
+    ``record`` is the record: ``type`` (``"frame"``, ``"event"`` or ``"identity"``) and its
+    fields. The recorder writes ``type``, ``t``, ``wall``, then (but for ``identity``)
+    ``from`` (the sender: the recorder's, whatever the record says), then the record's other
+    fields in their order. Each ``frame`` counts as a recorded frame. ``masks`` are
+    ``[start, end)`` offsets in the sender's byte stream that may hold a secret: the recorder
+    writes those bytes as ``2A`` in its chunk records. ``new_session``: this frame opens a
+    new ECR session (a recorder that writes one file per session starts the next file
+    before it). An ``identity``'s fields (the terminal's id, merchant, firmware) are also
+    the next file's header ``terminal``.
     """
 
-    type: str
-    fields: dict[str, Any]
-    masks: tuple[tuple[int, int], ...] = ()
+    record: dict[str, Any]
+    masks: Sequence[tuple[int, int]] = ()
     new_session: bool = False
+
+    def __post_init__(self) -> None:
+        kind = self.record.get("type") if isinstance(self.record, dict) else None
+        if kind not in OBSERVED_TYPES:   # anything else would make a file the reader refuses
+            raise ValueError(f"an observed record is a dict whose type is frame, event or identity, not {kind!r}")
 
 
 @runtime_checkable
 class RecordObserver(Protocol):
     """One recording's view of the line (both directions). Made by the family per recording.
 
-    ``feed(sender, data)`` takes the next bytes ``sender`` (``"ecr"`` or ``"terminal"``) put
-    on the line and returns what they completed: frames (secrets masked in ``hex`` and
-    ``msg``, ``redacted`` naming the fields), link events, the terminal's identity. Offsets in
-    :attr:`Observed.masks` count from the first byte that sender was seen to send.
-    ``pending(sender)`` is how many bytes of a partial frame it holds; ``mask_pending(sender)``
-    the spans of that partial frame that may hold a secret (when a frame stalls and the
-    bytes must be written anyway). ``header()``: the family's fields of the file header
-    (e.g. protocol versions), written after ``protocol``.
+    ``feed(sender, data, offset)`` takes the next bytes ``sender`` (``"ecr"`` or
+    ``"terminal"``) put on the line, ``offset`` being where they start in that sender's
+    stream (the recorder counts; an observer may count itself), and returns what they
+    completed, a list of :class:`Observed`: frames (secrets masked in ``hex`` and ``msg``,
+    ``redacted`` naming the fields), link events, the terminal's identity.
+    ``pending(sender)`` is how many bytes of a partial frame it holds;
+    ``mask_pending(sender, offset)`` the spans of that partial frame (it begins at
+    ``offset``) that may hold a secret, for when a frame stalls and the bytes must be
+    written anyway. ``header()``: the family's fields of the file header (e.g. protocol
+    versions), written after ``protocol``.
     """
 
     def header(self) -> dict[str, Any]: ...
-    def feed(self, sender: str, data: bytes) -> list[Observed]: ...
+    def feed(self, sender: str, data: bytes, offset: int) -> list[Observed]: ...
     def pending(self, sender: str) -> int: ...
-    def mask_pending(self, sender: str) -> list[tuple[int, int]]: ...
+    def mask_pending(self, sender: str, offset: int) -> list[tuple[int, int]]: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,8 +44,8 @@ from typing import Any, Callable, Iterator, TextIO
 
 from posterm import __version__
 from posterm.errors import ConfigError
-from posterm.families import ProtocolFamily, family, names
-from posterm.families.interfaces import FamilyRecording, Observed, RecordObserver
+from posterm.families import FAMILIES, ProtocolFamily, family, names
+from posterm.families.interfaces import FamilyRecording, Observed, PcapInterface, RecordObserver
 from posterm.safefs import private_dir, private_file
 
 FORMAT = "posterm-recording"
@@ -112,12 +112,13 @@ def recording_support(protocol: str | None) -> FamilyRecording:
     saying that the family cannot be recorded when it has no recording support.
     """
     name = DEFAULT_PROTOCOL if protocol is None else protocol
-    known = names()
-    if name not in known:
+    if name not in FAMILIES and name not in (known := names()):   # entry points only when needed
         raise ConfigError(f"protocol {name!r} is not supported (known families: {', '.join(known)})")
     fam: ProtocolFamily = family(name)
     spec = getattr(fam, "recording", None)
     if not spec:
+        if getattr(fam, "record_observer", None):
+            return _observer_only(fam)
         raise ConfigError(f"protocol {name!r} cannot be recorded or replayed (its family has no recording support)")
     try:
         support = pkgutil.resolve_name(spec)
@@ -126,6 +127,22 @@ def recording_support(protocol: str | None) -> FamilyRecording:
     if not isinstance(support, FamilyRecording):
         raise ConfigError(f"protocol {name!r}: {spec!r} is not a FamilyRecording")
     return support
+
+
+def _observer_only(fam: ProtocolFamily) -> FamilyRecording:
+    """The recording support of a family that gives only a record observer (its
+    ``record_observer``): it records, shows, converts and taps; replay says it cannot."""
+    def cannot(*_: Any, **__: Any) -> Any:
+        raise ConfigError(f"protocol {fam.name!r} records but cannot be replayed (its family gives no replay)")
+
+    def observer() -> RecordObserver:
+        try:
+            return pkgutil.resolve_name(fam.record_observer)()   # type: ignore[attr-defined]
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise ConfigError(f"protocol {fam.name!r}: its record observer does not load ({exc})") from None
+
+    return FamilyRecording(observer=observer, build_script=cannot, replay_terminal=cannot, replay_ecr=cannot,
+                           pcap=PcapInterface(162, f"posterm-{fam.name}"))   # DLT_USER15: no link type of its own
 
 
 class _Direction:
@@ -223,33 +240,39 @@ class Recorder:
         t, wall = self._stamp()
         with self._lock:
             d = self._dirs[sender]
+            offset = d.flushed + d.held_bytes          # where these bytes start in the sender's stream
             d.held.append((t, wall, bytes(data)))
             d.held_bytes += len(data)
-            for seen in self._observer.feed(sender, bytes(data)):
+            for seen in self._observer.feed(sender, bytes(data), offset):
                 self._observed(d, seen, t, wall)
             pending = self._observer.pending(sender)
             if not pending or d.held_bytes > MAX_HELD:
                 if pending:
                     # A frame stalls this long: mask what may be its payload and move on.
-                    d.masks.extend(self._observer.mask_pending(sender))
+                    self._mask_pending(d, pending)
                 self._flush_chunks(d)
             self._fh.flush()
 
+    def _mask_pending(self, d: _Direction, pending: int) -> None:
+        d.masks.extend(self._observer.mask_pending(d.sender, d.flushed + d.held_bytes - pending))
+
     def _observed(self, d: _Direction, seen: Observed, t: float, wall: float) -> None:
         """Write one record the observer saw (``t``, ``wall``: when its bytes came)."""
-        d.masks.extend(seen.masks)
-        if seen.type == "identity":
-            self._identity = dict(seen.fields)
-            self._write({"type": "identity", "t": t, "wall": wall, **seen.fields})
+        d.masks.extend((int(s), int(e)) for s, e in seen.masks)
+        kind = seen.record["type"]
+        fields = {k: v for k, v in seen.record.items() if k not in ("type", "t", "wall", "from")}
+        if kind == "identity":
+            self._identity = fields
+            self._write({"type": "identity", "t": t, "wall": wall, **fields})
             return
         stamp = t
         if seen.new_session and self._rotating and self.session_frames:
             self._rotate(d.sender)
             stamp = round(self._clock() - self._t0, 6)   # the new file's clock
-        if seen.type == "frame":
+        if kind == "frame":
             self.frames += 1
             self.session_frames += 1
-        self._write({"type": seen.type, "t": stamp, "wall": wall, "from": d.sender, **seen.fields})
+        self._write({"type": kind, "t": stamp, "wall": wall, "from": d.sender, **fields})
 
     def _flush_chunks(self, d: _Direction) -> None:
         for t, wall, data in d.held:
@@ -296,7 +319,7 @@ class Recorder:
         for d in self._dirs.values():
             pending = self._observer.pending(d.sender)
             if pending:
-                d.masks.extend(self._observer.mask_pending(d.sender))
+                self._mask_pending(d, pending)
                 t, wall = self._stamp()
                 self._write({"type": "event", "t": t, "wall": wall, "from": d.sender, "event": "partial",
                              "n": pending})

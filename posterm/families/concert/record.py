@@ -133,13 +133,12 @@ class ConcertObserver:
     def pending(self, sender: str) -> int:
         return self._sides[sender].framer.pending
 
-    def mask_pending(self, sender: str) -> list[tuple[int, int]]:
-        d = self._sides[sender]
-        if sender == "terminal" and d.framer.pending > 1:
-            return [(d.consumed + 1, d.consumed + d.framer.pending)]
-        return []
+    def mask_pending(self, sender: str, offset: int) -> list[tuple[int, int]]:
+        """All but the STX of a partial answer (the terminal's frames alone can hold card data)."""
+        pending = self._sides[sender].framer.pending
+        return [(offset + 1, offset + pending)] if sender == "terminal" and pending > 1 else []
 
-    def feed(self, sender: str, data: bytes) -> list[Observed]:
+    def feed(self, sender: str, data: bytes, offset: int) -> list[Observed]:
         d = self._sides[sender]
         other = self._sides["terminal" if sender == "ecr" else "ecr"]
         d.framer.feed(data)
@@ -152,12 +151,12 @@ class ConcertObserver:
                     d.nak_since = True
                 elif item == EOT:
                     d.last_frame = None          # this side's transmission is over
-                out.append(Observed("event", {"event": CONTROL_EVENTS.get(item, f"0x{item:02X}")}))
+                out.append(Observed({"type": "event", "event": CONTROL_EVENTS.get(item, f"0x{item:02X}")}))
             elif isinstance(item, ConcertGarbage):
                 d.consumed += len(item.data)
                 # from the terminal it may be an answer whose STX was lost, report and all
                 masks = ((start, d.consumed),) if sender == "terminal" else ()
-                out.append(Observed("event", {"event": "garbage", "n": len(item.data)}, masks))
+                out.append(Observed({"type": "event", "event": "garbage", "n": len(item.data)}, masks))
             else:
                 d.consumed += len(item)
                 out += self._frame(sender, d, other, bytes(item), start)
@@ -171,7 +170,7 @@ class ConcertObserver:
             if sender == "terminal" and len(raw) > 3:   # when in doubt, mask (the body may hold a report)
                 masks = ((start + 1, start + len(raw) - 2),)
                 hexed = raw[:1] + bytes([MASK_BYTE]) * (len(raw) - 3) + raw[-2:]
-            return [Observed("event", {"event": "bad_frame", "reason": bad_frame_reason(exc, sender),
+            return [Observed({"type": "event", "event": "bad_frame", "reason": bad_frame_reason(exc, sender),
                                        "hex": hexed.hex().upper()}, masks)]
         masked, names, masks = raw, [], ()
         if isinstance(msg, ConcertAnswer) and (span := report_span(msg)) is not None:
@@ -179,7 +178,7 @@ class ConcertObserver:
             masks = ((start + s, start + e),)
             masked = raw[:s] + bytes([MASK_BYTE]) * (e - s) + raw[e:]
             names = ["report"]
-        rec: dict[str, Any] = {"kind": "request" if isinstance(msg, ConcertRequest) else "answer",
+        rec: dict[str, Any] = {"type": "frame", "kind": "request" if isinstance(msg, ConcertRequest) else "answer",
                                "hex": masked.hex().upper(), "msg": concert_fields(msg)}
         if names:
             rec["redacted"] = names
@@ -187,9 +186,9 @@ class ConcertObserver:
         d.last_frame = raw
         if retransmit:
             rec["retransmit"] = True
-        out = [Observed("frame", rec, masks)]
+        out = [Observed(rec, masks)]
         if retransmit:
-            out.append(Observed("event", {"event": "retransmit", "cause": "nak" if other.nak_since else "timeout"}))
+            out.append(Observed({"type": "event", "event": "retransmit", "cause": "nak" if other.nak_since else "timeout"}))
         other.nak_since = False
         return out
 

@@ -91,12 +91,11 @@ class NativeObserver:
     def pending(self, sender: str) -> int:
         return self._sides[sender].framer.pending
 
-    def mask_pending(self, sender: str) -> list[tuple[int, int]]:
+    def mask_pending(self, sender: str, offset: int) -> list[tuple[int, int]]:
         """The partial frame's payload (its header holds no secret)."""
-        d = self._sides[sender]
-        return [(d.consumed + fr.HEADER_SIZE, d.consumed + d.framer.pending)]
+        return [(offset + fr.HEADER_SIZE, offset + self._sides[sender].framer.pending)]
 
-    def feed(self, sender: str, data: bytes) -> list[Observed]:
+    def feed(self, sender: str, data: bytes, offset: int) -> list[Observed]:
         d = self._sides[sender]
         other = self._sides["terminal" if sender == "ecr" else "ecr"]
         d.framer.feed(data)
@@ -106,11 +105,11 @@ class NativeObserver:
             if isinstance(item, fr.Garbage):
                 d.consumed += len(item.data)
                 # Garbage may be a frame whose header was mangled, secrets and all: mask it.
-                out.append(Observed("event", {"event": "garbage", "n": len(item.data)}, ((start, d.consumed),)))
+                out.append(Observed({"type": "event", "event": "garbage", "n": len(item.data)}, ((start, d.consumed),)))
             elif isinstance(item, fr.BadFrame):
                 # The framer resumes one byte after a CRC failure, after the frame otherwise.
                 d.consumed += 1 if item.reason == "CRC mismatch" else len(item.raw)
-                out.append(Observed("event", {"event": "bad_frame", "seq": item.seq, "reason": item.reason,
+                out.append(Observed({"type": "event", "event": "bad_frame", "seq": item.seq, "reason": item.reason,
                                               "hex": _masked_payload(item.raw)}, _payload_mask(start, item.raw)))
             else:
                 d.consumed += len(item.raw)
@@ -120,12 +119,12 @@ class NativeObserver:
     def _frame(self, sender: str, d: _Side, other: _Side, frame: fr.LinkFrame, start: int) -> list[Observed]:
         masked, names = redact_frame(frame.raw)
         masks = [(start + fr.HEADER_SIZE + s, start + fr.HEADER_SIZE + e) for s, e, _ in redacted_spans(frame.payload)]
-        rec: dict[str, Any] = {"kind": frame.kind.name, "seq": frame.seq, "hex": masked.hex().upper()}
+        rec: dict[str, Any] = {"type": "frame", "kind": frame.kind.name, "seq": frame.seq, "hex": masked.hex().upper()}
         if frame.kind is not fr.FrameKind.DATA:
             if frame.kind is fr.FrameKind.NAK:
                 d.nak_since = True
-            return [Observed("frame", rec, tuple(masks)),
-                    Observed("event", {"event": frame.kind.name.lower(), "seq": frame.seq})]
+            return [Observed(rec, tuple(masks)),
+                    Observed({"type": "event", "event": frame.kind.name.lower(), "seq": frame.seq})]
         key = (frame.seq, frame.raw[-2:])
         retransmit = d.last_data == key
         d.last_data = key
@@ -148,13 +147,13 @@ class NativeObserver:
             rec["redacted"] = names
         if retransmit:
             rec["retransmit"] = True
-        out = [Observed("frame", rec, tuple(masks), new_session=new_session)]
+        out = [Observed(rec, tuple(masks), new_session=new_session)]
         if retransmit:
-            out.append(Observed("event", {"event": "retransmit", "seq": frame.seq,
+            out.append(Observed({"type": "event", "event": "retransmit", "seq": frame.seq,
                                           "cause": "nak" if other.nak_since else "timeout"}))
         other.nak_since = False
         if identity is not None:
-            out.append(Observed("identity", identity))
+            out.append(Observed({"type": "identity", **identity}))
         return out
 
 
