@@ -49,7 +49,8 @@ from firmware_protocol.native.tlv import decode
 
 from posterm import __version__
 from posterm.errors import ConfigError
-from posterm.families.native.redact import MASK_BYTE, message_fields, redact_frame, redacted_spans
+from posterm.ecr.trace import MASK_BYTE
+from posterm.families.native.redact import message_fields, redact_frame, redacted_spans
 from posterm.safefs import private_dir, private_file
 
 FORMAT = "posterm-recording"

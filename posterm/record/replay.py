@@ -497,7 +497,7 @@ def _with_prefixes(mapping: dict[str, str]) -> dict[str, str]:
 
 def _fresh_id(old: str) -> str:
     """A new id shaped like ``old``: its letter prefix, then UTC time and random hex."""
-    from posterm.families.native.ecr import new_order_id
+    from posterm.ecr.ids import new_order_id
 
     prefix = re.match(r"[A-Za-z]*", old).group(0)[:8] or "RP"  # type: ignore[union-attr]
     return new_order_id(prefix)

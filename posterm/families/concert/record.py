@@ -39,7 +39,7 @@ from firmware_protocol.errors import FieldError
 
 from posterm.errors import ConfigError, Disconnected, LinkFailed
 from posterm.record.replay import ReplayPlayer
-from posterm.families.native.redact import mask_code
+from posterm.ecr.trace import mask_code
 
 PROTOCOL = "concert"
 REPORT_OFFSET = 1 + 12           # STX, then pos_number(2) status(1) amount(8) mode(1)
