@@ -16,11 +16,13 @@ cheap: ``Terminal`` (the default family's ECR driver, from the registry), ``open
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 __version__ = "0.1.0"
 
-# name -> the module that defines it
+# name -> the module that defines it. Loaded on first use, and never imported here at all (not
+# even under TYPE_CHECKING): every module imports posterm for __version__, so an import here
+# would put the ECR side above everything in the import graph.
 _LAZY = {
     "open_terminal": "posterm.ecr.session",
     "new_order_id": "posterm.ecr.ids",
@@ -31,14 +33,6 @@ _LAZY = {
 
 __all__ = ["KeyInfo", "Outcome", "OutcomeMismatch", "PaymentResult", "Reason", "RefundOutcome", "Settlement",
            "Terminal", "TerminalInfo", "__version__", "new_order_id", "open_terminal"]
-
-if TYPE_CHECKING:  # for type checkers and editors; at run time these load lazily
-    from posterm.ecr.ids import new_order_id
-    from posterm.ecr.results import (KeyInfo, Outcome, OutcomeMismatch, PaymentResult, Reason, RefundOutcome,
-                                     Settlement, TerminalInfo)
-    from posterm.ecr.session import open_terminal
-
-    Terminal: Any
 
 
 def __getattr__(name: str) -> Any:

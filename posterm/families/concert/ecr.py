@@ -67,7 +67,7 @@ class Unsupported(LocalProtocolError):
     """The protocol family has no message for this operation."""
 
 
-def new_order_id() -> str:
+def new_concert_order_id() -> str:
     """Ten characters, the width of Concert's private field."""
     return new_private_id("P", PRIVATE_WIDTH)
 
@@ -149,7 +149,7 @@ class ConcertTerminal(PortSession):
         if payment_code is not None or dynamic_qr:
             raise Unsupported("Concert has no field for a payment code or a dynamic QR: the terminal scans"
                               " the customer's code itself")
-        order_id = order_id or new_order_id()
+        order_id = order_id or new_concert_order_id()
         def record(answer: ConcertAnswer) -> PaymentResult:
             result = self._result(answer, TxnType.DEBIT, order_id, amount_minor, currency)
             self._journal_result(result)
