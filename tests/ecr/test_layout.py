@@ -102,6 +102,17 @@ def test_the_cli_imports_no_family():
     assert sorted(still_pending) == sorted(PENDING_CLI), "take the cleaned files off PENDING_CLI"
 
 
+def test_no_family_imports_another():
+    """What two families share is in posterm.ecr.* (or posterm.families' own modules), never
+    taken from the other family: the Concert driver once built on the native one."""
+    offenders = []
+    for fam in FAMILIES:
+        for path in sorted((ROOT / "families" / fam).rglob("*.py")):
+            offenders += [f"{fam}/{line}" for line in _family_imports(path)
+                          if not line.split(": ", 1)[1].startswith(f"posterm.families.{fam}")]
+    assert offenders == []
+
+
 def test_the_import_scan_sees_a_family_import(tmp_path):
     """The scan above can fail: it finds a lazy import inside a function, in both spellings."""
     src = tmp_path / "bad.py"
