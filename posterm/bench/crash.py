@@ -63,7 +63,7 @@ PROGRESS_TIMEOUT = 90.0     # no operation finished in this long: the run is stu
 
 def _worker(argv: list[str]) -> int:
     """One driver incarnation; runs until killed (by the harness, or by itself at --die-after)."""
-    from posterm.families.native.ecr import Terminal
+    from posterm import Terminal
     from posterm.errors import PosError
     from posterm.ecr.journal import Journal
 

@@ -54,7 +54,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--dir", default=None, help="where the state lives (default: the temp dir); try /dev/shm "
                     "to take the disk's fsync out of the figure")
     args = ap.parse_args(argv)
-    from posterm.families.native.ecr import Terminal
+    from posterm import Terminal
 
     with tempfile.TemporaryDirectory(prefix="posterm-bench-fleet-", dir=args.dir) as tmp:
         home = Path(tmp)

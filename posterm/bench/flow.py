@@ -25,7 +25,7 @@ CODE = "289900000000000001"
 
 def _run(home: Path, count: int, pace: bool, baud: int) -> tuple[list[float], float]:
     """``count`` timed pays; returns (durations in s, mean wire bytes per pay)."""
-    from posterm.families.native.ecr import Terminal
+    from posterm import Terminal
     from posterm.emulator.runner import EmulatedTerminal
 
     with EmulatedTerminal.start(home=home, pace=pace, baudrate=baud) as emu:

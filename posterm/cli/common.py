@@ -111,7 +111,7 @@ def setup_trace(enabled: bool) -> None:
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s.%(msecs)03d %(name)s %(message)s", "%H:%M:%S"))
-    for name in ("posterm.wire", "posterm.families.native.ecr"):
+    for name in ("posterm.wire", "posterm.ecr"):
         logger = logging.getLogger(name)
         logger.setLevel(logging.DEBUG)
         logger.addHandler(handler)

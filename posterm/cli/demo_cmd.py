@@ -37,7 +37,7 @@ def demo(home: str | None, trace: bool) -> None:
     Exits 0 when every step ends as expected.
     """
     from posterm.cli.common import setup_trace
-    from posterm.families.native.ecr import Terminal
+    from posterm import Terminal
     from posterm.emulator.firmware import FirmwareConfig
     from posterm.emulator.runner import EmulatedTerminal
 

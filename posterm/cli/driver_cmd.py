@@ -11,7 +11,6 @@ from typing import Any
 import click
 
 from firmware_protocol.currency import CURRENCIES, format_minor
-from firmware_protocol.native.messages import Outcome
 
 from posterm.cli.common import (
     AMOUNT,
@@ -36,6 +35,7 @@ from posterm.cli.common import (
     serial_settings,
     setup_trace,
 )
+from posterm.ecr.results import Outcome, OutcomeMismatch
 from posterm.errors import PortBusy, PortNotFound, PortPermission, PosError, TransportError
 
 
@@ -53,7 +53,8 @@ def _mismatch_exit(exc: PosError, as_json: bool) -> None:
 
 
 def _open_port(kw: dict[str, Any]):
-    from posterm.families.native.ecr import Terminal
+    """The --protocol family's driver (posterm.families registry) on --port."""
+    from posterm.ecr.session import open_terminal
 
     port = kw.pop("port")
     if not port:
@@ -61,9 +62,10 @@ def _open_port(kw: dict[str, Any]):
     setup_trace(kw.pop("trace"))
     settings = serial_settings(kw)
     journal = kw.pop("journal_path")
-    reconnect = kw.pop("reconnect")
-    return Terminal.open(port, journal=journal, reconnect=reconnect, trace=False, record=kw.pop("record", None),
-                         protocol=kw.pop("protocol", None), **settings)
+    # --reconnect goes only to a driver asked for it: it is not every family's option
+    reconnect = {"reconnect": True} if kw.pop("reconnect") else {}
+    return open_terminal(port, kw.pop("protocol", None), journal=journal, record=kw.pop("record", None),
+                         **reconnect, **settings)
 
 
 def _progress_printer(as_json: bool):
@@ -210,8 +212,6 @@ def pay(amount, amount_minor, currency, payment_code, order_id, description, dyn
       posterm pay --port /dev/ttyUSB0 --amount 12.34 --currency CNY \\
                   --payment-code 289900000000000001 --json
     """
-    from posterm.families.native.ecr import OutcomeMismatch
-
     value = _amount(amount, amount_minor, currency)
     if dynamic_qr and payment_code:
         raise click.UsageError("--qr and --payment-code exclude each other")
@@ -304,8 +304,6 @@ def cancel(order_id, operator_password, password_stdin, as_json, timeout, **kw):
 def refund(order_id, amount, amount_minor, currency, refund_id, operator_password, password_stdin, as_json,
            timeout, **kw):
     """Refund part or all of a paid ORDER_ID."""
-    from posterm.families.native.ecr import OutcomeMismatch
-
     value = _amount(amount, amount_minor, currency)
     pw = _password(operator_password, password_stdin)
     with _open(kw, as_json) as term:
@@ -392,7 +390,6 @@ def doctor(as_json, quick, **kw):
     Tries the configured settings, then common ones (115200 and 9600; 8N1,
     7E1, 8N2), and reports which answered a Hello.
     """
-    from posterm.families.native.ecr import Terminal
     from posterm.transport import open_transport
 
     port = kw.pop("port")
@@ -441,17 +438,16 @@ def doctor(as_json, quick, **kw):
             if checks and not checks[-1]["ok"] and "Busy" in type(exc).__name__:
                 break
             continue
-        if fam.name == "posterm":
-            term = Terminal(transport, port_name=port)
-        else:
-            term = fam.driver_class()(transport, port_name=port, journal=None)
+        term = fam.driver_class()(transport, port_name=port, journal=None)
         try:
             info = term.hello(timeout=1.5)
         except PosError as exc:
             check(f"hello {label}", False, f"no answer ({type(exc).__name__})")
         else:
+            # A family whose probe carries no identity leaves terminal_id empty; its driver may
+            # say what answered (``probe``).
             check(f"hello {label}", True, f"{info.terminal_id} / {info.merchant_id}, firmware {info.firmware_version}"
-                  if fam.name == "posterm" else f"{fam.name}: ACK to ENQ")
+                  if info.terminal_id else f"{fam.name}: {getattr(term, 'probe', 'answered the probe')}")
             answered = label
         finally:
             term.close()

@@ -142,7 +142,7 @@ def _report_scenarios(terminals) -> int:
 
 
 def _reason(code: int) -> str:
-    from firmware_protocol.native.messages import Reason
+    from posterm.ecr.results import Reason
 
     try:
         return Reason(code).name.lower()

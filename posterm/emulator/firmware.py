@@ -56,7 +56,7 @@ from posterm.emulator.peripherals import (
 from posterm.emulator.scenario import Action, PaymentScript, Scenario
 from posterm.errors import PosError
 from posterm.families.native.link import MessageReceived, UndecodableMessage
-from posterm.families.native.redact import mask_code
+from posterm.ecr.trace import mask_code
 
 log = logging.getLogger("posterm.emulator")
 

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, TextIO
 
 from posterm import __version__
+from posterm.ecr.trace import MASK_BYTE  # "*": what a masked byte of a chunk is written as
 from posterm.errors import ConfigError
 from posterm.families import FAMILIES, ProtocolFamily, family, names
 from posterm.families.interfaces import FamilyRecording, Observed, PcapInterface, RecordObserver
@@ -57,7 +58,6 @@ MAX_LINE = 1 << 20          # a record line is at most a frame's hex plus fields
 # of posterm's own protocol (4106 bytes). A family whose frames are longer than this gets
 # its stalled partial frames masked (RecordObserver.mask_pending) and written in pieces.
 MAX_HELD = 4 * 4106
-MASK_BYTE = 0x2A            # "*": what a masked byte of a chunk is written as
 
 
 class RecordingError(ConfigError):

@@ -1,7 +1,7 @@
 """pytest plugin (entry point ``pytest11``, loaded automatically once posterm is installed):
 an emulated terminal per test.
 
-    from posterm.families.native.ecr import Terminal
+    from posterm import Terminal
 
     def test_checkout(posterm_terminal):
         with Terminal.open(posterm_terminal.port) as term:

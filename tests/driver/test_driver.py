@@ -10,7 +10,9 @@ import pytest
 
 from firmware_protocol.native import messages as m
 from firmware_protocol.native.messages import Outcome, Reason
-from posterm.families.native.ecr import PaymentResult, Terminal, TerminalRefused, new_order_id
+from posterm.ecr.ids import new_order_id
+from posterm.ecr.results import PaymentResult
+from posterm.families.native.ecr import Terminal, TerminalRefused
 from posterm.errors import Disconnected, LinkFailed, LocalProtocolError, PosTimeout
 from posterm.ecr.journal import Journal
 from posterm.families.native.link import LinkConfig

@@ -10,7 +10,8 @@ import pytest
 
 from firmware_protocol.native import messages as m
 from firmware_protocol.native.messages import Outcome, Reason
-from posterm.families.native.ecr import MAX_RECEIPT_LINES, OutcomeMismatch, Terminal
+from posterm.ecr.results import OutcomeMismatch
+from posterm.families.native.ecr import MAX_RECEIPT_LINES, Terminal
 from posterm.errors import LinkFailed, PosTimeout
 from posterm.ecr.journal import Journal
 from tests.driver.fake_terminal import make_pair

@@ -241,7 +241,7 @@ def test_ack_timer_allows_for_the_frame_on_a_slow_line():
 
 
 def test_the_driver_gives_serial_lines_their_rate():
-    from posterm.families.native.ecr import _line_rate
+    from posterm.ecr.session import line_rate as _line_rate
 
     assert _line_rate("/dev/ttyUSB0", {"baudrate": 9600}) == pytest.approx(960.0)
     assert _line_rate("/dev/ttyS0", {"baudrate": 9600, "bytesize": 7, "parity": "E"}) == pytest.approx(960.0)

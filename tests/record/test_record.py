@@ -18,7 +18,7 @@ from firmware_protocol.native import messages as m
 from firmware_protocol.native.messages import Outcome
 from firmware_protocol.native.tlv import encode
 from posterm.families.native.ecr import Terminal
-from posterm.families.native.ecr import OutcomeMismatch
+from posterm.ecr.results import OutcomeMismatch
 from posterm.ecr.journal import Journal
 from posterm.record import Recorder, RecordingError, RecordingTransport, load, recording_path
 from posterm.record.pcapng import INBOUND, LINKTYPE_USER0, OUTBOUND, read_pcapng, write_pcapng

@@ -1,10 +1,10 @@
-"""Drive an Ingenico Concert (Telium) terminal with the :class:`posterm.families.native.ecr.Terminal` API.
+"""Drive an Ingenico Concert (Telium) terminal with the ECR driver API (:class:`posterm.Terminal`'s).
 
-    from posterm.families.native.ecr import Terminal
+    import posterm
 
-    with Terminal.open("/dev/ttyACM0", protocol="concert") as term:      # USB: 9600 8N1
+    with posterm.open_terminal("/dev/ttyACM0", protocol="concert") as term:      # USB: 9600 8N1
         result = term.pay(1250, "EUR")
-    with Terminal.open("/dev/ttyS0", protocol="concert", bytesize=7, parity="E") as term:  # native RS-232
+    with posterm.Terminal.open("/dev/ttyS0", protocol="concert", bytesize=7, parity="E") as term:  # RS-232
 
 What Concert carries and what it does not, and what the driver does about it:
 
@@ -47,17 +47,16 @@ from firmware_protocol.concert import (
     Status,
     TxnType,
 )
-from firmware_protocol.native.messages import Outcome, Reason
 
 from posterm.families.concert import new_private_id
 from posterm.families.concert.link import ConcertConfig, ConcertLink, Delivered, FrameRejected, GarbageSkipped, MessageReceived, SendFailed
-from posterm.families.native.ecr import DEFAULT_PAY_TIMEOUT, PaymentResult, PortSession, RefundOutcome, TerminalInfo
 from posterm.errors import LinkFailed, LocalProtocolError, PosTimeout
 from posterm.ecr.journal import Journal
+from posterm.ecr.results import Capability, Outcome, PaymentResult, Reason, RefundOutcome, TerminalInfo
+from posterm.ecr.session import DEFAULT_PAY_TIMEOUT, PortSession, open_journal, resolve_port, transport_opener
 
-log = logging.getLogger("posterm.families.native.ecr.concert")
+log = logging.getLogger("posterm.ecr.concert")
 wire_log = logging.getLogger("posterm.wire")
-
 
 
 UNACKNOWLEDGED = ("never acknowledged by this ECR: a Concert terminal reverses an approval its ECR"
@@ -68,7 +67,7 @@ class Unsupported(LocalProtocolError):
     """The protocol family has no message for this operation."""
 
 
-def new_order_id() -> str:
+def new_concert_order_id() -> str:
     """Ten characters, the width of Concert's private field."""
     return new_private_id("P", PRIVATE_WIDTH)
 
@@ -84,6 +83,8 @@ class ConcertTerminal(PortSession):
     """An ECR talking Concert to a terminal. One operation at a time; a context manager."""
 
     protocol = "concert"
+    #: What answered ``hello`` (it carries no identity): what ``posterm doctor`` reports.
+    probe = "ACK to ENQ"
     READ_SIZE = 512
 
     def __init__(self, transport: Any, *, port_name: str = "", journal: Journal | None = None,
@@ -102,26 +103,16 @@ class ConcertTerminal(PortSession):
              pos_number: int = 1, config: ConcertConfig | None = None, **settings: Any) -> "ConcertTerminal":
         """Open ``url`` with Concert's serial defaults (9600 8N1; pass ``bytesize=7, parity="E"``
         for a native RS-232 port). Raises TransportError."""
-        from posterm.families import CONCERT
-        from posterm.transport import default_port, open_transport
+        from posterm.families import family
 
-        url = url or default_port()
-        if not url:
-            raise LocalProtocolError("no port given and POSTERM_PORT is not set")
+        url = resolve_port(url)
         for key in ("reconnect", "trace", "link_config"):
             settings.pop(key, None)
         settings = {k: v for k, v in settings.items() if v is not None}
         if not url.startswith(("tcp://", "virtual://", "pty://")):
-            settings = {**CONCERT.serial_defaults, **settings}
-        if record:
-            from posterm.record import open_recorded
-
-            open_transport = open_recorded(open_transport, record, url, settings, protocol="concert")  # noqa: N806
-        transport = open_transport(url, **settings)
-        own = False
-        if journal is None or isinstance(journal, str):
-            journal = Journal(journal)
-            own = True
+            settings = {**family(cls.protocol).serial_defaults, **settings}
+        transport = transport_opener(url, settings, record, cls.protocol)(url, **settings)
+        journal, own = open_journal(journal)
         term = cls(transport, port_name=url, journal=journal, pos_number=pos_number, config=config)
         term._owns_journal = own
         return term
@@ -145,7 +136,7 @@ class ConcertTerminal(PortSession):
                     data = self._read(max(0.0, min(0.05, until - self._clock())))
                     if ACK in data:
                         self._write(bytes([EOT]))
-                        self.info = TerminalInfo("", "", "concert", 0, _no_caps())
+                        self.info = TerminalInfo("", "", "concert", 0, Capability(0))
                         return self.info
                 if self._clock() >= deadline:
                     break
@@ -158,7 +149,7 @@ class ConcertTerminal(PortSession):
         if payment_code is not None or dynamic_qr:
             raise Unsupported("Concert has no field for a payment code or a dynamic QR: the terminal scans"
                               " the customer's code itself")
-        order_id = order_id or new_order_id()
+        order_id = order_id or new_concert_order_id()
         def record(answer: ConcertAnswer) -> PaymentResult:
             result = self._result(answer, TxnType.DEBIT, order_id, amount_minor, currency)
             self._journal_result(result)
@@ -397,9 +388,3 @@ class ConcertTerminal(PortSession):
         if self._journal is not None:
             self._journal.record_outcome(result.order_id, "pay", result.result, int(result.reason),
                                          result.to_json(), final=result.final)
-
-
-def _no_caps():
-    from firmware_protocol.native.messages import Capability
-
-    return Capability(0)

@@ -9,7 +9,7 @@ What differs from posterm's own protocol:
 * ``msg`` holds the dataclass fields of :class:`ConcertRequest` / :class:`ConcertAnswer`
   (enums as their values, e.g. ``"txn_type": "0"``) plus ``type``;
 * the only field that can hold card data is the long answer's 55-byte ``report``:
-  everything but its last 4 characters is masked (:func:`posterm.families.native.redact.mask_code`)
+  everything but its last 4 characters is masked (:func:`posterm.ecr.trace.mask_code`)
   in frame hex, chunk hex and ``msg``, and ``redacted`` says ``["report"]``. Requests
   carry no secret. A frame from the terminal that does not decode (bad LRC, malformed),
   garbage from the terminal and a partial answer still buffered have their body masked.
@@ -42,7 +42,7 @@ from firmware_protocol.errors import FieldError, ProtocolError
 
 from posterm.errors import ConfigError, Disconnected, LinkFailed
 from posterm.families.interfaces import FamilyRecording, Observed, PcapInterface
-from posterm.families.native.redact import MASK_BYTE, mask_code
+from posterm.ecr.trace import MASK_BYTE, mask_code
 from posterm.record.replay import ReplayPlayer
 
 PROTOCOL = "concert"

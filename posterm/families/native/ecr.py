@@ -1,13 +1,16 @@
-"""Drive a payment terminal from the cash register (ECR) side.
+"""The native family's ECR driver: drive a terminal speaking posterm's protocol.
 
-    from posterm.families.native.ecr import Terminal
+    import posterm
 
-    with Terminal.open("/dev/ttyUSB0") as term:          # or socket://, rfc2217://, a pty
+    with posterm.Terminal.open("/dev/ttyUSB0") as term:          # or socket://, rfc2217://, a pty
         info = term.hello()
         result = term.pay(1234, "CNY", payment_code="289900000000000001",
                           on_progress=lambda p: print(p.text))
         if result.approved: ...
         elif result.outcome is Outcome.UNKNOWN: term.recover()
+
+What every family shares is in :mod:`posterm.ecr`: the results (:mod:`posterm.ecr.results`),
+order ids, the port session with its journal and reconnect (:mod:`posterm.ecr.session`).
 
 Every call sends one request through :mod:`posterm.families.native.link` and waits for its
 answer; ``Progress`` and ``Print`` messages that arrive meanwhile go to
@@ -34,13 +37,13 @@ overflow is :class:`LinkFailed`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from firmware_protocol.native import messages as m
 from firmware_protocol.native.messages import Outcome, Reason
@@ -53,9 +56,31 @@ from posterm.errors import (
     PosError,
     PosTimeout,
     RemoteProtocolError,
-    TransportError,
 )
+from posterm.ecr.ids import new_order_id
 from posterm.ecr.journal import Journal, JournalEntry
+from posterm.ecr.results import (
+    KeyInfo,
+    OutcomeMismatch,
+    PaymentResult,
+    RefundOutcome,
+    Settlement,
+    TerminalInfo,
+    as_reason,
+    mismatch,
+)
+from posterm.ecr.session import (
+    DEFAULT_PAY_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    PortSession,
+    check_timeout,
+    line_rate,
+    open_journal,
+    open_terminal,
+    resolve_port,
+    transport_opener,
+)
+from posterm.ecr.trace import hexdump
 from posterm.families.native.link import (
     DuplicateIgnored,
     FrameRejected,
@@ -69,22 +94,14 @@ from posterm.families.native.link import (
     SendFailed,
     UndecodableMessage,
 )
-from posterm.families.native.redact import hexdump, message_fields, redact_frame
+from posterm.families.native.redact import message_fields, redact_frame
 
 wire_log = logging.getLogger("posterm.wire")
-log = logging.getLogger("posterm.families.native.ecr")
+log = logging.getLogger("posterm.ecr.native")
 
-DEFAULT_PAY_TIMEOUT = 120.0
-DEFAULT_TIMEOUT = 10.0
 #: Receipt lines kept per operation (a Print line is at most 64 characters): a terminal
 #: that floods Print messages costs at most this, the rest is dropped and logged.
 MAX_RECEIPT_LINES = 256
-
-
-class OutcomeMismatch(RemoteProtocolError):
-    """The terminal reports an order approved for another amount, currency or order than
-    requested, even when asked again. What it said is journaled (never hidden: the host may
-    have charged it); the ECR must check the order with the host."""
 
 
 class TerminalRefused(PosError):
@@ -95,169 +112,6 @@ class TerminalRefused(PosError):
         super().__init__(f"terminal refused the request: {code}" + (f" ({error.text})" if error.text else ""))
         self.error = error
         self.code = error.code
-
-
-# ------------------------------------------------------------------ results
-
-
-def _reason(code: int) -> Reason | int:
-    try:
-        return Reason(code)
-    except ValueError:
-        return code
-
-
-def _reason_name(code: Reason | int) -> str:
-    return code.name.lower() if isinstance(code, Reason) else f"code_{int(code)}"
-
-
-@dataclass(frozen=True, slots=True)
-class PaymentResult:
-    """The outcome of a payment (from pay, query, cancel or recover)."""
-
-    order_id: str
-    outcome: Outcome
-    amount_minor: int
-    currency: str
-    reason: Reason | int = Reason.NONE
-    reason_text: str = ""
-    trade_no: str | None = None
-    code_last4: str | None = None
-    refunded_minor: int = 0
-    paid_at: str | None = None
-    receipt: tuple[str, ...] = ()
-    #: Set when ``pay`` gave up waiting after this many seconds and aborted on the terminal.
-    gave_up_after: float | None = None
-
-    @property
-    def approved(self) -> bool:
-        return self.outcome is Outcome.APPROVED
-
-    @property
-    def not_found(self) -> bool:
-        """The terminal and its host never heard of this order (nothing was charged)."""
-        return self.outcome is Outcome.DECLINED and self.reason == Reason.ORDER_NOT_FOUND
-
-    @property
-    def result(self) -> str:
-        """``approved``, ``declined``, ``cancelled``, ``unknown`` or ``pending``."""
-        return self.outcome.name.lower()
-
-    @property
-    def final(self) -> bool:
-        return self.outcome in (Outcome.APPROVED, Outcome.DECLINED, Outcome.CANCELLED)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "result": self.result, "order_id": self.order_id, "amount_minor": self.amount_minor,
-            "currency": self.currency, "reason": _reason_name(self.reason) if self.reason else None,
-            "reason_text": self.reason_text or None, "trade_no": self.trade_no,
-            "code_last4": self.code_last4, "refunded_minor": self.refunded_minor,
-            "paid_at": self.paid_at, "receipt": list(self.receipt),
-            **({"gave_up_after": self.gave_up_after} if self.gave_up_after is not None else {}),
-        }
-
-    @classmethod
-    def from_message(cls, msg: m.PayResult, receipt: Iterable[str] = ()) -> "PaymentResult":
-        return cls(msg.order_id, msg.outcome, msg.amount_minor, msg.currency, _reason(msg.reason),
-                   msg.reason_text, msg.trade_no, msg.code_last4, msg.refunded_minor, msg.paid_at,
-                   tuple(receipt))
-
-
-@dataclass(frozen=True, slots=True)
-class RefundOutcome:
-    order_id: str
-    refund_id: str
-    outcome: Outcome
-    amount_minor: int
-    currency: str
-    reason: Reason | int = Reason.NONE
-    refunded_total_minor: int = 0
-    reason_text: str = ""
-    receipt: tuple[str, ...] = ()
-
-    @property
-    def approved(self) -> bool:
-        return self.outcome is Outcome.APPROVED
-
-    @property
-    def result(self) -> str:
-        return self.outcome.name.lower()
-
-    @property
-    def final(self) -> bool:
-        return self.outcome in (Outcome.APPROVED, Outcome.DECLINED)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "result": self.result, "order_id": self.order_id, "refund_id": self.refund_id,
-            "amount_minor": self.amount_minor, "currency": self.currency,
-            "reason": _reason_name(self.reason) if self.reason else None,
-            "reason_text": self.reason_text or None,
-            "refunded_total_minor": self.refunded_total_minor, "receipt": list(self.receipt),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Settlement:
-    batch_no: int
-    totals: tuple[m.Totals, ...]
-    host_agrees: bool
-    settled_at: str | None
-    outcome: Outcome
-    reason: Reason | int
-    receipt: tuple[str, ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "result": self.outcome.name.lower(), "batch_no": self.batch_no, "host_agrees": self.host_agrees,
-            "settled_at": self.settled_at, "reason": _reason_name(self.reason) if self.reason else None,
-            "totals": [
-                {"currency": t.currency, "approved_count": t.approved_count, "approved_minor": t.approved_minor,
-                 "refunded_count": t.refunded_count, "refunded_minor": t.refunded_minor,
-                 "cancelled_count": t.cancelled_count, "net_minor": t.net_minor}
-                for t in self.totals
-            ],
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class TerminalInfo:
-    terminal_id: str
-    merchant_id: str
-    firmware_version: str
-    protocol_version: int
-    capabilities: m.Capability
-
-    def to_json(self) -> dict[str, Any]:
-        return {"terminal_id": self.terminal_id, "merchant_id": self.merchant_id,
-                "firmware_version": self.firmware_version, "protocol_version": self.protocol_version,
-                "capabilities": [c.name for c in m.Capability if c in self.capabilities]}
-
-
-@dataclass(frozen=True, slots=True)
-class KeyInfo:
-    loaded: bool
-    algorithm: m.KeyAlgorithm
-    ksn: str | None
-    counters_left: int
-    kcv: str | None
-    reason: Reason | int = Reason.NONE
-
-    def to_json(self) -> dict[str, Any]:
-        return {"loaded": self.loaded, "algorithm": self.algorithm.name, "ksn": self.ksn,
-                "counters_left": self.counters_left, "kcv": self.kcv,
-                "reason": _reason_name(self.reason) if self.reason else None}
-
-
-def new_order_id(prefix: str = "PT") -> str:
-    """A fresh merchant order id: prefix, UTC time to the second, 12 random hex digits.
-
-    48 random bits: a thousand ids in one second collide with odds of about 2e-9 (with 24
-    bits it was 3%, and a collision would hand one customer's payment the outcome of
-    another's, since the terminal answers a known order id with its stored outcome).
-    """
-    return f"{prefix}{datetime.now(timezone.utc):%Y%m%d%H%M%S}{secrets.token_hex(6).upper()}"
 
 
 # ------------------------------------------------------------------ the driver
@@ -275,59 +129,6 @@ class _Waiter:
     receipt_dropped: int = 0
 
 
-class PortSession:
-    """What every protocol family's driver shares: the port, the journal, closing, and
-    I/O errors normalised to :class:`Disconnected`. A context manager."""
-
-    READ_SIZE = 4096
-
-    def _init_port(self, transport: Any, port_name: str, journal: Journal | None) -> None:
-        self._transport = transport
-        self.port_name = port_name or getattr(transport, "description", "") or repr(transport)
-        self._journal = journal
-        self._owns_journal = False
-        self._closed = False
-
-    def close(self) -> None:
-        """Close the port (and the journal if this object opened it). Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self._transport.close()
-        finally:
-            if self._owns_journal and self._journal is not None:
-                self._journal.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @property
-    def journal(self) -> Journal | None:
-        return self._journal
-
-    def _read(self, timeout: float) -> bytes:
-        try:
-            return self._transport.read(self.READ_SIZE, timeout)
-        except TransportError:
-            raise
-        except OSError as exc:  # a transport that did not normalise its errors
-            raise Disconnected(f"{self.port_name}: {exc}") from exc
-
-    def _write(self, data: bytes) -> None:
-        if not data:
-            return
-        try:
-            self._transport.write(data)
-        except TransportError:
-            raise
-        except OSError as exc:
-            raise Disconnected(f"{self.port_name}: {exc}") from exc
-
-
 class Terminal(PortSession):
     """A payment terminal on the other end of a transport. One operation at a time.
 
@@ -335,12 +136,16 @@ class Terminal(PortSession):
     (anything with ``read(max_bytes, timeout)``, ``write(data)`` and ``close()``).
     """
 
+    #: The family this driver speaks (its name in :mod:`posterm.families`).
+    protocol = "posterm"
+
     def __init__(self, transport: Any, *, port_name: str = "", journal: Journal | None = None,
                  link_config: LinkConfig | None = None, clock: Callable[[], float] = time.monotonic,
                  reconnect: bool = False, reopen: Callable[[], Any] | None = None,
                  reconnect_attempts: int = 6, reconnect_max_delay: float = 2.0, trace: bool = False,
                  sleep: Callable[[float], None] = time.sleep) -> None:
-        self._init_port(transport, port_name, journal)
+        self._init_port(transport, port_name, journal, reopen=reopen, reconnect_attempts=reconnect_attempts,
+                        reconnect_max_delay=reconnect_max_delay)
         cfg = link_config or LinkConfig()
         self._trace = trace or wire_log.isEnabledFor(logging.DEBUG)
         if self._trace and not cfg.trace_frames:
@@ -350,9 +155,6 @@ class Terminal(PortSession):
         self._clock = clock
         self._sleep = sleep  # pauses between polls (a fake clock's sleep in tests)
         self._reconnect = reconnect
-        self._reopen = reopen
-        self._reconnect_attempts = reconnect_attempts
-        self._reconnect_max_delay = reconnect_max_delay
         self._op_lock = threading.Lock()
         self._abort_requested: str | None | bool = False
         self.info: TerminalInfo | None = None
@@ -369,32 +171,24 @@ class Terminal(PortSession):
         ``pace``). ``record``: write a session recording (:mod:`posterm.record`) to this
         file. ``protocol``: the protocol family (:mod:`posterm.families`; default
         ``$POSTERM_PROTOCOL`` or ``posterm``); another family returns its own driver
-        object with this API (e.g. :class:`posterm.families.concert.ecr.ConcertTerminal`).
+        object with this API (:func:`posterm.ecr.session.open_terminal` opens it).
         Raises :class:`TransportError` if the port cannot be opened.
         """
         from posterm.families import family
-        from posterm.transport import open_transport, default_port
 
         fam = family(protocol)
-        if fam.name != "posterm":
-            return fam.driver_class().open(url, journal=journal, record=record, **settings)
+        if fam.name != cls.protocol:
+            # reconnect, trace and link_config are this driver's own options
+            return open_terminal(url, fam.name, journal=journal, record=record, **settings)
 
-        url = url or default_port()
-        if not url:
-            raise LocalProtocolError("no port given and POSTERM_PORT is not set")
-        if record:
-            from posterm.record import open_recorded
-
-            open_transport = open_recorded(open_transport, record, url, settings)  # noqa: N806 - same call, recorded
-        transport = open_transport(url, **settings)
+        url = resolve_port(url)
+        opener = transport_opener(url, settings, record, cls.protocol)
+        transport = opener(url, **settings)
         if link_config is None:
-            link_config = LinkConfig(line_rate=_line_rate(url, settings))
-        own = False
-        if journal is None or isinstance(journal, str):
-            journal = Journal(journal)
-            own = True
+            link_config = LinkConfig(line_rate=line_rate(url, settings))
+        journal, own = open_journal(journal)
         term = cls(transport, port_name=url, journal=journal, reconnect=reconnect, trace=trace,
-                   link_config=link_config, reopen=lambda: open_transport(url, **settings))
+                   link_config=link_config, reopen=lambda: opener(url, **settings))
         term._owns_journal = own
         return term
 
@@ -406,7 +200,7 @@ class Terminal(PortSession):
 
     def hello(self, timeout: float = 3.0) -> TerminalInfo:
         """Say hello; learn who the terminal is and agree the protocol version."""
-        _check_timeout(timeout)
+        check_timeout(timeout)
         reply = self._transact(self._hello_message(), (m.HelloReply,), timeout)
         return self._learn(reply)
 
@@ -423,7 +217,7 @@ class Terminal(PortSession):
 
     def status(self, timeout: float = 3.0) -> m.Status:
         """The terminal's state (answered even in the middle of a payment)."""
-        _check_timeout(timeout)
+        check_timeout(timeout)
         return self._transact(m.StatusRequest(), (m.Status,), timeout)
 
     def pay(self, amount_minor: int, currency: str, order_id: str | None = None,
@@ -441,7 +235,7 @@ class Terminal(PortSession):
         """
         if type(amount_minor) is not int:
             raise LocalProtocolError("amount_minor must be an int of minor units (never a float)")
-        _check_timeout(timeout)
+        check_timeout(timeout)
         order_id = order_id or new_order_id()
         request = m.PayRequest(amount_minor=amount_minor, currency=currency, order_id=order_id,
                                payment_code=payment_code, description=description, dynamic_qr=dynamic_qr)
@@ -458,14 +252,14 @@ class Terminal(PortSession):
                            gave_up_after: float | None = None) -> PaymentResult:
         """Check the answer to a PayRequest against the request and journal it."""
         if gave_up_after is not None:
-            result = _replace(result, gave_up_after=gave_up_after)
+            result = dataclasses.replace(result, gave_up_after=gave_up_after)
         if result.reason == Reason.ORDER_CONFLICT and result.outcome is not Outcome.APPROVED:
             # The answer judges this attempt (same order id, other amount), not the order:
             # the order keeps whatever the host did with the first request.
             self._journal_attempt(result, "pay", "rejected", "ORDER_CONFLICT: the order id was used with"
                                   f" other parameters; this attempt asked {amount_minor} {currency}")
             return result
-        problem = _mismatch(result, result.order_id, amount_minor, currency)
+        problem = mismatch(result, result.order_id, amount_minor, currency)
         if problem is None:
             self._journal_result(result)
             return result
@@ -476,8 +270,8 @@ class Terminal(PortSession):
             raise OutcomeMismatch(f"{problem}; no answer to the follow-up query: order {result.order_id}"
                                   " stays unfinished in the journal: run `posterm recover`")
         if gave_up_after is not None:
-            checked = _replace(checked, gave_up_after=gave_up_after)
-        again = _mismatch(checked, result.order_id, amount_minor, currency)
+            checked = dataclasses.replace(checked, gave_up_after=gave_up_after)
+        again = mismatch(checked, result.order_id, amount_minor, currency)
         self._journal_result(checked)  # what the host says about the order, even if wrong for us
         if again is not None:
             raise OutcomeMismatch(f"{again} (asked twice); journaled: check order {result.order_id} with the host")
@@ -509,7 +303,7 @@ class Terminal(PortSession):
         """Ask what became of ``order_id``. ``PENDING`` while the terminal is still on it;
         DECLINED with reason ORDER_NOT_FOUND (``result.not_found``) when the terminal and
         its host never heard of it."""
-        _check_timeout(timeout)
+        check_timeout(timeout)
         answer, receipt = self._transact_collect(m.Query(order_id=order_id), (m.PayResult,), timeout, order_id)
         result = PaymentResult.from_message(answer, receipt)
         if self._journal is not None and self._journal.get(order_id) is not None:
@@ -524,7 +318,7 @@ class Terminal(PortSession):
         one the terminal cancels only an unpaid order and otherwise answers DECLINED
         (OPERATOR_PASSWORD_WRONG). Journaled as its own ``cancel`` entry before it is sent,
         so ``recover()`` resolves a cancel whose answer was lost (by querying the order)."""
-        _check_timeout(timeout)
+        check_timeout(timeout)
         pay_entry = self._journal.get(order_id) if self._journal is not None else None
         self._journal_sent(order_id, "cancel", pay_entry.amount_minor if pay_entry else 0,
                            pay_entry.currency if pay_entry else "XXX")
@@ -544,7 +338,7 @@ class Terminal(PortSession):
         An approved answer for another order, refund id, amount or currency is a protocol
         error: the refund is asked once more (idempotent); if the answer is still wrong it
         is journaled and :class:`OutcomeMismatch` raised."""
-        _check_timeout(timeout)
+        check_timeout(timeout)
         if type(amount_minor) is not int:
             raise LocalProtocolError("amount_minor must be an int of minor units (never a float)")
         if currency is None:
@@ -560,14 +354,14 @@ class Terminal(PortSession):
             answer, receipt = self._transact_collect(request, (m.RefundResult,), timeout, order_id, on_progress,
                                                      refund_id=refund_id)
             outcome = RefundOutcome(answer.order_id, answer.refund_id, answer.outcome, answer.amount_minor,
-                                    answer.currency, _reason(answer.reason), answer.refunded_total_minor,
+                                    answer.currency, as_reason(answer.reason), answer.refunded_total_minor,
                                     answer.reason_text, tuple(receipt))
             if outcome.reason == Reason.ORDER_CONFLICT and not outcome.approved:
                 self._journal_attempt(outcome, "refund", "rejected", "ORDER_CONFLICT: the refund id was used with"
                                       f" other parameters; this attempt asked {amount_minor} {currency}",
                                       ref_id=refund_id)
                 return outcome
-            problem = _mismatch(outcome, order_id, amount_minor, currency, refund_id)
+            problem = mismatch(outcome, order_id, amount_minor, currency, refund_id)
             if problem is None:
                 self._journal_refund(outcome, refund_id)
                 return outcome
@@ -579,21 +373,21 @@ class Terminal(PortSession):
     def settle(self, operator_password: str, timeout: float = 60.0,
                on_progress: Callable[[m.Progress], None] | None = None) -> Settlement:
         """Close the batch: the terminal settles with the host and reports end-of-day totals."""
-        _check_timeout(timeout)
+        check_timeout(timeout)
         answer, receipt = self._transact_collect(m.Settle(operator_password=operator_password),
                                                  (m.SettleReport,), timeout, None, on_progress)
         return Settlement(answer.batch_no, answer.totals, answer.host_agrees, answer.settled_at,
-                          answer.outcome, _reason(answer.reason), tuple(receipt))
+                          answer.outcome, as_reason(answer.reason), tuple(receipt))
 
     def load_key(self, key_block: str, operator_password: str, timeout: float = 10.0) -> KeyInfo:
         """Send a TR-31 key block (the initial DUKPT key) to the PIN pad."""
-        _check_timeout(timeout)
+        check_timeout(timeout)
         return self._key_info(self._transact(m.KeyLoad(key_block=key_block, operator_password=operator_password),
                                              (m.KeyStatus,), timeout))
 
     def key_status(self, timeout: float = 3.0) -> KeyInfo:
         """KSN, counters left and KCV of the PIN pad's key (never key bytes)."""
-        _check_timeout(timeout)
+        check_timeout(timeout)
         return self._key_info(self._transact(m.KeyStatusRequest(), (m.KeyStatus,), timeout))
 
     def abort(self, order_id: str | None = None, timeout: float = 10.0) -> PaymentResult | None:
@@ -633,7 +427,7 @@ class Terminal(PortSession):
 
         Returns what was learnt, in journal order (final or still pending/unknown).
         """
-        _check_timeout(timeout)
+        check_timeout(timeout)
         if self._journal is None:
             return []
         results: list[PaymentResult | RefundOutcome] = []
@@ -821,29 +615,10 @@ class Terminal(PortSession):
     # -- reconnecting ------------------------------------------------------------------
 
     def _reconnect_now(self) -> None:
-        """Reopen the port with bounded exponential back-off, then say Hello again."""
-        if self._reopen is None:
-            raise Disconnected(f"{self.port_name}: lost, and no way to reopen it")
-        try:
-            self._transport.close()
-        except Exception:  # noqa: BLE001 - the old port is gone either way
-            pass
-        delay = 0.1
-        last: Exception | None = None
-        for attempt in range(1, self._reconnect_attempts + 1):
-            time.sleep(delay)
-            try:
-                self._transport = self._reopen()
-            except TransportError as exc:
-                last = exc
-                log.info("reconnect attempt %d to %s failed: %s", attempt, self.port_name, exc)
-                delay = min(delay * 2, self._reconnect_max_delay)
-                continue
-            self._link.reset()
-            log.info("reconnected to %s after %d attempt(s)", self.port_name, attempt)
-            self._learn(self._bare_transact(self._hello_message(), (m.HelloReply,), 3.0))
-            return
-        raise Disconnected(f"{self.port_name}: could not reconnect after {self._reconnect_attempts} attempts") from last
+        """Reopen the port (bounded back-off, :meth:`PortSession._reopen_port`), then say Hello again."""
+        self._reopen_port()
+        self._link.reset()
+        self._learn(self._bare_transact(self._hello_message(), (m.HelloReply,), 3.0))
 
     def _bare_transact(self, request: Message, expect: tuple[type[Message], ...], timeout: float,
                        order_id: str | None = None) -> Any:
@@ -916,52 +691,7 @@ class Terminal(PortSession):
 
     @staticmethod
     def _key_info(msg: m.KeyStatus) -> KeyInfo:
-        return KeyInfo(msg.loaded, msg.algorithm, msg.ksn, msg.counters_left, msg.kcv, _reason(msg.reason))
-
-
-def _mismatch(result: PaymentResult | RefundOutcome, order_id: str, amount_minor: int, currency: str,
-              refund_id: str | None = None) -> str | None:
-    """Why an APPROVED answer does not answer this request (None when it does, or when it
-    is no approval: a decline moves no money, whatever amount it names)."""
-    if result.outcome is not Outcome.APPROVED:
-        return None
-    what = f"refund {refund_id}" if refund_id is not None else f"order {order_id}"
-    if result.order_id != order_id or (refund_id is not None and getattr(result, "refund_id", None) != refund_id):
-        return f"terminal approved {result.order_id} in answer to {what}"
-    if (result.amount_minor, result.currency) != (amount_minor, currency):
-        return (f"terminal approved {what} for {result.amount_minor} {result.currency},"
-                f" but {amount_minor} {currency} was requested")
-    return None
-
-
-def _replace(result: PaymentResult, **changes: Any) -> PaymentResult:
-    from dataclasses import replace
-
-    return replace(result, **changes)
-
-
-#: The longest wait any one operation may be given (a day): a bound, not a policy.
-MAX_TIMEOUT = 86400.0
-
-
-def _check_timeout(timeout: float) -> None:
-    """A timeout is a finite number of seconds in (0, MAX_TIMEOUT]: nan or inf would wait forever."""
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_TIMEOUT:
-        raise LocalProtocolError(f"timeout must be a finite number of seconds in (0, {MAX_TIMEOUT:g}], not {timeout!r}")
-
-
-def _line_rate(url: str, settings: dict[str, Any]) -> float | None:
-    """Bytes per second of a real serial line at these settings; None where the bytes are not
-    clocked out at the baud rate (TCP, socket://, loop://; a pty is a serial path and gets a
-    rate, which only lengthens its ACK timer)."""
-    from posterm.transport import default_baud
-    from posterm.transport.base import bits_per_byte
-
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme and scheme not in ("rfc2217",):
-        return None
-    baud = settings.get("baudrate") or default_baud()
-    return baud / bits_per_byte(settings.get("bytesize", 8), settings.get("parity", "N"), settings.get("stopbits", 1))
+        return KeyInfo(msg.loaded, msg.algorithm, msg.ksn, msg.counters_left, msg.kcv, as_reason(msg.reason))
 
 
 def _config_dict(cfg: LinkConfig) -> dict[str, Any]:

@@ -35,7 +35,8 @@ from firmware_protocol.native.tlv import Message, decode, message_types, split_i
 from posterm.errors import ConfigError, Disconnected, LinkFailed
 from posterm.families.interfaces import FamilyRecording, Observed, PcapInterface
 from posterm.families.native.link import Link, LinkConfig, MessageReceived, SendFailed, UndecodableMessage
-from posterm.families.native.redact import MASK_BYTE, message_fields, redact_frame, redacted_spans
+from posterm.ecr.trace import MASK_BYTE
+from posterm.families.native.redact import message_fields, redact_frame, redacted_spans
 from posterm.record.replay import (
     Divergence,
     EcrReplayResult,
@@ -437,7 +438,7 @@ def _with_prefixes(mapping: dict[str, str]) -> dict[str, str]:
 
 def _fresh_id(old: str) -> str:
     """A new id shaped like ``old``: its letter prefix, then UTC time and random hex."""
-    from posterm.families.native.ecr import new_order_id
+    from posterm.ecr.ids import new_order_id
 
     prefix = re.match(r"[A-Za-z]*", old).group(0)[:8] or "RP"  # type: ignore[union-attr]
     return new_order_id(prefix)

@@ -1,29 +1,24 @@
-"""Masking of secrets in anything a person or a file will see: traces, recordings, logs.
+"""The native family's redaction: which bytes of its frames and fields of its messages are secret.
 
 Fields are marked ``secret=True`` in the message catalogue (``tlv(..., secret=True)``).
 A payment code keeps its last 4 digits (``**************0001``); every other
 secret (PIN blocks, passwords, key blocks, MACs) is replaced entirely.  Raw frame
 bytes are masked in place, byte for byte, so a hex dump keeps its layout and a
-recording can mark where a value was removed.
+recording can mark where a value was removed. The masking itself (the mask byte, how a
+code is shortened, hex dumps) is shared by every family: :mod:`posterm.ecr.trace`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 from typing import Any
 
 from firmware_protocol.native import frame as fr
 from firmware_protocol.errors import ProtocolError
 from firmware_protocol.native.tlv import Message, message_types, split_items
 
-MASK_BYTE = ord("*")
+from posterm.ecr.trace import MASK_BYTE, jsonable, mask_code
+
 PAYMENT_CODE_FIELDS = frozenset({"payment_code"})
-
-
-def mask_code(code: str) -> str:
-    """``289900000000000001`` -> ``**************0001``."""
-    return "*" * max(0, len(code) - 4) + code[-4:]
 
 
 def message_fields(msg: Message) -> dict[str, Any]:
@@ -41,20 +36,8 @@ def message_fields(msg: Message) -> dict[str, Any]:
         if spec.secret:
             out[spec.name] = mask_code(value) if spec.name in PAYMENT_CODE_FIELDS else "<redacted>"
         else:
-            out[spec.name] = _jsonable(value)
+            out[spec.name] = jsonable(value)
     return out
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, enum.Enum):
-        return value.name
-    if isinstance(value, bytes):
-        return value.hex().upper()
-    if isinstance(value, tuple):
-        return [_jsonable(v) for v in value]
-    if dataclasses.is_dataclass(value):
-        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    return value
 
 
 def redacted_spans(payload: bytes) -> list[tuple[int, int, str]]:
@@ -103,11 +86,3 @@ def redact_frame(raw: bytes) -> tuple[bytes, list[str]]:
         out[fr.HEADER_SIZE + start : fr.HEADER_SIZE + end] = bytes([MASK_BYTE]) * (end - start)
     return bytes(out), [name for _, _, name in spans]
 
-
-def hexdump(data: bytes, width: int = 16) -> str:
-    """Spaced upper-case hex, ``width`` bytes per line."""
-    lines = []
-    for i in range(0, len(data), width):
-        chunk = data[i : i + width]
-        lines.append(" ".join(f"{b:02X}" for b in chunk))
-    return "\n".join(lines)
