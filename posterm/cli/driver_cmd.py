@@ -392,7 +392,6 @@ def doctor(as_json, quick, **kw):
     Tries the configured settings, then common ones (115200 and 9600; 8N1,
     7E1, 8N2), and reports which answered a Hello.
     """
-    from posterm.families.native.ecr import Terminal
     from posterm.transport import open_transport
 
     port = kw.pop("port")
@@ -441,17 +440,15 @@ def doctor(as_json, quick, **kw):
             if checks and not checks[-1]["ok"] and "Busy" in type(exc).__name__:
                 break
             continue
-        if fam.name == "posterm":
-            term = Terminal(transport, port_name=port)
-        else:
-            term = fam.driver_class()(transport, port_name=port, journal=None)
+        term = fam.driver_class()(transport, port_name=port, journal=None)
         try:
             info = term.hello(timeout=1.5)
         except PosError as exc:
             check(f"hello {label}", False, f"no answer ({type(exc).__name__})")
         else:
+            # a family whose hello carries no identity (Concert: ENQ answered by ACK) says which family answered
             check(f"hello {label}", True, f"{info.terminal_id} / {info.merchant_id}, firmware {info.firmware_version}"
-                  if fam.name == "posterm" else f"{fam.name}: ACK to ENQ")
+                  if info.terminal_id else f"{fam.name}: the terminal answered")
             answered = label
         finally:
             term.close()

@@ -10,7 +10,22 @@ from typing import Any
 
 import click
 
-from posterm.cli.common import EXIT_OK, EXIT_USAGE, PORT, InputFile, OutputFile, SecondsType, TextType, fail, handle_errors
+from posterm.cli.common import (
+    EXIT_OK,
+    EXIT_USAGE,
+    FAMILY,
+    PORT,
+    InputFile,
+    LazyHelpOption,
+    OutputFile,
+    SecondsType,
+    TextType,
+    baud_help,
+    fail,
+    handle_errors,
+    protocol_help,
+)
+from posterm.families import DEFAULT as DEFAULT_FAMILY
 
 EXIT_DIFF = 1
 
@@ -20,9 +35,10 @@ _EVENT_COLOUR = {"nak": "red", "bad_frame": "red", "retransmit": "yellow", "garb
 
 
 def _default_baud(protocol: str | None) -> int:
-    from posterm.families import family
+    """The line rate of ``protocol`` (a family name; None: the default family), from the registry."""
+    from posterm.families import DEFAULT, family
 
-    return int(family(protocol or "posterm").serial_defaults.get("baudrate", 115200))
+    return family(protocol or DEFAULT).baudrate
 
 
 def _write_port_file(port_file: str | None, path: str) -> None:
@@ -73,7 +89,8 @@ def _summary(rec: dict[str, Any]) -> str:
 @click.command()
 @click.argument("file", type=InputFile(text=True))
 @click.option("--chunks", is_flag=True, help="Also list the raw chunks as they crossed the port.")
-@click.option("--acks", is_flag=True, help="Also list ACK frames (NAKs are always listed); Concert: ENQ, ACK and EOT.")
+@click.option("--acks", is_flag=True,
+              help="Also list acknowledgements and the line's other control bytes (ACK, ENQ, EOT...); NAKs are always listed.")
 @handle_errors
 def show(file: str, chunks: bool, acks: bool) -> None:
     """A timeline of a recording: time, direction, frame, decoded message, link events.
@@ -140,10 +157,10 @@ def convert(file: str, out: str) -> None:
               help="The cash register's port (or pty:// to make a new pty for it; its path is printed).")
 @click.option("--terminal", "terminal_port", type=PORT, required=True, metavar="PORT", help="The terminal's port.")
 @click.option("--record", "record_file", required=True, type=OutputFile(), help="Recording file.")
-@click.option("--baud", type=click.IntRange(50, 4_000_000), default=None,
-              help="Baud rate [default: 115200; concert: 9600].")
-@click.option("--protocol", type=click.Choice(["posterm", "concert"]), default="posterm", show_default=True,
-              help="The protocol on the line, to decode it: posterm, or concert (Ingenico Telium protocol E).")
+@click.option("--baud", type=click.IntRange(50, 4_000_000), default=None, cls=LazyHelpOption,
+              help_text=lambda: baud_help("protocol family's"))
+@click.option("--protocol", type=FAMILY, default=DEFAULT_FAMILY, show_default=True, cls=LazyHelpOption,
+              help_text=lambda: protocol_help(what="The protocol family on the line, to decode it"))
 @click.option("--port-file", type=OutputFile(), default=None, help="With --ecr pty://: write its path here.")
 @click.option("--duration", type=SecondsType(0.1, 7 * 86400), default=None,
               help="Stop after this many seconds (default: until Ctrl-C, SIGTERM or a side hangs up).")
@@ -199,8 +216,8 @@ def tap(ecr_port: str, terminal_port: str, record_file: str, baud: int | None, p
 @click.option("--as", "role", type=click.Choice(["terminal", "ecr"]), required=True,
               help="terminal: play the terminal on a new pty for the ECR under test. ecr: drive --port.")
 @click.option("--port", "-p", type=PORT, default=None, metavar="URL", help="--as ecr: the terminal's port.")
-@click.option("--baud", type=click.IntRange(50, 4_000_000), default=None,
-              help="Baud rate [default: 115200; a Concert recording: 9600 8N1].")
+@click.option("--baud", type=click.IntRange(50, 4_000_000), default=None, cls=LazyHelpOption,
+              help_text=lambda: baud_help("recording's protocol family's"))
 @click.option("--port-file", type=OutputFile(), default=None, help="--as terminal: write the pty path here.")
 @click.option("--speed", type=SecondsType(0.01, 1000), default=1.0, show_default=True,
               help="Replay speed: 1 = real time, 10 = ten times faster.")
