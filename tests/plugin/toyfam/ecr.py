@@ -162,7 +162,7 @@ class ToyTerminal:
                     self._link.reset_held()       # not ours: never acked, so the terminal reverses it
                     return None
                 result = PaymentResult(order_id, Outcome[r.outcome.upper()], r.amount_minor, r.currency,
-                                       _reason(r.reason), f"toy {r.outcome}", None, r.code_last4)
+                                       _reason(r.reason), "", None, r.code_last4)
                 if self._journal is not None:      # journaled before the ack leaves
                     self._journal.record_outcome(order_id, "pay", result.result, int(result.reason),
                                                  result.to_json(), final=result.final)
