@@ -446,7 +446,7 @@ def doctor(as_json, quick, **kw):
         except PosError as exc:
             check(f"hello {label}", False, f"no answer ({type(exc).__name__})")
         else:
-            # a family whose hello carries no identity (Concert: ENQ answered by ACK) says which family answered
+            # a family whose hello carries no identity (a bare probe answered) says which family answered
             check(f"hello {label}", True, f"{info.terminal_id} / {info.merchant_id}, firmware {info.firmware_version}"
                   if info.terminal_id else f"{fam.name}: the terminal answered")
             answered = label

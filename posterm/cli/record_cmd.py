@@ -228,7 +228,7 @@ def tap(ecr_port: str, terminal_port: str, record_file: str, baud: int | None, p
               help="Value for a redacted field, e.g. operator_password=... (payment codes: test prefix + last 4).")
 @click.option("--mask", "extra_masks", type=TextType(64), multiple=True, metavar="FIELD", help="Another field not to diff.")
 @click.option("--same-ids", is_flag=True,
-              help="--as ecr: send the recorded order/refund ids (Concert: private fields)"
+              help="--as ecr: send the recorded order/refund ids, in whatever field the family carries them"
                    " (default: fresh ones, so new payments are made).")
 @click.option("--timeout", type=SecondsType(1, 86400), default=600.0, show_default=True,
               help="--as terminal: give up after this many seconds.")
