@@ -75,6 +75,12 @@ def port_options(fn: Callable) -> Callable:
     return fn
 
 
+def _check_protocol(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A click callback that checks a family name as :data:`FAMILY` does (for options declared
+    without the type)."""
+    return None if value is None else FAMILY.convert(value, param, ctx)
+
+
 def serial_settings(kw: dict[str, Any]) -> dict[str, Any]:
     """Pop the serial options out of a command's kwargs into open_transport settings.
 

@@ -64,13 +64,17 @@ class ProtocolFamily:
     # The ECR can ask what became of an order (posterm: Query). Without that, the emulated
     # terminal reverses an order whose outcome the ECR never learnt (FirmwareConfig.void_unfinished).
     ecr_can_query: bool = True
-    # "module:callable(**kw) -> RecordObserver" (posterm.families.interfaces) for recordings; "" if none.
+    # "module:attr" of the family's posterm.families.interfaces.FamilyRecording (record, show,
+    # convert, tap, replay); None: the family cannot be recorded.
+    recording: str | None = None
+    # "module:callable() -> RecordObserver" (posterm.families.interfaces): a family that gives only
+    # this is recorded, shown, converted and tapped, not replayed; "" if none.
     record_observer: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not NAME_PATTERN.fullmatch(self.name):
             raise ConfigError(f"protocol family name {self.name!r}: 1 to 32 of a-z 0-9 _ -, starting with a letter")
-        for part in ("driver", "terminal_link") + (("record_observer",) if self.record_observer else ()):
+        for part in ("driver", "terminal_link") + tuple(p for p in ("recording", "record_observer") if getattr(self, p)):
             spec = getattr(self, part)
             if not isinstance(spec, str) or not re.fullmatch(r"[\w.]+:[\w.]+", spec):
                 raise ConfigError(f"protocol family {self.name!r}: {part} must be 'module:attribute', not {spec!r}")

@@ -23,4 +23,5 @@ FAMILY = ProtocolFamily(
     terminal_link="posterm.families.native.family:terminal_link",
     serial_defaults={"baudrate": 115200, "bytesize": 8, "parity": "N", "stopbits": 1},
     ecr_can_query=True,
+    recording="posterm.families.native.record:RECORDING",   # made by the record slice (issue 15)
 )

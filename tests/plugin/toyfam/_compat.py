@@ -14,6 +14,11 @@ except ImportError:   # before the ECR split
 from posterm.emulator.firmware import ResultDelivery
 
 try:
+    from posterm.errors import SendQueueFull
+except ImportError:   # before the runner rewrite: the native link's
+    from posterm.families.native.link import SendQueueFull
+
+try:
     from posterm.families.interfaces import Observed
 except ImportError:   # until the record slice declares what a RecordObserver's feed returns
     from dataclasses import dataclass, field as _field
@@ -26,3 +31,9 @@ except ImportError:   # until the record slice declares what a RecordObserver's 
 
         record: dict[str, _Any]
         masks: list[tuple[int, int]] = _field(default_factory=list)
+        new_session: bool = False
+
+try:
+    from posterm.families.interfaces import FamilyRecording, PcapInterface
+except ImportError:   # until the record slice: the toy's record support is its observer alone
+    FamilyRecording = PcapInterface = None   # type: ignore[assignment,misc]

@@ -14,5 +14,6 @@ FAMILY = ProtocolFamily(
     terminal_link=f"{_PKG}.front:ToyFront",
     serial_defaults={"baudrate": 19200, "bytesize": 8, "parity": "N", "stopbits": 1},
     ecr_can_query=False,
+    recording=f"{_PKG}.record:RECORDING",             # record, show, convert, tap and replay
     record_observer=f"{_PKG}.record:ToyRecordObserver",
 )

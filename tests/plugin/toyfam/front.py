@@ -37,7 +37,9 @@ OUTCOMES = {Outcome.APPROVED: "approved", Outcome.DECLINED: "declined", Outcome.
 class ToyFront:
     """The toy wire towards the ECR, native messages towards the firmware."""
 
-    def __init__(self, operator_password: str = "", config: ToyConfig | None = None) -> None:
+    def __init__(self, operator_password: str = "", config: ToyConfig | None = None, *,
+                 line_rate: float | None = None) -> None:
+        # operator_password: the toy carries no operator actions; line_rate: its timers need no pacing
         self._link = ToyLink("terminal", config)
         self._events: deque = deque()
         self._pending: OrderedDict[str, tuple[int, str]] = OrderedDict()   # order id -> (amount, currency)
@@ -71,6 +73,12 @@ class ToyFront:
 
     def start_session(self) -> None:
         self._link.start_session()
+
+    def new_session(self) -> list:
+        """The firmware got a hello (the ECR reopened the port): every frame names its session,
+        so nothing is forgotten; nothing is dropped either (one message in flight at a time)."""
+        self._link.start_session()
+        return []
 
     def drop_queued(self, which: Any = None, *, in_flight: bool = False) -> list:
         return []   # one message in flight at a time: nothing queued worth dropping

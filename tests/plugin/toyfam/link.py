@@ -43,8 +43,7 @@ OUT_CAP = 8192
 EVENT_CAP = 256
 
 
-class SendQueueFull(LocalProtocolError):
-    """More than QUEUE_CAP messages wait for the line."""
+from ._compat import SendQueueFull  # noqa: E402 - the emulator catches posterm's own
 
 
 @dataclass(frozen=True, slots=True)

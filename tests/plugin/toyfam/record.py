@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import wire as w
-from ._compat import Observed
+from ._compat import FamilyRecording, Observed, PcapInterface
 
 MASK_BYTE = 0x2A
 KEEP = 4   # digits of a payment code kept (the last ones, as on a receipt)
@@ -94,10 +94,32 @@ class ToyRecordObserver:
                                "hex": bytes(masked).hex().upper(), "msg": msg}
         if names:
             rec["redacted"] = names
-        out = [Observed(rec, masks)]
-        if side.last_raw == frame.raw:
+        again = side.last_raw == frame.raw
+        side.last_raw = frame.raw
+        if again:
             rec["retransmit"] = True
+        # an ECR's hello opens a session (a recorder keeping one file per session starts the next)
+        out = [Observed(rec, masks, new_session=isinstance(frame.message, w.Hello) and not again)]
+        if again:
             out.append(Observed({"type": "event", "from": sender, "event": "retransmit", "seq": frame.seq,
                                  "cause": "timeout"}, []))
-        side.last_raw = frame.raw
+        elif isinstance(frame.message, w.Info):
+            out.append(Observed({"type": "identity", "terminal_id": frame.message.terminal_id,
+                                 "merchant_id": frame.message.merchant_id,
+                                 "firmware_version": frame.message.firmware_version}, []))
         return out
+
+
+def _recording() -> object | None:
+    """What the toy gives posterm's recording, show, convert, tap and replay."""
+    if FamilyRecording is None:
+        return None
+    from . import replay
+
+    return FamilyRecording(
+        observer=ToyRecordObserver, build_script=replay.build_script, replay_terminal=replay.ToyReplayTerminal,
+        replay_ecr=replay.replay_toy_ecr, pcap=PcapInterface(149, "posterm-toy", "toy lines: JSON|CRC16"),
+        quiet_events=frozenset({"ack"}), show_label=lambda header: "toy")
+
+
+RECORDING = _recording()
