@@ -50,13 +50,12 @@ def port_options(fn: Callable) -> Callable:
         click.option("--port", "-p", envvar="POSTERM_PORT", metavar="URL", type=PORT,
                      help="Device or pyserial URL: /dev/ttyUSB0, /dev/serial/by-id/..., socket://HOST:PORT, "
                           "rfc2217://HOST:PORT, loop://. [env POSTERM_PORT]"),
-        click.option("--protocol", envvar="POSTERM_PROTOCOL", default=None, metavar="NAME",
-                     callback=_check_protocol,
-                     help="Protocol family: posterm (default) or concert (Ingenico Telium). [env POSTERM_PROTOCOL]"),
+        click.option("--protocol", envvar="POSTERM_PROTOCOL", type=FAMILY, default=None,
+                     cls=LazyHelpOption, help_text=lambda: protocol_help(env=True)),
         click.option("--baud", envvar="POSTERM_BAUD", type=click.IntRange(50, 4_000_000), default=None,
-                     help="Baud rate [default: 115200; concert: 9600]. [env POSTERM_BAUD]"),
+                     cls=LazyHelpOption, help_text=lambda: baud_help("protocol family's") + " [env POSTERM_BAUD]"),
         click.option("--bytesize", type=click.Choice(["5", "6", "7", "8"]), default=None,
-                     help="Data bits [default: 8; a native RS-232 Telium port: 7 with --parity E]."),
+                     help="Data bits [default: the protocol family's, 8; some RS-232 terminal ports: 7 with --parity E]."),
         click.option("--parity", type=click.Choice(sorted(PARITIES), case_sensitive=False), default=None,
                      help="Parity [default: N]."),
         click.option("--stopbits", type=click.Choice(["1", "1.5", "2"]), default=None, help="Stop bits [default: 1]."),
@@ -77,14 +76,9 @@ def port_options(fn: Callable) -> Callable:
 
 
 def _check_protocol(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is None:
-        return None
-    from posterm.families import family
-
-    try:
-        return family(value).name
-    except PosError as exc:
-        raise click.BadParameter(str(exc)) from None
+    """A click callback that checks a family name as :data:`FAMILY` does (for options declared
+    without the type)."""
+    return None if value is None else FAMILY.convert(value, param, ctx)
 
 
 def serial_settings(kw: dict[str, Any]) -> dict[str, Any]:
@@ -453,6 +447,69 @@ class PortType(click.ParamType):
         self.fail(f"{_shown(text)}: unknown port scheme {scheme!r}", param, ctx)
 
 
+class FamilyType(click.ParamType):
+    """The name of a protocol family the registry (:mod:`posterm.families`) knows: a built-in
+    one or one an installed package registers through the ``posterm.protocols`` entry point.
+    Case does not matter; the canonical name is returned. An unknown name, or a plug-in that
+    does not load, is refused with one line naming the known families. Only the named
+    family is loaded, and only when the option is given: listing the choices in help
+    imports no family."""
+
+    name = "family"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from posterm.families import family, names
+
+        text = str(value).strip()
+        if not text:
+            self.fail(f"no protocol family given (known: {', '.join(names())})", param, ctx)
+        try:
+            return family(text).name
+        except ConfigError as exc:
+            self.fail(str(exc), param, ctx)
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        from posterm.families import names
+
+        return "[" + "|".join(names()) + "]"
+
+    def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list:
+        from click.shell_completion import CompletionItem
+        from posterm.families import names
+
+        return [CompletionItem(n) for n in names() if n.startswith(incomplete.lower())]
+
+
+class LazyHelpOption(click.Option):
+    """An option whose help text is made when help is shown (``help_text()``), not when the
+    command's module is imported: texts that list the protocol families ask the registry,
+    and ``posterm --help`` must not load every family to list the commands."""
+
+    def __init__(self, *args: Any, help_text: Callable[[], str], **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._help_text = help_text
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        self.help = self._help_text()
+        return super().get_help_record(ctx)
+
+
+def protocol_help(env: bool = False, what: str = "Protocol family on the line") -> str:
+    """``--protocol``'s help: every family the registry knows, with its description."""
+    from posterm.families import known
+
+    listed = "; ".join(f"{f.name}: {f.description}" for f in known())
+    return f"{what} ({listed})." + (" [env POSTERM_PROTOCOL]" if env else "")
+
+
+def baud_help(whose: str = "protocol family's") -> str:
+    """``--baud``'s help: the default line rate of each family the registry knows."""
+    from posterm.families import known
+
+    rates = ", ".join(f"{f.name} {f.baudrate}" for f in known())
+    return f"Baud rate [default: the {whose}: {rates}]."
+
+
 class HostUrlType(click.ParamType):
     """``embedded`` or ``tcp://HOST:PORT`` (a remote host)."""
 
@@ -643,3 +700,4 @@ DATE = DateType()
 MONTH = DateType(month=True)
 TZ = TimeZoneType()
 PORT = PortType()
+FAMILY = FamilyType()

@@ -8,7 +8,22 @@ import threading
 
 import click
 
-from posterm.cli.common import EXIT_USAGE, ID32, Directory, FaultsType, HostUrlType, InputFile, ListenType, OutputFile, SecondsType, fail
+from posterm.cli.common import (
+    EXIT_USAGE,
+    FAMILY,
+    ID32,
+    Directory,
+    FaultsType,
+    HostUrlType,
+    InputFile,
+    LazyHelpOption,
+    ListenType,
+    OutputFile,
+    SecondsType,
+    fail,
+    protocol_help,
+)
+from posterm.families import DEFAULT as DEFAULT_FAMILY
 
 
 @click.command()
@@ -27,10 +42,11 @@ from posterm.cli.common import EXIT_USAGE, ID32, Directory, FaultsType, HostUrlT
 @click.option("--baud", type=click.IntRange(50, 4_000_000), default=115200, show_default=True)
 @click.option("--faults", type=FaultsType(), default=None, help="Line faults, e.g. drop=0.01,corrupt=0.01,dup=0.005,delay=20ms,unplug_after=30s,seed=1")
 @click.option("--record", type=Directory(), default=None, help="Record each session into this directory.")
-@click.option("--protocol", type=click.Choice(["posterm", "concert"]), default="posterm", show_default=True,
-              help="Protocol family on the line: posterm, or concert (Ingenico Telium protocol E).")
+@click.option("--protocol", type=FAMILY, default=DEFAULT_FAMILY, show_default=True, cls=LazyHelpOption,
+              help_text=protocol_help)
 @click.option("--line-format", type=click.Choice(["8N1", "7E1", "7O1"], case_sensitive=False), default="8N1",
-              show_default=True, help="Character format on the pty: 8N1 (USB), 7E1 (a native RS-232 Telium port).")
+              show_default=True, help="Character format on the pty: 8N1 (USB), 7E1 or 7O1 (seven bits and parity,"
+                                      " as some native RS-232 terminal ports use).")
 @click.option("--show-display", is_flag=True,
               help="Show each terminal's screen on stderr as it changes; a dynamic QR as a text QR code.")
 @click.option("--poll-interval", type=SecondsType(0.05, 60), default=5.0, show_default=True,

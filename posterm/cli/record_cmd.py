@@ -13,16 +13,19 @@ import click
 from posterm.cli.common import (
     EXIT_OK,
     EXIT_USAGE,
+    FAMILY,
     PORT,
     InputFile,
+    LazyHelpOption,
     OutputFile,
     SecondsType,
     TextType,
-    _check_protocol,
+    baud_help,
     fail,
     handle_errors,
+    protocol_help,
 )
-from posterm.record.format import DEFAULT_PROTOCOL
+from posterm.families import DEFAULT as DEFAULT_FAMILY
 
 EXIT_DIFF = 1
 
@@ -31,10 +34,11 @@ _EVENT_COLOUR = {"nak": "red", "bad_frame": "red", "retransmit": "yellow", "garb
                  "partial": "yellow", "timeout": "red"}
 
 
-def _default_baud(protocol: str) -> int:
-    from posterm.families import family
+def _default_baud(protocol: str | None) -> int:
+    """The line rate of ``protocol`` (a family name; None: the default family), from the registry."""
+    from posterm.families import DEFAULT, family
 
-    return int(family(protocol).serial_defaults.get("baudrate", 115200))
+    return family(protocol or DEFAULT).baudrate
 
 
 def _replay_port_settings(protocol: str, port: str, baud: int | None) -> dict[str, Any]:
@@ -100,7 +104,7 @@ def _summary(rec: dict[str, Any], control_frames: frozenset[str]) -> str:
 @click.argument("file", type=InputFile(text=True))
 @click.option("--chunks", is_flag=True, help="Also list the raw chunks as they crossed the port.")
 @click.option("--acks", is_flag=True,
-              help="Also list acknowledgements and the link's other routine control traffic (NAKs are always listed).")
+              help="Also list acknowledgements and the line's other control bytes (ACK, ENQ, EOT...); NAKs are always listed.")
 @handle_errors
 def show(file: str, chunks: bool, acks: bool) -> None:
     """A timeline of a recording: time, direction, frame, decoded message, link events.
@@ -169,10 +173,10 @@ def convert(file: str, out: str) -> None:
               help="The cash register's port (or pty:// to make a new pty for it; its path is printed).")
 @click.option("--terminal", "terminal_port", type=PORT, required=True, metavar="PORT", help="The terminal's port.")
 @click.option("--record", "record_file", required=True, type=OutputFile(), help="Recording file.")
-@click.option("--baud", type=click.IntRange(50, 4_000_000), default=None,
-              help="Baud rate [default: the protocol family's].")
-@click.option("--protocol", default=DEFAULT_PROTOCOL, show_default=True, metavar="NAME", callback=_check_protocol,
-              help="The protocol family on the line, to decode it.")
+@click.option("--baud", type=click.IntRange(50, 4_000_000), default=None, cls=LazyHelpOption,
+              help_text=lambda: baud_help("protocol family's"))
+@click.option("--protocol", type=FAMILY, default=DEFAULT_FAMILY, show_default=True, cls=LazyHelpOption,
+              help_text=lambda: protocol_help(what="The protocol family on the line, to decode it"))
 @click.option("--port-file", type=OutputFile(), default=None, help="With --ecr pty://: write its path here.")
 @click.option("--duration", type=SecondsType(0.1, 7 * 86400), default=None,
               help="Stop after this many seconds (default: until Ctrl-C, SIGTERM or a side hangs up).")
@@ -229,8 +233,8 @@ def tap(ecr_port: str, terminal_port: str, record_file: str, baud: int | None, p
 @click.option("--as", "role", type=click.Choice(["terminal", "ecr"]), required=True,
               help="terminal: play the terminal on a new pty for the ECR under test. ecr: drive --port.")
 @click.option("--port", "-p", type=PORT, default=None, metavar="URL", help="--as ecr: the terminal's port.")
-@click.option("--baud", type=click.IntRange(50, 4_000_000), default=None,
-              help="Baud rate [default: the recorded protocol family's].")
+@click.option("--baud", type=click.IntRange(50, 4_000_000), default=None, cls=LazyHelpOption,
+              help_text=lambda: baud_help("recording's protocol family's"))
 @click.option("--port-file", type=OutputFile(), default=None, help="--as terminal: write the pty path here.")
 @click.option("--speed", type=SecondsType(0.01, 1000), default=1.0, show_default=True,
               help="Replay speed: 1 = real time, 10 = ten times faster.")
@@ -241,7 +245,7 @@ def tap(ecr_port: str, terminal_port: str, record_file: str, baud: int | None, p
               help="Value for a redacted field, e.g. operator_password=... (payment codes: test prefix + last 4).")
 @click.option("--mask", "extra_masks", type=TextType(64), multiple=True, metavar="FIELD", help="Another field not to diff.")
 @click.option("--same-ids", is_flag=True,
-              help="--as ecr: send the recorded order ids (and refund ids)"
+              help="--as ecr: send the recorded order/refund ids, in whatever field the family carries them"
                    " (default: fresh ones, so new payments are made).")
 @click.option("--timeout", type=SecondsType(1, 86400), default=600.0, show_default=True,
               help="--as terminal: give up after this many seconds.")

@@ -1,41 +1,65 @@
-"""Protocol families: what the driver and the emulator speak on the line.
+"""Protocol families: what the driver and the emulator speak on the line. The one place
+a family is named.
 
 =============  ==================================================================
 name           family
 =============  ==================================================================
-``posterm``    posterm's own framed TLV protocol (firmware_protocol/PROTOCOL.md)
+``posterm``    posterm's own framed TLV protocol (firmware_protocol/PROTOCOL.md),
+               in :mod:`posterm.families.native`
 ``concert``    Ingenico Concert ("protocole E") of Telium terminals: ENQ/ACK/EOT,
-               STX fixed-width ASCII ETX LRC (PROTOCOL.md, Concert section)
-``NAME``       a family another package registers in the ``posterm.families``
-               entry-point group (a :class:`ProtocolFamily`)
+               STX fixed-width ASCII ETX LRC (PROTOCOL.md, Concert section), in
+               :mod:`posterm.families.concert`
+``NAME``       a family another package registers in the ``posterm.protocols``
+               entry-point group (the entry point names a :class:`ProtocolFamily`)
 =============  ==================================================================
 
-A family gives the driver class the ECR side opens (``open(url, **kw)`` returning an
-object with the :class:`posterm.families.native.ecr.Terminal` API), a factory for the emulator's
-terminal-side link (the shape of :class:`posterm.families.native.link.Link`, carrying posterm
-messages to the firmware) and its default serial settings. Families load lazily,
-like transports, so ZVT or another one can be added without touching callers.
+Each family builds its :class:`ProtocolFamily` in its own ``family.py``; :data:`BUILTIN`
+holds one line per family (name -> ``"module:FAMILY"``), loaded only when the family is
+asked for, so listing the families imports none of them. A family's parts (ECR driver,
+terminal front, record observer) are named by ``"module:attribute"`` strings in turn and
+imported only when used. Adding a family: its folders (``firmware_protocol/<name>/``,
+``posterm/families/<name>/``) and one line in :data:`BUILTIN`, or, from another package,
+one entry point::
+
+    [project.entry-points."posterm.protocols"]
+    toy = "toyfam.family:FAMILY"
+
+Names are lower case; a name is one family (ours first: an entry point cannot replace a
+built-in family).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
+import re
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import Any, Callable
 
 from posterm.errors import ConfigError
 
-ENTRY_POINT_GROUP = "posterm.families"
+ENTRY_POINT_GROUP = "posterm.protocols"
+DEFAULT = "posterm"   # the family when none is named (and $POSTERM_PROTOCOL is unset)
+
+# name -> "module:FAMILY" (a ProtocolFamily built by the family's own family.py). One line per family.
+BUILTIN: dict[str, str] = {
+    "posterm": "posterm.families.native.family:FAMILY",
+    "concert": "posterm.families.concert.family:FAMILY",
+}
+
+NAME_PATTERN = re.compile(r"[a-z][a-z0-9_\-]{0,31}")
 
 
 @dataclass(frozen=True)
 class ProtocolFamily:
+    """What the rest of posterm needs to know about one family. The parts are
+    ``"module:attribute"`` strings, imported when first used."""
+
     name: str
     description: str
-    driver: str                     # "module:Class" of the ECR side
-    terminal_link: str              # "module:callable(operator_password=...) -> link" for the emulator
+    driver: str                     # "module:Class" of the ECR side (an EcrDriver with ``open(url, **kw)``)
+    terminal_link: str              # "module:callable(operator_password=...) -> TerminalFront" for the emulator
     serial_defaults: dict[str, Any] = field(default_factory=dict)
     # The ECR can ask what became of an order (posterm: Query). Without that, the emulated
     # terminal reverses an order whose outcome the ECR never learnt (FirmwareConfig.void_unfinished).
@@ -43,59 +67,127 @@ class ProtocolFamily:
     # "module:attr" of the family's posterm.families.interfaces.FamilyRecording (record, show,
     # convert, tap, replay); None: the family cannot be recorded.
     recording: str | None = None
+    # "module:callable() -> RecordObserver" (posterm.families.interfaces): a family that gives only
+    # this is recorded, shown, converted and tapped, not replayed; "" if none.
+    record_observer: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not NAME_PATTERN.fullmatch(self.name):
+            raise ConfigError(f"protocol family name {self.name!r}: 1 to 32 of a-z 0-9 _ -, starting with a letter")
+        for part in ("driver", "terminal_link") + tuple(p for p in ("recording", "record_observer") if getattr(self, p)):
+            spec = getattr(self, part)
+            if not isinstance(spec, str) or not re.fullmatch(r"[\w.]+:[\w.]+", spec):
+                raise ConfigError(f"protocol family {self.name!r}: {part} must be 'module:attribute', not {spec!r}")
+
+    @property
+    def baudrate(self) -> int:
+        """The family's default line rate (115200 when its serial defaults do not say)."""
+        return int(self.serial_defaults.get("baudrate", 115200))
 
     def driver_class(self) -> Any:
-        return _load(self.driver)
+        return _load(self.driver, self.name, "driver")
 
     def make_terminal_link(self, **kw: Any) -> Any:
-        factory: Callable[..., Any] = _load(self.terminal_link)
+        factory: Callable[..., Any] = _load(self.terminal_link, self.name, "terminal_link")
+        return factory(**kw)
+
+    def make_record_observer(self, **kw: Any) -> Any:
+        """A new :class:`~posterm.families.interfaces.RecordObserver` for one recording.
+        Raises ConfigError when the family offers none."""
+        if not self.record_observer:
+            raise ConfigError(f"protocol family {self.name!r} cannot be recorded (it has no record observer)")
+        factory: Callable[..., Any] = _load(self.record_observer, self.name, "record_observer")
         return factory(**kw)
 
 
-def _load(spec: str) -> Any:
+def _load(spec: str, owner: str = "", part: str = "") -> Any:
+    """The object ``spec`` ("module:attr.attr") names. Raises ConfigError, naming the family, if it cannot be imported."""
     module, _, attr = spec.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    try:
+        obj: Any = importlib.import_module(module)
+        for name in attr.split("."):
+            obj = getattr(obj, name)
+    except (ImportError, AttributeError) as exc:
+        where = f"protocol family {owner!r}: {part} " if owner else ""
+        raise ConfigError(f"{where}{spec} cannot be loaded ({type(exc).__name__}: {exc})") from exc
+    return obj
 
 
-FAMILIES: dict[str, ProtocolFamily] = {
-    "posterm": ProtocolFamily(
-        "posterm", "posterm framed TLV protocol (default)", "posterm.families.native.ecr:Terminal",
-        "posterm.families:_posterm_link", {"baudrate": 115200, "bytesize": 8, "parity": "N", "stopbits": 1},
-        recording="posterm.families.native.record:RECORDING"),
-    "concert": ProtocolFamily(
-        "concert", "Ingenico Concert (Telium), protocol E", "posterm.families.concert.ecr:ConcertTerminal",
-        "posterm.families.concert.front:ConcertFront",
-        # USB (CDC-ACM) terminals: 8N1; native RS-232 Telium ports: 7E1 (--bytesize 7 --parity E)
-        {"baudrate": 9600, "bytesize": 8, "parity": "N", "stopbits": 1}, ecr_can_query=False,
-        recording="posterm.families.concert.record:RECORDING"),
-}
+def _entry_points() -> dict[str, Any]:
+    """The group's entry points by (lower-case) name, ours excluded; the first of a name wins."""
+    from importlib.metadata import entry_points   # here: importing the registry stays cheap
 
-POSTERM = FAMILIES["posterm"]
-CONCERT = FAMILIES["concert"]
-
-
-def _posterm_link(operator_password: str = "", link_config: Any = None) -> Any:
-    from posterm.families.native.link import Link, LinkConfig
-
-    return Link(link_config or LinkConfig())
-
-
-def names() -> list[str]:
-    """Every family available: ours, then entry points."""
-    found = list(FAMILIES)
-    found += [ep.name for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name not in FAMILIES]
+    found: dict[str, Any] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        key = ep.name.lower()
+        if key not in BUILTIN and key not in found:
+            found[key] = ep
     return found
 
 
+def names() -> list[str]:
+    """Every family available: ours, then the entry points' (none of them is imported)."""
+    return list(BUILTIN) + sorted(_entry_points())
+
+
+@functools.cache
+def _builtin(name: str) -> ProtocolFamily:
+    return _checked(_load(BUILTIN[name], name, "family"), name, BUILTIN[name])
+
+
+def _checked(fam: Any, name: str, where: str) -> ProtocolFamily:
+    if not isinstance(fam, ProtocolFamily):
+        raise ConfigError(f"protocol family {name!r}: {where} is not a posterm.families.ProtocolFamily")
+    if fam.name != name:
+        raise ConfigError(f"protocol family {name!r}: {where} calls itself {fam.name!r}")
+    return fam
+
+
+def shown(name: Any) -> str:
+    """``name`` as an error message may quote it (at most 40 characters)."""
+    text = repr(name)
+    return text if len(text) <= 40 else text[:37] + "...'"
+
+
 def family(name: str | None = None) -> ProtocolFamily:
-    """The family called ``name`` (default ``$POSTERM_PROTOCOL`` or ``posterm``). Raises ConfigError."""
-    name = (name or os.environ.get("POSTERM_PROTOCOL") or "posterm").lower()
-    if name in FAMILIES:
-        return FAMILIES[name]
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name == name:
-            fam = ep.load()
-            if not isinstance(fam, ProtocolFamily):
-                raise ConfigError(f"entry point {name!r} in {ENTRY_POINT_GROUP} is not a ProtocolFamily")
-            return fam
-    raise ConfigError(f"no protocol family {name!r} (known: {', '.join(names())})")
+    """The family called ``name`` (default ``$POSTERM_PROTOCOL``, then ``posterm``).
+
+    Raises ConfigError, one line: an unknown name (the message lists the known ones), or an
+    entry point that cannot be loaded or is not a :class:`ProtocolFamily` of that name.
+    """
+    name = name or os.environ.get("POSTERM_PROTOCOL") or DEFAULT
+    key = name.lower() if isinstance(name, str) else name
+    if key in BUILTIN:
+        return _builtin(key)
+    ep = _entry_points().get(key) if isinstance(key, str) else None
+    if ep is None:
+        raise ConfigError(f"no protocol family {shown(name)} (known: {', '.join(names())})")
+    try:
+        fam = ep.load()
+    except Exception as exc:  # noqa: BLE001 - a broken plug-in is a configuration error, one line
+        raise ConfigError(f"protocol family {key!r}: entry point {ep.value} in {ENTRY_POINT_GROUP} cannot be"
+                          f" loaded ({type(exc).__name__}: {exc})") from exc
+    return _checked(fam, key, f"entry point {ep.value}")
+
+
+def known() -> list[ProtocolFamily]:
+    """Every family that loads (for help texts and listings); one that does not is left out."""
+    out = []
+    for n in names():
+        try:
+            out.append(family(n))
+        except ConfigError:
+            continue
+    return out
+
+
+def __getattr__(attr: str) -> Any:
+    # Kept for callers of the old posterm.protocols module: the built-in families by their
+    # old constant names, loaded on first use rather than at import.
+    if attr == "POSTERM":
+        return family("posterm")
+    if attr == "CONCERT":
+        return family("concert")
+    if attr == "FAMILIES":
+        return {n: family(n) for n in BUILTIN}
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")

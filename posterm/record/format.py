@@ -45,7 +45,7 @@ from typing import Any, Callable, Iterator, TextIO
 from posterm import __version__
 from posterm.ecr.trace import MASK_BYTE  # "*": what a masked byte of a chunk is written as
 from posterm.errors import ConfigError
-from posterm.families import FAMILIES, ProtocolFamily, family, names
+from posterm.families import BUILTIN, ProtocolFamily, family, names
 from posterm.families.interfaces import FamilyRecording, Observed, PcapInterface, RecordObserver
 from posterm.safefs import private_dir, private_file
 
@@ -112,7 +112,7 @@ def recording_support(protocol: str | None) -> FamilyRecording:
     saying that the family cannot be recorded when it has no recording support.
     """
     name = DEFAULT_PROTOCOL if protocol is None else protocol
-    if name not in FAMILIES and name not in (known := names()):   # entry points only when needed
+    if name not in BUILTIN and name not in (known := names()):   # entry points only when needed
         raise ConfigError(f"protocol {name!r} is not supported (known families: {', '.join(known)})")
     fam: ProtocolFamily = family(name)
     spec = getattr(fam, "recording", None)

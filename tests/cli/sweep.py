@@ -119,6 +119,8 @@ def category(path: tuple[str, ...], param: click.Parameter) -> str | None:
         return "tz"
     if name == "faults":
         return "faults"
+    if t.name == "family":
+        return "family"   # a protocol family's name (posterm.cli.common.FamilyType)
     if name == "backup_every":
         return "interval"
     if name in _DATABASES:
@@ -203,6 +205,7 @@ def bad_values(cat: str, f: Files) -> list[tuple[str, int]]:
         "currency": ["XXX", "", "cny1", "€€€"],
         "tz": ["Mars/Olympus", "", "../../etc/passwd"],
         "faults": ["drop=2", "drop=nan", "bogus", "seed=x"],
+        "family": ["zvt", "", " ", "x" * 70000, "posterm concert", "../concert", "concert\x00", "ｃｏｎｃｅｒｔ"],
         "interval": ["0s", "nan", "1x", "-1h", ""],
         "host_url": ["tcp://127.0.0.1:notaport", "tcp://[::1", "http://x", "", "tcp://127.0.0.1:99999"],
         "listen": ["tcp://127.0.0.1:notaport", "tcp://[::1", "127.0.0.1:99999", "notaport", ""],
