@@ -20,7 +20,7 @@ RECORD = Path(posterm.record.__file__).resolve().parent
 # Every family's name, and the words its package and wire contract go by.
 NAMES = sorted({*FAMILIES, "native", "concert"} - {"posterm"})   # "posterm" is the format's own name too
 WORD = re.compile("|".join(NAMES), re.IGNORECASE)
-REGISTRY = {"FAMILIES", "ProtocolFamily", "family", "names", "DEFAULT"}
+REGISTRY = {"FAMILIES", "BUILTIN", "ProtocolFamily", "family", "names", "DEFAULT"}
 SHARED = {"interfaces", "events", "pump"}
 
 
