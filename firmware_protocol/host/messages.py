@@ -71,6 +71,18 @@ class HostStatus(enum.IntEnum):
     SHOW_QR = 9         # precreated: show qr_data for the customer's wallet to scan
 
 
+class HostErrorCode(enum.IntEnum):
+    """``HostError.code``: why the host refused a request before serving it (wire values;
+    ``reason`` says the same in the shared Reason codes, docs/host.md)."""
+
+    MAC_INVALID = 1         # bad or missing MAC
+    REPLAY_DETECTED = 2     # the KSN counter did not increase (the request's, or a PIN block's)
+    REFUSED = 3             # the host refused the operation (an account missing, ...)
+    NOT_LOGGED_ON = 4       # no session for this terminal: log on first
+    UNEXPECTED_MESSAGE = 5  # a message the host does not serve
+    KEY_ERROR = 6           # the PIN block's KSN is not from the requesting terminal's device
+
+
 class ConfirmMethod(enum.IntEnum):
     NONE = 0
     PIN = 1
@@ -250,7 +262,7 @@ class SettleResponse(HostMessage):
 
 @message(0x011F)
 class HostError(HostMessage):
-    code: int = tlv(0x01, U16)
+    code: int = tlv(0x01, U16)  # a HostErrorCode from the host (the emulated terminal uses 0 for its own)
     reason: int = tlv(0x02, REASON, default=Reason.NONE)
     text: str = tlv(0x03, SHORT_TEXT, default="")
 

@@ -62,8 +62,16 @@ def open_host(db_path: str | None, demo: bool = False, **kw: Any):
     """The host for one command. Only ``serve`` loads the demo data (see the group's help):
     an administrative command on a new database must not fill it with demo accounts."""
     from posterm.host import Host
+    from posterm.host.demo import seed
 
-    return Host.open(db_path, demo=demo, **kw)
+    h = Host.open(db_path, demo=False, **kw)
+    if demo:
+        try:
+            seed(h.ctx)
+        except BaseException:
+            h.close()
+            raise
+    return h
 
 
 def money(amount, currency: str, param_hint: str = "amount") -> int:

@@ -1,4 +1,4 @@
-"""A terminal's TCP connection to a host server (see :mod:`posterm.host.wire`).
+"""A terminal's TCP connection to a host server (see :mod:`posterm.host.wire`; the server is :mod:`posterm.host.server`).
 
 One request at a time: one DATA frame out, the DATA frame with the same sequence number
 back (TCP orders and retransmits, so there is no ACK/NAK; see PROTOCOL.md, "Host link").

@@ -1,20 +1,41 @@
-"""Demo data: merchant M100000001, terminals T0000001..T0000064, and the test payment codes.
+"""Demo data and behaviour: merchant M100000001, terminals T0000001..T0000064, the test
+accounts and their payment codes.
 
 Like test card numbers, the codes 289900000000000001..008 pick an outcome without any
-setup, stay valid forever and can be reused (see docs/host.md).
+setup, stay valid forever and can be reused (see docs/host.md): each belongs to a test
+account whose *behaviour* (:data:`BEHAVIOURS`) scripts what the host does with it. The
+host never issues a real code in :data:`TEST_CODE_RANGE`.
+
+:func:`seed` loads the data into a host with no merchant yet; ``posterm host serve``,
+``posterm emulate`` and ``posterm demo`` call it (through ``Host.open(demo=True)`` for the
+embedded host).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from posterm.host.core import Host
+from posterm.host import admin
+from posterm.host.context import Behaviour, HostContext
+from posterm.host.risk import Decision
 
 DEMO_MERCHANT = "M100000001"
 DEMO_PASSWORD = "147258"
 TERMINALS = [f"T{n:07d}" for n in range(1, 65)]
 REGION = "CN-SH"
+TEST_CODE_RANGE = "2899"
+TEST_CODE_PREFIX = "2899000000000000"
+
+# The test accounts' outcomes are scripted: risk control is not consulted (it would alert
+# or ask on a demo's repeated payments), except where the script is risk control's answer.
+_SCRIPTED = Decision("allow", ())
+BEHAVIOURS: dict[str, Behaviour] = {
+    "test": Behaviour(risk=_SCRIPTED),
+    "always_pin": Behaviour(risk=_SCRIPTED, always_ask=True),
+    "phone": Behaviour(risk=_SCRIPTED, always_ask=True, phone_confirms=True),
+    "phone_never": Behaviour(risk=_SCRIPTED, always_ask=True),
+    "outage": Behaviour(risk=_SCRIPTED, outage=True),
+    "risk_reject": Behaviour(risk=Decision("reject", ("test account 289900000000000007: always rejected by risk "
+                                                      "control",))),
+}
 
 # code suffix -> (account id, name, balance, behaviour, confirm, frozen)
 TEST_ACCOUNTS = {
@@ -30,23 +51,24 @@ TEST_ACCOUNTS = {
 
 
 def test_code(suffix: str) -> str:
-    return "2899000000000000" + suffix
+    """The test payment code ending in ``suffix`` ("01".."08")."""
+    return TEST_CODE_PREFIX + suffix
 
 
-def load_demo(host: "Host") -> None:
-    """Load the demo merchant, terminals, accounts and test codes into an empty host."""
-    from posterm.host.core import code_hash
-
-    host.add_merchant(DEMO_MERCHANT, "posterm demo shop")
+def seed(ctx: HostContext) -> bool:
+    """Load the demo merchant, terminals, accounts and test codes into a host with no
+    merchant yet (``Host.ctx``). Returns whether it did; a host with a merchant is left as it is."""
+    if ctx.store.view().merchant_count():
+        return False
+    admin.add_merchant(ctx, DEMO_MERCHANT, "posterm demo shop")
     for tid in TERMINALS:
-        host.register_terminal(tid, DEMO_MERCHANT, REGION)
+        admin.register_terminal(ctx, tid, DEMO_MERCHANT, REGION)
     for suffix, (acct, name, balance, behaviour, confirm, frozen) in TEST_ACCOUNTS.items():
-        host.add_account(acct, name, balance_minor=balance, password=DEMO_PASSWORD, per_tx_limit=500_000,
-                         daily_limit=2_000_000, password_free=100_000, confirm=confirm, home_region=REGION,
-                         behaviour=behaviour)
-        code = test_code(suffix)
-        with host.store.write() as db:
-            db.execute("INSERT OR IGNORE INTO payment_codes VALUES (?, ?, ?, ?, NULL, NULL, 1)",
-                       (code_hash(code), code[-4:], acct, host.clock()))
+        admin.add_account(ctx, acct, name, balance_minor=balance, password=DEMO_PASSWORD, per_tx_limit=500_000,
+                          daily_limit=2_000_000, password_free=100_000, confirm=confirm, home_region=REGION,
+                          behaviour=behaviour)
+        with ctx.store.transaction() as tx:
+            tx.add_code(test_code(suffix), acct, ctx.clock(), None, test=True)
             if frozen:
-                db.execute("UPDATE accounts SET frozen = 1 WHERE id = ?", (acct,))
+                tx.set_account(acct, "frozen", True)  # frozen from the start: no alert, no case
+    return True

@@ -1,0 +1,294 @@
+"""The administrator's side: merchants, terminals and their keys, accounts and their
+security, payment codes, cases, and the reports (trades, bills, the books).
+
+Each function takes the :class:`~posterm.host.context.HostContext` first and raises
+:class:`~posterm.host.context.HostRefused` for anything it cannot do, naming why.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from firmware_protocol.native.messages import MAX_AMOUNT_MINOR, Reason
+
+from posterm.host import ledger
+from posterm.host.context import HostContext, HostRefused, require_account
+from posterm.host.store import check_ledger
+
+CODE_TTL_S = 60.0
+# The local day a trade report's --date / --month names.
+REPORT_TZ = "Asia/Shanghai"
+
+
+@dataclass(frozen=True, slots=True)
+class TradeView:
+    trade_no: str
+    order_id: str
+    merchant_id: str
+    terminal_id: str
+    account_id: str | None
+    amount_minor: int
+    currency: str
+    status: str
+    reason: int
+    refunded_minor: int
+    created_at: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"trade_no": self.trade_no, "order_id": self.order_id, "merchant_id": self.merchant_id,
+                "terminal_id": self.terminal_id, "account": self.account_id, "amount_minor": self.amount_minor,
+                "currency": self.currency, "status": self.status.lower(),
+                "reason": Reason(self.reason).name.lower() if self.reason in Reason._value2member_map_ else self.reason,
+                "refunded_minor": self.refunded_minor,
+                "created_at": iso_time(self.created_at)}
+
+
+def iso_time(ts: float) -> str:
+    """``ts`` (epoch seconds) as ISO 8601 in the machine's time zone, with its offset, to the second."""
+    return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
+
+
+def _minor_units(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_AMOUNT_MINOR
+
+
+# ---------------------------------------------------------------------- merchants and terminals
+
+def add_merchant(ctx: HostContext, merchant_id: str, name: str) -> None:
+    with ctx.store.transaction() as tx:
+        tx.add_merchant(merchant_id, name)
+
+
+def register_terminal(ctx: HostContext, terminal_id: str, merchant_id: str, location: str) -> None:
+    with ctx.store.transaction() as tx:
+        if not tx.merchant_exists(merchant_id):
+            raise HostRefused(f"unknown merchant {merchant_id}")
+        tx.put_terminal(terminal_id, merchant_id, location, ctx.clock())
+
+
+def issue_terminal_key(ctx: HostContext, terminal_id: str, algorithm: str = "AES"):
+    """A new initial DUKPT key for a registered terminal, as a TR-31 block under its KBPK
+    (:meth:`posterm.crypto.hsm.Hsm.issue_initial_key`: a new key id, so no KSN the host
+    has seen). Returns the IssuedKey (block, initial KSN, KCV). Raises HostRefused for a
+    terminal the host does not know, CryptoError from the HSM."""
+    if ctx.store.view().terminal(terminal_id) is None:
+        raise HostRefused(f"unknown terminal {terminal_id}: register it first")
+    return ctx.hsm.issue_initial_key(terminal_id, algorithm)
+
+
+# ---------------------------------------------------------------------- accounts
+
+def add_account(ctx: HostContext, account_id: str, name: str, *, currency: str = "CNY", balance_minor: int = 0,
+                real_name: bool = True, password: str | None = None, per_tx_limit: int = 500000,
+                daily_limit: int = 2000000, password_free: int = 100000, confirm: str = "pin",
+                home_region: str = "CN-SH", two_factor: bool = False, tz: str = "Asia/Shanghai",
+                behaviour: str = "normal") -> None:
+    """Open an account, funding it with ``balance_minor`` issued into the ledger."""
+    for v in (balance_minor, per_tx_limit, daily_limit, password_free):
+        if not _minor_units(v):
+            raise HostRefused(f"amounts and limits are whole minor units, 0 to {MAX_AMOUNT_MINOR}")
+    if confirm not in ("pin", "phone"):
+        raise HostRefused("confirmation is 'pin' or 'phone'")
+    try:
+        ZoneInfo(tz)
+    except Exception:
+        raise HostRefused(f"unknown time zone {tz!r}") from None
+    verifier = ctx.hsm.payment_verifier(password) if password else None
+    now = ctx.clock()
+    with ctx.store.transaction() as tx:
+        if tx.account(account_id) is not None:
+            raise HostRefused(f"account {account_id} exists")
+        tx.insert_account(account_id, name, real_name=real_name, verifier=verifier, currency=currency,
+                          per_tx_limit=per_tx_limit, daily_limit=daily_limit, password_free=password_free,
+                          confirm=confirm, home_region=home_region, two_factor=two_factor, tz=tz,
+                          behaviour=behaviour, now=now)
+        if balance_minor:
+            ledger.move(ctx, tx, f"I:{account_id}:{now}", "issuance", f"customer:{account_id}", balance_minor,
+                        currency, "issue")
+
+
+def account(ctx: HostContext, account_id: str) -> dict[str, Any]:
+    """The account's columns but its verifier; ``password_set`` and ``created_at_iso`` besides."""
+    row = ctx.store.view().account(account_id)
+    if row is None:
+        raise HostRefused(f"no account {account_id}")
+    out = {k: row[k] for k in row.keys() if k != "verifier"}
+    out["password_set"] = row["verifier"] is not None
+    out["created_at_iso"] = iso_time(row["created_at"])
+    return out
+
+
+def set_limits(ctx: HostContext, account_id: str, **limits: int) -> None:
+    allowed = {"per_tx_limit", "daily_limit", "password_free"}
+    if not limits or set(limits) - allowed:
+        raise HostRefused(f"limits are {sorted(allowed)}")
+    with ctx.store.transaction() as tx:
+        require_account(tx, account_id)
+        for k, v in limits.items():
+            if not _minor_units(v):
+                raise HostRefused(f"{k} must be a whole number of minor units, 0 to {MAX_AMOUNT_MINOR}")
+            tx.set_account(account_id, k, v)
+
+
+def set_password(ctx: HostContext, account_id: str, new: str, old: str | None = None) -> None:
+    """Set the payment password; changing it needs the old one."""
+    with ctx.store.transaction() as tx:
+        row = require_account(tx, account_id)
+        if row["verifier"] is not None:
+            from posterm.crypto.verifier import check_verifier
+
+            if not old or not check_verifier(old, row["verifier"]):
+                raise HostRefused("the old payment password is wrong")
+        tx.set_verifier(account_id, ctx.hsm.payment_verifier(new))
+
+
+def freeze(ctx: HostContext, account_id: str, frozen: bool = True, why: str = "") -> None:
+    with ctx.store.transaction() as tx:
+        require_account(tx, account_id)
+        tx.set_account(account_id, "frozen", frozen)
+        ctx.alert(tx, account_id, "frozen" if frozen else "unfrozen",
+                  why or ("account frozen" if frozen else "account unfrozen"))
+
+
+def set_flags(ctx: HostContext, account_id: str, *, real_name: bool | None = None, two_factor: bool | None = None,
+              confirm: str | None = None) -> None:
+    with ctx.store.transaction() as tx:
+        require_account(tx, account_id)
+        if real_name is not None:
+            tx.set_account(account_id, "real_name", bool(real_name))
+        if two_factor is not None:
+            tx.set_account(account_id, "two_factor", bool(two_factor))
+        if confirm is not None:
+            if confirm not in ("pin", "phone"):
+                raise HostRefused("confirmation is 'pin' or 'phone'")
+            tx.set_account(account_id, "confirm", confirm)
+
+
+def security(ctx: HostContext, account_id: str) -> dict[str, Any]:
+    """The account security centre."""
+    acct = account(ctx, account_id)
+    view = ctx.store.view()
+    return {"account": account_id, "real_name_verified": bool(acct["real_name"]),
+            "payment_password_set": acct["password_set"], "two_factor": bool(acct["two_factor"]),
+            "per_tx_limit_minor": acct["per_tx_limit"], "daily_limit_minor": acct["daily_limit"],
+            "password_free_minor": acct["password_free"], "currency": acct["currency"],
+            "frozen": bool(acct["frozen"]), "pin_locked": acct["pin_tries"] >= 3,
+            "recent_alerts": view.recent_alerts(account_id, 10),
+            "open_cases": view.open_cases_of(account_id)}
+
+
+def issue_code(ctx: HostContext, account_id: str) -> str:
+    """A one-time payment code: 18 digits, prefix 25-30, valid 60 s, single use; never one
+    in a reserved range (the demo's test codes)."""
+    now = ctx.clock()
+    with ctx.store.transaction() as tx:
+        acct = require_account(tx, account_id)
+        if acct["frozen"]:
+            raise HostRefused("account is frozen: no payment codes")
+        while True:
+            code = f"{secrets.choice(range(25, 31))}{secrets.randbelow(10 ** 16):016d}"
+            if not code.startswith(ctx.reserved_code_prefixes):
+                break
+        tx.add_code(code, account_id, now, now + CODE_TTL_S)
+    return code
+
+
+# ---------------------------------------------------------------------- cases
+
+def report(ctx: HostContext, trade_no: str, reason: str) -> int:
+    """Open a case on a trade and freeze its account pending review. Returns the case id."""
+    with ctx.store.transaction() as tx:
+        t = tx.trade_by_no_or_order(trade_no)
+        if t is None:
+            raise HostRefused(f"no trade {trade_no}")
+        case_id = tx.open_case(t["trade_no"], t["account_id"], reason, ctx.clock())
+        if t["account_id"]:
+            tx.set_account(t["account_id"], "frozen", True)
+            ctx.alert(tx, t["account_id"], "report", f"case {case_id} opened on {t['trade_no']}: "
+                      f"{reason}; account frozen pending review")
+        return case_id
+
+
+def close_case(ctx: HostContext, case_id: int, resolution: str, *, unfreeze: bool = False) -> None:
+    """Close an open case with its resolution; ``unfreeze``: also lift the account's freeze
+    (only when no other case on that account is still open). Raises HostRefused."""
+    resolution = resolution.strip()
+    if not resolution:
+        raise HostRefused("a case is closed with a resolution")
+    with ctx.store.transaction() as tx:
+        c = tx.case(case_id)
+        if c is None:
+            raise HostRefused(f"no case {case_id}")
+        if c["status"] != "open":
+            raise HostRefused(f"case {case_id} is already {c['status']}")
+        tx.close_case(case_id, resolution[:200], ctx.clock())
+        acct = c["account_id"]
+        if not acct:
+            return
+        ctx.alert(tx, acct, "case_closed", f"case {case_id} closed: {resolution}")
+        if unfreeze:
+            still_open = tx.open_case_count(acct)
+            if still_open:
+                raise HostRefused(f"account {acct} has {still_open} other open case(s): it stays frozen")
+            tx.set_account(acct, "frozen", False)
+            ctx.alert(tx, acct, "unfrozen", f"case {case_id} closed: {resolution}")
+
+
+def cases(ctx: HostContext) -> list[dict[str, Any]]:
+    """Every case, oldest first: the table's columns (times in epoch seconds) and
+    ``created_at_iso`` / ``closed_at_iso`` (ISO 8601 with the machine's offset)."""
+    return [dict(r) | {"created_at_iso": iso_time(r["created_at"]),
+                       "closed_at_iso": iso_time(r["closed_at"]) if r["closed_at"] is not None else None}
+            for r in ctx.store.view().cases()]
+
+
+# ---------------------------------------------------------------------- reports
+
+def trades(ctx: HostContext, *, terminal: str | None = None, date: str | None = None, account: str | None = None,
+           month: str | None = None) -> list[TradeView]:
+    """Trades, oldest first, of a terminal and/or account, on a day (YYYY-MM-DD) or in a
+    month (YYYY-MM) of :data:`REPORT_TZ`."""
+    out = []
+    for r in ctx.store.view().trades(terminal=terminal, account=account):
+        local = datetime.fromtimestamp(r["created_at"], ZoneInfo(REPORT_TZ))
+        if date and local.strftime("%Y-%m-%d") != date:
+            continue
+        if month and local.strftime("%Y-%m") != month:
+            continue
+        out.append(TradeView(r["trade_no"], r["order_id"], r["merchant_id"], r["terminal_id"], r["account_id"],
+                             r["amount_minor"], r["currency"], r["status"], r["reason"], r["refunded_minor"],
+                             r["created_at"]))
+    return out
+
+
+def bill(ctx: HostContext, account_id: str, month: str) -> list[dict[str, Any]]:
+    """Every payment, refund and cancel of an account in a month (YYYY-MM, account's time zone)."""
+    acct = account(ctx, account_id)
+    tz = ZoneInfo(acct["tz"])
+    try:
+        datetime.strptime(month, "%Y-%m")
+    except ValueError:
+        raise HostRefused("--month is YYYY-MM") from None
+    out = []
+    for r in ctx.store.view().customer_ledger(account_id):
+        when = datetime.fromtimestamp(r["created_at"], tz)
+        if when.strftime("%Y-%m") == month:
+            out.append({"time": when.isoformat(timespec="seconds"), "kind": r["kind"], "amount_minor": r["delta"],
+                        "currency": r["currency"], "order_id": r["order_id"], "merchant": r["merchant_id"],
+                        "reference": r["txn"]})
+    return out
+
+
+def check_books(ctx: HostContext) -> list[str]:
+    """Problems with the books (empty when they balance): :func:`~posterm.host.store.check_ledger`."""
+    return check_ledger(ctx.store.read())
+
+
+def order_status(ctx: HostContext, order_id: str, merchant_id: str) -> str | None:
+    """The status of the merchant's order (APPROVED, ...), None when there is no such order."""
+    row = ctx.store.view().trade_by_order(merchant_id, order_id)
+    return row["status"] if row else None

@@ -1,0 +1,320 @@
+"""Every query the host's service modules make, by name, over one SQLite connection.
+
+A :class:`Tx` is what :meth:`Store.transaction` yields (inside ``BEGIN IMMEDIATE``) and
+:meth:`Store.view` returns (reads). Rows are :class:`sqlite3.Row` (``row["column"]``); a
+lookup that finds nothing returns None. Nothing here decides anything: the rules (limits,
+risk, who may change an order) are the service's; this module only reads and writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from typing import Any, Iterable
+
+from posterm.host.store.books import local_day
+
+Row = sqlite3.Row
+
+# The account columns an administrator changes one at a time (set_account): a fixed list,
+# as a column name cannot be a bound parameter.
+ACCOUNT_SETTINGS = frozenset({"per_tx_limit", "daily_limit", "password_free", "real_name", "two_factor",
+                              "confirm", "frozen"})
+# Where each KSN replay guard keeps the last counter seen per initial key.
+KSN_TABLES = {"request": "ksn_seen", "pin": "pin_ksn_seen"}
+
+
+def code_hash(code: str) -> str:
+    """How a payment code is kept at rest: its salted SHA-256 (the host never stores a code)."""
+    return hashlib.sha256(b"posterm-code:" + code.encode()).hexdigest()
+
+
+class Tx:
+    """The host's queries over ``conn`` (see the module docstring)."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def _one(self, sql: str, args: Iterable[Any] = ()) -> Row | None:
+        return self.conn.execute(sql, tuple(args)).fetchone()
+
+    def _all(self, sql: str, args: Iterable[Any] = ()) -> list[Row]:
+        return self.conn.execute(sql, tuple(args)).fetchall()
+
+    def _run(self, sql: str, args: Iterable[Any] = ()) -> sqlite3.Cursor:
+        return self.conn.execute(sql, tuple(args))
+
+    # -- merchants and terminals -----------------------------------------------------------
+
+    def merchant_count(self) -> int:
+        return self._one("SELECT COUNT(*) FROM merchants")[0]
+
+    def add_merchant(self, merchant_id: str, name: str) -> None:
+        """Add a merchant; one that exists is left as it is."""
+        self._run("INSERT OR IGNORE INTO merchants VALUES (?, ?)", (merchant_id, name))
+
+    def merchant_exists(self, merchant_id: str) -> bool:
+        return self._one("SELECT 1 FROM merchants WHERE id = ?", (merchant_id,)) is not None
+
+    def put_terminal(self, terminal_id: str, merchant_id: str, location: str, now: float) -> None:
+        """Register (or re-register) a terminal with its merchant and location."""
+        self._run("INSERT OR REPLACE INTO terminals VALUES (?, ?, ?, ?)", (terminal_id, merchant_id, location, now))
+
+    def terminal(self, terminal_id: str) -> Row | None:
+        return self._one("SELECT * FROM terminals WHERE id = ?", (terminal_id,))
+
+    # -- accounts ----------------------------------------------------------------------
+
+    def account(self, account_id: str) -> Row | None:
+        return self._one("SELECT * FROM accounts WHERE id = ?", (account_id,))
+
+    def insert_account(self, account_id: str, name: str, *, real_name: bool, verifier: bytes | None, currency: str,
+                       per_tx_limit: int, daily_limit: int, password_free: int, confirm: str, home_region: str,
+                       two_factor: bool, tz: str, behaviour: str, now: float) -> None:
+        """A new account with a zero balance (it is funded through the ledger)."""
+        self._run("""INSERT INTO accounts (id, name, real_name, verifier, balance_minor, currency, per_tx_limit,
+                     daily_limit, password_free, confirm, home_region, two_factor, tz, behaviour, created_at)
+                     VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                  (account_id, name, int(real_name), verifier, currency, per_tx_limit, daily_limit,
+                   password_free, confirm, home_region, int(two_factor), tz, behaviour, now))
+
+    def set_account(self, account_id: str, column: str, value: Any) -> None:
+        """Change one of :data:`ACCOUNT_SETTINGS`; booleans are stored as 0/1. Raises KeyError otherwise."""
+        if column not in ACCOUNT_SETTINGS:
+            raise KeyError(column)
+        self._run(f"UPDATE accounts SET {column} = ? WHERE id = ?",
+                  (int(value) if isinstance(value, bool) else value, account_id))
+
+    def set_verifier(self, account_id: str, verifier: bytes) -> None:
+        """A new payment-password verifier; the wrong-PIN count starts again."""
+        self._run("UPDATE accounts SET verifier = ?, pin_tries = 0 WHERE id = ?", (verifier, account_id))
+
+    def pin_tries(self, account_id: str) -> int:
+        return self._one("SELECT pin_tries FROM accounts WHERE id = ?", (account_id,))[0]
+
+    def reset_pin_tries(self, account_id: str) -> None:
+        self._run("UPDATE accounts SET pin_tries = 0 WHERE id = ?", (account_id,))
+
+    def count_wrong_pin(self, account_id: str, now: float) -> None:
+        """One more wrong PIN (the count stops at 3), and a failure the risk rules count."""
+        self._run("UPDATE accounts SET pin_tries = MIN(pin_tries + 1, 3) WHERE id = ?", (account_id,))
+        self._run("INSERT INTO pin_failures (account_id, created_at) VALUES (?, ?)", (account_id, now))
+
+    def account_tz(self, account_id: str) -> str:
+        return self._one("SELECT tz FROM accounts WHERE id = ?", (account_id,))[0]
+
+    # -- payment codes -------------------------------------------------------------------
+
+    def add_code(self, code: str, account_id: str, now: float, expires_at: float | None, *, test: bool = False) -> None:
+        """Store a payment code (its hash and last 4 digits). A test code that exists is left as it is."""
+        verb = "INSERT OR IGNORE" if test else "INSERT"
+        self._run(f"{verb} INTO payment_codes VALUES (?, ?, ?, ?, ?, NULL, ?)",
+                  (code_hash(code), code[-4:], account_id, now, expires_at, int(test)))
+
+    def code(self, code: str) -> Row | None:
+        return self._one("SELECT * FROM payment_codes WHERE code_hash = ?", (code_hash(code),))
+
+    def use_code(self, code_hash_: str, now: float) -> None:
+        self._run("UPDATE payment_codes SET used_at = ? WHERE code_hash = ?", (now, code_hash_))
+
+    # -- trades ------------------------------------------------------------------------
+
+    def trade(self, trade_no: str) -> Row | None:
+        return self._one("SELECT * FROM trades WHERE trade_no = ?", (trade_no,))
+
+    def trade_by_order(self, merchant_id: str, order_id: str) -> Row | None:
+        return self._one("SELECT * FROM trades WHERE merchant_id = ? AND order_id = ?", (merchant_id, order_id))
+
+    def trade_by_no_or_order(self, ref: str) -> Row | None:
+        return self._one("SELECT * FROM trades WHERE trade_no = ? OR order_id = ?", (ref, ref))
+
+    def trade_by_qr(self, qr_data: str) -> Row | None:
+        return self._one("SELECT * FROM trades WHERE qr_data = ?", (qr_data,))
+
+    def trade_status(self, trade_no: str) -> str:
+        return self._one("SELECT status FROM trades WHERE trade_no = ?", (trade_no,))[0]
+
+    def trades(self, *, terminal: str | None = None, account: str | None = None) -> list[Row]:
+        """Trades, oldest first, of one terminal and/or account (all when neither is given)."""
+        sql, args = "SELECT * FROM trades WHERE 1=1", []
+        if terminal:
+            sql += " AND terminal_id = ?"
+            args.append(terminal)
+        if account:
+            sql += " AND account_id = ?"
+            args.append(account)
+        return self._all(sql + " ORDER BY created_at, trade_no", args)
+
+    def insert_trade(self, *, trade_no: str, merchant_id: str, order_id: str, terminal_id: str,
+                     account_id: str | None, amount_minor: int, currency: str, status: str, params_hash: str,
+                     code_last4: str | None, created_at: float, asked_at: float | None, qr_data: str | None,
+                     description: str | None) -> None:
+        self._run("""INSERT INTO trades (trade_no, merchant_id, order_id, terminal_id, account_id, amount_minor,
+                     currency, status, params_hash, code_last4, created_at, asked_at, qr_data, description)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                  (trade_no, merchant_id, order_id, terminal_id, account_id, amount_minor, currency, status,
+                   params_hash, code_last4, created_at, asked_at, qr_data, description))
+
+    def set_trade_account(self, trade_no: str, account_id: str) -> None:
+        self._run("UPDATE trades SET account_id = ? WHERE trade_no = ?", (account_id, trade_no))
+
+    def ask_customer(self, trade_no: str, status: str, now: float) -> None:
+        """The trade waits for the customer (``status`` NEED_PIN or WAIT_BUYER) since ``now``."""
+        self._run("UPDATE trades SET status = ?, asked_at = ? WHERE trade_no = ?", (status, now, trade_no))
+
+    def approve_trade(self, trade_no: str, now: float) -> None:
+        self._run("UPDATE trades SET status = 'APPROVED', reason = 0, reason_text = '', paid_at = ? "
+                  "WHERE trade_no = ?", (now, trade_no))
+
+    def decline_trade(self, trade_no: str, reason: int, text: str) -> None:
+        self._run("UPDATE trades SET status = 'DECLINED', reason = ?, reason_text = ? WHERE trade_no = ?",
+                  (int(reason), text, trade_no))
+
+    def cancel_trade(self, trade_no: str, reason: int) -> None:
+        self._run("UPDATE trades SET status = 'CANCELLED', reason = ? WHERE trade_no = ?", (int(reason), trade_no))
+
+    def refund_trade_fully(self, trade_no: str) -> None:
+        self._run("UPDATE trades SET status = 'REFUNDED', refunded_minor = amount_minor WHERE trade_no = ?",
+                  (trade_no,))
+
+    def set_refunded(self, trade_no: str, total_minor: int) -> None:
+        self._run("UPDATE trades SET refunded_minor = ? WHERE trade_no = ?", (total_minor, trade_no))
+
+    # -- refunds -------------------------------------------------------------------------
+
+    def refund(self, refund_id: str) -> Row | None:
+        """A refund already made, with its trade's ``order_id`` and ``refunded_minor``."""
+        return self._one("SELECT r.*, t.refunded_minor, t.order_id FROM refunds r JOIN trades t USING (trade_no) "
+                         "WHERE refund_id = ?", (refund_id,))
+
+    def insert_refund(self, refund_id: str, trade_no: str, amount_minor: int, currency: str, now: float) -> None:
+        self._run("INSERT INTO refunds (refund_id, trade_no, amount_minor, currency, created_at) "
+                  "VALUES (?, ?, ?, ?, ?)", (refund_id, trade_no, amount_minor, currency, now))
+
+    # -- the ledger and the daily totals ------------------------------------------------------
+
+    def ledger_entry(self, txn: str, account: str, delta: int, currency: str, kind: str, now: float) -> None:
+        self._run("INSERT INTO ledger (txn, account, delta, currency, kind, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                  (txn, account, delta, currency, kind, now))
+
+    def add_balance(self, account_id: str, delta: int) -> None:
+        self._run("UPDATE accounts SET balance_minor = balance_minor + ? WHERE id = ?", (delta, account_id))
+
+    def customer_ledger(self, account_id: str) -> list[Row]:
+        """The customer's ledger entries in order, each with its trade's order id, merchant and status."""
+        return self._all(
+            """SELECT l.txn, l.delta, l.currency, l.kind, l.created_at, t.order_id, t.merchant_id, t.status
+               FROM ledger l LEFT JOIN trades t ON t.trade_no = COALESCE(
+                   (SELECT trade_no FROM refunds WHERE 'R:' || refund_id = l.txn), REPLACE(l.txn, 'C:', ''))
+               WHERE l.account = ? ORDER BY l.id""", (f"customer:{account_id}",))
+
+    def spent_on(self, account_id: str, day: str) -> int:
+        row = self._one("SELECT spent_minor FROM daily_spend WHERE account_id = ? AND day = ?", (account_id, day))
+        return row[0] if row else 0
+
+    def add_spent(self, account_id: str, paid_at: float, tz: str, delta: int) -> None:
+        """Count ``delta`` in the account's total for the local day (in ``tz``) ``paid_at`` falls on."""
+        self._run("INSERT INTO daily_spend VALUES (?, ?, ?) ON CONFLICT (account_id, day) DO UPDATE "
+                  "SET spent_minor = spent_minor + excluded.spent_minor", (account_id, local_day(paid_at, tz), delta))
+
+    # -- risk history --------------------------------------------------------------------
+
+    def recent_approved_amounts(self, account_id: str, limit: int = 20) -> tuple[int, ...]:
+        return tuple(r[0] for r in self._all(
+            "SELECT amount_minor FROM trades WHERE account_id = ? AND status = 'APPROVED' ORDER BY paid_at DESC "
+            "LIMIT ?", (account_id, limit)))
+
+    def payments_since(self, account_id: str, since: float, other_than: str) -> int:
+        return self._one("SELECT COUNT(*) FROM trades WHERE account_id = ? AND created_at >= ? AND trade_no != ?",
+                         (account_id, since, other_than))[0]
+
+    def paid_at_terminal_before(self, account_id: str, terminal_id: str, other_than: str) -> bool:
+        return self._one("SELECT 1 FROM trades WHERE account_id = ? AND terminal_id = ? AND trade_no != ? LIMIT 1",
+                         (account_id, terminal_id, other_than)) is not None
+
+    def wrong_pins_since(self, account_id: str, since: float) -> int:
+        return self._one("SELECT COUNT(*) FROM pin_failures WHERE account_id = ? AND created_at >= ?",
+                         (account_id, since))[0]
+
+    def record_risk_decision(self, trade_no: str, account_id: str, action: str, reasons: tuple[str, ...],
+                             now: float) -> None:
+        self._run("INSERT INTO risk_decisions (trade_no, account_id, decision, reasons, created_at) "
+                  "VALUES (?, ?, ?, ?, ?)", (trade_no, account_id, action, json.dumps(reasons), now))
+
+    # -- alerts and cases ------------------------------------------------------------------
+
+    def alert(self, account_id: str, kind: str, text: str, now: float) -> None:
+        self._run("INSERT INTO alerts (account_id, kind, text, created_at) VALUES (?, ?, ?, ?)",
+                  (account_id, kind, text, now))
+
+    def recent_alerts(self, account_id: str, limit: int = 10) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._all(
+            "SELECT kind, text, created_at FROM alerts WHERE account_id = ? ORDER BY id DESC LIMIT ?",
+            (account_id, limit))]
+
+    def open_case(self, trade_no: str, account_id: str | None, reason: str, now: float) -> int:
+        """A new open case; returns its id."""
+        cur = self._run("INSERT INTO cases (trade_no, account_id, reason, created_at) VALUES (?, ?, ?, ?)",
+                        (trade_no, account_id, reason, now))
+        return int(cur.lastrowid)
+
+    def case(self, case_id: int) -> Row | None:
+        return self._one("SELECT * FROM cases WHERE id = ?", (case_id,))
+
+    def close_case(self, case_id: int, resolution: str, now: float) -> None:
+        self._run("UPDATE cases SET status = 'closed', resolution = ?, closed_at = ? WHERE id = ?",
+                  (resolution, now, case_id))
+
+    def open_case_count(self, account_id: str) -> int:
+        return self._one("SELECT COUNT(*) FROM cases WHERE account_id = ? AND status = 'open'", (account_id,))[0]
+
+    def open_cases_of(self, account_id: str) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._all(
+            "SELECT id, trade_no, reason, status FROM cases WHERE account_id = ? AND status = 'open'", (account_id,))]
+
+    def cases(self) -> list[Row]:
+        return self._all("SELECT * FROM cases ORDER BY id")
+
+    # -- settlement ----------------------------------------------------------------------
+
+    def settlement(self, terminal_id: str, batch_no: int) -> Row | None:
+        return self._one("SELECT * FROM settlements WHERE terminal_id = ? AND batch_no = ?", (terminal_id, batch_no))
+
+    def unsettled_final_trades(self, terminal_id: str) -> list[Row]:
+        """The terminal's approved, refunded and cancelled trades not in a batch yet."""
+        return self._all("SELECT * FROM trades WHERE terminal_id = ? AND settled_batch IS NULL "
+                         "AND status IN ('APPROVED', 'REFUNDED', 'CANCELLED')", (terminal_id,))
+
+    def unsettled_refunds(self, terminal_id: str) -> list[Row]:
+        return self._all("SELECT r.* FROM refunds r JOIN trades t USING (trade_no) WHERE t.terminal_id = ? "
+                         "AND r.settled_batch IS NULL", (terminal_id,))
+
+    def settle(self, terminal_id: str, batch_no: int, totals: list[dict[str, Any]], agrees: bool,
+               now: float) -> None:
+        """Put the terminal's final trades and its refunds not in a batch yet into ``batch_no``,
+        and record the batch with the host's ``totals``."""
+        self._run("UPDATE trades SET settled_batch = ? WHERE terminal_id = ? AND settled_batch IS NULL "
+                  "AND status IN ('APPROVED', 'REFUNDED', 'CANCELLED', 'DECLINED')", (batch_no, terminal_id))
+        self._run("UPDATE refunds SET settled_batch = ? WHERE settled_batch IS NULL AND trade_no IN "
+                  "(SELECT trade_no FROM trades WHERE terminal_id = ?)", (batch_no, terminal_id))
+        self._run("INSERT INTO settlements (terminal_id, batch_no, totals, agrees, created_at) VALUES (?, ?, ?, ?, ?)",
+                  (terminal_id, batch_no, json.dumps(totals), int(agrees), now))
+
+    # -- replay guards -------------------------------------------------------------------
+
+    def ksn_fresh(self, guard: str, ikid: str, counter: int) -> bool:
+        """Record ``counter`` for initial key ``ikid`` in the ``guard`` ("request" or "pin") if
+        it is above the last one recorded; False (nothing recorded) for a replay."""
+        table = KSN_TABLES[guard]
+        cur = self._run(f"INSERT INTO {table} VALUES (?, ?) ON CONFLICT (ikid) DO UPDATE "
+                        f"SET counter = excluded.counter WHERE excluded.counter > counter", (ikid, counter))
+        return cur.rowcount == 1
+
+    def nonce_seen(self, nonce_hex: str) -> bool:
+        return self._one("SELECT 1 FROM nonces WHERE nonce = ?", (nonce_hex,)) is not None
+
+    def add_nonce(self, nonce_hex: str, now: float) -> None:
+        self._run("INSERT INTO nonces VALUES (?, ?)", (nonce_hex, now))

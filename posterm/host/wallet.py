@@ -1,0 +1,48 @@
+"""The customer's wallet (the phone): pay a merchant's QR, confirm a waiting payment, and
+find the account a payment code belongs to."""
+
+from __future__ import annotations
+
+from posterm.host import ledger
+from posterm.host.authorise import checks
+from posterm.host.context import HostContext, HostRefused, require_account
+
+
+def scan(ctx: HostContext, qr_data: str, account_id: str) -> str:
+    """The customer scans a merchant's dynamic QR and pays from ``account_id``. Returns the
+    trade's status (that of the order as it was when it was not waiting for a scan)."""
+    with ctx.store.transaction() as tx:
+        t = tx.trade_by_qr(qr_data)
+        if t is None:
+            raise HostRefused("this QR code is not a payable order")
+        if t["status"] != "SHOW_QR":
+            return t["status"]
+        acct = require_account(tx, account_id)
+        tx.set_trade_account(t["trade_no"], account_id)
+        t = tx.trade(t["trade_no"])
+        terminal = tx.terminal(t["terminal_id"])
+        refusal = checks(ctx, tx, acct, t["amount_minor"], t["currency"], terminal, t["trade_no"])
+        if refusal is not None and refusal[0] != "confirm":
+            ledger.decline(tx, t["trade_no"], refusal[1], refusal[2])
+        else:
+            ledger.capture(ctx, tx, t["trade_no"])  # confirmed on the phone by scanning and paying
+        return tx.trade_status(t["trade_no"])
+
+
+def account_for_code(ctx: HostContext, code: str) -> str:
+    """The account a payment code belongs to (the wallet that shows it)."""
+    row = ctx.store.view().code(code)
+    if row is None:
+        raise HostRefused("unknown payment code")
+    return row["account_id"]
+
+
+def confirm(ctx: HostContext, order_id: str, merchant_id: str) -> str:
+    """The customer confirms the merchant's order waiting on the phone. Returns its status."""
+    with ctx.store.transaction() as tx:
+        t = tx.trade_by_order(merchant_id, order_id)
+        if t is None:
+            raise HostRefused(f"no order {order_id}")
+        if t["status"] == "WAIT_BUYER":
+            ledger.capture(ctx, tx, t["trade_no"])
+        return tx.trade_status(t["trade_no"])
