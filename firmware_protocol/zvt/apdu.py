@@ -49,8 +49,11 @@ from construct import (
     stream_write,
 )
 
-from firmware_protocol.zvt.bmp import BMPS, EMPTY, FIELD_NAMES, Bmp, Fields, UnknownBmpSignal, fields_from_items
+from firmware_protocol.zvt.bmp import (
+    BMPS, EMPTY, FIELD_NAMES, Bmp, Fields, IndividualTotals, UnknownBmpSignal, fields_from_items,
+)
 from firmware_protocol.zvt.codecs import BcdDigits, BcdInt, LLLVar, Text, UntilEnd, bcd_decode
+from firmware_protocol.zvt.tlv import Tlv, TlvContainer
 from firmware_protocol.zvt.errors import (
     BadValue, UnknownBmp, UnknownCommand, ZvtFieldError, ZvtFrameError, ZvtMessageError,
 )
@@ -598,10 +601,70 @@ def encode(message: Command | Apdu) -> bytes:
     return message.encode()
 
 
+# ------------------------------------------------------------------ for traces and the decoder
+
+MASK = "<masked>"
+_SECRET_OWN_FIELDS = frozenset({"password"})
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, TlvContainer):
+        return [_tlv_item(t) for t in value]
+    return value
+
+
+def _tlv_item(item: Tlv) -> dict:
+    out: dict[str, Any] = {"tag": f"{item.tag:02X}", "name": item.name}
+    if item.items or isinstance(item.value, tuple):
+        out["items"] = [_tlv_item(t) for t in item.items]
+    else:
+        out["value"] = item.value.hex()
+        if item.value and all(0x20 <= b < 0x7F for b in item.value):
+            out["text"] = item.value.decode("ascii")
+    return out
+
+
+def describe(message: "Command | Apdu", *, mask: bool = True) -> dict:
+    """A JSON-able account of one APDU for traces and ``posterm decode``: the command's name,
+    CLASS and INSTR, its own fields, its BMPs (number, name, value) and the TLV as nested
+    items. Secrets (the password, :data:`~firmware_protocol.zvt.bmp.SECRET_BMPS`) read
+    ``"<masked>"`` unless ``mask`` is False. An :class:`Apdu` is described as bytes."""
+    if isinstance(message, Apdu):
+        return {"command": None, "class": f"{message.cls:02X}", "instr": f"{message.instr:02X}",
+                "data": message.data.hex()}
+    cls_byte, instr = message.control
+    out: dict[str, Any] = {"command": message.NAME, "class": f"{cls_byte:02X}", "instr": f"{instr:02X}"}
+    for f in dataclasses.fields(message):
+        if f.name == "fields":
+            continue
+        value = getattr(message, f.name)
+        out[f.name] = MASK if mask and f.name in _SECRET_OWN_FIELDS and value is not None else _jsonable(value)
+    bmps = []
+    fields = getattr(message, "fields", EMPTY)
+    for bmp, value in fields.present():
+        spec = BMPS[bmp]
+        entry: dict[str, Any] = {"bmp": f"{bmp:02X}", "name": spec.name,
+                                 "value": MASK if mask and spec.secret else _jsonable(value)}
+        if bmp == 0x60:
+            try:
+                totals = IndividualTotals.decode(value)
+            except ZvtFieldError:
+                pass
+            else:
+                entry["totals"] = {"receipt_start": totals.receipt_start, "receipt_end": totals.receipt_end,
+                                   **{n: {"count": t.count, "total": t.total} for n, t in totals.totals.items()}}
+        bmps.append(entry)
+    if bmps:
+        out["bmps"] = bmps
+    return out
+
+
 __all__ = [
     "Abort", "Aborted", "Ack", "Apdu", "ApduLength", "ApduSchema", "Authorisation", "BMPS", "BookTotal", "COMMANDS",
     "Command", "Completion", "Diagnosis", "DisplayText", "EndOfDay", "HEADER_LONG", "HEADER_SHORT",
     "IntermediateStatus", "LogOff", "MAX_APDU", "MAX_DATA", "Nack", "PartialReversal", "PreAuthReversal",
     "PreAuthorisation", "PrintLine", "PrintTextBlock", "ReadCard", "Refund", "Registration", "RepeatReceipt",
-    "Reversal", "StatusEnquiry", "StatusInformation", "apdu_size", "decode", "decode_apdu", "encode",
+    "Reversal", "StatusEnquiry", "StatusInformation", "apdu_size", "decode", "decode_apdu", "describe", "encode",
 ]

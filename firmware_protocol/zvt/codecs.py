@@ -185,22 +185,6 @@ class CardDigits(Adapter):
         return bytes.fromhex(obj + "F" * (len(obj) % 2))
 
 
-class Hex(Adapter):
-    """Raw bytes shown as lower-case hex (UUIDs, ATS, AIDs in the TLV)."""
-
-    def __init__(self, subcon=GreedyBytes) -> None:
-        super().__init__(subcon)
-
-    def _decode(self, obj, context, path) -> str:
-        return obj.hex()
-
-    def _encode(self, obj, context, path) -> bytes:
-        try:
-            return bytes.fromhex(obj)
-        except (TypeError, ValueError):
-            raise BadValue(f"{path}: expected hex digits") from None
-
-
 class UntilEnd(Construct):
     """``subcon`` repeated until the (already length-bounded, in-memory) stream ends. Unlike
     ``GreedyRange`` it does not stop quietly at a bad element: the element's error propagates."""

@@ -225,3 +225,22 @@ def test_fuzz_mutated_commands_raise_only_protocol_errors(msg, data):
 def test_status_information_is_generic():
     msg = StatusInformation.make(result_code=0, amount=100, card_name="Alipay")
     assert decode(msg.encode()).card_name == "Alipay"
+
+
+def test_describe_names_fields_and_masks_secrets():
+    import json
+
+    from firmware_protocol.zvt import describe
+
+    msg = Authorisation.make(amount=1250, currency=978, pan="4711000011112222")
+    d = describe(msg)
+    assert d["command"] == "Authorisation" and (d["class"], d["instr"]) == ("06", "01")
+    assert {b["name"]: b["value"] for b in d["bmps"]} == {"amount": 1250, "currency": 978, "pan": "<masked>"}
+    assert "4711" not in json.dumps(d)
+    assert {b["name"]: b["value"] for b in describe(msg, mask=False)["bmps"]}["pan"] == "4711000011112222"
+    assert describe(EndOfDay("123456"))["password"] == "<masked>"
+    assert describe(Apdu(0x06, 0xEE, b"\x01")) == {"command": None, "class": "06", "instr": "EE", "data": "01"}
+    assert describe(Nack(0x83)) == {"command": "Nack", "class": "84", "instr": "83", "error": 0x83}
+    tlv = describe(IntermediateStatus(1, 5, Fields(tlv=TlvContainer((Tlv(0x25, (Tlv(0x07, b"hi"),)),)))))
+    assert tlv["bmps"][0]["value"] == [{"tag": "25", "name": "print texts",
+                                        "items": [{"tag": "07", "name": "text line", "value": "6869", "text": "hi"}]}]
