@@ -30,6 +30,7 @@ from firmware_protocol.native.tlv import Message, decode, message_types, split_i
 
 from posterm.errors import ConfigError, Disconnected, LinkFailed
 from posterm.families.native.link import Link, LinkConfig, MessageReceived, SendFailed, UndecodableMessage
+from posterm.families.pump import Pump
 from posterm.record.format import Recording
 from posterm.families.native.redact import message_fields
 
@@ -325,27 +326,20 @@ class ReplayTerminal(ReplayPlayer):
         Returns the divergences. Raises :class:`Disconnected` if the port goes away.
         """
         end = time.monotonic() + timeout
+        pump = Pump(self.link, write=self.t.write, max_wait=0.02)
         while not self.stop.is_set() and time.monotonic() < end:
             if until_done and not self.loop and self.done:
                 break
-            now = time.monotonic()
-            wait = 0.02
-            if self._due and self.link.idle:  # else the ACK we wait for wakes the read
-                wait = max(0.0, min(wait, self._due[0][0] - now))
-            else:
-                nd = self.link.next_deadline()
-                if nd is not None:
-                    wait = max(0.0, min(wait, nd - now))
+            # An answer due wakes the read only when the line is free; else the ACK we wait for does.
+            due = self._due[0][0] if self._due and self.link.idle else None
             try:
-                data = self.t.read(4096, wait)
+                data = self.t.read(4096, pump.wait_time(time.monotonic(), due))
             except Disconnected:
                 if self.stop.is_set():
                     break
                 raise
             now = time.monotonic()
-            self.link.receive_data(data, now)
-            self.link.tick(now)
-            while (ev := self.link.next_event()) is not None:
+            for ev in pump.feed(data, now, write=False):
                 if isinstance(ev, MessageReceived):
                     self.on_message(ev.message, now)
                 elif isinstance(ev, UndecodableMessage):
@@ -354,13 +348,9 @@ class ReplayTerminal(ReplayPlayer):
                     raise LinkFailed(f"the ECR did not acknowledge {type(ev.message).__name__}")
             # One answer in flight at a time (the link's queue is bounded); the ACK of what
             # just came in and the next answer leave in one write.
-            out = b""
             if self._due and self._due[0][0] <= now and self.link.idle:
-                _, msg = self._due.pop(0)
-                out = self.link.send(msg, now)  # returns every pending byte (ACKs too)
-            out += self.link.data_to_send()
-            if out:
-                self.t.write(out)
+                pump.send(self._due.pop(0)[1], now)   # writes every pending byte (ACKs too)
+            pump.flush()
         return self.divergences
 
 
@@ -387,24 +377,14 @@ def pump_link(link: Any, transport: Any, deadline: float, want: int, got: list, 
               describe: Callable[[Any], str]) -> None:
     """Drive a sans-IO ``link`` over ``transport`` until ``want`` messages are in ``got`` and the
     line is idle, or until ``deadline``. A ``failed`` event raises LinkFailed(``describe(event)``)."""
-    while len(got) < want or not link.idle:
-        now = time.monotonic()
-        if now >= deadline:
-            return
-        nd = link.next_deadline()
-        wait = min(0.02, deadline - now) if nd is None else max(0.0, min(0.02, deadline - now, nd - now))
-        data = transport.read(4096, wait)
-        now = time.monotonic()
-        link.receive_data(data, now)
-        link.tick(now)
-        out = link.data_to_send()
-        if out:
-            transport.write(out)
-        while (ev := link.next_event()) is not None:
-            if isinstance(ev, received):
-                got.append(ev.message)
-            elif isinstance(ev, failed):
-                raise LinkFailed(describe(ev))
+    def on_event(ev: Any) -> None:
+        if isinstance(ev, received):
+            got.append(ev.message)
+        elif isinstance(ev, failed):
+            raise LinkFailed(describe(ev))
+
+    pump = Pump(link, lambda wait: transport.read(4096, wait), transport.write, max_wait=0.02)
+    pump.run(deadline, on_event, before_read=lambda now: True if len(got) >= want and link.idle else None)
 
 
 def replay_ecr(transport: Any, script: list[Exchange], *, speed: float = 1.0, fast: bool = False,
