@@ -57,7 +57,7 @@ def _load(spec: str) -> Any:
 FAMILIES: dict[str, ProtocolFamily] = {
     "posterm": ProtocolFamily(
         "posterm", "posterm framed TLV protocol (default)", "posterm.families.native.ecr:Terminal",
-        "posterm.families:_posterm_link", {"baudrate": 115200, "bytesize": 8, "parity": "N", "stopbits": 1}),
+        "posterm.families.native.front:NativeFront", {"baudrate": 115200, "bytesize": 8, "parity": "N", "stopbits": 1}),
     "concert": ProtocolFamily(
         "concert", "Ingenico Concert (Telium), protocol E", "posterm.families.concert.ecr:ConcertTerminal",
         "posterm.families.concert.front:ConcertFront",
