@@ -51,7 +51,7 @@ class Pump:
     ``read`` returns what arrived within ``timeout`` seconds (possibly nothing) and may
     raise the transport's errors, which pass through. ``write`` is given only non-empty
     data. Either may be ``None`` for a caller that does that side of the I/O itself
-    (:meth:`step` and :meth:`run` need ``read``; :meth:`flush`, :meth:`send` and a writing
+    (:meth:`run` needs ``read``; :meth:`flush`, :meth:`send` and a writing
     :meth:`feed` need ``write``).
 
     ``flooded``: a link raises :class:`LocalProtocolError` from ``receive_data`` or
@@ -61,7 +61,7 @@ class Pump:
     ``None`` lets the error through.
     """
 
-    __slots__ = ("link", "_read", "_write", "clock", "max_wait", "_flooded", "now")
+    __slots__ = ("link", "_read", "_write", "clock", "max_wait", "_flooded")
 
     def __init__(self, link: Any, read: Callable[[float], bytes] | None = None,
                  write: Callable[[bytes], Any] | None = None, *, clock: Callable[[], float] = time.monotonic,
@@ -73,7 +73,6 @@ class Pump:
         self.clock = clock
         self.max_wait = max_wait
         self._flooded = flooded
-        self.now = 0.0   # the time the last bytes were fed at (what the events of a turn happened at)
 
     def wait_time(self, now: float, *deadlines: float | None) -> float:
         """How long the next read may wait: until the link's next timer or the earliest of
@@ -86,7 +85,6 @@ class Pump:
 
     def receive(self, data: bytes, now: float) -> None:
         """Give the link ``data`` read at ``now`` and fire its timers; writes and takes nothing."""
-        self.now = now
         try:
             self.link.receive_data(data, now)
             self.link.tick(now)
@@ -128,16 +126,12 @@ class Pump:
         if out:
             self._write(out)
 
-    def step(self, *deadlines: float | None) -> Iterator[Event]:
-        """One turn: read until the link's next timer, the earliest of ``deadlines`` or
-        ``max_wait``; feed what came (writing at once); yield the events."""
-        data = self._read(self.wait_time(self.clock(), *deadlines))
-        yield from self.feed(data, self.clock())
-
     def run(self, deadline: float, on_event: Callable[[Event], Any] | None = None, *,
             before_read: Callable[[float], Any] | None = None) -> Any:
-        """Turn (:meth:`step`) until ``on_event`` returns something other than ``None``
-        (returned) or the clock reaches ``deadline`` (:data:`TIMED_OUT` returned).
+        """Turn until ``on_event`` returns something other than ``None`` (returned) or the
+        clock reaches ``deadline`` (:data:`TIMED_OUT` returned). A turn: read until the link's
+        next timer, ``deadline`` or ``max_wait``; :meth:`feed` what came (writing at once);
+        hand each event to ``on_event``.
 
         ``before_read(now)`` runs at the top of each turn, after the deadline check (to
         send an abort the caller asked for, or to see whether it is done); a non-``None``

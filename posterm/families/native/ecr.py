@@ -743,10 +743,7 @@ class Terminal(PortSession):
                 self._abort_requested = False
                 pump.send(m.Abort(order_id=abort_id), now)
 
-        def on_event(event: Any) -> Any:
-            return self._handle_event(event, waiter, request)
-
-        answer = pump.run(deadline, on_event, before_read=before_read)
+        answer = pump.run(deadline, lambda event: self._handle_event(event, waiter, request), before_read=before_read)
         if answer is TIMED_OUT:
             raise PosTimeout(f"no {'/'.join(t.__name__ for t in waiter.expect)} for"
                              f" {type(request).__name__} within the timeout")
