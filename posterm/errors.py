@@ -22,6 +22,11 @@ class LocalProtocolError(PosError):
     """The caller did something the protocol does not allow (e.g. send while closed)."""
 
 
+class SendQueueFull(LocalProtocolError):
+    """A link's ``send()`` found its queue full: the caller sends faster than the peer
+    takes. Nothing was queued; the caller decides (drop, answer busy, wait)."""
+
+
 class RemoteProtocolError(PosError):
     """The peer sent bytes or a message that break the wire contract."""
 

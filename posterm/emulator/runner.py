@@ -36,9 +36,11 @@ from posterm.emulator.hostlink import HostRefusedLogon, SignedHostLink
 from posterm.emulator.orders import OrderStore
 from posterm.emulator.peripherals import OperatorKeypad, PinPad
 from posterm.emulator.scenario import Scenario, load_scenario
-from posterm.errors import ConfigError, Disconnected, PosError, TransportError
+from posterm.errors import ConfigError, Disconnected, PosError, SendQueueFull, TransportError
 from posterm.home import posterm_home
-from posterm.families.native.link import Link, LinkConfig, MessageReceived, SendQueueFull
+from posterm.families.events import MessageReceived
+from posterm.families.interfaces import TerminalFront
+from posterm.families.pump import Pump
 from posterm.safefs import private_dir
 
 log = logging.getLogger("posterm.emulator")
@@ -107,10 +109,9 @@ def _release_host(host) -> None:
 class EmulatedTerminal:
     """One emulated terminal. Start with :meth:`start`; a context manager."""
 
-    def __init__(self, transport, port: str, firmware: Firmware, hostlink: SignedHostLink, *, host=None,
-                 listener=None, journal: OrderStore, link_config: LinkConfig | None = None,
-                 faults: str | None = None, record: str | Path | None = None, line_link=None,
-                 protocol: str = "posterm") -> None:
+    def __init__(self, transport, port: str, firmware: Firmware, hostlink: SignedHostLink, *, front: TerminalFront,
+                 host=None, listener=None, journal: OrderStore, faults: str | None = None,
+                 record: str | Path | None = None, protocol: str = "posterm") -> None:
         self.port = port
         self.firmware = firmware
         self.hostlink = hostlink
@@ -121,8 +122,9 @@ class EmulatedTerminal:
         self._record = Path(record) if record else None
         self.protocol = protocol
         self._transport = self._wrap(transport) if transport is not None else None
-        # posterm's Link, or another family's terminal-side link of the same shape (posterm.families)
-        self._link = line_link if line_link is not None else Link(link_config or LinkConfig())
+        # The family's terminal side of the line (posterm.families: family(protocol).make_terminal_link)
+        self._link = front
+        self._pump = Pump(front, max_wait=0.25)   # this loop reads and writes itself (select, output buffer)
         self._calls: queue.Queue = queue.Queue()
         self._replies: queue.Queue = queue.Queue()
         self._wake_r, self._wake_w = os.pipe()
@@ -191,7 +193,6 @@ class EmulatedTerminal:
         from posterm.families import family
 
         fam = family(protocol)
-        line_link = None if fam.name == "posterm" else fam.make_terminal_link(operator_password=operator_password)
         if not fam.ecr_can_query:
             config = replace(config or FirmwareConfig(), void_unfinished=True)
         home = private_dir(home, own=True) if home else posterm_home()
@@ -240,12 +241,14 @@ class EmulatedTerminal:
                 from posterm.transport.parity import SoftParityTransport
 
                 transport = SoftParityTransport(transport, parity)
-        # Paced like a cable: the ACK timer allows for the frame's time on the line.
+        # Paced like a cable: the front's timers may allow for a frame's time on the line
+        # (line_rate, bytes per second: passed only then, so a family's factory may ignore pacing).
         from posterm.transport.base import bits_per_byte
 
-        link_config = LinkConfig(line_rate=baudrate / bits_per_byte(bits, parity, stop)) if pace else None
-        term = cls(transport, port, firmware, hostlink, host=embedded, listener=listener, journal=journal,
-                   faults=faults, record=record, line_link=line_link, protocol=fam.name, link_config=link_config)
+        paced = {"line_rate": baudrate / bits_per_byte(bits, parity, stop)} if pace else {}
+        front = fam.make_terminal_link(operator_password=operator_password, **paced)
+        term = cls(transport, port, firmware, hostlink, front=front, host=embedded, listener=listener,
+                   journal=journal, faults=faults, record=record, protocol=fam.name)
         firmware.start(time.monotonic())
         # Log on now, not at the first payment: a host that refuses this terminal shows at
         # once (an error in the log, Status.host_online False), not as a failed sale.
@@ -463,7 +466,7 @@ class EmulatedTerminal:
             self._drop_ecr("write_stall", f"the ECR read nothing for {self.write_stall_timeout:g}s")
 
     def _line_loop(self) -> None:
-        fw, link = self.firmware, self._link
+        fw, link, pump = self.firmware, self._link, self._pump
         try:
             while not self._stop.is_set():
                 if not self._worker.is_alive():
@@ -471,11 +474,8 @@ class EmulatedTerminal:
                 if self._transport is None and not self._accept():
                     self._service(time.monotonic())
                     continue
-                now = time.monotonic()
-                deadlines = [d for d in (fw.next_deadline(), link.next_deadline()) if d is not None]
-                if self._outbuf:
-                    deadlines.append(self._out_progress + self.write_stall_timeout)
-                wait = max(0.0, min([0.25] + [d - now for d in deadlines]))
+                stall = self._out_progress + self.write_stall_timeout if self._outbuf else None
+                wait = pump.wait_time(time.monotonic(), fw.next_deadline(), stall)
                 fds = [self._wake_r]
                 if self._listener is not None:
                     fds.append(self._listener.fileno())
@@ -520,12 +520,13 @@ class EmulatedTerminal:
                     with self._line_cond:
                         self.bytes_received += len(data)
                         self._line_cond.notify_all()
-                link.receive_data(data, now)
-                link.tick(now)
-                while (ev := link.next_event()) is not None:
+                # Nothing written here: _service writes the ACKs with the answers, into the
+                # output buffer (the loop never blocks on a write).
+                for ev in pump.feed(data, now, write=False):
                     if isinstance(ev, MessageReceived) and isinstance(ev.message, m.Hello):
-                        link.start_session()
-                        stale = link.drop_queued(in_flight=True) if isinstance(link, Link) else []
+                        # A new ECR session (a Hello, in the firmware's vocabulary; a family without
+                        # sessions never delivers one).
+                        stale = link.new_session()
                         discard = self._own(self._transport, "discard_output")
                         if discard is not None:   # pty: bytes the last reader left unread
                             self._outbuf.clear()

@@ -69,6 +69,7 @@ class TerminalFront(Link, Protocol):
     A front may drop answers the firmware queued for an ECR session that ended."""
 
     def drop_queued(self, which: Any = None, *, in_flight: bool = False) -> list: ...
+    def new_session(self) -> list: ...   # the firmware got a Hello: returns the stale answers dropped
 
 
 @runtime_checkable

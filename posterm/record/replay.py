@@ -17,11 +17,11 @@ from __future__ import annotations
 import re
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from posterm.errors import ConfigError, LinkFailed
+from posterm.families.pump import Pump
 from posterm.record.format import DEFAULT_PROTOCOL, Recording, recording_support
 
 
@@ -207,24 +207,14 @@ def pump_link(link: Any, transport: Any, deadline: float, want: int, got: list, 
               describe: Callable[[Any], str]) -> None:
     """Drive a sans-IO ``link`` over ``transport`` until ``want`` messages are in ``got`` and the
     line is idle, or until ``deadline``. A ``failed`` event raises LinkFailed(``describe(event)``)."""
-    while len(got) < want or not link.idle:
-        now = time.monotonic()
-        if now >= deadline:
-            return
-        nd = link.next_deadline()
-        wait = min(0.02, deadline - now) if nd is None else max(0.0, min(0.02, deadline - now, nd - now))
-        data = transport.read(4096, wait)
-        now = time.monotonic()
-        link.receive_data(data, now)
-        link.tick(now)
-        out = link.data_to_send()
-        if out:
-            transport.write(out)
-        while (ev := link.next_event()) is not None:
-            if isinstance(ev, received):
-                got.append(ev.message)
-            elif isinstance(ev, failed):
-                raise LinkFailed(describe(ev))
+    def on_event(ev: Any) -> None:
+        if isinstance(ev, received):
+            got.append(ev.message)
+        elif isinstance(ev, failed):
+            raise LinkFailed(describe(ev))
+
+    pump = Pump(link, lambda wait: transport.read(4096, wait), transport.write, max_wait=0.02)
+    pump.run(deadline, on_event, before_read=lambda now: True if len(got) >= want and link.idle else None)
 
 
 def stdin_step(prompt: str) -> None:

@@ -50,6 +50,7 @@ from firmware_protocol.concert import (
 
 from posterm.families.concert import new_private_id
 from posterm.families.concert.link import ConcertConfig, ConcertLink, Delivered, FrameRejected, GarbageSkipped, MessageReceived, SendFailed
+from posterm.families.pump import TIMED_OUT, Pump
 from posterm.errors import LinkFailed, LocalProtocolError, PosTimeout
 from posterm.ecr.journal import Journal
 from posterm.ecr.results import Capability, Outcome, PaymentResult, Reason, RefundOutcome, TerminalInfo
@@ -294,49 +295,47 @@ class ConcertTerminal(PortSession):
                 self._journal.record_sent(order_id, journal_kind, self.port_name, amount_minor, currency, None,
                                           ref_id=ref_id)
             deadline = self._clock() + timeout
-            self._write(self._link.send(request, self._clock()))
+            pump = self._pump()
+            pump.send(request)
             delivered = False
-            while True:
-                now = self._clock()
-                if now >= deadline:
-                    raise PosTimeout(f"no Concert answer for {order_id} within {timeout:g} s"
-                                     + ("" if delivered else " (the request was never acknowledged)")
-                                     + ": it stays unfinished in the journal")
-                link_deadline = self._link.next_deadline()
-                wait = min(deadline - now, 0.1 if link_deadline is None else max(0.0, link_deadline - now), 0.1)
-                data = self._read(wait)
-                now = self._clock()
-                self._link.receive_data(data, now)
-                self._link.tick(now)
-                self._write(self._link.data_to_send())
-                while (ev := self._link.next_event()) is not None:
-                    if isinstance(ev, Delivered):
-                        delivered = True
-                    elif isinstance(ev, SendFailed):
-                        raise LinkFailed(f"Concert request not taken by {self.port_name} after {ev.attempts}"
-                                         f" attempt(s) ({ev.cause}): check the cable, port and serial settings"
-                                         " (USB 8N1, native RS-232 7E1)")
-                    elif isinstance(ev, MessageReceived):
-                        answer = ev.message
-                        if answer.private and answer.private != order_id:
-                            self._take_stray(answer)
-                            continue
-                        try:
-                            result = record(answer)     # journaled before our ACK leaves
-                        except BaseException:
-                            self._link.refuse(self._clock())
-                            self._write(self._link.data_to_send())
-                            raise
-                        self._link.accept(self._clock())
-                        self._write(self._link.data_to_send())
-                        # The terminal still sends EOT (or the frame again, if our ACK was lost:
-                        # ACKed again); wait for it so the line is free and the terminal keeps it.
-                        self._drain_eot()
-                        return result
-                    elif isinstance(ev, FrameRejected):
-                        wire_log.info("NAK sent: %s", ev.reason)
-                    elif isinstance(ev, GarbageSkipped):
-                        wire_log.info("skipped %d bytes of line noise", len(ev.data))
+
+            def on_event(ev: Any) -> Any:
+                nonlocal delivered
+                if isinstance(ev, Delivered):
+                    delivered = True
+                elif isinstance(ev, SendFailed):
+                    raise LinkFailed(f"Concert request not taken by {self.port_name} after {ev.attempts}"
+                                     f" attempt(s) ({ev.cause}): check the cable, port and serial settings"
+                                     " (USB 8N1, native RS-232 7E1)")
+                elif isinstance(ev, MessageReceived):
+                    answer = ev.message
+                    if answer.private and answer.private != order_id:
+                        self._take_stray(answer)
+                        return None
+                    try:
+                        result = record(answer)     # journaled before our ACK leaves
+                    except BaseException:
+                        self._link.refuse(self._clock())
+                        pump.flush()
+                        raise
+                    self._link.accept(self._clock())
+                    pump.flush()
+                    # The terminal still sends EOT (or the frame again, if our ACK was lost:
+                    # ACKed again); wait for it so the line is free and the terminal keeps it.
+                    self._drain_eot()
+                    return result   # a PaymentResult or RefundOutcome: never None
+                elif isinstance(ev, FrameRejected):
+                    wire_log.info("NAK sent: %s", ev.reason)
+                elif isinstance(ev, GarbageSkipped):
+                    wire_log.info("skipped %d bytes of line noise", len(ev.data))
+                return None
+
+            answered = pump.run(deadline, on_event)
+            if answered is TIMED_OUT:
+                raise PosTimeout(f"no Concert answer for {order_id} within {timeout:g} s"
+                                 + ("" if delivered else " (the request was never acknowledged)")
+                                 + ": it stays unfinished in the journal")
+            return answered
 
     def _take_stray(self, answer: ConcertAnswer) -> None:
         """An answer for another order (one this ECR gave up waiting for): journal it and ACK it
@@ -365,15 +364,15 @@ class ConcertTerminal(PortSession):
             self._link.accept(self._clock())
         self._write(self._link.data_to_send())
 
+    def _pump(self) -> Pump:
+        return Pump(self._link, self._read, self._write, clock=self._clock, max_wait=0.1)
+
     def _drain_eot(self) -> None:
+        """Keep the line moving until the terminal's EOT frees it (or the time for it is up);
+        the events stay queued for the next exchange."""
         cfg = self._link.config
         until = self._clock() + cfg.eot_timeout + cfg.ack_timeout
-        while not self._link.idle and self._clock() < until:
-            data = self._read(0.05)
-            now = self._clock()
-            self._link.receive_data(data, now)
-            self._link.tick(now)
-            self._write(self._link.data_to_send())
+        self._pump().run(until, before_read=lambda now: True if self._link.idle else None)
 
     def _result(self, answer: ConcertAnswer, txn: TxnType, order_id: str, amount_minor: int,
                 currency: str) -> PaymentResult:

@@ -12,5 +12,5 @@ FAMILY = ProtocolFamily(
     serial_defaults={"baudrate": 9600, "bytesize": 8, "parity": "N", "stopbits": 1},
     # Concert has no query: the emulated terminal reverses what its ECR never acknowledged.
     ecr_can_query=False,
-    recording="posterm.families.concert.record:RECORDING",  # made by the record slice (issue 15)
+    recording="posterm.families.concert.record:RECORDING",
 )

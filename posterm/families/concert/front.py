@@ -1,9 +1,8 @@
 """The emulated terminal's Concert front: Concert on the line, posterm messages to the firmware.
 
-:class:`ConcertFront` has the shape of :class:`posterm.families.native.link.Link` that the
-emulator's line loop drives (``receive_data``, ``tick``, ``next_event``, ``send``,
-``data_to_send``, ``next_deadline``, ``reset``), so the same firmware, host,
-scenarios and test codes serve both protocol families:
+:class:`ConcertFront` is a :class:`posterm.families.interfaces.TerminalFront`, the link the
+emulator's line loop drives (through :class:`posterm.families.pump.Pump`), so the same
+firmware, host, scenarios and test codes serve both protocol families:
 
 * a Concert request becomes a posterm request for the firmware: debit ``"0"`` a
   ``PayRequest`` (the terminal scans the customer's code: Concert has no field for
@@ -65,7 +64,10 @@ class _Pending:
 class ConcertFront:
     """Concert on the wire, posterm messages towards the firmware."""
 
-    def __init__(self, operator_password: str, config: ConcertConfig | None = None) -> None:
+    def __init__(self, operator_password: str, config: ConcertConfig | None = None, *,
+                 line_rate: float | None = None) -> None:
+        # line_rate (a paced line) is not needed: Concert's timers (3 s for a frame's ACK) are
+        # far longer than a 512-byte frame takes at any rate a Telium port runs.
         self._link = ConcertLink("terminal", config)
         self._operator_password = operator_password
         self._events: deque = deque()
@@ -111,8 +113,25 @@ class ConcertFront:
                 self._events.append(ResultDelivery(msg.private, False, "line reset"))
         return pending
 
+    @property
+    def idle(self) -> bool:
+        return self._link.idle
+
     def start_session(self) -> None:
         pass
+
+    def new_session(self) -> list:
+        """Concert has no sessions (the firmware never gets a Hello from this front): nothing to drop."""
+        return []
+
+    def drop_queued(self, which: Any = None, *, in_flight: bool = False) -> list:
+        """Drop answers not yet delivered (see :meth:`ConcertLink.drop_queued`); each one is
+        reported to the firmware as undelivered (:class:`ResultDelivery`), as on a reset."""
+        dropped = self._link.drop_queued(which, in_flight=in_flight)
+        for msg in dropped:
+            if isinstance(msg, ConcertAnswer) and msg.private:
+                self._events.append(ResultDelivery(msg.private, False, "dropped"))
+        return dropped
 
     def send(self, message: m.Message, now: float | None = None) -> bytes:
         """A firmware message for the ECR: the outcome becomes a Concert answer; the rest stays here."""

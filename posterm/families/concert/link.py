@@ -234,6 +234,25 @@ class ConcertLink:
         self._to_idle()
         return pending
 
+    def drop_queued(self, which: Any = None, *, in_flight: bool = False) -> list:
+        """Drop the messages queued behind the one being transmitted (all, or those for which
+        ``which(message)`` is true) and return them. ``in_flight``: also give up the one being
+        transmitted (ENQ or frame sent, not yet ACKed; the line goes back to idle, no EOT:
+        the peer that would take it is gone). Nothing is reported as failed."""
+        dropped = []
+        if in_flight and self._current is not None and self._state in (_State.SENDING_ENQ, _State.SENDING_FRAME):
+            dropped.append(self._current[0])
+            self._current = None
+            self._to_idle()
+        keep: deque = deque()
+        for item in self._queue:
+            if which is None or which(item[0]):
+                dropped.append(item[0])
+            else:
+                keep.append(item)
+        self._queue = keep
+        return dropped
+
     def start_session(self) -> None:
         """Concert has no sessions (kept for the shape of posterm.families.native.link.Link)."""
 

@@ -42,6 +42,7 @@ from firmware_protocol.errors import FieldError, ProtocolError
 
 from posterm.errors import ConfigError, Disconnected, LinkFailed
 from posterm.families.interfaces import FamilyRecording, Observed, PcapInterface
+from posterm.families.pump import Pump
 from posterm.ecr.trace import MASK_BYTE, mask_code
 from posterm.record.replay import ReplayPlayer
 
@@ -317,6 +318,7 @@ class ConcertReplayTerminal(ReplayPlayer):
         from posterm.families.concert.link import MessageReceived, SendFailed
 
         end = time.monotonic() + timeout
+        pump = Pump(self.link, write=self.t.write, max_wait=0.02)
         linger_until: float | None = None
         while not self.stop.is_set() and time.monotonic() < end:
             if until_done and not self.loop and self.done:
@@ -326,32 +328,21 @@ class ConcertReplayTerminal(ReplayPlayer):
                     break
             else:
                 linger_until = None
-            now = time.monotonic()
-            wait = 0.02
-            if self._due:
-                wait = max(0.0, min(wait, self._due[0][0] - now))
-            nd = self.link.next_deadline()
-            if nd is not None:
-                wait = max(0.0, min(wait, nd - now))
             try:
-                data = self.t.read(4096, wait)
+                data = self.t.read(4096, pump.wait_time(time.monotonic(), self._due[0][0] if self._due else None))
             except Disconnected:
                 if self.stop.is_set() or linger_until is not None:   # stopped, or the ECR left once played
                     break
                 raise
             now = time.monotonic()
-            self.link.receive_data(data, now)
-            self.link.tick(now)
-            while (ev := self.link.next_event()) is not None:
+            for ev in pump.feed(data, now, write=False):
                 if isinstance(ev, MessageReceived):
                     self.on_request(ev.message, now)
                 elif isinstance(ev, SendFailed):
                     raise LinkFailed(f"the ECR did not take the answer ({ev.cause})")
             while self._due and self._due[0][0] <= now:
                 self.link.enqueue(self._due.pop(0)[1], now)   # the link sends it once the line is free
-            out = self.link.data_to_send()
-            if out:
-                self.t.write(out)
+            pump.flush()   # our ACK and the answer's ENQ in one write
         return self.divergences
 
 

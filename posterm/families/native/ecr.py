@@ -95,6 +95,7 @@ from posterm.families.native.link import (
     UndecodableMessage,
 )
 from posterm.families.native.redact import message_fields, redact_frame
+from posterm.families.pump import TIMED_OUT, Pump
 
 wire_log = logging.getLogger("posterm.wire")
 log = logging.getLogger("posterm.ecr.native")
@@ -516,39 +517,33 @@ class Terminal(PortSession):
         finally:
             self._op_lock.release()
 
+    def _pump(self) -> Pump:
+        """This port's link pump. ``_read``/``_write`` reach the transport of the moment (a
+        reconnect replaces it). A flood of events within one read is the line's failure,
+        not the caller's misuse: LinkFailed."""
+        return Pump(self._link, self._read, self._write, clock=self._clock,
+                    flooded=lambda exc: LinkFailed(f"the line from {self.port_name} floods the link: {exc}"))
+
     def _send(self, request: Message) -> Message:
-        self._write(self._link.send(request, self._clock()))
+        self._pump().send(request)
         return request
 
     def _wait(self, waiter: _Waiter, deadline: float, request: Message) -> Any:
-        while True:
-            now = self._clock()
-            if now >= deadline:
-                raise PosTimeout(f"no {'/'.join(t.__name__ for t in waiter.expect)} for"
-                                 f" {type(request).__name__} within the timeout")
+        pump = self._pump()
+
+        def before_read(now: float) -> None:
             if self._abort_requested is not False:
                 abort_id = self._abort_requested or waiter.order_id
                 self._abort_requested = False
-                self._write(self._link.send(m.Abort(order_id=abort_id), now))
-            link_deadline = self._link.next_deadline()
-            wait = min(deadline - now, 0.05 if link_deadline is None else max(0.0, link_deadline - now), 0.05)
-            data = self._read(wait)
-            now = self._clock()
-            try:
-                self._link.receive_data(data, now)
-                self._link.tick(now)
-            except LocalProtocolError as exc:
-                # The link's event buffer overflowed: the line floods us. That is the
-                # line's failure, not the caller's misuse.
-                raise LinkFailed(f"the line from {self.port_name} floods the link: {exc}") from exc
-            self._write(self._link.data_to_send())
-            while (event := self._link.next_event()) is not None:
-                answer = self._handle_event(event, waiter, request)
-                if answer is not None:
-                    if waiter.receipt_dropped:
-                        log.warning("receipt cut at %d lines: %d more lines dropped", MAX_RECEIPT_LINES,
-                                    waiter.receipt_dropped)
-                    return answer
+                pump.send(m.Abort(order_id=abort_id), now)
+
+        answer = pump.run(deadline, lambda event: self._handle_event(event, waiter, request), before_read=before_read)
+        if answer is TIMED_OUT:
+            raise PosTimeout(f"no {'/'.join(t.__name__ for t in waiter.expect)} for"
+                             f" {type(request).__name__} within the timeout")
+        if waiter.receipt_dropped:
+            log.warning("receipt cut at %d lines: %d more lines dropped", MAX_RECEIPT_LINES, waiter.receipt_dropped)
+        return answer
 
     def _handle_event(self, event: Any, waiter: _Waiter, request: Message | None = None) -> Any:
         if isinstance(event, FrameTrace):

@@ -28,18 +28,13 @@ from firmware_protocol.native import frame as fr
 from firmware_protocol.errors import ProtocolError
 from firmware_protocol.native.tlv import Message, decode, encode
 
-from posterm.errors import LocalProtocolError
+from posterm.errors import LocalProtocolError, SendQueueFull
 
 DUP_WINDOW = 16
 # Bytes of ACK/NAK the link holds for a peer that does not take them (data_to_send not
 # called, or a flood of bad frames): past this, control frames are dropped and counted.
 # Dropping one is safe: an unACKed DATA frame is retransmitted, a lost NAK becomes a timeout.
 MAX_CONTROL_BACKLOG = 16 * 1024
-
-
-class SendQueueFull(LocalProtocolError):
-    """``send()`` found ``max_queue`` messages already waiting: the caller sends faster
-    than the peer ACKs. Nothing was queued; the caller decides (drop, answer busy, wait)."""
 
 
 class EventQueueFull(LocalProtocolError):

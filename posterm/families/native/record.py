@@ -35,6 +35,7 @@ from firmware_protocol.native.tlv import Message, decode, message_types, split_i
 from posterm.errors import ConfigError, Disconnected, LinkFailed
 from posterm.families.interfaces import FamilyRecording, Observed, PcapInterface
 from posterm.families.native.link import Link, LinkConfig, MessageReceived, SendFailed, UndecodableMessage
+from posterm.families.pump import Pump
 from posterm.ecr.trace import MASK_BYTE
 from posterm.families.native.redact import message_fields, redact_frame, redacted_spans
 from posterm.record.replay import (
@@ -312,27 +313,20 @@ class ReplayTerminal(ReplayPlayer):
         Returns the divergences. Raises :class:`Disconnected` if the port goes away.
         """
         end = time.monotonic() + timeout
+        pump = Pump(self.link, write=self.t.write, max_wait=0.02)
         while not self.stop.is_set() and time.monotonic() < end:
             if until_done and not self.loop and self.done:
                 break
-            now = time.monotonic()
-            wait = 0.02
-            if self._due and self.link.idle:  # else the ACK we wait for wakes the read
-                wait = max(0.0, min(wait, self._due[0][0] - now))
-            else:
-                nd = self.link.next_deadline()
-                if nd is not None:
-                    wait = max(0.0, min(wait, nd - now))
+            # An answer due wakes the read only when the line is free; else the ACK we wait for does.
+            due = self._due[0][0] if self._due and self.link.idle else None
             try:
-                data = self.t.read(4096, wait)
+                data = self.t.read(4096, pump.wait_time(time.monotonic(), due))
             except Disconnected:
                 if self.stop.is_set():
                     break
                 raise
             now = time.monotonic()
-            self.link.receive_data(data, now)
-            self.link.tick(now)
-            while (ev := self.link.next_event()) is not None:
+            for ev in pump.feed(data, now, write=False):
                 if isinstance(ev, MessageReceived):
                     self.on_message(ev.message, now)
                 elif isinstance(ev, UndecodableMessage):
@@ -341,13 +335,9 @@ class ReplayTerminal(ReplayPlayer):
                     raise LinkFailed(f"the ECR did not acknowledge {type(ev.message).__name__}")
             # One answer in flight at a time (the link's queue is bounded); the ACK of what
             # just came in and the next answer leave in one write.
-            out = b""
             if self._due and self._due[0][0] <= now and self.link.idle:
-                _, msg = self._due.pop(0)
-                out = self.link.send(msg, now)  # returns every pending byte (ACKs too)
-            out += self.link.data_to_send()
-            if out:
-                self.t.write(out)
+                pump.send(self._due.pop(0)[1], now)   # writes every pending byte (ACKs too)
+            pump.flush()
         return self.divergences
 
 

@@ -24,7 +24,7 @@ from posterm.families.events import MessageReceived, SendFailed
 from posterm.families.pump import TIMED_OUT, Pump
 
 from . import wire as w
-from ._compat import PaymentResult, TerminalInfo
+from posterm.ecr.results import PaymentResult, TerminalInfo
 from .link import ToyConfig, ToyLink
 
 PROTOCOL = "toy"

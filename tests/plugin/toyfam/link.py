@@ -43,7 +43,7 @@ OUT_CAP = 8192
 EVENT_CAP = 256
 
 
-from ._compat import SendQueueFull  # noqa: E402 - the emulator catches posterm's own
+from posterm.errors import SendQueueFull  # noqa: E402 - the emulator catches posterm's own
 
 
 @dataclass(frozen=True, slots=True)

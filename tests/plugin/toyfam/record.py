@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import wire as w
-from ._compat import FamilyRecording, Observed, PcapInterface
+from posterm.families.interfaces import FamilyRecording, Observed, PcapInterface
 
 MASK_BYTE = 0x2A
 KEEP = 4   # digits of a payment code kept (the last ones, as on a receipt)
