@@ -126,6 +126,13 @@ class Pump:
         if out:
             self._write(out)
 
+    def step(self, *deadlines: float | None) -> Iterator[Event]:
+        """One turn for a caller with its own loop: read until the link's next timer, the
+        earliest of ``deadlines`` or ``max_wait``, :meth:`feed` what came (writing at once),
+        and yield the events. A plug-in family's replay player uses this."""
+        data = self._read(self.wait_time(self.clock(), *deadlines))
+        yield from self.feed(data, self.clock())
+
     def run(self, deadline: float, on_event: Callable[[Event], Any] | None = None, *,
             before_read: Callable[[float], Any] | None = None) -> Any:
         """Turn until ``on_event`` returns something other than ``None`` (returned) or the

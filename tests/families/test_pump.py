@@ -132,6 +132,17 @@ def test_one_turn_reads_feeds_ticks_writes_the_ack_before_the_event_is_handled_a
     assert link.next_event() == "later"                              # what follows the answer stays queued
 
 
+def test_step_is_one_turn_for_a_caller_with_its_own_loop(rig):
+    clock, log, port, link, pump = rig
+    link.deadline = 100.03
+    port.incoming.append(b"frame")
+    link.out += b"ACK"
+    link.events.extend(["a", "b"])
+    assert list(pump.step(100.01)) == ["a", "b"]
+    assert log[:4] == [("read", pytest.approx(0.01)), ("receive", b"frame", 100.0), ("tick", 100.0), ("write", b"ACK")]
+    assert list(pump.step()) == [] and port.waits[-1] == pytest.approx(0.03)   # the link's timer bounds the read
+
+
 def test_before_read_runs_each_turn_can_send_and_can_end_the_run(rig):
     clock, log, port, link, pump = rig
     turns = []
