@@ -2,7 +2,7 @@
 
     from posterm.emulator import EmulatedTerminal
     with EmulatedTerminal.start() as term:      # a pty, an embedded host under $POSTERM_HOME
-        print(term.port)                        # give this to the ECR (posterm.families.native.ecr.Terminal.open)
+        print(term.port)                        # give this to the ECR (posterm.Terminal.open)
         term.set_scenario("scenario.toml")
         ...
         term.receipts(); term.journal_orders()

@@ -19,6 +19,7 @@ GarbageSkipped        bytes between frames that are no frame
 PartialDiscarded      a partial frame that stalled past the inter-byte timeout, dropped
 FrameTrace            a frame in or out, for traces and recordings (when asked for)
 ControlTrace          a control byte in or out (ENQ, ACK, NAK, EOT), for traces
+ResultDelivery        from an emulator front: whether the ECR took an outcome (its ACK)
 ===================== ==================================================================
 """
 
@@ -29,7 +30,8 @@ from typing import Any
 
 __all__ = [
     "ControlTrace", "Delivered", "DuplicateIgnored", "Event", "FrameRejected", "FrameTrace", "GarbageSkipped",
-    "MessageReceived", "PartialDiscarded", "Retransmitted", "SendFailed", "UndecodableMessage", "DIAGNOSTIC",
+    "MessageReceived", "PartialDiscarded", "Retransmitted", "ResultDelivery", "SendFailed", "UndecodableMessage",
+    "DIAGNOSTIC",
 ]
 
 
@@ -129,6 +131,17 @@ class ControlTrace(Event):
 
     direction: str   # "in" | "out"
     byte: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResultDelivery(Event):
+    """From a terminal front that knows whether the ECR took an outcome (Concert: the ECR's
+    ACK of the answer frame) to the emulator's firmware. ``delivered`` False: the ECR never
+    acknowledged it; the firmware may reverse the order (FirmwareConfig.void_unfinished)."""
+
+    order_id: str
+    delivered: bool
+    cause: str = ""
 
 
 # Events that only describe the line: a link drops (and counts) these rather than raise on overflow.

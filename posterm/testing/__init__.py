@@ -1,5 +1,3 @@
-"""Helpers for testing code built on posterm (and posterm itself)."""
-
-from posterm.testing.linkpair import LinkPair, LossyWire
-
-__all__ = ["LinkPair", "LossyWire"]
+"""Helpers for testing code built on posterm (and posterm itself): the pytest plugin
+(pytest_plugin.py) and a fake clock (clock.py). A family's own test
+helpers live with the family (the native link pair and hostile ECR: posterm.families.native.linkpair, .fuzz)."""

@@ -314,7 +314,7 @@ def test_ecr_link_acks_only_what_the_caller_accepts():
 def test_front_reports_undelivered_answers_to_the_firmware():
     from firmware_protocol.native import messages as msgs
     from posterm.families.concert.front import ConcertFront
-    from posterm.emulator.firmware import ResultDelivery
+    from posterm.families.events import ResultDelivery
     from posterm.families.native.link import MessageReceived
 
     cfg = ConcertConfig(enq_timeout=0.2, ack_timeout=0.3, frame_timeout=0.3, eot_timeout=0.4)

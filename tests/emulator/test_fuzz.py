@@ -7,7 +7,7 @@ import pytest
 
 from posterm.families.native.ecr import Terminal
 from posterm.emulator.runner import EmulatedTerminal
-from posterm.testing.fuzz import HostileEcr
+from posterm.families.native.fuzz import HostileEcr
 
 INPUTS = 20_000
 MEMORY_BOUND = 64 * 1024 * 1024   # growth of the process's peak RSS over the fuzz

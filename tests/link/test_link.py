@@ -26,7 +26,7 @@ from posterm.families.native.link import (
     SendFailed,
     UndecodableMessage,
 )
-from posterm.testing import LinkPair, LossyWire
+from posterm.families.native.linkpair import LinkPair, LossyWire
 
 
 def drain(link: Link) -> list:

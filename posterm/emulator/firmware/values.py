@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from posterm.families.events import ResultDelivery  # noqa: F401  a front reports it to the firmware
 from firmware_protocol.host import messages as h
 from firmware_protocol.native import messages as m
 from firmware_protocol.native.messages import Outcome, Reason
@@ -64,16 +65,6 @@ class FirmwareConfig:
 
     def with_overrides(self, overrides: dict[str, float]) -> "FirmwareConfig":
         return replace(self, **{k: (int(v) if k == "poll_attempts" else float(v)) for k, v in overrides.items()})
-
-
-@dataclass(frozen=True, slots=True)
-class ResultDelivery:
-    """From an ECR front that knows whether the ECR took an outcome (Concert: the ECR's ACK of
-    the answer frame). ``delivered`` False: the ECR never acknowledged it (Concert)."""
-
-    order_id: str
-    delivered: bool
-    cause: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,7 +43,7 @@ from firmware_protocol.native.messages import Outcome
 
 from posterm.families.concert import new_private_id
 from posterm.families.concert.link import ConcertConfig, ConcertLink, Delivered, MessageReceived, SendFailed
-from posterm.emulator.firmware import ResultDelivery
+from posterm.families.events import ResultDelivery
 
 log = logging.getLogger("posterm.emulator.concert")
 

@@ -26,7 +26,7 @@ from firmware_protocol.native.messages import Outcome
 from posterm.families.events import Delivered, MessageReceived, SendFailed
 
 from . import wire as w
-from posterm.emulator.firmware import ResultDelivery
+from posterm.families.events import ResultDelivery
 from .link import ToyConfig, ToyLink
 
 log = logging.getLogger("toyfam.front")

@@ -1,4 +1,4 @@
-"""Two :class:`~posterm.families.native.link.Link` ends joined by a lossy virtual wire, on a fake clock.
+"""Two native :class:`~posterm.families.native.link.Link` ends joined by a lossy virtual wire, on a fake clock (for tests).
 
 The wire works per frame (what one ``data_to_send()`` holds is split into its
 frames) and can drop, duplicate, corrupt (flip one bit) and reorder them, from a

@@ -1,4 +1,4 @@
-"""A hostile ECR, seeded: garbage, broken frames, floods, false starts, disconnects and
+"""A hostile native-family ECR, seeded: garbage, broken frames, floods, false starts, disconnects and
 out-of-state messages against an emulated terminal's pty or TCP port.
 
     ecr = HostileEcr(port, seed=7)
