@@ -19,7 +19,8 @@ from typing import Any, Callable
 from firmware_protocol.native.messages import Capability, Outcome, Reason
 
 from posterm.ecr.journal import Journal
-from posterm.errors import Disconnected, LinkFailed, LocalProtocolError, PosTimeout, TransportError
+from posterm.ecr.session import PortSession, open_journal, resolve_port, transport_opener
+from posterm.errors import LinkFailed, LocalProtocolError, PosTimeout
 from posterm.families.events import MessageReceived, SendFailed
 from posterm.families.pump import TIMED_OUT, Pump
 
@@ -38,18 +39,13 @@ def new_order_id() -> str:
     return "TY" + secrets.token_hex(8).upper()
 
 
-class ToyTerminal:
-    """An ECR talking the toy protocol. One operation at a time; a context manager."""
-
-    READ_SIZE = 4096
+class ToyTerminal(PortSession):
+    """An ECR talking the toy protocol, on posterm's shared port session (port, journal,
+    closing, I/O errors as Disconnected). One operation at a time; a context manager."""
 
     def __init__(self, transport: Any, *, port_name: str = "", journal: Journal | None = None,
                  config: ToyConfig | None = None, clock: Callable[[], float] = time.monotonic) -> None:
-        self._transport = transport
-        self.port_name = port_name or getattr(transport, "description", "") or repr(transport)
-        self._journal = journal
-        self._owns_journal = False
-        self._closed = False
+        self._init_port(transport, port_name, journal)
         self._link = ToyLink("ecr", config, confirm=True)
         self._pump = Pump(self._link, self._read, self._write, clock=clock)
         self._clock = clock
@@ -60,67 +56,19 @@ class ToyTerminal:
     def open(cls, url: str | None = None, *, journal: Journal | str | None = None, record: str | None = None,
              config: ToyConfig | None = None, **settings: Any) -> "ToyTerminal":
         """Open ``url`` (default ``$POSTERM_PORT``). Raises TransportError, LocalProtocolError."""
-        from posterm.transport import default_port, open_transport
-
-        url = url or default_port()
-        if not url:
-            raise LocalProtocolError("no port given and POSTERM_PORT is not set")
+        url = resolve_port(url)
         for key in ("reconnect", "trace", "link_config"):
             settings.pop(key, None)
         settings = {k: v for k, v in settings.items() if v is not None}
-        if record:
-            from posterm.record import open_recorded
-
-            open_transport = open_recorded(open_transport, record, url, settings, protocol=PROTOCOL)  # noqa: N806
-        transport = open_transport(url, **settings)
-        own = journal is None or isinstance(journal, str)
-        if own:
-            journal = Journal(journal)
+        transport = transport_opener(url, settings, record, PROTOCOL)(url, **settings)
+        journal, own = open_journal(journal)
         term = cls(transport, port_name=url, journal=journal, config=config)
         term._owns_journal = own
         return term
 
-    # -- the port ----------------------------------------------------------------------
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self._transport.close()
-        finally:
-            if self._owns_journal and self._journal is not None:
-                self._journal.close()
-
-    def __enter__(self) -> "ToyTerminal":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @property
-    def journal(self) -> Journal | None:
-        return self._journal
-
     @property
     def link_stats(self) -> dict[str, int]:
         return dict(self._link.stats)
-
-    def _read(self, timeout: float) -> bytes:
-        try:
-            return self._transport.read(self.READ_SIZE, timeout)
-        except TransportError:
-            raise
-        except OSError as exc:
-            raise Disconnected(f"{self.port_name}: {exc}") from exc
-
-    def _write(self, data: bytes) -> None:
-        try:
-            self._transport.write(data)
-        except TransportError:
-            raise
-        except OSError as exc:
-            raise Disconnected(f"{self.port_name}: {exc}") from exc
 
     # -- operations ----------------------------------------------------------------------
 
