@@ -42,6 +42,7 @@ from firmware_protocol.errors import FieldError, ProtocolError
 
 from posterm.errors import ConfigError, Disconnected, LinkFailed
 from posterm.families.interfaces import FamilyRecording, Observed, PcapInterface
+from posterm.families.observer import FramedObserver, Side
 from posterm.families.pump import Pump
 from posterm.ecr.trace import MASK_BYTE, mask_code
 from posterm.record.replay import ReplayPlayer
@@ -109,59 +110,41 @@ def message_from_fields(kind: str, fields: dict[str, Any]) -> ConcertRequest | C
 # ------------------------------------------------------------------ the observer
 
 
-class _Side:
-    """One direction's framer and what the observer remembers of it."""
-
+class _Side(Side):
     def __init__(self) -> None:
-        self.framer = ConcertFramer()
-        self.consumed = 0                   # stream offset of the framer's buffer start
+        super().__init__(ConcertFramer())
         self.last_frame: bytes | None = None  # the last frame since this side's EOT
-        self.nak_since = False              # the peer NAKed since this side's last frame
 
 
-class ConcertObserver:
+class ConcertObserver(FramedObserver):
     """A :class:`~posterm.families.interfaces.RecordObserver` of Concert: control bytes are
     events, ``STX..ETX LRC`` frames are ``request``/``answer`` records, the report masked.
     Only the terminal's bytes can carry card data: its garbage, bad frames and a partial
     answer are masked; the ECR's are written as they are."""
 
-    def __init__(self) -> None:
-        self._sides = {"ecr": _Side(), "terminal": _Side()}
-
-    def header(self) -> dict[str, Any]:
-        return {}
-
-    def pending(self, sender: str) -> int:
-        return self._sides[sender].framer.pending
+    def new_side(self) -> _Side:
+        return _Side()
 
     def mask_pending(self, sender: str, offset: int) -> list[tuple[int, int]]:
         """All but the STX of a partial answer (the terminal's frames alone can hold card data)."""
         pending = self._sides[sender].framer.pending
         return [(offset + 1, offset + pending)] if sender == "terminal" and pending > 1 else []
 
-    def feed(self, sender: str, data: bytes, offset: int) -> list[Observed]:
-        d = self._sides[sender]
-        other = self._sides["terminal" if sender == "ecr" else "ecr"]
-        d.framer.feed(data)
-        out: list[Observed] = []
-        while (item := d.framer.pop()) is not None:
-            start = d.consumed
-            if isinstance(item, int):
-                d.consumed += 1
-                if item == NAK:
-                    d.nak_since = True
-                elif item == EOT:
-                    d.last_frame = None          # this side's transmission is over
-                out.append(Observed({"type": "event", "event": CONTROL_EVENTS.get(item, f"0x{item:02X}")}))
-            elif isinstance(item, ConcertGarbage):
-                d.consumed += len(item.data)
-                # from the terminal it may be an answer whose STX was lost, report and all
-                masks = ((start, d.consumed),) if sender == "terminal" else ()
-                out.append(Observed({"type": "event", "event": "garbage", "n": len(item.data)}, masks))
-            else:
-                d.consumed += len(item)
-                out += self._frame(sender, d, other, bytes(item), start)
-        return out
+    def item(self, sender: str, d: _Side, other: _Side, item: Any, start: int) -> list[Observed]:
+        if isinstance(item, int):
+            d.consumed += 1
+            if item == NAK:
+                d.nak_since = True
+            elif item == EOT:
+                d.last_frame = None          # this side's transmission is over
+            return [Observed({"type": "event", "event": CONTROL_EVENTS.get(item, f"0x{item:02X}")})]
+        if isinstance(item, ConcertGarbage):
+            d.consumed += len(item.data)
+            # from the terminal it may be an answer whose STX was lost, report and all
+            masks = ((start, d.consumed),) if sender == "terminal" else ()
+            return [Observed({"type": "event", "event": "garbage", "n": len(item.data)}, masks)]
+        d.consumed += len(item)
+        return self._frame(sender, d, other, bytes(item), start)
 
     def _frame(self, sender: str, d: _Side, other: _Side, raw: bytes, start: int) -> list[Observed]:
         try:

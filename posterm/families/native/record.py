@@ -34,6 +34,7 @@ from firmware_protocol.native.tlv import Message, decode, message_types, split_i
 
 from posterm.errors import ConfigError, Disconnected, LinkFailed
 from posterm.families.interfaces import FamilyRecording, Observed, PcapInterface
+from posterm.families.observer import FramedObserver, Side
 from posterm.families.native.link import Link, LinkConfig, MessageReceived, SendFailed, UndecodableMessage
 from posterm.families.pump import Pump
 from posterm.ecr.trace import MASK_BYTE
@@ -63,14 +64,10 @@ _HELLO = m.Hello.TYPE.to_bytes(2, "big")
 # ------------------------------------------------------------------ the observer
 
 
-class _Side:
-    """One direction's framer and what the observer remembers of it."""
-
+class _Side(Side):
     def __init__(self) -> None:
-        self.framer = fr.Framer()
-        self.consumed = 0          # stream offset of the framer's buffer start
+        super().__init__(fr.Framer())
         self.last_data: tuple[int, bytes] | None = None   # (seq, crc) of the last DATA frame
-        self.nak_since = False     # the peer NAKed since this side's last DATA frame
 
 
 def _payload_mask(start: int, raw: bytes) -> tuple[tuple[int, int], ...]:
@@ -81,42 +78,31 @@ def _masked_payload(raw: bytes) -> str:
     return (raw[: fr.HEADER_SIZE] + bytes([MASK_BYTE]) * (len(raw) - fr.HEADER_SIZE)).hex().upper()
 
 
-class NativeObserver:
+class NativeObserver(FramedObserver):
     """A :class:`~posterm.families.interfaces.RecordObserver` of posterm's framed TLV protocol."""
 
-    def __init__(self) -> None:
-        self._sides = {"ecr": _Side(), "terminal": _Side()}
+    def new_side(self) -> _Side:
+        return _Side()
 
     def header(self) -> dict[str, Any]:
         return {"protocol_version": m.PROTOCOL_VERSION, "link_version": fr.LINK_VERSION}
-
-    def pending(self, sender: str) -> int:
-        return self._sides[sender].framer.pending
 
     def mask_pending(self, sender: str, offset: int) -> list[tuple[int, int]]:
         """The partial frame's payload (its header holds no secret)."""
         return [(offset + fr.HEADER_SIZE, offset + self._sides[sender].framer.pending)]
 
-    def feed(self, sender: str, data: bytes, offset: int) -> list[Observed]:
-        d = self._sides[sender]
-        other = self._sides["terminal" if sender == "ecr" else "ecr"]
-        d.framer.feed(data)
-        out: list[Observed] = []
-        while (item := d.framer.pop()) is not None:
-            start = d.consumed
-            if isinstance(item, fr.Garbage):
-                d.consumed += len(item.data)
-                # Garbage may be a frame whose header was mangled, secrets and all: mask it.
-                out.append(Observed({"type": "event", "event": "garbage", "n": len(item.data)}, ((start, d.consumed),)))
-            elif isinstance(item, fr.BadFrame):
-                # The framer resumes one byte after a CRC failure, after the frame otherwise.
-                d.consumed += 1 if item.reason == "CRC mismatch" else len(item.raw)
-                out.append(Observed({"type": "event", "event": "bad_frame", "seq": item.seq, "reason": item.reason,
-                                              "hex": _masked_payload(item.raw)}, _payload_mask(start, item.raw)))
-            else:
-                d.consumed += len(item.raw)
-                out += self._frame(sender, d, other, item, start)
-        return out
+    def item(self, sender: str, d: _Side, other: _Side, item: Any, start: int) -> list[Observed]:
+        if isinstance(item, fr.Garbage):
+            d.consumed += len(item.data)
+            # Garbage may be a frame whose header was mangled, secrets and all: mask it.
+            return [Observed({"type": "event", "event": "garbage", "n": len(item.data)}, ((start, d.consumed),))]
+        if isinstance(item, fr.BadFrame):
+            # The framer resumes one byte after a CRC failure, after the frame otherwise.
+            d.consumed += 1 if item.reason == "CRC mismatch" else len(item.raw)
+            return [Observed({"type": "event", "event": "bad_frame", "seq": item.seq, "reason": item.reason,
+                              "hex": _masked_payload(item.raw)}, _payload_mask(start, item.raw))]
+        d.consumed += len(item.raw)
+        return self._frame(sender, d, other, item, start)
 
     def _frame(self, sender: str, d: _Side, other: _Side, frame: fr.LinkFrame, start: int) -> list[Observed]:
         masked, names = redact_frame(frame.raw)
