@@ -46,6 +46,7 @@ DEFAULT = "posterm"   # the family when none is named (and $POSTERM_PROTOCOL is 
 BUILTIN: dict[str, str] = {
     "posterm": "posterm.families.native.family:FAMILY",
     "concert": "posterm.families.concert.family:FAMILY",
+    "zvt": "posterm.families.zvt.family:FAMILY",
 }
 
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9_\-]{0,31}")
