@@ -280,3 +280,116 @@ def test_cli_emulate_protocol_zvt_over_tcp(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+# -- the front alone, sans-IO, against the ECR role of the link -----------------------------
+
+from firmware_protocol.native import messages as m  # noqa: E402
+from firmware_protocol.zvt import Ack, decode  # noqa: E402
+from posterm.families.events import ResultDelivery  # noqa: E402
+
+
+class _Pair:
+    """A front and an ECR link joined in memory over TCP framing; ``lossy``: the ECR's
+    80 00 00 answers never reach the front."""
+
+    def __init__(self) -> None:
+        self.front = ZvtFront(PASSWORD, transport="tcp")
+        self.ecr = ZvtLink("ecr", "tcp")
+        self.now = 0.0
+        self.lossy = False
+        self.seen: list = []
+
+    def to_front(self, data: bytes) -> list:
+        self.front.receive_data(data, self.now)
+        return self._front_events()
+
+    def _front_events(self) -> list:
+        self.to_ecr(self.front.data_to_send())
+        out = []
+        while (ev := self.front.next_event()) is not None:
+            out.append(ev)
+        return out
+
+    def to_ecr(self, data: bytes) -> None:
+        for _ in range(100):     # each 80 00 00 lets the front's next message out
+            if not data:
+                return
+            self.ecr.receive_data(data, self.now)
+            while (ev := self.ecr.next_event()) is not None:
+                if isinstance(ev, MessageReceived):
+                    self.seen.append(ev.message)
+            back = self.ecr.data_to_send()
+            if not back or self.lossy:
+                return
+            self.front.receive_data(back, self.now)
+            data = self.front.data_to_send()
+
+    def firmware_says(self, msg) -> list:
+        self.to_ecr(self.front.send(msg, self.now))
+        return self._front_events()
+
+
+
+def _approved(pair: _Pair) -> str:
+    events = pair.to_front(pair.ecr.send(Registration(PASSWORD, CONFIG, CNY), pair.now))
+    assert isinstance(events[0].message, m.Hello)
+    pair.firmware_says(m.HelloReply(protocol_version=1, capabilities=0, terminal_id="T0000009",
+                                    merchant_id="M100000001", firmware_version="fw-1"))
+    assert isinstance(pair.seen[-1], Completion) and pair.seen[-1].fields.terminal_id == "00000009"
+    events = pair.to_front(pair.ecr.send(Authorisation.make(amount=990, currency=CNY), pair.now))
+    pay = events[0].message
+    assert isinstance(pay, m.PayRequest) and (pay.amount_minor, pay.currency, pay.payment_code) == (990, "CNY", None)
+    pair.firmware_says(m.Print(lines=("SALE", "AMOUNT 9.90"), order_id=pay.order_id))
+    return pay.order_id
+
+
+def test_an_approval_the_ecr_takes_is_reported_delivered_and_the_receipt_follows_it():
+    pair = _Pair()
+    order_id = _approved(pair)
+    events = pair.firmware_says(m.PayResult(order_id=order_id, outcome=m.Outcome.APPROVED, amount_minor=990,
+                                            currency="CNY", code_last4="0001", paid_at="2026-12-02T01:02:03Z"))
+    assert ResultDelivery(order_id, True) in events
+    assert _kinds(pair.seen[-4:]) == ["StatusInformation", "PrintLine", "PrintLine", "Completion"]
+    info = pair.seen[-4].fields
+    assert (info.time, info.date, info.vu_number) == ("010203", "1202", "M100000001")
+    assert pair.front.order_of(info.receipt_no) == order_id and pair.front.idle
+
+
+def test_an_approval_the_ecr_never_acknowledges_is_undelivered_and_the_dialog_aborts():
+    pair = _Pair()
+    order_id = _approved(pair)
+    pair.lossy = True
+    events = pair.firmware_says(m.PayResult(order_id=order_id, outcome=m.Outcome.APPROVED, amount_minor=990,
+                                            currency="CNY"))
+    assert not any(isinstance(e, ResultDelivery) for e in events)
+    assert isinstance(pair.seen[-1], StatusInformation)
+    pair.now += pair.ecr.config.t3 + 0.1                      # T3: no 80 00 00 for the 04 0F
+    pair.front.tick(pair.now)
+    events = pair._front_events()
+    assert [e for e in events if isinstance(e, ResultDelivery)] == [ResultDelivery(order_id, False, "no 80 00 00 within T3")]
+    assert isinstance(pair.seen[-1], Aborted) and pair.seen[-1].result_code == 0x6C   # never 06 0F after it
+    assert not any(isinstance(x, (Completion, PrintLine)) for x in pair.seen[-2:])
+
+
+def test_a_line_reset_with_the_approval_queued_reports_it_undelivered():
+    pair = _Pair()
+    order_id = _approved(pair)
+    pair.lossy = True
+    pair.firmware_says(m.PayResult(order_id=order_id, outcome=m.Outcome.APPROVED, amount_minor=990, currency="CNY"))
+    pending = pair.front.reset()
+    assert any(isinstance(p, StatusInformation) for p in pending)
+    assert ResultDelivery(order_id, False, "line reset") in pair._front_events()
+    assert pair.front.idle and pair.front.transport == "tcp"       # made for TCP: it stays TCP
+
+
+def test_serial_is_read_from_the_first_byte_and_sticks():
+    front = ZvtFront(PASSWORD)
+    front.receive_data(b"\x10\x02" + Registration(PASSWORD, 0, CNY).encode()[:1], 0.0)
+    assert front.transport == "serial"
+    front.reset()
+    front.receive_data(Ack().encode(), 1.0)
+    assert front.transport == "serial"
+    tcp = ZvtFront(PASSWORD)
+    tcp.receive_data(LogOff().encode(), 0.0)
+    assert tcp.transport == "tcp" and decode(tcp.data_to_send()) == Ack()
