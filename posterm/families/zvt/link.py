@@ -278,16 +278,19 @@ class ZvtLink:
         except ProtocolError as exc:
             raise LocalProtocolError(f"cannot send {type(message).__name__}: {exc}") from exc
         ctl = message.control
+        closes = False
         if self.role == "ecr":
             self._check_ecr_send(ctl)
         elif _is_ack(ctl):
             self._pt_answer(message, apdu, ctl)
             return self.data_to_send()
         else:
-            self._check_pt_send(message, ctl)
+            closes = self._check_pt_send(ctl)
         if len(self._queue) >= self.config.max_queue:
             raise SendQueueFull(f"{len(self._queue)} ZVT messages already wait to be sent")
         self._queue.append((message, apdu))
+        if closes:
+            self._to_ecr_master()   # nothing more may follow it; its 80 00 00 is still awaited
         self._pump()
         return self.data_to_send()
 
@@ -392,21 +395,23 @@ class ZvtLink:
         if ctl in MASTER_PHASE or ctl in CLOSING:
             raise LocalProtocolError(f"{ctl[0]:02X} {ctl[1]:02X} is sent by the terminal, not the ECR")
 
-    def _check_pt_send(self, message: Any, ctl: tuple[int, int]) -> None:
+    def _check_pt_send(self, ctl: tuple[int, int]) -> bool:
+        """Raises if the PT may not send ``ctl`` now; returns whether it ends the dialog."""
         if ctl not in MASTER_PHASE and ctl not in CLOSING:
             raise LocalProtocolError(f"the terminal does not send {ctl[0]:02X} {ctl[1]:02X} (a command of the ECR's)")
         if self._unanswered is not None and _control(self._unanswered) != ABORT:
             raise LocalProtocolError("acknowledge the ECR's command first (80 00 00 or 84 xx)")
         if self._state is not _State.PT_MASTER:
             raise LocalProtocolError(f"the terminal sends {ctl[0]:02X} {ctl[1]:02X} only while it holds control")
-        if ctl in _ends(self._command):
-            self._to_ecr_master()   # nothing more may follow it; its 80 00 00 still awaited
+        return ctl in _ends(self._command)
 
     def _pt_answer(self, message: Any, apdu: bytes, ctl: tuple[int, int]) -> None:
         """The PT's 80 00 00 / 84 xx to the ECR's command: out at once, ahead of the queue."""
         command = self._unanswered
         if command is None:
             raise LocalProtocolError("there is no command of the ECR's to acknowledge")
+        if self._serial and len(self._responses) >= self.config.max_queue:
+            raise SendQueueFull(f"{len(self._responses)} ZVT acknowledgements already wait for the line")
         self._unanswered = None
         cctl = _control(command)
         if self._state is _State.PT_MASTER:
@@ -416,7 +421,7 @@ class ZvtLink:
             self._command = command
         else:
             self._to_ecr_master()
-        self._respond(message, apdu)
+        self._respond(message, apdu, from_app=True)
 
     def _pump(self) -> None:
         """Release queued application messages whose turn it is, then feed the serial line."""
@@ -434,9 +439,10 @@ class ZvtLink:
             self._transmit(_Frame(message, apdu, app=True))
         self._line()
 
-    def _respond(self, message: Any, apdu: bytes) -> None:
-        """An acknowledgement (ours, or the PT application's): out before any application message."""
-        if len(self._out) >= OUT_CAP or len(self._responses) >= self.config.max_queue:
+    def _respond(self, message: Any, apdu: bytes, *, from_app: bool = False) -> None:
+        """An acknowledgement (the link's own, or the PT application's: ``from_app``): out before
+        any application message. The link's own are dropped past the bounds."""
+        if not from_app and (len(self._out) >= OUT_CAP or len(self._responses) >= self.config.max_queue):
             self.stats["out_dropped"] += 1   # a peer that floods and never reads: answer it no further
             return
         self.stats["acks_sent"] += 1
