@@ -450,11 +450,14 @@ class ZvtLink:
             self._responses.append(_Frame(message, encode_serial(apdu), app=False))
             self._line()
             return
-        self._transmit(_Frame(message, apdu, app=False))
+        frame = _Frame(message, apdu, app=False)
+        self._write(frame)
+        self._delivered(frame)
 
     def _transmit(self, frame: _Frame) -> None:
+        """Put ``frame`` (its ``raw`` the APDU) out: serial, behind the frame on the line."""
         if self._serial:
-            frame.raw = encode_serial(frame.raw) if frame.app else frame.raw
+            frame.raw = encode_serial(frame.raw)
             self._app_frames.append(frame)
             return
         self._write(frame)
