@@ -502,6 +502,18 @@ def test_repeated_print_lines_and_statuses_are_all_delivered():
     assert p.ecr.idle and p.pt.idle
 
 
+def test_the_ack_byte_wait_allows_a_long_frame_its_time_on_a_slow_line():
+    block = decode(capture("1680728215.585561000_pt_ecr"))        # 1 126 bytes: some 1.3 s at 9600 8N2
+    pt = ZvtLink("pt", "serial", ZvtConfig(line_rate=9600 / 11))
+    pt.receive_data(encode_serial(PAYMENT.encode()), 0.0)
+    pt.send(Ack(), 0.0)
+    pt.receive_data(bytes([ACK]), 0.01)
+    wire = pt.send(block, 0.01)
+    assert len(wire) > 1126 and pt.next_deadline() == pytest.approx(0.01 + 5.0 + len(wire) / (9600 / 11))
+    with pytest.raises(ValueError):
+        ZvtConfig(line_rate=0)
+
+
 def test_garbage_split_reads_and_a_stalled_partial_frame_on_serial():
     ecr = ZvtLink("ecr", "serial", ZvtConfig(trace_frames=True))
     ecr.send(PAYMENT, 0.0)

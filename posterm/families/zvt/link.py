@@ -160,8 +160,14 @@ class ZvtConfig:
     max_queue: int = 32
     max_events: int = 4096
     trace_frames: bool = False
+    # Serial: bytes per second the line carries (9600 baud 8N2 is 9600 / 11), or None (a pty).
+    # The ACK byte's wait then also allows the frame's own time on the wire: a 16 KiB APDU
+    # takes some 19 s at 9600 baud, and must not be repeated while it is still going out.
+    line_rate: float | None = None
 
     def __post_init__(self) -> None:
+        if self.line_rate is not None and not self.line_rate > 0:
+            raise ValueError("ZvtConfig.line_rate must be positive (bytes per second) or None")
         for name in ("t1", "t2", "t3", "t4"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"ZvtConfig.{name} must be positive")
@@ -478,16 +484,20 @@ class ZvtLink:
             return
         frame = queue.popleft()
         frame.attempts = 1
-        frame.deadline = self._now + self.config.t3
+        frame.deadline = self._ack_deadline(frame)
         self._inflight = frame
         self._write(frame)
+
+    def _ack_deadline(self, frame: _Frame) -> float:
+        rate = self.config.line_rate
+        return self._now + self.config.t3 + (len(frame.raw) / rate if rate else 0.0)
 
     def _repeat_or_fail(self, cause: str) -> None:
         frame = self._inflight
         assert frame is not None
         if frame.attempts < self.config.frame_attempts:
             frame.attempts += 1
-            frame.deadline = self._now + self.config.t3
+            frame.deadline = self._ack_deadline(frame)
             self.stats["retransmits"] += 1
             self._write(frame)
             self._emit(Retransmitted(frame.message, None, frame.attempts, cause))
