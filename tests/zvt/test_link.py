@@ -336,6 +336,75 @@ def test_the_terminal_waits_t3_for_the_ecrs_80_00_00():
     assert [e.message for e in of(p.pt_events, SendFailed)] == [IntermediateStatus(0x0A)]
 
 
+def in_dialog(transport: str, command=PAYMENT) -> ZvtLink:
+    """An ECR link whose command the PT has just acknowledged (its output taken)."""
+    ecr = ZvtLink("ecr", transport)
+    ecr.send(command, 0.0)
+    ack_byte = bytes([ACK]) if transport == "serial" else b""
+    ecr.receive_data(ack_byte + (encode_serial(ACK_APDU) if transport == "serial" else ACK_APDU), 0.1)
+    ecr.data_to_send()
+    list(iter(ecr.next_event, None))
+    assert ecr.master == "pt"
+    return ecr
+
+
+def test_a_status_the_ecr_cannot_read_is_still_acknowledged():
+    # A vendor BMP we do not know (0xFE is not in the catalogue) must not stall the payment.
+    ecr = in_dialog("tcp")
+    ecr.receive_data(bytes.fromhex("040f022700"), 1.0)      # fine: result code 00
+    ecr.receive_data(bytes.fromhex("040f02fe00"), 1.1)              # unknown BMP FE
+    events = list(iter(ecr.next_event, None))
+    assert [type(e) for e in events] == [MessageReceived, UndecodableMessage]
+    assert ecr.data_to_send() == ACK_APDU * 2
+    ecr.receive_data(bytes.fromhex("060f00"), 1.2)
+    assert ecr.master == "ecr" and ecr.data_to_send() == ACK_APDU
+
+
+def test_what_no_terminal_sends_is_answered_84_83():
+    ecr = in_dialog("tcp")
+    ecr.receive_data(bytes.fromhex("089900"), 1.0)
+    assert [type(e) for e in iter(ecr.next_event, None)] == [UndecodableMessage]
+    assert ecr.data_to_send() == bytes.fromhex("848300")
+    assert ecr.master == "pt"
+
+
+def test_a_terminal_message_outside_a_dialog_is_acknowledged_and_counted():
+    ecr = ZvtLink("ecr", "tcp")
+    ecr.receive_data(IntermediateStatus(0x0A).encode(), 0.0)
+    assert received(list(iter(ecr.next_event, None))) == [IntermediateStatus(0x0A)]
+    assert ecr.data_to_send() == ACK_APDU and ecr.stats["unsolicited"] == 1 and ecr.master == "ecr"
+
+
+def test_read_card_ends_at_its_status_information():
+    read_card = decode(capture("1680722649.972316000_ecr_pt"))
+    ecr = in_dialog("serial", read_card)
+    ecr.receive_data(encode_serial(capture("1680728161.963129000_pt_ecr")), 1.0)   # 04 0F with the card's data
+    assert isinstance(received(list(iter(ecr.next_event, None)))[0], StatusInformation)
+    assert ecr.master == "ecr"
+
+
+@pytest.mark.parametrize("command", [LogOff(), Abort()])
+def test_log_off_and_abort_end_at_their_80_00_00(command):
+    p = Pair("tcp")
+    p.ecr_send(command)
+    p.step()
+    assert received(p.pt_events) == [command]
+    p.pt_send(Ack())
+    assert p.pt.master == "ecr"
+    p.settle(0.1)
+    assert of(p.ecr_events, Delivered) == [Delivered(command)] and p.ecr.master == "ecr" and p.ecr.idle
+
+
+def test_a_terminal_that_skips_its_80_00_00():
+    # Some terminals answer a registration with the completion alone.
+    ecr = ZvtLink("ecr", "tcp")
+    ecr.send(REGISTRATION, 0.0)
+    ecr.receive_data(Completion().encode(), 0.5)
+    events = list(iter(ecr.next_event, None))
+    assert of(events, Delivered) == [Delivered(REGISTRATION)] and received(events) == [Completion()]
+    assert ecr.master == "ecr" and ecr.idle and ecr.stats["implied_acks"] == 1
+
+
 # ------------------------------------------------------------------ the serial line's faults
 
 
@@ -431,6 +500,18 @@ def test_repeated_print_lines_and_statuses_are_all_delivered():
     assert [type(m).__name__ for m in received(p.ecr_events)] == [
         "IntermediateStatus", "IntermediateStatus", "PrintLine", "PrintLine", "Completion"]
     assert p.ecr.idle and p.pt.idle
+
+
+def test_the_ack_byte_wait_allows_a_long_frame_its_time_on_a_slow_line():
+    block = decode(capture("1680728215.585561000_pt_ecr"))        # 1 126 bytes: some 1.3 s at 9600 8N2
+    pt = ZvtLink("pt", "serial", ZvtConfig(line_rate=9600 / 11))
+    pt.receive_data(encode_serial(PAYMENT.encode()), 0.0)
+    pt.send(Ack(), 0.0)
+    pt.receive_data(bytes([ACK]), 0.01)
+    wire = pt.send(block, 0.01)
+    assert len(wire) > 1126 and pt.next_deadline() == pytest.approx(0.01 + 5.0 + len(wire) / (9600 / 11))
+    with pytest.raises(ValueError):
+        ZvtConfig(line_rate=0)
 
 
 def test_garbage_split_reads_and_a_stalled_partial_frame_on_serial():

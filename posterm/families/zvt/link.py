@@ -160,8 +160,14 @@ class ZvtConfig:
     max_queue: int = 32
     max_events: int = 4096
     trace_frames: bool = False
+    # Serial: bytes per second the line carries (9600 baud 8N2 is 9600 / 11), or None (a pty).
+    # The ACK byte's wait then also allows the frame's own time on the wire: a 16 KiB APDU
+    # takes some 19 s at 9600 baud, and must not be repeated while it is still going out.
+    line_rate: float | None = None
 
     def __post_init__(self) -> None:
+        if self.line_rate is not None and not self.line_rate > 0:
+            raise ValueError("ZvtConfig.line_rate must be positive (bytes per second) or None")
         for name in ("t1", "t2", "t3", "t4"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"ZvtConfig.{name} must be positive")
@@ -278,16 +284,19 @@ class ZvtLink:
         except ProtocolError as exc:
             raise LocalProtocolError(f"cannot send {type(message).__name__}: {exc}") from exc
         ctl = message.control
+        closes = False
         if self.role == "ecr":
             self._check_ecr_send(ctl)
         elif _is_ack(ctl):
             self._pt_answer(message, apdu, ctl)
             return self.data_to_send()
         else:
-            self._check_pt_send(message, ctl)
+            closes = self._check_pt_send(ctl)
         if len(self._queue) >= self.config.max_queue:
             raise SendQueueFull(f"{len(self._queue)} ZVT messages already wait to be sent")
         self._queue.append((message, apdu))
+        if closes:
+            self._to_ecr_master()   # nothing more may follow it; its 80 00 00 is still awaited
         self._pump()
         return self.data_to_send()
 
@@ -392,21 +401,23 @@ class ZvtLink:
         if ctl in MASTER_PHASE or ctl in CLOSING:
             raise LocalProtocolError(f"{ctl[0]:02X} {ctl[1]:02X} is sent by the terminal, not the ECR")
 
-    def _check_pt_send(self, message: Any, ctl: tuple[int, int]) -> None:
+    def _check_pt_send(self, ctl: tuple[int, int]) -> bool:
+        """Raises if the PT may not send ``ctl`` now; returns whether it ends the dialog."""
         if ctl not in MASTER_PHASE and ctl not in CLOSING:
             raise LocalProtocolError(f"the terminal does not send {ctl[0]:02X} {ctl[1]:02X} (a command of the ECR's)")
         if self._unanswered is not None and _control(self._unanswered) != ABORT:
             raise LocalProtocolError("acknowledge the ECR's command first (80 00 00 or 84 xx)")
         if self._state is not _State.PT_MASTER:
             raise LocalProtocolError(f"the terminal sends {ctl[0]:02X} {ctl[1]:02X} only while it holds control")
-        if ctl in _ends(self._command):
-            self._to_ecr_master()   # nothing more may follow it; its 80 00 00 still awaited
+        return ctl in _ends(self._command)
 
     def _pt_answer(self, message: Any, apdu: bytes, ctl: tuple[int, int]) -> None:
         """The PT's 80 00 00 / 84 xx to the ECR's command: out at once, ahead of the queue."""
         command = self._unanswered
         if command is None:
             raise LocalProtocolError("there is no command of the ECR's to acknowledge")
+        if self._serial and len(self._responses) >= self.config.max_queue:
+            raise SendQueueFull(f"{len(self._responses)} ZVT acknowledgements already wait for the line")
         self._unanswered = None
         cctl = _control(command)
         if self._state is _State.PT_MASTER:
@@ -416,7 +427,7 @@ class ZvtLink:
             self._command = command
         else:
             self._to_ecr_master()
-        self._respond(message, apdu)
+        self._respond(message, apdu, from_app=True)
 
     def _pump(self) -> None:
         """Release queued application messages whose turn it is, then feed the serial line."""
@@ -434,9 +445,10 @@ class ZvtLink:
             self._transmit(_Frame(message, apdu, app=True))
         self._line()
 
-    def _respond(self, message: Any, apdu: bytes) -> None:
-        """An acknowledgement (ours, or the PT application's): out before any application message."""
-        if len(self._out) >= OUT_CAP or len(self._responses) >= self.config.max_queue:
+    def _respond(self, message: Any, apdu: bytes, *, from_app: bool = False) -> None:
+        """An acknowledgement (the link's own, or the PT application's: ``from_app``): out before
+        any application message. The link's own are dropped past the bounds."""
+        if not from_app and (len(self._out) >= OUT_CAP or len(self._responses) >= self.config.max_queue):
             self.stats["out_dropped"] += 1   # a peer that floods and never reads: answer it no further
             return
         self.stats["acks_sent"] += 1
@@ -444,11 +456,14 @@ class ZvtLink:
             self._responses.append(_Frame(message, encode_serial(apdu), app=False))
             self._line()
             return
-        self._transmit(_Frame(message, apdu, app=False))
+        frame = _Frame(message, apdu, app=False)
+        self._write(frame)
+        self._delivered(frame)
 
     def _transmit(self, frame: _Frame) -> None:
+        """Put ``frame`` (its ``raw`` the APDU) out: serial, behind the frame on the line."""
         if self._serial:
-            frame.raw = encode_serial(frame.raw) if frame.app else frame.raw
+            frame.raw = encode_serial(frame.raw)
             self._app_frames.append(frame)
             return
         self._write(frame)
@@ -469,16 +484,20 @@ class ZvtLink:
             return
         frame = queue.popleft()
         frame.attempts = 1
-        frame.deadline = self._now + self.config.t3
+        frame.deadline = self._ack_deadline(frame)
         self._inflight = frame
         self._write(frame)
+
+    def _ack_deadline(self, frame: _Frame) -> float:
+        rate = self.config.line_rate
+        return self._now + self.config.t3 + (len(frame.raw) / rate if rate else 0.0)
 
     def _repeat_or_fail(self, cause: str) -> None:
         frame = self._inflight
         assert frame is not None
         if frame.attempts < self.config.frame_attempts:
             frame.attempts += 1
-            frame.deadline = self._now + self.config.t3
+            frame.deadline = self._ack_deadline(frame)
             self.stats["retransmits"] += 1
             self._write(frame)
             self._emit(Retransmitted(frame.message, None, frame.attempts, cause))
