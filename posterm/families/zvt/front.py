@@ -62,7 +62,7 @@ import logging
 import re
 import secrets
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from firmware_protocol.currency import from_numeric, numeric
@@ -95,6 +95,7 @@ from firmware_protocol.zvt import (
 )
 from firmware_protocol.zvt.apdu import IntermediateStatus
 
+from posterm.errors import SendQueueFull
 from posterm.families.events import Delivered, MessageReceived, ResultDelivery, SendFailed, UndecodableMessage
 from posterm.families.zvt.link import Refused, ZvtConfig, ZvtLink
 
@@ -206,12 +207,12 @@ class ZvtFront:
 
     def __init__(self, operator_password: str, config: ZvtConfig | None = None, *, transport: str = "auto",
                  line_rate: float | None = None) -> None:
-        # line_rate (a paced line) is not needed: T3 (5 s) is far longer than a receipt block
-        # (about 1.2 KiB, 1.4 s at 9600 8N2) takes on the line.
         if transport not in ("auto", "serial", "tcp"):
             raise ValueError(f"transport must be auto, serial or tcp, not {transport!r}")
         self._password = operator_password
         self._config = config or ZvtConfig()
+        if line_rate is not None:   # a paced line: the ACK byte's wait allows a long frame its time
+            self._config = replace(self._config, line_rate=line_rate)
         self._transport = transport
         self._serial_seen = transport == "serial"
         self._link: ZvtLink | None = None if transport == "auto" else ZvtLink("pt", transport, self._config)
@@ -369,7 +370,11 @@ class ZvtFront:
 
     def _answer(self, ack: Ack | Nack, now: float | None) -> None:
         assert self._link is not None
-        self._wire += self._link.send(ack, now)
+        try:
+            self._wire += self._link.send(ack, now)
+        except SendQueueFull:
+            # A register that floods commands and never reads: it gets no more answers.
+            log.warning("zvt: acknowledgements pile up unread; %s dropped", type(ack).__name__)
 
     def _on_command(self, cmd: Any, raw: bytes, now: float | None) -> None:
         busy = self._op is not None or self._inflight is not None or bool(self._out)
