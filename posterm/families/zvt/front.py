@@ -66,7 +66,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from firmware_protocol.currency import from_numeric, numeric
-from firmware_protocol.errors import ProtocolError
 from firmware_protocol.native import messages as m
 from firmware_protocol.native.messages import Outcome, Reason
 from firmware_protocol.zvt import (
@@ -95,7 +94,7 @@ from firmware_protocol.zvt import (
 )
 from firmware_protocol.zvt.apdu import IntermediateStatus
 
-from posterm.errors import SendQueueFull
+from posterm.errors import LocalProtocolError, SendQueueFull
 from posterm.families.events import Delivered, MessageReceived, ResultDelivery, SendFailed, UndecodableMessage
 from posterm.families.zvt.link import Refused, ZvtConfig, ZvtLink
 
@@ -594,12 +593,7 @@ class ZvtFront:
             out = self._out.popleft()
             try:
                 self._wire += link.send(out.message, now)
-            except ProtocolError as exc:
-                log.error("zvt: %s not sent: %s", type(out.message).__name__, exc)
-                if out.order_id:
-                    self._events.append(ResultDelivery(out.order_id, False, "not sent"))
-                continue
-            except Exception as exc:  # noqa: BLE001 - the link refuses out of turn (LocalProtocolError)
+            except LocalProtocolError as exc:   # out of turn, or a value that does not encode: our bug, logged
                 log.error("zvt: %s not sent: %s", type(out.message).__name__, exc)
                 if out.order_id:
                     self._events.append(ResultDelivery(out.order_id, False, "not sent"))
