@@ -393,3 +393,42 @@ def test_serial_is_read_from_the_first_byte_and_sticks():
     tcp = ZvtFront(PASSWORD)
     tcp.receive_data(LogOff().encode(), 0.0)
     assert tcp.transport == "tcp" and decode(tcp.data_to_send()) == Ack()
+
+
+def test_the_front_is_a_terminal_front():
+    from posterm.families.interfaces import TerminalFront
+
+    assert isinstance(ZvtFront(PASSWORD), TerminalFront)
+
+
+@pytest.mark.parametrize("transport", ["serial", "tcp"])
+def test_garbage_from_the_register_never_raises_and_gives_the_firmware_only_its_own_messages(transport):
+    import random
+
+    rng = random.Random(16)
+    valid = [Registration(PASSWORD, CONFIG, CNY).encode(), Authorisation.make(amount=5, currency=CNY).encode(),
+             StatusEnquiry().encode(), Abort().encode(), Apdu(0x06, 0x01, b"\x04\x00").encode()]
+    from firmware_protocol.zvt import encode_serial
+
+    for _ in range(200):
+        front = ZvtFront(PASSWORD, transport=transport)
+        now = 0.0
+        for _ in range(rng.randint(1, 12)):
+            pick = rng.random()
+            if pick < 0.4:
+                chunk = bytes(rng.randrange(256) for _ in range(rng.randint(1, 40)))
+            else:
+                apdu = rng.choice(valid)
+                if pick < 0.6:
+                    apdu = bytearray(apdu)
+                    apdu[rng.randrange(len(apdu))] = rng.randrange(256)
+                    apdu = bytes(apdu)
+                chunk = encode_serial(apdu) if transport == "serial" else apdu
+            front.receive_data(chunk, now)
+            now += rng.choice((0.01, 0.3, 6.0))
+            front.tick(now)
+            while (ev := front.next_event()) is not None:
+                assert isinstance(ev, (MessageReceived, ResultDelivery)), ev
+                if isinstance(ev, MessageReceived):
+                    assert isinstance(ev.message, m.Message)
+            front.data_to_send()

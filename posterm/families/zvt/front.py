@@ -374,6 +374,10 @@ class ZvtFront:
         except SendQueueFull:
             # A register that floods commands and never reads: it gets no more answers.
             log.warning("zvt: acknowledgements pile up unread; %s dropped", type(ack).__name__)
+        except LocalProtocolError as exc:
+            # Two commands in one read: the link keeps one unanswered command (the last), so
+            # the earlier one's answer took it and this one goes unanswered (the ECR's T3).
+            log.warning("zvt: %s not sent: %s", type(ack).__name__, exc)
 
     def _on_command(self, cmd: Any, raw: bytes, now: float | None) -> None:
         busy = self._op is not None or self._inflight is not None or bool(self._out)
