@@ -15,9 +15,10 @@ The transport (firmware_protocol/zvt/ZVT.md)::
 
 One frame is on the serial line at a time. A good frame from the peer while ours waits
 for its ACK byte counts as that ACK (the peer could only answer what it had; ZVT's strict
-turn-taking makes the peer's next frame a reply). A frame byte-identical to the last one
-received, arriving before the peer has acknowledged anything of ours since, is the peer
-repeating it because our ACK byte was lost: ACKed again, not delivered twice.
+turn-taking makes the peer's next frame a reply). A command (on the PT's side) or a result
+(04 0F, 06 0F, 06 1E, on the ECR's side) byte-identical to the last frame received, before
+the peer has acknowledged anything of ours since, is the peer repeating it because our ACK
+byte was lost: ACKed again, not delivered twice (see :meth:`ZvtLink._is_repeat`).
 
 The application rule (master rights), both roles tracking the same dialog::
 
@@ -40,7 +41,8 @@ The timers, as the python ``ecrterm`` library has them (ecrterm/transmission/sig
 Transmission waits T4 for each message while the PT is master) and as Portalum.Zvt waits
 5000 ms for the acknowledgement (ZvtCommunication.SendCommandAsync): T1 0.2 s between the
 bytes of a serial frame (a stalled partial frame is dropped); T2 15 s, here the limit for a
-TCP APDU that stays incomplete; T3 5 s for 80 00 00 (either role) and, on serial, for the
+TCP APDU that stays incomplete; T3 5 s for 80 00 00 (either role; on serial ``frame_attempts``
+times that, the peer's 80 00 00 frame may need its own repeats) and, on serial, for the
 ACK byte; T4 180 s while the PT holds control, renewed by each intermediate status 04 FF
 (the ECR role: it reports :class:`TimedOut` and is master again).
 
@@ -103,6 +105,7 @@ CLOSING = frozenset({(0x06, 0x0F), (0x06, 0x1E)})                               
 ABORT = (0x06, 0xB0)
 ACK_ONLY = frozenset({(0x06, 0x02), (0x06, 0xE0), ABORT})     # log off, display text, abort: end at 80 00 00
 _ENDS_AT = {(0x06, 0xC0): CLOSING | {(0x04, 0x0F)}}           # read card ends at its status information
+_RESULTS = CLOSING | {(0x04, 0x0F)}                          # never sent twice in a row on purpose
 _ACK = (0x80, 0x00)
 _NACK_CLASS = 0x84
 _UNKNOWN_COMMAND = 0x83
@@ -151,14 +154,20 @@ class ZvtConfig:
 
     t1: float = 0.2            # serial: between the bytes of a frame
     t2: float = 15.0           # tcp: an APDU begun must be complete within this
-    t3: float = 5.0            # 80 00 00 after a message; serial: the ACK byte after a frame
+    t3: float = 5.0            # 80 00 00 after a message (serial: times frame_attempts); the ACK byte
     t4: float = 180.0          # the PT holds control; renewed by each 04 FF
     frame_attempts: int = 3    # serial: a frame goes at most this many times (NAK or no ACK byte)
     max_queue: int = 32
     max_events: int = 4096
     trace_frames: bool = False
+    # Serial: bytes per second the line carries (9600 baud 8N2 is 9600 / 11), or None (a pty).
+    # The ACK byte's wait then also allows the frame's own time on the wire: a 16 KiB APDU
+    # takes some 19 s at 9600 baud, and must not be repeated while it is still going out.
+    line_rate: float | None = None
 
     def __post_init__(self) -> None:
+        if self.line_rate is not None and not self.line_rate > 0:
+            raise ValueError("ZvtConfig.line_rate must be positive (bytes per second) or None")
         for name in ("t1", "t2", "t3", "t4"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"ZvtConfig.{name} must be positive")
@@ -207,6 +216,9 @@ class ZvtLink:
         self.transport = transport
         self.config = config or ZvtConfig()
         self._serial = transport == "serial"
+        # Waiting for 80 00 00: on serial the peer's 80 00 00 frame may itself need its
+        # repeats (a lost ACK byte or a NAK each cost it one ACK timeout).
+        self._t3 = self.config.t3 * (self.config.frame_attempts if self._serial else 1)
         self._framer = SerialFramer() if self._serial else TcpFramer()
         self._events: deque[Event] = deque()
         self._out = bytearray()
@@ -272,16 +284,19 @@ class ZvtLink:
         except ProtocolError as exc:
             raise LocalProtocolError(f"cannot send {type(message).__name__}: {exc}") from exc
         ctl = message.control
+        closes = False
         if self.role == "ecr":
             self._check_ecr_send(ctl)
         elif _is_ack(ctl):
             self._pt_answer(message, apdu, ctl)
             return self.data_to_send()
         else:
-            self._check_pt_send(message, ctl)
+            closes = self._check_pt_send(ctl)
         if len(self._queue) >= self.config.max_queue:
             raise SendQueueFull(f"{len(self._queue)} ZVT messages already wait to be sent")
         self._queue.append((message, apdu))
+        if closes:
+            self._to_ecr_master()   # nothing more may follow it; its 80 00 00 is still awaited
         self._pump()
         return self.data_to_send()
 
@@ -386,21 +401,23 @@ class ZvtLink:
         if ctl in MASTER_PHASE or ctl in CLOSING:
             raise LocalProtocolError(f"{ctl[0]:02X} {ctl[1]:02X} is sent by the terminal, not the ECR")
 
-    def _check_pt_send(self, message: Any, ctl: tuple[int, int]) -> None:
+    def _check_pt_send(self, ctl: tuple[int, int]) -> bool:
+        """Raises if the PT may not send ``ctl`` now; returns whether it ends the dialog."""
         if ctl not in MASTER_PHASE and ctl not in CLOSING:
             raise LocalProtocolError(f"the terminal does not send {ctl[0]:02X} {ctl[1]:02X} (a command of the ECR's)")
         if self._unanswered is not None and _control(self._unanswered) != ABORT:
             raise LocalProtocolError("acknowledge the ECR's command first (80 00 00 or 84 xx)")
         if self._state is not _State.PT_MASTER:
             raise LocalProtocolError(f"the terminal sends {ctl[0]:02X} {ctl[1]:02X} only while it holds control")
-        if ctl in _ends(self._command):
-            self._to_ecr_master()   # nothing more may follow it; its 80 00 00 still awaited
+        return ctl in _ends(self._command)
 
     def _pt_answer(self, message: Any, apdu: bytes, ctl: tuple[int, int]) -> None:
         """The PT's 80 00 00 / 84 xx to the ECR's command: out at once, ahead of the queue."""
         command = self._unanswered
         if command is None:
             raise LocalProtocolError("there is no command of the ECR's to acknowledge")
+        if self._serial and len(self._responses) >= self.config.max_queue:
+            raise SendQueueFull(f"{len(self._responses)} ZVT acknowledgements already wait for the line")
         self._unanswered = None
         cctl = _control(command)
         if self._state is _State.PT_MASTER:
@@ -410,7 +427,7 @@ class ZvtLink:
             self._command = command
         else:
             self._to_ecr_master()
-        self._respond(message, apdu)
+        self._respond(message, apdu, from_app=True)
 
     def _pump(self) -> None:
         """Release queued application messages whose turn it is, then feed the serial line."""
@@ -428,9 +445,10 @@ class ZvtLink:
             self._transmit(_Frame(message, apdu, app=True))
         self._line()
 
-    def _respond(self, message: Any, apdu: bytes) -> None:
-        """An acknowledgement (ours, or the PT application's): out before any application message."""
-        if len(self._out) >= OUT_CAP or len(self._responses) >= self.config.max_queue:
+    def _respond(self, message: Any, apdu: bytes, *, from_app: bool = False) -> None:
+        """An acknowledgement (the link's own, or the PT application's: ``from_app``): out before
+        any application message. The link's own are dropped past the bounds."""
+        if not from_app and (len(self._out) >= OUT_CAP or len(self._responses) >= self.config.max_queue):
             self.stats["out_dropped"] += 1   # a peer that floods and never reads: answer it no further
             return
         self.stats["acks_sent"] += 1
@@ -438,11 +456,14 @@ class ZvtLink:
             self._responses.append(_Frame(message, encode_serial(apdu), app=False))
             self._line()
             return
-        self._transmit(_Frame(message, apdu, app=False))
+        frame = _Frame(message, apdu, app=False)
+        self._write(frame)
+        self._delivered(frame)
 
     def _transmit(self, frame: _Frame) -> None:
+        """Put ``frame`` (its ``raw`` the APDU) out: serial, behind the frame on the line."""
         if self._serial:
-            frame.raw = encode_serial(frame.raw) if frame.app else frame.raw
+            frame.raw = encode_serial(frame.raw)
             self._app_frames.append(frame)
             return
         self._write(frame)
@@ -463,16 +484,20 @@ class ZvtLink:
             return
         frame = queue.popleft()
         frame.attempts = 1
-        frame.deadline = self._now + self.config.t3
+        frame.deadline = self._ack_deadline(frame)
         self._inflight = frame
         self._write(frame)
+
+    def _ack_deadline(self, frame: _Frame) -> float:
+        rate = self.config.line_rate
+        return self._now + self.config.t3 + (len(frame.raw) / rate if rate else 0.0)
 
     def _repeat_or_fail(self, cause: str) -> None:
         frame = self._inflight
         assert frame is not None
         if frame.attempts < self.config.frame_attempts:
             frame.attempts += 1
-            frame.deadline = self._now + self.config.t3
+            frame.deadline = self._ack_deadline(frame)
             self.stats["retransmits"] += 1
             self._write(frame)
             self._emit(Retransmitted(frame.message, None, frame.attempts, cause))
@@ -493,7 +518,7 @@ class ZvtLink:
         """The frame reached the peer (its ACK byte, or TCP)."""
         if frame.app:
             if self._awaiting is not None and self._awaiting.message is frame.message:
-                self._awaiting.deadline = self._now + self.config.t3
+                self._awaiting.deadline = self._now + self._t3
         elif frame.message is not None:
             self._emit(Delivered(frame.message))
 
@@ -526,19 +551,16 @@ class ZvtLink:
         if self.config.trace_frames:
             self._emit(FrameTrace("in", "frame" if self._serial else "apdu", None, frame.raw))
         if self._serial:
+            self._put(ACK)
+            if self._is_repeat(frame):
+                self.stats["duplicates"] += 1
+                self._emit(DuplicateIgnored(None))
+                return
             if self._inflight is not None:
                 # The peer answered: it had our frame, whatever became of its ACK byte.
                 self.stats["implied_acks"] += 1
                 inflight, self._inflight = self._inflight, None
-                self._peer_acked = True
                 self._delivered(inflight)
-            self._put(ACK)
-            if (frame.raw == self._last_rx and not self._peer_acked
-                    and self._now - self._last_rx_at <= self.config.t3 * self.config.frame_attempts):
-                self.stats["duplicates"] += 1
-                self._emit(DuplicateIgnored(None))
-                self._line()
-                return
             self._last_rx, self._last_rx_at, self._peer_acked = frame.raw, self._now, False
         try:
             apdu = Apdu.decode(frame.apdu)
@@ -554,6 +576,22 @@ class ZvtLink:
         else:
             self._pt_in(apdu, message, error, frame.raw)
         self._line()
+
+    def _is_repeat(self, frame: ZvtFrame) -> bool:
+        """Serial: the peer sending again a frame we took because our ACK byte was lost.
+
+        Byte-identical to the last frame received, within the peer's repeat window, with
+        nothing of ours acknowledged since. Checked only where two identical frames in a row
+        are never meant: the PT checks the ECR's commands (a repeated payment must not be
+        paid twice); the ECR checks results (04 0F, 06 0F, 06 1E), not print lines or
+        intermediate statuses (a receipt's empty lines and a repeated "please wait" are
+        identical on purpose). Acknowledgements are never checked: a repeated 80 00 00 finds
+        nothing waiting and is ignored."""
+        ctl = (frame.apdu[0], frame.apdu[1]) if len(frame.apdu) >= 2 else None
+        if ctl is None or _is_ack(ctl) or (self.role == "ecr" and ctl not in _RESULTS):
+            return False
+        return (frame.raw == self._last_rx and not self._peer_acked
+                and self._now - self._last_rx_at <= self.config.t3 * self.config.frame_attempts)
 
     def _report(self, message: Any, error: Exception | None, raw: bytes) -> None:
         self._emit(MessageReceived(message, None, raw) if error is None else UndecodableMessage(error, None, raw))
