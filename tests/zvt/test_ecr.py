@@ -17,7 +17,7 @@ from firmware_protocol.zvt import (
 )
 
 from posterm.ecr.journal import Journal
-from posterm.ecr.results import Outcome, Reason
+from posterm.ecr.results import Outcome, OutcomeMismatch, Reason
 from posterm.errors import Disconnected, LocalProtocolError, PosTimeout
 from posterm.families.events import Delivered, MessageReceived
 from posterm.families.interfaces import EcrDriver
@@ -376,6 +376,25 @@ def test_abort_asked_while_paying(tmp_path):
     assert len(pt.commands(Abort)) == 1
 
 
+def test_abort_with_nothing_in_progress_is_refused_quietly(tmp_path):
+    term, pt, _, _ = rig(tmp_path, script=lambda cmd, pt: [Nack(0x83)])
+    assert term.abort() is None
+    assert len(pt.commands(Abort)) == 1 and term._link.idle
+
+
+def test_approved_for_another_amount_is_journaled_and_raised(tmp_path):
+    def other_amount(cmd, pt):
+        if isinstance(cmd, Authorisation):
+            return [Ack(), StatusInformation.make(result_code=0, amount=9999, currency=978, **APPROVAL), Completion()]
+        return []
+
+    term, _, _, journal = rig(tmp_path, script=other_amount)
+    with pytest.raises(OutcomeMismatch, match="9999"):
+        term.pay(1250, "EUR", order_id="M-1")
+    entry = journal.get("M-1")
+    assert entry.outcome == "approved" and entry.result["amount_minor"] == 9999 and entry.amount_minor == 1250
+
+
 def test_no_outcome_at_all_stays_unfinished_and_recover_never_guesses(tmp_path):
     def silent(cmd, pt):
         return [Ack(), IntermediateStatus(0x0A)] if isinstance(cmd, Authorisation) else []   # ignores the abort
@@ -424,3 +443,12 @@ def test_passwords_never_in_clear_in_the_trace(tmp_path, caplog):
     for secret in (PASSWORD, OPERATOR, "12 34 56", "65 43 21"):
         assert secret not in text
     assert PASSWORD not in repr(term)
+
+
+def test_open_by_url_and_a_bad_password_is_one_clear_error(tmp_path):
+    a, b = VirtualTransport.pair(name="zvt-ecr-open")
+    with ZvtTerminal.open("virtual://zvt-ecr-open", journal=str(tmp_path / "j.db"), password=PASSWORD) as term:
+        assert term._link.transport == "serial" and term.journal is not None
+    VirtualTransport.pair(name="zvt-ecr-open-2")
+    with pytest.raises(LocalProtocolError, match="6 decimal digits"):
+        ZvtTerminal.open("virtual://zvt-ecr-open-2", journal=str(tmp_path / "j2.db"), password="12ab")

@@ -94,7 +94,7 @@ from posterm.ecr.results import (
     Capability, Outcome, OutcomeMismatch, PaymentResult, Reason, RefundOutcome, Settlement, TerminalInfo, mismatch,
 )
 from posterm.ecr.session import (
-    DEFAULT_PAY_TIMEOUT, PortSession, check_timeout, open_journal, resolve_port, transport_opener,
+    DEFAULT_PAY_TIMEOUT, PortSession, check_timeout, line_rate, open_journal, resolve_port, transport_opener,
 )
 from posterm.ecr.trace import MASK_BYTE, hexdump
 from posterm.errors import LinkFailed, LocalProtocolError, PosError, PosTimeout
@@ -272,6 +272,10 @@ class ZvtTerminal(PortSession):
         if not url.startswith(("tcp://", "virtual://", "pty://")):
             settings = {**SERIAL_DEFAULTS, **settings}
         framing = framing or ("tcp" if url.startswith("tcp://") else "serial")
+        rate = line_rate(url, settings) if framing == "serial" else None
+        if rate is not None and (config is None or config.line_rate is None):
+            # a 1 KiB receipt takes over a second at 9600 baud: the ACK byte's wait must allow it
+            config = dataclasses.replace(config or ZvtConfig(), line_rate=rate)
         transport = transport_opener(url, settings, record, cls.protocol)(url, **settings)
         try:
             journal, own = open_journal(journal)
@@ -331,7 +335,8 @@ class ZvtTerminal(PortSession):
         """Authorisation 06 01 of ``amount_minor`` in ``currency``; the customer pays at the
         terminal. Journaled before it is sent; the status information's result journaled
         before it is acknowledged. When ``timeout`` passes, Abort 06 B0 is sent and the
-        terminal's answer returned (``gave_up_after`` set). Raises PosTimeout (no outcome:
+        terminal's answer returned (``gave_up_after`` set). ``description`` has no ZVT
+        field and is not sent. Raises PosTimeout (no outcome:
         the order stays unfinished), OutcomeMismatch (approved for another amount:
         journaled), ZvtRefused (84 xx: nothing was charged), LinkFailed, TransportError."""
         if payment_code is not None or dynamic_qr:
