@@ -410,6 +410,24 @@ def test_no_outcome_at_all_stays_unfinished_and_recover_never_guesses(tmp_path):
         term.pay(1250, "EUR", order_id="U-1")
 
 
+def test_a_late_result_goes_to_the_order_given_up_not_to_the_next_command(tmp_path):
+    def slow(cmd, pt):
+        if isinstance(cmd, Authorisation):
+            return [Ack(), IntermediateStatus(0x0A)]          # then ignores the abort
+        return scripted()(cmd, pt) if isinstance(cmd, Registration) else []
+
+    term, pt, _, journal = rig(tmp_path, script=slow)
+    with pytest.raises(PosTimeout):
+        term.pay(1250, "EUR", order_id="L-1", timeout=10)
+    # The customer pays after all: the terminal ends that dialog while the ECR says hello.
+    pt.pump.send(StatusInformation.make(result_code=0, amount=1250, currency=978, **APPROVAL))
+    pt.pump.send(Completion())
+    info = term.hello()
+    assert info.terminal_id == "52523535"
+    entry = journal.get("L-1")
+    assert (entry.state, entry.outcome) == ("final", "approved") and entry.result["zvt"]["receipt_no"] == 231
+
+
 # -- what ZVT cannot do, and secrets ---------------------------------------------------------------------
 
 

@@ -249,6 +249,9 @@ class ZvtTerminal(PortSession):
         self._trace = trace
         self._lock = threading.Lock()
         self._abort_requested = False
+        # A dialog given up while the terminal held control (a timeout, an error): what the
+        # terminal still sends for it belongs to its order, not to the next command's.
+        self._abandoned: _Dialog | None = None
         self.info: TerminalInfo | None = None
         #: The terminal status byte and software version of the last status enquiry.
         self.terminal_status: int | None = None
@@ -567,6 +570,8 @@ class ZvtTerminal(PortSession):
             if self._abort_requested and not d.abort_sent and d.accepted:
                 self._send_abort(pump, d)
             if now >= deadline:
+                if d.accepted and not d.done:
+                    self._abandoned = d
                 if abortable and d.accepted and not d.abort_sent:
                     log.warning("no outcome within %g s: aborting on the terminal", timeout)
                     d.gave_up_after = timeout
@@ -580,6 +585,8 @@ class ZvtTerminal(PortSession):
                     self._on_event(event, d)
             except BaseException:
                 self._link.data_to_send()    # never acknowledge what was not handled (journaled)
+                if d.accepted and not d.done:
+                    self._abandoned = d
                 raise
             pump.flush()
         self._drain(pump)
@@ -619,6 +626,11 @@ class ZvtTerminal(PortSession):
                                  f" attempt(s) ({event.cause}): check the cable, port and settings (ZVT: 9600 8N2)")
             log.warning("%s not taken by the terminal (%s)", type(event.message).__name__, event.cause)
         elif isinstance(event, TimedOut):
+            if event.command is not d.command:
+                log.warning("the terminal never ended an earlier %s (T4): the ECR is master again",
+                            getattr(event.command, "NAME", "command"))
+                self._abandoned = None
+                return
             raise PosTimeout(f"{self.port_name} held control after {d.command.NAME} and sent nothing for"
                              f" {self._link.config.t4:g} s (T4)")
         elif isinstance(event, UndecodableMessage):
@@ -628,6 +640,12 @@ class ZvtTerminal(PortSession):
 
     def _on_message(self, msg: Any, d: _Dialog) -> None:
         self._trace_in(msg)
+        if not d.accepted:
+            # Our command waits for the line (the terminal still ends an earlier dialog): this
+            # is that dialog's, and goes to its order (a late result is journaled, never lost
+            # and never taken for the new command's).
+            self._late(msg)
+            return
         if isinstance(msg, IntermediateStatus):
             if d.on_progress is not None:
                 d.on_progress(_progress(msg, d.order_id))
@@ -648,6 +666,21 @@ class ZvtTerminal(PortSession):
             d.done = True
         else:
             log.warning("unexpected %s from the terminal, ignored", type(msg).__name__)
+
+    def _late(self, msg: Any) -> None:
+        old = self._abandoned
+        if old is None:
+            log.warning("%s from the terminal before it took our command, for no dialog of ours: ignored",
+                        type(msg).__name__)
+            return
+        log.warning("late %s for the %s given up earlier (order %s)", type(msg).__name__, old.command.NAME,
+                    old.order_id)
+        if isinstance(msg, StatusInformation):
+            old.statuses.append(msg)
+            if old.on_status is not None:
+                old.on_status(msg)
+        elif isinstance(msg, (Completion, Aborted)):
+            self._abandoned = None
 
     @staticmethod
     def _receipt(d: _Dialog, lines: list[str]) -> None:
