@@ -432,3 +432,21 @@ def test_garbage_from_the_register_never_raises_and_gives_the_firmware_only_its_
                 if isinstance(ev, MessageReceived):
                     assert isinstance(ev.message, m.Message)
             front.data_to_send()
+
+
+def test_the_family_driver_drives_the_emulated_terminal(line, tmp_path):
+    """A cross-check, not the reference (the register above is): the family's own ECR driver."""
+    from firmware_protocol.native.messages import Outcome
+    from posterm.families.zvt.ecr import ZvtTerminal
+
+    emu, _ = line            # on TCP the driver's connection replaces the fixture's idle one
+    term = ZvtTerminal.open(emu.port, journal=str(tmp_path / "j.db"), password=PASSWORD, currency="CNY")
+    try:
+        assert term.hello().terminal_id == "00000001"
+        paid = term.pay(1250, "CNY")
+        assert paid.outcome is Outcome.APPROVED and paid.code_last4 == "0001"
+        assert term.pay(500_001, "CNY").outcome is Outcome.DECLINED
+        assert term.cancel(paid.order_id, PASSWORD).outcome is Outcome.CANCELLED
+        assert term.settle(PASSWORD).outcome is Outcome.APPROVED
+    finally:
+        term.close()
