@@ -91,6 +91,6 @@ def test_the_checks_catch_what_they_look_for():
 
 
 def test_the_registry_has_one_line_per_built_in_family():
-    assert set(BUILTIN) == {"posterm", "concert"}
+    assert set(BUILTIN) == {"posterm", "concert", "zvt"}
     assert all(spec.startswith(f"posterm.families.{d}.family:") for spec, d in
-               zip(BUILTIN.values(), ("native", "concert")))
+               zip(BUILTIN.values(), ("native", "concert", "zvt")))

@@ -17,7 +17,7 @@ from .conftest import posterm
 
 def test_builtin_families_by_name_and_the_default(monkeypatch):
     monkeypatch.delenv("POSTERM_PROTOCOL", raising=False)
-    assert names()[:2] == ["posterm", "concert"]
+    assert names()[:3] == ["posterm", "concert", "zvt"]
     assert family().name == "posterm" and family("CONCERT").name == "concert"
     assert family("posterm").driver_class().__name__ == "Terminal"
     assert family("concert").driver_class().__name__ == "ConcertTerminal"
@@ -27,7 +27,7 @@ def test_builtin_families_by_name_and_the_default(monkeypatch):
     assert family().name == "concert"
     # the old constants of posterm.protocols, still there
     assert families.POSTERM is family("posterm") and families.CONCERT is family("concert")
-    assert set(families.FAMILIES) == {"posterm", "concert"}
+    assert set(families.FAMILIES) == {"posterm", "concert", "zvt"}
 
 
 def test_each_builtin_is_one_line_pointing_at_its_own_family_py():
@@ -41,13 +41,13 @@ def test_a_built_in_family_needs_no_entry_point_only_its_registry_line():
     from importlib.metadata import entry_points
 
     assert not {ep.name for ep in entry_points(group=families.ENTRY_POINT_GROUP)} & set(families.BUILTIN)
-    assert families.names()[:2] == ["posterm", "concert"]
+    assert families.names()[:3] == ["posterm", "concert", "zvt"]
 
 
 def test_an_unknown_name_is_one_line_naming_the_known_ones():
     with pytest.raises(ConfigError) as e:
-        family("zvt")
-    assert str(e.value) == "no protocol family 'zvt' (known: posterm, concert)"
+        family("nosuch")
+    assert str(e.value) == "no protocol family 'nosuch' (known: posterm, concert, zvt)"
     with pytest.raises(ConfigError) as e:
         family("x" * 5000)
     assert len(str(e.value)) < 120 and "\n" not in str(e.value)
@@ -81,7 +81,7 @@ def test_listing_and_checking_names_import_no_family():
 
 def test_a_plugin_is_listed_without_being_imported_then_loaded_by_name(registered):
     registered()
-    assert names() == ["posterm", "concert", "toy"]
+    assert names() == ["posterm", "concert", "zvt", "toy"]
     assert "toyfam.family" not in sys.modules
     toy = family("Toy")
     assert isinstance(toy, ProtocolFamily) and toy.name == "toy" and "toyfam.family" in sys.modules
@@ -91,7 +91,7 @@ def test_a_plugin_is_listed_without_being_imported_then_loaded_by_name(registere
 
 def test_a_plugin_cannot_take_a_builtin_name(registered):
     registered("[posterm.protocols]\nconcert = toyfam.family:FAMILY\nposterm = toyfam.family:FAMILY\n")
-    assert names() == ["posterm", "concert"]
+    assert names() == ["posterm", "concert", "zvt"]
     assert family("concert").driver_class().__name__ == "ConcertTerminal"
 
 
@@ -106,7 +106,7 @@ def test_a_broken_plugin_is_a_one_line_config_error(registered, entry, why):
     with pytest.raises(ConfigError) as e:
         family("broken")
     assert why in str(e.value) and "\n" not in str(e.value)
-    assert [f.name for f in families.known()] == ["posterm", "concert"]   # help texts leave it out
+    assert [f.name for f in families.known()] == ["posterm", "concert", "zvt"]   # help texts leave it out
 
 
 def test_the_cli_refuses_a_broken_plugin_in_one_line(toy_env, tmp_path):
@@ -127,11 +127,11 @@ def test_every_protocol_option_and_help_knows_the_plugin(toy_env):
         h = posterm(toy_env, *cmd, "--help")
         assert h.returncode == 0, h.stderr
         flat = " ".join(h.stdout.split())
-        assert "[posterm|concert|toy]" in flat, cmd
+        assert "[posterm|concert|zvt|toy]" in flat, cmd
         assert "toy: a toy line protocol" in flat, cmd
     flat = " ".join(posterm(toy_env, "pay", "--help").stdout.split())
-    assert "posterm 115200, concert 9600, toy 19200" in flat
-    bad = posterm(toy_env, "emulate", "--protocol", "zvt")
+    assert "posterm 115200, concert 9600, zvt 9600, toy 19200" in flat
+    bad = posterm(toy_env, "emulate", "--protocol", "nosuch")
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
-        "posterm: error: Invalid value for '--protocol': no protocol family 'zvt' (known: posterm, concert, toy)"
+        "posterm: error: Invalid value for '--protocol': no protocol family 'nosuch' (known: posterm, concert, zvt, toy)"
         " (see 'python -m posterm emulate --help')"]

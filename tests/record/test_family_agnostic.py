@@ -55,13 +55,14 @@ def test_no_module_of_posterm_record_names_a_family(path):
 
 
 def test_every_registered_family_that_records_gives_a_complete_recording():
-    for name, fam in FAMILIES.items():
+    recorded = {name: fam for name, fam in FAMILIES.items() if fam.recording}
+    for name, fam in recorded.items():
         assert isinstance(fam, ProtocolFamily)
         support = recording_support(name)
         assert isinstance(support, FamilyRecording)
         assert isinstance(support.observer(), RecordObserver)
         assert 147 <= support.pcap.linktype <= 162   # DLT_USER0..15
-    linktypes = [recording_support(name).pcap.linktype for name in FAMILIES]
+    linktypes = [recording_support(name).pcap.linktype for name in recorded]
     assert len(set(linktypes)) == len(linktypes)     # a capture says which family it holds
 
 
