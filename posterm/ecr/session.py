@@ -82,6 +82,17 @@ def transport_opener(url: str, settings: dict[str, Any], record: str | None, pro
     return open_recorded(open_transport, record, url, settings, protocol=protocol)
 
 
+def line_settings(url: str, settings: dict[str, Any], defaults: dict[str, Any],
+                  foreign: tuple[str, ...] = ("reconnect", "trace", "link_config")) -> dict[str, Any]:
+    """The serial settings a family's driver opens ``url`` with: ``settings`` without the
+    options only other drivers take (``foreign``) and those left ``None``, over the family's
+    ``defaults`` where the URL is a serial line (none over TCP, virtual or pty)."""
+    settings = {k: v for k, v in settings.items() if v is not None and k not in foreign}
+    if not url.startswith(("tcp://", "virtual://", "pty://")):
+        settings = {**defaults, **settings}
+    return settings
+
+
 def open_terminal(url: str | None = None, protocol: str | None = None, **kw: Any) -> Any:
     """Open ``url`` (a device path or pyserial URL; default ``$POSTERM_PORT``) with the ECR
     driver of ``protocol`` (a family name; default ``$POSTERM_PROTOCOL`` or ``posterm``).
@@ -113,6 +124,25 @@ class PortSession:
     """
 
     READ_SIZE = 4096
+    protocol = ""   # the family's name (recordings name it)
+
+    @classmethod
+    def _open_session(cls, url: str, settings: dict[str, Any], record: str | None, journal: Journal | str | None,
+                      make: Callable[[Any, Journal, Callable[..., Any]], Any]) -> Any:
+        """Open the port (recorded with ``record``) and the journal, and build the driver with
+        ``make(transport, journal, opener)`` (``opener(url, **settings)`` reopens the port).
+        A driver that cannot be built closes the port it was given; the driver owns a journal
+        it opened."""
+        opener = transport_opener(url, settings, record, cls.protocol)
+        transport = opener(url, **settings)
+        try:
+            journal, own = open_journal(journal)
+            term = make(transport, journal, opener)
+        except BaseException:
+            transport.close()
+            raise
+        term._owns_journal = own
+        return term
 
     def _init_port(self, transport: Any, port_name: str, journal: Journal | None, *,
                    reopen: Callable[[], Any] | None = None, reconnect_attempts: int = 6,

@@ -54,7 +54,7 @@ from posterm.families.pump import TIMED_OUT, Pump
 from posterm.errors import LinkFailed, LocalProtocolError, PosTimeout
 from posterm.ecr.journal import Journal
 from posterm.ecr.results import Capability, Outcome, PaymentResult, Reason, RefundOutcome, TerminalInfo
-from posterm.ecr.session import DEFAULT_PAY_TIMEOUT, PortSession, open_journal, resolve_port, transport_opener
+from posterm.ecr.session import DEFAULT_PAY_TIMEOUT, PortSession, line_settings, resolve_port
 
 log = logging.getLogger("posterm.ecr.concert")
 wire_log = logging.getLogger("posterm.wire")
@@ -107,16 +107,9 @@ class ConcertTerminal(PortSession):
         from posterm.families import family
 
         url = resolve_port(url)
-        for key in ("reconnect", "trace", "link_config"):
-            settings.pop(key, None)
-        settings = {k: v for k, v in settings.items() if v is not None}
-        if not url.startswith(("tcp://", "virtual://", "pty://")):
-            settings = {**family(cls.protocol).serial_defaults, **settings}
-        transport = transport_opener(url, settings, record, cls.protocol)(url, **settings)
-        journal, own = open_journal(journal)
-        term = cls(transport, port_name=url, journal=journal, pos_number=pos_number, config=config)
-        term._owns_journal = own
-        return term
+        settings = line_settings(url, settings, family(cls.protocol).serial_defaults)
+        return cls._open_session(url, settings, record, journal, lambda transport, journal, _: cls(
+            transport, port_name=url, journal=journal, pos_number=pos_number, config=config))
 
     @property
     def link_stats(self) -> dict[str, int]:

@@ -75,10 +75,8 @@ from posterm.ecr.session import (
     PortSession,
     check_timeout,
     line_rate,
-    open_journal,
     open_terminal,
     resolve_port,
-    transport_opener,
 )
 from posterm.ecr.trace import hexdump
 from posterm.families.native.link import (
@@ -183,15 +181,11 @@ class Terminal(PortSession):
             return open_terminal(url, fam.name, journal=journal, record=record, **settings)
 
         url = resolve_port(url)
-        opener = transport_opener(url, settings, record, cls.protocol)
-        transport = opener(url, **settings)
         if link_config is None:
             link_config = LinkConfig(line_rate=line_rate(url, settings))
-        journal, own = open_journal(journal)
-        term = cls(transport, port_name=url, journal=journal, reconnect=reconnect, trace=trace,
-                   link_config=link_config, reopen=lambda: opener(url, **settings))
-        term._owns_journal = own
-        return term
+        return cls._open_session(url, settings, record, journal, lambda transport, journal, opener: cls(
+            transport, port_name=url, journal=journal, reconnect=reconnect, trace=trace, link_config=link_config,
+            reopen=lambda: opener(url, **settings)))
 
     @property
     def link_stats(self) -> dict[str, int]:

@@ -94,7 +94,7 @@ from posterm.ecr.results import (
     Capability, Outcome, OutcomeMismatch, PaymentResult, Reason, RefundOutcome, Settlement, TerminalInfo, mismatch,
 )
 from posterm.ecr.session import (
-    DEFAULT_PAY_TIMEOUT, PortSession, check_timeout, line_rate, open_journal, resolve_port, transport_opener,
+    DEFAULT_PAY_TIMEOUT, PortSession, check_timeout, line_rate, line_settings, resolve_port,
 )
 from posterm.ecr.trace import MASK_BYTE, hexdump
 from posterm.errors import LinkFailed, LocalProtocolError, PosError, PosTimeout
@@ -269,26 +269,15 @@ class ZvtTerminal(PortSession):
         port (9600 8N2 unless ``settings`` say otherwise). ``framing`` ("serial" / "tcp")
         overrides what the URL implies. Raises TransportError, LocalProtocolError."""
         url = resolve_port(url)
-        for key in ("reconnect", "link_config"):
-            settings.pop(key, None)
-        settings = {k: v for k, v in settings.items() if v is not None}
-        if not url.startswith(("tcp://", "virtual://", "pty://")):
-            settings = {**SERIAL_DEFAULTS, **settings}
+        settings = line_settings(url, settings, SERIAL_DEFAULTS, foreign=("reconnect", "link_config"))
         framing = framing or ("tcp" if url.startswith("tcp://") else "serial")
         rate = line_rate(url, settings) if framing == "serial" else None
         if rate is not None and (config is None or config.line_rate is None):
             # a 1 KiB receipt takes over a second at 9600 baud: the ACK byte's wait must allow it
             config = dataclasses.replace(config or ZvtConfig(), line_rate=rate)
-        transport = transport_opener(url, settings, record, cls.protocol)(url, **settings)
-        try:
-            journal, own = open_journal(journal)
-            term = cls(transport, port_name=url, journal=journal, framing=framing, config=config,
-                       password=password, config_byte=config_byte, currency=currency, trace=trace)
-        except BaseException:
-            transport.close()
-            raise
-        term._owns_journal = own
-        return term
+        return cls._open_session(url, settings, record, journal, lambda transport, journal, _: cls(
+            transport, port_name=url, journal=journal, framing=framing, config=config, password=password,
+            config_byte=config_byte, currency=currency, trace=trace))
 
     @property
     def link_stats(self) -> dict[str, int]:

@@ -19,7 +19,7 @@ from typing import Any, Callable
 from firmware_protocol.native.messages import Capability, Outcome, Reason
 
 from posterm.ecr.journal import Journal
-from posterm.ecr.session import PortSession, open_journal, resolve_port, transport_opener
+from posterm.ecr.session import PortSession, line_settings, resolve_port
 from posterm.errors import LinkFailed, LocalProtocolError, PosTimeout
 from posterm.families.events import MessageReceived, SendFailed
 from posterm.families.pump import TIMED_OUT, Pump
@@ -43,6 +43,8 @@ class ToyTerminal(PortSession):
     """An ECR talking the toy protocol, on posterm's shared port session (port, journal,
     closing, I/O errors as Disconnected). One operation at a time; a context manager."""
 
+    protocol = PROTOCOL
+
     def __init__(self, transport: Any, *, port_name: str = "", journal: Journal | None = None,
                  config: ToyConfig | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self._init_port(transport, port_name, journal)
@@ -57,14 +59,9 @@ class ToyTerminal(PortSession):
              config: ToyConfig | None = None, **settings: Any) -> "ToyTerminal":
         """Open ``url`` (default ``$POSTERM_PORT``). Raises TransportError, LocalProtocolError."""
         url = resolve_port(url)
-        for key in ("reconnect", "trace", "link_config"):
-            settings.pop(key, None)
-        settings = {k: v for k, v in settings.items() if v is not None}
-        transport = transport_opener(url, settings, record, PROTOCOL)(url, **settings)
-        journal, own = open_journal(journal)
-        term = cls(transport, port_name=url, journal=journal, config=config)
-        term._owns_journal = own
-        return term
+        settings = line_settings(url, settings, {})
+        return cls._open_session(url, settings, record, journal,
+                                 lambda transport, journal, _: cls(transport, port_name=url, journal=journal, config=config))
 
     @property
     def link_stats(self) -> dict[str, int]:
