@@ -95,6 +95,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import os
 import re
 import secrets
 from collections import OrderedDict, deque
@@ -140,7 +141,7 @@ from firmware_protocol.zvt.apdu import IntermediateStatus
 from posterm.errors import LocalProtocolError, PosError, SendQueueFull
 from posterm.families.events import Delivered, MessageReceived, ResultDelivery, SendFailed, UndecodableMessage
 from posterm.families.zvt.link import Refused, ZvtConfig, ZvtLink
-from posterm.safefs import read_private, replace_private
+from posterm.safefs import private_file, read_private, replace_private
 
 log = logging.getLogger("posterm.emulator.zvt")
 
@@ -232,7 +233,10 @@ TLV_TEXT_LINE = 0x07
 TEXT_BLOCK = bytes((0x06, 0xD3))
 # -- the state file
 STATE_VERSION = 1
-MAX_STATE_BYTES = 4 * 1024 * 1024   # 9999 entries of some 120 bytes and a receipt: well under
+# 9999 entries of some 110 bytes are 1.1 MB; appended lines are compacted away once they
+# reach twice the file's size after its last rewrite (plus COMPACT_SLACK): well under the cap.
+MAX_STATE_BYTES = 16 * 1024 * 1024
+COMPACT_SLACK = 256 * 1024
 _STATE_FIELDS = ("amount", "currency", "trace", "time", "date", "receipt_no", "card_name", "terminal_id",
                  "vu_number", "result_code")
 _ORDER_ID = re.compile(r"[A-Za-z0-9_\-.:]{1,64}")
@@ -337,6 +341,10 @@ class ZvtFront:
         self._wire = bytearray()     # what the link's send() returned, for the next data_to_send()
         self._state_path = Path(state_path) if state_path is not None else None
         self._dirty = False
+        self._changed: set[int] = set()      # receipt numbers whose entry changed since the last write
+        self._receipt_dirty = False
+        self._disk_bytes = 0                  # the state file's size (appended lines included)
+        self._compact_bytes = 0               # its size when last written whole
         if self._state_path is not None:
             self._load()
 
@@ -607,7 +615,8 @@ class ZvtFront:
         self._op = _Op("book", paid.order_id, total, paid.currency, receipt_no, native_minor=paid.reserved - total)
         if total == paid.reserved:
             # The host already holds exactly this: nothing goes to the firmware.
-            paid.booked, self._dirty = total, True
+            paid.booked = total
+            self._touch(receipt_no)
             self._queue(_Out(StatusInformation(Fields(result_code=RC_OK, **self._base_fields(self._op)))))
             self._finish(Completion())
             return None
@@ -716,7 +725,8 @@ class ZvtFront:
         if approved:   # a reversal done
             paid = self._paid.get(op.receipt_no) if op.receipt_no is not None else None
             if paid is not None:
-                paid.reversed, self._dirty = True, True
+                paid.reversed = True
+                self._touch(op.receipt_no)
             self._result(op, RC_OK, fields)
             return
         code = RC_HOST_SILENT if res.outcome is Outcome.UNKNOWN else RESULT_CODES.get(int(res.reason), RC_DECLINED)
@@ -735,7 +745,7 @@ class ZvtFront:
             paid.released += op.native_minor
             if op.kind == "book":
                 paid.booked = op.amount_minor
-            self._dirty = True
+            self._touch(op.receipt_no)
         self._result(op, RC_OK, fields)
 
     def _result(self, op: _Op, code: int, fields: dict[str, Any]) -> None:
@@ -770,7 +780,8 @@ class ZvtFront:
         fields.update(_when(rep.settled_at))
         if self._terminal_id:
             fields["terminal_id"] = self._terminal_id
-        self._batch_first, self._dirty = None, True
+        self._batch_first = None
+        self._touch()
         self._queue(_Out(StatusInformation(Fields(result_code=RC_OK, **fields))))
         self._receipt(op, payment=False)
         self._finish(Completion())
@@ -779,7 +790,8 @@ class ZvtFront:
         """The last payment receipt, for 06 20 (no card data in it: the PAN is left out)."""
         self._last_receipt = {"fields": {n: getattr(info, n) for n in _STATE_FIELDS if getattr(info, n) is not None},
                               "lines": list(lines[:MAX_PRINT_LINES])}
-        self._dirty = True
+        self._receipt_dirty = True
+        self._touch()
 
     def _receipt(self, op: _Op, *, payment: bool) -> None:
         """The receipt lines the firmware printed, to the ECR if it prints them by command."""
@@ -868,7 +880,7 @@ class ZvtFront:
         self._paid[receipt_no] = _Paid(order_id, amount, currency, preauth=preauth, seq=self._seq)
         if self._batch_first is None:
             self._batch_first = receipt_no
-        self._dirty = True
+        self._touch(receipt_no)
         return receipt_no
 
     def receipt_of(self, order_id: str) -> int | None:
@@ -885,7 +897,7 @@ class ZvtFront:
 
     def _next_trace(self) -> int:
         self._trace = self._trace % MAX_TRACE + 1
-        self._dirty = True
+        self._touch()
         return self._trace
 
     # -- the state file ---------------------------------------------------------------------------
@@ -895,30 +907,60 @@ class ZvtFront:
     #   {"r": 3, "o": "Z...", "a": 1250, "c": "EUR", "x": false, "p": false, "l": 0, "b": null, "s": 1, "t": 4}
     #   ...                                                                       one line per receipt
 
+    def _touch(self, receipt_no: int | None = None) -> None:
+        self._dirty = True
+        if receipt_no is not None:
+            self._changed.add(receipt_no)
+
     def _persist(self) -> None:
-        """Write the state file if anything changed (atomically; a failure is logged, the
-        terminal goes on: losing the file loses reversals by receipt number, not money)."""
+        """Write what changed to the state file: appended (one head line, the changed
+        entries, the last receipt if new; fsynced), or the whole file replaced atomically
+        once the appended lines outweigh the rest (so a payment costs a line, not a
+        rewrite of 9999 entries). A failure is logged and the terminal goes on: losing the file loses
+        reversals by receipt number, never money."""
         if not self._dirty or self._state_path is None:
             return
         self._dirty = False
-        head = {"v": STATE_VERSION, "next_receipt": self._next_receipt, "seq": self._seq, "trace": self._trace,
-                "batch_first": self._batch_first}
-        out = [json.dumps(head, separators=(",", ":"))]
-        if self._last_receipt is not None:
-            out.append(json.dumps({"last_receipt": self._last_receipt}, separators=(",", ":")))
-        for no, p in self._paid.items():
-            out.append(json.dumps({"r": no, "o": p.order_id, "a": p.amount_minor, "c": p.currency, "x": p.reversed,
-                                   "p": p.preauth, "l": p.released, "b": p.booked, "s": p.seq, "t": self._trace},
-                                  separators=(",", ":")))
+        changed, self._changed = self._changed, set()
+        receipt, self._receipt_dirty = self._receipt_dirty, False
+        compact = self._disk_bytes == 0 or self._disk_bytes > 2 * self._compact_bytes + COMPACT_SLACK
+        lines = [self._head_line()]
+        if self._last_receipt is not None and (receipt or compact):
+            lines.append(_line({"last_receipt": self._last_receipt}))
+        for no in (self._paid if compact else sorted(changed)):
+            paid = self._paid.get(no)
+            if paid is not None:
+                lines.append(self._entry_line(no, paid))
+        data = ("\n".join(lines) + "\n").encode()
         try:
-            replace_private(self._state_path, ("\n".join(out) + "\n").encode())
+            if compact:
+                replace_private(self._state_path, data)
+                self._disk_bytes = self._compact_bytes = len(data)
+            else:
+                fd = private_file(self._state_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+                with os.fdopen(fd, "ab") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                self._disk_bytes += len(data)
         except (OSError, PosError) as exc:
             log.error("zvt: receipt numbers not saved to %s: %s", self._state_path, exc)
+            self._disk_bytes = 0             # whatever is there, the next write replaces it whole
+
+    def _head_line(self) -> str:
+        return _line({"v": STATE_VERSION, "next_receipt": self._next_receipt, "seq": self._seq, "trace": self._trace,
+                      "batch_first": self._batch_first})
+
+    def _entry_line(self, no: int, p: _Paid) -> str:
+        return _line({"r": no, "o": p.order_id, "a": p.amount_minor, "c": p.currency, "x": p.reversed,
+                      "p": p.preauth, "l": p.released, "b": p.booked, "s": p.seq, "t": self._trace})
 
     def _load(self) -> None:
-        """Read the state file: a missing one is a first start; a damaged line is skipped
-        (logged); a damaged head is rebuilt from the entries, so the next receipt number
-        follows the newest one kept and no number still in the map is given out again."""
+        """Read the state file: a missing one is a first start. Lines count in order (the
+        last head wins; for a receipt number, its newest payment); a damaged line (a write
+        cut off, a stray edit) is skipped and logged; with no readable head the counters are
+        rebuilt from the entries, so the next receipt number follows the newest one kept and
+        no number still in the map is given out again."""
         path = self._state_path
         assert path is not None
         try:
@@ -935,9 +977,11 @@ class ZvtFront:
         bad = 0
         entries: list[tuple[int, _Paid, int]] = []
         for n, line in enumerate(raw.decode("utf-8", "replace").splitlines()):
+            if not line.strip():
+                continue
             try:
                 item = json.loads(line)
-                if n == 0 and isinstance(item, dict) and "v" in item:
+                if isinstance(item, dict) and "v" in item:
                     head = _valid_head(item)
                 elif isinstance(item, dict) and "last_receipt" in item:
                     self._last_receipt = _valid_receipt(item["last_receipt"])
@@ -949,7 +993,7 @@ class ZvtFront:
                     log.error("zvt: %s line %d is damaged (%s): skipped", path, n + 1, type(exc).__name__)
         if bad > 1:
             log.error("zvt: %s: %d damaged lines skipped in all", path, bad)
-        entries.sort(key=lambda e: e[1].seq)
+        entries.sort(key=lambda e: e[1].seq)     # stable: of two lines for one payment, the later wins
         for no, paid, _trace in entries:
             self._paid.pop(no, None)
             self._paid[no] = paid
@@ -959,14 +1003,17 @@ class ZvtFront:
             self._batch_first = head["batch_first"]
         elif newest is not None:
             log.error("zvt: %s has no readable head: counters rebuilt from its %d receipts", path, len(entries))
-            self._next_receipt = newest[0] % MAX_RECEIPT_NO + 1
             self._trace = max(e[2] for e in entries)
         elif raw.strip():
             log.error("zvt: %s could not be read at all: receipt numbers start again at 1 and may repeat "
                       "ones the register still holds", path)
+        if newest is not None and (head is None or newest[1].seq > head["seq"]):
+            self._next_receipt = newest[0] % MAX_RECEIPT_NO + 1     # an entry newer than the head: it wins
         self._seq = max([self._seq, *(p.seq for p in self._paid.values())])
-        if newest is not None and head is not None and newest[1].seq > head["seq"]:
-            self._next_receipt = newest[0] % MAX_RECEIPT_NO + 1   # an entry newer than its head: trust the entry
+        if bad or head is None:
+            self._dirty = True       # rewritten whole at the first change (or now, below)
+        self._disk_bytes = 0 if bad or head is None else len(raw)
+        self._compact_bytes = self._disk_bytes
 
 
 class _Refusal(Exception):
@@ -989,6 +1036,10 @@ _HANDLERS = {
 def _wallet_name(res: m.PayResult) -> str:
     """BMP 8B, the card name: the wallet whose code paid (see :data:`WALLET_CARD_NAME`)."""
     return WALLET_CARD_NAME
+
+
+def _line(item: dict[str, Any]) -> str:
+    return json.dumps(item, separators=(",", ":"))
 
 
 def _int(value: Any, lo: int, hi: int) -> int:
