@@ -18,7 +18,7 @@ what the firmware hears::
     06 31 Refund (pw, 87, 04)        Refund(operator pw)      04 0F, receipt, 06 0F | 06 1E rc
     06 20 Repeat receipt (pw)        -                        04 0F, receipt, 06 0F | 06 1E 83
     06 50 End of day (pw)            Settle(operator pw)      04 0F (04 net, 60 totals), receipt, 06 0F
-    06 70 Diagnosis                  StatusRequest            04 0F, 06 0F (host not reached: 06 1E A1)
+    06 70 Diagnosis                  StatusRequest            04 FF, receipt, 06 0F (host not reached: 06 1E A1)
     05 01 Status enquiry             StatusRequest            06 0F (software version, status)
     06 B0 Abort (while paying)       Abort                    the payment's 06 1E 6C
     06 02 Log off, 06 E0 Display     -                        80 00 00 only
@@ -452,7 +452,7 @@ class ZvtFront:
             self._finish(Completion(software_version=self._firmware_version[:64],
                                     terminal_status=_terminal_status(message)))
         elif isinstance(message, m.Status) and op.kind == "diagnosis":
-            self._diagnosis_result(message)
+            self._diagnosis_result(op, message)
         elif isinstance(message, m.PayResult) and op.kind in ("pay", "preauth", "reversal", "preauth_reversal"):
             if message.outcome is not Outcome.PENDING:
                 self._pay_result(op, message)
@@ -756,12 +756,19 @@ class ZvtFront:
         self._receipt(op, payment=True)
         self._finish(Completion() if code == RC_OK else Aborted(code))
 
-    def _diagnosis_result(self, status: m.Status) -> None:
-        fields: dict[str, Any] = {"result_code": RC_OK if status.host_online else RC_HOST_SILENT}
-        if self._terminal_id:
-            fields["terminal_id"] = self._terminal_id
-        self._queue(_Out(StatusInformation(Fields(**fields))))
-        self._finish(Completion() if status.host_online else Aborted(RC_HOST_SILENT))
+    def _diagnosis_result(self, op: _Op, status: m.Status) -> None:
+        """Diagnosis answers as the spec's sequence has it (2.17, as the EVerest zvt crate's
+        ``DiagnosisResponse`` lists it: intermediate status, print lines or a text block,
+        then 06 0F or 06 1E; no 04 0F, which a strict register would not parse there): the
+        host check's result is the closing message, and an administration receipt says it."""
+        if self._reg.config_byte & WANTS_INTERMEDIATE:
+            self._queue(_Out(IntermediateStatus(IS_WAITING_FOR_HOST), intermediate=True))
+        online = status.host_online
+        op.lines = ["DIAGNOSIS", f"TERMINAL {self._terminal_id or '-'}", f"SOFTWARE {self._firmware_version[:30]}",
+                    "HOST ONLINE" if online else "HOST NOT REACHED", "PRINTER OK" if status.paper_ok else "NO PAPER",
+                    "KEY LOADED" if status.key_loaded else "KEY MISSING"]
+        self._receipt(op, payment=False)
+        self._finish(Completion() if online else Aborted(RC_HOST_SILENT))
 
     def _settle_result(self, op: _Op, rep: m.SettleReport) -> None:
         if rep.outcome is not Outcome.APPROVED:
