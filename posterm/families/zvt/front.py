@@ -47,9 +47,10 @@ Rules:
   itself). Reversal (06 30), refund (06 31) and the pre-authorisation commands name the
   payment by BMP 87; without it they are refused.
 * With ``state_path`` the map, the receipt and trace counters and the last receipt survive
-  a restart: one JSON-lines file of ours (0600, replaced atomically after each change, read
-  at start; a damaged line is skipped, a damaged head is rebuilt from the entries, so a
-  receipt number still in use is never given out again).
+  a restart: one JSON-lines file of ours (0600; each change appends its lines, fsynced, and
+  the file is replaced atomically by a compact copy once the appended part outweighs the
+  rest; read at start: a damaged line is skipped, a damaged head is rebuilt from the
+  entries, so a receipt number still in use is never given out again).
 * Pre-authorisation: the native firmware has no hold. A pre-authorisation is a payment of
   the reserved amount at the host; book total of X gives back (reserved - X) as a refund
   (nothing when equal; X above what is still reserved is refused, 06 1E B7); a partial
