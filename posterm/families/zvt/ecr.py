@@ -34,16 +34,30 @@ What the driver does about what ZVT lacks:
   reversal finds the receipt number there. An order id this journal already holds is never
   sent again: a final one is answered from the journal, an unfinished one refused (the
   terminal could not tell a retry from a second payment).
-* **The acknowledgement is the receipt.** The status information's result is journaled
-  before its ``80 00 00`` leaves: a register killed or cut off after that has the approval
-  in its journal. If journaling fails, nothing is acknowledged.
-* **No query.** ``recover`` cannot ask the terminal. An unfinished payment is one whose
-  status information this register never journaled, hence never acknowledged: a terminal
-  that never got its acknowledgement is expected to reverse it (posterm's emulator does),
-  but a real one may not, and the terminal's "last transaction" cannot be tied to an order
-  with no order id on the wire. So ``recover`` reports it ``unknown`` and leaves it
-  unfinished (check the terminal's receipt or journal); it never guesses and never
-  downgrades (an approval is final in the journal from its status information on).
+* **The acknowledgement is the receipt.** The link holds the status information's
+  ``80 00 00`` (``ZvtLink(confirm_results=True)``) until its result is journaled: a
+  register killed or cut off after that has the approval in its journal; if journaling
+  fails, nothing is acknowledged. A status information for no dialog of this register's
+  (one given up by another process, or arriving during a registration) is never
+  acknowledged: the terminal reverses it, and it is never taken for another order's.
+* **No query.** ``recover`` cannot ask the terminal, and does not need to (as with
+  Concert): an unfinished payment is one whose status information this register never
+  journaled, hence never acknowledged, and a ZVT terminal does not keep a result its
+  register did not take (it reverses it; posterm's emulator does). So ``recover`` records
+  it ``cancelled`` with the reason in ``reason_text``; it is never sent again (that could
+  charge twice). Unfinished reversals and refunds are reported ``unknown``. An approval is
+  final in the journal from its status information on and never downgraded; ``pay``
+  returns it even when the terminal never completes the dialog.
+* **Abort.** ``pay``'s timeout, or :meth:`ZvtTerminal.abort` while it runs (the CLI calls it
+  on Ctrl-C), sends 06 B0 and waits at most :data:`ABORT_GRACE` (plus T3) for the
+  terminal's 06 1E: cancelled (``aborted_by_ecr``), or with no answer ``PosTimeout`` and the
+  order unfinished for ``recover``.
+* **Passwords.** ZVT has one password field: the terminal's (``password``, for
+  registration and status enquiry) is also used for reversal, refund and end of day when
+  no ``operator_password`` is given. There is no default: the CLI takes
+  ``--terminal-password``, ``--terminal-password-stdin`` or ``$POSTERM_TERMINAL_PASSWORD``.
+* **Transport.** ``tcp://`` and ``socket://`` carry bare APDUs, everything else the serial
+  framing (:func:`framing_for`; ``framing=`` / ``--zvt-framing`` overrides).
 * **Refund ids** do not cross the line: a refund id already journaled is answered from the
   journal and never sent again.
 * Passwords go on the wire as BCD; traces (``trace=True`` or the ``posterm.wire`` logger at
@@ -267,6 +281,7 @@ class ZvtTerminal(PortSession):
         self._trace = trace
         self._lock = threading.Lock()
         self._abort_requested = False
+        self._registration_tried = False
         # A dialog given up while the terminal held control (a timeout, an error): what the
         # terminal still sends for it belongs to its order, not to the next command's.
         self._abandoned: _Dialog | None = None
@@ -312,6 +327,7 @@ class ZvtTerminal(PortSession):
             raise LocalProtocolError(NO_PASSWORD)
         command = _build(Registration, password=self._password, config_byte=self.config_byte,
                          currency=self._currency_numeric)
+        self._registration_tried = True
         with self._op():
             d = self._dialog(command, timeout)
         if d.completion is None:
@@ -356,6 +372,7 @@ class ZvtTerminal(PortSession):
         check_timeout(timeout)
         numeric = _numeric(currency)
         order_id = order_id or new_order_id("ZV")
+        self._register_once()
         with self._op():
             earlier = self._journal.get(order_id) if self._journal is not None else None
             if earlier is not None:
@@ -412,6 +429,7 @@ class ZvtTerminal(PortSession):
                 f"order {order_id} has no approval with a receipt number in this journal: ZVT reverses by receipt"
                 " number only; reverse it on the terminal")
         command = _build(Reversal, password=operator_password, receipt_no=receipt_no)
+        self._register_once()
         with self._op():
             self._journal_sent(order_id, "cancel", entry.amount_minor, entry.currency)
             results: list[PaymentResult] = []
@@ -445,6 +463,7 @@ class ZvtTerminal(PortSession):
         receipt_no = _zvt(entry).get("receipt_no") if entry is not None and entry.outcome == "approved" else None
         command = _build(Refund, password=operator_password, amount=amount_minor, currency=numeric,
                          **({"receipt_no": receipt_no} if receipt_no is not None else {}))
+        self._register_once()
         with self._op():
             if self._journal is not None:
                 earlier = self._journal.get(order_id, "refund", refund_id)
@@ -486,6 +505,7 @@ class ZvtTerminal(PortSession):
         number (``batch_no``). ``operator_password`` None: the terminal's."""
         check_timeout(timeout)
         command = _build(EndOfDay, password=self._operator(operator_password, "a ZVT end of day"))
+        self._register_once()
         with self._op():
             d = _Dialog(command, None, None, on_progress)
             self._run(d, timeout)
@@ -562,6 +582,20 @@ class ZvtTerminal(PortSession):
 
     def key_status(self, timeout: float = 3.0) -> Any:
         raise Unsupported("ZVT has no key-status command for the ECR")
+
+    def _register_once(self) -> None:
+        """Register (06 00) before this session's first transaction, when ``open`` had the
+        password and ``hello`` was not called: the config byte decides who prints the receipt
+        and whether intermediate status comes, and a terminal may forget a registration with
+        its connection. Tried once per session; a terminal that refuses or does not answer it
+        is left with its own settings (logged), the transaction goes on."""
+        if self._registration_tried or self._password is None or self.info is not None:
+            return
+        try:
+            self.hello()
+        except (ZvtRefused, PosTimeout) as exc:
+            log.warning("registration before the first transaction failed (%s): the terminal's own settings apply",
+                        exc)
 
     def _operator(self, password: str | None, what: str) -> str:
         """The password for ``what``: the one given, else the terminal's (ZVT has one password
