@@ -116,10 +116,13 @@ def driver_settings(kw: dict[str, Any], protocol: str | None) -> dict[str, Any]:
 
     fam = family(protocol)
     params = inspect.signature(fam.driver_class().open).parameters
+    ctx = click.get_current_context(silent=True)
     out = {}
     for name, value in given.items():
         keyword, option = DRIVER_OPTIONS[name]
         if keyword not in params:
+            if ctx is not None and ctx.get_parameter_source(name) is click.core.ParameterSource.ENVIRONMENT:
+                continue    # $POSTERM_TERMINAL_PASSWORD set for one family must not break the others
             raise click.UsageError(f"{option} is not an option of protocol family {fam.name!r}")
         out[keyword] = value
     return out

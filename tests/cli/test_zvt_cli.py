@@ -187,6 +187,9 @@ def test_the_zvt_options_are_refused_by_a_family_that_has_none(pty_port):
     for option in (["--terminal-password", PASSWORD], ["--zvt-config", "0xDE"], ["--zvt-framing", "tcp"]):
         r = run("status", "--protocol", "posterm", "--port", p, *option)
         assert r.exit_code == 2 and option[0] in r.stderr and "'posterm'" in r.stderr
+    # set in the environment for the ZVT terminal, it does not stand in the way of another family
+    r = run("query", "--protocol", "concert", "--port", p, "ORDER-1", env={"POSTERM_TERMINAL_PASSWORD": PASSWORD})
+    assert r.exit_code == 2 and "no query message" in one_error_line(r)
 
 
 # -- the config byte decides who prints ------------------------------------------------------------
