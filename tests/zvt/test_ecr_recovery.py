@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from firmware_protocol.zvt import Abort, Ack, Authorisation, Registration, IntermediateStatus, Refund, Reversal, StatusInformation
+from firmware_protocol.zvt import Abort, Ack, Authorisation, Completion, Registration, IntermediateStatus, Refund, Reversal, StatusInformation
 
 from posterm.ecr.results import Outcome
 from posterm.errors import LocalProtocolError, PosTimeout
@@ -121,3 +121,26 @@ def test_a_refund_names_the_payment_by_its_journaled_receipt_number(tmp_path):
     assert refund.fields.receipt_no == 231 and refund.fields.amount == 500
     term.refund("ELSEWHERE", 100, "RF-X", "654321", currency="EUR")   # not in the journal: no receipt number
     assert pt.commands(Refund)[1].fields.receipt_no is None
+
+
+def test_the_trace_masks_pan_and_track_data_and_withholds_their_hex(tmp_path, caplog):
+    import logging
+
+    pan, track2 = "4761739001010010", "4761739001010010D22122011143804400000"
+
+    def with_card_data(cmd, pt):
+        if isinstance(cmd, Authorisation):
+            return [Ack(), StatusInformation.make(result_code=0, amount=cmd.fields.amount, currency=978, pan=pan,
+                                                  track2=track2, receipt_no=5), Completion()]
+        return scripted()(cmd, pt)
+
+    term, _, _, journal = rig(tmp_path, script=with_card_data, trace=True)
+    with caplog.at_level(logging.DEBUG, logger="posterm.wire"):
+        result = term.pay(1250, "EUR", order_id="TR-1")
+    assert result.code_last4 == "0010"                      # the last four digits, as for every family
+    text = caplog.text
+    assert '"pan", "value": "<masked>"' in text and '"track2", "value": "<masked>"' in text
+    assert "(hex withheld: the APDU holds a secret BMP)" in text
+    for secret in (pan, track2, "47 61 73 90", pan[:8]):
+        assert secret not in text
+    assert pan not in str(journal.get("TR-1").result) and track2 not in str(journal.get("TR-1").result)
