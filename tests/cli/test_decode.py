@@ -18,7 +18,7 @@ from hypothesis import given, settings, strategies as st
 from firmware_protocol import FrameKind, encode_frame, encode_message
 from firmware_protocol.concert import ConcertAnswer, ConcertRequest, Status, TxnType
 from firmware_protocol.native.messages import PayRequest, Settle
-from firmware_protocol.zvt import Authorisation, Fields, encode_serial
+from firmware_protocol.zvt import Authorisation, Fields, Tlv, TlvContainer, encode_serial
 from posterm.cli import main
 from posterm.errors import ConfigError
 from posterm.families import ProtocolFamily, family
@@ -222,6 +222,8 @@ def test_acks_and_several_frames_in_a_row():
     ("10 02 80 00 00 10 03 F5 1F AA BB 10 02 80 00", ["serial frame", "garbage", "serial frame"], "garbage"),
     ("10 02 80 00 00 10 07 F5 1F", ["serial frame", "garbage"], "DLE followed by 07"),
     ("FF FF FF", ["apdu"], "cut off"),
+    ("AA 10 02 80 00 00 10 03 F5 1F", ["garbage", "serial frame"], "garbage"),   # a stray byte before a frame
+    ("06 01 07 04 00 00 00 10 02 00", ["apdu"], None),    # 10 02 inside an APDU: still an APDU
     ("06 00 02 12 34", ["apdu"], "Registration: the data matches none of its layouts"),
 ])
 def test_garbage_and_unknown_commands_are_entries_not_tracebacks(hex_input, kinds, error):
@@ -380,6 +382,11 @@ def test_zvt_secrets_are_masked_in_text_and_json():
             r = run("--protocol", "zvt", *fmt, frame.hex())
             assert r.exit_code == 0, r.stderr
             assert "411111" not in r.stdout and "<masked>" in r.stdout
+    emv = Authorisation(Fields(amount=100, tlv=TlvContainer((Tlv(0x5A, bytes.fromhex(pan)),
+                                                            Tlv(0x1F44, bytes.fromhex("52523535"))))))
+    [entry] = run_json("zvt", emv.encode())
+    assert flat(entry["fields"])["tlv/tag 5A"] == "<masked>" and pan not in json.dumps(entry)
+    assert flat(entry["fields"])["tlv/terminal id"] == "52523535"
     reg = load("1681273860.511128000_ecr_pt")
     for frame in (reg, encode_serial(reg)):
         r = run("--protocol", "zvt", "--json", frame.hex())

@@ -41,8 +41,8 @@ def decode(data: bytes) -> list[dict[str, Any]]:
             size = 1
         elif isinstance(item, ConcertGarbage):
             size = len(item.data)
-            out.append({"offset": offset, "kind": "garbage", "summary": f"{size} bytes",
-                        "error": f"{size} bytes that are no frame (STX ... ETX LRC) nor a control byte"})
+            out.append({"offset": offset, "kind": "garbage", "summary": f"{size} byte{'s' * (size != 1)}",
+                        "error": "not a frame (STX ... ETX LRC) nor a control byte"})
         else:
             size = len(item)
             out.append(_frame(offset, item))

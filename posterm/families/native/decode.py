@@ -43,8 +43,8 @@ def decode(data: bytes) -> list[dict[str, Any]]:
             framer.feed(data[offset + len(item.raw):])
         else:
             n = len(item.data)
-            out.append({"offset": offset, "kind": "garbage", "summary": f"{n} bytes",
-                        "error": f"{n} bytes that are no frame (a frame starts A5 01)"})
+            out.append({"offset": offset, "kind": "garbage", "summary": f"{n} byte{'s' * (n != 1)}",
+                        "error": "not a frame (a frame starts A5 01)"})
         offset = len(data) - framer.pending
     if framer.pending:
         out.append({"offset": offset, "kind": "frame", "summary": "cut off",

@@ -2,8 +2,9 @@
 
 The input is one of two shapes, told apart by its first bytes:
 
-* serial: ``10 02 ... 10 03 CRC`` (DLE STX), possibly after ACK / NAK bytes: split by the
-  serial framer; each frame's CRC is checked, and a frame with a wrong CRC is reported
+* serial: ``10 02 ... 10 03 CRC`` (DLE STX), possibly after ACK / NAK bytes (or after
+  garbage, when the bytes do not read as APDUs and a frame with a good CRC is found): split
+  by the serial framer; each frame's CRC is checked, and a frame with a wrong CRC is reported
   (``error``) with its APDU still decoded, so a corrupted line still shows what was meant;
   ACK 06 and NAK 15 between frames are entries of their own;
 * anything else: bare APDUs (CLASS INSTR LEN data, as on TCP and in the shared captures),
@@ -59,7 +60,13 @@ def decode(data: bytes, *, mask: bool = True) -> list[dict[str, Any]]:
         start += 1
     if data[start:start + 2] == bytes([DLE, STX]) or (data and start == len(data)):
         return _serial(data, mask)
-    return _bare(data, mask)
+    bare = _bare(data, mask)
+    if any("error" in e for e in bare) and bytes([DLE, STX]) in data:
+        # Not APDUs: serial frames with something in front of them (a stray byte in the log)?
+        serial = _serial(data, mask)
+        if any(e.get("crc") == "ok" for e in serial):
+            return serial
+    return bare
 
 
 def _serial(data: bytes, mask: bool) -> list[dict[str, Any]]:
@@ -130,8 +137,8 @@ def _control(raw: bytes) -> str:
 
 
 def _garbage(offset: int, n: int) -> dict[str, Any]:
-    return {"offset": offset, "kind": "garbage", "summary": f"{n} bytes",
-            "error": f"{n} bytes that are no frame (neither DLE STX ... DLE ETX CRC nor ACK / NAK)"}
+    return {"offset": offset, "kind": "garbage", "summary": f"{n} byte{'s' * (n != 1)}",
+            "error": "not a frame (DLE STX ... DLE ETX CRC) nor ACK / NAK"}
 
 
 def _apdu_entry(offset: int, kind: str, raw: bytes, mask: bool, **extra: Any) -> dict[str, Any]:
