@@ -96,10 +96,16 @@ class Capture:
 
 # -- ecrterm, adapted at run time ----------------------------------------------------------
 
+_CAPTURE_REF: list = [None]      # the session's Capture: the serial tap and the TCP proxy write to it
+_API: dict[str, Any] = {}
+
+
 def _adapt_ecrterm(capture_ref: list) -> dict[str, Any]:
-    """Import ecrterm and make the adaptations it needs; return the modules/classes used.
+    """Import ecrterm and make the adaptations it needs, once; return the classes used.
 
     ``capture_ref[0]`` is the current :class:`Capture` (the serial tap writes to it)."""
+    if _API:
+        return _API
     import serial
 
     import ecrterm.common
@@ -196,7 +202,8 @@ def _adapt_ecrterm(capture_ref: list) -> dict[str, Any]:
     BITMAPS[0x49][0].data_type = int
     bp.Registration.FIELDS["cc"].data_type = int
 
-    return dict(ECR=ecr_mod.ECR, bp=bp, ConfigByte=ConfigByte, Reversal=Reversal, Refund=Refund)
+    _API.update(ECR=ecr_mod.ECR, bp=bp, ConfigByte=ConfigByte, Reversal=Reversal, Refund=Refund)
+    return _API
 
 
 # -- the byte tap for TCP ------------------------------------------------------------------
@@ -300,7 +307,7 @@ def run_session(transport: str, out: Path, posterm: str, password: str) -> list[
     home = Path(os.environ.get("TMPDIR", "/tmp")) / f"ecrterm-session-{transport}-{os.getpid()}"
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
-    capture_ref: list = [None]
+    capture_ref = _CAPTURE_REF
     api = _adapt_ecrterm(capture_ref)
     ECR, bp, ConfigByte = api["ECR"], api["bp"], api["ConfigByte"]
     proc, port = start_emulator(posterm, "tcp" if transport == "tcp" else "pty", home)
