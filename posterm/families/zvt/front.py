@@ -446,9 +446,13 @@ class ZvtFront:
             self._terminal_id = _digits8(message.terminal_id)
             self._merchant_id = message.merchant_id[:15]
             self._firmware_version = message.firmware_version
+            # 19, 29, 49 in the order ZVT lists them: a completion's untagged first fields
+            # (software version, terminal status) make ECRs guess, and python-ecrterm read
+            # a leading 49 01 56 as terminal status 49 then BMP 01 (fixtures/zvt/ecrterm).
             self._finish(Completion(fields=Fields(type_byte=0, terminal_id=self._terminal_id,
                                                   currency=numeric(self._reg.currency)
-                                                  if self._reg.currency_sent else None)))
+                                                  if self._reg.currency_sent else None,
+                                                  order=(0x19, 0x29, 0x49))))
         elif isinstance(message, m.Status) and op.kind == "status":
             self._finish(Completion(software_version=self._firmware_version[:64],
                                     terminal_status=_terminal_status(message)))
