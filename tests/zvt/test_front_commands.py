@@ -97,7 +97,8 @@ def test_book_total_gives_back_the_difference_and_is_booked_once():
     assert (refund.order_id, refund.amount_minor, refund.operator_password) == (order_id, 300, PASSWORD)
     got, _ = reg.firmware(_refund_ok(refund))
     assert _kinds(got)[0] == "StatusInformation" and isinstance(got[-1], Completion)
-    assert (got[0].fields.amount, got[0].fields.receipt_no, got[0].fields.result_code) == (700, 1, 0)
+    # the booking has its own receipt number; the pre-authorisation's (1) named it in BMP 87
+    assert (got[0].fields.amount, got[0].fields.receipt_no, got[0].fields.result_code) == (700, 2, 0)
     natives, got, _ = reg.command(BookTotal.make(receipt_no=1, amount=700))
     assert natives == [] and got == [Aborted(0xB8)]                # booked already: "error pre-authorisation"
 
@@ -142,7 +143,7 @@ def test_pre_authorisation_reversal_cancels_the_payment():
     cancel = reg.command_natives(PreAuthReversal.make(receipt_no=1))[0]
     assert isinstance(cancel, m.Cancel) and cancel.order_id == order_id and cancel.operator_password == PASSWORD
     got, _ = reg.firmware(m.PayResult(order_id=order_id, outcome=Outcome.CANCELLED, amount_minor=1000, currency="CNY"))
-    assert isinstance(got[-1], Completion) and got[0].fields.receipt_no == 1 and got[0].fields.result_code == 0
+    assert isinstance(got[-1], Completion) and got[0].fields.receipt_no == 2 and got[0].fields.result_code == 0
     assert reg.command(PreAuthReversal.make(receipt_no=1))[1] == [Aborted(0xB4)]      # already reversed
     assert reg.command(BookTotal.make(receipt_no=1, amount=5))[1] == [Aborted(0xB4)]
 

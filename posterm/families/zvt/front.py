@@ -732,6 +732,7 @@ class ZvtFront:
             if paid is not None:
                 paid.reversed = True
                 self._touch(op.receipt_no)
+            fields["receipt_no"] = self._take_receipt_no()
             self._result(op, RC_OK, fields)
             return
         code = RC_HOST_SILENT if res.outcome is Outcome.UNKNOWN else RESULT_CODES.get(int(res.reason), RC_DECLINED)
@@ -751,6 +752,7 @@ class ZvtFront:
             if op.kind == "book":
                 paid.booked = op.amount_minor
             self._touch(op.receipt_no)
+        fields["receipt_no"] = self._take_receipt_no()
         self._result(op, RC_OK, fields)
 
     def _result(self, op: _Op, code: int, fields: dict[str, Any]) -> None:
@@ -885,11 +887,22 @@ class ZvtFront:
     # -- receipt numbers and traces -------------------------------------------------------------
 
     def _remember(self, order_id: str, amount: int, currency: str, *, preauth: bool = False) -> int:
+        receipt_no = self._take_receipt_no()
+        self._seq += 1
+        self._paid[receipt_no] = _Paid(order_id, amount, currency, preauth=preauth, seq=self._seq)
+        self._touch(receipt_no)
+        return receipt_no
+
+    def _take_receipt_no(self) -> int:
+        """The next receipt number, for any booking that prints a receipt (a payment, and a
+        reversal or refund: each has its own number, as a terminal's journal does; the
+        payment it undoes is named by the command's BMP 87, not by the answer's)."""
         receipt_no = self._next_receipt
         self._next_receipt = receipt_no % MAX_RECEIPT_NO + 1
-        self._seq += 1
-        self._paid.pop(receipt_no, None)            # the number comes round again: the old payment is forgotten
-        self._paid[receipt_no] = _Paid(order_id, amount, currency, preauth=preauth, seq=self._seq)
+        if self._paid.pop(receipt_no, None) is not None:
+            # The number comes round again: the old payment is forgotten, and the next write
+            # replaces the file whole (an appended file still holds its entry).
+            self._disk_bytes = 0
         if self._batch_first is None:
             self._batch_first = receipt_no
         self._touch(receipt_no)
