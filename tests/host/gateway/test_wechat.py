@@ -13,6 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 import uvicorn
 import xmltodict
 from starlette.applications import Starlette
@@ -22,9 +24,10 @@ from wechatpy.pay.utils import calculate_signature, calculate_signature_hmac, di
 
 from firmware_protocol.host import messages as h
 from firmware_protocol.native.messages import Reason
-from posterm.host.gateway import apps
+from posterm.host import Host
+from posterm.host.gateway import Gateway, apps
 from posterm.host.gateway import wechat as wx
-from tests.host.conftest import terminal
+from tests.host.conftest import Clock, terminal
 
 MERCHANT = "M100000001"
 APPID = "wx8888888888888888"
@@ -34,12 +37,34 @@ WX = {n: f"13990000000000000{n}" for n in range(1, 9)}
 IP = "127.0.0.1"
 
 
-@pytest.fixture
+# One host, gateway and server for the module: seeding a host's demo data is most of a
+# test's time (scrypt for eight accounts). Each test has its own out_trade_nos and compares
+# balances before and after, so the tests do not see each other; the books are checked at the end.
+
+@pytest.fixture(scope="module")
+def clock():
+    return Clock()
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory, clock):
+    h = Host.open(tmp_path_factory.mktemp("wxhost") / "host.db", clock=clock, outage_seconds=30.0, phone_delay=2.0)
+    yield h
+    assert h.check_books() == []
+    h.close()
+
+
+@pytest.fixture(scope="module")
+def gateway(host, gateway_keys):
+    return Gateway(host, keys=gateway_keys)
+
+
+@pytest.fixture(scope="module")
 def wechat_app(gateway):
     return apps.add(gateway.ctx, gateway.keys, APPID, MERCHANT, wechat_mch_id=MCH_ID, wechat_key=KEY)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def base_url(gateway, wechat_app):
     """The WeChat routes served by uvicorn on a loopback port. The socket listens before the
     server thread starts, so a client's connection waits in the backlog: nothing to wait for."""
@@ -48,7 +73,7 @@ def base_url(gateway, wechat_app):
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
@@ -444,3 +469,67 @@ def test_trade_states_map():
     t = Trade(trade_no="1", out_trade_no="o", status="CLOSED", amount_minor=1, currency="CNY", paid_at=1.0,
               refunded_minor=1)
     assert wx.trade_state(t) == "REFUND"
+
+
+# ---------------------------------------------------------------------- fuzz: only our refusals, never anything else
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=1024) | st.builds(lambda a, b: b"<xml>" + a + b"</xml>" + b, st.binary(max_size=200),
+                                            st.binary(max_size=8)))
+def test_parse_xml_refuses_only_with_its_own_error(data):
+    try:
+        out = wx.parse_xml(data)
+    except wx.XmlRefused as exc:
+        assert exc.msg
+    else:
+        assert isinstance(out, dict) and all(isinstance(v, str) for v in out.values())
+
+
+_TEXT = st.text(st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\ufffe\uffff") | st.sampled_from("\n\t"),
+                max_size=40)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.dictionaries(st.from_regex(r"[a-z][a-z0-9_]{0,20}", fullmatch=True), _TEXT, max_size=10))
+def test_xml_build_parse_round_trip(fields):
+    assert wx.parse_xml(wx.to_xml(fields)) == fields
+
+
+def _signed_request(out_trade_no: str) -> bytes:
+    data = {"appid": APPID, "mch_id": MCH_ID, "nonce_str": "fuzz", "body": "fuzz", "out_trade_no": out_trade_no,
+            "total_fee": 1, "spbill_create_ip": IP, "auth_code": WX[1]}
+    return dict_to_xml(data, calculate_signature(data, KEY)).encode()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_answer_to_mangled_requests_is_always_xml(gateway, wechat_app, data):
+    raw = bytearray(_signed_request("wx-fuzz"))
+    for _ in range(data.draw(st.integers(1, 4))):
+        how = data.draw(st.sampled_from(["flip", "insert", "cut"]))
+        pos = data.draw(st.integers(0, len(raw) - 1))
+        if how == "flip":
+            raw[pos] = data.draw(st.integers(0, 255))
+        elif how == "insert":
+            raw[pos:pos] = data.draw(st.binary(min_size=1, max_size=8))
+        else:
+            del raw[pos:]
+            if not raw:
+                break
+    path = data.draw(st.sampled_from(wx.PATHS))
+    out = wx.parse_xml(wx.answer(gateway, path, bytes(raw)))
+    assert out["return_code"] in ("SUCCESS", "FAIL")
+    if out["return_code"] == "SUCCESS":
+        assert out["sign"] == wx.sign(out, KEY)
+
+
+def test_unknown_path_and_oversized_body_over_http(base_url):
+    assert wx.parse_xml(wx.answer(None, "/pay/unifiedorder", b"<xml/>"))["return_code"] == "FAIL"
+    big = b"<xml><body>" + b"x" * wx.MAX_BODY + b"</body></xml>"
+    assert post(base_url, "pay/micropay", big)["return_msg"].startswith("XML")
+
+    def chunks():   # no Content-Length: the cap holds on the stream too
+        for _ in range(wx.MAX_BODY // 1024 + 2):
+            yield b"<a>" + b"x" * 1017 + b"</a>"
+    r = requests.post(base_url + "pay/micropay", data=chunks(), timeout=10)
+    assert xmltodict.parse(r.content)["xml"]["return_code"] == "FAIL"
