@@ -430,18 +430,20 @@ class Gateway:
 
     # ------------------------------------------------------------------ notifications (see .notify)
 
-    def notifications_due(self, limit: int = 16) -> list[tuple[App, Trade, str, int]]:
-        """Paid trades whose notification is due: (app, trade, notify_url, attempts so far)."""
-        with self._guard():
-            tx = self.ctx.store.view()
-            rows = tx.gateway_notifications_due(self.ctx.clock(), limit)
+    def notifications_due(self, limit: int = 16, lease_s: float = 30.0) -> list[tuple[App, Trade, str, int]]:
+        """Claim the paid trades whose notification is due: (app, trade, notify_url, attempts
+        so far). Each is leased for ``lease_s`` (another worker, in this process or another,
+        does not take it meanwhile); :meth:`notification_done` records the outcome."""
+        from posterm.host.gateway import apps
+
+        with self._guard(), self.ctx.store.transaction() as tx:
+            now = self.ctx.clock()
             out = []
-            for r in rows:
-                try:
-                    app = self.app(r["app_id"])
-                except UnknownApp:
-                    continue
-                out.append((app, self._trade(tx, tx.trade(r["trade_no"])), r["notify_url"], r["notify_attempts"]))
+            for r in tx.gateway_notifications_due(now, limit):
+                tx.set_gateway_notify(r["trade_no"], "pending", r["notify_attempts"], now + lease_s)
+                app = apps.get(self.ctx, self.keys, r["app_id"])
+                if app is not None:
+                    out.append((app, self._trade(tx, tx.trade(r["trade_no"])), r["notify_url"], r["notify_attempts"]))
             return out
 
     def notification_done(self, trade_no: str, delivered: bool, attempts: int, next_at: float | None) -> None:
