@@ -37,7 +37,6 @@ signature is still checked.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import ipaddress
@@ -62,6 +61,7 @@ from posterm.host.gateway.core import (
     UnknownApp,
     refund_id_for,
 )
+from posterm.host.gateway.http import Request, Response
 
 if TYPE_CHECKING:  # pragma: no cover
     from posterm.host.gateway.core import Gateway
@@ -507,44 +507,26 @@ _ENDPOINTS: dict[str, Callable[["Gateway", App, Mapping[str, str]], dict[str, st
 PATHS = tuple("/" + p for p in _ENDPOINTS)
 
 
-# ---------------------------------------------------------------------- HTTP (Starlette)
+# ---------------------------------------------------------------------- HTTP (posterm.host.gateway.http)
 
-BODY_TIMEOUT_S = 10.0   # a client that does not send its body in this time is answered and dropped
-
-
-async def _endpoint(request):
-    from starlette.concurrency import run_in_threadpool
-    from starlette.responses import Response
-
-    def reply(xml_bytes: bytes) -> Response:
-        return Response(xml_bytes, media_type="text/xml; charset=utf-8")
-
-    length = request.headers.get("content-length", "")
-    if length and (not length.isdigit() or int(length) > MAX_BODY):
-        return reply(_comm_fail("XML格式错误: 请求过大"))
-    body = bytearray()
-    try:
-        async with asyncio.timeout(BODY_TIMEOUT_S):
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > MAX_BODY:
-                    return reply(_comm_fail("XML格式错误: 请求过大"))
-    except TimeoutError:
-        return reply(_comm_fail("XML格式错误: 请求超时"))
-    try:
-        return reply(await run_in_threadpool(answer, request.app.state.gateway, request.url.path, bytes(body),
-                                             request.method))
-    except Exception:   # never a 500 or a traceback to the merchant: the outcome is unknown, it queries
-        log.exception("wechat %s: internal error", request.url.path)
-        return reply(_comm_fail("系统错误"))
+XML = "text/xml; charset=utf-8"
 
 
-def _routes() -> list:
-    from starlette.routing import Route
-
-    # GET is routed too, to be answered as WeChat answers it (REQUIRE_POST_METHOD), not 405.
-    return [Route(path, _endpoint, methods=["POST", "GET"]) for path in PATHS]
+def handle(gateway: "Gateway", req: Request) -> Response:
+    """A WeChat Pay request as :mod:`.http` hands it over: always 200 with XML (see :func:`answer`)."""
+    return Response(200, answer(gateway, req.path, req.body, req.method), XML)
 
 
-ROUTES = _routes()
-"""The WeChat Pay routes, for the gateway's Starlette app (which sets ``app.state.gateway``)."""
+_REFUSALS = {"too_large": "XML格式错误: 请求过大", "too_many_params": "XML格式错误: 参数过多",
+             "busy": "系统繁忙，请稍后再试", "internal": "系统错误"}
+
+
+def refuse(req: Request, why: str) -> Response:
+    """The HTTP layer's refusals as a communication failure (``return_code FAIL``, unsigned:
+    the request was not read). The outcome of a refused request is "nothing happened"
+    except for ``internal``, after which the merchant queries, as after any FAIL."""
+    return Response(200, _comm_fail(_REFUSALS.get(why, "系统错误")), XML)
+
+
+# GET is routed too, to be answered as WeChat answers it (REQUIRE_POST_METHOD), not 405.
+ROUTES = [(path, ("POST", "GET"), handle) for path in PATHS]

@@ -7,17 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import socket
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-import uvicorn
 import xmltodict
-from starlette.applications import Starlette
 from wechatpy.exceptions import WeChatPayException
 from wechatpy.pay import WeChatPay
 from wechatpy.pay.utils import calculate_signature, calculate_signature_hmac, dict_to_xml
@@ -27,6 +23,7 @@ from firmware_protocol.native.messages import Reason
 from posterm.host import Host
 from posterm.host.gateway import Gateway, apps
 from posterm.host.gateway import wechat as wx
+from posterm.host.gateway.http import GatewayServer
 from tests.host.conftest import Clock, terminal
 
 MERCHANT = "M100000001"
@@ -66,20 +63,9 @@ def wechat_app(gateway):
 
 @pytest.fixture(scope="module")
 def base_url(gateway, wechat_app):
-    """The WeChat routes served by uvicorn on a loopback port. The socket listens before the
-    server thread starts, so a client's connection waits in the backlog: nothing to wait for."""
-    app = Starlette(routes=wx.ROUTES)
-    app.state.gateway = gateway
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
+    """The gateway's own server (uvicorn on a loopback port, every protocol's routes)."""
+    with GatewayServer(gateway) as server:
+        yield server.address + "/"
 
 
 def client(base_url: str, key: str = KEY) -> WeChatPay:
