@@ -174,11 +174,12 @@ class GatewayServer:
     """uvicorn serving :func:`make_app` in a thread (see the module docstring).
 
     ``notifier``: a :class:`~posterm.host.gateway.notify.Notifier` started and stopped
-    with the server (None: no asynchronous notifications).
+    with the server (None: no asynchronous notifications). ``modules``: the protocol
+    modules served (default :func:`protocol_modules`).
     """
 
     def __init__(self, gateway: "Gateway", listen: str = "127.0.0.1:0", *, limits: Limits = Limits(),
-                 notifier=None) -> None:
+                 notifier=None, modules: list | None = None) -> None:
         import uvicorn
 
         host, port = parse_listen(listen)
@@ -193,7 +194,7 @@ class GatewayServer:
             raise ConfigError(f"gateway address {listen}: {exc.strerror}") from exc
         bound = self._sock.getsockname()
         self.host, self.port = bound[0], bound[1]
-        config = uvicorn.Config(make_app(gateway, limits), log_config=None, access_log=False, lifespan="off",
+        config = uvicorn.Config(make_app(gateway, limits, modules), log_config=None, access_log=False, lifespan="off",
                                 limit_concurrency=limits.max_connections, timeout_keep_alive=limits.keep_alive_s,
                                 h11_max_incomplete_event_size=16 * 1024, server_header=False, date_header=True,
                                 timeout_graceful_shutdown=2)

@@ -43,6 +43,7 @@ class GatewayKeys:
         self._private = serialization.load_pem_private_key(private_pem, password=None)
         self._wechat = dict(wechat)
         self._lock = threading.Lock()
+        self._stamp: tuple[int, int, int] | None = None   # of the store file when _wechat was read
 
     @classmethod
     def open(cls, key_dir: str | os.PathLike[str]) -> "GatewayKeys":
@@ -83,8 +84,23 @@ class GatewayKeys:
     # ------------------------------------------------------------------ WeChat API keys
 
     def wechat_key(self, app_id: str) -> str | None:
+        """The API key kept for ``app_id``. Another process (``posterm host app add`` beside
+        a running server) may have changed the store: it is read again when its file has."""
         with self._lock:
+            self._reload_if_changed()
             return self._wechat.get(app_id)
+
+    def _reload_if_changed(self) -> None:
+        try:
+            st = os.stat(self._path)
+        except FileNotFoundError:
+            return
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if stamp == self._stamp:
+            return
+        doc = sealed.load(self._path) or {}
+        self._wechat = dict(doc.get("wechat", {}))
+        self._stamp = stamp
 
     def set_wechat_key(self, app_id: str, api_key: str) -> None:
         """Keep ``api_key`` for ``app_id`` (replacing one it had), sealed on disk at once."""
@@ -95,6 +111,7 @@ class GatewayKeys:
             doc["wechat"] = wechat
             sealed.save(self._path, doc)
             self._wechat = wechat
+            self._stamp = None
 
 
 @functools.lru_cache(maxsize=256)
