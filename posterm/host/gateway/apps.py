@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from posterm.host import admin
 from posterm.host.context import HostContext, HostRefused
-from posterm.host.gateway.core import APP_ID, TERMINAL_PREFIX, App
+from posterm.host.gateway.core import APP_ID, TERMINAL_PREFIX, App, app_from_row
 from posterm.host.gateway.keys import GatewayKeys, normalise_public_pem
-from posterm.host.store.queries import Row
 
 WECHAT_KEY_LEN = 32
 
@@ -64,12 +63,12 @@ def add(ctx: HostContext, keys: GatewayKeys, app_id: str, merchant_id: str, *, p
 def get(ctx: HostContext, keys: GatewayKeys, app_id: str) -> App | None:
     """The app ``app_id`` with its key, or None."""
     row = ctx.store.view().gateway_app(app_id)
-    return None if row is None else _app(row, keys)
+    return None if row is None else app_from_row(row, keys)
 
 
 def all_apps(ctx: HostContext, keys: GatewayKeys) -> list[App]:
     """Every registered app, by id."""
-    return [_app(r, keys) for r in ctx.store.view().gateway_apps()]
+    return [app_from_row(r, keys) for r in ctx.store.view().gateway_apps()]
 
 
 def by_wechat_mch(ctx: HostContext, keys: GatewayKeys, mch_id: str, app_id: str) -> App | None:
@@ -78,12 +77,6 @@ def by_wechat_mch(ctx: HostContext, keys: GatewayKeys, mch_id: str, app_id: str)
     if app is None or app.kind != "wechat" or app.wechat_mch_id != mch_id:
         return None
     return app
-
-
-def _app(row: Row, keys: GatewayKeys) -> App:
-    api_key = keys.wechat_key(row["app_id"]) if row["kind"] == "wechat" else None
-    return App(row["app_id"], row["merchant_id"], row["kind"], row["terminal_id"], row["public_key_pem"],
-               row["wechat_mch_id"], api_key)
 
 
 def describe(app: App) -> dict:

@@ -286,10 +286,9 @@ class Gateway:
 
     def app(self, app_id: str, kind: str | None = None) -> App:
         """The registered app ``app_id`` (of ``kind`` when given). Raises UnknownApp."""
-        from posterm.host.gateway import apps
-
         with self._guard():
-            found = apps.get(self.ctx, self.keys, app_id)
+            row = self.ctx.store.view().gateway_app(app_id)
+        found = None if row is None else app_from_row(row, self.keys)
         if found is None or (kind is not None and found.kind != kind):
             raise UnknownApp(f"no {kind or ''} app {app_id}".replace("  ", " "))
         return found
@@ -434,15 +433,14 @@ class Gateway:
         """Claim the paid trades whose notification is due: (app, trade, notify_url, attempts
         so far). Each is leased for ``lease_s`` (another worker, in this process or another,
         does not take it meanwhile); :meth:`notification_done` records the outcome."""
-        from posterm.host.gateway import apps
-
         with self._guard(), self.ctx.store.transaction() as tx:
             now = self.ctx.clock()
             out = []
             for r in tx.gateway_notifications_due(now, limit):
                 tx.set_gateway_notify(r["trade_no"], "pending", r["notify_attempts"], now + lease_s)
-                app = apps.get(self.ctx, self.keys, r["app_id"])
-                if app is not None:
+                row = tx.gateway_app(r["app_id"])
+                if row is not None:
+                    app = app_from_row(row, self.keys)
                     out.append((app, self._trade(tx, tx.trade(r["trade_no"])), r["notify_url"], r["notify_attempts"]))
             return out
 
@@ -533,6 +531,13 @@ class Gateway:
                      buyer_ref=buyer_ref(row["account_id"]), paid_at=row["paid_at"], created_at=row["created_at"],
                      qr_code=row["qr_data"], subject=row["description"], host_status=row["status"],
                      closed_by=g["closed_by"] if g is not None else None, repeated=repeated)
+
+
+def app_from_row(row: Row, keys: "GatewayKeys") -> App:
+    """An :class:`App` from its ``gateway_apps`` row, with its WeChat API key from ``keys``."""
+    api_key = keys.wechat_key(row["app_id"]) if row["kind"] == "wechat" else None
+    return App(row["app_id"], row["merchant_id"], row["kind"], row["terminal_id"], row["public_key_pem"],
+               row["wechat_mch_id"], api_key)
 
 
 def _reason(value: int) -> Reason:

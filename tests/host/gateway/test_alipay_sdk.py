@@ -204,6 +204,7 @@ def test_request_signed_by_another_key_is_refused(host, sdk, app_private_pem):
 
 def test_tampered_request_is_refused(host, sdk):
     """Signed for 0.01, sent for 999.00: the gateway refuses it and charges nothing."""
+    before = balance(host)
     data = sdk.build_body("alipay.trade.pay", {"out_trade_no": "E-3", "scene": "bar_code", "auth_code": CODE[1],
                                                "subject": "x", "total_amount": "0.01"})
     query = sdk.sign_data(data).replace("0.01", "999.00")
@@ -211,7 +212,6 @@ def test_tampered_request_is_refused(host, sdk):
     with pytest.raises(AliPayException) as e:
         sdk._verify_and_return_sync_response(raw, "alipay_trade_pay_response")
     assert "code:40002" in str(e.value) and "isv.invalid-signature" in raw
-    before = balance(host)
     assert balance(host) == before and host.trades(terminal="GW-" + ALIPAY_APP_ID) == []
 
 

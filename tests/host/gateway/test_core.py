@@ -251,3 +251,15 @@ def test_app_repr_hides_the_key(gateway):
                    wechat_key="k" * 32)
     assert "kkkk" not in repr(app) and app.api_key == "k" * 32
     assert gateway.app("wx0000000000000001").api_key == "k" * 32
+
+
+def test_gateway_trades_are_in_the_bill(host, clock, gateway, alipay_app):
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    t = gateway.pay(alipay_app, "bill-1", CODE[1], 1500, "CNY")
+    gateway.refund(alipay_app, "bill-1", "bill-r1", 500)
+    month = datetime.fromtimestamp(clock(), ZoneInfo("Asia/Shanghai")).strftime("%Y-%m")
+    rows = [r for r in host.bill("demo-001", month) if r["order_id"] == "bill-1"]
+    assert [(r["kind"], r["amount_minor"]) for r in rows] == [("payment", -1500), ("refund", 500)]
+    assert rows[0]["reference"] == t.trade_no and rows[0]["merchant"] == "M100000001"
