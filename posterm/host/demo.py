@@ -4,7 +4,9 @@ accounts and their payment codes.
 Like test card numbers, the codes 289900000000000001..008 pick an outcome without any
 setup, stay valid forever and can be reused (see docs/host.md): each belongs to a test
 account whose *behaviour* (:data:`BEHAVIOURS`) scripts what the host does with it. The
-host never issues a real code in :data:`TEST_CODE_RANGE`.
+host never issues a real code in :data:`TEST_CODE_RANGE`. The WeChat Pay test codes
+139900000000000001..008 (a WeChat code is 18 digits with prefix 10-15) belong to the same
+accounts: the one ending in the same digit behaves the same.
 
 :func:`seed` loads the data into a host with no merchant yet; ``posterm host serve``,
 ``posterm emulate`` and ``posterm demo`` call it (through ``Host.open(demo=True)`` for the
@@ -23,6 +25,7 @@ TERMINALS = [f"T{n:07d}" for n in range(1, 65)]
 REGION = "CN-SH"
 TEST_CODE_RANGE = "2899"
 TEST_CODE_PREFIX = "2899000000000000"
+WECHAT_TEST_CODE_PREFIX = "1399000000000000"
 
 # The test accounts' outcomes are scripted: risk control is not consulted (it would alert
 # or ask on a demo's repeated payments), except where the script is risk control's answer.
@@ -55,6 +58,11 @@ def test_code(suffix: str) -> str:
     return TEST_CODE_PREFIX + suffix
 
 
+def wechat_test_code(suffix: str) -> str:
+    """The WeChat Pay test payment code ending in ``suffix`` ("01".."08"): same account as :func:`test_code`."""
+    return WECHAT_TEST_CODE_PREFIX + suffix
+
+
 def seed(ctx: HostContext) -> bool:
     """Load the demo merchant, terminals, accounts and test codes into a host with no
     merchant yet (``Host.ctx``). Returns whether it did; a host with a merchant is left as it is."""
@@ -69,6 +77,7 @@ def seed(ctx: HostContext) -> bool:
                           behaviour=behaviour)
         with ctx.store.transaction() as tx:
             tx.add_code(test_code(suffix), acct, ctx.clock(), None, test=True)
+            tx.add_code(wechat_test_code(suffix), acct, ctx.clock(), None, test=True)
             if frozen:
                 tx.set_account(acct, "frozen", True)  # frozen from the start: no alert, no case
     return True
