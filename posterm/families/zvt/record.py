@@ -493,16 +493,19 @@ def build_zvt_script(recording: Any, secrets: dict[str, str] | None = None) -> l
 _PRINTED_ID = re.compile(r"\b[A-Z]?[0-9A-F]{12,}\b")
 
 
-def comparable(value: Any) -> Any:
+_TEXTS = frozenset({"text", "additional_text"})
+
+
+def comparable(value: Any, key: str | None = None) -> Any:
     """``value`` (recorded fields) as replay compares it: ids a terminal makes up per
-    payment and prints are ``<id>`` inside text, and a TLV item's hex is left out where its
-    text is given (the same bytes, twice)."""
+    payment and prints are ``<id>`` inside text (a print line's, BMP 3C, a TLV text line),
+    and a TLV item's hex is left out where its text is given (the same bytes, twice)."""
     if isinstance(value, str):
-        return _PRINTED_ID.sub("<id>", value)
+        return _PRINTED_ID.sub("<id>", value) if key in _TEXTS else value
     if isinstance(value, list):
-        return [comparable(v) for v in value]
+        return [comparable(v, key) for v in value]
     if isinstance(value, dict):
-        return {k: comparable(v) for k, v in value.items() if not (k == "value" and "text" in value)}
+        return {k: comparable(v, k) for k, v in value.items() if not (k == "value" and "text" in value)}
     return value
 
 
