@@ -41,7 +41,7 @@ from posterm.families.zvt.record import (
 )
 from posterm.record import Recorder, load
 from posterm.record.pcapng import INBOUND, OUTBOUND, read_pcapng, write_pcapng
-from posterm.record.replay import build_script, replay_ecr
+from posterm.record.replay import Script, build_script, replay_ecr
 from posterm.transport import VirtualTransport
 
 PASSWORD = "123456"
@@ -356,8 +356,7 @@ def test_replay_as_ecr_against_a_live_emulator_matches_and_a_tampered_recording_
     tampered = tmp_path / "tampered.jsonl"
     tampered.write_text("".join(json.dumps(r) + "\n" for r in lines))
     for name, path, secret, code in (("ok", session["terminal"], ["--secret", f"password={PASSWORD}"], 0),
-                                     ("tampered", tampered, ["--secret", f"password={PASSWORD}"], 1),
-                                     ("no-secret", session["ecr"], [], 1)):
+                                     ("tampered", tampered, ["--secret", f"password={PASSWORD}"], 1)):
         with start_emulator(tmp_path / name, session["transport"]) as emu:
             result = CliRunner().invoke(main, ["replay", str(path), "--as", "ecr", "--port", emu.port, "--fast",
                                                *secret])
@@ -367,9 +366,18 @@ def test_replay_as_ecr_against_a_live_emulator_matches_and_a_tampered_recording_
         elif name == "tampered":
             assert result.output.splitlines()[1:] == [
                 "  #2: StatusInformation answer 5: amount: recorded 9999, got 1250"]
-        else:                                          # the demo password put back: refused 06 1E
-            assert "  #1: Completion answer 2: recorded Completion(" in result.output
-            assert "got Aborted(result_code=131)" in result.output.splitlines()[1], result.output
+    # Without --secret the demo password goes back in: this terminal refuses the registration.
+    from posterm.transport import open_transport
+
+    script = Script(build_script(load(session["ecr"]))[:1], "zvt")
+    with start_emulator(tmp_path / "no-secret", session["transport"]) as emu:
+        t = open_transport(emu.port)
+        try:
+            result = replay_ecr(t, script, fast=True)
+        finally:
+            t.close()
+    assert [str(d) for d in result.diffs] == ["#1: Completion answer 2: recorded Completion(currency=156, type_byte=0,"
+                                              " terminal_id=00000001), got Aborted(result_code=131)"]
 
 
 def test_replay_as_ecr_crosses_transports(tmp_path):
