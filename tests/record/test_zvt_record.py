@@ -168,7 +168,7 @@ def _stream(serial: bool) -> tuple[bytes, bytes, list[str]]:
             Reversal.make(password=PASSWORD, receipt_no=7)]
     answers = [StatusInformation.make(result_code=0, amount=100, currency=978, pan=PAN, card_name="VISA",
                                       receipt_no=7),
-               PrintLine(0, f"CARD {PAN}"[-12:]), Completion()]
+               PrintLine(0, "CARD ************0119"), Completion()]
     if not serial:
         return b"".join(c.encode() for c in cmds), b"".join(a.encode() for a in answers), [type(c).__name__ for c in cmds]
     framed = [encode_serial(c.encode()) for c in cmds]
@@ -326,6 +326,29 @@ def test_replay_as_terminal_answers_a_live_zvt_driver(session, side, tmp_path):
     th.join(5)
     assert player.done and player.divergences == [] and player.answered == len(COMMANDS)
     assert paid.order_id != session["results"][0].order_id and paid.code_last4 == "0001"
+
+
+def test_tap_records_a_zvt_line(session, tmp_path):
+    """``posterm tap --protocol zvt``'s machinery between a live driver and a replaying terminal."""
+    from posterm.record.tap import Tap
+
+    framing = session["transport"]
+    ecr, tap_ecr = VirtualTransport.pair()
+    tap_term, term = VirtualTransport.pair()
+    player = ZvtReplayTerminal(term, build_script(load(session["ecr"]), {"password": PASSWORD}), fast=True,
+                               framing=framing)
+    th = threading.Thread(target=player.run, kwargs={"timeout": 30}, daemon=True)
+    th.start()
+    tap = Tap(tap_ecr, tap_term, Recorder(tmp_path / "t.jsonl", side="tap", protocol="zvt")).start()
+    with ZvtTerminal(ecr, journal=Journal(tmp_path / "j.db"), framing=framing, password=PASSWORD,
+                     currency="CNY") as t:
+        flow(t)
+    th.join(5)
+    tap.close()
+    got = load(tmp_path / "t.jsonl")
+    assert got.header["side"] == "tap" and player.divergences == []
+    assert [f["msg"]["type"] for f in got.frames() if f["from"] == "ecr" and f["kind"] == "apdu"] == COMMANDS
+    assert_no_secrets(tmp_path / "t.jsonl")
 
 
 def test_replay_as_terminal_reports_where_the_register_diverged(session, tmp_path):

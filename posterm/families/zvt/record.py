@@ -7,10 +7,12 @@ What a recording of this family holds (the format is :mod:`posterm.record.format
   a serial line (DLE STX ... DLE ETX CRC and single-byte ACK / NAK); anything else is TCP
   (bare APDUs). The first side to tell decides for both (ZVT's register speaks first); a
   lone 06 waits for its next byte;
-* one ``frame`` record per APDU each way, ``kind`` ``"apdu"``: ``hex`` is the frame as it
+* one ``frame`` record per APDU each way, ``kind`` ``"ack"`` (80 00 00, listed by ``show``
+  with ``--acks``), ``"nack"`` (84 xx) or ``"apdu"`` (any other): ``hex`` is the frame as it
   crossed the line (serial: the whole stuffed frame with its CRC; TCP: the APDU), on serial
   ``apdu`` is the APDU unstuffed; ``msg`` is :func:`message_fields` (``type`` the command's
-  class name, then its own fields and its BMPs by name);
+  class name, then its own fields and its BMPs by name), or ``null`` with ``error`` for an
+  APDU that does not decode;
 * on serial, one ``frame`` of ``kind`` ``"ACK"`` / ``"NAK"`` per control byte (so a pcapng
   export has them as Wireshark's zvt dissector expects), a NAK also as a ``nak`` event;
   ``retransmit`` marks a frame sent again with no ACK between (event ``retransmit``, cause
@@ -23,14 +25,14 @@ Secrets never reach the file. Masked (as :data:`~posterm.ecr.trace.MASK_BYTE`, i
 ``apdu`` and the chunks at the same offsets): the password a command starts with
 (Registration, Reversal, Refund, End of day, Repeat receipt, Status enquiry), the values of
 every secret BMP (:data:`~firmware_protocol.zvt.SECRET_BMPS`: track data, CVV, password,
-PIN data, MAC) and of the PAN (22) but for its last two bytes (the last 4 digits, as
-terminals print them). On serial the CRC of a frame holding a secret is masked too: with
+PIN data, MAC) and of the PAN (22) but for its last two bytes (its last 4 digits, as
+terminals print them; a PAN of 8 digits or fewer is masked whole). On serial the CRC of a frame holding a secret is masked too: with
 the rest of the frame known, a CRC-16 narrows a 6-digit password to a handful of values.
 ``msg`` reads ``"<masked>"`` for those fields (the PAN with ``E`` for each masked digit, as
 ZVT itself masks a PAN); ``masked`` lists the ``[start, end, field]`` spans in the APDU and
 ``redacted`` the field names, so replay can put values back. What does not decode (an
-unknown command, a BMP not in the catalogue, a bad frame, garbage, a stalled partial frame)
-is masked after its header: when in doubt, mask. A DLE stuffed inside a password makes its
+unknown command, a BMP not in the catalogue, a bad frame, a stalled partial frame) is masked
+after its header (CLASS INSTR LEN, or DLE STX), garbage whole: when in doubt, mask. A DLE stuffed inside a password makes its
 frame a byte longer; that the byte counts of a recording show.
 
 Replay rebuilds each APDU from ``apdu`` (``hex`` on TCP) with the masked spans refilled
@@ -46,6 +48,8 @@ import dataclasses
 import re
 import time
 from typing import Any, Callable
+
+from construct import ConstructError
 
 from firmware_protocol.errors import ProtocolError
 from firmware_protocol.zvt import (
@@ -67,7 +71,7 @@ from firmware_protocol.zvt import (
 )
 from firmware_protocol.zvt.apdu import HEADER_LONG, HEADER_SHORT, FieldsRun, apdu_size
 from firmware_protocol.zvt.bmp import Bmp
-from firmware_protocol.zvt.codecs import bcd_encode
+from firmware_protocol.zvt.codecs import CardDigits, bcd_encode
 from firmware_protocol.zvt.errors import BadValue
 
 from posterm.ecr.trace import MASK_BYTE
@@ -93,8 +97,7 @@ __all__ = ["DEFAULT_MASKS", "DEMO_SECRETS", "RECORDING", "ZvtObserver", "ZvtRepl
 PROTOCOL = "zvt"
 MASK = "<masked>"
 PAN_BMP = 0x22
-PAN_KEPT = 2                  # bytes of a PAN left as they are: its last 4 digits
-_OWN_SECRETS = frozenset({"password"})
+PAN_KEPT = 2                  # bytes of a PAN left as they are: its last 4 digits (of 9 digits or more)
 # Fields of ZVT answers that change on every run of the same session: never diffed.
 # (Receipt numbers are mapped recorded -> live instead, so a reversal names the live payment.)
 DEFAULT_MASKS = frozenset({"time", "date", "full_date", "trace", "original_trace", "receipt_no", "turnover_no",
@@ -137,6 +140,11 @@ def _prefix_size(schema: Any) -> int:
     return getattr(getattr(schema, "lengthfield", None), "digits", 0)
 
 
+def _pan_kept(size: int) -> int:
+    """Bytes at the end of a ``size``-byte PAN left as they are: none of a short one."""
+    return PAN_KEPT if size > 2 * PAN_KEPT else 0
+
+
 def secret_spans(message: Command, apdu: bytes) -> list[tuple[int, int, str]]:
     """``(start, end, field)`` spans of ``apdu`` (the bytes ``message`` was decoded from)
     that hold a secret: the password a command starts with, the values (after their length
@@ -154,7 +162,7 @@ def secret_spans(message: Command, apdu: bytes) -> list[tuple[int, int, str]]:
         return spans
     try:
         run = FieldsRun.build(fields)
-    except Exception:   # noqa: BLE001 - any failure here means we cannot place the secrets: mask all
+    except ConstructError:   # the secrets cannot be placed: mask all
         run = None
     pos = len(apdu) - len(run) if run is not None else -1
     if run is None or pos < hdr or apdu[pos:] != run:
@@ -165,7 +173,7 @@ def secret_spans(message: Command, apdu: bytes) -> list[tuple[int, int, str]]:
         if spec.secret:
             start, end = pos + 1 + _prefix_size(spec.schema), pos + size
             if bmp == PAN_BMP:
-                end = max(start, end - PAN_KEPT)
+                end -= _pan_kept(end - start)
             if end > start:
                 spans.append((start, end, spec.name))
         pos += size
@@ -194,43 +202,28 @@ def _wire_spans(apdu: bytes, spans: list[tuple[int, int, str]]) -> list[tuple[in
     return [(where[s], where[e]) for s, e, _ in spans]
 
 
-def message_fields(message: Command, masked_apdu: bytes | None = None,
-                   spans: list[tuple[int, int, str]] = ()) -> dict[str, Any]:
+def message_fields(message: Command) -> dict[str, Any]:
     """The command as JSON-able fields, secrets masked: ``type`` (its class name), its own
     fields (:func:`firmware_protocol.zvt.describe`, the password ``"<masked>"``), then its
-    BMPs by name (individual totals under ``totals``). A PAN reads as ZVT masks one:
-    ``E`` for each masked digit, from ``masked_apdu`` at its span in ``spans``."""
+    BMPs by name (individual totals under ``totals``). A PAN reads as ZVT masks one, ``E``
+    for each masked digit: what :func:`secret_spans` leaves of it."""
     d = describe(message, mask=True)
     out: dict[str, Any] = {"type": type(message).__name__}
     for key, value in d.items():
         if key not in ("command", "class", "instr", "bmps") and value is not None:   # an optional field not sent
             out[key] = value
-    pan = _masked_pan(message, masked_apdu, spans)
     for entry in d.get("bmps", ()):
         name = entry["name"]
-        out[name] = pan if name == "pan" and pan is not None else entry["value"]
+        out[name] = _masked_pan(message.fields.pan) if name == "pan" else entry["value"]
         if "totals" in entry:
             out["totals"] = entry["totals"]
     return out
 
 
-def fields_of(message: Command) -> dict[str, Any]:
-    """:func:`message_fields` of a live command (its bytes are its encoding)."""
-    apdu = message.encode()
-    return message_fields(message, apdu, secret_spans(message, apdu))
-
-
-def _masked_pan(message: Command, masked_apdu: bytes | None, spans: Any) -> str | None:
-    fields = getattr(message, "fields", None)
-    pan = getattr(fields, "pan", None) if fields is not None else None
-    if pan is None:
-        return None
-    span = next(((s, e) for s, e, name in spans if name == "pan"), None)
-    if span is None or masked_apdu is None:
-        return "E" * len(pan)
-    s, e = span
-    kept = masked_apdu[e:e + PAN_KEPT]
-    digits = ("EE" * (e - s) + kept.hex().upper())
+def _masked_pan(pan: str) -> str:
+    raw = CardDigits().build(pan)
+    kept = _pan_kept(len(raw))
+    digits = (b"\xee" * (len(raw) - kept) + raw[len(raw) - kept:]).hex().upper()
     return digits[:-1] if digits.endswith("F") else digits
 
 
@@ -238,7 +231,8 @@ def _masked_pan(message: Command, masked_apdu: bytes | None, spans: Any) -> str 
 
 
 class _Pending:
-    """A side's framer until the line says which transport it is: holds at most two bytes."""
+    """A side's framer until the line says which transport it is. It holds a lone 06 at most:
+    any other first byte, or a second one, tells (:func:`line_transport`)."""
 
     def __init__(self) -> None:
         self.head = bytearray()
@@ -368,7 +362,7 @@ class ZvtObserver(FramedObserver):
         if serial:
             rec["apdu"] = masked_apdu.hex().upper()
         if message is not None:
-            rec["msg"] = message_fields(message, masked_apdu, spans)
+            rec["msg"] = message_fields(message)
         else:
             rec["msg"] = None
             rec["error"] = error
@@ -491,9 +485,7 @@ def build_zvt_script(recording: Any, secrets: dict[str, str] | None = None) -> l
 # Ids a terminal makes up per payment and prints (order and trade numbers): a letter or not,
 # then 12 or more digits / hex digits. In receipt text they are compared as "<id>".
 _PRINTED_ID = re.compile(r"\b[A-Z]?[0-9A-F]{12,}\b")
-
-
-_TEXTS = frozenset({"text", "additional_text"})
+_TEXTS = frozenset({"text", "additional_text"})   # the fields (and TLV keys) that hold such text
 
 
 def comparable(value: Any, key: str | None = None) -> Any:
@@ -574,7 +566,7 @@ class ZvtReplayTerminal(ReplayPlayer):
         return None
 
     def on_command(self, command: Any, now: float) -> None:
-        fields = fields_of(command)
+        fields = message_fields(command)
         i = self._match(fields)
         if i is None and self.loop and self.used_count:
             self.used = [False] * len(self.script)
@@ -724,7 +716,7 @@ def replay_zvt_ecr(transport: Any, script: list, *, speed: float = 1.0, fast: bo
             frames += len(got)
             for why in ended:
                 diffs.append(Divergence(index, f"after {rf['type']}: {why}"))
-            lives = [fields_of(g) for g in got]
+            lives = [message_fields(g) for g in got]
             known = (masked_values([a.fields for a in ex.answers], masks), masked_values(lives, masks))
             for j, exp in enumerate(ex.answers):
                 if j >= len(got):
