@@ -147,7 +147,7 @@ def test_registration_payment_decline_reversal_end_of_day(line):
     assert kinds[-1] == "Completion" and "IntermediateStatus" in kinds
     assert kinds.index("IntermediateStatus") < kinds.index("StatusInformation") < kinds.index("PrintLine")
     scan = next(msg for msg in paid if isinstance(msg, IntermediateStatus))
-    assert scan.status == 0xFF and "payment code" in " ".join(
+    assert scan.status == 0x0A and "payment code" in " ".join(      # 0A "insert card": show the code
         t.text() for t in scan.fields.tlv.find(0x24).find_all(0x07))
     info = _info(paid)
     f = info.fields
@@ -160,8 +160,9 @@ def test_registration_payment_decline_reversal_end_of_day(line):
 
     # declined (over the test code's limit): the status information's result code, then 06 1E
     declined = ecr.command(Authorisation.make(amount=500_001, currency=CNY))
-    assert isinstance(declined[-1], Aborted) and declined[-1].result_code == 0x61
-    assert _info(declined).fields.result_code == 0x61 and _info(declined).fields.receipt_no is None
+    # ISO 8583 61 "exceeds amount limit", as the binary byte 61 (0x3D)
+    assert isinstance(declined[-1], Aborted) and declined[-1].result_code == 61
+    assert _info(declined).fields.result_code == 61 and _info(declined).fields.receipt_no is None
 
     # reversal by receipt number, with the ZVT password (the operator's)
     reversed_ = ecr.command(Reversal(PASSWORD, Fields(receipt_no=1)))
