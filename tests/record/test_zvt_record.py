@@ -490,11 +490,13 @@ def test_emulate_and_pay_record_a_zvt_session(tmp_path, transport):
             assert time.monotonic() < deadline, "the emulator never wrote its port file"
             time.sleep(0.05)  # poll interval of a bounded wait on a condition
         port = port_file.read_text().strip()
-        result = CliRunner().invoke(main, ["pay", "--protocol", "zvt", "--port", port, "--amount", "12.34",
+        result = CliRunner().invoke(main, ["pay", "--protocol", "zvt", "--port", port, "--terminal-password", "246810",
+                                           "--amount", "12.34",
                                            "--currency", "CNY", "--json", "--journal", str(tmp_path / "j.db"),
                                            "--record", str(tmp_path / "pay.jsonl")])
         assert result.exit_code == 0, result.output
-        assert json.loads(result.output)["result"] == "approved"
+        answer = next(line for line in result.output.splitlines() if line.startswith("{"))   # progress goes to stderr
+        assert json.loads(answer)["result"] == "approved"
     finally:
         proc.terminate()
         proc.communicate(timeout=20)
@@ -503,6 +505,7 @@ def test_emulate_and_pay_record_a_zvt_session(tmp_path, transport):
         rec = load(path)
         assert rec.header["protocol"] == "zvt" and rec.header["side"] == side
         types = [f["msg"]["type"] for f in rec.frames() if f["kind"] == "apdu"]
-        assert types[0] == "Authorisation" and "StatusInformation" in types and types[-1] == "Completion"
+        assert types[:2] == ["Registration", "Completion"] and "Authorisation" in types and "StatusInformation" in types
+        assert_no_secrets(path, secrets=("246810",))
         shown = CliRunner().invoke(main, ["show", str(path)])
         assert shown.exit_code == 0 and "Authorisation(amount=1234, currency=156)" in shown.output
