@@ -154,10 +154,56 @@ def _lrc(data: bytes) -> int:
     return out
 
 
-SESSIONS = {"native": native_session, "concert": concert_session}
+def zvt_session(directory: Path) -> list[Path]:
+    """ZVT: a serial tap recording that rotates (two registrations), with a bad CRC, a NAK and
+    a resend, garbage, a password with a stuffed DLE, card data; then a TCP one."""
+    from firmware_protocol.zvt import (
+        Ack, Authorisation, Completion, PrintLine, Registration, StatusInformation, encode_serial,
+    )
+    from firmware_protocol.zvt import ACK as Z_ACK
+    from firmware_protocol.zvt import NAK as Z_NAK
+    from posterm.record import recording_path
+
+    rng = random.Random(17)
+    register = Registration("101234", 0xDE, 978)
+    pay = Authorisation.make(amount=1234, currency=978, pan=CARD, expiry="2512", track2=CARD + "D2512101")
+    info = StatusInformation.make(result_code=0, amount=1234, currency=978, pan=CARD, card_name="VISA", receipt_no=7)
+    answers = [Ack(), info, PrintLine(0, "CARD ************0119"), Completion()]
+    ack = encode_serial(Ack().encode())
+    bad = bytearray(encode_serial(pay.encode()))
+    bad[-1] ^= 0xFF
+    rec = _recorder(recording_path(directory, "T0000044"), side="tap", protocol="zvt", port={"ecr": "pty://"})
+    for session in range(2):
+        rec.data("ecr", encode_serial(register.encode()))
+        rec.data("terminal", bytes([Z_ACK]) + ack + encode_serial(Completion.make(terminal_id="00000044").encode()))
+        rec.data("ecr", bytes([Z_ACK]) + ack)
+        rec.data("terminal", bytes([Z_ACK]))
+    _chunked(rec, "ecr", bytes(bad), rng)
+    rec.data("terminal", bytes([Z_NAK]))
+    _chunked(rec, "ecr", encode_serial(pay.encode()) * 2, rng)            # after the NAK, then its ACK lost
+    rec.data("terminal", bytes([Z_ACK]))
+    for a in answers:
+        _chunked(rec, "terminal", encode_serial(a.encode()), rng)
+        rec.data("ecr", bytes([Z_ACK]) + (ack if not isinstance(a, Ack) else b""))
+        rec.data("terminal", bytes([Z_ACK]) if not isinstance(a, Ack) else b"")
+    rec.data("ecr", encode_serial(pay.encode())[:7] + b"\x10\x02")        # cut off: garbage
+    rec.data("ecr", encode_serial(pay.encode())[2:20])
+    rec.close()
+    paths = list(rec.paths)
+    rec = _recorder(recording_path(directory, "T0000045"), side="ecr", protocol="zvt", port={"url": "tcp://127.0.0.1:20007"})
+    _chunked(rec, "ecr", register.encode() + pay.encode(), rng)
+    for a in answers:
+        _chunked(rec, "terminal", a.encode(), rng)
+        rec.data("ecr", Ack().encode() if not isinstance(a, Ack) else b"")
+    rec.data("terminal", b"\x06\xd3\xff\x00\x50" + b"\x2a" * 10)         # an APDU above the cap, cut off
+    rec.close()
+    return paths + list(rec.paths)
+
+
+SESSIONS = {"native": native_session, "concert": concert_session, "zvt": zvt_session}
 GOLDENS = Path(__file__).resolve().parents[2] / "fixtures" / "sessions"
 # Recordings whose `show` timelines and pcapng conversions are pinned too.
-VIEWED = ["native-0", "concert-0", "golden:pay_approved", "golden:concert_day"]
+VIEWED = ["native-0", "concert-0", "zvt-0", "zvt-2", "golden:pay_approved", "golden:concert_day", "golden:zvt_day"]
 SHOW_FLAGS = {"plain": [], "all": ["--acks", "--chunks"]}
 
 

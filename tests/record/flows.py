@@ -67,9 +67,24 @@ def concert_day(term):
     assert term.cancel(other.order_id).outcome is Outcome.CANCELLED
 
 
+def zvt_day(term):
+    """Over ZVT (a pty: serial framing): registration, a payment, a refused one, its
+    reversal, another payment, the status enquiry, the end of day."""
+    term.hello()
+    paid = term.pay(1250, "CNY")
+    assert paid.outcome is Outcome.APPROVED and paid.code_last4 == "0001", paid
+    assert term.pay(500_001, "CNY").outcome is Outcome.DECLINED       # over the per-transaction limit
+    assert term.cancel(paid.order_id, OPERATOR).outcome is Outcome.CANCELLED
+    assert term.pay(800, "CNY").outcome is Outcome.APPROVED
+    term.status()
+    assert term.settle(OPERATOR).outcome is Outcome.APPROVED
+
+
 FLOWS = {f.__name__: f for f in (pay_approved, pay_declined, pay_pin, pay_phone, pay_risk, refund,
-                                 cancel_and_query, status_and_settle, concert_day)}
-PROTOCOL = {"concert_day": "concert"}   # every other flow speaks posterm's protocol
+                                 cancel_and_query, status_and_settle, concert_day, zvt_day)}
+PROTOCOL = {"concert_day": "concert", "zvt_day": "zvt"}   # every other flow speaks posterm's protocol
+# What a family's driver needs to be opened with (ZVT: the terminal's password, the counter's currency).
+OPEN = {"zvt": {"password": OPERATOR, "currency": "CNY"}}
 
 
 def start_emulator(home: Path, protocol: str = "posterm"):
@@ -86,7 +101,8 @@ def record(name: str, out: Path, home: Path) -> Path:
     path = out / f"{name}.jsonl"
     protocol = PROTOCOL.get(name, "posterm")
     with start_emulator(home, protocol) as emu:
-        with Terminal.open(emu.port, journal=str(home / "driver.db"), record=str(path), protocol=protocol) as term:
+        with Terminal.open(emu.port, journal=str(home / "driver.db"), record=str(path), protocol=protocol,
+                           **OPEN.get(protocol, {})) as term:
             FLOWS[name](term)
     return path
 

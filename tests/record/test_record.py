@@ -276,15 +276,22 @@ def test_golden_replays_against_the_emulator_and_the_driver(golden, tmp_path):
         finally:
             t.close()
     assert result.ok, "\n".join(map(str, result.diffs))
-    if protocol == "concert":
-        from posterm.families.concert.ecr import ConcertTerminal
+    if protocol in ("concert", "zvt"):
         from posterm.record.replay import replay_terminal
 
         ecr, term_side = VirtualTransport.pair()
         player = replay_terminal(term_side, script, fast=True)   # the script's family's player
         th = threading.Thread(target=player.run, kwargs={"timeout": 20}, daemon=True)
         th.start()
-        driver = ConcertTerminal(ecr, journal=Journal(tmp_path / "j.db"))
+        if protocol == "concert":
+            from posterm.families.concert.ecr import ConcertTerminal
+
+            driver = ConcertTerminal(ecr, journal=Journal(tmp_path / "j.db"))
+        else:
+            from posterm.families.zvt.ecr import ZvtTerminal
+            from tests.record.flows import OPEN
+
+            driver = ZvtTerminal(ecr, journal=Journal(tmp_path / "j.db"), **OPEN["zvt"])   # serial, as recorded
     else:
         ecr, player, th = _serve(script)
         driver = Terminal(ecr, journal=Journal(tmp_path / "j.db"))

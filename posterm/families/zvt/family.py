@@ -12,5 +12,6 @@ FAMILY = ProtocolFamily(
     serial_defaults={"baudrate": 9600, "bytesize": 8, "parity": "N", "stopbits": 2},
     # ZVT has no query by order id: the emulated terminal reverses what its ECR never acknowledged.
     ecr_can_query=False,
+    recording="posterm.families.zvt.record:RECORDING",
     decoder="posterm.families.zvt.decode:decode",
 )
