@@ -69,13 +69,15 @@ def concert_day(term):
 
 def zvt_day(term):
     """Over ZVT (a pty: serial framing): registration, a payment, a refused one, its
-    reversal, another payment, the status enquiry, the end of day."""
+    reversal, another payment and a partial refund of it, the status enquiry, the end of day."""
     term.hello()
     paid = term.pay(1250, "CNY")
     assert paid.outcome is Outcome.APPROVED and paid.code_last4 == "0001", paid
     assert term.pay(500_001, "CNY").outcome is Outcome.DECLINED       # over the per-transaction limit
     assert term.cancel(paid.order_id, OPERATOR).outcome is Outcome.CANCELLED
-    assert term.pay(800, "CNY").outcome is Outcome.APPROVED
+    other = term.pay(800, "CNY")
+    assert other.outcome is Outcome.APPROVED, other
+    assert term.refund(other.order_id, 300, "RZ1", OPERATOR).outcome is Outcome.APPROVED
     term.status()
     assert term.settle(OPERATOR).outcome is Outcome.APPROVED
 
