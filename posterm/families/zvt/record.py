@@ -485,7 +485,7 @@ def build_zvt_script(recording: Any, secrets: dict[str, str] | None = None) -> l
 # Ids a terminal makes up per payment and prints (order and trade numbers): a letter or not,
 # up to three letters (R, ZV, RZV: a refund of a ZVT order), then 12 or more digits / hex
 # digits, and a "-N" step suffix if any. In receipt text they are compared as "<id>".
-_PRINTED_ID = re.compile(r"\b[A-Z]{0,3}[0-9A-F]{12,}(?:-[0-9A-F]{1,6})?\b")
+_PRINTED_ID = re.compile(r"\b[A-Z]{0,3}[0-9A-F]{12,}(?:-[0-9A-Fa-f]{1,6})?\b")
 _TEXTS = frozenset({"text", "additional_text"})   # the fields (and TLV keys) that hold such text
 
 
