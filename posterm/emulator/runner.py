@@ -224,6 +224,10 @@ class EmulatedTerminal:
             if listen_host not in LOOPBACK:
                 raise ConfigError(f"--listen {listen}: the emulator listens on loopback only "
                                   "(127.0.0.1, ::1, localhost); there is no option to expose it")
+        if faults:
+            from posterm.transport.faults import FaultSpec
+
+            FaultSpec.parse(faults)   # now, not at the first TCP connection (ConfigError)
         from posterm.families import family
 
         fam = family(protocol)
@@ -302,18 +306,25 @@ class EmulatedTerminal:
         if "state_path" in accepts:
             extra["state_path"] = state / f"{fam.name}-receipts.json"
         try:
-            front = fam.make_terminal_link(operator_password=operator_password, **extra)
-        except ValueError as exc:   # a setting the family cannot carry (a ZVT password is 6 digits)
-            if listener is not None:
-                listener.close()
-            if transport is not None:
-                transport.close()
+            try:
+                front = fam.make_terminal_link(operator_password=operator_password, **extra)
+            except ValueError as exc:   # a setting the family cannot carry (a ZVT password is 6 digits)
+                raise ConfigError(f"--protocol {fam.name}: {exc}") from None
+            term = cls(transport, port, firmware, hostlink, front=front, host=embedded, listener=listener,
+                       journal=journal, faults=faults, record=record, protocol=fam.name)
+        except BaseException:
+            # Nothing started: the port, the journal and this terminal's hold on the host go
+            # (a fleet or a test that carries on must not keep them).
+            for res in (listener, transport):
+                if res is not None:
+                    try:
+                        res.close()
+                    except (PosError, OSError):
+                        pass
             journal.close()
             if embedded is not None:
                 _release_host(embedded)
-            raise ConfigError(f"--protocol {fam.name}: {exc}") from None
-        term = cls(transport, port, firmware, hostlink, front=front, host=embedded, listener=listener,
-                   journal=journal, faults=faults, record=record, protocol=fam.name)
+            raise
         firmware.start(time.monotonic())
         # Log on now, not at the first payment: a host that refuses this terminal shows at
         # once (an error in the log, Status.host_online False), not as a failed sale.
