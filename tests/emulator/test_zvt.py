@@ -548,3 +548,34 @@ def test_a_zvt_session_is_recorded_or_refused_in_one_line(tmp_path):
         with _register(emu.port, tmp_path) as term:
             assert term.pay(1234, "EUR").outcome is Outcome.APPROVED
     assert list((tmp_path / "rec").iterdir())
+
+
+# ------------------------------------------------------------------ the command line
+
+
+def test_emulate_help_says_the_line_and_the_password():
+    r = subprocess.run([sys.executable, "-m", "posterm", "emulate", "--help"], capture_output=True, text=True,
+                       timeout=30)
+    text = " ".join(r.stdout.split())
+    assert r.returncode == 0
+    assert "zvt 9600" in text and "zvt 8N2" in text and "posterm 115200" in text
+    assert "--operator-password" in text and "ZVT's password" in text and "289900000000978001" in text
+
+
+def test_emulate_operator_password_is_the_zvt_password(tmp_path):
+    p, ports = _emulate(tmp_path, "--protocol", "zvt", "--operator-password", "135790")
+    try:
+        with pytest.raises(ZvtRefused):
+            _register(ports[0], tmp_path, "wrong")
+        with _register(ports[0], tmp_path, password="135790") as term:
+            assert term.pay(1234, "EUR").outcome is Outcome.APPROVED
+    finally:
+        code, err = _stop(p)
+    assert code == 0 and "135790" not in err, err
+    r = subprocess.run([sys.executable, "-m", "posterm", "emulate", "--home", str(tmp_path), "--protocol", "zvt",
+                        "--operator-password", "111111"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "another operator password" in r.stderr and "111111" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and r.stdout == ""
+    r = subprocess.run([sys.executable, "-m", "posterm", "emulate", "--home", str(tmp_path / "new"),
+                        "--operator-password", "12"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "--operator-password" in r.stderr and "not shown" in r.stderr, r.stderr
