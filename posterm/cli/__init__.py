@@ -44,6 +44,7 @@ COMMANDS: dict[str, str] = {
     "replay": "posterm.cli.record_cmd:replay",
     "show": "posterm.cli.record_cmd:show",
     "convert": "posterm.cli.record_cmd:convert",
+    "decode": "posterm.cli.decode_cmd:decode",
 }
 
 

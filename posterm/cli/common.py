@@ -69,10 +69,63 @@ def port_options(fn: Callable) -> Callable:
                      help="Journal database (default $POSTERM_HOME/driver-journal.db)."),
         click.option("--record", type=OutputFile(), default=None, metavar="FILE",
                      help="Record the session (JSON Lines, secrets redacted; see `posterm show`/`replay`)."),
+        # The driver's own options (driver_settings): given to a family's driver only when set.
+        click.option("--terminal-password", envvar="POSTERM_TERMINAL_PASSWORD", type=PASSWORD, default=None,
+                     help="The terminal's password (ZVT: registration, 6 digits; also the operator password"
+                          " when none is given). No default. [env POSTERM_TERMINAL_PASSWORD]"),
+        click.option("--terminal-password-stdin", is_flag=True,
+                     help="Read the terminal's password from stdin (after the operator password's line"
+                          " with --password-stdin)."),
+        click.option("--zvt-config", type=CONFIG_BYTE, default=None, metavar="BYTE",
+                     help="ZVT registration config byte, hex (0xDE) or decimal [default: 0xDE: the ECR prints"
+                          " the receipts, which come as print lines / text blocks; intermediate status on]."),
+        click.option("--zvt-framing", type=click.Choice(["serial", "tcp"]), default=None,
+                     help="ZVT transport [default: tcp (bare APDUs) for tcp:// and socket://, serial"
+                          " (DLE STX ... CRC, ACK bytes) otherwise; serial for a ser2net bridge on socket://]."),
     ]
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+#: CLI option -> (the driver's ``open`` keyword, the option as typed): what :func:`driver_settings` passes.
+DRIVER_OPTIONS = {
+    "terminal_password": ("password", "--terminal-password"),
+    "zvt_config": ("config_byte", "--zvt-config"),
+    "zvt_framing": ("framing", "--zvt-framing"),
+}
+
+
+def driver_settings(kw: dict[str, Any], protocol: str | None) -> dict[str, Any]:
+    """Pop the driver's own options (:data:`DRIVER_OPTIONS`, and ``--terminal-password-stdin``,
+    read here) out of a command's kwargs into keywords for the ``protocol`` family's driver
+    ``open``. Only options given are passed; one the driver's ``open`` does not name is a
+    usage error naming the option and the family (never silently dropped). The password is
+    never shown."""
+    from posterm.families import family
+
+    if kw.pop("terminal_password_stdin", False):
+        if kw.get("terminal_password"):
+            raise click.UsageError("give --terminal-password or --terminal-password-stdin, not both")
+        kw["terminal_password"] = check_password(sys.stdin.readline().strip(), "--terminal-password-stdin")
+    given = {name: kw.pop(name) for name in DRIVER_OPTIONS if name in kw}
+    given = {name: value for name, value in given.items() if value is not None}
+    if not given:
+        return {}
+    import inspect
+
+    fam = family(protocol)
+    params = inspect.signature(fam.driver_class().open).parameters
+    ctx = click.get_current_context(silent=True)
+    out = {}
+    for name, value in given.items():
+        keyword, option = DRIVER_OPTIONS[name]
+        if keyword not in params:
+            if ctx is not None and ctx.get_parameter_source(name) is click.core.ParameterSource.ENVIRONMENT:
+                continue    # $POSTERM_TERMINAL_PASSWORD set for one family must not break the others
+            raise click.UsageError(f"{option} is not an option of protocol family {fam.name!r}")
+        out[keyword] = value
+    return out
 
 
 def _check_protocol(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -297,6 +350,27 @@ def check_password(value: str, param_hint: str = "--operator-password") -> str:
     if not PASSWORD_PATTERN.fullmatch(value):
         raise click.BadParameter("a password is 4..32 letters or digits (not shown)", param_hint=param_hint)
     return value
+
+
+class ByteType(click.ParamType):
+    """One byte, 0..255: hex with ``0x`` (``0xDE``) or decimal."""
+
+    name = "byte"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            n = value
+        else:
+            text = str(value).strip()
+            if re.fullmatch(r"0[xX][0-9A-Fa-f]{1,2}", text):
+                n = int(text, 16)
+            elif re.fullmatch(r"[0-9]{1,3}", text):
+                n = int(text)
+            else:
+                self.fail(f"{_shown(text)} is not a byte (0xDE or 222)", param, ctx)
+        if not 0 <= n <= 255:
+            self.fail(f"{n} is not a byte (0..255)", param, ctx)
+        return n
 
 
 class PasswordType(click.ParamType):
@@ -693,6 +767,7 @@ ORDER_ID = IdType(64)
 ID32 = IdType(32)
 PAYMENT_CODE = PaymentCodeType()
 PASSWORD = PasswordType()
+CONFIG_BYTE = ByteType()
 CURRENCY = CurrencyType()
 DESCRIPTION = TextType(128)   # SHORT_TEXT on the wire
 NOTE = TextType(1000)         # names, reasons, resolutions: shown in tables, kept in the database

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import os
+import signal
 import stat
 import sys
-from typing import Any
+import threading
+from typing import Any, Iterator
 
 import click
 
@@ -28,6 +31,8 @@ from posterm.cli.common import (
     EXIT_OK,
     EXIT_TRANSPORT,
     EXIT_UNKNOWN,
+    EXIT_USAGE,
+    driver_settings,
     emit_json,
     fail,
     handle_errors,
@@ -36,7 +41,7 @@ from posterm.cli.common import (
     setup_trace,
 )
 from posterm.ecr.results import Outcome, OutcomeMismatch
-from posterm.errors import PortBusy, PortNotFound, PortPermission, PosError, TransportError
+from posterm.errors import LocalProtocolError, PortBusy, PortNotFound, PortPermission, PosError, TransportError
 
 
 def _open(kw: dict[str, Any], as_json: bool = False):
@@ -64,8 +69,37 @@ def _open_port(kw: dict[str, Any]):
     journal = kw.pop("journal_path")
     # --reconnect goes only to a driver asked for it: it is not every family's option
     reconnect = {"reconnect": True} if kw.pop("reconnect") else {}
+    driver = driver_settings(kw, kw.get("protocol"))
     return open_terminal(port, kw.pop("protocol", None), journal=journal, record=kw.pop("record", None),
-                         **reconnect, **settings)
+                         **reconnect, **driver, **settings)
+
+
+@contextlib.contextmanager
+def _abort_on_interrupt(term: Any) -> Iterator[None]:
+    """Ctrl-C while a payment runs asks the driver to abort it on the terminal (the payment
+    then ends as the terminal answers, normally cancelled, within the driver's bounded wait);
+    a second Ctrl-C, or a driver that cannot abort, stops waiting (KeyboardInterrupt)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    asked: list[bool] = []
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        if asked:
+            raise KeyboardInterrupt
+        asked.append(True)
+        click.echo("posterm: interrupted: aborting the payment on the terminal (Ctrl-C again to stop waiting)",
+                   err=True)
+        try:
+            term.abort()
+        except PosError:
+            raise KeyboardInterrupt from None
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _progress_printer(as_json: bool):
@@ -218,14 +252,20 @@ def pay(amount, amount_minor, currency, payment_code, order_id, description, dyn
     with _open(kw, as_json) as term:
         try:
             term.hello()
+        except LocalProtocolError:
+            raise  # our mistake (ZVT: no terminal password given), not the terminal's
         except PosError:
             pass  # some terminals answer Hello only once per power-up; pay still works
         try:
-            result = term.pay(value, currency, order_id=order_id, payment_code=payment_code,
-                              on_progress=_progress_printer(as_json), timeout=timeout or 120.0,
-                              description=description, dynamic_qr=dynamic_qr)
+            with _abort_on_interrupt(term):
+                result = term.pay(value, currency, order_id=order_id, payment_code=payment_code,
+                                  on_progress=_progress_printer(as_json), timeout=timeout or 120.0,
+                                  description=description, dynamic_qr=dynamic_qr)
         except OutcomeMismatch as exc:
             _mismatch_exit(exc, as_json)
+        except KeyboardInterrupt:
+            fail("interrupted before the terminal answered: the payment may be unfinished; run `posterm recover`",
+                 EXIT_UNKNOWN, as_json, result="unknown")
     _finish_payment(result, as_json)
 
 
@@ -245,13 +285,18 @@ def query(order_id, as_json, timeout, **kw):
     _finish_payment(result, as_json)
 
 
-def _password(value: str | None, stdin: bool) -> str:
+def _password(value: str | None, stdin: bool, kw: dict[str, Any] | None = None) -> str | None:
+    """The operator password: given, from stdin, or prompted. With a terminal password given
+    (``kw``: --terminal-password, its stdin flag or env) and none of these, None: the driver
+    uses the terminal's (ZVT has one password)."""
     if value and stdin:
         raise click.UsageError("give --operator-password or --password-stdin, not both")
     if stdin:
         return check_password(sys.stdin.readline().strip(), "--password-stdin")
     if value:
         return value  # PASSWORD checked its form
+    if kw is not None and (kw.get("terminal_password") or kw.get("terminal_password_stdin")):
+        return None
     return check_password(click.prompt("Operator password", hide_input=True, err=True))
 
 
@@ -305,7 +350,7 @@ def refund(order_id, amount, amount_minor, currency, refund_id, operator_passwor
            timeout, **kw):
     """Refund part or all of a paid ORDER_ID."""
     value = _amount(amount, amount_minor, currency)
-    pw = _password(operator_password, password_stdin)
+    pw = _password(operator_password, password_stdin, kw)
     with _open(kw, as_json) as term:
         try:
             out = term.refund(order_id, value, refund_id, pw, currency=currency, timeout=timeout or 60.0,
@@ -329,7 +374,7 @@ def refund(order_id, amount, amount_minor, currency, refund_id, operator_passwor
 @handle_errors
 def settle(operator_password, password_stdin, as_json, timeout, **kw):
     """Close the batch and print the end-of-day totals."""
-    pw = _password(operator_password, password_stdin)
+    pw = _password(operator_password, password_stdin, kw)
     with _open(kw, as_json) as term:
         report = term.settle(pw, timeout=timeout or 60.0, on_progress=_progress_printer(as_json))
     if as_json:
@@ -398,6 +443,7 @@ def doctor(as_json, quick, **kw):
     kw.pop("trace"), kw.pop("journal_path"), kw.pop("reconnect"), kw.pop("record", None)
     from posterm.families import family
 
+    driver = driver_settings(kw, kw.get("protocol"))
     fam = family(kw.pop("protocol", None))
     settings = {**fam.serial_defaults, **serial_settings(kw)}
     checks: list[dict[str, Any]] = []
@@ -427,7 +473,7 @@ def doctor(as_json, quick, **kw):
     tried = [(settings["baudrate"], settings["bytesize"], settings["parity"], settings["stopbits"])]
     if not quick:
         tried += [s for s in COMMON_SETTINGS if s not in tried]
-    answered = None
+    answered = misuse = None
     for baud, bytesize, parity, stopbits in tried:
         label = f"{baud} {bytesize}{parity}{stopbits}"
         try:
@@ -438,9 +484,13 @@ def doctor(as_json, quick, **kw):
             if checks and not checks[-1]["ok"] and "Busy" in type(exc).__name__:
                 break
             continue
-        term = fam.driver_class()(transport, port_name=port, journal=None)
+        term = fam.driver_class()(transport, port_name=port, journal=None, **driver)
         try:
             info = term.hello(timeout=1.5)
+        except LocalProtocolError as exc:
+            check(f"hello {label}", False, str(exc))   # ours to fix (a missing password), not the line's
+            misuse = str(exc)
+            break
         except PosError as exc:
             check(f"hello {label}", False, f"no answer ({type(exc).__name__})")
         else:
@@ -455,6 +505,10 @@ def doctor(as_json, quick, **kw):
             break
     if as_json:
         emit_json({"port": port, "answered_with": answered, "checks": checks})
+    if misuse and not answered:
+        fail(misuse, EXIT_USAGE)
+    if as_json:
+        pass
     elif not answered:
         click.echo(f"posterm: error: no terminal answered a Hello on {port} with any tried setting", err=True)
     sys.exit(EXIT_OK if answered else 4)

@@ -27,6 +27,7 @@ from posterm.cli.common import (
     DatabaseFile,
     Directory,
     InputFile,
+    IdType,
     IntType,
     ListenType,
     SecondsType,
@@ -110,19 +111,30 @@ def host() -> None:
               help="Seconds a new connection has to log on.")
 @click.option("--idle-timeout", type=SecondsType(1, 86400), default=300.0, show_default=True,
               help="Seconds a logged-on connection may stay silent.")
+@click.option("--gateway", "gateway_listen", type=ListenType(url=False), default=None,
+              help="Also serve the merchant gateway (Alipay /gateway.do, WeChat Pay v2) on HOST:PORT (loopback only).")
 @db_option
 @host_errors
 def serve(listen, allow_remote, no_demo, risk_rules, outage_seconds, backup_every, backup_to, keep,
-          backup_key_file, max_connections, max_pending, logon_deadline, idle_timeout, db_path):
+          backup_key_file, max_connections, max_pending, logon_deadline, idle_timeout, gateway_listen, db_path):
     """Serve the host to terminals over TCP until Ctrl-C or SIGTERM.
 
-    Prints the address (tcp://127.0.0.1:PORT) as the first line of stdout.
+    Prints the address (tcp://127.0.0.1:PORT) as the first line of stdout; with
+    --gateway, the gateway's (http://127.0.0.1:PORT) as the second.
     """
     from posterm.host.server import ServerLimits
     from posterm.host.server import serve as start
 
     if max_pending > max_connections:
         raise click.BadParameter("must not exceed --max-connections", param_hint="--max-pending")
+    if gateway_listen is not None:
+        from posterm.errors import ConfigError
+        from posterm.host.gateway.http import parse_listen
+
+        try:
+            parse_listen(gateway_listen)
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc), param_hint="--gateway") from None
     limits = ServerLimits(max_connections, max_pending, logon_deadline, idle_timeout)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())  # before the address is announced: no race
@@ -137,7 +149,17 @@ def serve(listen, allow_remote, no_demo, risk_rules, outage_seconds, backup_ever
             raise click.UsageError("backups are not available in this build") from None
         scheduler = BackupScheduler(h.store.path, list(backup_to), backup_key_file, parse_interval(backup_every), keep)
     server = start(h, listen, allow_remote=allow_remote, limits=limits)
+    gateway_server = None
+    if gateway_listen is not None:
+        try:
+            gateway_server = _start_gateway(h, gateway_listen)
+        except BaseException:
+            server.close()
+            h.close()
+            raise
     click.echo(server.address, nl=True)
+    if gateway_server is not None:
+        click.echo(gateway_server.address, nl=True)
     sys.stdout.flush()
     if scheduler:
         scheduler.start()
@@ -149,8 +171,20 @@ def serve(listen, allow_remote, no_demo, risk_rules, outage_seconds, backup_ever
     finally:
         if scheduler:
             scheduler.stop()
+        if gateway_server is not None:
+            gateway_server.close()
         server.close()
         h.close()
+
+
+def _start_gateway(h, listen: str):
+    """The merchant gateway over ``h`` on ``listen``, with its notification worker."""
+    from posterm.host.gateway import Gateway
+    from posterm.host.gateway.http import GatewayServer
+    from posterm.host.gateway.notify import Notifier
+
+    gw = Gateway(h)
+    return GatewayServer(gw, listen, notifier=Notifier(gw))
 
 
 @host.group()
@@ -355,6 +389,121 @@ def security(account_id, as_json, db_path):
     click.echo("recent alerts:" if s["recent_alerts"] else "recent alerts: none")
     for a in s["recent_alerts"]:
         click.echo(f"  [{a['kind']}] {a['text']}")
+
+
+@host.group()
+def app() -> None:
+    """Merchant apps of the gateway (`serve --gateway`): Alipay apps and WeChat Pay merchants.
+
+    Each app pays through its own virtual terminal GW-<APP_ID> of its merchant (see
+    `posterm host trades --terminal GW-<APP_ID>`).
+    """
+
+
+@app.command("add")
+@click.argument("app_id", type=IdType(29))
+@click.option("--merchant", type=ID32, required=True, help="The merchant the app belongs to (e.g. M100000001).")
+@click.option("--public-key", "public_key", type=InputFile(max_bytes=16 * 1024),
+              help="Alipay: the app's RSA public key (PEM, or the base64 Alipay's console shows).")
+@click.option("--wechat-mch-id", type=IdType(32), help="WeChat Pay: the merchant id (mch_id).")
+@click.option("--wechat-key-file", type=InputFile(max_bytes=4096), help="WeChat Pay: a file holding the API key.")
+@click.option("--region", default="CN-SH", show_default=True, type=ID32, help="Location of the app's virtual terminal.")
+@json_option
+@db_option
+@host_errors
+def app_add(app_id, merchant, public_key, wechat_mch_id, wechat_key_file, region, as_json, db_path):
+    """Register APP_ID for a merchant: an Alipay app (--public-key) or a WeChat Pay one
+    (--wechat-mch-id and --wechat-key-file). Again: its key is replaced."""
+    from posterm.host.gateway import apps
+    from posterm.host.gateway.core import APP_ID
+
+    if not APP_ID.fullmatch(app_id):
+        raise click.BadParameter("1..29 characters of A-Z a-z 0-9 _ - .", param_hint="APP_ID")
+    if (public_key is None) == (wechat_mch_id is None and wechat_key_file is None):
+        raise click.UsageError("give --public-key (Alipay) or --wechat-mch-id with --wechat-key-file (WeChat Pay)")
+    if public_key is None and (wechat_mch_id is None or wechat_key_file is None):
+        raise click.UsageError("a WeChat Pay app needs both --wechat-mch-id and --wechat-key-file")
+    pem = wechat_key = None
+    if public_key is not None:
+        pem = _read_file(public_key, 16 * 1024)
+    else:
+        try:
+            wechat_key = _read_file(wechat_key_file, 4096).decode("ascii").strip()
+        except UnicodeDecodeError:
+            raise click.BadParameter("not an ASCII key", param_hint="--wechat-key-file") from None
+    h, gw = _open_gateway(db_path)
+    try:
+        found = apps.add(gw.ctx, gw.keys, app_id, merchant, public_key_pem=pem, wechat_mch_id=wechat_mch_id,
+                         wechat_key=wechat_key, location=region)
+    finally:
+        h.close()
+    if as_json:
+        emit_json(apps.describe(found))
+    else:
+        click.echo(f"{found.kind} app {found.app_id} of {found.merchant_id}: terminal {found.terminal_id}")
+
+
+@app.command("show")
+@click.argument("app_id", type=IdType(29))
+@json_option
+@db_option
+@host_errors
+def app_show(app_id, as_json, db_path):
+    """An app, with the gateway's public key (PEM) that it verifies the gateway's answers with."""
+    from posterm.host.gateway import UnknownApp, apps
+
+    h, gw = _open_gateway(db_path)
+    try:
+        try:
+            found = gw.app(app_id)
+        except UnknownApp:
+            fail(f"no app {app_id}", 1, as_json)
+        out = {**apps.describe(found), "gateway_public_key": gw.keys.public_pem()}
+    finally:
+        h.close()
+    if as_json:
+        emit_json(out)
+    else:
+        for k, v in out.items():
+            if k != "gateway_public_key":
+                click.echo(f"{k}: {v}")
+        click.echo(out["gateway_public_key"], nl=False)
+
+
+@app.command("list")
+@json_option
+@db_option
+@host_errors
+def app_list(as_json, db_path):
+    """Every registered app."""
+    from posterm.host.gateway import apps
+
+    h, gw = _open_gateway(db_path)
+    try:
+        rows = [apps.describe(a) for a in apps.all_apps(gw.ctx, gw.keys)]
+    finally:
+        h.close()
+    if as_json:
+        emit_json(rows)
+    else:
+        for r in rows:
+            click.echo(f"{r['app_id']}  {r['kind']:6}  {r['merchant_id']}  {r['terminal_id']}")
+
+
+def _open_gateway(db_path):
+    from posterm.host.gateway import Gateway
+
+    h = open_host(db_path)
+    try:
+        return h, Gateway(h)
+    except BaseException:
+        h.close()
+        raise
+
+
+def _read_file(path: str, cap: int) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(cap)
 
 
 @host.group()

@@ -16,7 +16,7 @@ name           family
 Each family builds its :class:`ProtocolFamily` in its own ``family.py``; :data:`BUILTIN`
 holds one line per family (name -> ``"module:FAMILY"``), loaded only when the family is
 asked for, so listing the families imports none of them. A family's parts (ECR driver,
-terminal front, record observer) are named by ``"module:attribute"`` strings in turn and
+terminal front, record observer, decoder) are named by ``"module:attribute"`` strings in turn and
 imported only when used. Adding a family: its folders (``firmware_protocol/<name>/``,
 ``posterm/families/<name>/``) and one line in :data:`BUILTIN`, or, from another package,
 one entry point::
@@ -71,11 +71,14 @@ class ProtocolFamily:
     # "module:callable() -> RecordObserver" (posterm.families.interfaces): a family that gives only
     # this is recorded, shown, converted and tapped, not replayed; "" if none.
     record_observer: str = ""
+    # "module:callable(data: bytes) -> list[dict]" for ``posterm decode``: what the frames in
+    # pasted bytes say (see :meth:`decode`); None: the family's frames cannot be decoded.
+    decoder: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not NAME_PATTERN.fullmatch(self.name):
             raise ConfigError(f"protocol family name {self.name!r}: 1 to 32 of a-z 0-9 _ -, starting with a letter")
-        for part in ("driver", "terminal_link") + tuple(p for p in ("recording", "record_observer") if getattr(self, p)):
+        for part in ("driver", "terminal_link") + tuple(p for p in ("recording", "record_observer", "decoder") if getattr(self, p)):
             spec = getattr(self, part)
             if not isinstance(spec, str) or not re.fullmatch(r"[\w.]+:[\w.]+", spec):
                 raise ConfigError(f"protocol family {self.name!r}: {part} must be 'module:attribute', not {spec!r}")
@@ -99,6 +102,28 @@ class ProtocolFamily:
             raise ConfigError(f"protocol family {self.name!r} cannot be recorded (it has no record observer)")
         factory: Callable[..., Any] = _load(self.record_observer, self.name, "record_observer")
         return factory(**kw)
+
+    def decode(self, data: bytes) -> list[dict[str, Any]]:
+        """What the frames in ``data`` say (``posterm decode``): one JSON-able dict per frame,
+        control byte or run of garbage found, in order, with secrets masked.
+
+        Each dict has ``offset`` (where it starts in ``data``), ``kind`` (what it is:
+        ``"apdu"``, ``"frame"``, ``"ack"``, ``"garbage"``, ...) and ``summary`` (one line
+        naming it); ``error`` (one line, no secret in it) when it is malformed or cannot be
+        decoded, though what could be read is still given; ``fields``, a list of
+        ``{"name", "value"}`` with an optional ``id`` (the field's number on the wire,
+        ``"BMP 04"``), ``note`` (a gloss: ``"EUR"``, ``"0xDE"``) and ``items`` (nested fields,
+        the same shape); and any other JSON-able keys. Raises ConfigError when the family
+        has no decoder or its decoder does not keep to this.
+        """
+        if not self.decoder:
+            raise ConfigError(f"protocol family {self.name!r} has no decoder: posterm decode cannot read its frames")
+        fn: Callable[[bytes], Any] = _load(self.decoder, self.name, "decoder")
+        out = fn(bytes(data))
+        if not isinstance(out, list) or not all(isinstance(e, dict) and "offset" in e and "kind" in e for e in out):
+            raise ConfigError(f"protocol family {self.name!r}: decoder {self.decoder} did not return a list of"
+                              " frame descriptions (dicts with offset and kind)")
+        return out
 
 
 def _load(spec: str, owner: str = "", part: str = "") -> Any:

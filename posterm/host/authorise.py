@@ -29,6 +29,7 @@ from posterm.host.store.queries import Row
 
 log = logging.getLogger("posterm.host")
 
+_CODE_PREFIXES = frozenset(range(10, 16)) | frozenset(range(25, 31))   # WeChat Pay 10-15, Alipay 25-30
 REAL_NAME_FREE_MAJOR = 200        # above 200 (in major units of the currency) a payer must be real-name verified
 
 
@@ -107,9 +108,10 @@ def authorise(ctx: HostContext, msg: h.AuthRequest, protocol_version: int) -> h.
 
 def resolve_code(tx: Tx, code: str, now: float) -> tuple[Row | None, Reason]:
     """(the account, Reason.NONE) for a valid payment code, using up a one-time one;
-    (None, why) otherwise. A test code is reusable and never expires."""
+    (None, why) otherwise. A test code is reusable and never expires. A code is 18 digits with
+    an Alipay (25-30) or a WeChat Pay (10-15) prefix: one account's wallet shows either."""
     row = tx.code(code)
-    if row is None or not (len(code) == 18 and code.isdigit() and 25 <= int(code[:2]) <= 30):
+    if row is None or not (len(code) == 18 and code.isdigit() and int(code[:2]) in _CODE_PREFIXES):
         return None, Reason.CODE_INVALID
     if not row["test"]:
         if row["used_at"] is not None:

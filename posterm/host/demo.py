@@ -4,7 +4,9 @@ accounts and their payment codes.
 Like test card numbers, the codes 289900000000000001..008 pick an outcome without any
 setup, stay valid forever and can be reused (see docs/host.md): each belongs to a test
 account whose *behaviour* (:data:`BEHAVIOURS`) scripts what the host does with it. The
-host never issues a real code in :data:`TEST_CODE_RANGE`.
+host never issues a real code in :data:`TEST_CODE_RANGE`. The WeChat Pay test codes
+139900000000000001..008 (a WeChat code is 18 digits with prefix 10-15) belong to the same
+accounts: the one ending in the same digit behaves the same.
 
 The accounts are in CNY; each has a twin in EUR (ZVT counters trade in EUR), code
 289900000000978001..008 (978: EUR's ISO 4217 number), with the same balance, limits, PIN
@@ -29,6 +31,7 @@ TEST_CODE_RANGE = "2899"
 TEST_CODE_PREFIX = "2899000000000000"
 # currency -> the prefix of its test codes (the suffix "01".."08" picks the account)
 TEST_CODE_PREFIXES = {"CNY": TEST_CODE_PREFIX, "EUR": "2899000000009780"}
+WECHAT_TEST_CODE_PREFIX = "1399000000000000"
 
 # The test accounts' outcomes are scripted: risk control is not consulted (it would alert
 # or ask on a demo's repeated payments), except where the script is risk control's answer.
@@ -82,8 +85,15 @@ def _add_test_accounts(ctx: HostContext, currency: str) -> None:
                           home_region=REGION, behaviour=behaviour)
         with ctx.store.transaction() as tx:
             tx.add_code(test_code(suffix, currency), acct, ctx.clock(), None, test=True)
+            if currency == "CNY":   # the WeChat Pay test codes belong to the CNY accounts
+                tx.add_code(wechat_test_code(suffix), acct, ctx.clock(), None, test=True)
             if frozen:
                 tx.set_account(acct, "frozen", True)  # frozen from the start: no alert, no case
+
+
+def wechat_test_code(suffix: str) -> str:
+    """The WeChat Pay test payment code ending in ``suffix`` ("01".."08"): same account as :func:`test_code`."""
+    return WECHAT_TEST_CODE_PREFIX + suffix
 
 
 def seed(ctx: HostContext) -> bool:

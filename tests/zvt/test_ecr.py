@@ -209,7 +209,10 @@ def test_approved_payment_with_progress_and_receipt(tmp_path, framing):
     assert (entry.state, entry.outcome) == ("final", "approved")
     assert entry.result["zvt"]["receipt_no"] == 231 and entry.result["zvt"]["trace"] == 975
     pt.step()
-    assert sum(isinstance(m, Completion) for m in pt.acked) == 1    # the ECR acknowledged the completion
+    # the ECR acknowledged the completions: its registration's (the session's first transaction
+    # registers first) and the payment's
+    assert len(pt.commands(Registration)) == 1
+    assert sum(isinstance(m, Completion) for m in pt.acked) == 2
 
 
 def test_declined_payment_maps_the_result_code(tmp_path):
@@ -395,19 +398,47 @@ def test_approved_for_another_amount_is_journaled_and_raised(tmp_path):
     assert entry.outcome == "approved" and entry.result["amount_minor"] == 9999 and entry.amount_minor == 1250
 
 
-def test_no_outcome_at_all_stays_unfinished_and_recover_never_guesses(tmp_path):
+def test_no_outcome_at_all_stays_unfinished_and_recover_records_it_cancelled(tmp_path):
     def silent(cmd, pt):
         return [Ack(), IntermediateStatus(0x0A)] if isinstance(cmd, Authorisation) else []   # ignores the abort
 
-    term, _, _, journal = rig(tmp_path, script=silent)
+    term, pt, _, journal = rig(tmp_path, script=silent)
     with pytest.raises(PosTimeout, match="unfinished"):
         term.pay(1250, "EUR", order_id="U-1", timeout=10)
     assert journal.get("U-1").state == "sent"
-    (res,) = term.recover()
-    assert res.outcome is Outcome.UNKNOWN and "check the terminal" in res.reason_text
-    assert journal.get("U-1").state == "sent"
     with pytest.raises(LocalProtocolError, match="charge twice"):
-        term.pay(1250, "EUR", order_id="U-1")
+        term.pay(1250, "EUR", order_id="U-1")               # never sent again while unfinished
+    assert [a.what for a in journal.attempts("U-1")] == ["gave_up"]
+    # No result was ever acknowledged: a ZVT terminal does not keep it. Nothing is sent.
+    sent = len(pt.received)
+    (res,) = term.recover()
+    assert res.outcome is Outcome.CANCELLED and "never acknowledged" in res.reason_text
+    assert (journal.get("U-1").state, journal.get("U-1").outcome) == ("final", "cancelled")
+    assert len(pt.received) == sent and term.recover() == []
+    assert term.pay(1250, "EUR", order_id="U-1").outcome is Outcome.CANCELLED   # the journal answers
+    assert len(pt.commands(Authorisation)) == 1
+
+
+def test_an_unacknowledged_result_for_no_order_of_ours_is_refused(tmp_path):
+    """The register gave a payment up and restarted (a new driver on the same line); the
+    terminal then sends that payment's approval while the new driver registers. It is for no
+    order of the new driver's: never acknowledged (the terminal reverses it), never taken for
+    the registration's, and the unfinished order is left to recover."""
+    def slow(cmd, pt):
+        if isinstance(cmd, Authorisation):
+            return [Ack(), IntermediateStatus(0x0A)]          # then ignores the abort
+        return scripted()(cmd, pt) if isinstance(cmd, Registration) else []
+
+    term, pt, line, journal = rig(tmp_path, script=slow)
+    with pytest.raises(PosTimeout):
+        term.pay(1250, "EUR", order_id="G-1", timeout=10)
+    again = ZvtTerminal(line, port_name="test", journal=journal, framing="serial", password=PASSWORD,
+                        clock=line.clock)
+    pt.pump.send(StatusInformation.make(result_code=0, amount=1250, currency=978, **APPROVAL))
+    assert again.hello(timeout=30).terminal_id == "52523535"      # once the PT gave the result up (T3)
+    assert not any(isinstance(m, StatusInformation) for m in pt.acked)
+    assert again.link_stats["results_refused"] == 1
+    assert journal.get("G-1").state == "sent"
 
 
 def test_a_late_result_goes_to_the_order_given_up_not_to_the_next_command(tmp_path):

@@ -147,7 +147,7 @@ def test_registration_payment_decline_reversal_end_of_day(line):
     assert kinds[-1] == "Completion" and "IntermediateStatus" in kinds
     assert kinds.index("IntermediateStatus") < kinds.index("StatusInformation") < kinds.index("PrintLine")
     scan = next(msg for msg in paid if isinstance(msg, IntermediateStatus))
-    assert scan.status == 0xFF and "payment code" in " ".join(
+    assert scan.status == 0x0A and "payment code" in " ".join(      # 0A "insert card": show the code
         t.text() for t in scan.fields.tlv.find(0x24).find_all(0x07))
     info = _info(paid)
     f = info.fields
@@ -160,13 +160,15 @@ def test_registration_payment_decline_reversal_end_of_day(line):
 
     # declined (over the test code's limit): the status information's result code, then 06 1E
     declined = ecr.command(Authorisation.make(amount=500_001, currency=CNY))
-    assert isinstance(declined[-1], Aborted) and declined[-1].result_code == 0x61
-    assert _info(declined).fields.result_code == 0x61 and _info(declined).fields.receipt_no is None
+    # ISO 8583 61 "exceeds amount limit", as the binary byte 61 (0x3D)
+    assert isinstance(declined[-1], Aborted) and declined[-1].result_code == 61
+    assert _info(declined).fields.result_code == 61 and _info(declined).fields.receipt_no is None
 
     # reversal by receipt number, with the ZVT password (the operator's)
     reversed_ = ecr.command(Reversal(PASSWORD, Fields(receipt_no=1)))
     assert isinstance(reversed_[-1], Completion), _kinds(reversed_)
-    assert _info(reversed_).fields.result_code == 0 and _info(reversed_).fields.receipt_no == 1
+    # the reversal is a booking of its own: its own receipt number (the payment's was in BMP 87)
+    assert _info(reversed_).fields.result_code == 0 and _info(reversed_).fields.receipt_no == 2
     assert emu.host.order_status(order_id) in ("CANCELLED", "REFUNDED")
     again = ecr.command(Reversal(PASSWORD, Fields(receipt_no=1)))
     assert isinstance(again[-1], Aborted) and again[-1].result_code == 0xB4
@@ -175,14 +177,14 @@ def test_registration_payment_decline_reversal_end_of_day(line):
 
     # a second payment, then end of day: its totals in the status information (BMP 04, BMP 60)
     second = ecr.command(Authorisation.make(amount=300, currency=CNY))
-    assert _info(second).fields.receipt_no == 2
+    assert _info(second).fields.receipt_no == 3
     eod = ecr.command(EndOfDay(PASSWORD))
     assert isinstance(eod[-1], Completion), _kinds(eod)
     totals = _info(eod).fields
     assert totals.result_code == 0 and totals.amount == 300
     single = IndividualTotals.decode(totals.single_amounts)
     assert single.totals["others"].count == 1 and single.totals["others"].total == 300
-    assert single.receipt_end == 2
+    assert single.receipt_end == 3
     assert any("SETTLEMENT" in x for x in _lines(eod))
 
     # status enquiry: completion with the software version and terminal status 00 (ready)

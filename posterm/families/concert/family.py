@@ -13,4 +13,5 @@ FAMILY = ProtocolFamily(
     # Concert has no query: the emulated terminal reverses what its ECR never acknowledged.
     ecr_can_query=False,
     recording="posterm.families.concert.record:RECORDING",
+    decoder="posterm.families.concert.decode:decode",
 )

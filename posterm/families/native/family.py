@@ -13,4 +13,5 @@ FAMILY = ProtocolFamily(
     serial_defaults={"baudrate": 115200, "bytesize": 8, "parity": "N", "stopbits": 1},
     ecr_can_query=True,
     recording="posterm.families.native.record:RECORDING",
+    decoder="posterm.families.native.decode:decode",
 )

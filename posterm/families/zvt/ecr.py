@@ -34,16 +34,30 @@ What the driver does about what ZVT lacks:
   reversal finds the receipt number there. An order id this journal already holds is never
   sent again: a final one is answered from the journal, an unfinished one refused (the
   terminal could not tell a retry from a second payment).
-* **The acknowledgement is the receipt.** The status information's result is journaled
-  before its ``80 00 00`` leaves: a register killed or cut off after that has the approval
-  in its journal. If journaling fails, nothing is acknowledged.
-* **No query.** ``recover`` cannot ask the terminal. An unfinished payment is one whose
-  status information this register never journaled, hence never acknowledged: a terminal
-  that never got its acknowledgement is expected to reverse it (posterm's emulator does),
-  but a real one may not, and the terminal's "last transaction" cannot be tied to an order
-  with no order id on the wire. So ``recover`` reports it ``unknown`` and leaves it
-  unfinished (check the terminal's receipt or journal); it never guesses and never
-  downgrades (an approval is final in the journal from its status information on).
+* **The acknowledgement is the receipt.** The link holds the status information's
+  ``80 00 00`` (``ZvtLink(confirm_results=True)``) until its result is journaled: a
+  register killed or cut off after that has the approval in its journal; if journaling
+  fails, nothing is acknowledged. A status information for no dialog of this register's
+  (one given up by another process, or arriving during a registration) is never
+  acknowledged: the terminal reverses it, and it is never taken for another order's.
+* **No query.** ``recover`` cannot ask the terminal, and does not need to (as with
+  Concert): an unfinished payment is one whose status information this register never
+  journaled, hence never acknowledged, and a ZVT terminal does not keep a result its
+  register did not take (it reverses it; posterm's emulator does). So ``recover`` records
+  it ``cancelled`` with the reason in ``reason_text``; it is never sent again (that could
+  charge twice). Unfinished reversals and refunds are reported ``unknown``. An approval is
+  final in the journal from its status information on and never downgraded; ``pay``
+  returns it even when the terminal never completes the dialog.
+* **Abort.** ``pay``'s timeout, or :meth:`ZvtTerminal.abort` while it runs (the CLI calls it
+  on Ctrl-C), sends 06 B0 and waits at most :data:`ABORT_GRACE` (plus T3) for the
+  terminal's 06 1E: cancelled (``aborted_by_ecr``), or with no answer ``PosTimeout`` and the
+  order unfinished for ``recover``.
+* **Passwords.** ZVT has one password field: the terminal's (``password``, for
+  registration and status enquiry) is also used for reversal, refund and end of day when
+  no ``operator_password`` is given. There is no default: the CLI takes
+  ``--terminal-password``, ``--terminal-password-stdin`` or ``$POSTERM_TERMINAL_PASSWORD``.
+* **Transport.** ``tcp://`` and ``socket://`` carry bare APDUs, everything else the serial
+  framing (:func:`framing_for`; ``framing=`` / ``--zvt-framing`` overrides).
 * **Refund ids** do not cross the line: a refund id already journaled is answered from the
   journal and never sent again.
 * Passwords go on the wire as BCD; traces (``trace=True`` or the ``posterm.wire`` logger at
@@ -105,7 +119,7 @@ from posterm.families.events import (
 from posterm.families.pump import Pump
 from posterm.families.zvt.link import Refused, TimedOut, ZvtConfig, ZvtLink
 
-__all__ = ["DEFAULT_CONFIG_BYTE", "RESULT_REASONS", "SERIAL_DEFAULTS", "Unsupported", "ZvtProgress", "ZvtRefused",
+__all__ = ["DEFAULT_CONFIG_BYTE", "NO_PASSWORD", "framing_for", "RESULT_REASONS", "SERIAL_DEFAULTS", "Unsupported", "ZvtProgress", "ZvtRefused",
            "ZvtTerminal", "outcome_for", "reason_for"]
 
 log = logging.getLogger("posterm.ecr.zvt")
@@ -153,6 +167,23 @@ _INTERMEDIATE: dict[int, tuple[Stage, str]] = {
     0xD3: (Stage.AUTHORISING, "connected"),
 }
 _TEXT_LINE = 0x07          # TLV: a display or receipt text line
+#: Said when an operation needs the terminal's password and none was given: how to give it,
+#: from the command line and from Python.
+NO_PASSWORD = ("ZVT registration needs the terminal's password (6 digits): give --terminal-password,"
+               " --terminal-password-stdin or $POSTERM_TERMINAL_PASSWORD (Python: open(..., password=...))")
+#: Why ``recover`` records an unfinished payment cancelled (the ACK is the receipt).
+UNACKNOWLEDGED = ("ZVT has no query; this ECR never acknowledged a result for it, and a ZVT terminal reverses"
+                  " a result its ECR did not acknowledge (check the terminal's journal if yours does not)")
+
+
+def framing_for(url: str) -> str:
+    """The ZVT transport a port URL implies: ``tcp`` (bare APDUs) for ``tcp://`` and
+    pyserial's ``socket://`` (a ZVT terminal on the network, port 20007 by convention),
+    ``serial`` (DLE framing, CRC, ACK bytes) for a device, a pty, ``rfc2217://`` (a serial port
+    on the network) and the rest. A raw serial-over-TCP bridge (ser2net) on ``socket://``
+    carries the serial framing: pass ``framing="serial"``."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    return "tcp" if scheme in ("tcp", "socket") else "serial"
 
 
 class Unsupported(LocalProtocolError):
@@ -232,11 +263,12 @@ class ZvtTerminal(PortSession):
     READ_SIZE = 4096
 
     def __init__(self, transport: Any, *, port_name: str = "", journal: Journal | None = None,
-                 framing: str = "serial", config: ZvtConfig | None = None, password: str | None = None,
+                 framing: str | None = None, config: ZvtConfig | None = None, password: str | None = None,
                  config_byte: int = DEFAULT_CONFIG_BYTE, currency: str = "EUR", trace: bool = False,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._init_port(transport, port_name, journal)
-        self._link = ZvtLink("ecr", framing, config)
+        # The ACK is the receipt: a status information is acknowledged only once journaled.
+        self._link = ZvtLink("ecr", framing or framing_for(self.port_name), config, confirm_results=True)
         self._clock = clock
         if password is not None:
             _build(Registration, password=password, config_byte=0)    # checks the form: 6 digits
@@ -249,6 +281,7 @@ class ZvtTerminal(PortSession):
         self._trace = trace
         self._lock = threading.Lock()
         self._abort_requested = False
+        self._registration_tried = False
         # A dialog given up while the terminal held control (a timeout, an error): what the
         # terminal still sends for it belongs to its order, not to the next command's.
         self._abandoned: _Dialog | None = None
@@ -267,10 +300,10 @@ class ZvtTerminal(PortSession):
              **settings: Any) -> "ZvtTerminal":
         """Open ``url``: ``tcp://HOST:PORT`` (bare APDUs; port 20007 by convention) or a serial
         port (9600 8N2 unless ``settings`` say otherwise). ``framing`` ("serial" / "tcp")
-        overrides what the URL implies. Raises TransportError, LocalProtocolError."""
+        overrides what the URL implies (:func:`framing_for`). Raises TransportError, LocalProtocolError."""
         url = resolve_port(url)
         settings = line_settings(url, settings, SERIAL_DEFAULTS, foreign=("reconnect", "link_config"))
-        framing = framing or ("tcp" if url.startswith("tcp://") else "serial")
+        framing = framing or framing_for(url)
         rate = line_rate(url, settings) if framing == "serial" else None
         if rate is not None and (config is None or config.line_rate is None):
             # a 1 KiB receipt takes over a second at 9600 baud: the ACK byte's wait must allow it
@@ -291,9 +324,10 @@ class ZvtTerminal(PortSession):
         Raises LocalProtocolError (no password given to ``open``), ZvtRefused, PosTimeout."""
         check_timeout(timeout)
         if self._password is None:
-            raise LocalProtocolError("ZVT registration needs the terminal's password: open(..., password='123456')")
+            raise LocalProtocolError(NO_PASSWORD)
         command = _build(Registration, password=self._password, config_byte=self.config_byte,
                          currency=self._currency_numeric)
+        self._registration_tried = True
         with self._op():
             d = self._dialog(command, timeout)
         if d.completion is None:
@@ -338,6 +372,7 @@ class ZvtTerminal(PortSession):
         check_timeout(timeout)
         numeric = _numeric(currency)
         order_id = order_id or new_order_id("ZV")
+        self._register_once()
         with self._op():
             earlier = self._journal.get(order_id) if self._journal is not None else None
             if earlier is not None:
@@ -356,11 +391,22 @@ class ZvtTerminal(PortSession):
             try:
                 self._run(d, timeout, abortable=True)
             except PosTimeout:
-                if self._journal is not None:
-                    self._journal.record_attempt(order_id, "pay", "gave_up", f"no outcome within {timeout:g} s")
-                raise PosTimeout(f"no outcome for order {order_id} from {self.port_name} within {timeout:g} s"
-                                 + (" (nor after Abort)" if d.abort_sent else "")
-                                 + ": it stays unfinished in the journal") from None
+                if not results:
+                    if self._journal is not None:
+                        self._journal.record_attempt(order_id, "pay", "gave_up",
+                                                     f"no outcome within {timeout:g} s"
+                                                     + (" (Abort sent, not confirmed)" if d.abort_sent else ""))
+                    raise PosTimeout(f"no outcome for order {order_id} from {self.port_name}"
+                                     + (" after Abort" if d.abort_sent and d.gave_up_after is None
+                                        else f" within {timeout:g} s" + (" (nor after Abort)" if d.abort_sent else ""))
+                                     + ": it stays unfinished in the journal (run recover)") from None
+                # The status information (journaled, acknowledged) is the result; the missing
+                # completion only hands control back.
+                log.warning("order %s: the terminal sent its result but never completed the dialog", order_id)
+            except BaseException:
+                if self._journal is not None and not results:
+                    self._journal.record_attempt(order_id, "pay", "gave_up", "interrupted before an outcome")
+                raise
         result = self._final(d, results, order_id, amount_minor, currency, "pay")
         problem = mismatch(result, order_id, amount_minor, currency)
         if problem is not None:
@@ -375,8 +421,7 @@ class ZvtTerminal(PortSession):
         LocalProtocolError when there is no approval with a receipt number in this journal
         or no password."""
         check_timeout(timeout)
-        if operator_password is None:
-            raise LocalProtocolError("a ZVT reversal needs the operator password")
+        operator_password = self._operator(operator_password, "a ZVT reversal")
         entry = self._journal.get(order_id) if self._journal is not None else None
         receipt_no = _zvt(entry).get("receipt_no") if entry is not None else None
         if entry is None or entry.outcome != "approved" or receipt_no is None:
@@ -384,6 +429,7 @@ class ZvtTerminal(PortSession):
                 f"order {order_id} has no approval with a receipt number in this journal: ZVT reverses by receipt"
                 " number only; reverse it on the terminal")
         command = _build(Reversal, password=operator_password, receipt_no=receipt_no)
+        self._register_once()
         with self._op():
             self._journal_sent(order_id, "cancel", entry.amount_minor, entry.currency)
             results: list[PaymentResult] = []
@@ -398,21 +444,26 @@ class ZvtTerminal(PortSession):
             self._run(d, timeout)
         return self._final(d, results, order_id, entry.amount_minor, entry.currency, "cancel")
 
-    def refund(self, order_id: str, amount_minor: int, refund_id: str, operator_password: str,
+    def refund(self, order_id: str, amount_minor: int, refund_id: str, operator_password: str | None = None,
                currency: str | None = None, timeout: float = 60.0,
                on_progress: Callable[[Any], None] | None = None) -> RefundOutcome:
-        """Refund 06 31 of ``amount_minor`` (password, 04 amount, 49 currency). ZVT carries no
-        order or refund id: a refund id this journal has seen is answered from it, never sent
-        again."""
+        """Refund 06 31 of ``amount_minor`` (password, 04 amount, 49 currency, and 87 the
+        receipt number when this journal has the order's approval). ZVT carries no order or
+        refund id: a refund id this journal has seen is answered from it, never sent again.
+        ``operator_password`` None: the terminal's (ZVT has one password)."""
         check_timeout(timeout)
         _check_amount(amount_minor)
+        operator_password = self._operator(operator_password, "a ZVT refund")
+        entry = self._journal.get(order_id) if self._journal is not None else None
         if currency is None:
-            entry = self._journal.get(order_id) if self._journal is not None else None
             if entry is None:
                 raise LocalProtocolError("currency is required when the order is not in this journal")
             currency = entry.currency
         numeric = _numeric(currency)
-        command = _build(Refund, password=operator_password, amount=amount_minor, currency=numeric)
+        receipt_no = _zvt(entry).get("receipt_no") if entry is not None and entry.outcome == "approved" else None
+        command = _build(Refund, password=operator_password, amount=amount_minor, currency=numeric,
+                         **({"receipt_no": receipt_no} if receipt_no is not None else {}))
+        self._register_once()
         with self._op():
             if self._journal is not None:
                 earlier = self._journal.get(order_id, "refund", refund_id)
@@ -447,13 +498,14 @@ class ZvtTerminal(PortSession):
         return RefundOutcome(order_id, refund_id, Outcome.UNKNOWN, amount_minor, currency, Reason.NONE, 0,
                              "completion without status information: check the terminal's receipt", receipt)
 
-    def settle(self, operator_password: str, timeout: float = 120.0,
+    def settle(self, operator_password: str | None = None, timeout: float = 120.0,
                on_progress: Callable[[Any], None] | None = None) -> Settlement:
         """End of day 06 50. The totals come from the status information: 04 the total, 60 the
         count per card group, 49 the currency (else the one given to ``open``), 0B the trace
-        number (``batch_no``)."""
+        number (``batch_no``). ``operator_password`` None: the terminal's."""
         check_timeout(timeout)
-        command = _build(EndOfDay, password=operator_password)
+        command = _build(EndOfDay, password=self._operator(operator_password, "a ZVT end of day"))
+        self._register_once()
         with self._op():
             d = _Dialog(command, None, None, on_progress)
             self._run(d, timeout)
@@ -492,24 +544,34 @@ class ZvtTerminal(PortSession):
         return None
 
     def recover(self, timeout: float = 10.0, **_kw: Any) -> list[PaymentResult | RefundOutcome]:
-        """ZVT cannot ask about an order, so nothing is sent. An unfinished operation is one
-        whose status information this register never journaled and so never acknowledged; a
-        terminal is expected to reverse an approval its register did not acknowledge, but one
-        may not, and its "last transaction" cannot be tied to an order id ZVT never carried.
-        Each is reported UNKNOWN and left unfinished (to be checked on the terminal's receipt
-        or journal); approvals are final in the journal already and are never downgraded."""
+        """ZVT cannot ask about an order, so nothing is sent; as with Concert, the ACK is the
+        receipt. An unfinished payment is one whose status information this register never
+        journaled, and so never acknowledged (:class:`ZvtLink` holds the 80 00 00 until the
+        journal has it): a ZVT terminal does not keep a result its register did not take (it
+        reverses it; posterm's emulator does), so the payment is recorded ``cancelled`` (final)
+        with the reason in ``reason_text``. Never sent again: that could charge twice.
+        Unfinished reversals and refunds are reported ``unknown`` and left unfinished (check
+        the terminal's journal: a refund id already journaled is never re-sent). Approvals
+        are final from their status information on and are never downgraded."""
         check_timeout(timeout)
         if self._journal is None:
             return []
         out: list[PaymentResult | RefundOutcome] = []
-        text = "ZVT has no query: this ECR never acknowledged a result for this {}; check the terminal's receipt"
+        text = "ZVT has no query: this ECR never acknowledged a result for this {}; check the terminal's journal"
         for entry in self._journal.unfinished():
-            if entry.kind == "refund":
+            if entry.kind == "pay":
+                result = PaymentResult(entry.order_id, Outcome.CANCELLED, entry.amount_minor, entry.currency,
+                                       Reason.NONE, UNACKNOWLEDGED)
+                self._journal_outcome("pay", result, None)
+                log.warning("order %s: its result was never acknowledged by this ECR: recorded cancelled"
+                            " (the terminal reverses it)", entry.order_id)
+                out.append(result)
+            elif entry.kind == "refund":
                 out.append(RefundOutcome(entry.order_id, entry.ref_id, Outcome.UNKNOWN, entry.amount_minor,
                                          entry.currency, reason_text=text.format("refund")))
             else:
                 out.append(PaymentResult(entry.order_id, Outcome.UNKNOWN, entry.amount_minor, entry.currency,
-                                         reason_text=text.format("payment" if entry.kind == "pay" else "reversal")))
+                                         reason_text=text.format("reversal")))
         return out
 
     def query(self, order_id: str, timeout: float = 10.0) -> PaymentResult:
@@ -520,6 +582,30 @@ class ZvtTerminal(PortSession):
 
     def key_status(self, timeout: float = 3.0) -> Any:
         raise Unsupported("ZVT has no key-status command for the ECR")
+
+    def _register_once(self) -> None:
+        """Register (06 00) before this session's first transaction, when ``open`` had the
+        password and ``hello`` was not called: the config byte decides who prints the receipt
+        and whether intermediate status comes, and a terminal may forget a registration with
+        its connection. Tried once per session; a terminal that refuses or does not answer it
+        is left with its own settings (logged), the transaction goes on."""
+        if self._registration_tried or self._password is None or self.info is not None:
+            return
+        try:
+            self.hello()
+        except (ZvtRefused, PosTimeout) as exc:
+            log.warning("registration before the first transaction failed (%s): the terminal's own settings apply",
+                        exc)
+
+    def _operator(self, password: str | None, what: str) -> str:
+        """The password for ``what``: the one given, else the terminal's (ZVT has one password
+        field; the terminal checks it). Raises LocalProtocolError when there is neither."""
+        if password is not None:
+            return password
+        if self._password is None:
+            raise LocalProtocolError(f"{what} needs the terminal's password: give --operator-password or"
+                                     " --terminal-password (Python: operator_password=..., or open(..., password=...))")
+        return self._password
 
     # -- the dialog -----------------------------------------------------------------------
 
@@ -558,6 +644,8 @@ class ZvtTerminal(PortSession):
             now = self._clock()
             if self._abort_requested and not d.abort_sent and d.accepted:
                 self._send_abort(pump, d)
+                # The terminal answers an abort with 06 1E at once, or never: wait a bounded time.
+                deadline = min(deadline, now + ABORT_GRACE + self._link.config.t3)
             if now >= deadline:
                 if d.accepted and not d.done:
                     self._abandoned = d
@@ -573,7 +661,8 @@ class ZvtTerminal(PortSession):
                 for event in pump.feed(data, self._clock(), write=False):
                     self._on_event(event, d)
             except BaseException:
-                self._link.data_to_send()    # never acknowledge what was not handled (journaled)
+                self._link.refuse()          # never acknowledge what was not handled (journaled)
+                self._link.data_to_send()
                 if d.accepted and not d.done:
                     self._abandoned = d
                 raise
@@ -639,9 +728,15 @@ class ZvtTerminal(PortSession):
             if d.on_progress is not None:
                 d.on_progress(_progress(msg, d.order_id))
         elif isinstance(msg, StatusInformation):
+            if d.on_status is None and not isinstance(d.command, EndOfDay):
+                # Registration, status enquiry, abort carry no transaction: a result now is an
+                # earlier dialog's (the terminal going on as if it took our command), never ours.
+                self._late(msg)
+                return
             d.statuses.append(msg)
             if d.on_status is not None:
-                d.on_status(msg)          # journals: before the link's 80 00 00 is written
+                d.on_status(msg)          # journals: before the 80 00 00 (raises: never acknowledged)
+            self._link.accept()
         elif isinstance(msg, PrintLine):
             self._receipt(d, [msg.text])
         elif isinstance(msg, PrintTextBlock):
@@ -659,6 +754,13 @@ class ZvtTerminal(PortSession):
     def _late(self, msg: Any) -> None:
         old = self._abandoned
         if old is None:
+            if isinstance(msg, StatusInformation):
+                # A result for no order of ours (another process gave it up, or none sent it):
+                # not acknowledged, so the terminal reverses it, and it is never taken for ours.
+                self._link.refuse()
+                log.warning("a status information for no order of this ECR (result code %s): not acknowledged,"
+                            " the terminal reverses it", msg.fields.result_code)
+                return
             log.warning("%s from the terminal before it took our command, for no dialog of ours: ignored",
                         type(msg).__name__)
             return
@@ -668,6 +770,7 @@ class ZvtTerminal(PortSession):
             old.statuses.append(msg)
             if old.on_status is not None:
                 old.on_status(msg)
+            self._link.accept()
         elif isinstance(msg, (Completion, Aborted)):
             self._abandoned = None
 

@@ -12,4 +12,5 @@ FAMILY = ProtocolFamily(
     serial_defaults={"baudrate": 9600, "bytesize": 8, "parity": "N", "stopbits": 2},
     # ZVT has no query by order id: the emulated terminal reverses what its ECR never acknowledged.
     ecr_can_query=False,
+    decoder="posterm.families.zvt.decode:decode",
 )

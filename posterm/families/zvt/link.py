@@ -46,7 +46,17 @@ times that, the peer's 80 00 00 frame may need its own repeats) and, on serial, 
 ACK byte; T4 180 s while the PT holds control, renewed by each intermediate status 04 FF
 (the ECR role: it reports :class:`TimedOut` and is master again).
 
+``confirm_results`` (the ECR role; the ECR driver sets it): a status information (04 0F, the
+transaction's result) is *held*, not acknowledged: the caller decides with
+:meth:`ZvtLink.accept` (80 00 00: "I have it, journaled") or :meth:`ZvtLink.refuse` (no
+80 00 00: the terminal's T3 runs out and it reverses the transaction, as a ZVT terminal does
+with a result its register never took). The acknowledgement is the register's receipt. A
+held result the caller leaves undecided for T3 is refused by :meth:`ZvtLink.tick`.
+
 Bounded: ``max_queue`` messages wait to be sent (:class:`SendQueueFull` beyond);
+``max_queue`` commands of the ECR's wait for the PT's answer (the PT role; beyond, the
+oldest is dropped unanswered and counted in ``stats["unanswered_dropped"]``: the ECR's T3
+covers it);
 ``max_events`` events wait to be taken (diagnostic events are dropped and counted beyond,
 others raise :class:`EventQueueFull`); ACK / NAK bytes and automatic 80 00 00 waiting to be
 written are capped at :data:`OUT_CAP` bytes and ``max_queue`` frames (a peer that floods and
@@ -207,7 +217,8 @@ class ZvtLink:
     """One end of a ZVT line. ``role``: ``"ecr"`` or ``"pt"``; ``transport``: ``"serial"`` or
     ``"tcp"``. Not thread-safe: one owner drives it (:class:`posterm.families.pump.Pump`)."""
 
-    def __init__(self, role: str = "ecr", transport: str = "serial", config: ZvtConfig | None = None) -> None:
+    def __init__(self, role: str = "ecr", transport: str = "serial", config: ZvtConfig | None = None, *,
+                 confirm_results: bool = False) -> None:
         if role not in ("ecr", "pt"):
             raise LocalProtocolError(f"role must be 'ecr' or 'pt', not {role!r}")
         if transport not in ("serial", "tcp"):
@@ -229,7 +240,12 @@ class ZvtLink:
         self._command: Any = None           # the ECR's command of the dialog in progress
         self._queue: deque = deque()        # application messages waiting for their turn
         self._awaiting: _Awaiting | None = None
-        self._unanswered: Any = None        # PT: the command received, not yet answered
+        # PT: the ECR's commands received, not yet answered (oldest first; bounded by max_queue)
+        self._unanswered: deque = deque()
+        # ECR, confirm_results: the status information held for accept() / refuse(), and until when
+        self.confirm_results = confirm_results and role == "ecr"
+        self._held: Any = None
+        self._held_until: float | None = None
         self._t4: float | None = None
         # the serial line
         self._responses: deque[_Frame] = deque()
@@ -240,7 +256,8 @@ class ZvtLink:
         self._peer_acked = True
         self.stats = {"frames_in": 0, "frames_out": 0, "retransmits": 0, "naks_sent": 0, "garbage_bytes": 0,
                       "duplicates": 0, "send_failed": 0, "refused": 0, "acks_sent": 0, "implied_acks": 0,
-                      "stray_acks": 0, "unsolicited": 0, "t4_expired": 0, "events_dropped": 0, "out_dropped": 0}
+                      "stray_acks": 0, "unsolicited": 0, "t4_expired": 0, "events_dropped": 0, "out_dropped": 0,
+                      "unanswered_dropped": 0, "results_refused": 0}
 
     # -- the sans-IO surface (posterm.families.interfaces.Link) -----------------------------
 
@@ -264,7 +281,66 @@ class ZvtLink:
         """The ECR is master, nothing is queued, on the line or waiting for 80 00 00."""
         return (self._state is _State.IDLE and not self._queue and self._awaiting is None
                 and self._inflight is None and not self._responses and not self._app_frames
-                and self._unanswered is None)
+                and not self._unanswered and self._held is None)
+
+    @property
+    def held(self) -> Any:
+        """``confirm_results``: the status information waiting for :meth:`accept` or
+        :meth:`refuse`, or None."""
+        return self._held
+
+    def accept(self, now: float | None = None) -> None:
+        """Acknowledge (80 00 00) the held status information: the caller has it safe. No-op
+        when none is held."""
+        self._clock(now)
+        if self._held is None:
+            return
+        self._held = self._held_until = None
+        self._respond(None, Ack().encode())
+        self._pump()
+
+    def refuse(self, now: float | None = None) -> None:
+        """Never acknowledge the held status information: the terminal's T3 runs out, it takes
+        the result as undelivered (a ZVT terminal then reverses the transaction) and ends the
+        dialog with 06 1E. No-op when none is held."""
+        self._clock(now)
+        if self._held is None:
+            return
+        self._held = self._held_until = None
+        self.stats["results_refused"] += 1
+
+    def drop_queued(self, which: Any = None, *, in_flight: bool = False) -> list:
+        """Drop our application messages waiting for their turn (all, or those for which
+        ``which(message)`` is true) and return them. ``in_flight``: also give up the one on the
+        line or waiting for its 80 00 00 (the peer that would take it is gone). Nothing is
+        reported as failed; the link's own acknowledgements are never dropped. The ECR is
+        master again when its dialog's command is dropped before the PT took it."""
+        dropped: list = []
+        if in_flight:
+            aw = self._awaiting
+            if aw is not None and (which is None or which(aw.message)):
+                dropped.append(aw.message)
+                self._awaiting = None
+                fr = self._inflight
+                if fr is not None and fr.app and fr.message is aw.message:
+                    self._inflight = None
+                if self.role == "ecr" and aw.message is self._command and self._state is _State.COMMAND:
+                    self._to_ecr_master()
+        keep_frames: deque[_Frame] = deque()
+        for fr in self._app_frames:
+            if fr.message in dropped:
+                continue      # the serial frame of a message dropped above, not yet on the line
+            keep_frames.append(fr)
+        self._app_frames = keep_frames
+        keep: deque = deque()
+        for item in self._queue:
+            if which is None or which(item[0]):
+                dropped.append(item[0])
+            else:
+                keep.append(item)
+        self._queue = keep
+        self._line()
+        return dropped
 
     def send(self, message: Command | Apdu, now: float | None = None) -> bytes:
         """Queue ``message`` and return the bytes to write now (possibly none: it goes when its
@@ -334,6 +410,8 @@ class ZvtLink:
         fr = self._inflight
         if fr is not None and fr.deadline is not None and now >= fr.deadline:
             self._repeat_or_fail("timeout")
+        if self._held is not None and self._held_until is not None and now >= self._held_until:
+            self.refuse(now)     # nobody decided: the terminal must not count it as delivered
         aw = self._awaiting
         if aw is not None and aw.deadline is not None and now >= aw.deadline:
             self._awaiting = None
@@ -364,6 +442,7 @@ class ZvtLink:
             times.append(self._inflight.deadline)
         if self._awaiting is not None:
             times.append(self._awaiting.deadline)
+        times.append(self._held_until)
         times = [t for t in times if t is not None]
         return min(times) if times else None
 
@@ -379,7 +458,8 @@ class ZvtLink:
         pending += [m for m, _ in self._queue]
         self._queue.clear()
         self._awaiting = None
-        self._unanswered = None
+        self._unanswered.clear()
+        self._held = self._held_until = None
         self._responses.clear()
         self._app_frames.clear()
         self._inflight = None
@@ -405,7 +485,8 @@ class ZvtLink:
         """Raises if the PT may not send ``ctl`` now; returns whether it ends the dialog."""
         if ctl not in MASTER_PHASE and ctl not in CLOSING:
             raise LocalProtocolError(f"the terminal does not send {ctl[0]:02X} {ctl[1]:02X} (a command of the ECR's)")
-        if self._unanswered is not None and _control(self._unanswered) != ABORT:
+        self._expire_unanswered()
+        if any(_control(c) != ABORT for c, _ in self._unanswered):
             raise LocalProtocolError("acknowledge the ECR's command first (80 00 00 or 84 xx)")
         if self._state is not _State.PT_MASTER:
             raise LocalProtocolError(f"the terminal sends {ctl[0]:02X} {ctl[1]:02X} only while it holds control")
@@ -413,12 +494,12 @@ class ZvtLink:
 
     def _pt_answer(self, message: Any, apdu: bytes, ctl: tuple[int, int]) -> None:
         """The PT's 80 00 00 / 84 xx to the ECR's command: out at once, ahead of the queue."""
-        command = self._unanswered
-        if command is None:
+        self._expire_unanswered()
+        if not self._unanswered:
             raise LocalProtocolError("there is no command of the ECR's to acknowledge")
         if self._serial and len(self._responses) >= self.config.max_queue:
             raise SendQueueFull(f"{len(self._responses)} ZVT acknowledgements already wait for the line")
-        self._unanswered = None
+        command, _ = self._unanswered.popleft()     # answers go in the order the commands came
         cctl = _control(command)
         if self._state is _State.PT_MASTER:
             pass       # an abort, or a command out of turn: the dialog goes on until 06 0F / 06 1E
@@ -634,7 +715,13 @@ class ZvtLink:
                 self._emit(Delivered(aw.message))
                 if self._state is _State.COMMAND:
                     self._state = _State.PT_MASTER
-            self._respond(None, Ack().encode())    # the ECR must acknowledge each one (ZVT)
+            if self._held is not None:
+                # The PT went on past the result we held (its T3 ran out): it is not ours to take now.
+                self.refuse()
+            if self.confirm_results and ctl == (0x04, 0x0F) and error is None:
+                self._held, self._held_until = message, self._now + self.config.t3
+            else:
+                self._respond(None, Ack().encode())    # the ECR must acknowledge each one (ZVT)
             self._report(message, error, raw)
             if self._state is not _State.PT_MASTER:
                 self.stats["unsolicited"] += 1
@@ -659,8 +746,18 @@ class ZvtLink:
                 self._state = _State.COMMAND
         else:
             self.stats["unsolicited"] += 1      # a command while the PT holds control: the app refuses it
-        self._unanswered = command
+        if len(self._unanswered) >= self.config.max_queue:
+            self._unanswered.popleft()          # an ECR that floods commands: the oldest goes unanswered
+            self.stats["unanswered_dropped"] += 1
+        self._unanswered.append((command, self._now))
         self._report(message, error, raw)
+
+    def _expire_unanswered(self) -> None:
+        """PT: a command left unanswered past the ECR's T3, with a newer one behind it, is one
+        the ECR stopped waiting for (it sent the next): answering it now would answer the newer."""
+        while len(self._unanswered) > 1 and self._now - self._unanswered[0][1] >= self.config.t3:
+            self._unanswered.popleft()
+            self.stats["unanswered_dropped"] += 1
 
     # -- output and events ---------------------------------------------------------------
 

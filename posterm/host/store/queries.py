@@ -303,6 +303,51 @@ class Tx:
         self._run("INSERT INTO settlements (terminal_id, batch_no, totals, agrees, created_at) VALUES (?, ?, ?, ?, ?)",
                   (terminal_id, batch_no, json.dumps(totals), int(agrees), now))
 
+    # -- the merchant gateway (posterm.host.gateway) --------------------------------------
+
+    def add_gateway_app(self, app_id: str, merchant_id: str, kind: str, terminal_id: str, public_key_pem: str | None,
+                        wechat_mch_id: str | None, now: float) -> None:
+        """Register (or re-register, replacing its key) a merchant's app."""
+        self._run("INSERT OR REPLACE INTO gateway_apps VALUES (?, ?, ?, ?, ?, ?, ?)",
+                  (app_id, merchant_id, kind, terminal_id, public_key_pem, wechat_mch_id, now))
+
+    def gateway_app(self, app_id: str) -> Row | None:
+        return self._one("SELECT * FROM gateway_apps WHERE app_id = ?", (app_id,))
+
+    def gateway_apps(self) -> list[Row]:
+        return self._all("SELECT * FROM gateway_apps ORDER BY app_id")
+
+    def gateway_app_by_mch(self, wechat_mch_id: str) -> list[Row]:
+        return self._all("SELECT * FROM gateway_apps WHERE wechat_mch_id = ? ORDER BY app_id", (wechat_mch_id,))
+
+    def add_gateway_trade(self, trade_no: str, app_id: str, notify_url: str | None) -> None:
+        """The gateway's record of its trade (once; a repeat leaves it as it is)."""
+        self._run("INSERT OR IGNORE INTO gateway_trades (trade_no, app_id, notify_url, notify_state) "
+                  "VALUES (?, ?, ?, ?)", (trade_no, app_id, notify_url, "pending" if notify_url else "none"))
+
+    def gateway_trade(self, trade_no: str) -> Row | None:
+        return self._one("SELECT * FROM gateway_trades WHERE trade_no = ?", (trade_no,))
+
+    def set_gateway_closed_by(self, trade_no: str, how: str) -> None:
+        self._run("UPDATE gateway_trades SET closed_by = ? WHERE trade_no = ? AND closed_by IS NULL", (how, trade_no))
+
+    def gateway_notifications_due(self, now: float, limit: int) -> list[Row]:
+        """Trades whose notification is pending and due, paid (APPROVED) or final, oldest first."""
+        return self._all("SELECT g.*, t.status FROM gateway_trades g JOIN trades t USING (trade_no) "
+                         "WHERE g.notify_state = 'pending' AND (g.notify_next_at IS NULL OR g.notify_next_at <= ?) "
+                         "AND t.status IN ('APPROVED', 'REFUNDED') ORDER BY t.created_at LIMIT ?", (now, limit))
+
+    def set_gateway_notify(self, trade_no: str, state: str, attempts: int, next_at: float | None) -> None:
+        self._run("UPDATE gateway_trades SET notify_state = ?, notify_attempts = ?, notify_next_at = ? "
+                  "WHERE trade_no = ?", (state, attempts, next_at, trade_no))
+
+    def add_gateway_void(self, terminal_id: str, order_id: str, now: float) -> None:
+        self._run("INSERT OR IGNORE INTO gateway_voids VALUES (?, ?, ?)", (terminal_id, order_id, now))
+
+    def gateway_void(self, terminal_id: str, order_id: str) -> bool:
+        return self._one("SELECT 1 FROM gateway_voids WHERE terminal_id = ? AND order_id = ?",
+                         (terminal_id, order_id)) is not None
+
     # -- replay guards -------------------------------------------------------------------
 
     def ksn_fresh(self, guard: str, ikid: str, counter: int) -> bool:

@@ -81,6 +81,22 @@ CREATE TABLE IF NOT EXISTS daily_spend (
     account_id TEXT NOT NULL, day TEXT NOT NULL, spent_minor INTEGER NOT NULL,
     PRIMARY KEY (account_id, day)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS nonces (nonce TEXT PRIMARY KEY, seen_at REAL NOT NULL);
+-- The merchant gateway (posterm.host.gateway): apps registered per merchant, each paying
+-- through its own virtual terminal row; per trade the app, its notify_url and the state of
+-- the asynchronous notification; the out_trade_no an app cancelled before any pay arrived
+-- (a late pay of it is refused, never charged).
+CREATE TABLE IF NOT EXISTS gateway_apps (
+    app_id TEXT PRIMARY KEY, merchant_id TEXT NOT NULL REFERENCES merchants(id),
+    kind TEXT NOT NULL CHECK (kind IN ('alipay', 'wechat')), terminal_id TEXT NOT NULL REFERENCES terminals(id),
+    public_key_pem TEXT, wechat_mch_id TEXT, created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS gateway_trades (
+    trade_no TEXT PRIMARY KEY REFERENCES trades(trade_no), app_id TEXT NOT NULL REFERENCES gateway_apps(app_id),
+    notify_url TEXT, closed_by TEXT, notify_state TEXT NOT NULL DEFAULT 'none',
+    notify_attempts INTEGER NOT NULL DEFAULT 0, notify_next_at REAL);
+CREATE INDEX IF NOT EXISTS gateway_trades_notify ON gateway_trades (notify_state, notify_next_at);
+CREATE TABLE IF NOT EXISTS gateway_voids (
+    terminal_id TEXT NOT NULL, order_id TEXT NOT NULL, created_at REAL NOT NULL,
+    PRIMARY KEY (terminal_id, order_id)) WITHOUT ROWID;
 """
 
 
