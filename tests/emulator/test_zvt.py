@@ -279,7 +279,8 @@ def _stop(p: subprocess.Popen) -> tuple[int, str]:
 def _pay(port: str, amount: str, currency: str, journal: Path, *extra: str) -> tuple[int, dict]:
     r = subprocess.run([sys.executable, "-m", "posterm", "pay", "--protocol", "zvt", "--port", port, "--amount",
                         amount, "--currency", currency, "--json", "--journal", str(journal), *extra],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "POSTERM_TERMINAL_PASSWORD": PASSWORD})   # ZVT registration's
     assert "Traceback" not in r.stderr, r.stderr
     return r.returncode, json.loads(r.stdout)
 
