@@ -16,21 +16,39 @@ from posterm.cli.common import (
     FaultsType,
     HostUrlType,
     InputFile,
+    PASSWORD,
     LazyHelpOption,
     ListenType,
     OutputFile,
     SecondsType,
+    baud_help,
     fail,
     protocol_help,
 )
 from posterm.families import DEFAULT as DEFAULT_FAMILY
 
+LINE_FORMATS = ["8N1", "8N2", "7E1", "7O1", "7E2", "7O2"]
+
+
+def line_format_help() -> str:
+    """``--line-format``'s help: the default of each family the registry knows."""
+    from posterm.families import known
+
+    def fmt(f) -> str:
+        d = f.serial_defaults
+        return f"{d.get('bytesize', 8)}{d.get('parity', 'N')}{d.get('stopbits', 1):g}"
+    return ("Character format on the pty: 8N1, 8N2, or seven bits and parity (7E1, 7O1, 7E2, 7O2, as some"
+            " native RS-232 terminal ports use) [default: the protocol family's: "
+            + ", ".join(f"{f.name} {fmt(f)}" for f in known()) + "].")
+
 
 @click.command()
 @click.option("--pty", "use_pty", is_flag=True, default=True, help="On a new pseudo-terminal (the default).")
-@click.option("--listen", type=ListenType(), default=None, metavar="tcp://127.0.0.1:PORT", help="Listen on TCP instead of a pty.")
+@click.option("--listen", type=ListenType(), default=None, metavar="tcp://127.0.0.1:PORT",
+              help="Listen on TCP instead of a pty (PORT 0: a free one; with --count, PORT, PORT+1, ...).")
 @click.option("--count", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="A fleet: one port per terminal, T0000001 upwards; every path printed.")
+              help="A fleet: one port per terminal (ptys, or TCP ports with --listen), T0000001 upwards;"
+                   " every port printed.")
 @click.option("--port-file", type=OutputFile(), default=None,
               help="Also write the port path(s) here once the terminal is ready.")
 @click.option("--link", type=OutputFile(), default=None, help="Also make a stable symlink to the pty (one terminal only).")
@@ -39,26 +57,35 @@ from posterm.families import DEFAULT as DEFAULT_FAMILY
 @click.option("--home", type=Directory(), default=None, help="State directory (default $POSTERM_HOME).")
 @click.option("--terminal-id", type=ID32, default="T0000001", show_default=True)
 @click.option("--pace", is_flag=True, help="Pace the line to the baud rate.")
-@click.option("--baud", type=click.IntRange(50, 4_000_000), default=115200, show_default=True)
+@click.option("--baud", type=click.IntRange(50, 4_000_000), default=None, cls=LazyHelpOption,
+              help_text=lambda: baud_help() + " The pty's termios say it; --pace keeps to it.")
 @click.option("--faults", type=FaultsType(), default=None, help="Line faults, e.g. drop=0.01,corrupt=0.01,dup=0.005,delay=20ms,unplug_after=30s,seed=1")
 @click.option("--record", type=Directory(), default=None, help="Record each session into this directory.")
 @click.option("--protocol", type=FAMILY, default=DEFAULT_FAMILY, show_default=True, cls=LazyHelpOption,
               help_text=protocol_help)
-@click.option("--line-format", type=click.Choice(["8N1", "7E1", "7O1"], case_sensitive=False), default="8N1",
-              show_default=True, help="Character format on the pty: 8N1 (USB), 7E1 or 7O1 (seven bits and parity,"
-                                      " as some native RS-232 terminal ports use).")
+@click.option("--line-format", type=click.Choice(LINE_FORMATS, case_sensitive=False), default=None,
+              cls=LazyHelpOption, help_text=lambda: line_format_help())
+@click.option("--operator-password", type=PASSWORD, default=None,
+              help="The terminal's operator password (refund, cancel, settle, key load), and ZVT's password"
+                   " (registration 06 00, reversal, refund, end of day: 6 digits there). Kept in the terminal's"
+                   " state from its first start; later starts must give the same one or none. [default: 246810]")
 @click.option("--show-display", is_flag=True,
               help="Show each terminal's screen on stderr as it changes; a dynamic QR as a text QR code.")
 @click.option("--poll-interval", type=SecondsType(0.05, 60), default=5.0, show_default=True,
               help="Phone/QR confirmation: query the host this often ...")
 @click.option("--poll-attempts", type=click.IntRange(1, 100), default=5, show_default=True, help="... this many times, then cancel.")
 def emulate(use_pty, listen, count, port_file, link, scenario, host_url, home, terminal_id, pace, baud, faults, record,
-            protocol, line_format, show_display, poll_interval, poll_attempts):
+            protocol, line_format, operator_password, show_display, poll_interval, poll_attempts):
     """Start emulated payment terminals and serve them until Ctrl-C or SIGTERM.
 
     The first line(s) of stdout are the ports to give the ECR (one per terminal).
-    With no scenario, the host's test payment codes pick the outcome and the PIN
-    pad types the demo PIN (147258) when asked.
+    With no scenario, the host's test payment codes pick the outcome: a payment
+    the ECR sends without a code gets the approving test code of its currency
+    (289900000000000001 CNY, 289900000000978001 EUR) and the PIN pad types the
+    demo PIN (147258) once when asked.
+
+    The line is the protocol family's (--protocol zvt: a pty at 9600 8N2, or bare
+    APDUs over TCP with --listen); --baud and --line-format override it.
 
     With --scenario, each `expect` is checked as its payment ends and printed at exit
     on stderr, one line each ("scenario: pass ..." / "scenario: FAIL ...").
@@ -71,16 +98,16 @@ def emulate(use_pty, listen, count, port_file, link, scenario, host_url, home, t
       5  a scenario expectation failed
 
     \b
-    Example:
+    Examples:
       posterm emulate --port-file /tmp/port &
       posterm pay --port $(cat /tmp/port) --amount 12.34 --payment-code 289900000000000001
+      posterm emulate --protocol zvt --listen tcp://127.0.0.1:20007 &
+      posterm pay --protocol zvt --port tcp://127.0.0.1:20007 --amount 12.34 --currency EUR
     """
     from posterm.emulator.firmware import FirmwareConfig
     from posterm.emulator.runner import EmulatedTerminal, Fleet
     from posterm.errors import PosError
 
-    if listen and count > 1:
-        raise click.UsageError("--listen serves one terminal; use --count with ptys")
     if link and count > 1:
         raise click.UsageError("--link names one pty; it cannot be used with --count")
     stop = threading.Event()
@@ -90,10 +117,12 @@ def emulate(use_pty, listen, count, port_file, link, scenario, host_url, home, t
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     kw = dict(host=host_url, home=home, scenario=scenario, faults=faults, pace=pace, baudrate=baud, record=record,
-              protocol=protocol, line_format=line_format.upper(), config=FirmwareConfig(poll_interval=poll_interval, poll_attempts=poll_attempts))
+              protocol=protocol, line_format=line_format.upper() if line_format else None,
+              operator_password=operator_password,
+              config=FirmwareConfig(poll_interval=poll_interval, poll_attempts=poll_attempts))
     try:
         if count > 1:
-            fleet = Fleet.start(count, **kw)
+            fleet = Fleet.start(count, listen=listen, **kw)
             terminals = fleet.terminals
         else:
             term = EmulatedTerminal.start(listen=listen, terminal_id=terminal_id, link=link, **kw)

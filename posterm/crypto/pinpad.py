@@ -407,6 +407,12 @@ class OperatorPassword:
             self._save()
             return ok
 
+    def matches(self, password: str) -> bool:
+        """Whether ``password`` is this one, neither counting a wrong try nor clearing the
+        count: for whoever holds the state itself (the emulator checking what it was
+        started with), never for an answer to a keypad prompt (that is :meth:`verify`)."""
+        return bool(password) and check_verifier(password, self._verifier)
+
     def change(self, old: str, new: str) -> None:
         if not self.verify(old):
             raise CryptoError("operator password change refused: the old password is wrong" +

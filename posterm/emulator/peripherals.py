@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from firmware_protocol.native.messages import Reason
 
-from posterm.emulator.scenario import DEFAULT_CODE, DEMO_PIN, STAGE_OF, Action, PaymentScript
+from posterm.emulator.scenario import DEFAULT_CODE, DEFAULT_CODES, DEMO_PIN, STAGE_OF, Action, PaymentScript
 from posterm.errors import CryptoError, PosError
 
 RECEIPT_WIDTH = 32
@@ -198,11 +198,13 @@ class Customer:
 
     ``respond(stage)`` returns ``(delay, action)`` or ``None`` when the customer does
     nothing at this prompt. Stages: ``scan``, ``pin``, ``phone``, ``qr``. An exhausted
-    (or absent) script falls back to the defaults of the host's test codes.
+    (or absent) script falls back to the defaults of the host's test codes: the approving
+    one of ``currency`` (the order's).
     """
 
-    def __init__(self, script: PaymentScript | None = None) -> None:
+    def __init__(self, script: PaymentScript | None = None, currency: str = "CNY") -> None:
         self.script = script
+        self.default_code = DEFAULT_CODES.get(currency, DEFAULT_CODE)
         self._queue = collections.deque(script.actions if script else ())
         self._typed_demo_pin = False
 
@@ -225,7 +227,7 @@ class Customer:
 
     def _default(self, stage: str) -> tuple[float, Action] | None:
         if stage == "scan":
-            return 0.2, Action("present_code", code=DEFAULT_CODE)
+            return 0.2, Action("present_code", code=self.default_code)
         if stage == "pin":
             # The demo PIN once per payment. Asked again, it was not this account's PIN:
             # a customer who does not know it presses Cancel rather than guessing, so an
@@ -235,5 +237,5 @@ class Customer:
             self._typed_demo_pin = True
             return 0.2, Action("type_pin", digits=DEMO_PIN)
         if stage == "qr":
-            return 0.5, Action("scan_qr", code=DEFAULT_CODE)
+            return 0.5, Action("scan_qr", code=self.default_code)
         return None  # phone: the host's test code decides whether the customer confirms

@@ -106,6 +106,38 @@ def _release_host(host) -> None:
                     del _hosts[path]
 
 
+def _factory_keywords(fam) -> set[str]:
+    """The keyword parameters the family's terminal-link factory names (all of them if it
+    takes ``**kw``; none if it cannot be inspected: ``make_terminal_link`` reports that)."""
+    import importlib
+    import inspect
+
+    module, _, attr = fam.terminal_link.partition(":")
+    try:
+        obj: Any = importlib.import_module(module)
+        for name in attr.split("."):
+            obj = getattr(obj, name)
+        params = inspect.signature(obj).parameters.values()
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return set()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return {"transport", "state_path"}
+    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def _operator_password(path: Path, password: str | None, terminal_id: str) -> OperatorPassword:
+    """The terminal's operator password: created from ``password`` (default the demo one) at
+    first start, then what its state holds. A ``password`` the state does not hold is a
+    ConfigError (the line's commands would carry one password, the keypad check another);
+    checked without counting a wrong try, since the caller owns the state."""
+    existed = path.exists()
+    operator = OperatorPassword(path, password=password or DEMO_OPERATOR_PASSWORD)
+    if existed and password is not None and not operator.matches(password):
+        raise ConfigError(f"terminal {terminal_id} already has another operator password (in {path.parent}): "
+                          "give that one, or start it with a new --home")
+    return operator
+
+
 class EmulatedTerminal:
     """One emulated terminal. Start with :meth:`start`; a context manager."""
 
@@ -152,16 +184,22 @@ class EmulatedTerminal:
     def start(cls, *, pty: bool = True, listen: str | None = None, host: str = "embedded",
               home: str | Path | None = None, terminal_id: str = "T0000001", merchant_id: str = "M100000001",
               location: str = "CN-SH", scenario: str | Path | Scenario | None = None, faults: str | None = None,
-              pace: bool = False, baudrate: int = 115200, record: str | Path | None = None,
+              pace: bool = False, baudrate: int | None = None, record: str | Path | None = None,
               protocol: str = "posterm", config: FirmwareConfig | None = None, link: str | None = None,
-              host_options: dict | None = None, operator_password: str = DEMO_OPERATOR_PASSWORD,
-              line_format: str = "8N1") -> "EmulatedTerminal":
+              host_options: dict | None = None, operator_password: str | None = None,
+              line_format: str | None = None) -> "EmulatedTerminal":
         """Start a terminal on a new pty (default) or ``listen`` (``tcp://127.0.0.1:PORT``).
 
         ``host``: ``"embedded"`` (a host in this process, state under ``home``) or
         ``tcp://HOST:PORT``. ``protocol``: a family of :mod:`posterm.families`.
-        ``line_format``: ``8N1`` or ``7E1``/``7O1`` (seven bits and parity, carried on the
-        pty exactly as a UART puts them on the wire). Raises ConfigError / TransportError.
+        ``baudrate`` and ``line_format`` default to the family's serial defaults (ZVT 9600
+        8N2, Concert 9600 8N1, posterm 115200 8N1): the pty's termios say so and ``pace``
+        keeps to them. ``line_format``: ``8N1``/``8N2`` or ``7E1``/``7O1`` (seven bits and
+        parity, carried on the pty exactly as a UART puts them on the wire).
+        ``operator_password``: the terminal's operator password (the password of ZVT's
+        commands too); kept in the terminal's state from its first start (default
+        :data:`DEMO_OPERATOR_PASSWORD`); one given that the state does not hold is refused.
+        Raises ConfigError / TransportError.
         """
         from posterm.transport.parity import parse_line_format
 
@@ -186,20 +224,30 @@ class EmulatedTerminal:
             if listen_host not in LOOPBACK:
                 raise ConfigError(f"--listen {listen}: the emulator listens on loopback only "
                                   "(127.0.0.1, ::1, localhost); there is no option to expose it")
+        if faults:
+            from posterm.transport.faults import FaultSpec
+
+            FaultSpec.parse(faults)   # now, not at the first TCP connection (ConfigError)
+        from posterm.families import family
+
+        fam = family(protocol)
+        line = fam.serial_defaults
+        if baudrate is None:
+            baudrate = fam.baudrate
+        if line_format is None:
+            line_format = f"{line.get('bytesize', 8)}{line.get('parity', 'N')}{line.get('stopbits', 1):g}"
         try:
             bits, parity, stop = parse_line_format(line_format)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        from posterm.families import family
-
-        fam = family(protocol)
         if not fam.ecr_can_query:
             config = replace(config or FirmwareConfig(), void_unfinished=True)
         home = private_dir(home, own=True) if home else posterm_home()
         private_dir(home / "terminals", own=True)
         state = private_dir(home / "terminals" / terminal_id, own=True)
         module = SecureModule(state / "pinpad.sealed")
-        operator = OperatorPassword(state / "operator.sealed", password=operator_password)
+        operator = _operator_password(state / "operator.sealed", operator_password, terminal_id)
+        operator_password = operator_password or DEMO_OPERATOR_PASSWORD
         embedded = None
         if host == "embedded":
             embedded, client = _embedded_host(home, **(host_options or {}))
@@ -236,7 +284,10 @@ class EmulatedTerminal:
         else:
             from posterm.transport.pty_port import PtyTransport
 
-            transport, port = PtyTransport.create(pace=pace, baudrate=baudrate, link=link)
+            # The pty's termios carry the line settings (an ECR that opens the port without
+            # setting its own sees them); its parity stays off: a pty refuses it (see parity).
+            transport, port = PtyTransport.create(pace=pace, baudrate=baudrate, bytesize=bits, parity=parity,
+                                                  stopbits=stop, link=link)
             if parity != "N":
                 from posterm.transport.parity import SoftParityTransport
 
@@ -245,10 +296,35 @@ class EmulatedTerminal:
         # (line_rate, bytes per second: passed only then, so a family's factory may ignore pacing).
         from posterm.transport.base import bits_per_byte
 
-        paced = {"line_rate": baudrate / bits_per_byte(bits, parity, stop)} if pace else {}
-        front = fam.make_terminal_link(operator_password=operator_password, **paced)
-        term = cls(transport, port, firmware, hostlink, front=front, host=embedded, listener=listener,
-                   journal=journal, faults=faults, record=record, protocol=fam.name)
+        extra: dict[str, Any] = {"line_rate": baudrate / bits_per_byte(bits, parity, stop)} if pace else {}
+        # What a family's factory may take besides (passed only if it says so): which line it is
+        # on (a front that frames serial and TCP differently need not guess), and a file in the
+        # terminal's state for what it must keep across restarts (ZVT: receipt number -> order).
+        accepts = _factory_keywords(fam)
+        if "transport" in accepts:
+            extra["transport"] = "tcp" if listen else "serial"
+        if "state_path" in accepts:
+            extra["state_path"] = state / f"{fam.name}-receipts.json"
+        try:
+            try:
+                front = fam.make_terminal_link(operator_password=operator_password, **extra)
+            except ValueError as exc:   # a setting the family cannot carry (a ZVT password is 6 digits)
+                raise ConfigError(f"--protocol {fam.name}: {exc}") from None
+            term = cls(transport, port, firmware, hostlink, front=front, host=embedded, listener=listener,
+                       journal=journal, faults=faults, record=record, protocol=fam.name)
+        except BaseException:
+            # Nothing started: the port, the journal and this terminal's hold on the host go
+            # (a fleet or a test that carries on must not keep them).
+            for res in (listener, transport):
+                if res is not None:
+                    try:
+                        res.close()
+                    except (PosError, OSError):
+                        pass
+            journal.close()
+            if embedded is not None:
+                _release_host(embedded)
+            raise
         firmware.start(time.monotonic())
         # Log on now, not at the first payment: a host that refuses this terminal shows at
         # once (an error in the log, Status.host_online False), not as a failed sale.
@@ -595,13 +671,28 @@ class Fleet:
         self.terminals = terminals
 
     @classmethod
-    def start(cls, count: int, **kw: Any) -> "Fleet":
+    def start(cls, count: int, *, listen: str | None = None, **kw: Any) -> "Fleet":
+        """``count`` terminals, each on its own pty, or with ``listen`` (``tcp://HOST:PORT``)
+        on PORT, PORT+1, ... (``PORT`` 0: each on a free port); ``kw`` as
+        :meth:`EmulatedTerminal.start`. Raises ConfigError / TransportError (none left running)."""
         if not 1 <= count <= 64:
             raise ConfigError("a fleet is 1 to 64 terminals (the demo data registers T0000001..T0000064)")
+        addresses: list[str | None] = [None] * count
+        if listen:
+            from posterm.transport.tcp import parse_address
+
+            try:
+                addr, first = parse_address(listen)
+            except PosError as exc:
+                raise ConfigError(f"--listen {exc}") from None
+            if first and first + count - 1 > 65535:
+                raise ConfigError(f"--listen {listen}: {count} terminals need ports {first}..{first + count - 1}")
+            where = f"[{addr}]" if ":" in addr else addr
+            addresses = [f"tcp://{where}:{first + n if first else 0}" for n in range(count)]
         started: list[EmulatedTerminal] = []
         try:
             for n in range(1, count + 1):
-                started.append(EmulatedTerminal.start(terminal_id=f"T{n:07d}", **kw))
+                started.append(EmulatedTerminal.start(terminal_id=f"T{n:07d}", listen=addresses[n - 1], **kw))
         except BaseException:
             for t in started:
                 t.close()

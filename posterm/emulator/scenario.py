@@ -30,8 +30,9 @@ Actions, done in order, each when the terminal asks for that kind of input:
 ``wait`` (seconds)                   a pause before the next action
 
 With no scenario (or after the last payment of one) the host's test payment
-codes pick the outcome: the scanner sees ``DEFAULT_CODE``, the PIN pad types
-``DEMO_PIN`` and a dynamic QR is scanned by the wallet of ``DEFAULT_CODE``.
+codes pick the outcome: the scanner sees the approving test code of the order's
+currency (``DEFAULT_CODES``: CNY, EUR; ``DEFAULT_CODE`` for any other), the PIN pad
+types ``DEMO_PIN`` once and a dynamic QR is scanned by the wallet of that code.
 Errors are :class:`~posterm.errors.ConfigError` naming the file and key (or line).
 """
 
@@ -47,6 +48,10 @@ from firmware_protocol.native.messages import Outcome, Reason
 from posterm.errors import ConfigError
 
 DEFAULT_CODE = "289900000000000001"
+# The demo host's approving test code (posterm.host.demo, suffix 01) in each currency it has
+# accounts in: a register that sends only an amount (ZVT: EUR) is approved up to the
+# account's password-free limit, with the PIN up to its per-transaction limit.
+DEFAULT_CODES = {"CNY": DEFAULT_CODE, "EUR": "289900000000978001"}
 DEMO_PIN = "147258"
 
 # action -> {parameter: (type, required)}

@@ -8,6 +8,10 @@ host never issues a real code in :data:`TEST_CODE_RANGE`. The WeChat Pay test co
 139900000000000001..008 (a WeChat code is 18 digits with prefix 10-15) belong to the same
 accounts: the one ending in the same digit behaves the same.
 
+The accounts are in CNY; each has a twin in EUR (ZVT counters trade in EUR), code
+289900000000978001..008 (978: EUR's ISO 4217 number), with the same balance, limits, PIN
+and behaviour: ``test_code(suffix, "EUR")``.
+
 :func:`seed` loads the data into a host with no merchant yet; ``posterm host serve``,
 ``posterm emulate`` and ``posterm demo`` call it (through ``Host.open(demo=True)`` for the
 embedded host).
@@ -25,6 +29,8 @@ TERMINALS = [f"T{n:07d}" for n in range(1, 65)]
 REGION = "CN-SH"
 TEST_CODE_RANGE = "2899"
 TEST_CODE_PREFIX = "2899000000000000"
+# currency -> the prefix of its test codes (the suffix "01".."08" picks the account)
+TEST_CODE_PREFIXES = {"CNY": TEST_CODE_PREFIX, "EUR": "2899000000009780"}
 WECHAT_TEST_CODE_PREFIX = "1399000000000000"
 
 # The test accounts' outcomes are scripted: risk control is not consulted (it would alert
@@ -38,6 +44,8 @@ BEHAVIOURS: dict[str, Behaviour] = {
     "outage": Behaviour(risk=_SCRIPTED, outage=True),
     "risk_reject": Behaviour(risk=Decision("reject", ("test account 289900000000000007: always rejected by risk "
                                                       "control",))),
+    "risk_reject_eur": Behaviour(risk=Decision("reject", ("test account 289900000000978007: always rejected by "
+                                                          "risk control",))),
 }
 
 # code suffix -> (account id, name, balance, behaviour, confirm, frozen)
@@ -53,9 +61,34 @@ TEST_ACCOUNTS = {
 }
 
 
-def test_code(suffix: str) -> str:
-    """The test payment code ending in ``suffix`` ("01".."08")."""
-    return TEST_CODE_PREFIX + suffix
+def test_code(suffix: str, currency: str = "CNY") -> str:
+    """The test payment code ending in ``suffix`` ("01".."08") of the account in ``currency``
+    (CNY or EUR). Raises KeyError for another currency."""
+    return TEST_CODE_PREFIXES[currency] + suffix
+
+
+def demo_accounts(currency: str = "CNY") -> dict[str, tuple]:
+    """:data:`TEST_ACCOUNTS` as in ``currency``: the EUR twins are ``demo-eur-0NN``, same
+    balance, limits, confirmation and behaviour (their risk text names their own code)."""
+    if currency == "CNY":
+        return dict(TEST_ACCOUNTS)
+    tag = currency.lower()
+    return {suffix: (acct.replace("demo-", f"demo-{tag}-"), f"{name} ({currency})", balance,
+                     f"{behaviour}_{tag}" if f"{behaviour}_{tag}" in BEHAVIOURS else behaviour, confirm, frozen)
+            for suffix, (acct, name, balance, behaviour, confirm, frozen) in TEST_ACCOUNTS.items()}
+
+
+def _add_test_accounts(ctx: HostContext, currency: str) -> None:
+    for suffix, (acct, name, balance, behaviour, confirm, frozen) in demo_accounts(currency).items():
+        admin.add_account(ctx, acct, name, currency=currency, balance_minor=balance, password=DEMO_PASSWORD,
+                          per_tx_limit=500_000, daily_limit=2_000_000, password_free=100_000, confirm=confirm,
+                          home_region=REGION, behaviour=behaviour)
+        with ctx.store.transaction() as tx:
+            tx.add_code(test_code(suffix, currency), acct, ctx.clock(), None, test=True)
+            if currency == "CNY":   # the WeChat Pay test codes belong to the CNY accounts
+                tx.add_code(wechat_test_code(suffix), acct, ctx.clock(), None, test=True)
+            if frozen:
+                tx.set_account(acct, "frozen", True)  # frozen from the start: no alert, no case
 
 
 def wechat_test_code(suffix: str) -> str:
@@ -65,19 +98,17 @@ def wechat_test_code(suffix: str) -> str:
 
 def seed(ctx: HostContext) -> bool:
     """Load the demo merchant, terminals, accounts and test codes into a host with no
-    merchant yet (``Host.ctx``). Returns whether it did; a host with a merchant is left as it is."""
-    if ctx.store.view().merchant_count():
+    merchant yet (``Host.ctx``). Returns whether it did; a host with a merchant is left as it
+    is, but for one the demo seeded before the EUR accounts existed: it gains them (its CNY
+    accounts and everything else untouched)."""
+    view = ctx.store.view()
+    if view.merchant_count():
+        if view.account(TEST_ACCOUNTS["01"][0]) is not None and view.account(demo_accounts("EUR")["01"][0]) is None:
+            _add_test_accounts(ctx, "EUR")
         return False
     admin.add_merchant(ctx, DEMO_MERCHANT, "posterm demo shop")
     for tid in TERMINALS:
         admin.register_terminal(ctx, tid, DEMO_MERCHANT, REGION)
-    for suffix, (acct, name, balance, behaviour, confirm, frozen) in TEST_ACCOUNTS.items():
-        admin.add_account(ctx, acct, name, balance_minor=balance, password=DEMO_PASSWORD, per_tx_limit=500_000,
-                          daily_limit=2_000_000, password_free=100_000, confirm=confirm, home_region=REGION,
-                          behaviour=behaviour)
-        with ctx.store.transaction() as tx:
-            tx.add_code(test_code(suffix), acct, ctx.clock(), None, test=True)
-            tx.add_code(wechat_test_code(suffix), acct, ctx.clock(), None, test=True)
-            if frozen:
-                tx.set_account(acct, "frozen", True)  # frozen from the start: no alert, no case
+    for currency in TEST_CODE_PREFIXES:   # CNY first: the CNY accounts' rows are as before the EUR ones existed
+        _add_test_accounts(ctx, currency)
     return True

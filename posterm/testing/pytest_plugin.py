@@ -9,31 +9,95 @@ an emulated terminal per test.
         assert posterm_terminal.receipts()
 
 The fixture starts a terminal on a fresh pty with an embedded host whose state lives in
-the test's own temporary directory, and points ``$POSTERM_HOME`` there and ``$POSTERM_PORT``
-at the pty for the test, so the driver's journal is per test too and ``Terminal.open()``
-needs no argument. Nothing is shared between tests or pytest-xdist workers.
-Confirmation polling is shortened (0.2 s x 10) to keep tests fast.
+the test's own temporary directory, and points ``$POSTERM_HOME`` there, ``$POSTERM_PORT``
+at the terminal's port and ``$POSTERM_PROTOCOL`` at its protocol family for the test, so
+the driver's journal is per test too and ``Terminal.open()`` needs no argument. Nothing is
+shared between tests or pytest-xdist workers. Confirmation polling is shortened (0.2 s x
+10) to keep tests fast.
+
+The terminal's protocol family and line, most specific first:
+
+* indirect parametrisation: ``@pytest.mark.parametrize("posterm_terminal", ["zvt",
+  {"protocol": "zvt", "listen": True}], indirect=True)``;
+* a marker on the test (or its class or module): ``@pytest.mark.posterm_terminal(protocol="zvt",
+  listen=True)``;
+* the command line ``--posterm-protocol zvt``, or ``posterm_protocol = zvt`` in the ini file;
+* else ``posterm``, on a pty.
+
+``listen=True`` puts the terminal on a TCP port on loopback (``.port`` is
+``tcp://127.0.0.1:PORT``) instead of a pty. The terminal's operator password (ZVT's
+password too) is :data:`DEMO_OPERATOR_PASSWORD`::
+
+    from posterm.families.zvt.ecr import ZvtTerminal
+    from posterm.testing.pytest_plugin import DEMO_OPERATOR_PASSWORD
+
+    @pytest.mark.posterm_terminal(protocol="zvt")
+    def test_zvt_checkout(posterm_terminal):
+        with ZvtTerminal.open(posterm_terminal.port, password=DEMO_OPERATOR_PASSWORD) as term:
+            term.hello()
+            assert term.pay(1234, "EUR").approved    # the customer shows the EUR test code
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+
+#: The emulated terminal's operator password (its ZVT password too); as
+#: posterm.emulator.runner.DEMO_OPERATOR_PASSWORD, kept here so importing the plugin stays cheap.
+DEMO_OPERATOR_PASSWORD = "246810"
+_KEYS = {"protocol", "listen"}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("posterm")
+    group.addoption("--posterm-protocol", default=None, metavar="NAME",
+                    help="protocol family of the posterm_terminal fixture's terminal (default: the ini's"
+                         " posterm_protocol, else posterm)")
+    parser.addini("posterm_protocol", "protocol family of the posterm_terminal fixture's terminal", default="posterm")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "posterm_terminal(protocol='posterm', listen=False): the protocol family of"
+                                       " the posterm_terminal fixture's terminal, and whether it listens on TCP")
+
+
+def _settings(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """protocol and listen, from the most specific place that says (see the module docstring)."""
+    out: dict[str, Any] = {"protocol": request.config.getoption("posterm_protocol")
+                           or request.config.getini("posterm_protocol") or "posterm", "listen": False}
+    marker = request.node.get_closest_marker("posterm_terminal")
+    layers = [marker.kwargs] if marker is not None else []
+    param = getattr(request, "param", None)
+    if param is not None:
+        layers.append({"protocol": param} if isinstance(param, str) else param)
+    for layer in layers:
+        if not isinstance(layer, dict) or set(layer) - _KEYS:
+            raise pytest.UsageError(f"posterm_terminal: expected a protocol name or a dict of {sorted(_KEYS)},"
+                                    f" not {layer!r}")
+        out.update(layer)
+    return out
 
 
 @pytest.fixture
-def posterm_terminal(tmp_path, monkeypatch):
+def posterm_terminal(request, tmp_path, monkeypatch):
     """An emulated terminal (:class:`posterm.emulator.EmulatedTerminal`): ``.port`` (the pty
-    path), ``.set_scenario(path_or_Scenario)``, ``.receipts()``, ``.journal_orders()``,
-    ``.journal`` (the terminal journal), ``.host`` (the embedded host: ``order_status``,
-    wallet actions, ``check_books``). Closed after the test; fails the test if the
-    emulator itself crashed."""
+    path, or ``tcp://127.0.0.1:PORT``), ``.protocol``, ``.set_scenario(path_or_Scenario)``,
+    ``.receipts()``, ``.journal_orders()``, ``.journal`` (the terminal journal), ``.host``
+    (the embedded host: ``order_status``, wallet actions, ``check_books``). Closed after
+    the test; fails the test if the emulator itself crashed."""
     from posterm.emulator.firmware import FirmwareConfig
     from posterm.emulator.runner import EmulatedTerminal
 
+    settings = _settings(request)
     home = tmp_path / "posterm"
     monkeypatch.setenv("POSTERM_HOME", str(home))
-    term = EmulatedTerminal.start(home=home, config=FirmwareConfig(poll_interval=0.2, poll_attempts=10))
+    term = EmulatedTerminal.start(home=home, protocol=settings["protocol"],
+                                  listen="tcp://127.0.0.1:0" if settings["listen"] else None,
+                                  config=FirmwareConfig(poll_interval=0.2, poll_attempts=10))
     monkeypatch.setenv("POSTERM_PORT", term.port)
+    monkeypatch.setenv("POSTERM_PROTOCOL", term.protocol)
     try:
         yield term
     finally:

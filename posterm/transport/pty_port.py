@@ -22,6 +22,18 @@ from posterm.transport.base import Pacer, Transport, bits_per_byte
 from posterm.transport.fd import fd_read, fd_write, fd_write_some
 
 
+def _line_settings(fd: int, baudrate: int, stopbits: float) -> None:
+    """The slave's termios say the line's speed and stop bits (what an ECR that opens the port
+    without setting its own sees; the bytes move at memory speed whatever they say). A speed
+    termios has no constant for stays as it was; parity stays off (a pty refuses it)."""
+    attrs = termios.tcgetattr(fd)
+    speed = getattr(termios, f"B{baudrate}", None)
+    if speed is not None:
+        attrs[4] = attrs[5] = speed
+    attrs[2] = attrs[2] | termios.CSTOPB if stopbits >= 2 else attrs[2] & ~termios.CSTOPB
+    termios.tcsetattr(fd, termios.TCSANOW, attrs)
+
+
 class PtyTransport(Transport):
     """The master side of a pty pair. Create with :meth:`create`."""
 
@@ -46,9 +58,10 @@ class PtyTransport(Transport):
         try:
             master, slave = os.openpty()
             tty.setraw(slave)
+            _line_settings(slave, baudrate, stopbits)
             path = os.ttyname(slave)
             os.set_blocking(master, False)
-        except OSError as exc:
+        except (OSError, termios.error) as exc:
             raise TransportError(f"could not create a pseudo-terminal: {exc}") from exc
         if link:
             try:
