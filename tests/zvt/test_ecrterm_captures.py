@@ -214,13 +214,15 @@ def test_each_capture_is_the_documented_session_and_ecrterm_accepted_every_step(
     assert cap.steps == STEPS
     results = cap.results
     assert [r["returned"] for r in results["registration"]] == ["0"]
-    assert results["registration"][0]["completion"]["fields"]["currency_code"] == "156"
+    assert results["registration"][0]["completion"]["fields"]["currency_code"] == "CurrencyCode.EUR"
     assert results["status_text"][0]["human_readable"] == "PT ready"
     assert [r["returned"] for r in results["payment"]] == ["True", "True"]
     assert [r["returned"] for r in results["payment_pin"]] == ["True"]
-    assert results["payment_eur"][0]["completion"] == {"class": "Abort", "control": "061e",
-                                                       "fields": {"result_code": str(0x6F)}}
-    assert results["decline"][0]["completion"]["fields"] == {"result_code": str(0x61)}
+    # ecrterm's own ECR.payment (BMP 49 = 978): approved on the demo host's EUR accounts
+    assert [r["returned"] for r in results["payment_eur"]] == ["True"]
+    assert results["payment_eur"][0]["completion"]["class"] == "Completion"
+    # ISO 8583 61 "exceeds withdrawal amount limit" as the binary byte 61 (0x3D)
+    assert results["decline"][0]["completion"]["fields"] == {"result_code": "61"}
     for step in ("reversal", "refund", "end_of_day", "display_text", "log_off"):
         assert [r["returned"] for r in results[step]] == ["0"], step
     assert all("error" not in r for rs in results.values() for r in rs)

@@ -11,7 +11,7 @@ fixtures/zvt/ecrterm/README.md) on ``PYTHONPATH`` and ``posterm`` on ``PATH`` (o
 For each transport (``tcp``: ``--listen tcp://127.0.0.1:0`` through a byte-relaying proxy;
 ``serial``: the emulator's pty, opened by ecrterm at 9600 8N2) it starts a fresh emulator and
 runs one session with ecrterm's own API: registration, status, payment, reversal of it,
-a payment in EUR through ``ECR.payment`` (declined: the demo accounts are CNY), a payment,
+a payment in EUR through ``ECR.payment`` (ecrterm's own call, BMP 49 = 978), a payment,
 its reversal, a second payment and a refund of part of it, a payment that needs the PIN, a
 decline (above the demo limits), a display text, end of day, log off. Every byte both ways goes to ``<out>/<transport>.jsonl``:
 
@@ -54,7 +54,7 @@ REFUNDED = 2000              # 20.00 paid, then refunded in part
 REFUND_PART = 500
 WITH_PIN = 250000            # 2,500.00: approved after the PIN (demo: up to 5,000.00)
 DECLINE = 600000             # 6,000.00: above the demo limits, declined
-CNY = 156                    # the demo host's accounts are in CNY; EUR is declined (6F)
+EUR = 978                    # ZVT counters trade in EUR: the demo host has EUR twins of its test accounts
 
 
 # -- the capture -------------------------------------------------------------------------
@@ -194,13 +194,8 @@ def _adapt_ecrterm(capture_ref: list) -> dict[str, Any]:
         wait_for_completion = True
         ALLOWED_BITMAPS = ["receipt", "amount", "currency_code", "tlv"]
 
-    # 6. ecrterm's currency fields (BMP 49, the registration's cc) coerce to CurrencyCode,
-    #    an enum with EUR as its only member: any other currency raises ValueError, both
-    #    sending and parsing. The demo host's accounts are in CNY (156), so the terminal
-    #    answers 49 01 56: widen those two fields to a plain int (the BCD coding is ecrterm's).
-    from ecrterm.packets.bitmaps import BITMAPS
-    BITMAPS[0x49][0].data_type = int
-    bp.Registration.FIELDS["cc"].data_type = int
+    # (ecrterm's currency fields take EUR only; the session registers and pays in EUR, as a
+    #  ZVT counter does, so they are used as they are.)
 
     _API.update(ECR=ecr_mod.ECR, bp=bp, ConfigByte=ConfigByte, Reversal=Reversal, Refund=Refund)
     return _API
@@ -369,8 +364,8 @@ def run_session(transport: str, out: Path, posterm: str, password: str) -> list[
         def declined(ret, completion):
             return ret is False and isinstance(completion, bp.Abort)
 
-        step("registration", {"config_byte": "0xBA (ConfigByte.DEFAULT)", "cc": CNY},
-             lambda: ecr.register(config_byte=ConfigByte.DEFAULT, cc=CNY), completed)
+        step("registration", {"config_byte": "0xBA (ConfigByte.DEFAULT)", "cc": EUR},
+             lambda: ecr.register(config_byte=ConfigByte.DEFAULT, cc=EUR), completed)
         step("status", {}, lambda: ecr.status(), lambda ret, c: ret is not False and isinstance(c, bp.Completion))
         # ECR.status() returns the completion's BMP 19, which a status enquiry's completion
         # does not carry (ZVT: software version, terminal status byte): ecrterm's own reading
@@ -379,7 +374,7 @@ def run_session(transport: str, out: Path, posterm: str, password: str) -> list[
                                                            "human_readable": ecr.get_human_readable_status(),
                                                            "version": repr(ecr.version)}})
         step("payment_eur", {"amount_cent": APPROVE, "via": "ECR.payment (BMP 49 = 978)"},
-             lambda: ecr.payment(amount_cent=APPROVE), declined)
+             lambda: ecr.payment(amount_cent=APPROVE), approved)
         step("payment", {"amount_cent": APPROVE}, lambda: pay(APPROVE), approved)
         receipt = _receipt_of_last(ecr, bp)
         step("reversal", {"receipt": receipt},
