@@ -396,7 +396,8 @@ def app() -> None:
     """Merchant apps of the gateway (`serve --gateway`): Alipay apps and WeChat Pay merchants.
 
     Each app pays through its own virtual terminal GW-<APP_ID> of its merchant (see
-    `posterm host trades --terminal GW-<APP_ID>`).
+    `posterm host trades --terminal GW-<APP_ID>`); `settle` closes its batch of that
+    terminal with the host's totals.
     """
 
 
