@@ -396,7 +396,8 @@ def app() -> None:
     """Merchant apps of the gateway (`serve --gateway`): Alipay apps and WeChat Pay merchants.
 
     Each app pays through its own virtual terminal GW-<APP_ID> of its merchant (see
-    `posterm host trades --terminal GW-<APP_ID>`).
+    `posterm host trades --terminal GW-<APP_ID>`); `settle` closes its batch of that
+    terminal with the host's totals.
     """
 
 
@@ -488,6 +489,65 @@ def app_list(as_json, db_path):
     else:
         for r in rows:
             click.echo(f"{r['app_id']}  {r['kind']:6}  {r['merchant_id']}  {r['terminal_id']}")
+
+
+@app.command("settle")
+@click.argument("app_id", type=IdType(29))
+@click.option("--batch", "batch_no", type=IntType(1, 2**32 - 1), default=None,
+              help="Batch number (default: the next one). A settled batch's number again prints its record.")
+@json_option
+@db_option
+@host_errors
+def app_settle(app_id, batch_no, as_json, db_path):
+    """Close APP_ID's open batch, as a terminal's end of day closes its own: its approved,
+    refunded and cancelled trades not settled yet, under the next batch number of its virtual
+    terminal GW-<APP_ID>, with the host's totals (an app keeps none of its own, so they agree
+    by construction). Prints per currency the counts and sums; amounts in JSON are integer
+    minor units. Run again, it closes a new batch (empty if nothing happened since): nothing
+    is counted twice. Exit 2: no such app, or --batch below the last settled batch."""
+    from posterm.host.gateway import InvalidRequest, UnknownApp
+
+    h, gw = _open_gateway(db_path)
+    try:
+        try:
+            found = gw.app(app_id)
+        except UnknownApp:
+            fail(f"no app {app_id}", EXIT_USAGE, as_json)
+        try:
+            batch = gw.settle(found, batch_no)
+        except InvalidRequest as exc:
+            fail(str(exc).replace("batch_no", "--batch", 1), EXIT_USAGE, as_json)
+    finally:
+        h.close()
+    if as_json:
+        emit_json(_settlement_json(batch))
+        return
+    _settlement_text(batch)
+
+
+def _settlement_json(batch) -> dict[str, Any]:
+    from posterm.host.admin import iso_time
+    from posterm.host.settlement import totals_json
+
+    return {"app_id": batch.app_id, "terminal_id": batch.terminal_id, "batch_no": batch.batch_no,
+            "agrees": batch.agrees, "repeated": batch.repeated, "settled_at": iso_time(batch.settled_at),
+            "totals": [totals_json(t) | {"net_minor": t.approved_minor - t.refunded_minor} for t in batch.totals]}
+
+
+def _settlement_text(batch) -> None:
+    from posterm.host.admin import iso_time
+    from posterm.host.gateway import format_amount
+
+    again = " (settled before)" if batch.repeated else ""
+    click.echo(f"batch {batch.batch_no} of app {batch.app_id} (terminal {batch.terminal_id}) settled "
+               f"{iso_time(batch.settled_at)}{again}: host totals, {'agree' if batch.agrees else 'DISAGREE'}")
+    if not batch.totals:
+        click.echo("nothing to settle")
+    for t in batch.totals:
+        c = t.currency
+        click.echo(f"{c}  approved {t.approved_count} {format_amount(t.approved_minor, c)}  "
+                   f"refunded {t.refunded_count} {format_amount(t.refunded_minor, c)}  "
+                   f"cancelled {t.cancelled_count}  net {format_amount(t.approved_minor - t.refunded_minor, c)}")
 
 
 def _open_gateway(db_path):

@@ -16,6 +16,7 @@ from posterm.host.gateway.core import (
     GatewayUnavailable,
     InvalidRequest,
     RefundResult,
+    Settlement,
     Trade,
     UnknownApp,
     format_amount,
@@ -23,4 +24,4 @@ from posterm.host.gateway.core import (
 )
 
 __all__ = ["App", "CancelResult", "Gateway", "GatewayError", "GatewayUnavailable", "InvalidRequest", "RefundResult",
-           "Trade", "UnknownApp", "format_amount", "parse_amount"]
+           "Settlement", "Trade", "UnknownApp", "format_amount", "parse_amount"]

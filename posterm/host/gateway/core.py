@@ -23,6 +23,11 @@ limits, risk rules, frozen and real-name checks and balance apply, the trade is 
   that confirms by itself does so ``phone_delay`` after it was asked, seen by the next query.
 - A cancel of an ``out_trade_no`` the host never received is recorded, and a pay arriving
   late for it is refused (``CLOSED``): the lost-request race cannot charge a cancelled order.
+- :meth:`Gateway.settle` closes an app's batch as a terminal's end of day does (the
+  same settlements table, one batch number after another per virtual terminal), with the
+  host's own totals: an app keeps no totals of its own to compare, so ``agrees`` is True
+  by construction. Settling is one transaction, so a batch is counted once however often
+  it is asked for.
 - The host silent (an outage behaviour, or the database unavailable) raises
   :class:`GatewayUnavailable`: the outcome is unknown and the caller queries later.
 
@@ -45,10 +50,10 @@ from urllib.parse import urlsplit
 from firmware_protocol.currency import CURRENCIES
 from firmware_protocol.errors import FieldError
 from firmware_protocol.host import messages as h
-from firmware_protocol.native.messages import MAX_AMOUNT_MINOR, Reason
+from firmware_protocol.native.messages import MAX_AMOUNT_MINOR, Reason, Totals
 
 from posterm.errors import PosError
-from posterm.host import after_sales, authorise
+from posterm.host import after_sales, authorise, settlement
 from posterm.host.after_sales import WAITING
 from posterm.host.store import Tx
 from posterm.host.store.queries import Row
@@ -65,6 +70,7 @@ OUT_TRADE_NO = re.compile(r"[A-Za-z0-9_\-.:]{1,64}")
 AUTH_CODE = re.compile(r"[0-9]{10,32}")
 KINDS = ("alipay", "wechat")
 SUBJECT_MAX = 128
+BATCH_NO_MAX = 2**32 - 1   # the host protocol's batch number (U32)
 
 # The gateway's trade states (Alipay's words; WeChat's layer maps them to its own).
 WAIT_BUYER_PAY, SUCCESS, CLOSED, FAILED = "WAIT_BUYER_PAY", "SUCCESS", "CLOSED", "FAILED"
@@ -158,6 +164,24 @@ class CancelResult:
     action: str
     trade: Trade | None
     reason: Reason = Reason.NONE
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """An app's settled batch. ``totals``: per currency (sorted), the host's counts and
+    minor-unit sums of the approved payments, refunds and cancelled trades the batch closed
+    (:class:`Totals`: a cancelled trade has a count only, it moved no money in the end);
+    empty when there was nothing to settle. ``agrees`` is always True: the batch is closed
+    with the host's own totals. ``repeated``: the batch was settled before (``batch_no``
+    asked again) and this is its stored record. ``settled_at``: epoch seconds."""
+
+    app_id: str
+    terminal_id: str
+    batch_no: int
+    totals: tuple[Totals, ...]
+    settled_at: float
+    agrees: bool = True
+    repeated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,6 +450,44 @@ class Gateway:
             return RefundResult(out_trade_no, out_request_no, SUCCESS, done["amount_minor"], t["refunded_minor"],
                                 done["currency"], trade_no=t["trade_no"], repeated=True,
                                 refunded_at=done["created_at"], trade=trade)
+
+    # ------------------------------------------------------------------ settlement
+
+    def settle(self, app: App, batch_no: int | None = None) -> Settlement:
+        """Close the app's open batch: its final trades (approved, cancelled, refunded in
+        full, declined) and its refunds not in a batch yet, under ``batch_no`` (default: the
+        next number of its virtual terminal, 1 for the first), through the same settlement
+        a terminal's SettleRequest goes through, with the host's own totals (so it agrees).
+
+        Exactly once: it is one transaction (a crash before the commit settles nothing, after
+        it everything), a trade or refund is in one batch only, and ``batch_no`` asked again
+        returns that batch's stored record (``repeated``) without counting anything. Trades
+        still waiting for the buyer stay open for a later batch. Raises InvalidRequest (a
+        ``batch_no`` below or equal to a settled one that is not that one, or out of range),
+        GatewayUnavailable."""
+        if batch_no is not None and (not isinstance(batch_no, int) or isinstance(batch_no, bool)
+                                     or not 1 <= batch_no <= BATCH_NO_MAX):
+            raise InvalidRequest("batch_no", f"1..{BATCH_NO_MAX}")
+        with self._guard(), self.ctx.store.transaction() as tx:
+            if batch_no is not None:
+                done = tx.settlement(app.terminal_id, batch_no)
+                if done is not None:
+                    return Settlement(app.app_id, app.terminal_id, batch_no, settlement.stored_totals(done),
+                                      done["created_at"], bool(done["agrees"]), repeated=True)
+            last = tx.last_batch_no(app.terminal_id)
+            if batch_no is None:
+                batch_no = last + 1
+                if batch_no > BATCH_NO_MAX:
+                    raise InvalidRequest("batch_no", f"batch {last} was the last one ({BATCH_NO_MAX})")
+            elif batch_no <= last:
+                raise InvalidRequest("batch_no", f"must follow the last settled batch, {last}")
+            mine = settlement.host_totals(tx, app.terminal_id)
+            # The terminal's own path (a savepoint inside this transaction): the same rows
+            # marked, the same record written; with the host's totals it agrees by construction.
+            reply = settlement.settle(self.ctx, h.SettleRequest(terminal_id=app.terminal_id, batch_no=batch_no,
+                                                                totals=mine))
+            done = tx.settlement(app.terminal_id, batch_no)
+        return Settlement(app.app_id, app.terminal_id, batch_no, reply.totals, done["created_at"], reply.agrees)
 
     # ------------------------------------------------------------------ notifications (see .notify)
 

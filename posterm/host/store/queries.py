@@ -283,6 +283,11 @@ class Tx:
     def settlement(self, terminal_id: str, batch_no: int) -> Row | None:
         return self._one("SELECT * FROM settlements WHERE terminal_id = ? AND batch_no = ?", (terminal_id, batch_no))
 
+    def last_batch_no(self, terminal_id: str) -> int:
+        """The terminal's highest settled batch number, 0 when it has settled none."""
+        row = self._one("SELECT MAX(batch_no) AS n FROM settlements WHERE terminal_id = ?", (terminal_id,))
+        return int(row["n"] or 0) if row is not None else 0
+
     def unsettled_final_trades(self, terminal_id: str) -> list[Row]:
         """The terminal's approved, refunded and cancelled trades not in a batch yet."""
         return self._all("SELECT * FROM trades WHERE terminal_id = ? AND settled_batch IS NULL "
