@@ -188,6 +188,27 @@ class ReplayPlayer:
         self.divergences.append(d)
         self.report(f"diverged: {d}")
 
+    def _take(self, match: Callable[[], int | None]) -> int | None:
+        """The script index ``match`` finds among the unused exchanges; with ``loop``, once
+        more from the top of the script when it was used up (or none is found)."""
+        i = match()
+        if i is None and self.loop and self.used_count:
+            self.used = [False] * len(self.script)
+            self.used_count = 0
+            i = match()
+        return i
+
+    def _use(self, i: int, skipped_what: str, brief: Callable[[Any], str]) -> None:
+        """Exchange ``i`` answers the request: a divergence if recorded ones before it were
+        skipped (``skipped_what``: "the ECR skipped ... recorded request(s)"; ``brief`` names
+        the first one skipped), then it counts as used and answered."""
+        skipped = [j for j in range(i) if not self.used[j]]
+        if skipped:
+            self._diverge(i, f"the {skipped_what}(s) before this one, first {brief(self.script[skipped[0]])}")
+        self.used[i] = True
+        self.used_count += 1
+        self.answered += 1
+
 
 # ------------------------------------------------------------------ the ECR side
 

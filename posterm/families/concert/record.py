@@ -264,11 +264,7 @@ class ConcertReplayTerminal(ReplayPlayer):
 
     def on_request(self, req: ConcertRequest, now: float) -> None:
         fields = concert_fields(req)
-        i = self._match(req)
-        if i is None and self.loop and self.used_count:
-            self.used = [False] * len(self.script)
-            self.used_count = 0
-            i = self._match(req)
+        i = self._take(lambda: self._match(req))
         if i is None:
             self._diverge(self.answered, f"the ECR sent {fields['type']} {_brief(fields)}: not in the recording")
             self.link.enqueue(ConcertAnswer(Status.NOT_PROCESSED, req.amount_minor, req.currency_numeric,
@@ -276,15 +272,10 @@ class ConcertReplayTerminal(ReplayPlayer):
                                             req.private), now)
             return
         ex = self.script[i]
-        skipped = [j for j in range(i) if not self.used[j]]
-        if skipped:
-            self._diverge(i, f"the ECR skipped {len(skipped)} recorded request(s) before this one,"
-                             f" first {_brief(self.script[skipped[0]].request.fields)}")
+        self._use(i, f"ECR skipped {sum(not u for u in self.used[:i])} recorded request",
+                  lambda e: _brief(e.request.fields))
         for line in _fields_diff(ex.request.fields, fields, self.masks):
             self._diverge(i, f"{fields['type']} {line}")
-        self.used[i] = True
-        self.used_count += 1
-        self.answered += 1
         for ans in ex.answers:
             msg = ans.message
             if _echoed(ans.fields, ex.request.fields):

@@ -568,25 +568,16 @@ class ZvtReplayTerminal(ReplayPlayer):
 
     def on_command(self, command: Any, now: float) -> None:
         fields = message_fields(command)
-        i = self._match(fields)
-        if i is None and self.loop and self.used_count:
-            self.used = [False] * len(self.script)
-            self.used_count = 0
-            i = self._match(fields)
+        i = self._take(lambda: self._match(fields))
         if i is None:
             self._diverge(self.answered, f"the register sent {fields['type']} {_brief(fields)}: not in the recording")
             self._send(Nack(0x83), now)
             return
         ex = self.script[i]
-        skipped = [j for j in range(i) if not self.used[j]]
-        if skipped:
-            self._diverge(i, f"the register skipped {len(skipped)} recorded command(s) before this one,"
-                             f" first {self.script[skipped[0]].request.fields['type']}")
+        self._use(i, f"register skipped {sum(not u for u in self.used[:i])} recorded command",
+                  lambda e: e.request.fields["type"])
         for line in diff_fields(comparable(ex.request.fields), comparable(fields), self.masks):
             self._diverge(i, f"{fields['type']} {line}")
-        self.used[i] = True
-        self.used_count += 1
-        self.answered += 1
         for ans in ex.answers:
             self._due.append((now + self.pacer.delay(ans.t - ex.request.t), ans.message))
 
