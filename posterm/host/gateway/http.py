@@ -54,6 +54,7 @@ class Limits:
     max_concurrent: int = 32           # requests being handled at once
     max_connections: int = 256         # connections uvicorn holds (beyond: it answers 503)
     keep_alive_s: float = 5.0
+    body_timeout_s: float = 10.0       # a request body not in by then is answered "busy" (a stalled peer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,12 +104,19 @@ def make_app(gateway: "Gateway", limits: Limits = Limits(), modules: list | None
 
     def endpoint(module, handler: Callable):
         async def run(request: StarletteRequest) -> StarletteResponse:
+            stalled = False
             try:
-                body = await _read_body(request, limits.max_body)
+                async with asyncio.timeout(limits.body_timeout_s):
+                    body = await _read_body(request, limits.max_body)
             except _TooLarge:
                 body = None
+            except TimeoutError:
+                body, stalled = None, True
             req = Request(request.method, request.url.path, request.scope.get("query_string", b""), body or b"",
                           request.headers.get("content-type", ""), limits)
+            if stalled:
+                log.warning("gateway %s: request body not in within %.0f s: refused", req.path, limits.body_timeout_s)
+                return _out(module.refuse(req, "busy"))     # nothing was processed: the merchant retries
             if body is None:
                 return _out(module.refuse(req, "too_large"))
             if slots.locked():

@@ -100,7 +100,7 @@ class _Slow:
     def __init__(self):
         self.entered = threading.Semaphore(0)
         self.release = threading.Event()
-        self.ROUTES = [("/slow", ("GET",), self.handle), ("/boom", ("GET",), self.boom)]
+        self.ROUTES = [("/slow", ("GET", "POST"), self.handle), ("/boom", ("GET",), self.boom)]
 
     def handle(self, gateway, req):
         self.entered.release()
@@ -133,6 +133,29 @@ def test_concurrency_cap_answers_busy_and_a_handler_bug_is_refused(gateway):
         assert get(srv, "/boom") == (200, "internal")
     finally:
         slow.release.set()
+        srv.close()
+
+
+def test_a_stalled_body_is_answered_busy_and_the_server_goes_on(gateway):
+    """A peer that sends its headers and half its body, then nothing: answered "busy" once
+    body_timeout_s has passed (nothing was processed), and the server still answers others."""
+    import socket
+
+    slow = _Slow()
+    slow.release.set()
+    srv = GatewayServer(gateway, limits=Limits(body_timeout_s=0.5), modules=[slow])
+    try:
+        with socket.create_connection((srv.host, srv.port), timeout=30) as sock:
+            sock.sendall(b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nhalf")
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.endswith(b"busy"):
+                chunk = sock.recv(4096)      # bounded by the socket's 30 s timeout
+                if not chunk:
+                    break
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"busy"), answer
+        assert get(srv, "/slow") == (200, "done")
+    finally:
         srv.close()
 
 
