@@ -228,6 +228,9 @@ class EmulatedTerminal:
             from posterm.transport.faults import FaultSpec
 
             FaultSpec.parse(faults)   # now, not at the first TCP connection (ConfigError)
+        if isinstance(scenario, (str, Path)):
+            # read before the host, the journal or a port is opened: a bad file leaves nothing open
+            scenario = load_scenario(scenario)
         from posterm.families import family
 
         fam = family(protocol)
@@ -249,63 +252,60 @@ class EmulatedTerminal:
         operator = _operator_password(state / "operator.sealed", operator_password, terminal_id)
         operator_password = operator_password or DEMO_OPERATOR_PASSWORD
         embedded = None
-        if host == "embedded":
-            embedded, client = _embedded_host(home, **(host_options or {}))
-            hsm = embedded.hsm
-        elif host.startswith("tcp://"):
-            from posterm.crypto.hsm import Hsm
-            from posterm.host.client import TcpHostClient
-
-            client, hsm = TcpHostClient(host), None
-            if not module.status().loaded:
-                # the key injection facility shares the host's HSM state
-                hsm = Hsm.open(private_dir(home / "hsm", own=True))
-        else:
-            raise ConfigError(f"--host must be 'embedded' or tcp://HOST:PORT, not {host!r}")
-        if not module.status().loaded:
-            module.inject_kbpk(hsm.kbpk_for_injection(terminal_id))
-            module.load_key_block(hsm.initial_key_block(terminal_id).block)
-        journal = OrderStore(state / "journal.db")
-        if isinstance(scenario, (str, Path)):
-            scenario = load_scenario(scenario)
-        identity = Identity(terminal_id=terminal_id, merchant_id=merchant_id, location=location)
-        firmware = Firmware(identity, journal, PinPad(module), OperatorKeypad(operator), config=config,
-                            scenario=scenario)
-        hostlink = SignedHostLink(module, client, terminal_id=terminal_id, merchant_id=merchant_id,
-                                  firmware_version=identity.firmware_version, location=location)
-        listener = None
-        transport = None
-        if listen:
-            from posterm.transport.tcp import TcpTransport, parse_address
-
-            addr, port_no = parse_address(listen)
-            listener = TcpTransport.listen(addr, port_no, pace=pace, baudrate=baudrate)
-            port = listener.address
-        else:
-            from posterm.transport.pty_port import PtyTransport
-
-            # The pty's termios carry the line settings (an ECR that opens the port without
-            # setting its own sees them); its parity stays off: a pty refuses it (see parity).
-            transport, port = PtyTransport.create(pace=pace, baudrate=baudrate, bytesize=bits, parity=parity,
-                                                  stopbits=stop, link=link)
-            if parity != "N":
-                from posterm.transport.parity import SoftParityTransport
-
-                transport = SoftParityTransport(transport, parity)
-        # Paced like a cable: the front's timers may allow for a frame's time on the line
-        # (line_rate, bytes per second: passed only then, so a family's factory may ignore pacing).
-        from posterm.transport.base import bits_per_byte
-
-        extra: dict[str, Any] = {"line_rate": baudrate / bits_per_byte(bits, parity, stop)} if pace else {}
-        # What a family's factory may take besides (passed only if it says so): which line it is
-        # on (a front that frames serial and TCP differently need not guess), and a file in the
-        # terminal's state for what it must keep across restarts (ZVT: receipt number -> order).
-        accepts = _factory_keywords(fam)
-        if "transport" in accepts:
-            extra["transport"] = "tcp" if listen else "serial"
-        if "state_path" in accepts:
-            extra["state_path"] = state / f"{fam.name}-receipts.json"
+        listener = transport = journal = None
         try:
+            if host == "embedded":
+                embedded, client = _embedded_host(home, **(host_options or {}))
+                hsm = embedded.hsm
+            elif host.startswith("tcp://"):
+                from posterm.crypto.hsm import Hsm
+                from posterm.host.client import TcpHostClient
+
+                client, hsm = TcpHostClient(host), None
+                if not module.status().loaded:
+                    # the key injection facility shares the host's HSM state
+                    hsm = Hsm.open(private_dir(home / "hsm", own=True))
+            else:
+                raise ConfigError(f"--host must be 'embedded' or tcp://HOST:PORT, not {host!r}")
+            if not module.status().loaded:
+                module.inject_kbpk(hsm.kbpk_for_injection(terminal_id))
+                module.load_key_block(hsm.initial_key_block(terminal_id).block)
+            journal = OrderStore(state / "journal.db")
+            identity = Identity(terminal_id=terminal_id, merchant_id=merchant_id, location=location)
+            firmware = Firmware(identity, journal, PinPad(module), OperatorKeypad(operator), config=config,
+                                scenario=scenario)
+            hostlink = SignedHostLink(module, client, terminal_id=terminal_id, merchant_id=merchant_id,
+                                      firmware_version=identity.firmware_version, location=location)
+            if listen:
+                from posterm.transport.tcp import TcpTransport, parse_address
+
+                addr, port_no = parse_address(listen)
+                listener = TcpTransport.listen(addr, port_no, pace=pace, baudrate=baudrate)
+                port = listener.address
+            else:
+                from posterm.transport.pty_port import PtyTransport
+
+                # The pty's termios carry the line settings (an ECR that opens the port without
+                # setting its own sees them); its parity stays off: a pty refuses it (see parity).
+                transport, port = PtyTransport.create(pace=pace, baudrate=baudrate, bytesize=bits, parity=parity,
+                                                      stopbits=stop, link=link)
+                if parity != "N":
+                    from posterm.transport.parity import SoftParityTransport
+
+                    transport = SoftParityTransport(transport, parity)
+            # Paced like a cable: the front's timers may allow for a frame's time on the line
+            # (line_rate, bytes per second: passed only then, so a family's factory may ignore pacing).
+            from posterm.transport.base import bits_per_byte
+
+            extra: dict[str, Any] = {"line_rate": baudrate / bits_per_byte(bits, parity, stop)} if pace else {}
+            # What a family's factory may take besides (passed only if it says so): which line it is
+            # on (a front that frames serial and TCP differently need not guess), and a file in the
+            # terminal's state for what it must keep across restarts (ZVT: receipt number -> order).
+            accepts = _factory_keywords(fam)
+            if "transport" in accepts:
+                extra["transport"] = "tcp" if listen else "serial"
+            if "state_path" in accepts:
+                extra["state_path"] = state / f"{fam.name}-receipts.json"
             try:
                 front = fam.make_terminal_link(operator_password=operator_password, **extra)
             except ValueError as exc:   # a setting the family cannot carry (a ZVT password is 6 digits)
@@ -321,7 +321,8 @@ class EmulatedTerminal:
                         res.close()
                     except (PosError, OSError):
                         pass
-            journal.close()
+            if journal is not None:
+                journal.close()
             if embedded is not None:
                 _release_host(embedded)
             raise
