@@ -17,10 +17,11 @@ from __future__ import annotations
 import re
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from posterm.errors import ConfigError, LinkFailed
+from posterm.errors import ConfigError, Disconnected, LinkFailed
 from posterm.families.pump import Pump
 from posterm.record.format import DEFAULT_PROTOCOL, Recording, recording_support
 
@@ -187,6 +188,37 @@ class ReplayPlayer:
         d = Divergence(index, what)
         self.divergences.append(d)
         self.report(f"diverged: {d}")
+
+    def _serve(self, until_done: bool, timeout: float, linger: float, due: Callable[[], float | None],
+               handle: Callable[[Any, float], None], after: Callable[[Any, float], None]) -> list[Divergence]:
+        """The players' serve loop: read (waiting no longer than the link's timers and the
+        next answer ``due()``), ``handle`` each link event, then ``after(pump, now)``; until
+        the script is played (``until_done``), ``stop`` is set or ``timeout``; once played,
+        ``linger`` seconds more (the ECR's last frame gets its acknowledgement). A peer that
+        leaves after the script was played, or once stopped, ends the loop; before, it raises
+        Disconnected."""
+        end = time.monotonic() + timeout
+        pump = Pump(self.link, write=self.t.write, max_wait=0.02)
+        linger_until: float | None = None
+        while not self.stop.is_set() and time.monotonic() < end:
+            if until_done and not self.loop and self.done:
+                if linger_until is None:
+                    linger_until = time.monotonic() + linger
+                elif time.monotonic() >= linger_until:
+                    break
+            else:
+                linger_until = None
+            try:
+                data = self.t.read(4096, pump.wait_time(time.monotonic(), due()))
+            except Disconnected:
+                if self.stop.is_set() or linger_until is not None:
+                    break
+                raise
+            now = time.monotonic()
+            for ev in pump.feed(data, now, write=False):
+                handle(ev, now)
+            after(pump, now)
+        return self.divergences
 
     def _take(self, match: Callable[[], int | None]) -> int | None:
         """The script index ``match`` finds among the unused exchanges; with ``loop``, once

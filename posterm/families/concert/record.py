@@ -40,10 +40,9 @@ from firmware_protocol.concert import (
 )
 from firmware_protocol.errors import FieldError, ProtocolError
 
-from posterm.errors import ConfigError, Disconnected, LinkFailed
+from posterm.errors import ConfigError, LinkFailed
 from posterm.families.interfaces import FamilyRecording, Observed, PcapInterface
 from posterm.families.observer import FramedObserver, Side
-from posterm.families.pump import Pump
 from posterm.ecr.trace import MASK_BYTE, mask_code
 from posterm.record.replay import ReplayPlayer
 
@@ -291,33 +290,18 @@ class ConcertReplayTerminal(ReplayPlayer):
         """
         from posterm.families.concert.link import MessageReceived, SendFailed
 
-        end = time.monotonic() + timeout
-        pump = Pump(self.link, write=self.t.write, max_wait=0.02)
-        linger_until: float | None = None
-        while not self.stop.is_set() and time.monotonic() < end:
-            if until_done and not self.loop and self.done:
-                if linger_until is None:
-                    linger_until = time.monotonic() + LINGER
-                elif time.monotonic() >= linger_until:
-                    break
-            else:
-                linger_until = None
-            try:
-                data = self.t.read(4096, pump.wait_time(time.monotonic(), self._due[0][0] if self._due else None))
-            except Disconnected:
-                if self.stop.is_set() or linger_until is not None:   # stopped, or the ECR left once played
-                    break
-                raise
-            now = time.monotonic()
-            for ev in pump.feed(data, now, write=False):
-                if isinstance(ev, MessageReceived):
-                    self.on_request(ev.message, now)
-                elif isinstance(ev, SendFailed):
-                    raise LinkFailed(f"the ECR did not take the answer ({ev.cause})")
+        def handle(ev: Any, now: float) -> None:
+            if isinstance(ev, MessageReceived):
+                self.on_request(ev.message, now)
+            elif isinstance(ev, SendFailed):
+                raise LinkFailed(f"the ECR did not take the answer ({ev.cause})")
+
+        def after(pump: Any, now: float) -> None:
             while self._due and self._due[0][0] <= now:
                 self.link.enqueue(self._due.pop(0)[1], now)   # the link sends it once the line is free
             pump.flush()   # our ACK and the answer's ENQ in one write
-        return self.divergences
+
+        return self._serve(until_done, timeout, LINGER, lambda: self._due[0][0] if self._due else None, handle, after)
 
 
 # ------------------------------------------------------------------ the ECR side

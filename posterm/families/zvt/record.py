@@ -75,7 +75,7 @@ from firmware_protocol.zvt.codecs import CardDigits, bcd_encode
 from firmware_protocol.zvt.errors import BadValue
 
 from posterm.ecr.trace import MASK_BYTE
-from posterm.errors import ConfigError, Disconnected, LinkFailed, PosError
+from posterm.errors import ConfigError, LinkFailed, PosError
 from posterm.families.events import Delivered, MessageReceived, SendFailed, UndecodableMessage
 from posterm.families.interfaces import FamilyRecording, Observed, PcapInterface
 from posterm.families.observer import FramedObserver, Side
@@ -604,42 +604,27 @@ class ZvtReplayTerminal(ReplayPlayer):
         Returns the divergences. Raises :class:`Disconnected`, :class:`LinkFailed`."""
         from posterm.families.zvt.link import Refused
 
-        end = time.monotonic() + timeout
-        pump = Pump(self.link, write=self.t.write, max_wait=0.02)
-        linger_until: float | None = None
-        while not self.stop.is_set() and time.monotonic() < end:
-            if until_done and not self.loop and self.done:
-                if linger_until is None:
-                    linger_until = time.monotonic() + LINGER
-                elif time.monotonic() >= linger_until:
-                    break
-            else:
-                linger_until = None
-            due = self._due[0][0] if self._due and self._inflight is None else None
-            try:
-                data = self.t.read(4096, pump.wait_time(time.monotonic(), due))
-            except Disconnected:
-                if self.stop.is_set() or linger_until is not None:
-                    break
-                raise
-            now = time.monotonic()
-            for ev in pump.feed(data, now, write=False):
-                if isinstance(ev, MessageReceived):
-                    self.on_command(ev.message, now)
-                elif isinstance(ev, UndecodableMessage):
-                    self._diverge(self.answered, f"the register sent an APDU that does not decode: {ev.error}")
-                    self._send(Nack(0x83), now)
-                elif isinstance(ev, Delivered) and ev.message is self._inflight:
-                    self._inflight = None
-                elif isinstance(ev, SendFailed):
-                    raise LinkFailed(f"the register did not take {type(ev.message).__name__}")
-                elif isinstance(ev, Refused) and ev.message is self._inflight:
-                    self._diverge(self.answered, f"the register refused {type(ev.message).__name__}"
-                                                 f" (84 {ev.error:02X})")
-                    self._inflight = None
+        def handle(ev: Any, now: float) -> None:
+            if isinstance(ev, MessageReceived):
+                self.on_command(ev.message, now)
+            elif isinstance(ev, UndecodableMessage):
+                self._diverge(self.answered, f"the register sent an APDU that does not decode: {ev.error}")
+                self._send(Nack(0x83), now)
+            elif isinstance(ev, Delivered) and ev.message is self._inflight:
+                self._inflight = None
+            elif isinstance(ev, SendFailed):
+                raise LinkFailed(f"the register did not take {type(ev.message).__name__}")
+            elif isinstance(ev, Refused) and ev.message is self._inflight:
+                self._diverge(self.answered, f"the register refused {type(ev.message).__name__}"
+                                             f" (84 {ev.error:02X})")
+                self._inflight = None
+
+        def after(pump: Any, now: float) -> None:
             self._send_due(now)
             pump.flush()
-        return self.divergences
+
+        return self._serve(until_done, timeout, LINGER,
+                           lambda: self._due[0][0] if self._due and self._inflight is None else None, handle, after)
 
 
 # ------------------------------------------------------------------ the ECR side
