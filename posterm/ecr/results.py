@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 from firmware_protocol.native.messages import Capability, KeyAlgorithm, Outcome, PayResult, Reason, Totals
 
-from posterm.errors import RemoteProtocolError
+from posterm.errors import LocalProtocolError, PosTimeout, RemoteProtocolError
 
 __all__ = ["Capability", "KeyAlgorithm", "KeyInfo", "Outcome", "OutcomeMismatch", "PaymentResult", "Reason",
            "RefundOutcome", "Settlement", "TerminalInfo", "as_reason", "mismatch", "reason_name"]
@@ -204,3 +204,24 @@ def mismatch(result: PaymentResult | RefundOutcome, order_id: str, amount_minor:
         return (f"terminal approved {what} for {result.amount_minor} {result.currency},"
                 f" but {amount_minor} {currency} was requested")
     return None
+
+
+def journaled_refund(earlier: Any, amount_minor: int, currency: str, *, protocol: str, look: str) -> RefundOutcome:
+    """A refund id the journal has seen (``earlier``, its JournalEntry), for a family whose wire
+    carries no refund id the terminal could check: the journal answers and nothing is sent.
+    The same amount and currency get the first answer; another amount is refused
+    (LocalProtocolError); an answer that never came raises PosTimeout (``protocol`` cannot
+    ask, sending again could refund twice; ``look`` says where the operator checks)."""
+    if (earlier.amount_minor, earlier.currency) != (amount_minor, currency):
+        raise LocalProtocolError(
+            f"refund id {earlier.ref_id!r} was already used for {earlier.amount_minor} {earlier.currency}"
+            f" on order {earlier.order_id}: a different amount needs a new refund id")
+    if earlier.state != "final" or not earlier.result:
+        raise PosTimeout(
+            f"refund {earlier.ref_id!r} of order {earlier.order_id} was sent and its answer never came:"
+            f" {protocol} cannot ask, and sending it again could refund twice; check {look}")
+    r = earlier.result
+    return RefundOutcome(earlier.order_id, earlier.ref_id, Outcome[str(r["result"]).upper()],
+                         r.get("amount_minor", earlier.amount_minor), earlier.currency, Reason.NONE,
+                         r.get("refunded_total_minor", 0),
+                         "the journal's answer to the first request with this refund id (not sent again)")

@@ -53,7 +53,8 @@ from posterm.families.concert.link import ConcertConfig, ConcertLink, Delivered,
 from posterm.families.pump import TIMED_OUT, Pump
 from posterm.errors import LinkFailed, LocalProtocolError, PosTimeout
 from posterm.ecr.journal import Journal
-from posterm.ecr.results import Capability, Outcome, PaymentResult, Reason, RefundOutcome, TerminalInfo
+from posterm.ecr.results import (Capability, Outcome, PaymentResult, Reason, RefundOutcome, TerminalInfo,
+                                 journaled_refund)
 from posterm.ecr.session import DEFAULT_PAY_TIMEOUT, PortSession, line_settings, resolve_port
 
 log = logging.getLogger("posterm.ecr.concert")
@@ -172,7 +173,9 @@ class ConcertTerminal(PortSession):
         if self._journal is not None:
             earlier = self._journal.get(order_id, "refund", refund_id)
             if earlier is not None:
-                return self._refund_again(earlier, amount_minor, currency)
+                # Concert's wire carries no refund id: the terminal cannot tell a retry from a second refund
+                return journaled_refund(earlier, amount_minor, currency, protocol="Concert",
+                                        look="the terminal's journal")
 
         def record(answer: ConcertAnswer) -> RefundOutcome:
             outcome = {Status.ACCEPTED: Outcome.APPROVED, Status.REFUSED: Outcome.DECLINED}.get(
@@ -186,22 +189,6 @@ class ConcertTerminal(PortSession):
 
         return self._transact(TxnType.CREDIT, amount_minor, currency, order_id, "refund", timeout, record,
                               ref_id=refund_id)
-
-    def _refund_again(self, earlier: Any, amount_minor: int, currency: str) -> RefundOutcome:
-        """A refund id this journal has seen. Concert's wire carries no refund id, so the terminal
-        cannot tell a retry from a second refund: the journal answers, nothing is sent."""
-        if (earlier.amount_minor, earlier.currency) != (amount_minor, currency):
-            raise LocalProtocolError(
-                f"refund id {earlier.ref_id!r} was already used for {earlier.amount_minor} {earlier.currency}"
-                f" on order {earlier.order_id}: a different amount needs a new refund id")
-        if earlier.state != "final" or not earlier.result:
-            raise PosTimeout(
-                f"refund {earlier.ref_id!r} of order {earlier.order_id} was sent and its answer never came:"
-                " Concert cannot ask, and sending it again could refund twice; check the terminal's journal")
-        r = earlier.result
-        return RefundOutcome(earlier.order_id, earlier.ref_id, Outcome[str(r["result"]).upper()],
-                             r.get("amount_minor", earlier.amount_minor), earlier.currency, Reason.NONE, 0,
-                             "the journal's answer to the first request with this refund id (not sent again)")
 
     def recover(self, timeout: float = 10.0) -> list[PaymentResult]:
         """Concert cannot ask about an order, but this driver ACKs an answer only after journaling

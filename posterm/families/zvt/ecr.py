@@ -105,7 +105,8 @@ from firmware_protocol.zvt import (
 from posterm.ecr.ids import new_order_id
 from posterm.ecr.journal import Journal, JournalEntry
 from posterm.ecr.results import (
-    Capability, Outcome, OutcomeMismatch, PaymentResult, Reason, RefundOutcome, Settlement, TerminalInfo, mismatch,
+    Capability, Outcome, OutcomeMismatch, PaymentResult, Reason, RefundOutcome, Settlement, TerminalInfo,
+    journaled_refund, mismatch,
 )
 from posterm.ecr.session import (
     DEFAULT_PAY_TIMEOUT, PortSession, check_timeout, line_rate, line_settings, resolve_port,
@@ -468,7 +469,7 @@ class ZvtTerminal(PortSession):
             if self._journal is not None:
                 earlier = self._journal.get(order_id, "refund", refund_id)
                 if earlier is not None:
-                    return _refund_again(earlier, amount_minor, currency)
+                    return journaled_refund(earlier, amount_minor, currency, protocol="ZVT", look="the terminal's receipt")
             self._journal_sent(order_id, "refund", amount_minor, currency, ref_id=refund_id)
             outcomes: list[RefundOutcome] = []
 
@@ -972,22 +973,6 @@ def _result_from_json(entry: JournalEntry) -> PaymentResult:
                          "the journal's answer to the first request with this order id (not sent again)",
                          r.get("trade_no"), r.get("code_last4"), paid_at=r.get("paid_at"),
                          receipt=tuple(r.get("receipt") or ()))
-
-
-def _refund_again(earlier: JournalEntry, amount_minor: int, currency: str) -> RefundOutcome:
-    if (earlier.amount_minor, earlier.currency) != (amount_minor, currency):
-        raise LocalProtocolError(
-            f"refund id {earlier.ref_id!r} was already used for {earlier.amount_minor} {earlier.currency}"
-            f" on order {earlier.order_id}: a different amount needs a new refund id")
-    if earlier.state != "final" or not earlier.result:
-        raise PosTimeout(
-            f"refund {earlier.ref_id!r} of order {earlier.order_id} was sent and its answer never came:"
-            " ZVT cannot ask, and sending it again could refund twice; check the terminal's receipt")
-    r = earlier.result
-    return RefundOutcome(earlier.order_id, earlier.ref_id, Outcome[str(r["result"]).upper()],
-                         r.get("amount_minor", earlier.amount_minor), earlier.currency, Reason.NONE,
-                         r.get("refunded_total_minor", 0),
-                         "the journal's answer to the first request with this refund id (not sent again)")
 
 
 def _aborted_text(d: _Dialog) -> str:
