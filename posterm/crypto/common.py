@@ -507,23 +507,97 @@ def tr31_unwrap(kbpk: bytes, block: str) -> tuple[TR31Header, bytes]:
 
 
 # ----------------------------------------------------------------------------- AES DUKPT (X9.24-3)
+#
+# Every key is derived by AES-ECB under its parent key of 16-byte *derivation data*
+# (ANSI X9.24-3-2017 6.3.2, tables 2 and 3):
+#
+#   byte 0      version                01
+#   byte 1      key block counter      01, 02 for the second block of a 192/256-bit key
+#   bytes 2-3   key usage indicator    8001 initial key, 8000 intermediate derivation key,
+#                                      0002 KEK, 1000 PIN, 2000/2001/2002 MAC, 3000/3001/3002 data
+#   bytes 4-5   algorithm indicator    0000 TDES2, 0001 TDES3, 0002 AES-128, 0003 AES-192, 0004 AES-256
+#   bytes 6-7   length in bits         0080, 00C0, 0100
+#   bytes 8-15  the initial key id (initial key), or its right half + the 32-bit counter
+#
+# A key longer than one AES block takes two encryptions (counter 01, 02), truncated to the
+# length. The intermediate derivation keys have the BDK's type; a working key may be of any
+# type no stronger than them (6.1.3: an AES-128 BDK cannot give an AES-256 working key).
 
-AES_USAGE = {"pin": 0x1000, "mac_generation": 0x2000, "mac_verification": 0x2001, "mac_both": 0x2002,
-             "data_encrypt": 0x3000, "data_decrypt": 0x3001, "data_both": 0x3002}
+AES_USAGE = {"key_encryption": 0x0002, "pin": 0x1000, "mac_generation": 0x2000, "mac_verification": 0x2001,
+             "mac_both": 0x2002, "data_encrypt": 0x3000, "data_decrypt": 0x3001, "data_both": 0x3002}
+AES_USAGE_KEY_DERIVATION = 0x8000
+AES_USAGE_INITIAL_KEY = 0x8001
 AES_MAX_ONES = 16
 AES_LAST_COUNTER = 0xFFFF0000
 
 
-def _aes_dd(usage: int, ikid_or_tail: bytes, counter: int | None) -> bytes:
+@dataclass(frozen=True, slots=True)
+class DukptKeyType:
+    """One X9.24-3 key type: its algorithm indicator, length, and TR-31 algorithm."""
+
+    name: str
+    indicator: int
+    bits: int
+    algorithm: Algorithm
+    strength: int        # order only: a derived key may not be stronger than its parent
+
+    @property
+    def size(self) -> int:
+        return self.bits // 8
+
+
+AES_KEY_TYPES: dict[str, DukptKeyType] = {t.name: t for t in (
+    DukptKeyType("tdes2", 0x0000, 128, Algorithm.TDES, 1),
+    DukptKeyType("tdes3", 0x0001, 192, Algorithm.TDES, 2),
+    DukptKeyType("aes128", 0x0002, 128, Algorithm.AES, 3),
+    DukptKeyType("aes192", 0x0003, 192, Algorithm.AES, 4),
+    DukptKeyType("aes256", 0x0004, 256, Algorithm.AES, 5),
+)}
+_AES_BY_SIZE = {16: AES_KEY_TYPES["aes128"], 24: AES_KEY_TYPES["aes192"], 32: AES_KEY_TYPES["aes256"]}
+
+
+def aes_dukpt_key_type(key: bytes, what: str = "AES DUKPT key") -> DukptKeyType:
+    """The AES key type of a BDK, initial or derivation key, by its length. Raises CryptoError."""
+    try:
+        return _AES_BY_SIZE[len(key)]
+    except KeyError:
+        raise CryptoError(f"an {what} is 16, 24 or 32 bytes (AES-128/192/256), not {len(key)}") from None
+
+
+def _working_type(name: str | DukptKeyType | None, parent: DukptKeyType) -> DukptKeyType:
+    if name is None:
+        return parent
+    kt = name if isinstance(name, DukptKeyType) else AES_KEY_TYPES.get(name)
+    if kt is None:
+        raise CryptoError(f"unknown AES DUKPT working key type {name!r} (one of {', '.join(AES_KEY_TYPES)})")
+    if kt.strength > parent.strength:
+        raise CryptoError(f"a {kt.name} working key is stronger than its {parent.name} derivation key "
+                          "(X9.24-3 6.1.3 forbids it)")
+    return kt
+
+
+def _aes_dd(usage: int, ikid_or_tail: bytes, counter: int | None, key_type: DukptKeyType | None = None,
+            block: int = 1) -> bytes:
+    """Derivation data (see the table above) for one block of a key of ``key_type`` (AES-128 if None)."""
+    kt = key_type or AES_KEY_TYPES["aes128"]
     tail = ikid_or_tail if counter is None else ikid_or_tail[4:8] + counter.to_bytes(4, "big")
-    return bytes([1, 1]) + usage.to_bytes(2, "big") + (2).to_bytes(2, "big") + (128).to_bytes(2, "big") + tail
+    return (bytes([1, block]) + usage.to_bytes(2, "big") + kt.indicator.to_bytes(2, "big")
+            + kt.bits.to_bytes(2, "big") + tail)
+
+
+def _aes_derive(key: bytes, usage: int, key_type: DukptKeyType, tail: bytes, counter: int | None) -> bytes:
+    blocks = -(-key_type.bits // 128)
+    data = b"".join(_aes_dd(usage, tail, counter, key_type, i) for i in range(1, blocks + 1))
+    return aes_ecb(key, data)[:key_type.size]   # ECB: each block encrypted alone, in one call
 
 
 def aes_dukpt_initial_key(bdk: bytes, initial_key_id: bytes) -> bytes:
-    """The terminal's initial key from a BDK and an 8-byte initial key id (X9.24-3 6.3.1)."""
+    """The terminal's initial key (of the BDK's type) from a 16/24/32-byte BDK and an 8-byte
+    initial key id (X9.24-3 6.3.1). Raises CryptoError for other lengths."""
+    kt = aes_dukpt_key_type(bdk, "AES DUKPT BDK")
     if len(initial_key_id) != 8:
         raise CryptoError("an AES DUKPT initial key id is 8 bytes")
-    return aes_ecb(bdk, _aes_dd(0x8001, initial_key_id, None))
+    return _aes_derive(bdk, AES_USAGE_INITIAL_KEY, kt, initial_key_id, None)
 
 
 def aes_dukpt_valid_counter(counter: int) -> bool:
@@ -531,7 +605,9 @@ def aes_dukpt_valid_counter(counter: int) -> bool:
 
 
 def aes_dukpt_transaction_key(initial_key: bytes, ksn: bytes) -> bytes:
-    """Derive the transaction (intermediate derivation) key for a 12-byte KSN."""
+    """Derive the transaction (intermediate derivation) key for a 12-byte KSN: one derivation
+    per one-bit of the counter, from the highest, each of the initial key's type. Raises CryptoError."""
+    kt = aes_dukpt_key_type(initial_key, "AES DUKPT initial key")
     if len(ksn) != 12:
         raise CryptoError("an AES DUKPT KSN is 12 bytes")
     counter = int.from_bytes(ksn[8:], "big")
@@ -541,21 +617,27 @@ def aes_dukpt_transaction_key(initial_key: bytes, ksn: bytes) -> bytes:
     for bit in range(31, -1, -1):
         if counter & (1 << bit):
             working |= 1 << bit
-            key = aes_ecb(key, _aes_dd(0x8000, ksn[:8], working))
+            key = _aes_derive(key, AES_USAGE_KEY_DERIVATION, kt, ksn[:8], working)
     return key
 
 
-def aes_dukpt_working_key(transaction_key: bytes, ksn: bytes, purpose: str) -> bytes:
+def aes_dukpt_working_key(transaction_key: bytes, ksn: bytes, purpose: str,
+                          key_type: str | DukptKeyType | None = None) -> bytes:
     """A working key (``pin``, ``mac_generation``, ... see AES_USAGE) for this transaction.
 
-    Raises CryptoError for an unknown purpose or a KSN that is not 12 bytes.
+    ``key_type`` is one of AES_KEY_TYPES (``aes128`` ... ``tdes3``); None means the
+    transaction key's own type. Returns the key bytes (16/24/32 for AES, 16/24 for TDES).
+    Raises CryptoError for an unknown purpose or type, a type stronger than the
+    transaction key, or a KSN that is not 12 bytes.
     """
+    parent = aes_dukpt_key_type(transaction_key, "AES DUKPT derivation key")
     if purpose not in AES_USAGE:
         raise CryptoError(f"unknown AES DUKPT key usage {purpose!r} (one of {', '.join(AES_USAGE)})")
+    kt = _working_type(key_type, parent)
     if len(ksn) != 12:
         raise CryptoError("an AES DUKPT KSN is 12 bytes")
     counter = int.from_bytes(ksn[8:], "big")
-    return aes_ecb(transaction_key, _aes_dd(AES_USAGE[purpose], ksn[:8], counter))
+    return _aes_derive(transaction_key, AES_USAGE[purpose], kt, ksn[:8], counter)
 
 
 def aes_dukpt_next_counter(counter: int) -> int:
