@@ -76,8 +76,9 @@ def crypto() -> None:
     posterm crypto retail-mac --key HEX --text 4012345678909D987 --length 4
     posterm crypto kcv --key HEX
 
-    AES or TDES is chosen by the lengths (AES DUKPT: 16-byte BDK and 12-byte KSN;
-    TDES DUKPT: 10-byte KSN). Keys on the command line are for test keys only;
+    AES or TDES is chosen by the lengths (AES DUKPT: 12-byte KSN and an AES-128/192/256
+    BDK of 16/24/32 bytes, --working-key aes128|aes192|aes256|tdes2|tdes3; TDES DUKPT:
+    10-byte KSN). Keys on the command line are for test keys only;
     a BDK read with --bdk-file is treated as real and only KCVs are shown.
     Bad input: a one-line error and exit status 2.
     """
@@ -85,38 +86,59 @@ def crypto() -> None:
 
 @crypto.group()
 def dukpt() -> None:
-    """DUKPT: AES (ANSI X9.24-3) or TDES (ANSI X9.24-1), chosen by the KSN length."""
+    """DUKPT: AES (ANSI X9.24-3) or TDES (ANSI X9.24-1), chosen by the KSN length.
+
+    \b
+    AES: a 12-byte KSN; the BDK is AES-128, AES-192 or AES-256 by its length (16/24/32
+    bytes); working keys are of the BDK's type unless --working-key says otherwise
+    (aes128, aes192, aes256, tdes2, tdes3; never stronger than the BDK).
+    TDES: a 10-byte KSN and a 16-byte BDK.
+    """
 
 
 def _initial(bdk: bytes, ksn: bytes) -> bytes:
     from posterm.crypto import common as c
 
-    return c.aes_dukpt_initial_key(bdk, ksn[:8]) if len(ksn) == 12 else c.tdes_dukpt_ipek(bdk, ksn)
+    if len(ksn) == 12:
+        return c.aes_dukpt_initial_key(bdk, ksn[:8])
+    if len(bdk) != 16:
+        raise click.UsageError(f"--bdk: TDES DUKPT (a 10-byte KSN) takes a 16-byte BDK, not {len(bdk)}")
+    return c.tdes_dukpt_ipek(bdk, ksn)
+
+
+BDK_SIZES = (16, 24, 32)
 
 
 def _bdk(bdk: str | None, bdk_file: str | None) -> bytes:
-    """The BDK from --bdk (a public test key) or --bdk-file (hex text, or 16 raw bytes)."""
+    """The BDK from --bdk (a public test key) or --bdk-file (hex text, or 16/24/32 raw bytes)."""
     if (bdk is None) == (bdk_file is None):
         raise click.UsageError("give exactly one of --bdk HEX (test keys) or --bdk-file FILE")
     if bdk is not None:
-        return hexarg(bdk, "--bdk", (16,))
+        return _sized(hexarg(bdk, "--bdk"), "--bdk")
     try:
-        raw = open(bdk_file, "rb").read(4096)
+        with open(bdk_file, "rb") as fh:
+            raw = fh.read(4096)
     except OSError as exc:
         raise click.UsageError(f"--bdk-file: cannot read it ({exc.strerror})") from None
-    if len(raw) == 16:
+    if len(raw) in BDK_SIZES:
         return raw
     try:
         text = raw.decode("ascii")
     except UnicodeDecodeError:
-        raise click.UsageError("--bdk-file: neither 16 raw bytes nor hex text") from None
-    return hexarg("".join(text.split()), "--bdk-file", (16,))
+        raise click.UsageError("--bdk-file: neither 16/24/32 raw bytes nor hex text") from None
+    return _sized(hexarg("".join(text.split()), "--bdk-file"), "--bdk-file")
+
+
+def _sized(raw: bytes, what: str) -> bytes:
+    if len(raw) not in BDK_SIZES:
+        raise click.UsageError(f"{what}: {len(raw)} bytes, expected 16, 24 or 32 (AES-128/192/256; TDES: 16)")
+    return raw
 
 
 bdk_options = [
-    click.option("--bdk", default=None, help="Base derivation key, hex (public test keys only)."),
+    click.option("--bdk", default=None, help="Base derivation key, hex: 16/24/32 bytes (public test keys only)."),
     click.option("--bdk-file", default=None, type=InputFile(max_bytes=4096),
-                 help="Read the BDK from a file (hex text or 16 raw bytes); only KCVs are printed then."),
+                 help="Read the BDK from a file (hex text or 16/24/32 raw bytes); only KCVs are printed then."),
 ]
 
 
@@ -124,6 +146,12 @@ def with_bdk(fn: Callable) -> Callable:
     for opt in reversed(bdk_options):
         fn = opt(fn)
     return fn
+
+
+def _alg_of(key: bytes, ksn: bytes) -> Any:
+    from posterm.crypto import common as c
+
+    return c.Algorithm.AES if len(ksn) == 12 else c.Algorithm.TDES
 
 
 def _kcv_only(out: dict, algorithm: Any) -> dict:
@@ -139,43 +167,75 @@ def _kcv_only(out: dict, algorithm: Any) -> dict:
 @json_flag
 @calc
 def dukpt_initial(bdk: str | None, bdk_file: str | None, ksn: str) -> dict:
-    """The initial key (AES) or IPEK (TDES) for a KSN (its KCV only with --bdk-file)."""
+    """The initial key (AES, of the BDK's type) or IPEK (TDES) for a KSN (its KCV only with --bdk-file)."""
+    raw_ksn = hexarg(ksn, "--ksn", (10, 12))
+    raw_bdk = _bdk(bdk, bdk_file)
+    out = {"initial_key": _initial(raw_bdk, raw_ksn)}
+    return _kcv_only(out, _alg_of(raw_bdk, raw_ksn)) if bdk_file else out
+
+
+# CLI usage -> (AES DUKPT usage, TDES DUKPT variant or None)
+USAGES = {"derivation": None, "pin": ("pin", "pin"), "mac-gen": ("mac_generation", "mac_request"),
+          "mac-verify": ("mac_verification", "mac_response"), "mac-both": ("mac_both", None),
+          "data-encrypt": ("data_encrypt", None), "data-decrypt": ("data_decrypt", None),
+          "data-both": ("data_both", None), "kek": ("key_encryption", None)}
+WORKING_KEYS = ("aes128", "aes192", "aes256", "tdes2", "tdes3")
+
+
+def _keys_for(ik: bytes, ksn: bytes, usages: list[str], working_key: str | None) -> tuple[dict[str, bytes], Any]:
+    """The transaction key ("derivation") and the working keys for ``usages``; their algorithm."""
     from posterm.crypto import common as c
 
-    raw_ksn = hexarg(ksn, "--ksn", (10, 12))
-    out = {"initial_key": _initial(_bdk(bdk, bdk_file), raw_ksn)}
-    alg = c.Algorithm.AES if len(raw_ksn) == 12 else c.Algorithm.TDES
-    return _kcv_only(out, alg) if bdk_file else out
-
-
-USAGES = {"derivation": None, "pin": ("pin", "pin"), "mac-gen": ("mac_generation", "mac_request"),
-          "mac-verify": ("mac_verification", "mac_response"), "data-encrypt": ("data_encrypt", None)}
+    if len(ksn) == 12:
+        tk = c.aes_dukpt_transaction_key(ik, ksn)
+        kt = c._working_type(working_key, c.aes_dukpt_key_type(tk))
+        keys = {"derivation": tk, **{u: c.aes_dukpt_working_key(tk, ksn, USAGES[u][0], kt)
+                                     for u in usages if u != "derivation"}}
+        return keys, kt.algorithm
+    if working_key is not None:
+        raise click.UsageError("--working-key is for AES DUKPT (a 12-byte KSN); TDES DUKPT keys are TDES")
+    tk = c.tdes_dukpt_transaction_key(ik, ksn)
+    keys = {"derivation": tk}
+    for u in usages:
+        if u == "derivation":
+            continue
+        if USAGES[u][1] is None:
+            raise click.UsageError(f"--usage {u} has no TDES DUKPT variant here")
+        keys[u] = c.tdes_dukpt_working_key(tk, USAGES[u][1])
+    return keys, c.Algorithm.TDES
 
 
 @dukpt.command("derive")
 @with_bdk
 @click.option("--ksn", required=True, help="KSN, hex: 24 digits (AES) or 20 (TDES).")
 @click.option("--usage", type=click.Choice(list(USAGES)), default="derivation", show_default=True,
-              help="derivation = the transaction key.")
+              help="derivation = the transaction (intermediate derivation) key.")
+@click.option("--working-key", type=click.Choice(WORKING_KEYS), default=None,
+              help="AES DUKPT working key type (default: the BDK's own type; never stronger than it).")
 @json_flag
 @calc
-def dukpt_derive(bdk: str | None, bdk_file: str | None, ksn: str, usage: str) -> dict:
+def dukpt_derive(bdk: str | None, bdk_file: str | None, ksn: str, usage: str, working_key: str | None) -> dict:
     """A transaction's key for one usage (with --bdk-file: only the KCVs of the derived keys)."""
     from posterm.crypto import common as c
 
     raw_ksn = hexarg(ksn, "--ksn", (10, 12))
     ik = _initial(_bdk(bdk, bdk_file), raw_ksn)
     if bdk_file:
-        return _derive_kcvs(ik, raw_ksn, usage)
-    if len(raw_ksn) == 12:
-        tk = c.aes_dukpt_transaction_key(ik, raw_ksn)
-        key = tk if usage == "derivation" else c.aes_dukpt_working_key(tk, raw_ksn, USAGES[usage][0])
-    else:
-        tk = c.tdes_dukpt_transaction_key(ik, raw_ksn)
-        if usage != "derivation" and USAGES[usage][1] is None:
-            raise click.UsageError(f"--usage {usage} has no TDES DUKPT variant here")
-        key = tk if usage == "derivation" else c.tdes_dukpt_working_key(tk, USAGES[usage][1])
-    return {"key": key, "kcv": c.kcv(key, c.Algorithm.AES if len(raw_ksn) == 12 else c.Algorithm.TDES).hex().upper()}
+        return _derive_kcvs(ik, raw_ksn, usage, working_key)
+    keys, alg = _keys_for(ik, raw_ksn, [usage], working_key)
+    key = keys[usage]
+    if usage == "derivation":
+        alg = _alg_of(key, raw_ksn)
+    return {"key": key, "kcv": c.kcv(key, alg).hex().upper(),
+            "key_type": _type_name(key, alg), "usage": usage}
+
+
+def _type_name(key: bytes, alg: Any) -> str:
+    from posterm.crypto import common as c
+
+    if alg is c.Algorithm.AES:
+        return f"aes{len(key) * 8}"
+    return {16: "tdes2", 24: "tdes3"}.get(len(key), "tdes")
 
 
 @dukpt.command("next-ksn")
@@ -195,23 +255,16 @@ def dukpt_next_ksn(ksn: str) -> dict:
     return {"ksn": nxt}
 
 
-def _derive_kcvs(ik: bytes, ksn: bytes, usage: str) -> dict:
+def _derive_kcvs(ik: bytes, ksn: bytes, usage: str, working_key: str | None) -> dict:
     """KCVs of every key a transaction derives: what an engineer compares with a device log."""
     from posterm.crypto import common as c
 
-    if len(ksn) == 12:
-        tk = c.aes_dukpt_transaction_key(ik, ksn)
-        keys = {"derivation": tk, **{u: c.aes_dukpt_working_key(tk, ksn, p[0])
-                                     for u, p in USAGES.items() if p}}
-        alg = c.Algorithm.AES
-    else:
-        tk = c.tdes_dukpt_transaction_key(ik, ksn)
-        keys = {"derivation": tk, **{u: c.tdes_dukpt_working_key(tk, p[1])
-                                     for u, p in USAGES.items() if p and p[1]}}
-        alg = c.Algorithm.TDES
-    if usage not in keys:
+    wanted = [u for u, p in USAGES.items() if p is None or len(ksn) == 12 or p[1] is not None]
+    if usage not in wanted:
         raise click.UsageError(f"--usage {usage} has no TDES DUKPT variant here")
-    kcvs = {f"{u}_kcv": c.kcv(k, alg).hex().upper() for u, k in keys.items()}
+    keys, alg = _keys_for(ik, ksn, wanted, working_key)
+    tk_alg = _alg_of(ik, ksn)
+    kcvs = {f"{u}_kcv": c.kcv(k, tk_alg if u == "derivation" else alg).hex().upper() for u, k in keys.items()}
     # the requested usage first: it is what the plain (non --json) output prints
     return {"kcv": kcvs[f"{usage}_kcv"], "ksn": ksn.hex().upper(), **kcvs}
 
@@ -329,18 +382,22 @@ def tr31_unwrap(kbpk: str, block: str) -> dict:
 @tr31.command("inspect")
 @click.argument("block")
 @json_flag
-@calc
-def tr31_inspect(block: str) -> dict:
-    """The clear header of BLOCK (needs no key)."""
+def tr31_inspect(block: str, as_json: bool) -> None:
+    """The clear header of BLOCK, every field with its meaning (needs no key)."""
     from posterm.crypto import common as c
 
     try:
-        h, _ = c.parse_tr31_header(block.strip())
+        h, hlen = c.parse_tr31_header(block.strip())
     except CryptoError as exc:
         raise click.BadParameter(str(exc), param_hint="BLOCK") from None
-    return {"usage": h.usage, "version": h.version, "length": h.length, "algorithm": h.algorithm, "mode": h.mode,
-            "key_version": h.key_version, "exportability": h.exportability,
-            "optional_blocks": dict(h.optional_blocks)}
+    if as_json:
+        emit_json({"usage": h.usage, "version": h.version, "length": h.length, "algorithm": h.algorithm,
+                   "mode": h.mode, "key_version": h.key_version, "exportability": h.exportability,
+                   "optional_blocks": dict(h.optional_blocks), "header_length": hlen,
+                   "names": {k: v for k, v in c.describe_tr31_header(h)}})
+        return
+    for name, value in c.describe_tr31_header(h):
+        click.echo(f"{name:>16}: {value}")
 
 
 @crypto.command()

@@ -388,6 +388,60 @@ def _check_tr31_header(header: TR31Header, reserved: str) -> None:
         raise CryptoError("TR-31 reserved field is not 00")
 
 
+# What the header fields mean (ANSI X9.143 / TR-31:2018), for people reading a block.
+TR31_VERSION_NAMES = {"A": "key variant binding (TDES, deprecated)", "B": "TDES key derivation binding",
+                      "C": "TDES key variant binding", "D": "AES key derivation binding"}
+TR31_USAGE_NAMES = {
+    "B0": "base derivation key", "B1": "initial DUKPT key", "B2": "base key variant key",
+    "C0": "CVK (card verification key)", "D0": "data encryption (symmetric)", "D1": "data encryption (asymmetric)",
+    "E0": "EMV/chip issuer master key: application cryptograms", "E1": "EMV/chip issuer master key: secure "
+    "messaging for confidentiality", "E2": "EMV/chip issuer master key: secure messaging for integrity",
+    "E3": "EMV/chip issuer master key: data authentication code", "E4": "EMV/chip issuer master key: dynamic numbers",
+    "E5": "EMV/chip issuer master key: card personalisation", "E6": "EMV/chip issuer master key: other",
+    "I0": "initialisation vector", "K0": "key encryption or wrapping", "K1": "TR-31 key block protection key",
+    "K2": "TR-34 asymmetric key", "K3": "asymmetric key for key agreement/wrapping",
+    "M0": "ISO 16609 MAC algorithm 1 (TDES)", "M1": "ISO 9797-1 MAC algorithm 1", "M2": "ISO 9797-1 MAC algorithm 2",
+    "M3": "ISO 9797-1 MAC algorithm 3", "M4": "ISO 9797-1 MAC algorithm 4", "M5": "ISO 9797-1:1999 MAC algorithm 5",
+    "M6": "ISO 9797-1:2011 MAC algorithm 5 (CMAC)", "M7": "HMAC", "M8": "ISO 9797-1:2011 MAC algorithm 6",
+    "P0": "PIN encryption", "S0": "asymmetric key pair for digital signature", "S1": "asymmetric key pair, CA",
+    "S2": "asymmetric key pair, non-X9.24", "V0": "PIN verification, KPV, other algorithm",
+    "V1": "PIN verification, IBM 3624", "V2": "PIN verification, VISA PVV", "V3": "PIN verification, X9.132 "
+    "algorithm 1", "V4": "PIN verification, X9.132 algorithm 2",
+}
+TR31_ALGORITHM_NAMES = {"A": "AES", "D": "DEA", "E": "elliptic curve", "H": "HMAC", "R": "RSA", "S": "DSA",
+                        "T": "TDES"}
+TR31_MODE_NAMES = {"B": "encrypt/wrap and decrypt/unwrap", "C": "MAC generate and verify", "D": "decrypt/unwrap only",
+                   "E": "encrypt/wrap only", "G": "MAC generate only", "N": "no special restrictions",
+                   "S": "signature only", "T": "sign and decrypt", "V": "MAC verify only",
+                   "X": "key derivation only"}
+TR31_EXPORTABILITY_NAMES = {"E": "exportable under a trusted key", "N": "non-exportable",
+                            "S": "sensitive: exportable under an untrusted key"}
+TR31_OPTIONAL_BLOCK_NAMES = {"CT": "asymmetric key certificate", "DA": "derivation(s) allowed",
+                             "HM": "HMAC hash algorithm", "IK": "initial key identifier (AES DUKPT)",
+                             "KC": "key check value of the wrapped key", "KP": "key check value of the KBPK",
+                             "KS": "initial key serial number (TDES DUKPT)", "KV": "key block values version",
+                             "PB": "padding block", "TS": "time stamp"}
+
+
+def describe_tr31_header(header: TR31Header) -> list[tuple[str, str]]:
+    """Every header field with its meaning, as (name, text) pairs in header order (key bytes never)."""
+    def named(code: str, names: dict[str, str]) -> str:
+        return f"{code} ({names.get(code, 'not a defined value')})"
+
+    kv = header.key_version
+    version_text = ("00 (no version)" if kv == "00" else f"{kv} (key component {kv[1]})" if kv[0] == "c"
+                    else kv)
+    rows = [("version", named(header.version, TR31_VERSION_NAMES)), ("length", str(header.length)),
+            ("usage", named(header.usage, TR31_USAGE_NAMES)),
+            ("algorithm", named(header.algorithm, TR31_ALGORITHM_NAMES)),
+            ("mode", named(header.mode, TR31_MODE_NAMES)), ("key version", version_text),
+            ("exportability", named(header.exportability, TR31_EXPORTABILITY_NAMES)),
+            ("optional blocks", str(len(header.optional_blocks)))]
+    for bid, data in header.optional_blocks:
+        rows.append((f"  {bid}", f"{data} ({TR31_OPTIONAL_BLOCK_NAMES.get(bid, 'proprietary or unknown')})"))
+    return rows
+
+
 def _tr31_keys(version: str, kbpk: bytes) -> tuple[bytes, bytes]:
     if version == "D":
         if len(kbpk) not in (16, 24, 32):
@@ -571,7 +625,7 @@ def _working_type(name: str | DukptKeyType | None, parent: DukptKeyType) -> Dukp
     if kt is None:
         raise CryptoError(f"unknown AES DUKPT working key type {name!r} (one of {', '.join(AES_KEY_TYPES)})")
     if kt.strength > parent.strength:
-        raise CryptoError(f"a {kt.name} working key is stronger than its {parent.name} derivation key "
+        raise CryptoError(f"a working key of type {kt.name} is stronger than its {parent.name} derivation key "
                           "(X9.24-3 6.1.3 forbids it)")
     return kt
 
