@@ -1,6 +1,6 @@
 """The host's HSM: base derivation keys, key-block protection keys, PIN verification.
 
-Holds an AES BDK (and a TDES BDK for legacy PIN pads) and a master from which each
+Holds an AES BDK (AES-128, AES-192 or AES-256; and a TDES BDK for legacy PIN pads) and a master from which each
 terminal's key-block protection key is derived. It derives a terminal's DUKPT keys from
 the KSN alone, verifies request MACs and signs responses, issues initial keys in TR-31
 version D blocks, and verifies PINs: a PIN block is decrypted only inside
@@ -24,6 +24,7 @@ from posterm.crypto.verifier import check_verifier, make_verifier
 from posterm.errors import CryptoError
 
 PIN_MAX_TRIES = 3
+_BDK_SIZES = {"aes128": 16, "aes192": 24, "aes256": 32}
 TK_CACHE_SIZE = 4096   # transaction keys kept (about 100 kB): the recent KSNs of a busy fleet
 MAC_SIZE = 8
 
@@ -67,6 +68,7 @@ class Hsm:
         self._lock = threading.Lock()
         self._cache_lock = threading.Lock()
         self._tk_cache: OrderedDict[bytes, bytes] = OrderedDict()
+        self._stamp = path.stat().st_mtime_ns if path is not None and path.exists() else None
 
     @classmethod
     def open(cls, state_dir: str | Path) -> "Hsm":
@@ -85,6 +87,7 @@ class Hsm:
     def _save(self) -> None:
         if self._path is None:
             return
+        self._merge_stored()   # what another process saved since (a rotation, a device number) survives
         sealed.save(self._path, {"bdk": self._bdk.hex(), "bdk_id": self._bdk_id.hex(),
                                  "tdes_bdk": self._tdes_bdk.hex(), "kbpk_master": self._kbpk_master.hex(),
                                  "retired": {k.hex(): v.hex() for k, v in self._retired.items()},
@@ -95,37 +98,96 @@ class Hsm:
         """The current AES BDK's id (the first 4 bytes of the KSNs it issues)."""
         return self._bdk_id
 
-    def rotate_bdk(self) -> bytes:
-        """Make a fresh AES BDK current and return its id.
+    @property
+    def bdk_type(self) -> str:
+        """The current AES BDK's type: ``aes128``, ``aes192`` or ``aes256`` (its initial keys
+        and their working keys are of the same type)."""
+        return c.aes_dukpt_key_type(self._bdk).name
 
-        Initial keys issued from now on derive from it; the previous BDK is kept (retired)
-        so terminals loaded under it keep working until they load a new key block.
-        """
+    def bdk_info(self) -> dict[str, object]:
+        """The current BDK's id, type and KCV, and how many retired BDKs are kept. Never key bytes."""
         with self._lock:
-            new_id = os.urandom(4)
-            while new_id == self._bdk_id or new_id in self._retired:
-                new_id = os.urandom(4)
+            return {"bdk_id": self._bdk_id.hex().upper(), "type": self.bdk_type,
+                    "kcv": c.kcv(self._bdk, c.Algorithm.AES).hex().upper(), "retired": len(self._retired)}
+
+    def rotate_bdk(self, key_type: str = "aes128") -> bytes:
+        """Make a fresh AES BDK of ``key_type`` (aes128, aes192, aes256) current and return its id.
+
+        Initial keys issued from now on derive from it (and are of its type); the previous
+        BDK is kept (retired) so terminals loaded under it keep working until they load a new
+        key block. Raises CryptoError for another type.
+        """
+        size = _BDK_SIZES.get(key_type)
+        if size is None:
+            raise CryptoError(f"an AES BDK type is one of {', '.join(_BDK_SIZES)}, not {key_type!r}")
+        return self._make_current(os.urandom(size), None)
+
+    def import_bdk(self, bdk: bytes, bdk_id: bytes) -> None:
+        """Make a known AES BDK (16/24/32 bytes) current under ``bdk_id`` (4 bytes): a key
+        ceremony's result, or a published test BDK. The previous one is retired. Raises
+        CryptoError for a bad length or an id already in use for another key."""
+        c.aes_dukpt_key_type(bdk, "AES BDK")
+        if len(bdk_id) != 4:
+            raise CryptoError("a BDK id is 4 bytes (the first 4 bytes of its KSNs)")
+        self._make_current(bytes(bdk), bytes(bdk_id))
+
+    def _make_current(self, bdk: bytes, bdk_id: bytes | None) -> bytes:
+        with self._lock:
+            self._merge_stored()
+            if bdk_id is None:
+                bdk_id = os.urandom(4)
+                while bdk_id == self._bdk_id or bdk_id in self._retired:
+                    bdk_id = os.urandom(4)
+            elif bdk_id == self._bdk_id or bdk_id in self._retired:
+                raise CryptoError(f"BDK id {bdk_id.hex().upper()} is taken: KSNs would name two BDKs")
             self._retired[self._bdk_id] = self._bdk
-            self._bdk, self._bdk_id = os.urandom(16), new_id
+            self._bdk, self._bdk_id = bdk, bdk_id
+            self._tk_cache_clear()
             self._save()
-            return new_id
+            return bdk_id
+
+    def _tk_cache_clear(self) -> None:
+        with self._cache_lock:
+            self._tk_cache.clear()
 
     def _aes_bdk(self, bdk_id: bytes) -> bytes:
-        if bdk_id == self._bdk_id:
-            return self._bdk
+        for attempt in (0, 1):
+            if bdk_id == self._bdk_id:
+                return self._bdk
+            key = self._retired.get(bdk_id)
+            if key is not None:
+                return key
+            if attempt == 0 and not self._reload_if_changed():
+                break
+        raise CryptoError("KSN names a BDK this HSM does not hold")
+
+    def _reload_if_changed(self) -> bool:
+        """Take in a BDK another process made current (``posterm host bdk rotate`` beside a
+        running ``host serve``); reads the store only when the file changed. True if it did."""
+        if self._path is None:
+            return False
         try:
-            return self._retired[bdk_id]
-        except KeyError:
-            raise CryptoError("KSN names a BDK this HSM does not hold") from None
+            stamp = self._path.stat().st_mtime_ns
+        except OSError:
+            return False
+        if stamp == self._stamp:
+            return False
+        with self._lock:
+            self._merge_stored()
+            self._stamp = stamp
+        return True
 
     @classmethod
-    def ephemeral(cls) -> "Hsm":
-        """Keys in memory only (tests)."""
-        return cls(cls._fresh_keys())
+    def ephemeral(cls, bdk_type: str = "aes128") -> "Hsm":
+        """Keys in memory only (tests); the AES BDK of ``bdk_type`` (aes128, aes192, aes256)."""
+        return cls(cls._fresh_keys(bdk_type))
 
     @staticmethod
-    def _fresh_keys() -> dict[str, bytes]:
-        return {"bdk": os.urandom(16), "bdk_id": os.urandom(4), "tdes_bdk": os.urandom(16),
+    def _fresh_keys(bdk_type: str = "aes128") -> dict[str, bytes]:
+        size = _BDK_SIZES.get(bdk_type)
+        if size is None:
+            raise CryptoError(f"an AES BDK type is one of {', '.join(_BDK_SIZES)}, not {bdk_type!r}")
+        return {"bdk": os.urandom(size), "bdk_id": os.urandom(4), "tdes_bdk": os.urandom(16),
                 "kbpk_master": os.urandom(32)}
 
     # -- key issue --------------------------------------------------------------
@@ -169,10 +231,23 @@ class Hsm:
         if self._path is None:
             return
         doc = sealed.load(self._path) or {}
+        self._merge_bdks(doc)
         for k, v in (doc.get("tdes_devices") or {}).items():
             self._tdes_devices.setdefault(str(k), int(v))
         for k, v in (doc.get("generations") or {}).items():
             self._generations[str(k)] = max(int(v), self._generations.get(str(k), 0))
+
+    def _merge_bdks(self, doc: dict) -> None:
+        """Adopt the stored current BDK when it is newer than ours (it retired ours), and keep
+        every retired BDK either side knows: a rotation by another process is never undone."""
+        if not doc.get("bdk_id"):
+            return
+        for k, v in (doc.get("retired") or {}).items():
+            self._retired.setdefault(bytes.fromhex(k), bytes.fromhex(v))
+        stored_id, stored = bytes.fromhex(doc["bdk_id"]), bytes.fromhex(doc["bdk"])
+        if stored_id != self._bdk_id and self._bdk_id in self._retired and stored_id not in self._retired:
+            self._bdk, self._bdk_id = stored, stored_id
+        self._retired.pop(self._bdk_id, None)
 
     def _ikid(self, terminal_id: str) -> bytes:
         return self._bdk_id + self._device(self._device_name(terminal_id)).to_bytes(4, "big")
@@ -319,7 +394,8 @@ class Hsm:
         return PinCheck(match, used >= PIN_MAX_TRIES, PIN_MAX_TRIES - used)
 
     def __repr__(self) -> str:
-        return (f"<Hsm bdk_id={self._bdk_id.hex().upper()} kcv={c.kcv(self._bdk).hex().upper()} "
+        return (f"<Hsm bdk_id={self._bdk_id.hex().upper()} {c.aes_dukpt_key_type(self._bdk).name} "
+                f"kcv={c.kcv(self._bdk).hex().upper()} "
                 f"retired={len(self._retired)}>")
 
     def __reduce__(self):

@@ -1,6 +1,7 @@
 """The PIN pad's secure module: the only place on the terminal that holds keys or a PIN.
 
-It holds the DUKPT initial key (AES DUKPT per ANSI X9.24-3 by default; TDES DUKPT per
+It holds the DUKPT initial key (AES DUKPT per ANSI X9.24-3 by default, an AES-128,
+AES-192 or AES-256 initial key, whose working keys are of the same type; TDES DUKPT per
 X9.24-1 when the loaded key block says so) and the key-block protection key the key
 injection facility gave it. Digits typed on the PIN pad go straight in here; only an
 encrypted PIN block and its KSN come out. Host messages are MAC'd here with the
@@ -36,6 +37,7 @@ class ModuleStatus:
     counters_left: int
     kcv: bytes | None
     algorithm: str
+    key_bits: int = 0        # the initial key's length: 128/192/256 (AES), 128/192 (TDES); 0 when none
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +232,7 @@ class SecureModule:
                     _count_valid_upto(self._counter, c.AES_MAX_ONES, 32)
             else:
                 left = _count_valid_upto(0x1FFFFF, 10, 21) - _count_valid_upto(self._counter, 10, 21)
-            return ModuleStatus(True, self._ksn(), left, self._ik.kcv, self._algorithm)
+            return ModuleStatus(True, self._ksn(), left, self._ik.kcv, self._algorithm, len(self._ik) * 8)
 
     # -- DUKPT --------------------------------------------------------------
 
