@@ -727,3 +727,7 @@ try:  # encrypted backups (posterm.cli.backup_cmd), when present
     host.add_command(restore)
 except ImportError:
     pass
+
+from posterm.cli.bdk_cmd import bdk as _bdk_group  # noqa: E402 - the HSM's BDK (crypto, issue 18)
+
+host.add_command(_bdk_group)
