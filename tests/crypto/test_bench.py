@@ -23,3 +23,7 @@ def test_crypto_bench_emits_every_figure(monkeypatch, capsys):
     assert all(x["bench"] == "crypto" and x["unit"] == "ops/s" for x in lines)
     check = calls[-1]
     assert check.match  # the PIN verified through the real pad and HSM
+    for bdk in ("aes128", "aes192", "aes256"):  # every BDK type and every working key type it may derive
+        assert {f"aes_dukpt_initial_key_{bdk}", f"aes_dukpt_transaction_key_{bdk}"} <= metrics
+    assert {"aes_dukpt_working_key_aes256_" + w for w in ("tdes2", "tdes3", "aes128", "aes192", "aes256")} <= metrics
+    assert "aes_dukpt_working_key_aes128_aes256" not in metrics   # X9.24-3 6.1.3 forbids it
