@@ -43,6 +43,7 @@ def main(argv: list[str]) -> int:
         emit("crypto", name, round(r), "ops/s", ratio_to_aes_block=round(base / r, 1))
     _key_types(secs, base, ksn)
     _modules(secs)
+    return 0
 
 
 def _key_types(secs: float, base: float, ksn: bytes) -> None:
@@ -75,7 +76,6 @@ def _key_types(secs: float, base: float, ksn: bytes) -> None:
             r = rate(lambda: c.aes_dukpt_working_key(tk, ksn, "pin", wk), secs)
             emit("crypto", f"aes_dukpt_working_key_{bdk_type}_{wk.name}", round(r), "ops/s",
                  ratio_to_aes_block=round(base / r, 1), aes_blocks=-(-wk.bits // 128))
-    return 0
 
 
 def _modules(secs: float) -> None:
