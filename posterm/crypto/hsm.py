@@ -152,11 +152,13 @@ class Hsm:
 
     def _aes_bdk(self, bdk_id: bytes) -> bytes:
         for attempt in (0, 1):
-            if bdk_id == self._bdk_id:
-                return self._bdk
+            # Retired first: a BDK is retired before another becomes current, and _bdk is set
+            # before _bdk_id, so a lookup racing a rotation never pairs an id with another key.
             key = self._retired.get(bdk_id)
             if key is not None:
                 return key
+            if bdk_id == self._bdk_id:
+                return self._bdk
             if attempt == 0 and not self._reload_if_changed():
                 break
         raise CryptoError("KSN names a BDK this HSM does not hold")
