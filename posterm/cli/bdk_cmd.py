@@ -30,6 +30,14 @@ def _hsm_errors(fn):
     return wrapper
 
 
+def _open_host(db_path: str | None):
+    # Host.open as `posterm host`'s other admin commands open it (no demo data); not through
+    # host_cmd, which registers this group (no import cycle).
+    from posterm.host import Host
+
+    return Host.open(db_path, demo=False)
+
+
 def _show(info: dict, as_json: bool) -> None:
     if as_json:
         emit_json(info)
@@ -49,9 +57,7 @@ def bdk() -> None:
 @_hsm_errors
 def status(as_json: bool, db_path: str | None) -> None:
     """The current BDK's id (the first 4 bytes of its KSNs), type and KCV. Never key bytes."""
-    from posterm.cli.host_cmd import open_host
-
-    h = open_host(db_path)
+    h = _open_host(db_path)
     try:
         _show(h.hsm.bdk_info(), as_json)
     finally:
@@ -68,9 +74,7 @@ def status(as_json: bool, db_path: str | None) -> None:
 def rotate(bdk_type: str, as_json: bool, db_path: str | None) -> None:
     """Make a fresh BDK of TYPE current. Terminals keep their keys (the old BDK is retired, not
     forgotten) until they load a new one: `posterm host terminal key T...` then `posterm keys load`."""
-    from posterm.cli.host_cmd import open_host
-
-    h = open_host(db_path)
+    h = _open_host(db_path)
     try:
         h.hsm.rotate_bdk(bdk_type)
         _show(h.hsm.bdk_info(), as_json)
