@@ -166,6 +166,10 @@ class SecureModule:
             alg = c.Algorithm.AES if header.algorithm == "A" else c.Algorithm.TDES
             if len(key) not in ((16, 24, 32) if alg is c.Algorithm.AES else (16, 24)):
                 raise CryptoError(f"key block says {alg.name} but holds a {len(key) * 8}-bit key")
+            if alg is c.Algorithm.AES and len(key) > len(self._kbpk):
+                # X9.24-1 / TR-31: a key travels under a key at least as strong as itself.
+                raise CryptoError(f"an AES-{len(key) * 8} key under an AES-{len(self._kbpk) * 8} key-block "
+                                  "protection key is weaker protected than it is strong: refused")
             # Anti-rollback: once a versioned key is loaded, an older version is refused.
             if (header.key_version.isdigit() and self._ik is not None and self._key_version.isdigit()
                     and int(header.key_version) < int(self._key_version)):

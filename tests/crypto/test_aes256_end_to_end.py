@@ -169,3 +169,16 @@ def test_aes256_key_loaded_by_tr31_into_an_emulated_terminal_then_a_pin_payment(
     # The pad's sealed state says what it holds: an AES-256 initial key (bits, never bytes).
     st = SecureModule(home / "terminals" / "T0000001" / "pinpad.sealed").status()
     assert st.key_bits == 256 and st.kcv.hex().upper() == issued["kcv"]
+
+
+def test_the_pad_refuses_an_aes256_key_under_a_weaker_kbpk():
+    ik = bytes(range(32))
+    kcv = c.kcv(ik, c.Algorithm.AES, 5).hex().upper()
+    header = c.TR31Header("D", 0, "B1", "A", "X", "01", "N", (("IK", "1234567890123456"), ("KC", "01" + kcv)))
+    sm = SecureModule()
+    sm.inject_kbpk(bytes(16))
+    with pytest.raises(CryptoError, match="weaker") as exc:
+        sm.load_key_block(c.tr31_wrap(bytes(16), header, ik))
+    assert ik.hex() not in str(exc.value).lower() and not sm.status().loaded
+    sm.inject_kbpk(bytes(32))
+    assert sm.load_key_block(c.tr31_wrap(bytes(32), header, ik)).key_bits == 256
