@@ -193,7 +193,8 @@ def test_a_refused_start_leaves_nothing_open(tmp_path):
         with pytest.raises(ConfigError, match="fault drop"):     # refused before anything opens
             EmulatedTerminal.start(home=tmp_path, protocol="zvt", listen=listen, faults="drop=2")
     assert ours() <= before     # no pty or database left open
-    assert runner._hosts == {}
+    # this test's host let go (another test on this xdist worker may hold its own, under its own home)
+    assert not [p for p in runner._hosts if str(p).startswith(str(tmp_path))]
 
 
 def _refusing_front():
@@ -557,7 +558,7 @@ def test_a_zvt_session_is_recorded_or_refused_in_one_line(tmp_path):
             EmulatedTerminal.start(home=tmp_path, protocol="zvt", record=tmp_path / "rec")
         from posterm.emulator import runner
 
-        assert runner._hosts == {}                 # the refused start let go of the host
+        assert not [p for p in runner._hosts if str(p).startswith(str(tmp_path))]   # the refused start let go of its host
         return
     with EmulatedTerminal.start(home=tmp_path, protocol="zvt", record=tmp_path / "rec") as emu:
         with _register(emu.port, tmp_path) as term:
