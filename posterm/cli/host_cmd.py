@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import csv
-import functools
-import io
-import json
 import signal
 import sys
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import click
@@ -23,8 +18,6 @@ from posterm.cli.common import (
     NOTE,
     ORDER_ID,
     TZ,
-    AmountType,
-    DatabaseFile,
     Directory,
     InputFile,
     IdType,
@@ -34,50 +27,18 @@ from posterm.cli.common import (
     TextType,
     emit_json,
     fail,
-    minor_units,
 )
 
-MONEY = AmountType(allow_zero=True)
-
-db_option = click.option("--db", "db_path", type=DatabaseFile(), default=None,
-                         help="Host database (default $POSTERM_HOME/host.db).")
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-
-
-def host_errors(fn: Callable) -> Callable:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kw: Any) -> Any:
-        from posterm.errors import PosError
-        from posterm.host import HostRefused
-
-        try:
-            return fn(*args, **kw)
-        except HostRefused as exc:
-            fail(str(exc), 1, bool(kw.get("as_json")))
-        except PosError as exc:
-            fail(f"{type(exc).__name__}: {exc}", EXIT_USAGE, bool(kw.get("as_json")))
-    return wrapper
-
-
-def open_host(db_path: str | None, demo: bool = False, **kw: Any):
-    """The host for one command. Only ``serve`` loads the demo data (see the group's help):
-    an administrative command on a new database must not fill it with demo accounts."""
-    from posterm.host import Host
-    from posterm.host.demo import seed
-
-    h = Host.open(db_path, demo=False, **kw)
-    if demo:
-        try:
-            seed(h.ctx)
-        except BaseException:
-            h.close()
-            raise
-    return h
-
-
-def money(amount, currency: str, param_hint: str = "amount") -> int:
-    """A decimal amount (from MONEY) in minor units of ``currency``: exponent and wire cap checked."""
-    return minor_units(MONEY.convert(amount, None, None), currency, param_hint, allow_zero=True)
+from posterm.cli.host_common import (  # noqa: F401 - shared with the host command modules
+    MONEY,
+    _iso_text,
+    _table,
+    db_option,
+    host_errors,
+    json_option,
+    money,
+    open_host,
+)
 
 
 @click.group()
@@ -691,35 +652,6 @@ def cases(as_json, db_path):
     _table(rows if as_json else [_iso_text(r) for r in rows], as_json, False)
 
 
-def _iso_text(row: dict) -> dict:
-    """For text output: each time shown as its ISO 8601 form (JSON keeps both fields)."""
-    out = dict(row)
-    for key in [k for k in out if k.endswith("_iso")]:
-        out[key[:-4]] = out.pop(key)
-    return out
-
-
-def _table(rows: list[dict], as_json: bool, as_csv: bool) -> None:
-    if as_json:
-        click.echo(json.dumps(rows, sort_keys=True))
-        return
-    if not rows:
-        click.echo("nothing")
-        return
-    if as_csv:
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-        click.echo(buf.getvalue(), nl=False)
-        return
-    cols = list(rows[0])
-    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols}
-    click.echo("  ".join(c.ljust(widths[c]) for c in cols))
-    for r in rows:
-        click.echo("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in cols))
-
-
 try:  # encrypted backups (posterm.cli.backup_cmd), when present
     from posterm.cli.backup_cmd import backup, restore
 
@@ -731,3 +663,25 @@ except ImportError:
 from posterm.cli.bdk_cmd import bdk as _bdk_group  # noqa: E402 - the HSM's BDK (crypto, issue 18)
 
 host.add_command(_bdk_group)
+
+# `posterm host` command groups kept in modules of their own. Each imports
+# posterm.cli.host_common (never this module) and offers ``register(host)``; a module not
+# present is skipped, so one piece cannot take the others down.
+HOST_COMMAND_MODULES = (
+    "posterm.cli.host_security",     # phone, verification, operators, webhooks, security view
+    "posterm.cli.host_backoffice",   # merchants, terminals, decisions, settlements, audit
+    "posterm.cli.host_notices",      # security notices
+    "posterm.cli.host_scale",        # database / workers helpers
+)
+
+
+def _register_modules() -> None:
+    import importlib
+    import importlib.util
+
+    for name in HOST_COMMAND_MODULES:
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name).register(host)
+
+
+_register_modules()
