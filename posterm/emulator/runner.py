@@ -162,6 +162,7 @@ class EmulatedTerminal:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self._stop = threading.Event()
+        self._closed = False
         self._refused: int | None = None    # the host's last logon refusal (logged once at error level)
         self.error: BaseException | None = None
         self.bytes_received = 0             # wire bytes ECR -> terminal (for the wire-bound benchmark)
@@ -372,9 +373,13 @@ class EmulatedTerminal:
         return self.hostlink.terminal_id
 
     def close(self) -> None:
-        """Stop both threads (bounded), close the port, the journal and an owned host."""
-        if self._stop.is_set():
+        """Stop both threads (bounded), close the port, the journal and an owned host.
+
+        Once only; a terminal whose threads were already told to stop (a simulated kill)
+        still lets go of its port, journal and its share of the embedded host."""
+        if self._closed:
             return
+        self._closed = True
         self._stop.set()
         self._calls.put(None)
         self._wake()

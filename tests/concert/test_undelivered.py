@@ -153,6 +153,9 @@ def test_terminal_restart_with_an_undelivered_approval(tmp_path):
         assert not emu.journal.get("U000000005").final
         ecr.close()
         emu._stop.set()                     # as a kill: no orderly end of the line loop's work
+    from posterm.emulator import runner
+
+    assert not [p for p in runner._hosts if str(p).startswith(str(tmp_path))]   # its host let go all the same
     with EmulatedTerminal.start(home=home, protocol="concert") as emu:
         assert_reversed(emu, "U000000005", before)
 
