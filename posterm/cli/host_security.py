@@ -6,6 +6,7 @@ options the key operations of `posterm host account ...` and `close-case` take
 from __future__ import annotations
 
 import re
+import sys
 from typing import Any, Callable
 
 import click
@@ -49,11 +50,10 @@ ID_NUMBER = TextType(64)
 
 def read_stdin_secret(what: str, hint: str) -> str:
     """One line from stdin (a hidden prompt on a terminal), without its newline. Never echoed."""
-    stream = click.get_text_stream("stdin")
-    if stream.isatty():
+    if sys.stdin.isatty():
         value = click.prompt(what, hide_input=True)
     else:
-        value = stream.readline(MAX_SECRET + 2).rstrip("\r\n")
+        value = sys.stdin.readline(MAX_SECRET + 2).rstrip("\r\n")
     if not value:
         raise click.BadParameter(f"no {what} on stdin", param_hint=hint)
     if len(value) > MAX_SECRET or any(ord(c) < 32 for c in value):
@@ -143,7 +143,7 @@ def phone_show(account_id, limit, as_json, db_path):
     if not rows:
         click.echo("inbox empty")
     for r in rows:
-        click.echo(f"{_iso_text(r)['created']}  #{r['id']} [{r['kind']}] {r['text']}")
+        click.echo(f"{r['created_at_iso']}  #{r['id']} [{r['kind']}] {r['text']}")
 
 
 @phone.command("send-code")

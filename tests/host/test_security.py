@@ -237,6 +237,7 @@ class Receiver:
 
     def __init__(self, secret_box: list, fail_first: int = 0) -> None:
         self.events: list[tuple[str, dict, bool]] = []
+        self.got = threading.Event()            # set at each POST received
         self.fail_first = fail_first
         outer = self
 
@@ -251,6 +252,7 @@ class Receiver:
                 self.send_response(500 if failing or not ok else 200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
+                outer.got.set()
 
             def log_message(self, *args):
                 pass
@@ -289,9 +291,11 @@ def test_alerts_reach_the_inbox_and_a_signed_webhook(host, term, receiver):
     pay(term, 60_000, host.issue_code("wes"), order="BIG-1")                  # large payment, first terminal
     host.set_password("wes", "135790", old=PW)                                # password change
     host.freeze("wes", True, "lost phone")                                    # freeze
-    assert alerts.deliver(host.ctx)["delivered"] >= 4
+    with pytest.raises(VerificationFailed):
+        host.freeze("wes", False, proof=CustomerProof("135790", "123456"))    # no code was sent: failed
+    assert alerts.deliver(host.ctx)["delivered"] >= 5
     kinds = {e[1]["kind"] for e in rx.events}
-    assert {"large_payment", "password_changed", "frozen", "risk:alert"} <= kinds
+    assert {"large_payment", "password_changed", "frozen", "risk:alert", "verification_failed"} <= kinds
     assert all(ok for _, _, ok in rx.events) and len({e[0] for e in rx.events}) == len(rx.events)
     inbox = " ".join(e["text"] for e in phone.inbox(host.ctx, "wes"))
     assert "[large_payment]" in inbox and "[frozen] lost phone" in inbox and "[password_changed]" in inbox
