@@ -29,6 +29,7 @@ from posterm.cli.common import (
     fail,
 )
 
+from posterm.cli.host_security import CODE6, proof_options, read_proof  # verification (the security centre)
 from posterm.cli.host_common import (  # noqa: F401 - shared with the host command modules
     MONEY,
     _iso_text,
@@ -118,6 +119,10 @@ def serve(listen, allow_remote, no_demo, risk_rules, outage_seconds, backup_ever
             server.close()
             h.close()
             raise
+    from posterm.host.alerts import Deliverer
+
+    deliverer = Deliverer(h.ctx)     # the alerts' webhooks, in the background
+    deliverer.start()
     click.echo(server.address, nl=True)
     if gateway_server is not None:
         click.echo(gateway_server.address, nl=True)
@@ -132,6 +137,7 @@ def serve(listen, allow_remote, no_demo, risk_rules, outage_seconds, backup_ever
     finally:
         if scheduler:
             scheduler.stop()
+        deliverer.stop()
         if gateway_server is not None:
             gateway_server.close()
         server.close()
@@ -246,18 +252,22 @@ def account_show(account_id, as_json, db_path):
 @click.option("--per-tx-limit", type=MONEY, default=None)
 @click.option("--daily-limit", type=MONEY, default=None)
 @click.option("--password-free", type=MONEY, default=None)
+@proof_options
 @db_option
 @host_errors
-def account_limits(account_id, per_tx_limit, daily_limit, password_free, db_path):
-    """Change an account's limits (decimal amounts in its currency)."""
+def account_limits(account_id, per_tx_limit, daily_limit, password_free, code, operator, password_stdin, db_path):
+    """Change an account's limits (decimal amounts in its currency). Lowering is free;
+    raising one needs --code (from `host phone send-code ACCOUNT --purpose set-limits`) with
+    the payment password on stdin, or --operator with the operator's password on stdin."""
+    proof = read_proof(code, operator, password_stdin)
+    if per_tx_limit is None and daily_limit is None and password_free is None:
+        raise click.UsageError("give at least one of --per-tx-limit, --daily-limit, --password-free")
     h = open_host(db_path)
     try:
         cur = h.account(account_id)["currency"]
         limits = {k: money(v, cur, "--" + k.replace("_", "-")) for k, v in (("per_tx_limit", per_tx_limit), ("daily_limit", daily_limit),
                                                 ("password_free", password_free)) if v is not None}
-        if not limits:
-            raise click.UsageError("give at least one of --per-tx-limit, --daily-limit, --password-free")
-        h.set_limits(account_id, **limits)
+        h.set_limits(account_id, proof, **limits)
     finally:
         h.close()
     click.echo("limits updated")
@@ -270,15 +280,30 @@ def account_limits(account_id, per_tx_limit, daily_limit, password_free, db_path
 @click.option("--real-name/--no-real-name", default=None, help="Real-name verification status.")
 @click.option("--confirm", type=click.Choice(["pin", "phone"]), default=None,
               help="How the customer confirms a payment above the password-free threshold.")
+@click.option("--prefer", type=click.Choice(["code", "biometric"]), default=None,
+              help="Two-factor payments: confirmed with a code from the phone or a biometric approval on it.")
+@click.option("--large-payment", type=MONEY, default=None,
+              help="Alert the customer of every payment of at least this amount (0: never).")
+@proof_options
 @db_option
 @host_errors
-def account_security(account_id, two_factor, real_name, confirm, db_path):
-    """Change an account's security settings (shown by `posterm host security`)."""
-    if two_factor is None and real_name is None and confirm is None:
-        raise click.UsageError("give at least one of --two-factor/--no-two-factor, --real-name/--no-real-name, --confirm")
+def account_security(account_id, two_factor, real_name, confirm, prefer, large_payment, code, operator, password_stdin,
+                     db_path):
+    """Change an account's security settings (shown by `posterm host security`).
+
+    Turning two-factor off (code purpose two-factor-off) and changing --confirm or --prefer
+    (purpose confirm-pref) need --code with the payment password on stdin, or --operator
+    with the operator's password on stdin; the rest is free."""
+    proof = read_proof(code, operator, password_stdin)
+    if two_factor is None and real_name is None and confirm is None and prefer is None and large_payment is None:
+        raise click.UsageError("give at least one of --two-factor/--no-two-factor, --real-name/--no-real-name, "
+                               "--confirm, --prefer, --large-payment")
     h = open_host(db_path)
     try:
-        h.set_flags(account_id, two_factor=two_factor, real_name=real_name, confirm=confirm)
+        large = None if large_payment is None else money(large_payment, h.account(account_id)["currency"],
+                                                         "--large-payment")
+        h.set_flags(account_id, two_factor=two_factor, real_name=real_name, confirm=confirm, confirm_pref=prefer,
+                    large_payment=large, proof=proof)
     finally:
         h.close()
     click.echo("security settings updated")
@@ -317,39 +342,19 @@ def account_freeze(account_id, why, db_path):
 
 @account.command("unfreeze")
 @click.argument("account_id", type=ID32)
+@proof_options
 @db_option
 @host_errors
-def account_unfreeze(account_id, db_path):
-    """Unfreeze an account."""
+def account_unfreeze(account_id, code, operator, password_stdin, db_path):
+    """Unfreeze an account: needs --code (purpose unfreeze) with the payment password on
+    stdin, or --operator with the operator's password on stdin."""
+    proof = read_proof(code, operator, password_stdin)
     h = open_host(db_path)
     try:
-        h.freeze(account_id, False)
+        h.freeze(account_id, False, proof=proof)
     finally:
         h.close()
     click.echo(f"{account_id} unfrozen")
-
-
-@host.command()
-@click.argument("account_id", type=ID32)
-@json_option
-@db_option
-@host_errors
-def security(account_id, as_json, db_path):
-    """The account security centre: real-name, password, two-factor, limits, alerts, frozen."""
-    h = open_host(db_path)
-    try:
-        s = h.security(account_id)
-    finally:
-        h.close()
-    if as_json:
-        emit_json(s)
-        return
-    for k, v in s.items():
-        if k not in ("recent_alerts", "open_cases"):
-            click.echo(f"{k:<22} {v}")
-    click.echo("recent alerts:" if s["recent_alerts"] else "recent alerts: none")
-    for a in s["recent_alerts"]:
-        click.echo(f"  [{a['kind']}] {a['text']}")
 
 
 @host.group()
@@ -562,13 +567,18 @@ def wallet_scan(qr_data, account_id, db_path):
 @wallet.command("confirm")
 @click.argument("order_id", type=ORDER_ID)
 @click.option("--merchant", type=ID32, default="M100000001", show_default=True)
+@click.option("--code", type=CODE6, default=None,
+              help="Two-factor: the verification code the phone received for this payment.")
 @db_option
 @host_errors
-def wallet_confirm(order_id, merchant, db_path):
-    """Confirm a payment waiting for the customer's phone."""
+def wallet_confirm(order_id, merchant, code, db_path):
+    """Confirm a payment waiting for the customer's phone. A two-factor account's payment
+    needs --code (see `posterm host phone ACCOUNT`): a wrong one counts, the fifth kills it
+    and declines the payment; an account preferring biometric approval uses `host phone
+    approve` instead."""
     h = open_host(db_path)
     try:
-        click.echo(h.wallet_confirm(order_id, merchant).lower())
+        click.echo(h.wallet_confirm(order_id, merchant, code).lower())
     finally:
         h.close()
 
@@ -626,13 +636,17 @@ def report(trade, reason, db_path):
 @click.argument("case_id", type=IntType(1, 2**63 - 1))
 @click.option("--resolution", type=NOTE, required=True, help="What the review found (kept with the case).")
 @click.option("--unfreeze", is_flag=True, help="Also lift the account's freeze (refused while another case is open).")
+@proof_options
 @db_option
 @host_errors
-def close_case(case_id, resolution, unfreeze, db_path):
-    """Close case CASE_ID after review (see `posterm host cases`)."""
+def close_case(case_id, resolution, unfreeze, code, operator, password_stdin, db_path):
+    """Close case CASE_ID after review (see `posterm host cases`). With --unfreeze, the
+    account's verification is needed: --code (purpose unfreeze) with the payment password on
+    stdin, or --operator with the operator's password on stdin."""
+    proof = read_proof(code, operator, password_stdin)
     h = open_host(db_path)
     try:
-        h.close_case(case_id, resolution, unfreeze=unfreeze)
+        h.close_case(case_id, resolution, unfreeze=unfreeze, proof=proof)
     finally:
         h.close()
     click.echo(f"case {case_id} closed" + ("; the account is unfrozen" if unfreeze else ""))

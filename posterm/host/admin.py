@@ -15,8 +15,10 @@ from zoneinfo import ZoneInfo
 
 from firmware_protocol.native.messages import MAX_AMOUNT_MINOR, Reason
 
-from posterm.host import ledger
-from posterm.host.context import HostContext, HostRefused, require_account
+from posterm.host import ledger, phone
+from posterm.host import security as sec
+from posterm.host.context import HostContext, HostRefused, iso_time, require_account
+from posterm.host.security import view as security_view
 from posterm.host.store import check_ledger
 
 CODE_TTL_S = 60.0
@@ -45,11 +47,6 @@ class TradeView:
                 "reason": Reason(self.reason).name.lower() if self.reason in Reason._value2member_map_ else self.reason,
                 "refunded_minor": self.refunded_minor,
                 "created_at": iso_time(self.created_at)}
-
-
-def iso_time(ts: float) -> str:
-    """``ts`` (epoch seconds) as ISO 8601 in the machine's time zone, with its offset, to the second."""
-    return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
 
 
 def _minor_units(v: Any) -> bool:
@@ -122,16 +119,22 @@ def account(ctx: HostContext, account_id: str) -> dict[str, Any]:
     return out
 
 
-def set_limits(ctx: HostContext, account_id: str, **limits: int) -> None:
+def set_limits(ctx: HostContext, account_id: str, proof: sec.Proof | None = None, **limits: int) -> None:
+    """Change the account's limits. Raising any (the password-free threshold too) is a key
+    operation: it needs ``proof`` (:func:`posterm.host.security.guarded`); lowering is free."""
     allowed = {"per_tx_limit", "daily_limit", "password_free"}
     if not limits or set(limits) - allowed:
         raise HostRefused(f"limits are {sorted(allowed)}")
-    with ctx.store.transaction() as tx:
-        require_account(tx, account_id)
+    for k, v in limits.items():
+        if not _minor_units(v):
+            raise HostRefused(f"{k} must be a whole number of minor units, 0 to {MAX_AMOUNT_MINOR}")
+
+    def change(tx, acct) -> None:
         for k, v in limits.items():
-            if not _minor_units(v):
-                raise HostRefused(f"{k} must be a whole number of minor units, 0 to {MAX_AMOUNT_MINOR}")
             tx.set_account(account_id, k, v)
+
+    sec.guarded(ctx, account_id, "raise-limits", proof, change,
+                     needed=lambda acct: any(v > acct[k] for k, v in limits.items()))
 
 
 def set_password(ctx: HostContext, account_id: str, new: str, old: str | None = None) -> None:
@@ -144,41 +147,64 @@ def set_password(ctx: HostContext, account_id: str, new: str, old: str | None = 
             if not old or not check_verifier(old, row["verifier"]):
                 raise HostRefused("the old payment password is wrong")
         tx.set_verifier(account_id, ctx.hsm.payment_verifier(new))
+        ctx.alert(tx, account_id, "password_changed", "payment password changed")
 
 
-def freeze(ctx: HostContext, account_id: str, frozen: bool = True, why: str = "") -> None:
-    with ctx.store.transaction() as tx:
-        require_account(tx, account_id)
+def freeze(ctx: HostContext, account_id: str, frozen: bool = True, why: str = "",
+           proof: sec.Proof | None = None) -> None:
+    """Freeze (free) or unfreeze the account; unfreezing a frozen account needs ``proof``."""
+    def change(tx, acct) -> None:
         tx.set_account(account_id, "frozen", frozen)
         ctx.alert(tx, account_id, "frozen" if frozen else "unfrozen",
                   why or ("account frozen" if frozen else "account unfrozen"))
 
+    sec.guarded(ctx, account_id, "freeze" if frozen else "unfreeze", proof, change,
+                     needed=lambda acct: not frozen and bool(acct["frozen"]))
+
 
 def set_flags(ctx: HostContext, account_id: str, *, real_name: bool | None = None, two_factor: bool | None = None,
-              confirm: str | None = None) -> None:
-    with ctx.store.transaction() as tx:
-        require_account(tx, account_id)
+              confirm: str | None = None, confirm_pref: str | None = None, large_payment: int | None = None,
+              proof: sec.Proof | None = None) -> None:
+    """Change security settings. Turning two-factor off, or changing how payments are
+    confirmed (``confirm`` pin|phone, ``confirm_pref`` code|biometric), needs ``proof``
+    (verified for ``two-factor-off`` when that is among the changes, else ``confirm-pref``);
+    turning it on and the large-payment alert threshold (``large_payment`` minor units, 0:
+    off) are free."""
+    if confirm is not None and confirm not in ("pin", "phone"):
+        raise HostRefused("confirmation is 'pin' or 'phone'")
+    if confirm_pref is not None and confirm_pref not in phone.PREFERENCES:
+        raise HostRefused("the preferred confirmation is 'code' or 'biometric'")
+    if large_payment is not None and not _minor_units(large_payment):
+        raise HostRefused(f"the large-payment threshold is whole minor units, 0 to {MAX_AMOUNT_MINOR}")
+
+    def change(tx, acct) -> None:
         if real_name is not None:
             tx.set_account(account_id, "real_name", bool(real_name))
         if two_factor is not None:
             tx.set_account(account_id, "two_factor", bool(two_factor))
         if confirm is not None:
-            if confirm not in ("pin", "phone"):
-                raise HostRefused("confirmation is 'pin' or 'phone'")
             tx.set_account(account_id, "confirm", confirm)
+        if confirm_pref is not None:
+            tx.set_account(account_id, "confirm_pref", confirm_pref)
+        if large_payment is not None:
+            tx.set_account(account_id, "large_payment", large_payment or None)
+
+    def lowers(acct) -> bool:
+        return bool((two_factor is False and acct["two_factor"]) or (confirm is not None and confirm != acct["confirm"])
+                    or (confirm_pref is not None and confirm_pref != phone.preference(acct)))
+
+    view = ctx.store.view().account(account_id)
+    off = two_factor is False and view is not None and bool(view["two_factor"])
+    action = "two-factor-off" if off else "confirm-pref" if confirm or confirm_pref else "set-security"
+    sec.guarded(ctx, account_id, action, proof, change, needed=lowers)
 
 
 def security(ctx: HostContext, account_id: str) -> dict[str, Any]:
-    """The account security centre."""
-    acct = account(ctx, account_id)
-    view = ctx.store.view()
-    return {"account": account_id, "real_name_verified": bool(acct["real_name"]),
-            "payment_password_set": acct["password_set"], "two_factor": bool(acct["two_factor"]),
-            "per_tx_limit_minor": acct["per_tx_limit"], "daily_limit_minor": acct["daily_limit"],
-            "password_free_minor": acct["password_free"], "currency": acct["currency"],
-            "frozen": bool(acct["frozen"]), "pin_locked": acct["pin_tries"] >= 3,
-            "recent_alerts": view.recent_alerts(account_id, 10),
-            "open_cases": view.open_cases_of(account_id)}
+    """The account security centre: :func:`posterm.host.security.view`."""
+    try:
+        return security_view(ctx, account_id)
+    except HostRefused:
+        raise HostRefused(f"no account {account_id}") from None
 
 
 def issue_code(ctx: HostContext, account_id: str) -> str:
@@ -213,13 +239,16 @@ def report(ctx: HostContext, trade_no: str, reason: str) -> int:
         return case_id
 
 
-def close_case(ctx: HostContext, case_id: int, resolution: str, *, unfreeze: bool = False) -> None:
+def close_case(ctx: HostContext, case_id: int, resolution: str, *, unfreeze: bool = False,
+               proof: sec.Proof | None = None) -> None:
     """Close an open case with its resolution; ``unfreeze``: also lift the account's freeze
-    (only when no other case on that account is still open). Raises HostRefused."""
+    (only when no other case on that account is still open), a key operation that needs
+    ``proof`` when the account is frozen. Raises HostRefused."""
     resolution = resolution.strip()
     if not resolution:
         raise HostRefused("a case is closed with a resolution")
-    with ctx.store.transaction() as tx:
+
+    def change(tx, acct_row) -> None:
         c = tx.case(case_id)
         if c is None:
             raise HostRefused(f"no case {case_id}")
@@ -236,6 +265,14 @@ def close_case(ctx: HostContext, case_id: int, resolution: str, *, unfreeze: boo
                 raise HostRefused(f"account {acct} has {still_open} other open case(s): it stays frozen")
             tx.set_account(acct, "frozen", False)
             ctx.alert(tx, acct, "unfrozen", f"case {case_id} closed: {resolution}")
+
+    c = ctx.store.view().case(case_id)
+    if c is None or not c["account_id"] or not unfreeze:
+        with ctx.store.transaction() as tx:
+            change(tx, None)
+        return
+    sec.guarded(ctx, c["account_id"], "close-case-unfreeze", proof, change,
+                     needed=lambda acct: bool(acct["frozen"]))
 
 
 def cases(ctx: HostContext) -> list[dict[str, Any]]:

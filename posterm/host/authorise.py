@@ -20,7 +20,7 @@ from firmware_protocol.host import messages as h
 from firmware_protocol.host.messages import HostErrorCode, pin_pan
 from firmware_protocol.native.messages import Reason
 
-from posterm.host import ledger, risk
+from posterm.host import ledger, phone, risk
 from posterm.host.context import HostContext, require_account
 from posterm.host.orders import answer, foreign, not_found, trade_for
 from posterm.host.signing import ksn_fresh, ksn_parts
@@ -190,6 +190,7 @@ def pin(ctx: HostContext, msg: h.PinVerify) -> h.HostMessage:
                 # Two-factor: the payment password is one factor, the phone bound to the
                 # account the other; the payment waits for the customer's confirmation there.
                 tx.ask_customer(t["trade_no"], "WAIT_BUYER", now)
+                phone.ask_payment(ctx, tx, acct, t)     # a code or an approval request, per preference
                 return answer(tx, t["trade_no"])
             ledger.capture(ctx, tx, t["trade_no"])
             return answer(tx, t["trade_no"])
@@ -241,4 +242,6 @@ def query(ctx: HostContext, terminal_id: str, order_id: str) -> h.HostMessage:
             acct = require_account(tx, t["account_id"])
             if ctx.behaviour(acct).phone_confirms and now - (t["asked_at"] or now) >= ctx.phone_delay:
                 ledger.capture(ctx, tx, t["trade_no"])
+            elif acct["two_factor"]:
+                phone.expire_payment(ctx, tx, t)        # its code or approval request expired: declined
         return answer(tx, t["trade_no"])

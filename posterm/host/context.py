@@ -15,11 +15,13 @@ phone by themselves, lose the answer in an outage, be rejected by risk control).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Callable, Mapping
 
 from posterm.crypto.hsm import Hsm
 from posterm.errors import PosError
 from posterm.host import risk
+from posterm.host.security_keys import SecurityKeys
 from posterm.host.store import Store, Tx
 from posterm.host.store.queries import Row
 
@@ -55,7 +57,8 @@ UNKNOWN_SCRIPT = Behaviour(risk=risk.Decision("allow", ()))
 @dataclass(slots=True)
 class HostContext:
     """The host's parts, shared by its service modules. ``outage_until``: terminal id ->
-    the clock time until which the host stays silent to it (in memory, like sessions)."""
+    the clock time until which the host stays silent to it (in memory, like sessions).
+    ``keys``: the security centre's keys (codes' MAC, the inbox's and webhooks' seal)."""
 
     store: Store
     hsm: Hsm
@@ -66,6 +69,10 @@ class HostContext:
     phone_delay: float = 2.0
     reserved_code_prefixes: tuple[str, ...] = ()
     outage_until: dict[str, float] = field(default_factory=dict)
+    keys: SecurityKeys = field(default_factory=SecurityKeys.ephemeral)
+    # how an alert reaches the customer (the Host sets posterm.host.alerts.fan_out: alerts
+    # imports this module, so it is handed in rather than imported); None: the alerts row only
+    fan_out: Callable[..., None] | None = None
 
     def behaviour(self, acct: Row) -> Behaviour:
         """The :class:`Behaviour` of account row ``acct``."""
@@ -75,8 +82,18 @@ class HostContext:
         return self.behaviours.get(name, UNKNOWN_SCRIPT)
 
     def alert(self, tx: Tx, account_id: str, kind: str, text: str) -> None:
-        """Tell the account holder (the security centre's alerts)."""
-        tx.alert(account_id, kind, text[:200], self.clock())
+        """Tell the account holder: an alerts row, an entry in the phone's inbox and, when the
+        account set one, a signed webhook queued in the outbox
+        (``fan_out``: :func:`posterm.host.alerts.fan_out`), all in ``tx``."""
+        if self.fan_out is None:
+            tx.alert(account_id, kind, text[:200], self.clock())
+        else:
+            self.fan_out(self, tx, account_id, kind, text[:200])
+
+
+def iso_time(ts: float) -> str:
+    """``ts`` (epoch seconds) as ISO 8601 in the machine's time zone, with its offset, to the second."""
+    return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
 
 
 def require_account(tx: Tx, account_id: str) -> Row:

@@ -8,6 +8,7 @@ most once: :func:`capture` of a trade already final does nothing.
 
 from __future__ import annotations
 
+from firmware_protocol.currency import CURRENCIES
 from firmware_protocol.native.messages import Reason
 
 from posterm.host.context import HostContext, require_account
@@ -61,6 +62,16 @@ def capture_trade(ctx: HostContext, tx: Tx, trade_no: str, merchant_id: str, amo
     now = ctx.clock()
     tx.approve_trade(trade_no, now)
     add_spent(tx, acct["id"], now, amount, acct["tz"])
+    if acct["large_payment"] is not None and amount >= acct["large_payment"]:   # the customer's own threshold
+        ctx.alert(tx, acct["id"], "large_payment", f"payment of {display(amount, currency)} to merchant {merchant_id} "
+                  f"(trade {trade_no})")
+
+
+def display(minor: int, currency: str) -> str:
+    """``minor`` units of ``currency`` as a person reads them (``1500.00 CNY``, ``200 JPY``)."""
+    exp = CURRENCIES.get(currency, (0, 2))[1]
+    sign, minor = ("-", -minor) if minor < 0 else ("", minor)
+    return f"{sign}{minor // 10 ** exp}.{minor % 10 ** exp:0{exp}d} {currency}" if exp else f"{sign}{minor} {currency}"
 
 
 def decline(tx: Tx, trade_no: str, reason: int, text: str) -> None:

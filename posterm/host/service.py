@@ -30,9 +30,10 @@ from firmware_protocol.native.tlv import encode as tlv_encode
 
 from posterm.crypto.hsm import Hsm
 from posterm.errors import PosTimeout
-from posterm.host import admin, after_sales, authorise, demo, risk, settlement, wallet
+from posterm.host import admin, after_sales, alerts, authorise, demo, risk, settlement, wallet
 from posterm.host.context import Behaviour, HostContext, HostRefused
 from posterm.host.logon import Sessions
+from posterm.host.security_keys import SecurityKeys
 from posterm.host.signing import ksn_fresh, request_mac_ok, sign
 from posterm.host.store import Store
 
@@ -56,11 +57,13 @@ class Host:
 
     def __init__(self, store: Store, hsm: Hsm, *, clock: Callable[[], float] = time.time,
                  rules: dict | None = None, outage_seconds: float = 30.0, phone_delay: float = 2.0,
-                 behaviours: Mapping[str, Behaviour] | None = None) -> None:
+                 behaviours: Mapping[str, Behaviour] | None = None, security_keys: SecurityKeys | None = None) -> None:
         self.ctx = HostContext(store=store, hsm=hsm, clock=clock, rules=risk.load_rules(rules),
                                behaviours=demo.BEHAVIOURS if behaviours is None else behaviours,
                                outage_seconds=outage_seconds, phone_delay=phone_delay,
-                               reserved_code_prefixes=(demo.TEST_CODE_RANGE,))
+                               reserved_code_prefixes=(demo.TEST_CODE_RANGE,),
+                               keys=security_keys if security_keys is not None else SecurityKeys.ephemeral(),
+                               fan_out=alerts.fan_out)
         self.sessions = Sessions()
         self.require_logon = True
 
@@ -85,7 +88,10 @@ class Host:
             # Key material: the directory is the owner's alone whatever the umask (the sealed
             # files in it are 0600 too); one that exists is tightened, a symlink refused.
             hsm = Hsm.open(private_dir(path.parent / "hsm", own=True))
-        host = cls(store, hsm, clock=clock, rules=rules, outage_seconds=outage_seconds, phone_delay=phone_delay)
+        # The security centre's keys (code MACs, the inbox's seal) beside the HSM's, sealed alike.
+        keys = SecurityKeys.open(private_dir(path.parent / "hsm", own=True))
+        host = cls(store, hsm, clock=clock, rules=rules, outage_seconds=outage_seconds, phone_delay=phone_delay,
+                   security_keys=keys)
         if demo:
             seed(host.ctx)
         return host
@@ -162,9 +168,9 @@ class Host:
     wallet_scan = _on_ctx(wallet.scan)
     account_for_code = _on_ctx(wallet.account_for_code)
 
-    def wallet_confirm(self, order_id: str, merchant_id: str = demo.DEMO_MERCHANT) -> str:
+    def wallet_confirm(self, order_id: str, merchant_id: str = demo.DEMO_MERCHANT, code: str | None = None) -> str:
         """See :func:`posterm.host.wallet.confirm` (merchant: the demo's by default)."""
-        return wallet.confirm(self.ctx, order_id, merchant_id)
+        return wallet.confirm(self.ctx, order_id, merchant_id, code)
 
     # ------------------------------------------------------------------ the message interface
 

@@ -3,7 +3,7 @@ find the account a payment code belongs to."""
 
 from __future__ import annotations
 
-from posterm.host import ledger
+from posterm.host import ledger, phone
 from posterm.host.authorise import checks
 from posterm.host.context import HostContext, HostRefused, require_account
 
@@ -37,12 +37,26 @@ def account_for_code(ctx: HostContext, code: str) -> str:
     return row["account_id"]
 
 
-def confirm(ctx: HostContext, order_id: str, merchant_id: str) -> str:
-    """The customer confirms the merchant's order waiting on the phone. Returns its status."""
+def confirm(ctx: HostContext, order_id: str, merchant_id: str, code: str | None = None) -> str:
+    """The customer confirms the merchant's order waiting on the phone. Returns its status.
+
+    A two-factor account's payment needs ``code``, the verification code its phone received
+    (:func:`posterm.host.phone.confirm_payment`: a wrong one is counted, the fifth kills it
+    and declines the payment); one that prefers biometric approval is approved with
+    ``posterm host phone approve`` instead. Raises HostRefused saying why it was not
+    confirmed (what it changed, a try counted, stays committed)."""
+    refused = None
     with ctx.store.transaction() as tx:
         t = tx.trade_by_order(merchant_id, order_id)
         if t is None:
             raise HostRefused(f"no order {order_id}")
         if t["status"] == "WAIT_BUYER":
-            ledger.capture(ctx, tx, t["trade_no"])
-        return tx.trade_status(t["trade_no"])
+            acct = tx.account(t["account_id"]) if t["account_id"] else None
+            if acct is not None and acct["two_factor"]:
+                refused = phone.confirm_payment(ctx, tx, acct, t, code)
+            else:
+                ledger.capture(ctx, tx, t["trade_no"])
+        status = tx.trade_status(t["trade_no"])
+    if refused is not None:
+        raise HostRefused(refused if status == "WAIT_BUYER" else f"{refused}; the payment is {status.lower()}")
+    return status

@@ -262,6 +262,12 @@ def good_value(path: tuple[str, ...], param: click.Parameter, cat: str | None, f
         return "posterm://pay?o=ORDER-1"
     if name == "case_id":
         return "1"
+    if name == "url" and path[:2] == ("host", "webhook"):
+        return "http://127.0.0.1:9/hook"       # a loopback webhook (posterm host webhook set)
+    if name == "code" and path[0] == "host":
+        return "123456"                        # a verification code from the phone
+    if name == "id_number":
+        return "11010519491231002X"
     if name in ("file", "scenario", "risk_rules"):
         return None
     if name == "dests":
@@ -363,9 +369,15 @@ def cases_for(path: tuple[str, ...], cmd: click.Command, f: Files) -> list[Case]
             continue
         for value, code in bad_values(cat, f):
             argv_pos = [a for a in good_args(path, cmd, p, f)]
-            # options before the bad one, arguments after "--" when needed
-            argv = list(path) + place(cmd, p, value) + argv_pos if not isinstance(p, click.Argument) \
-                else list(path) + argv_pos + place(cmd, p, value)
+            # options before the bad one; a bad argument in its own place among the others
+            # (after "--" when needed)
+            if isinstance(p, click.Argument):
+                arguments = [q for q in cmd.params if isinstance(q, click.Argument)]
+                before = arguments.index(p)
+                at = len(argv_pos) - (len(arguments) - 1) + before
+                argv = list(path) + argv_pos[:at] + place(cmd, p, value) + argv_pos[at:]
+            else:
+                argv = list(path) + place(cmd, p, value) + argv_pos
             names = param_names(p) + ((value,) if cat in ("database", "infile", "toml", "outfile", "dir", "port")
                                       and value else ())
             if code == 4:  # nobody answers: either port may be the one named

@@ -163,3 +163,32 @@ def test_an_unexpected_exception_is_one_line_unless_debugging(debug, tmp_path):
         assert "Traceback" in p.stderr and "RuntimeError" in p.stderr
     else:
         assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------ the security centre (issue 17)
+
+@pytest.mark.parametrize("argv,stdin,names", [
+    (["host", "webhook", "set", "ORDER-1", "https://127.0.0.1/x"], "", ("URL",)),
+    (["host", "webhook", "set", "ORDER-1", "http://example.com/x"], "", ("URL",)),
+    (["host", "webhook", "set", "ORDER-1", "http://10.0.0.1/x"], "", ("URL",)),
+    (["host", "account", "set-limits", "ORDER-1", "--daily-limit", "1", "--code", "12345", "--password-stdin"],
+     "135790\n", ("--code",)),
+    (["host", "account", "set-limits", "ORDER-1", "--daily-limit", "1", "--code", "123456"], "", ("--password-stdin",)),
+    (["host", "account", "unfreeze", "ORDER-1", "--code", "123456", "--operator", "sup", "--password-stdin"],
+     "x\n", ("--code", "--operator")),
+    (["host", "account", "unfreeze", "ORDER-1", "--code", "123456", "--password-stdin"], "12ab56\n", ("password",)),
+    (["host", "account", "unfreeze", "ORDER-1", "--operator", "sup", "--password-stdin"], "", ("password",)),
+    (["host", "account", "reset-password", "ORDER-1", "--id-number", "12345", "--code", "123456"], "135790\n",
+     ("--id-number",)),
+    (["host", "account", "reset-password", "ORDER-1", "--id-number", "11010519491231002X", "--code", "123456"],
+     "1111\n", ("password", "stdin")),
+    (["host", "phone", "send-code", "ORDER-1", "--purpose", "payment"], "", ("--purpose",)),
+    (["host", "phone", "approve", "ORDER-1", "0"], "", ("REQUEST_ID",)),
+    (["host", "operator", "add", "sup"], "short\n", ("password", "stdin")),
+    (["host", "wallet", "confirm", "ORDER-1", "--code", "abcdef"], "", ("--code",)),
+    (["host", "account", "set-security", "ORDER-1", "--large-payment", "-1"], "", ("--large-payment",)),
+])
+def test_security_centre_bad_inputs(argv, stdin, names, tmp_path, monkeypatch):
+    case = sweep.Case(argv, 2, names, secret=stdin.strip() if len(stdin.strip()) > 1 else None, stdin=stdin)
+    failures = run_cases([case], tmp_path, monkeypatch)
+    assert not failures, failures

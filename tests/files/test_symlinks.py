@@ -100,6 +100,9 @@ CASES: list[tuple[str, str, Callable[[Path], None]]] = [
     ("hsm", "dir", _host),
     ("hsm/hsm.keys", "file", _host),
     ("hsm/hsm.keys.devkey", "file", _host),
+    ("hsm/security.keys", "file", _host),           # the security centre's keys (code MAC, seals)
+    ("hsm/security.keys.devkey", "file", _host),
+    ("hsm/security.keys.lock", "file", _host),
     ("driver-journal.db", "file", _driver_journal),
     ("driver-journal.db-wal", "file", _driver_journal),
     ("terminals/T0000001/journal.db", "file", _terminal_journal),

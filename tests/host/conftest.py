@@ -50,3 +50,15 @@ def host(tmp_path, clock):
 @pytest.fixture
 def term(host):
     return terminal(host)
+
+
+SUPPORT_PASSWORD = "support-password-1"
+
+
+def support(host: Host, name: str = "support"):
+    """Support staff's verification for a key operation (the operator is added once per host)."""
+    from posterm.host import security
+
+    if host.store.view().operator(name) is None:
+        security.add_operator(host.ctx, name, SUPPORT_PASSWORD)
+    return security.OperatorProof(name, SUPPORT_PASSWORD)

@@ -28,7 +28,11 @@ def test_account_lifecycle(tmp_path):
     assert run(db, "account", "freeze", "erin")[0] == 0
     assert json.loads(run(db, "security", "erin", "--json")[1])["frozen"]
     assert run(db, "wallet", "code", "erin")[0] == 1  # frozen: no codes
-    assert run(db, "account", "unfreeze", "erin")[0] == 0
+    assert run(db, "account", "unfreeze", "erin")[0] == 1        # a key operation: verification needed
+    assert run(db, "operator", "add", "sup", input="support-pass-1\n")[0] == 0
+    code, out = run(db, "account", "unfreeze", "erin", "--operator", "sup", "--password-stdin",
+                    input="support-pass-1\n")
+    assert code == 0, out
     code, out = run(db, "wallet", "code", "erin")
     assert code == 0 and len(out.strip()) == 18
     code, out = run(db, "account", "add", "erin", "--name", "Again")
@@ -127,7 +131,9 @@ def test_text_output_prints_times_as_iso_8601_with_offset(tmp_path, monkeypatch)
         assert isinstance(acct["created_at"], float) and re.fullmatch(ISO, acct["created_at_iso"])
         trade = json.loads(run(db, "trades", "--json")[1])[0]
         assert re.fullmatch(ISO, trade["created_at"])                         # trades' JSON was ISO already
-        code, out = run(db, "close-case", str(case["id"]), "--resolution", "reviewed", "--unfreeze")
+        assert run(db, "operator", "add", "sup", input="support-pass-1\n")[0] == 0
+        code, out = run(db, "close-case", str(case["id"]), "--resolution", "reviewed", "--unfreeze",
+                        "--operator", "sup", "--password-stdin", input="support-pass-1\n")
         assert code == 0 and "unfrozen" in out, out
         code, out = run(db, "cases")
         assert "closed" in out and "reviewed" in out and not re.search(r"\b1[0-9]{9}\.[0-9]+", out), out
@@ -138,10 +144,18 @@ def test_text_output_prints_times_as_iso_8601_with_offset(tmp_path, monkeypatch)
 
 def test_account_set_security_turns_two_factor_on_and_off(tmp_path):
     db = tmp_path / "host.db"
-    assert run(db, "account", "add", "zed", "--name", "Zed", "--balance", "100.00")[0] == 0
+    assert run(db, "account", "add", "zed", "--name", "Zed", "--balance", "100.00", "--set-password",
+               input="135790\n135790\n")[0] == 0
     code, out = run(db, "account", "set-security", "zed", "--two-factor", "--confirm", "phone")
-    assert code == 0, out
+    assert code == 1 and "verification" in out, out                     # changing --confirm: verified
+    assert run(db, "account", "set-security", "zed", "--two-factor")[0] == 0    # turning it on: free
     assert json.loads(run(db, "security", "zed", "--json")[1])["two_factor"] is True
-    assert run(db, "account", "set-security", "zed", "--no-two-factor")[0] == 0
+    code, out = run(db, "account", "set-security", "zed", "--no-two-factor")
+    assert code == 1 and "send-code zed --purpose two-factor-off" in out, out
+    assert run(db, "phone", "send-code", "zed", "--purpose", "two-factor-off")[0] == 0
+    sms = json.loads(run(db, "phone", "zed", "--json")[1])[0]["text"]
+    code, out = run(db, "account", "set-security", "zed", "--no-two-factor", "--code", sms.split("code ")[1][:6],
+                    "--password-stdin", input="135790\n")
+    assert code == 0, out
     assert json.loads(run(db, "security", "zed", "--json")[1])["two_factor"] is False
     assert run(db, "account", "set-security", "zed")[0] == 2          # nothing to change: a usage error

@@ -13,8 +13,8 @@ from firmware_protocol.host import messages as h
 from firmware_protocol.host.messages import HostStatus as S, pin_pan
 from firmware_protocol.native.messages import Outcome, Reason, Totals
 from posterm.errors import PosTimeout
-from posterm.host import Host, HostRefused
-from tests.host.conftest import CODE, PIN, terminal
+from posterm.host import Host, HostRefused, phone
+from tests.host.conftest import CODE, PIN, support, terminal
 
 _n = iter(range(10 ** 9))
 
@@ -100,7 +100,7 @@ def test_wrong_pin_three_times_locks(term, host):
 
 
 def test_daily_limit_boundary_and_midnight_in_account_tz(host, term, clock):
-    host.set_limits("demo-001", daily_limit=300_000, password_free=500_000)
+    host.set_limits("demo-001", support(host), daily_limit=300_000, password_free=500_000)   # raising: verified
     # 2026-11-18 23:59:00 Asia/Shanghai
     clock.now = 1_795_017_540.0
     assert pay(term, 200_000).status is S.APPROVED
@@ -305,10 +305,10 @@ def test_accounts_passwords_freeze_report_bill(host, term):
         host.close_case(case, "  ")
     second = host.report("BOB-1", "and again")
     with pytest.raises(HostRefused, match="other open case"):
-        host.close_case(case, "customer confirmed the payment", unfreeze=True)
+        host.close_case(case, "customer confirmed the payment", unfreeze=True, proof=support(host))
     assert host.cases()[0]["status"] == "open"                  # the refusal changed nothing
     host.close_case(second, "duplicate of the first report")
-    host.close_case(case, "customer confirmed the payment", unfreeze=True)
+    host.close_case(case, "customer confirmed the payment", unfreeze=True, proof=support(host))
     closed = host.cases()[0]
     assert closed["status"] == "closed" and closed["resolution"] == "customer confirmed the payment"
     assert closed["closed_at_iso"] and not host.account("bob")["frozen"]
@@ -316,7 +316,7 @@ def test_accounts_passwords_freeze_report_bill(host, term):
     with pytest.raises(HostRefused, match="already closed"):
         host.close_case(case, "again")
     host.freeze("bob", True)
-    host.freeze("bob", False)
+    host.freeze("bob", False, proof=support(host))
     assert not host.account("bob")["frozen"]
 
 
@@ -423,9 +423,10 @@ def test_two_factor_needs_the_password_and_the_phone(host, term):
     r = enter_pin(term, "2FA-1", code, pin="246802")
     assert r.status is S.WAIT_BUYER                              # the right password alone does not pay
     assert query(term, "2FA-1").status is S.WAIT_BUYER
-    assert host.wallet_confirm("2FA-1") == "APPROVED"
+    sms = next(e["text"] for e in phone.inbox(host.ctx, "tia") if e["kind"] == "code")
+    assert host.wallet_confirm("2FA-1", code=sms.split("code ")[1][:6]) == "APPROVED"   # the code the phone got
     assert query(term, "2FA-1").status is S.APPROVED
-    host.set_flags("tia", two_factor=False)
+    host.set_flags("tia", two_factor=False, proof=support(host))
     code = host.issue_code("tia")
     assert pay(term, 150_000, code, order="2FA-2").status is S.WAIT_BUYER   # back to the phone alone
 

@@ -14,6 +14,7 @@ import sqlite3
 from typing import Any, Iterable
 
 from posterm.host.store.books import local_day
+from posterm.host.store.security_sql import ACCOUNT_SETTINGS as SECURITY_SETTINGS, SecurityQueries
 
 Row = sqlite3.Row
 
@@ -21,6 +22,7 @@ Row = sqlite3.Row
 # as a column name cannot be a bound parameter.
 ACCOUNT_SETTINGS = frozenset({"per_tx_limit", "daily_limit", "password_free", "real_name", "two_factor",
                               "confirm", "frozen"})
+ACCOUNT_SETTINGS |= SECURITY_SETTINGS   # the security centre's (posterm.host.store.security_sql)
 # Where each KSN replay guard keeps the last counter seen per initial key.
 KSN_TABLES = {"request": "ksn_seen", "pin": "pin_ksn_seen"}
 
@@ -30,7 +32,7 @@ def code_hash(code: str) -> str:
     return hashlib.sha256(b"posterm-code:" + code.encode()).hexdigest()
 
 
-class Tx:
+class Tx(SecurityQueries):
     """The host's queries over ``conn`` (see the module docstring)."""
 
     __slots__ = ("conn",)

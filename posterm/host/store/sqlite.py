@@ -18,6 +18,7 @@ from typing import Iterator
 
 from posterm.host.store.books import daily_spend_from_trades
 from posterm.host.store.queries import Tx
+from posterm.host.store import security_sql
 from posterm.safefs import prepare_sqlite
 
 SCHEMA = """
@@ -113,6 +114,8 @@ class Store:
         self.commits = 0   # outermost write transactions committed (a WAL fsync each, when it changed anything)
         self.conn().executescript(SCHEMA)
         self._add_columns("cases", {"resolution": "TEXT", "closed_at": "REAL"})
+        self.conn().executescript(security_sql.SCHEMA)          # the security centre (issue 17)
+        self._add_columns("accounts", security_sql.ACCOUNT_COLUMNS)
         if self.read().execute("SELECT 1 FROM meta WHERE key = 'daily_spend'").fetchone() is None:
             self._fill_daily_spend()
 

@@ -14,6 +14,7 @@ from alipay import AliPay
 from alipay.exceptions import AliPayException, AliPayValidationError
 
 from tests.host.gateway.conftest import ALIPAY_APP_ID, CODE
+from tests.host.conftest import support
 
 
 def balance(host, account="demo-001"):
@@ -154,7 +155,7 @@ def test_invalid_code_daily_limit_real_name(host, sdk):
     assert pay(sdk, "F-12", code)["sub_code"] == "ACQ.PAYMENT_AUTH_CODE_INVALID"    # used once only
     host.set_limits("demo-001", daily_limit=2000)
     assert pay(sdk, "F-13", CODE[1], amount="20.01")["sub_code"] == "ACQ.BUYER_PAYMENT_AMOUNT_DAY_LIMIT_ERROR"
-    host.set_limits("demo-001", daily_limit=2_000_000)
+    host.set_limits("demo-001", support(host), daily_limit=2_000_000)   # raising it again: verified
     host.set_flags("demo-001", real_name=False)
     assert pay(sdk, "F-14", CODE[1], amount="200.01")["sub_code"] == "ACQ.ERROR_BUYER_CERTIFY_LEVEL_LIMIT"
 

@@ -1,0 +1,154 @@
+"""The security centre through `posterm host ...`: the phone, verified key operations, the
+operator log, webhooks, the view, and a terminal's two-factor payment confirmed from the CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from click.testing import CliRunner
+
+from firmware_protocol.host.messages import HostStatus as S
+from posterm.cli import main
+from posterm.host import Host
+from tests.host.conftest import terminal
+from tests.host.test_host import enter_pin, pay, query
+from tests.host.test_security import Receiver
+
+
+def run(db, *args, input=None):
+    r = CliRunner().invoke(main, ["host", *args, "--db", str(db)], input=input)
+    return r.exit_code, r.output
+
+
+def code_of(db, account):
+    code, out = run(db, "phone", account, "--json")
+    assert code == 0, out
+    return next(re.search(r"code (\d{6})", e["text"]).group(1) for e in json.loads(out) if e["kind"] == "code")
+
+
+def test_raise_a_limit_with_the_phones_code_and_the_password(tmp_path):
+    db = tmp_path / "host.db"
+    assert run(db, "account", "add", "ivy", "--name", "Ivy", "--daily-limit", "100.00", "--set-password",
+               input="135790\n135790\n")[0] == 0
+    assert run(db, "account", "set-limits", "ivy", "--daily-limit", "50.00")[0] == 0         # lowering: free
+    code, out = run(db, "account", "set-limits", "ivy", "--daily-limit", "500.00")
+    assert code == 1 and "send-code ivy --purpose set-limits" in out
+    code, out = run(db, "phone", "send-code", "ivy", "--purpose", "set-limits")
+    assert code == 0 and "request" in out
+    sms = code_of(db, "ivy")
+    code, out = run(db, "phone", "ivy")
+    assert code == 0 and sms in out and "verification code" in out                       # the phone shows it
+    wrong = "000000" if sms != "000000" else "111111"
+    code, out = run(db, "account", "set-limits", "ivy", "--daily-limit", "500.00", "--code", wrong,
+                    "--password-stdin", input="135790\n")
+    assert code == 1 and "4 tries left" in out
+    code, out = run(db, "account", "set-limits", "ivy", "--daily-limit", "500.00", "--code", sms,
+                    "--password-stdin", input="135790\n")
+    assert code == 0, out
+    assert json.loads(run(db, "security", "ivy", "--json")[1])["daily_limit_minor"] == 50000
+    code, out = run(db, "operator", "log", "--account", "ivy", "--json")
+    log = json.loads(out)
+    assert [e["outcome"].split(":")[0] for e in log[:3]] == ["ok", "failed", "failed"]
+    assert sms not in out and "135790" not in out
+    code, out = run(db, "security", "ivy")
+    assert code == 0 and "second factor:" in out and "security audit:" in out and "raise-limits" in out
+
+
+def test_operators_and_their_log(tmp_path):
+    db = tmp_path / "host.db"
+    assert run(db, "account", "add", "joe", "--name", "Joe")[0] == 0
+    assert run(db, "account", "freeze", "joe")[0] == 0
+    assert run(db, "operator", "add", "sam", input="sam-password-1\n")[0] == 0
+    assert run(db, "operator", "add", "sam", input="sam-password-1\n")[0] == 1               # exists
+    code, out = run(db, "account", "unfreeze", "joe", "--operator", "sam", "--password-stdin", input="nope-nope\n")
+    assert code == 1 and "wrong operator password" in out
+    code, out = run(db, "account", "unfreeze", "joe", "--operator", "sam", "--password-stdin", input="sam-password-1\n")
+    assert code == 0, out
+    rows = json.loads(run(db, "operator", "log", "--operator", "sam", "--json")[1])
+    assert [(r["actor"], r["action"], r["outcome"].split(":")[0]) for r in rows] == [
+        ("operator:sam", "unfreeze", "ok"), ("operator:sam", "unfreeze", "failed")]
+    assert json.loads(run(db, "operator", "list", "--json")[1])[0]["name"] == "sam"
+    inbox = json.loads(run(db, "phone", "joe", "--json")[1])
+    assert any("[verification_failed]" in e["text"] for e in inbox) and any("[unfrozen]" in e["text"] for e in inbox)
+
+
+def test_webhook_set_deliver_remove(tmp_path):
+    db = tmp_path / "host.db"
+    assert run(db, "account", "add", "kai", "--name", "Kai")[0] == 0
+    box: list = []
+    rx = Receiver(box)
+    try:
+        code, out = run(db, "webhook", "set", "kai", rx.url, "--json")
+        assert code == 0, out
+        box.append(json.loads(out)["secret"])
+        assert run(db, "account", "freeze", "kai", "--why", "card lost")[0] == 0
+        assert json.loads(run(db, "security", "kai", "--json")[1])["outbox_pending"] == 1
+        code, out = run(db, "webhook", "deliver", "--json")
+        assert code == 0 and json.loads(out)["delivered"] == 1
+        assert rx.events[0][1]["kind"] == "frozen" and rx.events[0][2]                    # signature checked
+        assert run(db, "webhook", "remove", "kai")[0] == 0
+    finally:
+        rx.close()
+
+
+def test_reset_password_is_refused_clearly_without_identity_records(tmp_path):
+    db = tmp_path / "host.db"
+    assert run(db, "account", "add", "lea", "--name", "Lea")[0] == 0
+    code, out = run(db, "account", "reset-password", "lea", "--id-number", "11010519491231002X", "--code", "123456",
+                    input="135790\n")
+    assert code == 1 and ("ID number" in out), out
+
+
+def test_a_terminals_two_factor_payment_confirmed_with_wallet_confirm_code(tmp_path):
+    db = tmp_path / "host.db"
+    h = Host.open(db)
+    try:
+        h.add_account("max", "Max", balance_minor=1_000_000, password="246802", two_factor=True)
+        term = terminal(h)
+        code = h.issue_code("max")
+        assert pay(term, 150_000, code, order="CLI-2F").status is S.NEED_PIN
+        assert enter_pin(term, "CLI-2F", code, pin="246802").status is S.WAIT_BUYER
+        sms = code_of(db, "max")
+        assert run(db, "wallet", "confirm", "CLI-2F")[0] == 1                                # no code: refused
+        rc, out = run(db, "wallet", "confirm", "CLI-2F", "--code", sms)
+        assert rc == 0 and out.strip() == "approved", out
+        assert query(term, "CLI-2F").status is S.APPROVED
+        # biometric: changing the preference is itself verified
+        assert run(db, "phone", "send-code", "max", "--purpose", "confirm-pref")[0] == 0
+        rc, out = run(db, "account", "set-security", "max", "--prefer", "biometric", "--code", code_of(db, "max"),
+                      "--password-stdin", input="246802\n")
+        assert rc == 0, out
+        code = h.issue_code("max")
+        pay(term, 150_000, code, order="CLI-BIO")
+        assert enter_pin(term, "CLI-BIO", code, pin="246802").status is S.WAIT_BUYER
+        rc, out = run(db, "phone", "approve", "max")
+        assert rc == 0 and "approved; payment approved" in out, out
+        assert query(term, "CLI-BIO").status is S.APPROVED
+        assert run(db, "phone", "approve", "max")[0] == 1                                    # nothing waiting
+    finally:
+        h.close()
+
+
+def test_host_serve_delivers_webhooks_in_the_background(tmp_path):
+    import subprocess
+    import sys
+
+    db = tmp_path / "host.db"
+    assert run(db, "account", "add", "ned", "--name", "Ned")[0] == 0
+    box: list = []
+    rx = Receiver(box)
+    p = None
+    try:
+        box.append(json.loads(run(db, "webhook", "set", "ned", rx.url, "--json")[1])["secret"])
+        p = subprocess.Popen([sys.executable, "-m", "posterm", "host", "serve", "--no-demo", "--db", str(db)],
+                             stdout=subprocess.PIPE, text=True)
+        assert p.stdout.readline().startswith("tcp://127.0.0.1:")
+        assert run(db, "account", "freeze", "ned", "--why", "stolen")[0] == 0      # another process raises it
+        assert rx.got.wait(60), "the server did not deliver the event"
+        assert rx.events[0][1]["kind"] == "frozen" and rx.events[0][2]
+    finally:
+        if p is not None:
+            p.terminate()
+            assert p.wait(30) == 0
+        rx.close()
