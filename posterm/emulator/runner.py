@@ -676,8 +676,11 @@ class Fleet:
         """``count`` terminals, each on its own pty, or with ``listen`` (``tcp://HOST:PORT``)
         on PORT, PORT+1, ... (``PORT`` 0: each on a free port); ``kw`` as
         :meth:`EmulatedTerminal.start`. Raises ConfigError / TransportError (none left running)."""
-        if not 1 <= count <= 64:
-            raise ConfigError("a fleet is 1 to 64 terminals (the demo data registers T0000001..T0000064)")
+        from posterm.host.demo import MAX_TERMINALS
+
+        if not 1 <= count <= MAX_TERMINALS:
+            raise ConfigError(f"a fleet is 1 to {MAX_TERMINALS} terminals (the demo data registers "
+                              f"T0000001..T{MAX_TERMINALS:07d})")
         addresses: list[str | None] = [None] * count
         if listen:
             from posterm.transport.tcp import parse_address
