@@ -157,3 +157,16 @@ def test_idle_terminals_share_the_host_workers(tmp_path):
     with EmulatedTerminal.start(home=tmp_path / "b") as emu:         # the pool stopped, a new one starts
         with Terminal.open(emu.port, journal=str(tmp_path / "e.db")) as term:
             assert term.pay(100, "CNY", payment_code=CODE, timeout=60).approved
+
+
+def test_the_fleet_benchmark_runs_and_prints_ratios(capsys):
+    """A smoke run of `python -m posterm.bench fleet` (figures printed, never asserted)."""
+    import json
+
+    from posterm.bench import fleet as bench
+
+    assert bench.main(["--sizes", "2,3", "--seconds", "0.3", "--drivers", "2"]) == 0
+    rows = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
+    metrics = {(r["metric"], r.get("terminals")) for r in rows}
+    assert {("flows_per_s", 2), ("flows_per_s", 3), ("flow_p99", 3), ("rss_per_terminal", 3)} <= metrics
+    assert all("ratio_to_first" in r for r in rows if r["metric"] == "flows_per_s")
