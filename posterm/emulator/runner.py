@@ -115,13 +115,13 @@ def _release_host(host) -> None:
 # connection per thread; a remote host gets one TCP connection per worker, made lazily).
 HOST_CONNECTIONS = 16
 FRESH_CONNECTIONS = 8     # TCP connections being opened (not yet answered) at once, per process
-_workers: "_HostWorkers | None" = None
+_workers: "dict[int, _HostWorkers]" = {}   # by size: a fleet's own size is its own pool
 _workers_lock = threading.Lock()
 
 
 def set_host_connections(n: int) -> None:
-    """How many host workers (host connections) this process's terminals share from the next
-    time the pool starts (it starts with the first terminal, stops with the last)."""
+    """How many host workers (host connections) the terminals started from now on share (a
+    pool of that size starts with the first of them and stops with the last)."""
     global HOST_CONNECTIONS
     if not 1 <= n <= 1024:
         raise ConfigError(f"--host-connections is 1 to 1024, not {n}")
@@ -168,22 +168,21 @@ class _HostWorkers:
 
 
 def _acquire_workers() -> _HostWorkers:
-    global _workers
     with _workers_lock:
-        if _workers is None:
-            _workers = _HostWorkers(HOST_CONNECTIONS)
-        _workers.users += 1
-        return _workers
+        pool = _workers.get(HOST_CONNECTIONS)
+        if pool is None:
+            pool = _workers[HOST_CONNECTIONS] = _HostWorkers(HOST_CONNECTIONS)
+        pool.users += 1
+        return pool
 
 
 def _release_workers(pool: _HostWorkers) -> None:
-    global _workers
     with _workers_lock:
         pool.users -= 1
         if pool.users > 0:
             return
-        if _workers is pool:
-            _workers = None
+        if _workers.get(pool.size) is pool:
+            del _workers[pool.size]
     pool.stop()
 
 
@@ -855,10 +854,18 @@ class Fleet:
         ``host_connections``: how many host workers (connections) the process's terminals share
         (:func:`set_host_connections`). Over several processes: :mod:`posterm.emulator.fleet`.
         Raises ConfigError / TransportError (none left running)."""
+        before = HOST_CONNECTIONS
+        if host_connections is not None:
+            set_host_connections(host_connections)   # for this fleet's terminals (restored below)
+        try:
+            return cls._start(count, listen, first, kw)
+        finally:
+            set_host_connections(before)
+
+    @classmethod
+    def _start(cls, count: int, listen: str | None, first: int, kw: dict) -> "Fleet":
         from posterm.host.demo import MAX_TERMINALS
 
-        if host_connections is not None:
-            set_host_connections(host_connections)
         if not 1 <= count <= MAX_TERMINALS + 1 - first:
             raise ConfigError(f"a fleet is 1 to {MAX_TERMINALS} terminals (the demo data registers "
                               f"T0000001..T{MAX_TERMINALS:07d})")

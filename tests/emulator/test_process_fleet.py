@@ -147,12 +147,17 @@ def test_idle_terminals_share_the_host_workers(tmp_path):
     """Host requests run on the process's bounded host workers: no host thread per terminal."""
     import threading
 
+    before = set(threading.enumerate())
     with Fleet.start(6, home=tmp_path, host_connections=2) as fleet:
         with Terminal.open(fleet.ports[5], journal=str(tmp_path / "d.db")) as term:
             assert term.pay(100, "CNY", payment_code=CODE, timeout=60).approved
-        names = [t.name for t in threading.enumerate()]
-        assert sum(n.startswith("emu-host-") for n in names) <= 2
-        assert sum(n.startswith("emu-T") for n in names) == 6          # a line thread each
+        pools = {id(t._worker._pool): t._worker._pool for t in fleet.terminals}
+        assert len(pools) == 1                                          # one pool for the fleet ...
+        (pool,) = pools.values()
+        assert pool.size == 2 and 1 <= len(pool._threads) <= 2          # ... of at most 2 host threads
+        new = set(threading.enumerate()) - before
+        assert sum(t.name.startswith("emu-T") for t in new) == 6        # a line thread each
+        assert len(new) <= 6 + 2                                        # and the pool's: nothing per terminal else
         assert all(t.error is None and t._worker.is_alive() for t in fleet.terminals)
     with EmulatedTerminal.start(home=tmp_path / "b") as emu:         # the pool stopped, a new one starts
         with Terminal.open(emu.port, journal=str(tmp_path / "e.db")) as term:
@@ -170,3 +175,22 @@ def test_the_fleet_benchmark_runs_and_prints_ratios(capsys):
     metrics = {(r["metric"], r.get("terminals")) for r in rows}
     assert {("flows_per_s", 2), ("flows_per_s", 3), ("flow_p99", 3), ("rss_per_terminal", 3)} <= metrics
     assert all("ratio_to_first" in r for r in rows if r["metric"] == "flows_per_s")
+
+
+def test_a_fleet_shares_a_bounded_number_of_connections_to_a_remote_host(tmp_path):
+    from posterm.host import Host
+    from posterm.host.server import serve
+
+    host = Host.open(tmp_path / "host.db")
+    server = serve(host)
+    try:
+        with Fleet.start(6, home=tmp_path, host=server.address, host_connections=2) as fleet:
+            for n, emu in enumerate(fleet.terminals):
+                with Terminal.open(emu.port, journal=str(tmp_path / f"d{n}.db")) as term:
+                    r = term.pay(100, "CNY", payment_code=CODE, timeout=60)
+                assert r.approved and host.order_status(r.order_id) == "APPROVED"
+            held, pending = server.connections()
+            assert 1 <= held <= 2 and pending == 0        # 6 terminals, 2 shared connections, all logged on
+    finally:
+        server.close()
+        host.close()
