@@ -1,10 +1,22 @@
-"""python -m posterm.bench fleet [--terminals 50] [--seconds S]: a fleet of emulated terminals.
+"""python -m posterm.bench fleet [--sizes 50,200,1000] [--seconds S] [--drivers D]: fleets of emulated terminals.
 
-One process runs the fleet (``posterm emulate --count N``: N terminals, one embedded
-host); this process plays N cash registers, one driver thread each, paying with the
-password-free test code as fast as the answers come for ``--seconds``. Reports
-approved flows per second over the whole fleet and the p99 of one flow in ms.
-Every flow must be approved; anything else fails the benchmark.
+For each size N, one ``posterm emulate --count N --listen tcp://127.0.0.1:0`` runs the
+fleet (its default processes: one up to 250 terminals, then one per 250, the parent
+serving the embedded host to them); this process plays the cash registers: D driver
+threads (``--drivers``, default 100, at most N), each owning every D-th terminal and
+paying on its terminals in turn with the password-free test code, as fast as the answers
+come, for ``--seconds``. Every terminal pays once first (its logon, its first key use),
+outside the clock. Every flow must be approved; anything else fails the benchmark.
+
+Figures per size: approved flows per second over the fleet, the p99 and median of one
+flow (ms), the fleet's resident memory per terminal (the RSS of the fleet's processes,
+summed, after every terminal paid once, divided by N), the fleet's CPU per flow; each
+with its ratio to the first size's figure (``ratio_to_first``: how it grows with the
+work). ``rss_marginal`` is the memory one more terminal costs between the first and the
+last size.
+
+``--idle`` instead measures idle terminals in this process: the RSS growth per terminal
+of ``Fleet.start(N)`` (host workers shared, nothing paid), at each size.
 """
 
 from __future__ import annotations
@@ -23,95 +35,218 @@ from posterm.bench import emit, percentile
 CODE = "289900000000000001"
 
 
-def _start_fleet(home: Path, count: int) -> tuple[subprocess.Popen, list[str]]:
-    port_file = home / "ports"
-    p = subprocess.Popen([sys.executable, "-m", "posterm", "emulate", "--count", str(count), "--home", str(home),
-                          "--port-file", str(port_file)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not port_file.exists():
-        if p.poll() is not None:
-            raise RuntimeError(f"the fleet did not start: {p.stderr.read().decode(errors='replace')[-2000:]}")
-        if time.monotonic() > deadline:
-            p.kill()
-            raise RuntimeError("the fleet did not start within 120 s")
-        time.sleep(0.05)
-    return p, port_file.read_text().split()
-
-
-def _cpu(pid: int) -> float | None:
-    """CPU seconds (user + system) used so far by process ``pid``; None off Linux."""
+def _rss_kb(pid: int | str = "self") -> int:
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its children (one level: the fleet's parent and its processes)."""
+    out = [pid]
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def _cpu(pids: list[int]) -> float | None:
+    """CPU seconds (user + system) used so far by ``pids``; None off Linux."""
+    total = 0.0
+    try:
+        for pid in pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
+    return total
+
+
+def _start_fleet(home: Path, count: int, processes: int | None) -> tuple[subprocess.Popen, list[str]]:
+    from posterm.transport.fd import wait_ready
+
+    argv = [sys.executable, "-m", "posterm", "emulate", "--count", str(count), "--home", str(home),
+            "--listen", "tcp://127.0.0.1:0"]
+    if processes:
+        argv += ["--processes", str(processes)]
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ports: list[str] = []
+    buf = b""
+    deadline = time.monotonic() + 300 + count
+    while len(ports) < count:
+        left = deadline - time.monotonic()
+        ready, _ = wait_ready([p.stdout.fileno()], (), max(0.0, min(left, 1.0)))
+        if left <= 0:
+            p.kill()
+            raise RuntimeError(f"the fleet of {count} did not start within {300 + count} s")
+        if not ready:
+            continue
+        data = os.read(p.stdout.fileno(), 65536)
+        if not data:
+            p.wait(30)
+            raise RuntimeError(f"the fleet did not start: {p.stderr.read().decode(errors='replace')[-2000:]}")
+        buf += data
+        *lines, buf = buf.split(b"\n")
+        ports += [ln.decode() for ln in lines if ln.strip()]
+    return p, ports
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+    for pipe in (proc.stdout, proc.stderr):
+        pipe.close()
+
+
+def run_size(home: Path, count: int, seconds: float, drivers: int, processes: int | None) -> dict:
+    from posterm import Terminal
+
+    proc, ports = _start_fleet(home, count, processes)
+    try:
+        pids = _tree(proc.pid)
+        times: list[float] = []
+        failures: list[str] = []
+        lock = threading.Lock()
+        warm = threading.Barrier(min(drivers, count) + 1, timeout=600)
+        go = threading.Event()
+        stop_at = [0.0]
+
+        def driver(k: int, mine: list[tuple[int, str]]) -> None:
+            terms = []
+            try:
+                try:
+                    for n, port in mine:
+                        term = Terminal.open(port, journal=str(home / f"driver-{n}.db"))
+                        terms.append(term)
+                        term.hello()
+                        r = term.pay(100, "CNY", payment_code=CODE, timeout=120)   # warm-up: logon, first key
+                        if not r.approved:
+                            raise RuntimeError(f"warm-up not approved: {r.outcome.name}")
+                finally:
+                    warm.wait()
+                go.wait(600)
+                done = []
+                i = 0
+                while time.perf_counter() < stop_at[0]:
+                    term = terms[i % len(terms)]
+                    i += 1
+                    t0 = time.perf_counter()
+                    r = term.pay(100, "CNY", payment_code=CODE, timeout=120)
+                    done.append(time.perf_counter() - t0)
+                    if not r.approved:
+                        raise RuntimeError(f"not approved: {r.outcome.name}")
+                with lock:
+                    times.extend(done)
+            except Exception as exc:  # noqa: BLE001 - reported, fails the benchmark
+                with lock:
+                    failures.append(f"driver {k}: {type(exc).__name__}: {exc}")
+            finally:
+                for term in terms:
+                    term.close()
+
+        d = min(drivers, count)
+        threads = [threading.Thread(target=driver, args=(k, [(n, ports[n]) for n in range(k, count, d)]), daemon=True)
+                   for k in range(d)]
+        for t in threads:
+            t.start()
+        warm.wait()
+        rss = sum(_rss_kb(pid) for pid in pids)
+        cpu0 = _cpu(pids)
+        start = time.perf_counter()
+        stop_at[0] = start + seconds
+        go.set()
+        for t in threads:
+            t.join(seconds + 300)
+        elapsed = time.perf_counter() - start
+        cpu1 = _cpu(pids)
+    finally:
+        _stop(proc)
+    if failures:
+        raise RuntimeError(f"{len(failures)} driver(s) failed: {failures[0]}")
+    return {"flows_per_s": len(times) / elapsed, "flow_p99": percentile([t * 1000 for t in times], 99),
+            "flow_median": percentile([t * 1000 for t in times], 50), "rss_per_terminal": rss / count,
+            "rss_total": rss, "processes": len(pids) - 1 or 1, "n": len(times),
+            "fleet_cpu_per_flow": ((cpu1 - cpu0) / len(times) * 1000) if cpu0 is not None and cpu1 is not None
+            and times else None}
+
+
+def idle(sizes: list[int], home_dir: str | None) -> int:
+    """RSS growth per idle terminal in this process (nothing paid), per size."""
+    from posterm.emulator.runner import Fleet
+
+    base_per = None
+    for n in sizes:
+        with tempfile.TemporaryDirectory(prefix="posterm-bench-idle-", dir=home_dir) as tmp:
+            with Fleet.start(1, home=tmp):   # the host, the imports, the workers: not per terminal
+                before = _rss_kb()
+                t0 = time.perf_counter()
+                with Fleet.start(n, home=tmp, first=2):
+                    started = time.perf_counter() - t0
+                    per = (_rss_kb() - before) / n
+        base_per = base_per or per
+        emit("fleet", "idle_rss_per_terminal", per, "kB", terminals=n, ratio_to_first=round(per / base_per, 3),
+             start_ms_per_terminal=round(started / n * 1000, 1), threads_per_terminal=1)
+    return 0
 
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m posterm.bench fleet")
-    ap.add_argument("--terminals", type=int, default=50)
+    ap.add_argument("--sizes", default="50,200,1000", help="fleet sizes, comma-separated (default 50,200,1000)")
+    ap.add_argument("--terminals", type=int, default=None, help="one size only (as --sizes N)")
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--drivers", type=int, default=100, help="driver threads in this process (at most N)")
+    ap.add_argument("--processes", type=int, default=None, help="the fleet's --processes (default: its own)")
+    ap.add_argument("--idle", action="store_true", help="measure idle terminals' memory in this process instead")
     ap.add_argument("--dir", default=None, help="where the state lives (default: the temp dir); try /dev/shm "
                     "to take the disk's fsync out of the figure")
     args = ap.parse_args(argv)
-    from posterm import Terminal
-
-    with tempfile.TemporaryDirectory(prefix="posterm-bench-fleet-", dir=args.dir) as tmp:
-        home = Path(tmp)
-        proc, ports = _start_fleet(home, args.terminals)
-        times: list[float] = []
-        failures: list[str] = []
-        lock = threading.Lock()
-        go = threading.Event()
-        stop_at = [0.0]
-
-        def ecr(n: int, port: str) -> None:
+    try:
+        sizes = [args.terminals] if args.terminals else [int(x) for x in args.sizes.split(",") if x.strip()]
+    except ValueError:
+        ap.error("--sizes: whole numbers, comma-separated")
+    if not sizes or not all(1 <= n <= 4096 for n in sizes):
+        ap.error("--sizes: 1 to 4096 terminals each")
+    if args.idle:
+        return idle(sizes, args.dir)
+    first: dict | None = None
+    results = []
+    for n in sizes:
+        with tempfile.TemporaryDirectory(prefix="posterm-bench-fleet-", dir=args.dir) as tmp:
             try:
-                with Terminal.open(port, journal=str(home / f"driver-{n}.db")) as term:
-                    term.hello()
-                    term.pay(100, "CNY", payment_code=CODE, timeout=60)  # warm-up: logon
-                    go.wait(120)
-                    mine = []
-                    while time.perf_counter() < stop_at[0]:
-                        t0 = time.perf_counter()
-                        r = term.pay(100, "CNY", payment_code=CODE, timeout=60)
-                        mine.append(time.perf_counter() - t0)
-                        if not r.approved:
-                            raise RuntimeError(f"not approved: {r.outcome.name}")
-                with lock:
-                    times.extend(mine)
-            except Exception as exc:  # noqa: BLE001 - reported below, fails the benchmark
-                with lock:
-                    failures.append(f"{port}: {type(exc).__name__}: {exc}")
+                res = run_size(Path(tmp), n, args.seconds, args.drivers, args.processes)
+            except RuntimeError as exc:
+                print(f"fleet benchmark failed at {n} terminals: {exc}", file=sys.stderr)
+                return 1
+        first = first or res
+        results.append(res)
 
-        threads = [threading.Thread(target=ecr, args=(n, port), daemon=True) for n, port in enumerate(ports)]
-        try:
-            for t in threads:
-                t.start()
-            time.sleep(1.0)  # let the warm-up pays (logons) finish before the clock starts
-            start = time.perf_counter()
-            stop_at[0] = start + args.seconds
-            go.set()
-            cpu0 = _cpu(proc.pid), time.process_time()
-            for t in threads:
-                t.join(args.seconds + 120)
-            elapsed = time.perf_counter() - start
-            cpu1 = _cpu(proc.pid), time.process_time()
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        if failures:
-            print(f"fleet benchmark failed: {len(failures)} terminal(s): {failures[0]}", file=sys.stderr)
-            return 1
-        emit("fleet", "flows_per_s", len(times) / elapsed, "flows/s", terminals=args.terminals, n=len(times),
-             cores=os.cpu_count(), goal_min=200)
-        emit("fleet", "flow_p99", percentile([t * 1000 for t in times], 99), "ms", terminals=args.terminals)
-        if cpu0[0] is not None and cpu1[0] is not None and times:
-            # Where the two cores went: the fleet process vs. the 50 drivers in this one.
-            emit("fleet", "fleet_cpu_per_flow", (cpu1[0] - cpu0[0]) / len(times) * 1000, "ms")
-            emit("fleet", "drivers_cpu_per_flow", (cpu1[1] - cpu0[1]) / len(times) * 1000, "ms")
-        emit("fleet", "flow_median", percentile([t * 1000 for t in times], 50), "ms", terminals=args.terminals)
+        def ratio(key: str) -> float | None:
+            return round(res[key] / first[key], 3) if res[key] and first[key] else None
+
+        common = {"terminals": n, "processes": res["processes"], "drivers": min(args.drivers, n)}
+        emit("fleet", "flows_per_s", res["flows_per_s"], "flows/s", n=res["n"], cores=os.cpu_count(),
+             ratio_to_first=ratio("flows_per_s"), **common)
+        emit("fleet", "flow_p99", res["flow_p99"], "ms", ratio_to_first=ratio("flow_p99"), **common)
+        emit("fleet", "flow_median", res["flow_median"], "ms", ratio_to_first=ratio("flow_median"), **common)
+        emit("fleet", "rss_per_terminal", res["rss_per_terminal"], "kB", rss_total_kB=res["rss_total"],
+             ratio_to_first=ratio("rss_per_terminal"), **common)
+        if res["fleet_cpu_per_flow"] is not None:
+            emit("fleet", "fleet_cpu_per_flow", res["fleet_cpu_per_flow"], "ms",
+                 ratio_to_first=ratio("fleet_cpu_per_flow"), **common)
+    if len(results) > 1 and sizes[-1] != sizes[0]:
+        emit("fleet", "rss_marginal", (results[-1]["rss_total"] - results[0]["rss_total"]) / (sizes[-1] - sizes[0]),
+             "kB per terminal", between=f"{sizes[0]}..{sizes[-1]}")
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import threading
@@ -46,9 +47,20 @@ def line_format_help() -> str:
 @click.option("--pty", "use_pty", is_flag=True, default=True, help="On a new pseudo-terminal (the default).")
 @click.option("--listen", type=ListenType(), default=None, metavar="tcp://127.0.0.1:PORT",
               help="Listen on TCP instead of a pty (PORT 0: a free one; with --count, PORT, PORT+1, ...).")
-@click.option("--count", type=click.IntRange(1, 64), default=1, show_default=True,
+@click.option("--count", type=click.IntRange(1, 4096), default=1, show_default=True,
               help="A fleet: one port per terminal (ptys, or TCP ports with --listen), T0000001 upwards;"
                    " every port printed.")
+# -- fleets over several processes (posterm.emulator.fleet; docs/emulator.md "Fleets")
+@click.option("--processes", type=click.IntRange(1, 64), default=None,
+              help="Run the fleet in this many child processes, each a share of the terminals (the parent"
+                   " serves the embedded host to them and supervises) [default: 1 up to 250 terminals,"
+                   " then one per 250].")
+@click.option("--host-connections", type=click.IntRange(1, 1024), default=None,
+              help="Host connections the fleet's terminals share (split over the processes): host requests"
+                   " run on that many workers, an idle terminal holds none [default: 16 per process, at most"
+                   " --count].")
+@click.option("--first-terminal", type=click.IntRange(1, 4096), default=1, hidden=True)
+@click.option("--fleet-parent", type=click.IntRange(1, 1 << 22), default=None, hidden=True)
 @click.option("--port-file", type=OutputFile(), default=None,
               help="Also write the port path(s) here once the terminal is ready.")
 @click.option("--link", type=OutputFile(), default=None, help="Also make a stable symlink to the pty (one terminal only).")
@@ -75,7 +87,8 @@ def line_format_help() -> str:
               help="Phone/QR confirmation: query the host this often ...")
 @click.option("--poll-attempts", type=click.IntRange(1, 100), default=5, show_default=True, help="... this many times, then cancel.")
 def emulate(use_pty, listen, count, port_file, link, scenario, host_url, home, terminal_id, pace, baud, faults, record,
-            protocol, line_format, operator_password, show_display, poll_interval, poll_attempts):
+            protocol, line_format, operator_password, show_display, poll_interval, poll_attempts,
+            processes=None, host_connections=None, first_terminal=1, fleet_parent=None):
     """Start emulated payment terminals and serve them until Ctrl-C or SIGTERM.
 
     The first line(s) of stdout are the ports to give the ECR (one per terminal).
@@ -103,6 +116,7 @@ def emulate(use_pty, listen, count, port_file, link, scenario, host_url, home, t
       posterm pay --port $(cat /tmp/port) --amount 12.34 --payment-code 289900000000000001
       posterm emulate --protocol zvt --listen tcp://127.0.0.1:20007 &
       posterm pay --protocol zvt --port tcp://127.0.0.1:20007 --amount 12.34 --currency EUR
+      posterm emulate --count 1000 --listen tcp://127.0.0.1:21000 --port-file /tmp/ports &
     """
     from posterm.emulator.firmware import FirmwareConfig
     from posterm.emulator.runner import EmulatedTerminal, Fleet
@@ -110,19 +124,40 @@ def emulate(use_pty, listen, count, port_file, link, scenario, host_url, home, t
 
     if link and count > 1:
         raise click.UsageError("--link names one pty; it cannot be used with --count")
+    from posterm.emulator import fleet as fleets
+
+    if first_terminal + count - 1 > 4096:
+        raise click.UsageError("--count: the demo terminals end at T0004096")
+    if fleet_parent is not None:   # a child of a fleet over several processes
+        if not fleets.die_with_parent(fleet_parent):
+            raise click.BadParameter("not this process's parent (it is for a fleet's own children)",
+                                     param_hint="'--fleet-parent'")
+        operator_password = json.loads(sys.stdin.readline() or "{}").get("operator_password") or operator_password
+    processes = processes or (fleets.default_processes(count) if fleet_parent is None else 1)
+    if processes > count:
+        raise click.BadParameter(f"{processes} processes for {count} terminals", param_hint="'--processes'")
     stop = threading.Event()
     # Both before the port is announced (no race), and SIGINT too: a KeyboardInterrupt could land
     # inside close(); the flag is checked in one place. Also overrides an inherited "ignore
     # SIGINT" (a background job of a script), so Ctrl-C / kill -INT always stops it cleanly.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if fleet_parent is not None:
+        fleets.watch_stdin(stop)          # the parent gone: stdin's EOF
+    if processes > 1:
+        _process_fleet(stop, count, processes, listen, port_file, host_url, home, host_connections, operator_password,
+                       _child_args(scenario, faults, pace, baud, record, protocol, line_format, show_display,
+                                   poll_interval, poll_attempts))
+        return
     kw = dict(host=host_url, home=home, scenario=scenario, faults=faults, pace=pace, baudrate=baud, record=record,
               protocol=protocol, line_format=line_format.upper() if line_format else None,
               operator_password=operator_password,
               config=FirmwareConfig(poll_interval=poll_interval, poll_attempts=poll_attempts))
     try:
         if count > 1:
-            fleet = Fleet.start(count, listen=listen, **kw)
+            fleets.ensure_fd_limit(count)
+            fleet = Fleet.start(count, listen=listen, first=first_terminal,
+                                host_connections=host_connections or min(count, 16), **kw)
             terminals = fleet.terminals
         else:
             term = EmulatedTerminal.start(listen=listen, terminal_id=terminal_id, link=link, **kw)
@@ -167,6 +202,56 @@ def emulate(use_pty, listen, count, port_file, link, scenario, host_url, home, t
 
 
 EXIT_SCENARIO_FAILED = 5
+
+
+def _child_args(scenario, faults, pace, baud, record, protocol, line_format, show_display, poll_interval,
+                poll_attempts) -> list[str]:
+    """The options every child of a fleet over several processes gets from its parent's."""
+    out = ["--protocol", protocol, "--poll-interval", repr(poll_interval), "--poll-attempts", str(poll_attempts)]
+    for flag, value in (("--scenario", scenario), ("--faults", faults), ("--baud", baud), ("--record", record),
+                        ("--line-format", line_format)):
+        if value is not None:
+            out += [flag, str(value)]
+    return out + (["--pace"] if pace else []) + (["--show-display"] if show_display else [])
+
+
+def _process_fleet(stop, count, processes, listen, port_file, host_url, home, host_connections, operator_password,
+                   child_args) -> None:
+    """The parent of a fleet over several processes: start, announce the ports, supervise, stop."""
+    from posterm.emulator.fleet import ProcessFleet
+    from posterm.errors import PosError
+
+    try:
+        fleet = ProcessFleet.start(count, processes=processes, host=host_url, home=home, listen=listen,
+                                   host_connections=host_connections, operator_password=operator_password,
+                                   child_args=child_args)
+    except PosError as exc:
+        fail(f"{type(exc).__name__}: {exc}", EXIT_USAGE)
+        return
+    dead = None
+    try:
+        if port_file:
+            from posterm.safefs import replace_private
+
+            try:
+                replace_private(port_file, "".join(f"{p}\n" for p in fleet.ports).encode(), parent=False)
+            except (PosError, OSError) as exc:
+                fleet.close()
+                fail(f"cannot write {port_file}: {exc}", EXIT_USAGE)
+                return
+        for p in fleet.ports:
+            click.echo(p)
+        sys.stdout.flush()
+        while not stop.wait(0.5):
+            dead = fleet.poll()
+            if dead is not None:
+                click.echo(f"posterm: error: fleet process {dead[0] + 1} exited with {dead[1]}", err=True)
+                break
+    finally:
+        codes = fleet.close()
+    if dead is not None or any(c not in (0, EXIT_SCENARIO_FAILED) for c in codes):
+        sys.exit(1)
+    sys.exit(EXIT_SCENARIO_FAILED if EXIT_SCENARIO_FAILED in codes else 0)
 
 
 def _report_scenarios(terminals) -> int:

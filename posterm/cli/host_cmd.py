@@ -48,7 +48,7 @@ def host() -> None:
 
     Every command takes --db (default $POSTERM_HOME/host.db). `serve` (unless --no-demo),
     like `posterm emulate` and `posterm demo`, loads the demo data into a database with
-    no merchant yet (merchant M100000001, terminals T0000001..T0000064, and the test
+    no merchant yet (merchant M100000001, terminals T0000001..T0004096, and the test
     payment codes 289900000000000001..008; see docs/host.md). The other commands never
     load it.
     """

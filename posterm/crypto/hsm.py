@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,9 @@ PIN_MAX_TRIES = 3
 _BDK_SIZES = {"aes128": 16, "aes192": 24, "aes256": 32}
 TK_CACHE_SIZE = 4096   # transaction keys kept (about 100 kB): the recent KSNs of a busy fleet
 MAC_SIZE = 8
+# Another process's hold on the key store (allocating device numbers, a rotation) lasts one
+# load-merge-seal; past this many seconds waiting for it, the allocation fails (CryptoError).
+LOCK_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +82,11 @@ class Hsm:
         doc = sealed.load(path)
         if doc is None:
             hsm = cls(cls._fresh_keys(), path)
-            hsm._save()
-            return hsm
+            with hsm._lock, hsm._store_lock():   # two first openers: one set of keys, the other adopts it
+                doc = sealed.load(path)
+                if doc is None:
+                    hsm._save()
+                    return hsm
         retired = {bytes.fromhex(k): bytes.fromhex(v) for k, v in doc.pop("retired", {}).items()}
         devices = {str(k): int(v) for k, v in doc.pop("tdes_devices", {}).items()}
         generations = {str(k): int(v) for k, v in doc.pop("generations", {}).items()}
@@ -92,6 +100,55 @@ class Hsm:
                                  "tdes_bdk": self._tdes_bdk.hex(), "kbpk_master": self._kbpk_master.hex(),
                                  "retired": {k.hex(): v.hex() for k, v in self._retired.items()},
                                  "tdes_devices": self._tdes_devices, "generations": self._generations})
+
+    @contextmanager
+    def _store_lock(self):
+        """Under ``self._lock``: the key store's read-allocate-seal, atomic across processes.
+
+        An exclusive ``flock`` on ``hsm.lock`` (0600) beside the store, waited for at most
+        :data:`LOCK_TIMEOUT` seconds: two processes allocating device numbers at once (a
+        fleet's children injecting keys) must not both take the next free number."""
+        if self._path is None:
+            yield
+            return
+        import fcntl
+
+        from posterm import safefs
+
+        fd = safefs.private_file(self._path.with_name("hsm.lock"))
+        try:
+            deadline, pause = time.monotonic() + LOCK_TIMEOUT, 0.001
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise CryptoError(f"the HSM key store is locked by another process for over "
+                                          f"{LOCK_TIMEOUT:g}s ({self._path.parent})") from None
+                    time.sleep(pause)   # a retry pause, bounded by the deadline
+                    pause = min(pause * 2, 0.05)
+            yield
+        finally:
+            os.close(fd)   # releases the lock
+
+    def reserve_devices(self, terminal_ids) -> int:
+        """Allocate device numbers for every terminal of ``terminal_ids`` that has none, in
+        one locked read-allocate-seal (a fleet of a thousand starting: one seal, not one
+        per terminal). Returns how many were allocated. Raises CryptoError."""
+        with self._lock, self._store_lock():
+            self._merge_stored()
+            fresh = [t for t in dict.fromkeys(self._device_name(t) for t in terminal_ids)
+                     if t not in self._tdes_devices]
+            if not fresh:
+                return 0
+            top = max(self._tdes_devices.values(), default=0)
+            if top + len(fresh) >= 1 << 19:
+                raise CryptoError("this HSM has no device ids left (2^19 - 1 issued)")
+            for n, name in enumerate(fresh, top + 1):
+                self._tdes_devices[name] = n
+            self._save()
+            return len(fresh)
 
     @property
     def bdk_id(self) -> bytes:
@@ -132,7 +189,7 @@ class Hsm:
         self._make_current(bytes(bdk), bytes(bdk_id))
 
     def _make_current(self, bdk: bytes, bdk_id: bytes | None) -> bytes:
-        with self._lock:
+        with self._lock, self._store_lock():
             self._merge_stored()
             if bdk_id is None:
                 bdk_id = os.urandom(4)
@@ -210,15 +267,17 @@ class Hsm:
         """
         with self._lock:
             device = self._tdes_devices.get(terminal_id)
-            if device is None:
+            if device is not None:
+                return device
+            with self._store_lock():   # across processes: merge, take the next number, seal
                 self._merge_stored()
                 device = self._tdes_devices.get(terminal_id)
-            if device is None:
-                device = max(self._tdes_devices.values(), default=0) + 1
-                if device >= 1 << 19:
-                    raise CryptoError("this HSM has no device ids left (2^19 - 1 issued)")
-                self._tdes_devices[terminal_id] = device
-                self._save()
+                if device is None:
+                    device = max(self._tdes_devices.values(), default=0) + 1
+                    if device >= 1 << 19:
+                        raise CryptoError("this HSM has no device ids left (2^19 - 1 issued)")
+                    self._tdes_devices[terminal_id] = device
+                    self._save()
             return device
 
     def _device_name(self, terminal_id: str) -> str:
@@ -297,7 +356,7 @@ class Hsm:
         """
         if algorithm not in ("AES", "TDES"):
             raise CryptoError(f"unknown DUKPT algorithm {algorithm!r} (AES or TDES)")
-        with self._lock:
+        with self._lock, self._store_lock():
             self._merge_stored()
             gen = self._generations.get(terminal_id, 0) + 1
             if gen > 99:

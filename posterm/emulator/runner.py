@@ -1,11 +1,13 @@
 """Wires an emulated terminal together: transport -> link -> firmware -> host link.
 
-Threads, not asyncio: each terminal blocks on its own port and its own host link, the
-work per frame is tiny and mostly in C (select, sqlite, AES), so one thread for the
-line and one for the host per terminal keeps the firmware single-threaded and simple;
-a fleet of 50 is 100 mostly-sleeping threads, well within one process on 2 cores
-(see ``python -m posterm.bench fleet``). The line thread waits in ``select`` on the
-port and a wake-up pipe, so a host answer reaches the firmware at once.
+Threads, not asyncio: each terminal has its own line thread, which waits in ``poll`` on
+its port and a wake-up pipe (so a host answer reaches the firmware at once); the work per
+frame is tiny and mostly in C (poll, sqlite, AES) and the firmware stays single-threaded
+and simple. Host requests run on a bounded pool of host workers shared by the process's
+terminals (:data:`HOST_CONNECTIONS`, each with its own host connection: an SQLite
+connection to the embedded host, or one TCP connection to a remote one), one request at a
+time per terminal and in order; an idle terminal costs no host thread and no host
+connection (see docs/emulator.md, "Fleets").
 
 Each terminal keeps its state under ``<home>/terminals/<id>/``: the PIN pad's sealed
 DUKPT state, the operator password (a sealed salted hash; default 246810) and the
@@ -22,8 +24,8 @@ from collections import Counter
 from dataclasses import replace
 import os
 import queue
-import select
 import threading
+from collections import deque
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,7 @@ from posterm.families.events import MessageReceived
 from posterm.families.interfaces import TerminalFront
 from posterm.families.pump import Pump
 from posterm.safefs import private_dir
+from posterm.transport.fd import wait_ready
 
 log = logging.getLogger("posterm.emulator")
 DEMO_OPERATOR_PASSWORD = "246810"
@@ -106,6 +109,191 @@ def _release_host(host) -> None:
                     del _hosts[path]
 
 
+# ---------------------------------------------------------------- shared host workers (fleets)
+# Host requests of every terminal in the process run on at most HOST_CONNECTIONS threads,
+# each holding its own host connection (the embedded host's store keeps one SQLite
+# connection per thread; a remote host gets one TCP connection per worker, made lazily).
+HOST_CONNECTIONS = 16
+FRESH_CONNECTIONS = 8     # TCP connections being opened (not yet answered) at once, per process
+_workers: "dict[int, _HostWorkers]" = {}   # by size: a fleet's own size is its own pool
+_workers_lock = threading.Lock()
+
+
+def set_host_connections(n: int) -> None:
+    """How many host workers (host connections) the terminals started from now on share (a
+    pool of that size starts with the first of them and stops with the last)."""
+    global HOST_CONNECTIONS
+    if not 1 <= n <= 1024:
+        raise ConfigError(f"--host-connections is 1 to 1024, not {n}")
+    HOST_CONNECTIONS = n
+
+
+class _HostWorkers:
+    """Up to ``size`` threads taking terminals with host work from one queue, one request each
+    turn (a terminal with more queues again behind the others: no terminal starves the rest)."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.users = size, 0
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._lock = threading.Lock()
+
+    def submit(self, side: "_HostSide") -> None:
+        self._queue.put(side)
+        with self._lock:
+            if self._idle == 0 and len(self._threads) < self.size:
+                t = threading.Thread(target=self._run, name=f"emu-host-{len(self._threads) + 1}", daemon=True)
+                self._threads.append(t)
+                t.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                self._idle += 1
+            side = self._queue.get()
+            with self._lock:
+                self._idle -= 1
+            if side is None:
+                break
+            side.run_one()
+        for client in _tcp_clients.pop(threading.get_ident(), {}).values():
+            client.close()
+
+    def stop(self) -> None:
+        for _ in self._threads:
+            self._queue.put(None)
+        for t in self._threads:
+            t.join(5)
+
+
+def _acquire_workers() -> _HostWorkers:
+    with _workers_lock:
+        pool = _workers.get(HOST_CONNECTIONS)
+        if pool is None:
+            pool = _workers[HOST_CONNECTIONS] = _HostWorkers(HOST_CONNECTIONS)
+        pool.users += 1
+        return pool
+
+
+def _release_workers(pool: _HostWorkers) -> None:
+    with _workers_lock:
+        pool.users -= 1
+        if pool.users > 0:
+            return
+        if _workers.get(pool.size) is pool:
+            del _workers[pool.size]
+    pool.stop()
+
+
+class _HostSide:
+    """A terminal's host requests (logon, calls, wallet actions), run in order on the shared
+    workers; what its own host thread was (``put``, ``is_alive``, ``join``)."""
+
+    def __init__(self, term: "EmulatedTerminal") -> None:
+        self._term = term
+        self._items: deque = deque()
+        self._cond = threading.Condition()
+        self._pool: _HostWorkers | None = None
+        self._scheduled = self._busy = self._closed = self._dead = False
+
+    def start(self) -> None:
+        self._pool = _acquire_workers()
+        with self._cond:
+            self._kick()
+
+    def _kick(self) -> None:   # under the condition's lock
+        if self._pool is not None and self._items and not (self._scheduled or self._closed or self._dead):
+            self._scheduled = True
+            self._pool.submit(self)
+
+    def put(self, item) -> None:
+        with self._cond:
+            if item is None:
+                self._closed = True
+                self._items.clear()
+                self._cond.notify_all()
+                return
+            self._items.append(item)
+            self._kick()
+
+    def run_one(self) -> None:
+        with self._cond:
+            self._scheduled = False
+            if self._closed or self._dead or not self._items:
+                return
+            kind, payload = self._items.popleft()
+            self._busy = True
+        term = self._term
+        try:
+            term._host_item(kind, payload)
+        except BaseException as exc:  # noqa: BLE001 - a dead host side takes the terminal down, loudly
+            with self._cond:
+                self._dead = True
+            if not term._stop.is_set():
+                term.error = exc
+                log.exception("%s: host thread stopped", term.terminal_id)
+        finally:
+            term._wake()   # while busy: close() waits for that before it closes the wake-up pipe
+            with self._cond:
+                self._busy = False
+                self._kick()
+                self._cond.notify_all()
+
+    def is_alive(self) -> bool:
+        with self._cond:
+            return not self._dead and not (self._closed and not self._busy)
+
+    def join(self, timeout: float) -> None:
+        """Wait (bounded) until no request of this terminal is running; then leave the pool."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._busy, timeout)
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            _release_workers(pool)
+
+
+# thread id -> url -> that worker's own TcpHostClient (closed when the worker stops)
+_tcp_clients: dict[int, dict[str, Any]] = {}
+_fresh = threading.BoundedSemaphore(FRESH_CONNECTIONS)
+
+
+class _PooledTcpClient:
+    """A remote host shared by the process's terminals: each host worker sends on its own
+    connection (so a fleet holds at most HOST_CONNECTIONS of them, not one per terminal).
+    A new connection's first request waits for one of FRESH_CONNECTIONS slots: a host server
+    caps connections not yet logged on (32 by default) and evicts past it."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def _client(self):
+        from posterm.host.client import TcpHostClient
+
+        mine = _tcp_clients.setdefault(threading.get_ident(), {})
+        client = mine.get(self.url)
+        fresh = client is None
+        if fresh:
+            client = mine[self.url] = TcpHostClient(self.url)
+        return client, fresh
+
+    def request_with_payload(self, msg, timeout: float):
+        client, fresh = self._client()
+        if not fresh:
+            return client.request_with_payload(msg, timeout)
+        if not _fresh.acquire(timeout=timeout):
+            from posterm.errors import PosTimeout
+
+            raise PosTimeout(f"no host connection could be opened within {timeout:g}s")
+        try:
+            return client.request_with_payload(msg, timeout)
+        finally:
+            _fresh.release()
+
+    def request(self, msg, timeout: float):
+        return self.request_with_payload(msg, timeout)[0]
+
+
 def _factory_keywords(fam) -> set[str]:
     """The keyword parameters the family's terminal-link factory names (all of them if it
     takes ``**kw``; none if it cannot be inspected: ``make_terminal_link`` reports that)."""
@@ -157,7 +345,7 @@ class EmulatedTerminal:
         # The family's terminal side of the line (posterm.families: family(protocol).make_terminal_link)
         self._link = front
         self._pump = Pump(front, max_wait=0.25)   # this loop reads and writes itself (select, output buffer)
-        self._calls: queue.Queue = queue.Queue()
+        self._calls = _HostSide(self)      # host requests, on the process's shared host workers
         self._replies: queue.Queue = queue.Queue()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -177,7 +365,7 @@ class EmulatedTerminal:
         self._line_cond = threading.Condition()
         self._quiet_until: dict[str, float] = {}
         self._line = threading.Thread(target=self._line_loop, name=f"emu-{hostlink.terminal_id}", daemon=True)
-        self._worker = threading.Thread(target=self._host_loop, name=f"emu-host-{hostlink.terminal_id}", daemon=True)
+        self._worker = self._calls
 
     # ------------------------------------------------------------------ construction
 
@@ -260,9 +448,8 @@ class EmulatedTerminal:
                 hsm = embedded.hsm
             elif host.startswith("tcp://"):
                 from posterm.crypto.hsm import Hsm
-                from posterm.host.client import TcpHostClient
 
-                client, hsm = TcpHostClient(host), None
+                client, hsm = _PooledTcpClient(host), None
                 if not module.status().loaded:
                     # the key injection facility shares the host's HSM state
                     hsm = Hsm.open(private_dir(home / "hsm", own=True))
@@ -411,47 +598,33 @@ class EmulatedTerminal:
         except OSError:
             pass
 
-    def _host_loop(self) -> None:
-        try:
-            self._host_loop_inner()
-        except BaseException as exc:  # noqa: BLE001 - a dead host thread takes the terminal down, loudly
-            if not self._stop.is_set():
-                self.error = exc
-                log.exception("%s: host thread stopped", self.terminal_id)
-                self._wake()
-
-    def _host_loop_inner(self) -> None:
-        while not self._stop.is_set():
-            item = self._calls.get()
-            if item is None:
-                return
-            kind, payload = item
-            if kind == "logon":
-                refused, err = None, ""
-                try:
-                    self.hostlink.logon(self.firmware.config.host_timeout)
-                except HostRefusedLogon as exc:
-                    refused, err = self._note_refusal(exc), type(exc).__name__
-                except PosError as exc:
-                    err = type(exc).__name__
-                    log.info("%s: could not log on to the host yet: %s", self.terminal_id, exc)
-                else:
-                    self._refused = None
-                self._replies.put(("logon", (refused, err)))
-            elif kind == "call":
-                refused = None
-                try:
-                    reply, err = self.hostlink.request(payload.message, payload.timeout), ""
-                    self._refused = None
-                except HostRefusedLogon as exc:
-                    reply, err, refused = None, type(exc).__name__, self._note_refusal(exc)
-                except PosError as exc:
-                    reply, err = None, type(exc).__name__
-                    log.info("%s: host: %s", self.terminal_id, exc)
-                self._replies.put(("reply", (payload.token, reply, err, refused)))
-            elif kind == "wallet":
-                self._wallet(payload)
-            self._wake()
+    def _host_item(self, kind: str, payload) -> None:
+        """One host request of this terminal, on a shared host worker (see _HostSide)."""
+        if kind == "logon":
+            refused, err = None, ""
+            try:
+                self.hostlink.logon(self.firmware.config.host_timeout)
+            except HostRefusedLogon as exc:
+                refused, err = self._note_refusal(exc), type(exc).__name__
+            except PosError as exc:
+                err = type(exc).__name__
+                log.info("%s: could not log on to the host yet: %s", self.terminal_id, exc)
+            else:
+                self._refused = None
+            self._replies.put(("logon", (refused, err)))
+        elif kind == "call":
+            refused = None
+            try:
+                reply, err = self.hostlink.request(payload.message, payload.timeout), ""
+                self._refused = None
+            except HostRefusedLogon as exc:
+                reply, err, refused = None, type(exc).__name__, self._note_refusal(exc)
+            except PosError as exc:
+                reply, err = None, type(exc).__name__
+                log.info("%s: host: %s", self.terminal_id, exc)
+            self._replies.put(("reply", (payload.token, reply, err, refused)))
+        elif kind == "wallet":
+            self._wallet(payload)
 
     def _note_refusal(self, exc: HostRefusedLogon) -> int:
         """Log a refused logon: at error level when it starts (or its reason changes), then quieter."""
@@ -568,7 +741,7 @@ class EmulatedTerminal:
                     port_fd = None
                     wait = min(wait, 0.01)
                 wfds = [port_fd] if self._outbuf and port_fd is not None else []
-                ready, _writable, _ = select.select(fds, wfds, [], wait)
+                ready, _writable = wait_ready(fds, wfds, wait)
                 if self._wake_r in ready:
                     try:
                         os.read(self._wake_r, 4096)
@@ -677,28 +850,48 @@ class Fleet:
         self.terminals = terminals
 
     @classmethod
-    def start(cls, count: int, *, listen: str | None = None, **kw: Any) -> "Fleet":
+    def start(cls, count: int, *, listen: str | None = None, first: int = 1, host_connections: int | None = None,
+              **kw: Any) -> "Fleet":
         """``count`` terminals, each on its own pty, or with ``listen`` (``tcp://HOST:PORT``)
         on PORT, PORT+1, ... (``PORT`` 0: each on a free port); ``kw`` as
-        :meth:`EmulatedTerminal.start`. Raises ConfigError / TransportError (none left running)."""
-        if not 1 <= count <= 64:
-            raise ConfigError("a fleet is 1 to 64 terminals (the demo data registers T0000001..T0000064)")
+        :meth:`EmulatedTerminal.start`. ``first``: the first terminal's number (T0000001 by
+        default; a share of a fleet over several processes starts further on).
+        ``host_connections``: how many host workers (connections) the process's terminals share
+        (:func:`set_host_connections`). Over several processes: :mod:`posterm.emulator.fleet`.
+        Raises ConfigError / TransportError (none left running)."""
+        before = HOST_CONNECTIONS
+        if host_connections is not None:
+            set_host_connections(host_connections)   # for this fleet's terminals (restored below)
+        try:
+            return cls._start(count, listen, first, kw)
+        finally:
+            set_host_connections(before)
+
+    @classmethod
+    def _start(cls, count: int, listen: str | None, first: int, kw: dict) -> "Fleet":
+        from posterm.host.demo import MAX_TERMINALS
+
+        if not 1 <= count <= MAX_TERMINALS + 1 - first:
+            raise ConfigError(f"a fleet is 1 to {MAX_TERMINALS} terminals (the demo data registers "
+                              f"T0000001..T{MAX_TERMINALS:07d})")
         addresses: list[str | None] = [None] * count
         if listen:
             from posterm.transport.tcp import parse_address
 
             try:
-                addr, first = parse_address(listen)
+                addr, port0 = parse_address(listen)
             except PosError as exc:
                 raise ConfigError(f"--listen {exc}") from None
-            if first and first + count - 1 > 65535:
-                raise ConfigError(f"--listen {listen}: {count} terminals need ports {first}..{first + count - 1}")
+            if port0 and port0 + count - 1 > 65535:
+                raise ConfigError(f"--listen {listen}: {count} terminals need ports {port0}..{port0 + count - 1}")
             where = f"[{addr}]" if ":" in addr else addr
-            addresses = [f"tcp://{where}:{first + n if first else 0}" for n in range(count)]
+            addresses = [f"tcp://{where}:{port0 + n if port0 else 0}" for n in range(count)]
         started: list[EmulatedTerminal] = []
         try:
-            for n in range(1, count + 1):
-                started.append(EmulatedTerminal.start(terminal_id=f"T{n:07d}", listen=addresses[n - 1], **kw))
+            for n in range(first, first + count):
+                started.append(EmulatedTerminal.start(terminal_id=f"T{n:07d}", listen=addresses[n - first], **kw))
+                if n == first and count > 1 and started[0].host is not None:   # one seal for the rest's numbers
+                    started[0].host.hsm.reserve_devices([f"T{m:07d}" for m in range(first + 1, first + count)])
         except BaseException:
             for t in started:
                 t.close()

@@ -25,7 +25,6 @@ the read finds out. So, per request:
 from __future__ import annotations
 
 import logging
-import select
 import threading
 import time
 
@@ -36,6 +35,7 @@ from firmware_protocol.native.tlv import encode as tlv_encode
 
 from posterm.errors import Disconnected, PosTimeout, TransportError
 from posterm.host.wire import read_message
+from posterm.transport.fd import wait_ready
 
 __all__ = ["TcpHostClient", "RESENDABLE"]
 
@@ -137,7 +137,7 @@ class TcpHostClient:
         already waiting (a late answer) go to the framer, where their seq skips them."""
         for _ in range(16):  # bounded: a host streaming garbage cannot keep us here
             try:
-                ready, _, _ = select.select([conn.fileno()], [], [], 0)
+                ready, _ = wait_ready((conn.fileno(),), (), 0)
                 if not ready:
                     return True
                 self._framer.feed(conn.read(4096, 0))

@@ -1,5 +1,5 @@
-"""Demo data and behaviour: merchant M100000001, terminals T0000001..T0000064, the test
-accounts and their payment codes.
+"""Demo data and behaviour: merchant M100000001, terminals T0000001..T0004096 (enough for
+the largest ``posterm emulate --count``), the test accounts and their payment codes.
 
 Like test card numbers, the codes 289900000000000001..008 pick an outcome without any
 setup, stay valid forever and can be reused (see docs/host.md): each belongs to a test
@@ -25,7 +25,10 @@ from posterm.host.risk import Decision
 
 DEMO_MERCHANT = "M100000001"
 DEMO_PASSWORD = "147258"
-TERMINALS = [f"T{n:07d}" for n in range(1, 65)]
+# Registered in one transaction at seed time (one commit, about 10 ms for all); their keys
+# are derived when a terminal first starts (the HSM allocates a device number then).
+MAX_TERMINALS = 4096
+TERMINALS = [f"T{n:07d}" for n in range(1, MAX_TERMINALS + 1)]
 REGION = "CN-SH"
 TEST_CODE_RANGE = "2899"
 TEST_CODE_PREFIX = "2899000000000000"
@@ -107,8 +110,10 @@ def seed(ctx: HostContext) -> bool:
             _add_test_accounts(ctx, "EUR")
         return False
     admin.add_merchant(ctx, DEMO_MERCHANT, "posterm demo shop")
-    for tid in TERMINALS:
-        admin.register_terminal(ctx, tid, DEMO_MERCHANT, REGION)
+    with ctx.store.transaction() as tx:   # one commit for all: admin.register_terminal is one each
+        now = ctx.clock()
+        for tid in TERMINALS:
+            tx.put_terminal(tid, DEMO_MERCHANT, REGION, now)
     for currency in TEST_CODE_PREFIXES:   # CNY first: the CNY accounts' rows are as before the EUR ones existed
         _add_test_accounts(ctx, currency)
     return True

@@ -36,6 +36,21 @@ password too) is :data:`DEMO_OPERATOR_PASSWORD`::
         with ZvtTerminal.open(posterm_terminal.port, password=DEMO_OPERATOR_PASSWORD) as term:
             term.hello()
             assert term.pay(1234, "EUR").approved    # the customer shows the EUR test code
+
+Many terminals per session: ``posterm_fleet`` is a session-scoped fleet of N terminals
+(``posterm_fleet_size = N`` in the ini file or ``--posterm-fleet-size N``; default 8), and
+``posterm_fleet_terminal`` leases a free one of them to a test and takes it back after::
+
+    def test_checkout_on_any_lane(posterm_fleet_terminal):
+        with Terminal.open(posterm_fleet_terminal.port) as term:      # or Terminal.open(): $POSTERM_PORT
+            assert term.pay(1234, "CNY", payment_code="289900000000000001").approved
+
+The fleet starts once per session (per pytest-xdist worker: each its own fleet and host),
+on ptys, with an embedded host under the session's temporary directory; up to 250
+terminals in the test process (``.emulated``: the EmulatedTerminal, ``.host``), more over
+several processes (``posterm_fleet_processes``; ``.emulated`` None, ``.host`` the parent's
+host). A lease is the terminal's alone until the test ends; its scenario is reset then.
+``posterm_fleet.lease(timeout)`` / ``.release(lease)`` lease more than one in a test.
 """
 
 from __future__ import annotations
@@ -56,6 +71,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="protocol family of the posterm_terminal fixture's terminal (default: the ini's"
                          " posterm_protocol, else posterm)")
     parser.addini("posterm_protocol", "protocol family of the posterm_terminal fixture's terminal", default="posterm")
+    group.addoption("--posterm-fleet-size", default=None, metavar="N", type=int,
+                    help="terminals in the session's posterm_fleet (default: the ini's posterm_fleet_size, else 8)")
+    parser.addini("posterm_fleet_size", "terminals in the session's posterm_fleet", default="8")
+    parser.addini("posterm_fleet_processes", "processes the session's posterm_fleet runs in (default: 1 up to"
+                  " 250 terminals, then one per 250)", default="")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -104,3 +124,111 @@ def posterm_terminal(request, tmp_path, monkeypatch):
         term.close()
     if term.error is not None:
         pytest.fail(f"the emulated terminal crashed: {type(term.error).__name__}: {term.error}")
+
+
+# ---------------------------------------------------------------------- many terminals per session
+
+class FleetLease:
+    """One terminal of the session fleet, leased to a test: ``.port``, ``.terminal_id``,
+    ``.emulated`` (the EmulatedTerminal when the fleet runs in the test process), ``.host``."""
+
+    __slots__ = ("index", "port", "terminal_id", "emulated", "host")
+
+    def __init__(self, index: int, port: str, emulated: Any, host: Any) -> None:
+        self.index, self.port, self.emulated, self.host = index, port, emulated, host
+        self.terminal_id = f"T{index + 1:07d}"
+
+    def __repr__(self) -> str:
+        return f"<FleetLease {self.terminal_id} {self.port}>"
+
+
+class SessionFleet:
+    """The ``posterm_fleet`` fixture's value: ``.ports``, ``.size``, ``.host``, ``.lease()``, ``.release()``."""
+
+    def __init__(self, fleet: Any, emulated: list, host: Any) -> None:
+        import threading
+
+        self._fleet, self._emulated, self.host = fleet, emulated, host
+        self.ports: list[str] = list(fleet.ports)
+        self.size = len(self.ports)
+        self._free = list(range(self.size))
+        self._cond = threading.Condition()
+
+    def lease(self, timeout: float = 60.0) -> FleetLease:
+        """A free terminal, the lowest-numbered first; waits (bounded) for one to be released."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._free, timeout):
+                raise TimeoutError(f"posterm_fleet: all {self.size} terminals leased for {timeout:g}s")
+            n = self._free.pop(0)
+        return FleetLease(n, self.ports[n], self._emulated[n] if self._emulated else None, self.host)
+
+    def release(self, lease: FleetLease) -> None:
+        if lease.emulated is not None:
+            lease.emulated.set_scenario(None)
+        with self._cond:
+            if lease.index not in self._free:
+                self._free.append(lease.index)
+                self._free.sort()
+                self._cond.notify()
+
+    def errors(self) -> list[str]:
+        return [f"{t.terminal_id}: {type(t.error).__name__}: {t.error}" for t in self._emulated if t.error is not None]
+
+    def close(self) -> None:
+        self._fleet.close()
+
+
+def _fleet_settings(config: pytest.Config) -> tuple[int, int | None]:
+    size = config.getoption("posterm_fleet_size") or config.getini("posterm_fleet_size") or 8
+    procs = config.getini("posterm_fleet_processes") or None
+    try:
+        size, procs = int(size), (int(procs) if procs else None)
+    except ValueError:
+        raise pytest.UsageError("posterm_fleet_size / posterm_fleet_processes: whole numbers") from None
+    if not 1 <= size <= 4096:
+        raise pytest.UsageError(f"posterm_fleet_size is 1 to 4096, not {size}")
+    return size, procs
+
+
+@pytest.fixture(scope="session")
+def posterm_fleet(request, tmp_path_factory):
+    """A fleet of ``posterm_fleet_size`` emulated terminals for the whole session (see the
+    module docstring); fails the session's last user if an in-process terminal crashed."""
+    from posterm.emulator.fleet import ProcessFleet, default_processes
+    from posterm.emulator.firmware import FirmwareConfig
+    from posterm.emulator.runner import Fleet
+
+    size, procs = _fleet_settings(request.config)
+    procs = procs or default_processes(size)
+    home = tmp_path_factory.mktemp("posterm-fleet")
+    if procs == 1:
+        fleet = Fleet.start(size, home=home, config=FirmwareConfig(poll_interval=0.2, poll_attempts=10))
+        handle = SessionFleet(fleet, fleet.terminals, fleet.terminals[0].host)
+    else:
+        fleet = ProcessFleet.start(size, processes=procs, home=home,
+                                   child_args=["--poll-interval", "0.2", "--poll-attempts", "10"])
+        handle = SessionFleet(fleet, [], fleet.host)
+    try:
+        yield handle
+    finally:
+        handle.close()
+    errors = handle.errors()
+    if errors:
+        pytest.fail(f"posterm_fleet: {len(errors)} emulated terminal(s) crashed: {errors[0]}")
+
+
+@pytest.fixture
+def posterm_fleet_terminal(posterm_fleet, tmp_path, monkeypatch):
+    """A terminal of the session's ``posterm_fleet``, this test's alone (:class:`FleetLease`);
+    ``$POSTERM_PORT`` / ``$POSTERM_PROTOCOL`` point at it and ``$POSTERM_HOME`` at the test's
+    own directory (the driver's journal). Returned to the fleet after the test."""
+    lease = posterm_fleet.lease()
+    monkeypatch.setenv("POSTERM_HOME", str(tmp_path / "posterm"))
+    monkeypatch.setenv("POSTERM_PORT", lease.port)
+    monkeypatch.setenv("POSTERM_PROTOCOL", "posterm")
+    try:
+        yield lease
+    finally:
+        posterm_fleet.release(lease)
+    if lease.emulated is not None and lease.emulated.error is not None:
+        pytest.fail(f"the emulated terminal crashed: {type(lease.emulated.error).__name__}: {lease.emulated.error}")

@@ -1,4 +1,8 @@
-"""Shared read/write over a raw file descriptor or socket, with select-based timeouts."""
+"""Shared read/write over a raw file descriptor or socket, with poll-based timeouts.
+
+``poll``, not ``select``: ``select`` cannot take a descriptor numbered 1024 or more
+(``ValueError: filedescriptor out of range``), and a fleet of a few hundred terminals in
+one process has thousands (a pty, a wake-up pipe, a journal each)."""
 
 from __future__ import annotations
 
@@ -10,10 +14,38 @@ from posterm.errors import Disconnected
 from posterm.transport.base import MAX_READ, Pacer, normalise
 
 
+_IN = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR | select.POLLNVAL
+_OUT = select.POLLOUT | select.POLLHUP | select.POLLERR | select.POLLNVAL
+
+
+def wait_ready(readers, writers=(), timeout: float | None = 0.0) -> tuple[set[int], set[int]]:
+    """Like ``select.select(readers, writers, [], timeout)`` for any descriptor number: the
+    sets of ``readers`` ready to read and ``writers`` ready to write (a hung-up or bad
+    descriptor counts as ready, so the read or write that follows reports it). ``timeout``
+    in seconds (None: wait for ever)."""
+    poller = select.poll()
+    masks: dict[int, int] = {}
+    for fd in readers:
+        masks[fd] = masks.get(fd, 0) | select.POLLIN | select.POLLPRI
+    for fd in writers:
+        masks[fd] = masks.get(fd, 0) | select.POLLOUT
+    for fd, mask in masks.items():
+        poller.register(fd, mask)
+    ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
+    r: set[int] = set()
+    w: set[int] = set()
+    for fd, ev in poller.poll(ms):
+        if ev & _IN and fd in readers:
+            r.add(fd)
+        if ev & _OUT and fd in writers:
+            w.add(fd)
+    return r, w
+
+
 def fd_read(fd: int, max_bytes: int, timeout: float, where: str) -> bytes:
     """Read what is ready on ``fd`` within ``timeout``; ``b""`` on timeout; EOF/EIO -> Disconnected."""
     try:
-        ready, _, _ = select.select([fd], [], [], max(0.0, timeout))
+        ready, _ = wait_ready((fd,), (), max(0.0, timeout))
         if not ready:
             return b""
         data = os.read(fd, max(1, min(max_bytes, MAX_READ)))
@@ -35,7 +67,7 @@ def fd_write(fd: int, data: bytes, where: str, pacer: Pacer | None = None, timeo
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise Disconnected(f"{where}: write stalled for {timeout}s (nobody reading?)")
-            _, ready, _ = select.select([], [fd], [], remaining)
+            _, ready = wait_ready((), (fd,), remaining)
             if ready:
                 sent = os.write(fd, view)
                 view = view[sent:]

@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from posterm.cli import main
+from posterm.host import demo
 from posterm.host.backup import ledger_hash, restore, verify
 from tests.backup.conftest import OTHER_KEY, SECRETS
 
@@ -93,7 +94,7 @@ def test_real_host_database(tmp_path, key_file):
     h2 = host_mod.Host.open(target, hsm=None, demo=False)
     try:
         assert ledger_hash(h2.store.read()) == live
-        assert h2.store.read().execute("SELECT COUNT(*) FROM terminals").fetchone()[0] == 64
+        assert h2.store.read().execute("SELECT COUNT(*) FROM terminals").fetchone()[0] == len(demo.TERMINALS)
     finally:
         h2.close()
 
@@ -151,4 +152,4 @@ def test_serve_with_scheduled_backups_end_to_end(tmp_path, key_file):
     target = tmp_path / "restored.db"
     rep = restore(newest, target, key_file)
     assert rep.ledger_hash == rep.header.ledger_hash
-    assert sqlite3.connect(target).execute("SELECT COUNT(*) FROM terminals").fetchone()[0] == 64
+    assert sqlite3.connect(target).execute("SELECT COUNT(*) FROM terminals").fetchone()[0] == len(demo.TERMINALS)

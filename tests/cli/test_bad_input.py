@@ -125,6 +125,9 @@ def _posterm(*args, env=None, stdin=""):
     (["pay", "--port", "/nonexistent/tty", "--amount", "1e20"], 2),
     (["pay", "--port", "/nonexistent/tty", "--amount", "1", "--timeout", "nan"], 2),
     (["emulate", "--terminal-id", "bad id"], 2),
+    (["emulate", "--count", "2", "--processes", "3"], 2),
+    (["emulate", "--count", "4097"], 2),
+    (["emulate", "--count", "2", "--fleet-parent", "1"], 2),
     (["host", "trades", "--date", "yesterday"], 2),
     (["pay", "--port", "/nonexistent/tty", "--amount", "1"], 4),
 ])

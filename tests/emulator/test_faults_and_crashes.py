@@ -17,7 +17,7 @@ from posterm.families.native.ecr import Terminal
 from posterm.emulator.firmware import FirmwareConfig
 from posterm.emulator.runner import EmulatedTerminal
 from posterm.errors import PosError
-from posterm.host import Host
+from posterm.host import Host, demo
 
 CODE = {n: f"28990000000000000{n}" for n in range(1, 9)}
 HOST_OF = {Outcome.APPROVED: {"APPROVED"}, Outcome.DECLINED: {"DECLINED"}, Outcome.CANCELLED: {"CANCELLED", "REFUNDED"}}
@@ -127,9 +127,11 @@ def _try(fn):
 
 
 def test_a_terminal_the_host_does_not_know_is_told_so_not_left_unknown(tmp_path, caplog):
-    # The demo data registers T0000001..T0000064 only.
+    # The demo data registers T0000001..T{len(demo.TERMINALS)} only.
+    unknown = f"T{len(demo.TERMINALS) + 1:07d}"
+    assert unknown not in demo.TERMINALS
     with caplog.at_level(logging.INFO, logger="posterm.emulator"):
-        with EmulatedTerminal.start(home=tmp_path, terminal_id="T0000099") as emu:
+        with EmulatedTerminal.start(home=tmp_path, terminal_id=unknown) as emu:
             with Terminal.open(emu.port, journal=str(tmp_path / "d.db")) as term:
                 deadline = time.monotonic() + 10        # the terminal logs on as it starts
                 while term.status().host_online and time.monotonic() < deadline:

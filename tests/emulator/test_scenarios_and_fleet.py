@@ -11,6 +11,7 @@ from posterm.families.native.ecr import Terminal
 from posterm.emulator import Fleet, parse_scenario
 from posterm.emulator.firmware import FirmwareConfig
 from posterm.errors import ConfigError
+from posterm.host import demo
 
 CODE = {n: f"28990000000000000{n}" for n in range(1, 9)}
 
@@ -132,7 +133,9 @@ def test_fleet_of_four_in_one_process_shares_one_host(tmp_path):
 
 def test_fleet_size_is_bounded(tmp_path):
     with pytest.raises(ConfigError):
-        Fleet.start(65, home=tmp_path)
+        Fleet.start(len(demo.TERMINALS) + 1, home=tmp_path)
+    with pytest.raises(ConfigError):
+        Fleet.start(0, home=tmp_path)
 
 
 def test_tcp_listener_and_a_remote_host_over_tcp(tmp_path):
