@@ -86,8 +86,18 @@ def add_account(ctx: HostContext, account_id: str, name: str, *, currency: str =
                 real_name: bool = True, password: str | None = None, per_tx_limit: int = 500000,
                 daily_limit: int = 2000000, password_free: int = 100000, confirm: str = "pin",
                 home_region: str = "CN-SH", two_factor: bool = False, tz: str = "Asia/Shanghai",
-                behaviour: str = "normal") -> None:
-    """Open an account, funding it with ``balance_minor`` issued into the ledger."""
+                behaviour: str = "normal", id_number: str | None = None, id_name: str | None = None) -> None:
+    """Open an account, funding it with ``balance_minor`` issued into the ledger.
+
+    ``id_number`` and ``id_name`` (both or neither): the resident ID number and the name on
+    it, checked and kept as :func:`posterm.host.identity.verify` does; the account is then
+    real-name verified whatever ``real_name`` says. ``password`` must pass the rules of
+    :func:`posterm.host.identity.password_problem` (the ID's birth date included)."""
+    from posterm.host import identity
+
+    if (id_number is None) != (id_name is None):
+        raise HostRefused("real-name verification needs both the ID number and the name on it")
+    birth = identity.parse_id(id_number).birth if id_number is not None else None
     for v in (balance_minor, per_tx_limit, daily_limit, password_free):
         if not _minor_units(v):
             raise HostRefused(f"amounts and limits are whole minor units, 0 to {MAX_AMOUNT_MINOR}")
@@ -97,6 +107,10 @@ def add_account(ctx: HostContext, account_id: str, name: str, *, currency: str =
         ZoneInfo(tz)
     except Exception:
         raise HostRefused(f"unknown time zone {tz!r}") from None
+    if password:
+        why = identity.password_problem(password, birth=birth)
+        if why:
+            raise HostRefused(why)
     verifier = ctx.hsm.payment_verifier(password) if password else None
     now = ctx.clock()
     with ctx.store.transaction() as tx:
@@ -109,6 +123,8 @@ def add_account(ctx: HostContext, account_id: str, name: str, *, currency: str =
         if balance_minor:
             ledger.move(ctx, tx, f"I:{account_id}:{now}", "issuance", f"customer:{account_id}", balance_minor,
                         currency, "issue")
+        if id_number is not None:
+            identity.verify(ctx, tx, account_id, id_number, id_name)
 
 
 def account(ctx: HostContext, account_id: str) -> dict[str, Any]:
@@ -143,6 +159,9 @@ def set_password(ctx: HostContext, account_id: str, new: str, old: str | None = 
 
             if not old or not check_verifier(old, row["verifier"]):
                 raise HostRefused("the old payment password is wrong")
+        from posterm.host import identity
+
+        identity.check_password(ctx, tx, account_id, new)
         tx.set_verifier(account_id, ctx.hsm.payment_verifier(new))
 
 
@@ -159,6 +178,9 @@ def set_flags(ctx: HostContext, account_id: str, *, real_name: bool | None = Non
     with ctx.store.transaction() as tx:
         require_account(tx, account_id)
         if real_name is not None:
+            if real_name and tx.identity(account_id) is None:
+                raise HostRefused("real-name verification needs a resident ID number and the name on it: "
+                                  "posterm host account verify")
             tx.set_account(account_id, "real_name", bool(real_name))
         if two_factor is not None:
             tx.set_account(account_id, "two_factor", bool(two_factor))

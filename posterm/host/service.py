@@ -30,7 +30,7 @@ from firmware_protocol.native.tlv import encode as tlv_encode
 
 from posterm.crypto.hsm import Hsm
 from posterm.errors import PosTimeout
-from posterm.host import admin, after_sales, authorise, demo, risk, settlement, wallet
+from posterm.host import admin, after_sales, authorise, demo, identity, risk, settlement, wallet
 from posterm.host.context import Behaviour, HostContext, HostRefused
 from posterm.host.logon import Sessions
 from posterm.host.signing import ksn_fresh, request_mac_ok, sign
@@ -63,6 +63,7 @@ class Host:
                                reserved_code_prefixes=(demo.TEST_CODE_RANGE,))
         self.sessions = Sessions()
         self.require_logon = True
+        identity.bind(self.ctx)   # identity.matches(tx, ...) finds this host's HSM
 
     @classmethod
     def open(cls, db_path: str | Path | None = None, *, hsm: Hsm | None = None, demo: bool = True,
