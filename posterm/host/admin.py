@@ -110,7 +110,7 @@ def add_account(ctx: HostContext, account_id: str, name: str, *, currency: str =
     if password:
         why = identity.password_problem(password, birth=birth)
         if why:
-            raise HostRefused(why)
+            raise identity.PasswordRuleBroken(why)
     verifier = ctx.hsm.payment_verifier(password) if password else None
     now = ctx.clock()
     with ctx.store.transaction() as tx:
@@ -199,8 +199,19 @@ def security(ctx: HostContext, account_id: str) -> dict[str, Any]:
             "per_tx_limit_minor": acct["per_tx_limit"], "daily_limit_minor": acct["daily_limit"],
             "password_free_minor": acct["password_free"], "currency": acct["currency"],
             "frozen": bool(acct["frozen"]), "pin_locked": acct["pin_tries"] >= 3,
+            **_guard_state(ctx, account_id),
             "recent_alerts": view.recent_alerts(account_id, 10),
             "open_cases": view.open_cases_of(account_id)}
+
+
+def _guard_state(ctx: HostContext, account_id: str) -> dict[str, Any]:
+    """The security centre's guard (identity, balance monitoring, limits): posterm.host.monitor."""
+    from posterm.host import monitor
+
+    state = monitor.security_state(ctx.store.view(), account_id, ctx.rules)
+    state["last_audit"] = "never" if state["last_audit"] is None else (
+        f"{state['last_audit']['at']}: " + ("differed" if state["last_audit"]["this_account_differed"] else "agreed"))
+    return state
 
 
 def issue_code(ctx: HostContext, account_id: str) -> str:
@@ -287,21 +298,28 @@ def trades(ctx: HostContext, *, terminal: str | None = None, date: str | None = 
     return out
 
 
-def bill(ctx: HostContext, account_id: str, month: str) -> list[dict[str, Any]]:
-    """Every payment, refund and cancel of an account in a month (YYYY-MM, account's time zone)."""
+def bill(ctx: HostContext, account_id: str, month: str, tz: str | None = None) -> list[dict[str, Any]]:
+    """Every payment, refund and cancel of an account in a month (YYYY-MM in ``tz``, default
+    the account's time zone), each with ``balance_minor``: the balance after it (the running
+    sum of every entry of the account up to it, months before included)."""
     acct = account(ctx, account_id)
-    tz = ZoneInfo(acct["tz"])
+    try:
+        zone = ZoneInfo(tz or acct["tz"])
+    except Exception:
+        raise HostRefused(f"unknown time zone {tz!r}") from None
     try:
         datetime.strptime(month, "%Y-%m")
     except ValueError:
         raise HostRefused("--month is YYYY-MM") from None
     out = []
+    balance = 0
     for r in ctx.store.view().customer_ledger(account_id):
-        when = datetime.fromtimestamp(r["created_at"], tz)
+        balance += r["delta"]
+        when = datetime.fromtimestamp(r["created_at"], zone)
         if when.strftime("%Y-%m") == month:
             out.append({"time": when.isoformat(timespec="seconds"), "kind": r["kind"], "amount_minor": r["delta"],
-                        "currency": r["currency"], "order_id": r["order_id"], "merchant": r["merchant_id"],
-                        "reference": r["txn"]})
+                        "balance_minor": balance, "currency": r["currency"], "order_id": r["order_id"],
+                        "merchant": r["merchant_id"], "reference": r["txn"]})
     return out
 
 

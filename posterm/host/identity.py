@@ -42,6 +42,10 @@ _PROVINCES = frozenset({11, 12, 13, 14, 15, 21, 22, 23, 31, 32, 33, 34, 35, 36, 
 NAME_MAX = 64
 
 
+class PasswordRuleBroken(HostRefused):
+    """A payment password that breaks a rule (:func:`password_problem`); the text says which."""
+
+
 @dataclass(frozen=True, slots=True)
 class ResidentId:
     """A valid resident ID number, normalised (upper-case X)."""
@@ -120,10 +124,10 @@ def password_problem(password: str, *, birth: date | None = None, birth_hashes: 
     if not (password.isascii() and password.isdigit() and 6 <= len(password) <= 12):
         return "a payment password is 6 to 12 digits"
     if len(set(password)) == 1:
-        return "a payment password may not be one digit repeated (like 111111)"
+        return "a payment password may not be one digit repeated"
     steps = {int(b) - int(a) for a, b in zip(password, password[1:])}
     if steps in ({1}, {-1}):
-        return "a payment password may not be a run of digits (like 123456 or 654321)"
+        return "a payment password may not be a run of digits, up or down"
     windows = {password[i:i + 4] for i in range(len(password) - 3)}
     if birth is not None and windows & set(_birth_forms(birth)):
         return "a payment password may not contain the birth date in the ID (MMDD or DDMM)"
@@ -136,12 +140,12 @@ def password_problem(password: str, *, birth: date | None = None, birth_hashes: 
 
 def check_password(ctx: HostContext, tx: "Tx", account_id: str | None, password: str,
                    birth: date | None = None) -> None:
-    """Raise HostRefused when ``password`` breaks a rule for the account (its stored birth
+    """Raise PasswordRuleBroken (a HostRefused) when ``password`` breaks a rule for the account (its stored birth
     date, when verified; ``birth`` at registration)."""
     row = tx.identity(account_id) if account_id else None
     why = password_problem(password, birth=birth, birth_hashes=row["birth_hashes"] if row else None, hsm=ctx.hsm)
     if why:
-        raise HostRefused(why)
+        raise PasswordRuleBroken(why)
 
 
 # ---------------------------------------------------------------------- verification

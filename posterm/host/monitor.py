@@ -156,6 +156,27 @@ def outflow_rule_text(rules: dict | None = None) -> str:
             f"(usual: median of the last {r['history_days']} days with spending, from {r['min_history']})")
 
 
+def security_state(view: Tx, account_id: str, rules: dict | None = None) -> dict[str, Any]:
+    """The guard's state as fields (``host security --json``): identity, balance and
+    running total, the last audit, the outflow rule, over-limit handling, the reminder."""
+    from posterm.host import identity
+
+    acct = view.account(account_id)
+    if acct is None:
+        return {}
+    ident = identity.state(view, account_id)
+    bt = view.balance_and_total(account_id)
+    last = view.last_audit()
+    return {"identity_verified": ident["identity_verified"], "id_last4": ident["id_last4"],
+            "balance_minor": bt["balance_minor"], "ledger_running_total_minor": bt["total_minor"],
+            "balance_agrees": bt["balance_minor"] == bt["total_minor"],
+            "last_audit": None if last is None else {
+                "at": datetime.fromtimestamp(last["created_at"], timezone.utc).isoformat(timespec="seconds"),
+                "accounts": last["accounts"], "this_account_differed": account_id in json.loads(last["mismatched"])},
+            "outflow_rule": outflow_rule_text(rules), "over_limit": acct["over_limit"],
+            "remind_at_percent": acct["remind_at"]}
+
+
 def security_rows(view: Tx, account_id: str, rules: dict | None = None) -> list[tuple[str, str]]:
     """The guard's lines in ``host security``: identity, balance vs running total, the last
     audit, the outflow rule, over-limit handling and the reminder."""

@@ -262,6 +262,8 @@ def good_value(path: tuple[str, ...], param: click.Parameter, cat: str | None, f
         return "posterm://pay?o=ORDER-1"
     if name == "case_id":
         return "1"
+    if name == "id_number":
+        return "11010519491231002X"     # a valid resident ID number (GB 11643's example)
     if name in ("file", "scenario", "risk_rules"):
         return None
     if name == "dests":
