@@ -153,7 +153,7 @@ def outflow_rule_text(rules: dict | None = None) -> str:
     if not r.get("enabled", True):
         return "off"
     return (f"{r['action']} when over {r['factor']}x the usual daily spending within {r['window_s']} s "
-            f"(usual: median of the last {r['history_days']} days with spending, from {r['min_history']})")
+            f"(usual: the median of its last {r['history_days']} days with spending, once it has {r['min_history']})")
 
 
 def security_state(view: Tx, account_id: str, rules: dict | None = None) -> dict[str, Any]:
