@@ -114,8 +114,8 @@ def limit_reminder(ctx: HostContext, tx: Tx, acct: Row, before: int, after: int,
         return False
     tx.set_account(acct["id"], "reminded_day", day)
     ctx.alert(tx, acct["id"], "limit_reminder",
-              f"today's payments {after} have reached {after * 100 // limit}% of the daily limit {limit} "
-              f"(reminder at {share}%) {acct['currency']} minor units")
+              f"today's payments ({after} {acct['currency']} minor units) reached {after * 100 // limit}% of the "
+              f"daily limit {limit} (reminder at {share}%)")
     return True
 
 
