@@ -31,6 +31,7 @@ from posterm.cli.common import (
 
 from posterm.cli.host_security import CODE6, proof_options, read_proof  # verification (the security centre)
 from posterm.cli.host_common import (  # noqa: F401 - shared with the host command modules
+    ID_NUMBER,
     MONEY,
     _iso_text,
     _table,
@@ -208,13 +209,27 @@ def account() -> None:
 @click.option("--confirm", type=click.Choice(["pin", "phone"]), default="pin", show_default=True)
 @click.option("--home-region", type=ID32, default="CN-SH", show_default=True)
 @click.option("--tz", type=TZ, default="Asia/Shanghai", show_default=True)
-@click.option("--not-verified", is_flag=True, help="Not real-name verified.")
+@click.option("--real-name", is_flag=True, help="Real-name verified: needs --id-number and --real-name-of.")
+@click.option("--id-number", type=ID_NUMBER, default=None,
+              help="The holder's mainland resident ID number (18 characters, checked; kept only as a keyed hash "
+                   "and its last 4).")
+@click.option("--real-name-of", "real_name_of", type=TextType(64), default=None, help="The name on that ID.")
+@click.option("--not-verified", is_flag=True, help="Not real-name verified (the default without --real-name).")
 @click.option("--set-password", is_flag=True, help="Prompt for a payment password (hidden).")
 @db_option
 @host_errors
 def account_add(account_id, name, currency, balance, per_tx_limit, daily_limit, password_free, confirm, home_region,
-                tz, not_verified, set_password, db_path):
-    """Open an account."""
+                tz, real_name, id_number, real_name_of, not_verified, set_password, db_path):
+    """Open an account. Without --real-name (an ID number and the name on it) it is not
+    real-name verified: it pays at most 200 (major units) per payment. Payment-password
+    rules: 6 to 12 digits, not one digit repeated, not a run (123456, 654321), not the birth
+    date in the ID (MMDD or DDMM in it)."""
+    if real_name and not_verified:
+        raise click.UsageError("--real-name and --not-verified contradict each other")
+    if (real_name or id_number or real_name_of) and not (id_number and real_name_of):
+        raise click.UsageError("--real-name needs both --id-number and --real-name-of")
+    from posterm.host.identity import PasswordRuleBroken
+
     password = click.prompt("Payment password", hide_input=True, confirmation_prompt=True) if set_password else None
     h = open_host(db_path)
     try:
@@ -222,10 +237,12 @@ def account_add(account_id, name, currency, balance, per_tx_limit, daily_limit, 
                       per_tx_limit=money(per_tx_limit, currency, "--per-tx-limit"),
                       daily_limit=money(daily_limit, currency, "--daily-limit"),
                       password_free=money(password_free, currency, "--password-free"), confirm=confirm, home_region=home_region,
-                      tz=tz, real_name=not not_verified, password=password)
+                      tz=tz, real_name=False, password=password, id_number=id_number, id_name=real_name_of)
+    except PasswordRuleBroken as exc:
+        raise click.BadParameter(str(exc), param_hint="payment password") from None
     finally:
         h.close()
-    click.echo(f"account {account_id} opened")
+    click.echo(f"account {account_id} opened" + (", real-name verified" if id_number else ""))
 
 
 @account.command("show")
@@ -284,26 +301,38 @@ def account_limits(account_id, per_tx_limit, daily_limit, password_free, code, o
               help="Two-factor payments: confirmed with a code from the phone or a biometric approval on it.")
 @click.option("--large-payment", type=MONEY, default=None,
               help="Alert the customer of every payment of at least this amount (0: never).")
+@click.option("--over-limit", type=click.Choice(["reject", "confirm"]), default=None,
+              help="Over a limit: reject the payment, or ask for the extra confirmation (password / phone).")
+@click.option("--remind-at", type=IntType(0, 100), default=None,
+              help="Remind the customer once a day when payments reach this % of the daily limit (0: never; "
+                   "default 80).")
 @proof_options
 @db_option
 @host_errors
-def account_security(account_id, two_factor, real_name, confirm, prefer, large_payment, code, operator, password_stdin,
-                     db_path):
+def account_security(account_id, two_factor, real_name, confirm, prefer, large_payment, over_limit, remind_at, code,
+                     operator, password_stdin, db_path):
     """Change an account's security settings (shown by `posterm host security`).
 
     Turning two-factor off (code purpose two-factor-off) and changing --confirm or --prefer
     (purpose confirm-pref) need --code with the payment password on stdin, or --operator
-    with the operator's password on stdin; the rest is free."""
+    with the operator's password on stdin; the rest is free. --real-name needs the account
+    verified with an ID number (`posterm host account verify`)."""
     proof = read_proof(code, operator, password_stdin)
-    if two_factor is None and real_name is None and confirm is None and prefer is None and large_payment is None:
+    if (two_factor is None and real_name is None and confirm is None and prefer is None and large_payment is None
+            and over_limit is None and remind_at is None):
         raise click.UsageError("give at least one of --two-factor/--no-two-factor, --real-name/--no-real-name, "
-                               "--confirm, --prefer, --large-payment")
+                               "--confirm, --prefer, --large-payment, --over-limit, --remind-at")
     h = open_host(db_path)
     try:
-        large = None if large_payment is None else money(large_payment, h.account(account_id)["currency"],
-                                                         "--large-payment")
-        h.set_flags(account_id, two_factor=two_factor, real_name=real_name, confirm=confirm, confirm_pref=prefer,
-                    large_payment=large, proof=proof)
+        if any(v is not None for v in (two_factor, real_name, confirm, prefer, large_payment)):
+            large = None if large_payment is None else money(large_payment, h.account(account_id)["currency"],
+                                                             "--large-payment")
+            h.set_flags(account_id, two_factor=two_factor, real_name=real_name, confirm=confirm, confirm_pref=prefer,
+                        large_payment=large, proof=proof)
+        if over_limit is not None or remind_at is not None:
+            from posterm.host import monitor
+
+            monitor.set_limit_handling(h.ctx, account_id, over_limit=over_limit, remind_at=remind_at)
     finally:
         h.close()
     click.echo("security settings updated")
@@ -314,12 +343,18 @@ def account_security(account_id, two_factor, real_name, confirm, prefer, large_p
 @db_option
 @host_errors
 def account_password(account_id, db_path):
-    """Set the payment password (changing it asks for the old one). Prompts, hidden."""
+    """Set the payment password (changing it asks for the old one). Prompts, hidden. The
+    rules of `account add` apply (exit 2 naming the one broken)."""
+    from posterm.host.identity import PasswordRuleBroken
+
     h = open_host(db_path)
     try:
         old = click.prompt("Old payment password", hide_input=True) if h.account(account_id)["password_set"] else None
         new = click.prompt("New payment password", hide_input=True, confirmation_prompt=True)
-        h.set_password(account_id, new, old)
+        try:
+            h.set_password(account_id, new, old)
+        except PasswordRuleBroken as exc:
+            raise click.BadParameter(str(exc), param_hint="payment password") from None
     finally:
         h.close()
     click.echo("payment password set")
@@ -602,18 +637,23 @@ def trades(terminal, date, as_csv, as_json, db_path):
 
 @host.command()
 @click.argument("account_id", type=ID32)
-@click.option("--month", type=MONTH, required=True, help="YYYY-MM, in the account's time zone.")
+@click.option("--month", type=MONTH, required=True, help="YYYY-MM, in the bill's time zone.")
+@click.option("--tz", type=TZ, default=None, help="Time zone of the month and the times (default: the account's).")
 @click.option("--csv", "as_csv", is_flag=True, help="CSV export.")
 @json_option
 @db_option
 @host_errors
-def bill(account_id, month, as_csv, as_json, db_path):
-    """An account's bill: every payment, refund and cancel in a month."""
+def bill(account_id, month, tz, as_csv, as_json, db_path):
+    """An account's bill: every payment, refund and cancel in a month, each with the
+    balance after it (balance_minor). The text table's first line names the time zone."""
     h = open_host(db_path)
     try:
-        rows = h.bill(account_id, month)
+        zone = tz or h.account(account_id)["tz"]
+        rows = h.bill(account_id, month, tz=zone)
     finally:
         h.close()
+    if not (as_json or as_csv):
+        click.echo(f"bill of {account_id} for {month}, times in {zone}" + ("" if tz else " (the account's time zone)"))
     _table(rows, as_json, as_csv)
 
 

@@ -87,3 +87,24 @@ def _table(rows: list[dict], as_json: bool, as_csv: bool) -> None:
         click.echo("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in cols))
 
 
+
+
+class IdNumberType(click.ParamType):
+    """A mainland resident ID number: 18 characters, GB 11643 check digit, a real birth date."""
+
+    name = "id_number"
+
+    def convert(self, value, param, ctx):
+        from posterm.host.identity import id_problem
+
+        text = str(value).strip().upper()
+        why = id_problem(text[:40])
+        if why:
+            self.fail(why, param, ctx)
+        return text
+
+    def __repr__(self) -> str:
+        return "ID_NUMBER"
+
+
+ID_NUMBER = IdNumberType()

@@ -12,6 +12,8 @@ This module never imports :mod:`posterm.crypto.pinpad`.
 
 from __future__ import annotations
 
+import hashlib
+import hmac as _hmac
 import os
 import threading
 import time
@@ -62,6 +64,9 @@ class Hsm:
         self._bdk_id = keys["bdk_id"]        # 4 bytes; the first 4 bytes of every KSN it issues
         self._tdes_bdk = keys["tdes_bdk"]
         self._kbpk_master = keys["kbpk_master"]
+        # The key of the customers' identity hashes (Hsm.identity_hash): its own random key,
+        # used for nothing else. A key store made before it existed gets one (see open).
+        self._identity_key = keys.get("identity_key") or os.urandom(32)
         # Earlier AES BDKs by id: terminals loaded before a rotation keep working until re-keyed.
         self._retired: dict[bytes, bytes] = dict(retired or {})
         # terminal id -> device number (see _device); the name is historical.
@@ -90,7 +95,11 @@ class Hsm:
         retired = {bytes.fromhex(k): bytes.fromhex(v) for k, v in doc.pop("retired", {}).items()}
         devices = {str(k): int(v) for k, v in doc.pop("tdes_devices", {}).items()}
         generations = {str(k): int(v) for k, v in doc.pop("generations", {}).items()}
-        return cls({k: bytes.fromhex(v) for k, v in doc.items()}, path, retired, devices, generations)
+        hsm = cls({k: bytes.fromhex(v) for k, v in doc.items()}, path, retired, devices, generations)
+        if "identity_key" not in doc:
+            with hsm._lock:
+                hsm._save()   # adopts one another process stored meanwhile (_merge_stored)
+        return hsm
 
     def _save(self) -> None:
         if self._path is None:
@@ -98,6 +107,7 @@ class Hsm:
         self._merge_stored()   # what another process saved since (a rotation, a device number) survives
         sealed.save(self._path, {"bdk": self._bdk.hex(), "bdk_id": self._bdk_id.hex(),
                                  "tdes_bdk": self._tdes_bdk.hex(), "kbpk_master": self._kbpk_master.hex(),
+                                 "identity_key": self._identity_key.hex(),
                                  "retired": {k.hex(): v.hex() for k, v in self._retired.items()},
                                  "tdes_devices": self._tdes_devices, "generations": self._generations})
 
@@ -247,7 +257,7 @@ class Hsm:
         if size is None:
             raise CryptoError(f"an AES BDK type is one of {', '.join(_BDK_SIZES)}, not {bdk_type!r}")
         return {"bdk": os.urandom(size), "bdk_id": os.urandom(4), "tdes_bdk": os.urandom(16),
-                "kbpk_master": os.urandom(32)}
+                "kbpk_master": os.urandom(32), "identity_key": os.urandom(32)}
 
     # -- key issue --------------------------------------------------------------
 
@@ -293,6 +303,9 @@ class Hsm:
             return
         doc = sealed.load(self._path) or {}
         self._merge_bdks(doc)
+        if doc.get("identity_key"):
+            # once stored, the identity key never changes: every stored hash depends on it
+            self._identity_key = bytes.fromhex(doc["identity_key"])
         for k, v in (doc.get("tdes_devices") or {}).items():
             self._tdes_devices.setdefault(str(k), int(v))
         for k, v in (doc.get("generations") or {}).items():
@@ -429,6 +442,13 @@ class Hsm:
         if not (password.isdigit() and 6 <= len(password) <= 12):
             raise CryptoError("a payment password is 6 to 12 digits")
         return make_verifier(password)
+
+    def identity_hash(self, value: str) -> bytes:
+        """A keyed hash (HMAC-SHA256 under the HSM's identity key, 32 bytes) of an identity
+        document value (a resident ID number, a name), so the host can compare one given
+        again without keeping it: without the key, the hash of a guessable value (an ID
+        number) cannot be searched for offline. The key is used for nothing else."""
+        return _hmac.new(self._identity_key, b"posterm-identity:" + value.encode(), hashlib.sha256).digest()
 
     def verify_pin(self, *, ksn: bytes, pin_block: bytes, pin_format: int, pan: str, verifier: bytes,
                    tries_used: int) -> PinCheck:

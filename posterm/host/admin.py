@@ -83,8 +83,18 @@ def add_account(ctx: HostContext, account_id: str, name: str, *, currency: str =
                 real_name: bool = True, password: str | None = None, per_tx_limit: int = 500000,
                 daily_limit: int = 2000000, password_free: int = 100000, confirm: str = "pin",
                 home_region: str = "CN-SH", two_factor: bool = False, tz: str = "Asia/Shanghai",
-                behaviour: str = "normal") -> None:
-    """Open an account, funding it with ``balance_minor`` issued into the ledger."""
+                behaviour: str = "normal", id_number: str | None = None, id_name: str | None = None) -> None:
+    """Open an account, funding it with ``balance_minor`` issued into the ledger.
+
+    ``id_number`` and ``id_name`` (both or neither): the resident ID number and the name on
+    it, checked and kept as :func:`posterm.host.identity.verify` does; the account is then
+    real-name verified whatever ``real_name`` says. ``password`` must pass the rules of
+    :func:`posterm.host.identity.password_problem` (the ID's birth date included)."""
+    from posterm.host import identity
+
+    if (id_number is None) != (id_name is None):
+        raise HostRefused("real-name verification needs both the ID number and the name on it")
+    birth = identity.parse_id(id_number).birth if id_number is not None else None
     for v in (balance_minor, per_tx_limit, daily_limit, password_free):
         if not _minor_units(v):
             raise HostRefused(f"amounts and limits are whole minor units, 0 to {MAX_AMOUNT_MINOR}")
@@ -94,6 +104,10 @@ def add_account(ctx: HostContext, account_id: str, name: str, *, currency: str =
         ZoneInfo(tz)
     except Exception:
         raise HostRefused(f"unknown time zone {tz!r}") from None
+    if password:
+        why = identity.password_problem(password, birth=birth)
+        if why:
+            raise identity.PasswordRuleBroken(why)
     verifier = ctx.hsm.payment_verifier(password) if password else None
     now = ctx.clock()
     with ctx.store.transaction() as tx:
@@ -106,6 +120,8 @@ def add_account(ctx: HostContext, account_id: str, name: str, *, currency: str =
         if balance_minor:
             ledger.move(ctx, tx, f"I:{account_id}:{now}", "issuance", f"customer:{account_id}", balance_minor,
                         currency, "issue")
+        if id_number is not None:
+            identity.verify(ctx, tx, account_id, id_number, id_name)
 
 
 def account(ctx: HostContext, account_id: str) -> dict[str, Any]:
@@ -146,6 +162,9 @@ def set_password(ctx: HostContext, account_id: str, new: str, old: str | None = 
 
             if not old or not check_verifier(old, row["verifier"]):
                 raise HostRefused("the old payment password is wrong")
+        from posterm.host import identity
+
+        identity.check_password(ctx, tx, account_id, new)
         tx.set_verifier(account_id, ctx.hsm.payment_verifier(new))
         ctx.alert(tx, account_id, "password_changed", "payment password changed")
 
@@ -179,6 +198,9 @@ def set_flags(ctx: HostContext, account_id: str, *, real_name: bool | None = Non
 
     def change(tx, acct) -> None:
         if real_name is not None:
+            if real_name and tx.identity(account_id) is None:
+                raise HostRefused("real-name verification needs a resident ID number and the name on it: "
+                                  "posterm host account verify")
             tx.set_account(account_id, "real_name", bool(real_name))
         if two_factor is not None:
             tx.set_account(account_id, "two_factor", bool(two_factor))
@@ -302,21 +324,28 @@ def trades(ctx: HostContext, *, terminal: str | None = None, date: str | None = 
     return out
 
 
-def bill(ctx: HostContext, account_id: str, month: str) -> list[dict[str, Any]]:
-    """Every payment, refund and cancel of an account in a month (YYYY-MM, account's time zone)."""
+def bill(ctx: HostContext, account_id: str, month: str, tz: str | None = None) -> list[dict[str, Any]]:
+    """Every payment, refund and cancel of an account in a month (YYYY-MM in ``tz``, default
+    the account's time zone), each with ``balance_minor``: the balance after it (the running
+    sum of every entry of the account up to it, months before included)."""
     acct = account(ctx, account_id)
-    tz = ZoneInfo(acct["tz"])
+    try:
+        zone = ZoneInfo(tz or acct["tz"])
+    except Exception:
+        raise HostRefused(f"unknown time zone {tz!r}") from None
     try:
         datetime.strptime(month, "%Y-%m")
     except ValueError:
         raise HostRefused("--month is YYYY-MM") from None
     out = []
+    balance = 0
     for r in ctx.store.view().customer_ledger(account_id):
-        when = datetime.fromtimestamp(r["created_at"], tz)
+        balance += r["delta"]
+        when = datetime.fromtimestamp(r["created_at"], zone)
         if when.strftime("%Y-%m") == month:
             out.append({"time": when.isoformat(timespec="seconds"), "kind": r["kind"], "amount_minor": r["delta"],
-                        "currency": r["currency"], "order_id": r["order_id"], "merchant": r["merchant_id"],
-                        "reference": r["txn"]})
+                        "balance_minor": balance, "currency": r["currency"], "order_id": r["order_id"],
+                        "merchant": r["merchant_id"], "reference": r["txn"]})
     return out
 
 

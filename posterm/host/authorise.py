@@ -20,7 +20,7 @@ from firmware_protocol.host import messages as h
 from firmware_protocol.host.messages import HostErrorCode, pin_pan
 from firmware_protocol.native.messages import Reason
 
-from posterm.host import ledger, phone, risk
+from posterm.host import ledger, monitor, phone, risk
 from posterm.host.context import HostContext, require_account
 from posterm.host.orders import answer, foreign, not_found, trade_for
 from posterm.host.signing import ksn_fresh, ksn_parts
@@ -129,21 +129,28 @@ def checks(ctx: HostContext, tx: Tx, acct: Row, amount: int, currency: str, term
     ``spent``: the account's spending today, when the caller already has it."""
     if acct["frozen"]:
         return "decline", Reason.ACCOUNT_FROZEN, "account frozen"
+    if not monitor.balance_ok(ctx, tx, acct["id"]):   # frozen now, and alerted
+        return "decline", Reason.ACCOUNT_FROZEN, monitor.MISMATCH_TEXT
     if currency != acct["currency"]:
         return "decline", Reason.CURRENCY_MISMATCH, f"account is in {acct['currency']}"
     if not acct["real_name"] and amount > REAL_NAME_FREE_MAJOR * 10 ** CURRENCIES.get(acct["currency"], (0, 2))[1]:
         return "decline", Reason.NOT_REAL_NAME_VERIFIED, "real-name verification needed"
+    # Over a limit: rejected, or (the account's choice, over_limit = confirm) the customer's
+    # extra confirmation (payment password or phone) is asked for, as for risk's "confirm".
+    over = []
     if amount > acct["per_tx_limit"]:
-        return "decline", Reason.OVER_TRANSACTION_LIMIT, "over the per-transaction limit"
+        over.append((Reason.OVER_TRANSACTION_LIMIT, "over the per-transaction limit"))
     if (ledger.spent_today(ctx, tx, acct) if spent is None else spent) + amount > acct["daily_limit"]:
-        return "decline", Reason.OVER_DAILY_LIMIT, "over the daily limit"
+        over.append((Reason.OVER_DAILY_LIMIT, "over the daily limit"))
+    if over and acct["over_limit"] != "confirm":
+        return "decline", *over[0]
     decision = assess_risk(ctx, tx, acct, amount, term, trade_no)
     if decision.action == "reject":
         return "decline", Reason.RISK_REJECTED, "rejected by risk control"
     if amount > acct["balance_minor"]:
         return "decline", Reason.INSUFFICIENT_BALANCE, "insufficient balance"
-    if decision.action == "confirm":
-        return "confirm", Reason.NONE, "; ".join(decision.reasons)
+    if decision.action == "confirm" or over:
+        return "confirm", Reason.NONE, "; ".join([text for _, text in over] + list(decision.reasons))
     return None
 
 
@@ -159,7 +166,9 @@ def assess_risk(ctx: HostContext, tx: Tx, acct: Row, amount: int, term: Row, tra
             recent_amounts=tx.recent_approved_amounts(acct["id"], 20),
             payments_in_window=tx.payments_since(acct["id"], now - ctx.rules["velocity"]["window_s"], trade_no),
             new_terminal=not tx.paid_at_terminal_before(acct["id"], term["id"], trade_no),
-            wrong_pins_in_window=tx.wrong_pins_since(acct["id"], now - ctx.rules["wrong_pins"]["window_s"])))
+            wrong_pins_in_window=tx.wrong_pins_since(acct["id"], now - ctx.rules["wrong_pins"]["window_s"]),
+            outflow_in_window=monitor.outflow(tx, acct["id"], now, ctx.rules["outflow"]["window_s"]) + amount,
+            usual_daily=monitor.usual_daily(tx, acct, now, ctx.rules["outflow"]["history_days"])))
     tx.record_risk_decision(trade_no, acct["id"], decision.action, decision.reasons, now)
     if decision.action != "allow" and decision.reasons:
         ctx.alert(tx, acct["id"], f"risk:{decision.action}", f"{trade_no}: " + "; ".join(decision.reasons))

@@ -11,6 +11,7 @@ from __future__ import annotations
 from firmware_protocol.currency import CURRENCIES
 from firmware_protocol.native.messages import Reason
 
+from posterm.host import monitor
 from posterm.host.context import HostContext, require_account
 from posterm.host.store import Tx, local_day
 from posterm.host.store.queries import Row
@@ -26,6 +27,7 @@ def move(ctx: HostContext, tx: Tx, txn: str, debit: str, credit: str, amount: in
     for account, delta in ((debit, -amount), (credit, amount)):
         if account.startswith("customer:"):
             tx.add_balance(account.split(":", 1)[1], delta)
+            monitor.check_posted(ctx, tx, account.split(":", 1)[1])
 
 
 def spent_today(ctx: HostContext, tx: Tx, acct: Row) -> int:
@@ -54,9 +56,12 @@ def capture_trade(ctx: HostContext, tx: Tx, trade_no: str, merchant_id: str, amo
     in this transaction. Declines it instead when the account cannot pay now."""
     if acct["frozen"]:
         return decline(tx, trade_no, Reason.ACCOUNT_FROZEN, "account frozen")
+    if not monitor.balance_ok(ctx, tx, acct["id"]):   # frozen now, and alerted
+        return decline(tx, trade_no, Reason.ACCOUNT_FROZEN, monitor.MISMATCH_TEXT)
     if amount > acct["balance_minor"]:
         return decline(tx, trade_no, Reason.INSUFFICIENT_BALANCE, "insufficient balance")
-    if spent + amount > acct["daily_limit"]:
+    # over_limit = confirm: the customer confirmed going over (a capture follows a confirmation)
+    if spent + amount > acct["daily_limit"] and acct["over_limit"] != "confirm":
         return decline(tx, trade_no, Reason.OVER_DAILY_LIMIT, "over the daily limit")
     move(ctx, tx, trade_no, f"customer:{acct['id']}", f"merchant:{merchant_id}", amount, currency, "payment")
     now = ctx.clock()
@@ -65,6 +70,7 @@ def capture_trade(ctx: HostContext, tx: Tx, trade_no: str, merchant_id: str, amo
     if acct["large_payment"] is not None and amount >= acct["large_payment"]:   # the customer's own threshold
         ctx.alert(tx, acct["id"], "large_payment", f"payment of {display(amount, currency)} to merchant {merchant_id} "
                   f"(trade {trade_no})")
+    monitor.limit_reminder(ctx, tx, acct, spent, spent + amount, now)
 
 
 def display(minor: int, currency: str) -> str:

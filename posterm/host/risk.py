@@ -24,6 +24,12 @@ the phone), or ``reject``::
     count = 3
     window_s = 3600
     action = "reject"
+    [outflow]       # unusual outflow (posterm.host.monitor): paid within the rolling window,
+    factor = 3      # this payment included, above factor x the account's usual daily spending
+    window_s = 86400
+    history_days = 30   # usual: the median of its last 30 days with spending, before today,
+    min_history = 3     # once it has 3 such days
+    action = "alert"
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ DEFAULT_RULES: dict[str, dict[str, Any]] = {
     "velocity": {"count": 10, "window_s": 60, "action": "reject"},
     "new_terminal": {"action": "alert"},
     "wrong_pins": {"count": 3, "window_s": 3600, "action": "reject"},
+    "outflow": {"factor": 3, "window_s": 86400, "history_days": 30, "min_history": 3, "action": "alert"},
 }
 ACTIONS = ("allow", "alert", "confirm", "reject")
 _RANK = {a: i for i, a in enumerate(ACTIONS)}
@@ -58,6 +65,8 @@ class RiskInput:
     payments_in_window: int               # payments within the velocity window
     new_terminal: bool
     wrong_pins_in_window: int
+    outflow_in_window: int = 0            # paid within the outflow window, this payment included
+    usual_daily: tuple[int, ...] = ()     # the account's recent daily totals (see [outflow])
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +143,13 @@ def evaluate(rules: dict[str, dict[str, Any]], x: RiskInput) -> Decision:
     r = rules["wrong_pins"]
     if on("wrong_pins") and x.wrong_pins_in_window >= r["count"]:
         hits.append((r["action"], f"{x.wrong_pins_in_window} wrong PINs recently"))
+    r = rules["outflow"]
+    if on("outflow") and len(x.usual_daily) >= r["min_history"]:
+        ordered = sorted(x.usual_daily)
+        usual = ordered[len(ordered) // 2]
+        if usual > 0 and x.outflow_in_window > r["factor"] * usual:
+            hits.append((r["action"], f"{x.outflow_in_window} paid within {r['window_s']} s is over "
+                                      f"{r['factor']}x the usual daily {usual}"))
     if not hits:
         return Decision("allow", ())
     action = max((a for a, _ in hits), key=_RANK.__getitem__)

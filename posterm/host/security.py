@@ -291,8 +291,22 @@ add_section("second factor", _factor_rows)
 add_section("limits", _limit_rows)
 add_section("alerts", _alert_rows)
 add_section("security audit", _audit_rows)
-# identity (real-name ID numbers): sec-guard adds its section here
-# monitoring (balance monitor, 24 h outflow): sec-guard adds its section here
+
+
+def _guard_rows(ctx: HostContext, view: Tx, acct: Row) -> dict[str, Any]:
+    """Identity (real-name ID number), the balance monitor and the last audit, the 24 h
+    outflow rule, the limit reminder: posterm.host.monitor."""
+    from posterm.host import monitor
+
+    state = monitor.security_state(view, acct["id"], ctx.rules)
+    last = state["last_audit"]
+    state["last_audit"] = "never" if last is None else (
+        f"{last['at']}: " + ("differed" if last["this_account_differed"] else "agreed"))
+    state.pop("over_limit", None)          # shown with the limits
+    return state
+
+
+add_section("identity and balance monitoring", _guard_rows)
 # notices (security education): sec-terminal adds its section here
 
 

@@ -30,7 +30,7 @@ from firmware_protocol.native.tlv import encode as tlv_encode
 
 from posterm.crypto.hsm import Hsm
 from posterm.errors import PosTimeout
-from posterm.host import admin, after_sales, alerts, authorise, demo, risk, settlement, wallet
+from posterm.host import admin, after_sales, alerts, authorise, demo, identity, risk, settlement, wallet
 from posterm.host.context import Behaviour, HostContext, HostRefused
 from posterm.host.logon import Sessions
 from posterm.host.security_keys import SecurityKeys
@@ -66,6 +66,7 @@ class Host:
                                fan_out=alerts.fan_out)
         self.sessions = Sessions()
         self.require_logon = True
+        identity.bind(self.ctx)   # identity.matches(tx, ...) finds this host's HSM
 
     @classmethod
     def open(cls, db_path: str | Path | None = None, *, hsm: Hsm | None = None, demo: bool = True,

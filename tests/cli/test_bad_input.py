@@ -88,6 +88,58 @@ def test_the_issue_examples(tmp_path, monkeypatch):
     assert not failures, "\n".join(failures)
 
 
+def test_the_security_centre_guard_refuses_bad_input(tmp_path, monkeypatch):
+    """Issue 17 (real-name ID numbers, password rules, limits, back office): values of the
+    right shape that are still wrong, and options that need each other."""
+    C = sweep.Case
+    good_id, acct = "11010519491231002X", ["--name", "G"]
+    cases = [
+        C(["host", "account", "add", "acct-g", *acct, "--real-name"], 2, ("--id-number",)),
+        C(["host", "account", "add", "acct-g", *acct, "--id-number", good_id], 2, ("--real-name-of",)),
+        C(["host", "account", "add", "acct-g", *acct, "--id-number", "110105194912310021", "--real-name-of", "X"],
+          2, ("--id-number",)),
+        C(["host", "account", "add", "acct-g", *acct, "--id-number", "11010519490231002X", "--real-name-of", "X"],
+          2, ("--id-number",)),
+        C(["host", "account", "add", "acct-g", *acct, "--id-number", "1101051949123100", "--real-name-of", "X"],
+          2, ("--id-number",)),
+        C(["host", "account", "add", "acct-g", *acct, "--real-name", "--not-verified", "--id-number", good_id,
+           "--real-name-of", "X"], 2, ("--not-verified",)),
+        C(["host", "account", "add", "acct-g", *acct, "--id-number", good_id, "--real-name-of", "x" * 65],
+          2, ("--real-name-of",)),
+        C(["host", "account", "add", "acct-g", *acct, "--set-password"], 2, ("payment password",), secret="123456",
+          stdin="123456\n123456\n"),
+        C(["host", "account", "add", "acct-g", *acct, "--set-password"], 2, ("payment password",), secret="888888",
+          stdin="888888\n888888\n"),
+        C(["host", "account", "add", "acct-g", *acct, "--id-number", good_id, "--real-name-of", "X",
+           "--set-password"], 2, ("payment password",), secret="491231", stdin="491231\n491231\n"),
+        C(["host", "account", "verify", "ORDER-1", "--id-number", "12345", "--real-name-of", "X"], 2,
+          ("--id-number",)),
+        C(["host", "account", "verify", "ORDER-1", "--real-name-of", "X"], 2, ("--id-number",)),
+        C(["host", "account", "verify", "ORDER-1", "--id-number", good_id], 2, ("--real-name-of",)),
+        C(["host", "account", "set-security", "ORDER-1", "--over-limit", "maybe"], 2, ("--over-limit",)),
+        C(["host", "account", "set-security", "ORDER-1", "--remind-at", "101"], 2, ("--remind-at",)),
+        C(["host", "account", "set-security", "ORDER-1", "--remind-at", "-5"], 2, ("--remind-at",)),
+        C(["host", "account", "set-security", "ORDER-1", "--remind-at", "80%"], 2, ("--remind-at",)),
+        C(["host", "decisions", "--action", "maybe"], 2, ("--action",)),
+        C(["host", "decisions", "--since", "yesterday"], 2, ("--since",)),
+        C(["host", "decisions", "--since", "2026-02-30"], 2, ("--since",)),
+        C(["host", "decisions", "--tz", "Mars/Olympus"], 2, ("--tz",)),
+        C(["host", "decisions", "--limit", "0"], 2, ("--limit",)),
+        C(["host", "decisions", "--account", "bad id!"], 2, ("--account",)),
+        C(["host", "settlements", "--terminal", "bad id!"], 2, ("--terminal",)),
+        C(["host", "settlements", "--tz", "UTC+8"], 2, ("--tz",)),
+        C(["host", "terminal", "add", "T1"], 2, ("--merchant",)),
+        C(["host", "terminal", "add", "T1", "--merchant", "M1", "--location", "a b"], 2, ("--location",)),
+        C(["host", "terminal", "list", "--merchant", "../x"], 2, ("--merchant",)),
+        C(["host", "merchant", "add", "M1"], 2, ("--name",)),
+        C(["host", "merchant", "add", "M 1", "--name", "X"], 2, ("MERCHANT_ID",)),
+        C(["host", "bill", "ORDER-1", "--month", "2026-12", "--tz", "Mars/Olympus"], 2, ("--tz",)),
+        C(["host", "audit", "--bogus"], 2, ("--bogus",)),
+    ]
+    failures = run_cases(cases, tmp_path, monkeypatch)
+    assert not failures, "\n".join(failures)
+
+
 def test_the_sweep_reaches_every_command():
     """A command with nothing swept would pass vacuously: each has cases, or is known to take none."""
     takes_nothing = {("ports",), ("demo",)}

@@ -31,8 +31,9 @@ def check_ledger(db: sqlite3.Connection) -> list[str]:
     """Problems with the books (empty when they balance).
 
     Every ledger transaction sums to zero per currency; every customer's balance equals
-    its ledger entries; money issued equals what customers and merchants hold; every
-    trade is charged what its status says; the daily-limit totals match the trades.
+    its ledger entries, and so does each ledger account's running total (``ledger_totals``);
+    money issued equals what customers and merchants hold; every trade is charged what its
+    status says; the daily-limit totals match the trades.
     """
     problems = []
     for row in db.execute("SELECT txn, currency, SUM(delta) s FROM ledger GROUP BY txn, currency HAVING s != 0"):
@@ -41,6 +42,10 @@ def check_ledger(db: sqlite3.Connection) -> list[str]:
                              LEFT JOIN ledger l ON l.account = 'customer:' || a.id GROUP BY a.id
                              HAVING a.balance_minor != s"""):
         problems.append(f"account {row['id']} balance {row['balance_minor']} != ledger {row['s']}")
+    for row in db.execute("""SELECT s.account, s.s, COALESCE(t.total_minor, 0) kept FROM
+                             (SELECT account, SUM(delta) s FROM ledger GROUP BY account) s
+                             LEFT JOIN ledger_totals t USING (account) WHERE s.s != COALESCE(t.total_minor, 0)"""):
+        problems.append(f"running total of {row['account']} is {row['kept']}, its entries sum to {row['s']}")
     total = db.execute("SELECT COALESCE(SUM(delta), 0) FROM ledger").fetchone()[0]
     if total != 0:
         problems.append(f"ledger does not sum to zero: {total}")

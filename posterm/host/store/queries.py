@@ -21,7 +21,7 @@ Row = sqlite3.Row
 # The account columns an administrator changes one at a time (set_account): a fixed list,
 # as a column name cannot be a bound parameter.
 ACCOUNT_SETTINGS = frozenset({"per_tx_limit", "daily_limit", "password_free", "real_name", "two_factor",
-                              "confirm", "frozen"})
+                              "confirm", "frozen", "over_limit", "remind_at", "reminded_day"})
 ACCOUNT_SETTINGS |= SECURITY_SETTINGS   # the security centre's (posterm.host.store.security_sql)
 # Where each KSN replay guard keeps the last counter seen per initial key.
 KSN_TABLES = {"request": "ksn_seen", "pin": "pin_ksn_seen"}
@@ -48,6 +48,10 @@ class Tx(SecurityQueries):
 
     def _run(self, sql: str, args: Iterable[Any] = ()) -> sqlite3.Cursor:
         return self.conn.execute(sql, tuple(args))
+
+    def database_path(self) -> str:
+        """The file of the main database this connection is on."""
+        return next(r[2] for r in self._all("PRAGMA database_list") if r[1] == "main")
 
     # -- merchants and terminals -----------------------------------------------------------
 
@@ -199,8 +203,94 @@ class Tx(SecurityQueries):
     # -- the ledger and the daily totals ------------------------------------------------------
 
     def ledger_entry(self, txn: str, account: str, delta: int, currency: str, kind: str, now: float) -> None:
+        """One ledger entry, counted in the account's running total (:meth:`ledger_total`)."""
         self._run("INSERT INTO ledger (txn, account, delta, currency, kind, created_at) VALUES (?, ?, ?, ?, ?, ?)",
                   (txn, account, delta, currency, kind, now))
+        self._run("INSERT INTO ledger_totals VALUES (?, ?) ON CONFLICT (account) DO UPDATE "
+                  "SET total_minor = total_minor + excluded.total_minor", (account, delta))
+
+    # -- the security centre's guard (posterm.host.monitor, posterm.host.identity) -----------
+
+    def ledger_total(self, account: str) -> int:
+        """The running sum of ledger account ``account``'s entries (``customer:<id>``, ...)."""
+        row = self._one("SELECT total_minor FROM ledger_totals WHERE account = ?", (account,))
+        return row[0] if row else 0
+
+    def balance_and_total(self, account_id: str) -> Row | None:
+        """The customer's balance column and its ledger running total, in one lookup."""
+        return self._one("SELECT a.balance_minor, COALESCE(t.total_minor, 0) AS total_minor FROM accounts a "
+                         "LEFT JOIN ledger_totals t ON t.account = 'customer:' || a.id WHERE a.id = ?", (account_id,))
+
+    def ledger_sums_vs_balances(self) -> list[Row]:
+        """Every customer account: id, currency, balance column, the ledger re-added (a full
+        scan), and the running total, oldest account first."""
+        return self._all("""SELECT a.id, a.currency, a.balance_minor,
+                                   COALESCE((SELECT SUM(delta) FROM ledger l WHERE l.account = 'customer:' || a.id), 0)
+                                       AS ledger_minor,
+                                   COALESCE(t.total_minor, 0) AS total_minor
+                            FROM accounts a LEFT JOIN ledger_totals t ON t.account = 'customer:' || a.id
+                            ORDER BY a.created_at, a.id""")
+
+    def record_audit(self, now: float, accounts: int, mismatched: list[str]) -> None:
+        self._run("INSERT INTO audits (created_at, accounts, mismatched) VALUES (?, ?, ?)",
+                  (now, accounts, json.dumps(mismatched)))
+
+    def last_audit(self) -> Row | None:
+        return self._one("SELECT * FROM audits ORDER BY id DESC LIMIT 1")
+
+    def outflow_since(self, account_id: str, since: float) -> int:
+        """The account's approved payments paid after ``since``, refunds deducted."""
+        return self._one("SELECT COALESCE(SUM(amount_minor - refunded_minor), 0) FROM trades WHERE account_id = ? "
+                         "AND status = 'APPROVED' AND paid_at > ?", (account_id, since))[0]
+
+    def daily_totals_before(self, account_id: str, day: str, limit: int) -> tuple[int, ...]:
+        """The account's daily spending totals (non-zero) of the ``limit`` days with spending before ``day``."""
+        return tuple(r[0] for r in self._all(
+            "SELECT spent_minor FROM daily_spend WHERE account_id = ? AND day < ? AND spent_minor > 0 "
+            "ORDER BY day DESC LIMIT ?", (account_id, day, limit)))
+
+    def put_identity(self, account_id: str, id_hash: bytes, id_last4: str, name_hash: bytes, birth_hashes: bytes,
+                     now: float) -> None:
+        self._run("INSERT OR REPLACE INTO identities VALUES (?, ?, ?, ?, ?, ?)",
+                  (account_id, id_hash, id_last4, name_hash, birth_hashes, now))
+
+    def identity(self, account_id: str) -> Row | None:
+        return self._one("SELECT * FROM identities WHERE account_id = ?", (account_id,))
+
+    def accounts_with_id(self, id_hash: bytes) -> list[str]:
+        return [r[0] for r in self._all("SELECT account_id FROM identities WHERE id_hash = ? ORDER BY account_id",
+                                        (id_hash,))]
+
+    def risk_decisions(self, *, account: str | None = None, action: str | None = None,
+                       since: float | None = None, limit: int = 10000) -> list[Row]:
+        """Risk decisions, oldest first, with their trade's order id and amount; filtered."""
+        sql = ("SELECT d.*, t.order_id, t.amount_minor, t.currency, t.terminal_id FROM risk_decisions d "
+               "LEFT JOIN trades t USING (trade_no) WHERE 1=1")
+        args: list[Any] = []
+        if account:
+            sql += " AND d.account_id = ?"
+            args.append(account)
+        if action:
+            sql += " AND d.decision = ?"
+            args.append(action)
+        if since is not None:
+            sql += " AND d.created_at >= ?"
+            args.append(since)
+        return self._all(sql + " ORDER BY d.id LIMIT ?", [*args, limit])
+
+    def merchants(self) -> list[Row]:
+        return self._all("SELECT m.*, (SELECT COUNT(*) FROM terminals t WHERE t.merchant_id = m.id) AS terminals "
+                         "FROM merchants m ORDER BY m.id")
+
+    def terminals(self, merchant_id: str | None = None) -> list[Row]:
+        if merchant_id:
+            return self._all("SELECT * FROM terminals WHERE merchant_id = ? ORDER BY id", (merchant_id,))
+        return self._all("SELECT * FROM terminals ORDER BY id")
+
+    def settlements(self, terminal_id: str | None = None, limit: int = 10000) -> list[Row]:
+        if terminal_id:
+            return self._all("SELECT * FROM settlements WHERE terminal_id = ? ORDER BY id LIMIT ?", (terminal_id, limit))
+        return self._all("SELECT * FROM settlements ORDER BY id LIMIT ?", (limit,))
 
     def add_balance(self, account_id: str, delta: int) -> None:
         self._run("UPDATE accounts SET balance_minor = balance_minor + ? WHERE id = ?", (delta, account_id))

@@ -98,6 +98,17 @@ CREATE INDEX IF NOT EXISTS gateway_trades_notify ON gateway_trades (notify_state
 CREATE TABLE IF NOT EXISTS gateway_voids (
     terminal_id TEXT NOT NULL, order_id TEXT NOT NULL, created_at REAL NOT NULL,
     PRIMARY KEY (terminal_id, order_id)) WITHOUT ROWID;
+-- The security centre's guard (posterm.host.monitor, posterm.host.identity): the running sum
+-- of each ledger account's entries, kept with every entry (a balance check is one lookup);
+-- each whole-ledger audit; a customer's verified identity, as keyed hashes (the HSM's
+-- identity key) and the ID number's last 4 characters. Per account (columns added in
+-- Store.__init__): over a limit reject or confirm, the reminder share, the day reminded.
+CREATE TABLE IF NOT EXISTS ledger_totals (account TEXT PRIMARY KEY, total_minor INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS audits (
+    id INTEGER PRIMARY KEY, created_at REAL NOT NULL, accounts INTEGER NOT NULL, mismatched TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS identities (
+    account_id TEXT PRIMARY KEY REFERENCES accounts(id), id_hash BLOB NOT NULL, id_last4 TEXT NOT NULL,
+    name_hash BLOB NOT NULL, birth_hashes BLOB NOT NULL, verified_at REAL NOT NULL);
 """
 
 
@@ -118,6 +129,15 @@ class Store:
         self._add_columns("accounts", security_sql.ACCOUNT_COLUMNS)
         if self.read().execute("SELECT 1 FROM meta WHERE key = 'daily_spend'").fetchone() is None:
             self._fill_daily_spend()
+        # the security centre's guard (see the SCHEMA comment)
+        self._add_columns("accounts", {"over_limit": "TEXT NOT NULL DEFAULT 'reject'",
+                                       "remind_at": "INTEGER NOT NULL DEFAULT 80", "reminded_day": "TEXT"})
+        if self.read().execute("SELECT 1 FROM meta WHERE key = 'ledger_totals'").fetchone() is None:
+            with self.write() as db:
+                if db.execute("SELECT 1 FROM meta WHERE key = 'ledger_totals'").fetchone() is None:
+                    db.execute("DELETE FROM ledger_totals")
+                    db.execute("INSERT INTO ledger_totals SELECT account, SUM(delta) FROM ledger GROUP BY account")
+                    db.execute("INSERT INTO meta VALUES ('ledger_totals', '1')")
 
     def _add_columns(self, table: str, columns: dict[str, str]) -> None:
         """Give a database made by an older version the columns it lacks (nullable, so old rows stay valid)."""
