@@ -69,13 +69,18 @@ def line_format_help() -> str:
               help="The terminal's operator password (refund, cancel, settle, key load), and ZVT's password"
                    " (registration 06 00, reversal, refund, end of day: 6 digits there). Kept in the terminal's"
                    " state from its first start; later starts must give the same one or none. [default: 246810]")
+@click.option("--supervisor-password-stdin", is_flag=True,
+              help="Read the terminal's supervisor password (it resets a locked or forgotten operator password:"
+                   " `posterm terminal reset-password`) from the first line of stdin. Kept in the terminal's state"
+                   " from its first start, like --operator-password. [default: 975310]")
 @click.option("--show-display", is_flag=True,
               help="Show each terminal's screen on stderr as it changes; a dynamic QR as a text QR code.")
 @click.option("--poll-interval", type=SecondsType(0.05, 60), default=5.0, show_default=True,
               help="Phone/QR confirmation: query the host this often ...")
 @click.option("--poll-attempts", type=click.IntRange(1, 100), default=5, show_default=True, help="... this many times, then cancel.")
 def emulate(use_pty, listen, count, port_file, link, scenario, host_url, home, terminal_id, pace, baud, faults, record,
-            protocol, line_format, operator_password, show_display, poll_interval, poll_attempts):
+            protocol, line_format, operator_password, supervisor_password_stdin, show_display, poll_interval,
+            poll_attempts):
     """Start emulated payment terminals and serve them until Ctrl-C or SIGTERM.
 
     The first line(s) of stdout are the ports to give the ECR (one per terminal).
@@ -110,6 +115,11 @@ def emulate(use_pty, listen, count, port_file, link, scenario, host_url, home, t
 
     if link and count > 1:
         raise click.UsageError("--link names one pty; it cannot be used with --count")
+    supervisor_password = None
+    if supervisor_password_stdin:
+        from posterm.cli.common import check_password
+
+        supervisor_password = check_password(sys.stdin.readline().strip(), "--supervisor-password-stdin")
     stop = threading.Event()
     # Both before the port is announced (no race), and SIGINT too: a KeyboardInterrupt could land
     # inside close(); the flag is checked in one place. Also overrides an inherited "ignore
@@ -118,7 +128,7 @@ def emulate(use_pty, listen, count, port_file, link, scenario, host_url, home, t
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     kw = dict(host=host_url, home=home, scenario=scenario, faults=faults, pace=pace, baudrate=baud, record=record,
               protocol=protocol, line_format=line_format.upper() if line_format else None,
-              operator_password=operator_password,
+              operator_password=operator_password, supervisor_password=supervisor_password,
               config=FirmwareConfig(poll_interval=poll_interval, poll_attempts=poll_attempts))
     try:
         if count > 1:

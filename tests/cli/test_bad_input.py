@@ -163,3 +163,31 @@ def test_an_unexpected_exception_is_one_line_unless_debugging(debug, tmp_path):
         assert "Traceback" in p.stderr and "RuntimeError" in p.stderr
     else:
         assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------ issue 17: terminal passwords, notices
+
+
+def test_terminal_reset_password_and_supervisor_password_refuse_bad_input(tmp_path, monkeypatch):
+    """The passwords come from stdin (or hidden prompts) once the port is open: a pty nobody
+    answers on is open enough to reach them."""
+    master, slave = os.openpty()
+    try:
+        port = ["--port", os.ttyname(slave)]
+        reset = ["terminal", "reset-password", *port, "--passwords-stdin"]
+        cases = [
+            sweep.Case(reset, 2, ("--passwords-stdin",), stdin=""),
+            sweep.Case(reset, 2, ("--passwords-stdin",), stdin="975310\n"),
+            sweep.Case(reset, 2, ("--passwords-stdin",), secret="x!", stdin="x!\n135792\n"),
+            sweep.Case(reset, 2, ("--passwords-stdin",), secret="Q" * 33, stdin="975310\n" + "Q" * 33 + "\n"),
+            sweep.Case(["terminal", "reset-password", "--port", "/nonexistent/tty"], 4, ("/nonexistent/tty",)),
+            sweep.Case(["terminal", "reset-password", *port, "--timeout", "0"], 2, ("--timeout",)),
+            sweep.Case(["emulate", "--supervisor-password-stdin"], 2, ("--supervisor-password-stdin",),
+                       secret="7q", stdin="7q\n"),
+            sweep.Case(["emulate", "--supervisor-password-stdin"], 2, ("--supervisor-password-stdin",), stdin=""),
+        ]
+        failures = run_cases(cases, tmp_path, monkeypatch)
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert not failures, "\n".join(failures)

@@ -168,6 +168,8 @@ class Firmware(PaymentActions, OperatorActions, CustomerActions):
             self._fire(Event.SETTLE, request=msg)
         elif isinstance(msg, m.KeyLoad):
             self._fire(Event.KEY_LOAD, request=msg)
+        elif isinstance(msg, m.OperatorReset):
+            self._fire(Event.OPERATOR_RESET, request=msg)
         elif isinstance(msg, m.Abort):
             flow = self._flow
             if msg.order_id is not None and (flow is None or flow.order_id != msg.order_id):
