@@ -58,9 +58,10 @@ class Printer:
     def __init__(self, keep: int = 1000) -> None:
         self.receipts: collections.deque[tuple[str, ...]] = collections.deque(maxlen=keep)
         self.paper_ok = True
+        self.footer: tuple[str, ...] = ()   # printed at the foot of every receipt (security notices)
 
     def print(self, lines: tuple[str, ...]) -> tuple[str, ...]:
-        lines = tuple(line[:64] for line in lines)
+        lines = tuple(line[:64] for line in (*lines, *self.footer))
         self.receipts.append(lines)
         return lines
 

@@ -342,6 +342,8 @@ class EmulatedTerminal:
                 _release_host(embedded)
             raise
         firmware.start(time.monotonic())
+        # The host's security notices reach the firmware on its own thread, like host answers.
+        hostlink.on_notices = lambda notices: (term._replies.put(("notices", notices)), term._wake())
         # Log on now, not at the first payment: a host that refuses this terminal shows at
         # once (an error in the log, Status.host_online False), not as a failed sale.
         term._calls.put(("logon", None))
@@ -648,6 +650,8 @@ class EmulatedTerminal:
             elif kind == "scenario":
                 fw.set_scenario(payload[0])
                 payload[1].set()
+            elif kind == "notices":
+                fw.set_notices(payload)
         fw.tick(now)
         for call in fw.take_host_calls():
             self._calls.put(("call", call))

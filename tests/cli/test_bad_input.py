@@ -191,3 +191,25 @@ def test_terminal_reset_password_and_supervisor_password_refuse_bad_input(tmp_pa
         os.close(master)
         os.close(slave)
     assert not failures, "\n".join(failures)
+
+
+def test_host_notice_commands_refuse_bad_input(tmp_path, monkeypatch):
+    add = ["host", "notice", "add"]
+    cases = [
+        sweep.Case([*add, ""], 2, ("TEXT",)),
+        sweep.Case([*add, "   "], 2, ("TEXT",)),
+        sweep.Case([*add, "x" * 81], 2, ("TEXT",)),
+        sweep.Case([*add, "永" * 81], 2, ("TEXT",)),
+        sweep.Case([*add, "two\tcolumns"], 2, ("TEXT",)),
+        sweep.Case([*add, "Never tell anyone your payment password.", "--until", "yesterday"], 2, ("--until",)),
+        sweep.Case([*add, "Never tell anyone your payment password.", "--until", "2000-01-01"], 2, ("--until",)),
+        sweep.Case([*add, "Never tell anyone your payment password.", "--until", "2099-02-30"], 2, ("--until",)),
+        sweep.Case([*add, "Never tell anyone your payment password.", "--tz", "Mars/Base"], 2, ("--tz",)),
+        sweep.Case(["host", "notice", "list", "--tz", "nowhere"], 2, ("--tz",)),
+        sweep.Case(["host", "notice", "remove", "abc"], 2, ("ID",)),
+        sweep.Case(["host", "notice", "remove", "0"], 2, ("ID",)),
+        sweep.Case(["host", "notice", "remove", "99"], 1, ("notice 99",)),
+        sweep.Case(["host", "notice", "frobnicate"], 2, ("frobnicate",)),
+    ]
+    failures = run_cases(cases, tmp_path, monkeypatch)
+    assert not failures, "\n".join(failures)

@@ -97,6 +97,10 @@ CREATE INDEX IF NOT EXISTS gateway_trades_notify ON gateway_trades (notify_state
 CREATE TABLE IF NOT EXISTS gateway_voids (
     terminal_id TEXT NOT NULL, order_id TEXT NOT NULL, created_at REAL NOT NULL,
     PRIMARY KEY (terminal_id, order_id)) WITHOUT ROWID;
+-- Security notices the host publishes (posterm.host.notices): terminals show them on the idle
+-- screen and at the foot of receipts, the wallet in its inbox, until `until` (NULL: until removed).
+CREATE TABLE IF NOT EXISTS notices (
+    id INTEGER PRIMARY KEY, text TEXT NOT NULL, created_at REAL NOT NULL, until REAL);
 """
 
 
