@@ -22,6 +22,12 @@ Logon is a mutual challenge-response::
 
 A host that has seen a terminal nonce before refuses the logon (replayed challenge).
 
+Security notices: an accepted LogonResult carries the notices the host publishes
+(``notices``, 0x85, at most 5) and their version (``notices_version``, 0x86); every
+AuthResponse, RefundResponse and SettleResponse carries the version of the moment, so a
+terminal whose version differs logs on again before its next request. Both are optional
+tags: a terminal that does not know them skips them, and a host that sends none has none.
+
 An order id belongs to the merchant, and to the first terminal whose AuthRequest the
 host stored for it: every AuthResponse names that terminal (``owner_terminal_id``, host
 protocol 2), and the host changes an order only at its owner's request.
@@ -94,6 +100,13 @@ MAC = Blob(MAC_SIZE, MAC_SIZE)
 NONCE = Blob(16, 16)
 PIN_BLOCK = Blob(8, 16)
 LOCATION = Text(32, 0, r"[A-Za-z0-9_\-.:]*", ascii_only=True)
+# Security notices (optional tags, so a terminal that does not know them skips them): the
+# text of each in LogonResult, and in every answer the version of the set the host publishes
+# now, so a terminal holding another version logs on again to fetch them.
+NOTICE = Text(256, 1)
+NOTICES_TAG = 0x85
+NOTICES_VERSION_TAG = 0x86
+MAX_NOTICES = 5          # notices the reference host sends at most; a terminal shows no more
 
 
 from dataclasses import dataclass  # noqa: E402  (after the codecs it annotates)
@@ -135,6 +148,8 @@ class LogonResult(HostMessage):
     reason: int = tlv(0x02, REASON, default=Reason.NONE)
     session_id: str | None = tlv(0x03, ID32, default=None)
     host_time: str | None = tlv(0x04, Text(32), default=None)
+    notices: tuple[str, ...] = tlv(NOTICES_TAG, NOTICE, repeated=True)   # security notices to show
+    notices_version: int | None = tlv(NOTICES_VERSION_TAG, U32, default=None)   # absent: none
 
 
 @message(0x0110)
@@ -182,6 +197,7 @@ class AuthResponse(HostMessage):
     # Since host protocol 2: the terminal that owns the order (the first to authorise its
     # id). A terminal that gets an answer owned by another terminal must not count it.
     owner_terminal_id: str | None = tlv(0x0E, ID32, default=None)
+    notices_version: int | None = tlv(NOTICES_VERSION_TAG, U32, default=None)
 
 
 @message(0x0112)
@@ -234,6 +250,7 @@ class RefundResponse(HostMessage):
     amount_minor: int = tlv(0x05, AMOUNT, default=0)
     refunded_total_minor: int = tlv(0x06, AMOUNT, default=0)
     currency: str | None = tlv(0x07, CURRENCY, default=None)
+    notices_version: int | None = tlv(NOTICES_VERSION_TAG, U32, default=None)
 
 
 @message(0x0118)
@@ -258,6 +275,7 @@ class SettleResponse(HostMessage):
     totals: tuple[Totals, ...] = tlv(0x02, TOTALS, repeated=True)
     agrees: bool = tlv(0x03, Flag())
     settled_at: str | None = tlv(0x04, Text(32), default=None)
+    notices_version: int | None = tlv(NOTICES_VERSION_TAG, U32, default=None)
 
 
 @message(0x011F)

@@ -17,6 +17,7 @@ Who sends what, and what answers it::
     Settle                     Progress*, Print*, SettleReport
     KeyLoad                    KeyStatus
     KeyStatusRequest           KeyStatus
+    OperatorReset              OperatorResetResult
     Abort                      PayResult (cancelled) for the operation in flight, or Error
     any malformed request      Error
 """
@@ -74,6 +75,8 @@ __all__ = [
     "KeyStatus",
     "Abort",
     "Error",
+    "OperatorReset",
+    "OperatorResetResult",
     "ECR_MESSAGES",
 ]
 
@@ -174,6 +177,9 @@ class Reason(enum.IntEnum):
     NO_CODE_PRESENTED = 28     # customer walked away at the scan step
     REPLAY_DETECTED = 29
     NOT_PAID = 30              # refund of an order that was never paid
+    SUPERVISOR_PASSWORD_WRONG = 31   # terminal: OperatorReset with a wrong supervisor password
+    SUPERVISOR_LOCKED = 32           # terminal: 3 wrong supervisor passwords; locked for a while
+    PASSWORD_NOT_ALLOWED = 33        # terminal: the new operator password is the supervisor's
     OTHER = 255
 
 
@@ -451,8 +457,29 @@ class Error(Message):
     in_reply_to: int | None = tlv(0x03, U16, default=None)
 
 
+@message(0x001F)
+class OperatorReset(Message):
+    """ECR -> terminal: set a new operator password (and unlock it) with the terminal's
+    supervisor password. Both are checked by the terminal; answered by OperatorResetResult."""
+
+    supervisor_password: str = tlv(0x01, PASSWORD, secret=True)
+    new_operator_password: str = tlv(0x02, PASSWORD, secret=True)
+
+
+@message(0x0020)
+class OperatorResetResult(Message):
+    """Terminal -> ECR: whether the operator password was reset. DECLINED: ``reason`` is
+    SUPERVISOR_PASSWORD_WRONG (with ``supervisor_tries_left``), SUPERVISOR_LOCKED (with
+    ``locked_until``) or PASSWORD_NOT_ALLOWED."""
+
+    outcome: Outcome = tlv(0x01, OUTCOME)
+    reason: int = tlv(0x02, REASON, default=Reason.NONE)
+    supervisor_tries_left: int | None = tlv(0x03, U8, default=None)
+    locked_until: str | None = tlv(0x04, Text(32), default=None)   # ISO 8601 UTC
+
+
 ECR_MESSAGES = (
     Hello, HelloReply, StatusRequest, Status, PayRequest, Progress, PayResult, Query, Cancel,
     Refund, RefundResult, Settle, SettleReport, Print, KeyLoad, KeyStatusRequest, KeyStatus,
-    Abort, Error,
+    Abort, Error, OperatorReset, OperatorResetResult,
 )

@@ -38,6 +38,7 @@ COMMANDS: dict[str, str] = {
     "settle": "posterm.cli.driver_cmd:settle",
     "recover": "posterm.cli.driver_cmd:recover",
     "keys": "posterm.cli.keys_cmd:keys",
+    "terminal": "posterm.cli.terminal_cmd:terminal",
     "crypto": "posterm.cli.crypto_cmd:crypto",
     "host": "posterm.cli.host_cmd:host",
     "tap": "posterm.cli.record_cmd:tap",

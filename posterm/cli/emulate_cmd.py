@@ -81,14 +81,18 @@ def line_format_help() -> str:
               help="The terminal's operator password (refund, cancel, settle, key load), and ZVT's password"
                    " (registration 06 00, reversal, refund, end of day: 6 digits there). Kept in the terminal's"
                    " state from its first start; later starts must give the same one or none. [default: 246810]")
+@click.option("--supervisor-password-stdin", is_flag=True,
+              help="Read the terminal's supervisor password (it resets a locked or forgotten operator password:"
+                   " `posterm terminal reset-password`) from the first line of stdin. Kept in the terminal's state"
+                   " from its first start, like --operator-password. [default: 975310]")
 @click.option("--show-display", is_flag=True,
               help="Show each terminal's screen on stderr as it changes; a dynamic QR as a text QR code.")
 @click.option("--poll-interval", type=SecondsType(0.05, 60), default=5.0, show_default=True,
               help="Phone/QR confirmation: query the host this often ...")
 @click.option("--poll-attempts", type=click.IntRange(1, 100), default=5, show_default=True, help="... this many times, then cancel.")
 def emulate(use_pty, listen, count, port_file, link, scenario, host_url, home, terminal_id, pace, baud, faults, record,
-            protocol, line_format, operator_password, show_display, poll_interval, poll_attempts,
-            processes=None, host_connections=None, first_terminal=1, fleet_parent=None):
+            protocol, line_format, operator_password, supervisor_password_stdin, show_display, poll_interval,
+            poll_attempts, processes=None, host_connections=None, first_terminal=1, fleet_parent=None):
     """Start emulated payment terminals and serve them until Ctrl-C or SIGTERM.
 
     The first line(s) of stdout are the ports to give the ECR (one per terminal).
@@ -128,11 +132,18 @@ def emulate(use_pty, listen, count, port_file, link, scenario, host_url, home, t
 
     if first_terminal + count - 1 > 4096:
         raise click.UsageError("--count: the demo terminals end at T0004096")
+    supervisor_password = None
     if fleet_parent is not None:   # a child of a fleet over several processes
         if not fleets.die_with_parent(fleet_parent):
             raise click.BadParameter("not this process's parent (it is for a fleet's own children)",
                                      param_hint="'--fleet-parent'")
-        operator_password = json.loads(sys.stdin.readline() or "{}").get("operator_password") or operator_password
+        secrets_line = json.loads(sys.stdin.readline() or "{}")
+        operator_password = secrets_line.get("operator_password") or operator_password
+        supervisor_password = secrets_line.get("supervisor_password")
+    elif supervisor_password_stdin:
+        from posterm.cli.common import check_password
+
+        supervisor_password = check_password(sys.stdin.readline().strip(), "--supervisor-password-stdin")
     processes = processes or (fleets.default_processes(count) if fleet_parent is None else 1)
     if processes > count:
         raise click.BadParameter(f"{processes} processes for {count} terminals", param_hint="'--processes'")
@@ -145,13 +156,14 @@ def emulate(use_pty, listen, count, port_file, link, scenario, host_url, home, t
     if fleet_parent is not None:
         fleets.watch_stdin(stop)          # the parent gone: stdin's EOF
     if processes > 1:
-        _process_fleet(stop, count, processes, listen, port_file, host_url, home, host_connections, operator_password,
+        _process_fleet(stop, count, processes, listen, port_file, host_url, home, host_connections,
+                       (operator_password, supervisor_password),
                        _child_args(scenario, faults, pace, baud, record, protocol, line_format, show_display,
                                    poll_interval, poll_attempts))
         return
     kw = dict(host=host_url, home=home, scenario=scenario, faults=faults, pace=pace, baudrate=baud, record=record,
               protocol=protocol, line_format=line_format.upper() if line_format else None,
-              operator_password=operator_password,
+              operator_password=operator_password, supervisor_password=supervisor_password,
               config=FirmwareConfig(poll_interval=poll_interval, poll_attempts=poll_attempts))
     try:
         if count > 1:
@@ -215,7 +227,7 @@ def _child_args(scenario, faults, pace, baud, record, protocol, line_format, sho
     return out + (["--pace"] if pace else []) + (["--show-display"] if show_display else [])
 
 
-def _process_fleet(stop, count, processes, listen, port_file, host_url, home, host_connections, operator_password,
+def _process_fleet(stop, count, processes, listen, port_file, host_url, home, host_connections, passwords,
                    child_args) -> None:
     """The parent of a fleet over several processes: start, announce the ports, supervise, stop."""
     from posterm.emulator.fleet import ProcessFleet
@@ -223,8 +235,8 @@ def _process_fleet(stop, count, processes, listen, port_file, host_url, home, ho
 
     try:
         fleet = ProcessFleet.start(count, processes=processes, host=host_url, home=home, listen=listen,
-                                   host_connections=host_connections, operator_password=operator_password,
-                                   child_args=child_args)
+                                   host_connections=host_connections, operator_password=passwords[0],
+                                   supervisor_password=passwords[1], child_args=child_args)
     except PosError as exc:
         fail(f"{type(exc).__name__}: {exc}", EXIT_USAGE)
         return

@@ -18,8 +18,10 @@ too many one-bits are skipped; at exhaustion the module refuses to work and says
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from posterm.crypto import common as c
 from posterm.crypto import sealed
@@ -28,6 +30,8 @@ from posterm.errors import CryptoError
 
 MAC_SIZE = 8
 OPERATOR_MAX_TRIES = 5
+SUPERVISOR_MAX_TRIES = 3            # wrong supervisor passwords in a row before the lock
+SUPERVISOR_LOCK_SECONDS = 30 * 60   # how long the lock lasts (then each wrong try locks again)
 
 
 @dataclass(frozen=True, slots=True)
@@ -435,3 +439,79 @@ class OperatorPassword:
 
     def __repr__(self) -> str:
         return f"<OperatorPassword locked={self.locked} failures={self.failures}>"
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorCheck:
+    """What :meth:`SupervisorPassword.verify` found. ``locked_until``: wall-clock seconds
+    (epoch) until which the supervisor password is refused unchecked; ``tries_left``:
+    wrong tries before the lock (0 once it is locked)."""
+
+    ok: bool
+    tries_left: int
+    locked_until: float | None = None
+
+
+class SupervisorPassword:
+    """The terminal's supervisor password: the one that resets (and unlocks) the operator
+    password. Stored like the operator password (a salted scrypt hash, sealed when
+    ``state_path`` is given) with its own try limit: ``SUPERVISOR_MAX_TRIES`` (3) wrong
+    tries in a row lock it for ``SUPERVISOR_LOCK_SECONDS`` (30 minutes); while locked it is
+    not even checked. After the lock, until a right one, each wrong try locks it again at
+    once. A right one clears the count. The count and the lock survive a restart (wall
+    clock, ``clock``)."""
+
+    def __init__(self, state_path: str | Path | None = None, password: str | None = None, *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._path = Path(state_path) if state_path else None
+        self._lock = threading.Lock()
+        self._clock = clock
+        doc = sealed.load(self._path) if self._path else None
+        if doc:
+            self._verifier = bytes.fromhex(doc["verifier"])
+            self.failures = int(doc["failures"])
+            self.locked_until: float | None = doc.get("locked_until")
+        else:
+            if password is None:
+                raise CryptoError("no supervisor password set")
+            self._verifier = make_verifier(password)
+            self.failures, self.locked_until = 0, None
+            self._save()
+
+    def _save(self) -> None:
+        if self._path:
+            sealed.save(self._path, {"verifier": self._verifier.hex(), "failures": self.failures,
+                                     "locked_until": self.locked_until})
+
+    @property
+    def locked(self) -> bool:
+        return self.locked_until is not None and self._clock() < self.locked_until
+
+    @property
+    def tries_left(self) -> int:
+        return 0 if self.locked else max(1, SUPERVISOR_MAX_TRIES - self.failures)
+
+    def verify(self, password: str | None) -> SupervisorCheck:
+        """Check ``password`` (counting a wrong one); refused unchecked while locked."""
+        with self._lock:
+            if self.locked:
+                return SupervisorCheck(False, 0, self.locked_until)
+            if password and check_verifier(password, self._verifier):
+                self.failures, self.locked_until = 0, None
+                self._save()
+                return SupervisorCheck(True, SUPERVISOR_MAX_TRIES)
+            self.failures += 1
+            if self.failures >= SUPERVISOR_MAX_TRIES:
+                self.locked_until = self._clock() + SUPERVISOR_LOCK_SECONDS
+            self._save()
+            if self.locked_until is not None and self._clock() < self.locked_until:
+                return SupervisorCheck(False, 0, self.locked_until)
+            return SupervisorCheck(False, SUPERVISOR_MAX_TRIES - self.failures)
+
+    def matches(self, password: str) -> bool:
+        """Whether ``password`` is this one, counting nothing: for whoever holds the state
+        (the emulator checking what it was started with), never for a keypad answer."""
+        return bool(password) and check_verifier(password, self._verifier)
+
+    def __repr__(self) -> str:
+        return f"<SupervisorPassword locked={self.locked} failures={self.failures}>"

@@ -21,7 +21,7 @@ from firmware_protocol.native.messages import Capability, KeyAlgorithm, Outcome,
 from posterm.errors import LocalProtocolError, PosTimeout, RemoteProtocolError
 
 __all__ = ["Capability", "KeyAlgorithm", "KeyInfo", "Outcome", "OutcomeMismatch", "PaymentResult", "Reason",
-           "RefundOutcome", "Settlement", "TerminalInfo", "as_reason", "mismatch", "reason_name"]
+           "PasswordReset", "RefundOutcome", "Settlement", "TerminalInfo", "as_reason", "mismatch", "reason_name"]
 
 
 class OutcomeMismatch(RemoteProtocolError):
@@ -189,6 +189,27 @@ class KeyInfo:
         return {"loaded": self.loaded, "algorithm": self.algorithm.name, "ksn": self.ksn,
                 "counters_left": self.counters_left, "kcv": self.kcv,
                 "reason": reason_name(self.reason) if self.reason else None}
+
+
+@dataclass(frozen=True, slots=True)
+class PasswordReset:
+    """What came of resetting the terminal's operator password with its supervisor password.
+    ``supervisor_tries_left``: wrong supervisor passwords left before its lock;
+    ``locked_until``: ISO 8601 UTC, while the supervisor password is locked."""
+
+    outcome: Outcome
+    reason: Reason | int = Reason.NONE
+    supervisor_tries_left: int | None = None
+    locked_until: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.outcome is Outcome.APPROVED
+
+    def to_json(self) -> dict[str, Any]:
+        return {"result": "reset" if self.done else "refused",
+                "reason": reason_name(self.reason) if self.reason else None,
+                "supervisor_tries_left": self.supervisor_tries_left, "locked_until": self.locked_until}
 
 
 def mismatch(result: PaymentResult | RefundOutcome, order_id: str, amount_minor: int, currency: str,

@@ -125,7 +125,7 @@ class ProcessFleet:
     def start(cls, count: int, *, processes: int | None = None, host: str = "embedded",
               home: str | Path | None = None, listen: str | None = None, host_connections: int | None = None,
               operator_password: str | None = None, child_args: list[str] | None = None,
-              stderr=None) -> "ProcessFleet":
+              stderr=None, supervisor_password: str | None = None) -> "ProcessFleet":
         """Start the children and wait (bounded) until every terminal is ready. ``child_args``:
         more ``posterm emulate`` options for every child (a scenario, faults, the protocol...).
         Raises ConfigError / TransportError; nothing is left running then."""
@@ -157,7 +157,8 @@ class ProcessFleet:
         try:
             url = fleet._host(host, home, total_conns, processes, count)
             fleet._spawn(count, processes, url, home, listen and where, first_port, total_conns,
-                         operator_password, child_args or [], stderr)
+                         {"operator_password": operator_password, "supervisor_password": supervisor_password},
+                         child_args or [], stderr)
         except BaseException:
             fleet.close()
             raise
@@ -182,7 +183,7 @@ class ProcessFleet:
         Hsm.open(private_dir(home / "hsm", own=True)).reserve_devices(TERMINALS[:count])
         return host
 
-    def _spawn(self, count, processes, url, home, listen_host, first_port, total_conns, password, extra,
+    def _spawn(self, count, processes, url, home, listen_host, first_port, total_conns, passwords, extra,
                stderr) -> None:
         conns = host_connections_share(total_conns, processes)
         plan = shares(count, processes)
@@ -197,7 +198,7 @@ class ProcessFleet:
                                      start_new_session=False)
             self.children.append(child)
             # The first stdin line: the child's settings that must not be on a command line.
-            child.stdin.write((json.dumps({"operator_password": password}) + "\n").encode())
+            child.stdin.write((json.dumps(passwords) + "\n").encode())
             child.stdin.flush()
         per_child: list[list[str]] = [[] for _ in plan]
         bufs = [b""] * len(plan)

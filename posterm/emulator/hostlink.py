@@ -20,6 +20,9 @@ from posterm.crypto.pinpad import SecureModule
 from posterm.errors import PosError, RemoteProtocolError
 
 
+MAX_NOTICE_CHARS = 80     # a notice longer than the host's cap is cut (a receipt has little room)
+
+
 class HostRefusedLogon(PosError):
     """The host refused this terminal's logon (unknown terminal, bad proof, replay).
 
@@ -46,6 +49,13 @@ class SignedHostLink:
         self.location = location
         self.logged_on = False
         self.session_id: str | None = None
+        # The host's security notices (LogonResult) and their version (0: none). An answer
+        # naming another version means they changed: log on again before the next request.
+        # ``on_notices(notices)`` is called (on this link's thread) with each new set.
+        self.notices: tuple[str, ...] = ()
+        self.notices_version = 0
+        self.notices_stale = False
+        self.on_notices = None
         self._lock = threading.Lock()
 
     def sign(self, msg: h.HostMessage) -> h.HostMessage:
@@ -97,7 +107,24 @@ class SignedHostLink:
                 reason = int(getattr(result, "reason", 0) or Reason.OTHER)
                 raise HostRefusedLogon(f"host refused logon of {self.terminal_id}: {_reason_name(reason)}", reason)
             self.logged_on, self.session_id = True, result.session_id
+            self._take_notices(result)
             return result.session_id or ""
+
+    def _take_notices(self, result: h.LogonResult) -> None:
+        notices = tuple(str(n)[:MAX_NOTICE_CHARS] for n in result.notices[:h.MAX_NOTICES])
+        self.notices_version = int(result.notices_version or 0)
+        self.notices_stale = False
+        if notices != self.notices:
+            self.notices = notices
+            if self.on_notices is not None:
+                self.on_notices(notices)
+
+    def _note_notices_version(self, reply: h.HostMessage) -> None:
+        """An answer says which notices the host publishes now; another set than ours is
+        fetched by logging on again before the next request (never in the middle of this one)."""
+        if isinstance(reply, (h.AuthResponse, h.RefundResponse, h.SettleResponse)):
+            if int(reply.notices_version or 0) != self.notices_version:
+                self.notices_stale = True
 
     def _request(self, msg: h.HostMessage, timeout: float) -> tuple[h.HostMessage, bytes | None]:
         """The client's answer, with its payload as received when the client has it (TCP)."""
@@ -108,13 +135,14 @@ class SignedHostLink:
 
     def request(self, msg: h.HostMessage, timeout: float) -> h.HostMessage:
         """Signed request, verified answer. Raises PosTimeout when the host is silent."""
-        if not self.logged_on:
-            self.logon(timeout)
+        if not self.logged_on or self.notices_stale:
+            self.logon(timeout)   # (stale: the host's notices changed; logging on fetches them)
         reply = self._exchange(msg, timeout)
         if isinstance(reply, h.HostError) and reply.reason == h.Reason.TERMINAL_UNKNOWN and "log on" in reply.text:
             self.logged_on = False  # the host restarted: log on again, once
             self.logon(timeout)
             reply = self._exchange(msg, timeout)
+        self._note_notices_version(reply)
         return reply
 
 

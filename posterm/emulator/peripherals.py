@@ -58,9 +58,10 @@ class Printer:
     def __init__(self, keep: int = 1000) -> None:
         self.receipts: collections.deque[tuple[str, ...]] = collections.deque(maxlen=keep)
         self.paper_ok = True
+        self.footer: tuple[str, ...] = ()   # printed at the foot of every receipt (security notices)
 
     def print(self, lines: tuple[str, ...]) -> tuple[str, ...]:
-        lines = tuple(line[:64] for line in lines)
+        lines = tuple(line[:64] for line in (*lines, *self.footer))
         self.receipts.append(lines)
         return lines
 
@@ -155,6 +156,17 @@ class PinPad:
 # ------------------------------------------------------------------ operator keypad
 
 
+@dataclass(frozen=True, slots=True)
+class ResetVerdict:
+    """What came of a supervisor's operator-password reset: ``reason`` NONE when done;
+    SUPERVISOR_PASSWORD_WRONG, SUPERVISOR_LOCKED (``locked_until``, epoch seconds) or
+    PASSWORD_NOT_ALLOWED otherwise. ``tries_left``: supervisor tries before the lock."""
+
+    reason: Reason
+    tries_left: int
+    locked_until: float | None = None
+
+
 class OperatorKeypad:
     """The merchant's keypad: checks the operator password for refund, settle and key load.
 
@@ -162,9 +174,26 @@ class OperatorKeypad:
     ``verify(password) -> bool`` that raises when locked). Five wrong tries lock it.
     """
 
-    def __init__(self, checker: Any) -> None:
+    def __init__(self, checker: Any, supervisor: Any = None) -> None:
         self.checker = checker
+        # posterm.crypto.pinpad.SupervisorPassword (verify(password) -> SupervisorCheck), or
+        # None: this terminal has no supervisor password and cannot reset the operator's.
+        self.supervisor = supervisor
         self.cancel_pressed = False
+
+    def reset_operator(self, supervisor_password: str, new_password: str) -> ResetVerdict:
+        """The supervisor resets (and unlocks) the operator password. The supervisor password
+        is checked first (its own try limit); the new operator password may not be it."""
+        if self.supervisor is None:
+            raise PeripheralError("this terminal has no supervisor password")
+        check = self.supervisor.verify(supervisor_password)
+        if not check.ok:
+            reason = Reason.SUPERVISOR_LOCKED if check.locked_until is not None else Reason.SUPERVISOR_PASSWORD_WRONG
+            return ResetVerdict(reason, check.tries_left, check.locked_until)
+        if new_password == supervisor_password:
+            return ResetVerdict(Reason.PASSWORD_NOT_ALLOWED, check.tries_left)
+        self.checker.reset(new_password)
+        return ResetVerdict(Reason.NONE, check.tries_left)
 
     def check(self, password: str | None) -> Reason:
         """``Reason.NONE`` when right, else ``OPERATOR_PASSWORD_WRONG`` or ``OPERATOR_LOCKED``."""

@@ -10,7 +10,8 @@ time per terminal and in order; an idle terminal costs no host thread and no hos
 connection (see docs/emulator.md, "Fleets").
 
 Each terminal keeps its state under ``<home>/terminals/<id>/``: the PIN pad's sealed
-DUKPT state, the operator password (a sealed salted hash; default 246810) and the
+DUKPT state, the operator password (a sealed salted hash; default 246810), the supervisor
+password that resets it (``supervisor.sealed``, the same way; default 975310) and the
 terminal journal. At first start the runner acts as the key injection facility: it
 injects the terminal's key-block protection key and loads its initial DUKPT key in a
 TR-31 block, both from the HSM under ``<home>/hsm`` (where the host keeps it).
@@ -32,7 +33,7 @@ from typing import Any
 
 from firmware_protocol.native import messages as m
 
-from posterm.crypto.pinpad import OperatorPassword, SecureModule
+from posterm.crypto.pinpad import OperatorPassword, SecureModule, SupervisorPassword
 from posterm.emulator.firmware import Firmware, FirmwareConfig, Identity
 from posterm.emulator.hostlink import HostRefusedLogon, SignedHostLink
 from posterm.emulator.orders import OrderStore
@@ -48,6 +49,7 @@ from posterm.transport.fd import wait_ready
 
 log = logging.getLogger("posterm.emulator")
 DEMO_OPERATOR_PASSWORD = "246810"
+DEMO_SUPERVISOR_PASSWORD = "975310"   # resets the operator password (OperatorReset)
 # The line's output buffer: what the ECR has not read yet. An ECR that takes nothing for
 # WRITE_STALL_TIMEOUT seconds, or lets MAX_OUTPUT bytes pile up, is dropped (TCP: the
 # connection is closed and the next one accepted; pty: the backlog is discarded and the
@@ -326,6 +328,16 @@ def _operator_password(path: Path, password: str | None, terminal_id: str) -> Op
     return operator
 
 
+def _supervisor_password(path: Path, password: str | None, terminal_id: str) -> SupervisorPassword:
+    """The terminal's supervisor password, as :func:`_operator_password` (default the demo one)."""
+    existed = path.exists()
+    supervisor = SupervisorPassword(path, password=password or DEMO_SUPERVISOR_PASSWORD)
+    if existed and password is not None and not supervisor.matches(password):
+        raise ConfigError(f"terminal {terminal_id} already has another supervisor password (in {path.parent}): "
+                          "give that one, or start it with a new --home")
+    return supervisor
+
+
 class EmulatedTerminal:
     """One emulated terminal. Start with :meth:`start`; a context manager."""
 
@@ -376,7 +388,7 @@ class EmulatedTerminal:
               pace: bool = False, baudrate: int | None = None, record: str | Path | None = None,
               protocol: str = "posterm", config: FirmwareConfig | None = None, link: str | None = None,
               host_options: dict | None = None, operator_password: str | None = None,
-              line_format: str | None = None) -> "EmulatedTerminal":
+              line_format: str | None = None, supervisor_password: str | None = None) -> "EmulatedTerminal":
         """Start a terminal on a new pty (default) or ``listen`` (``tcp://127.0.0.1:PORT``).
 
         ``host``: ``"embedded"`` (a host in this process, state under ``home``) or
@@ -388,6 +400,8 @@ class EmulatedTerminal:
         ``operator_password``: the terminal's operator password (the password of ZVT's
         commands too); kept in the terminal's state from its first start (default
         :data:`DEMO_OPERATOR_PASSWORD`); one given that the state does not hold is refused.
+        ``supervisor_password``: the same for the supervisor password that resets it
+        (``supervisor.sealed``, default :data:`DEMO_SUPERVISOR_PASSWORD`).
         Raises ConfigError / TransportError.
         """
         from posterm.transport.parity import parse_line_format
@@ -439,6 +453,7 @@ class EmulatedTerminal:
         state = private_dir(home / "terminals" / terminal_id, own=True)
         module = SecureModule(state / "pinpad.sealed")
         operator = _operator_password(state / "operator.sealed", operator_password, terminal_id)
+        supervisor = _supervisor_password(state / "supervisor.sealed", supervisor_password, terminal_id)
         operator_password = operator_password or DEMO_OPERATOR_PASSWORD
         embedded = None
         listener = transport = journal = None
@@ -460,7 +475,7 @@ class EmulatedTerminal:
                 module.load_key_block(hsm.initial_key_block(terminal_id).block)
             journal = OrderStore(state / "journal.db")
             identity = Identity(terminal_id=terminal_id, merchant_id=merchant_id, location=location)
-            firmware = Firmware(identity, journal, PinPad(module), OperatorKeypad(operator), config=config,
+            firmware = Firmware(identity, journal, PinPad(module), OperatorKeypad(operator, supervisor), config=config,
                                 scenario=scenario)
             hostlink = SignedHostLink(module, client, terminal_id=terminal_id, merchant_id=merchant_id,
                                       firmware_version=identity.firmware_version, location=location)
@@ -515,6 +530,8 @@ class EmulatedTerminal:
                 _release_host(embedded)
             raise
         firmware.start(time.monotonic())
+        # The host's security notices reach the firmware on its own thread, like host answers.
+        hostlink.on_notices = lambda notices: (term._replies.put(("notices", notices)), term._wake())
         # Log on now, not at the first payment: a host that refuses this terminal shows at
         # once (an error in the log, Status.host_online False), not as a failed sale.
         term._calls.put(("logon", None))
@@ -811,6 +828,8 @@ class EmulatedTerminal:
             elif kind == "scenario":
                 fw.set_scenario(payload[0])
                 payload[1].set()
+            elif kind == "notices":
+                fw.set_notices(payload)
         fw.tick(now)
         for call in fw.take_host_calls():
             self._calls.put(("call", call))

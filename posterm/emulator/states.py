@@ -12,7 +12,7 @@ its events' data, no handler is unreachable, every state is reachable.
 Events come from four places (the data each carries is :data:`EVENT_DATA`):
 
 * the ECR (``pay_code``, ``pay_scan``, ``pay_qr``, ``cancel``, ``refund``,
-  ``settle``, ``key_load``, ``abort``),
+  ``settle``, ``key_load``, ``operator_reset``, ``abort``),
 * the customer at a peripheral (``code_scanned``, ``pin_entered``,
   ``pin_cancelled``, ``walked_away``),
 * the host, as the answer to the flow's one request in flight
@@ -85,6 +85,7 @@ class Event(enum.StrEnum):
     REFUND = "refund"
     SETTLE = "settle"
     KEY_LOAD = "key_load"
+    OPERATOR_RESET = "operator_reset"
     ABORT = "abort"
     # the customer at a peripheral
     CODE_SCANNED = "code_scanned"
@@ -177,6 +178,7 @@ class Action(enum.StrEnum):
     SETTLE_FINISHED = "settle_finished"
     LOAD_KEY = "load_key"
     KEY_STATUS = "key_status"
+    RESET_OPERATOR = "reset_operator"
     # faults
     FAIL = "fail"
     RESUME = "resume"
@@ -184,7 +186,7 @@ class Action(enum.StrEnum):
 
 E, A = Event, Action
 
-_ECR_REQUESTS = (E.PAY_CODE, E.PAY_SCAN, E.PAY_QR, E.CANCEL, E.REFUND, E.SETTLE, E.KEY_LOAD)
+_ECR_REQUESTS = (E.PAY_CODE, E.PAY_SCAN, E.PAY_QR, E.CANCEL, E.REFUND, E.SETTLE, E.KEY_LOAD, E.OPERATOR_RESET)
 _LOOKUP_ANSWERS = (E.ORDER_NEW_CODE, E.ORDER_NEW_SCAN, E.ORDER_NEW_QR, E.ORDER_ELSEWHERE, E.CHECK_FAILED)
 
 # The host's answer to a request of the payment flow, by HostStatus (and silence).
@@ -312,6 +314,8 @@ TABLE: dict[tuple[S, Event], tuple[S, Action]] = {
     (S.SETTLING, E.OPERATOR_REFUSED): (S.IDLE, A.SETTLE_REFUSED),
     (S.IDLE, E.KEY_LOAD): (S.LOADING_KEY, A.LOAD_KEY),
     (S.LOADING_KEY, E.KEY_LOADED): (S.IDLE, A.KEY_STATUS),
+    # The supervisor resets the operator password (checked and done at once: no host).
+    (S.IDLE, E.OPERATOR_RESET): (S.IDLE, A.RESET_OPERATOR),
     # -- the receipt is out: answer the ECR and go back to idle ---------------------------
     (S.PRINTING, E.PRINTED): (S.IDLE, A.DELIVER),
     (S.PRINTING, E.ABORT): (S.PRINTING, A.IGNORE),  # the outcome is decided and on its way

@@ -30,7 +30,7 @@ from firmware_protocol.native.tlv import encode as tlv_encode
 
 from posterm.crypto.hsm import Hsm
 from posterm.errors import PosTimeout
-from posterm.host import admin, after_sales, alerts, authorise, demo, identity, risk, settlement, wallet
+from posterm.host import admin, after_sales, alerts, authorise, demo, identity, notices, risk, settlement, wallet
 from posterm.host.context import Behaviour, HostContext, HostRefused
 from posterm.host.logon import Sessions
 from posterm.host.security_keys import SecurityKeys
@@ -211,6 +211,8 @@ class Host:
                         reply = self._dispatch(msg)
                     except HostRefused as exc:  # its own changes are rolled back; the KSN stays consumed
                         reply = h.HostError(code=HostErrorCode.REFUSED, reason=Reason.OTHER, text=str(exc)[:60])
+                    if reply is not None:   # the security notices of the moment (posterm.host.notices)
+                        reply = notices.stamp(tx, reply, ctx.clock())
         if reply is None:
             return None
         return sign(ctx.hsm, reply, ksn)

@@ -247,3 +247,51 @@ def test_security_centre_bad_inputs(argv, stdin, names, tmp_path, monkeypatch):
     case = sweep.Case(argv, 2, names, secret=stdin.strip() if len(stdin.strip()) > 1 else None, stdin=stdin)
     failures = run_cases([case], tmp_path, monkeypatch)
     assert not failures, failures
+# ------------------------------------------------------------------ issue 17: terminal passwords, notices
+
+
+def test_terminal_reset_password_and_supervisor_password_refuse_bad_input(tmp_path, monkeypatch):
+    """The passwords come from stdin (or hidden prompts) once the port is open: a pty nobody
+    answers on is open enough to reach them."""
+    master, slave = os.openpty()
+    try:
+        port = ["--port", os.ttyname(slave)]
+        reset = ["terminal", "reset-password", *port, "--passwords-stdin"]
+        cases = [
+            sweep.Case(reset, 2, ("--passwords-stdin",), stdin=""),
+            sweep.Case(reset, 2, ("--passwords-stdin",), stdin="975310\n"),
+            sweep.Case(reset, 2, ("--passwords-stdin",), secret="x!", stdin="x!\n135792\n"),
+            sweep.Case(reset, 2, ("--passwords-stdin",), secret="Q" * 33, stdin="975310\n" + "Q" * 33 + "\n"),
+            sweep.Case(["terminal", "reset-password", "--port", "/nonexistent/tty"], 4, ("/nonexistent/tty",)),
+            sweep.Case(["terminal", "reset-password", *port, "--timeout", "0"], 2, ("--timeout",)),
+            sweep.Case(["emulate", "--supervisor-password-stdin"], 2, ("--supervisor-password-stdin",),
+                       secret="7q", stdin="7q\n"),
+            sweep.Case(["emulate", "--supervisor-password-stdin"], 2, ("--supervisor-password-stdin",), stdin=""),
+        ]
+        failures = run_cases(cases, tmp_path, monkeypatch)
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert not failures, "\n".join(failures)
+
+
+def test_host_notice_commands_refuse_bad_input(tmp_path, monkeypatch):
+    add = ["host", "notice", "add"]
+    cases = [
+        sweep.Case([*add, ""], 2, ("TEXT",)),
+        sweep.Case([*add, "   "], 2, ("TEXT",)),
+        sweep.Case([*add, "x" * 81], 2, ("TEXT",)),
+        sweep.Case([*add, "永" * 81], 2, ("TEXT",)),
+        sweep.Case([*add, "two\tcolumns"], 2, ("TEXT",)),
+        sweep.Case([*add, "Never tell anyone your payment password.", "--until", "yesterday"], 2, ("--until",)),
+        sweep.Case([*add, "Never tell anyone your payment password.", "--until", "2000-01-01"], 2, ("--until",)),
+        sweep.Case([*add, "Never tell anyone your payment password.", "--until", "2099-02-30"], 2, ("--until",)),
+        sweep.Case([*add, "Never tell anyone your payment password.", "--tz", "Mars/Base"], 2, ("--tz",)),
+        sweep.Case(["host", "notice", "list", "--tz", "nowhere"], 2, ("--tz",)),
+        sweep.Case(["host", "notice", "remove", "abc"], 2, ("ID",)),
+        sweep.Case(["host", "notice", "remove", "0"], 2, ("ID",)),
+        sweep.Case(["host", "notice", "remove", "99"], 1, ("notice 99",)),
+        sweep.Case(["host", "notice", "frobnicate"], 2, ("frobnicate",)),
+    ]
+    failures = run_cases(cases, tmp_path, monkeypatch)
+    assert not failures, "\n".join(failures)

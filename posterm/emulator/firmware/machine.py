@@ -43,6 +43,7 @@ from firmware_protocol.native.messages import Outcome, Reason, Stage, TerminalSt
 from firmware_protocol.native.tlv import Message
 
 from posterm.emulator import states
+from posterm.emulator.firmware import receipts
 from posterm.emulator.firmware.customer import CustomerActions
 from posterm.emulator.firmware.flow import Flow, new_order_event
 from posterm.emulator.firmware.operator import OperatorActions
@@ -67,6 +68,8 @@ from posterm.families.events import MessageReceived, UndecodableMessage
 log = logging.getLogger("posterm.emulator")
 
 _MAX_TRANSITIONS = 200
+MAX_NOTICES = 5           # security notices shown at most (the host sends no more)
+MAX_NOTICE_CHARS = 80     # characters of each
 _MAX_SCENARIO_RESULTS = 1000
 _MAX_TIMERS_PER_TICK = 1000
 
@@ -87,6 +90,7 @@ class Firmware(PaymentActions, OperatorActions, CustomerActions):
         self.keypad = keypad
         self.display = Display()
         self.printer = Printer()
+        self.notices: tuple[str, ...] = ()   # the host's security notices (idle screen, receipt foot)
         self.base_config = config or FirmwareConfig()
         self.config = self.base_config
         self.state = S.IDLE
@@ -168,6 +172,8 @@ class Firmware(PaymentActions, OperatorActions, CustomerActions):
             self._fire(Event.SETTLE, request=msg)
         elif isinstance(msg, m.KeyLoad):
             self._fire(Event.KEY_LOAD, request=msg)
+        elif isinstance(msg, m.OperatorReset):
+            self._fire(Event.OPERATOR_RESET, request=msg)
         elif isinstance(msg, m.Abort):
             flow = self._flow
             if msg.order_id is not None and (flow is None or flow.order_id != msg.order_id):
@@ -183,6 +189,17 @@ class Firmware(PaymentActions, OperatorActions, CustomerActions):
         else:
             self._send(m.Error(code=m.ErrorCode.UNKNOWN_MESSAGE, text=f"{type(msg).__name__} is not a request",
                                in_reply_to=msg.TYPE))
+
+    def set_notices(self, notices: tuple[str, ...] | list[str]) -> None:
+        """The host's security notices (from its LogonResult): shown on the idle screen and
+        printed at the foot of every receipt from now on. Capped in count and length."""
+        self.notices = tuple(str(n)[:MAX_NOTICE_CHARS] for n in list(notices)[:MAX_NOTICES])
+        self.printer.footer = receipts.notices_footer(self.notices)
+        if self.state is S.IDLE and self._flow is None:
+            self._show_idle()
+
+    def _show_idle(self) -> None:
+        self.display.show(receipts.idle_screen(self.notices))
 
     def on_logon(self, refused: int | None, now: float, error: str = "") -> None:
         """What came of a logon tried outside a request (at start): accepted (``refused``
@@ -376,7 +393,7 @@ class Firmware(PaymentActions, OperatorActions, CustomerActions):
         """The receipt is out: the held answer goes to the ECR, the terminal is idle again."""
         flow = self._flow
         self._flow = None
-        self.display.show("WELCOME")
+        self._show_idle()
         if flow is None or flow.final is None:
             return
         self._send(flow.final)
@@ -405,7 +422,7 @@ class Firmware(PaymentActions, OperatorActions, CustomerActions):
 
     @handles(Action.RESUME)
     def _act_resume(self) -> None:
-        self.display.show("WELCOME")
+        self._show_idle()
 
     # ================================================================ helpers the actions share
 

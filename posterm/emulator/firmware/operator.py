@@ -1,4 +1,5 @@
-"""The operator's functions, as table actions: refund, settlement, key loading.
+"""The operator's functions, as table actions: refund, settlement, key loading, and the
+supervisor's reset of the operator password.
 
 Each needs the operator password (the keypad counts wrong ones toward a lock); a refused
 one is answered at once with the function's own result message (RefundResult, SettleReport,
@@ -10,6 +11,7 @@ clear).
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timezone
 
 from firmware_protocol.host import messages as h
 from firmware_protocol.native import messages as m
@@ -17,6 +19,7 @@ from firmware_protocol.native.messages import Outcome, Reason, Stage
 
 from posterm.emulator.firmware import receipts
 from posterm.emulator.firmware.flow import Flow
+from posterm.emulator.peripherals import PeripheralError
 from posterm.emulator.states import Action, Event, handles
 from posterm.errors import PosError
 
@@ -143,3 +146,26 @@ class OperatorActions:
         flow = self._flow
         self._flow = None
         self._send(self._key_status(flow.key_reason if flow else Reason.NONE))
+
+    # ---------------------------------------------------------------- the supervisor's reset
+
+    @handles(Action.RESET_OPERATOR)
+    def _act_reset_operator(self, *, request: m.OperatorReset) -> None:
+        """The supervisor password (its own 3-try limit) sets a new operator password and
+        clears its lock. Answered at once; neither password is logged or kept in clear."""
+        tid = self.identity.terminal_id
+        try:
+            verdict = self.keypad.reset_operator(request.supervisor_password, request.new_operator_password)
+        except PeripheralError as exc:
+            self._send(m.Error(code=m.ErrorCode.NOT_ALLOWED, text=str(exc)[:128], in_reply_to=request.TYPE))
+            return
+        if verdict.reason is Reason.NONE:
+            log.warning("%s: operator password reset by the supervisor", tid)
+            self._send(m.OperatorResetResult(outcome=Outcome.APPROVED, supervisor_tries_left=verdict.tries_left))
+            return
+        log.warning("%s: operator password reset refused: %s", tid, verdict.reason.name.lower())
+        until = None
+        if verdict.locked_until is not None:
+            until = datetime.fromtimestamp(verdict.locked_until, timezone.utc).isoformat(timespec="seconds")
+        self._send(m.OperatorResetResult(outcome=Outcome.DECLINED, reason=verdict.reason,
+                                         supervisor_tries_left=verdict.tries_left, locked_until=until))

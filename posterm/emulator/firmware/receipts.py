@@ -7,11 +7,13 @@ payment code only ever appears masked to its last four digits.
 
 from __future__ import annotations
 
+import textwrap
+
 from firmware_protocol.currency import format_minor
 from firmware_protocol.native import messages as m
 from firmware_protocol.native.messages import Outcome, Reason
 
-from posterm.emulator.peripherals import receipt_line
+from posterm.emulator.peripherals import RECEIPT_WIDTH, receipt_line
 from posterm.ecr.trace import mask_code
 
 from posterm.emulator.firmware.values import Identity
@@ -65,6 +67,22 @@ def settlement(identity: Identity, stamp: str, batch_no: int, totals: tuple[m.To
         lines.append("NO TRANSACTIONS")
     lines.append(receipt_line("HOST AGREES", "YES" if host_agrees else "NO"))
     return tuple(lines)
+
+
+def notices_footer(notices: tuple[str, ...]) -> tuple[str, ...]:
+    """The security notices at the foot of a receipt: a rule, a title, each notice wrapped to
+    the receipt's width (nothing when there are none)."""
+    if not notices:
+        return ()
+    lines = ["-" * RECEIPT_WIDTH, "SECURITY NOTICE" if len(notices) == 1 else "SECURITY NOTICES"]
+    for text in notices:
+        lines += textwrap.wrap(text, RECEIPT_WIDTH) or [text[:RECEIPT_WIDTH]]
+    return tuple(lines)
+
+
+def idle_screen(notices: tuple[str, ...]) -> str:
+    """What the display shows between transactions: the welcome, then the security notices."""
+    return "\n".join(("WELCOME", *notices))
 
 
 def reason_name(code: int) -> str:

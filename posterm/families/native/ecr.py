@@ -62,6 +62,7 @@ from posterm.ecr.journal import Journal, JournalEntry
 from posterm.ecr.results import (
     KeyInfo,
     OutcomeMismatch,
+    PasswordReset,
     PaymentResult,
     RefundOutcome,
     Settlement,
@@ -379,6 +380,17 @@ class Terminal(PortSession):
         check_timeout(timeout)
         return self._key_info(self._transact(m.KeyLoad(key_block=key_block, operator_password=operator_password),
                                              (m.KeyStatus,), timeout))
+
+    def reset_operator_password(self, supervisor_password: str, new_password: str,
+                                timeout: float = 10.0) -> PasswordReset:
+        """Set a new operator password (and clear its lock) with the terminal's supervisor
+        password. A wrong supervisor password counts toward its own lock (3 tries)."""
+        check_timeout(timeout)
+        answer = self._transact(m.OperatorReset(supervisor_password=supervisor_password,
+                                                new_operator_password=new_password),
+                                (m.OperatorResetResult,), timeout)
+        outcome = Outcome(answer.outcome)
+        return PasswordReset(outcome, as_reason(answer.reason), answer.supervisor_tries_left, answer.locked_until)
 
     def key_status(self, timeout: float = 3.0) -> KeyInfo:
         """KSN, counters left and KCV of the PIN pad's key (never key bytes)."""

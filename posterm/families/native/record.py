@@ -56,7 +56,7 @@ DEFAULT_MASKS = frozenset({"session", "paid_at", "trade_no", "ksn", "settled_at"
                            "counters_left"})
 KEY_FIELDS = ("order_id", "refund_id")
 # Demo values put back where a recording redacted a secret (override with secrets=).
-DEMO_SECRETS = {"operator_password": "246810"}
+DEMO_SECRETS = {"operator_password": "246810", "supervisor_password": "975310"}
 _ITEM = struct.Struct(">BH")
 _HELLO = m.Hello.TYPE.to_bytes(2, "big")
 

@@ -460,3 +460,20 @@ class Tx(SecurityQueries):
 
     def add_nonce(self, nonce_hex: str, now: float) -> None:
         self._run("INSERT INTO nonces VALUES (?, ?)", (nonce_hex, now))
+
+    # -- security notices (posterm.host.notices) -----------------------------------------
+
+    def add_notice(self, text: str, now: float, until: float | None) -> int:
+        return self._run("INSERT INTO notices (text, created_at, until) VALUES (?, ?, ?)",
+                         (text, now, until)).lastrowid
+
+    def notices(self) -> list[Row]:
+        """Every notice published, expired ones too, oldest first."""
+        return self._all("SELECT * FROM notices ORDER BY id")
+
+    def live_notices(self, now: float, limit: int) -> list[Row]:
+        """The notices not expired at ``now``, oldest first, at most ``limit``."""
+        return self._all("SELECT * FROM notices WHERE until IS NULL OR until > ? ORDER BY id LIMIT ?", (now, limit))
+
+    def remove_notice(self, notice_id: int) -> bool:
+        return self._run("DELETE FROM notices WHERE id = ?", (notice_id,)).rowcount == 1

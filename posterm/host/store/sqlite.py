@@ -109,6 +109,10 @@ CREATE TABLE IF NOT EXISTS audits (
 CREATE TABLE IF NOT EXISTS identities (
     account_id TEXT PRIMARY KEY REFERENCES accounts(id), id_hash BLOB NOT NULL, id_last4 TEXT NOT NULL,
     name_hash BLOB NOT NULL, birth_hashes BLOB NOT NULL, verified_at REAL NOT NULL);
+-- Security notices the host publishes (posterm.host.notices): terminals show them on the idle
+-- screen and at the foot of receipts, the wallet in its inbox, until `until` (NULL: until removed).
+CREATE TABLE IF NOT EXISTS notices (
+    id INTEGER PRIMARY KEY, text TEXT NOT NULL, created_at REAL NOT NULL, until REAL);
 """
 
 
