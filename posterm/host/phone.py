@@ -81,7 +81,8 @@ def notify(ctx: HostContext, tx: Tx, account_id: str, kind: str, text: str, ref:
 
 
 def inbox(ctx: HostContext, account_id: str, limit: int = 50) -> list[dict[str, Any]]:
-    """The account's inbox, newest first, as the phone shows it (codes included)."""
+    """The account's inbox, newest first, as the phone shows it (codes included), then the
+    host's security notices in force."""
     view = ctx.store.view()
     require_account(view, account_id)
     out = []
@@ -92,6 +93,13 @@ def inbox(ctx: HostContext, account_id: str, limit: int = 50) -> list[dict[str, 
             text = "(unreadable: sealed under other keys)"
         out.append({"id": r["id"], "kind": r["kind"], "ref": r["ref"], "text": text, "created_at": r["created_at"],
                     "created_at_iso": iso_time(r["created_at"])})
+    # The host's security notices in force (posterm host notice add), after the messages: the
+    # wallet shows them to every customer (security education).
+    from posterm.host import notices
+
+    out += [{"id": None, "kind": n["kind"], "ref": str(n["notice_id"]), "text": n["text"],
+             "created_at": n["created_at"], "created_at_iso": n["created_at_iso"]}
+            for n in notices.inbox_entries(view, ctx.clock())]
     return out
 
 

@@ -95,6 +95,20 @@ def test_the_inbox_keeps_the_newest_200(host):
     assert len(box) == phone.INBOX_CAP and box[0]["text"] == "message 204" and box[-1]["text"] == "message 5"
 
 
+
+def test_security_notices_reach_every_wallet_inbox_after_its_messages(host):
+    from posterm.host import notices
+
+    host.add_account("ann", "Ann")
+    with host.store.transaction() as tx:
+        phone.notify(host.ctx, tx, "ann", "note", "hello")
+    n = notices.add(host.ctx, "Never tell anyone your payment password.")
+    box = phone.inbox(host.ctx, "ann")
+    assert [e["text"] for e in box] == ["hello", "Never tell anyone your payment password."]
+    assert box[-1]["kind"] == "security_notice" and box[-1]["ref"] == str(n.id)
+    notices.remove(host.ctx, n.id)
+    assert [e["text"] for e in phone.inbox(host.ctx, "ann")] == ["hello"]
+
 # ---------------------------------------------------------------------- two-factor payments
 
 def test_two_factor_payment_confirmed_with_the_code_from_the_inbox(host, term):
