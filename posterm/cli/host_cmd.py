@@ -12,6 +12,7 @@ import click
 from posterm.cli.common import (
     CURRENCY,
     DATE,
+    EXIT_UNKNOWN,
     EXIT_USAGE,
     ID32,
     MONTH,
@@ -30,6 +31,7 @@ from posterm.cli.common import (
 )
 
 from posterm.cli.host_security import CODE6, proof_options, read_proof  # verification (the security centre)
+from posterm.errors import PosError
 from posterm.cli.host_common import (  # noqa: F401 - shared with the host command modules
     ID_NUMBER,
     MONEY,
@@ -76,14 +78,22 @@ def host() -> None:
               help="Seconds a logged-on connection may stay silent.")
 @click.option("--gateway", "gateway_listen", type=ListenType(url=False), default=None,
               help="Also serve the merchant gateway (Alipay /gateway.do, WeChat Pay v2) on HOST:PORT (loopback only).")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Host processes sharing the database and the listening socket (a supervisor restarts a dead one).")
+@click.option("--no-group-commit", is_flag=True, help="One durable commit per request (SQLite: group commit is on by default).")
 @db_option
 @host_errors
 def serve(listen, allow_remote, no_demo, risk_rules, outage_seconds, backup_every, backup_to, keep,
-          backup_key_file, max_connections, max_pending, logon_deadline, idle_timeout, gateway_listen, db_path):
+          backup_key_file, max_connections, max_pending, logon_deadline, idle_timeout, gateway_listen, workers,
+          no_group_commit, db_path):
     """Serve the host to terminals over TCP until Ctrl-C or SIGTERM.
 
     Prints the address (tcp://127.0.0.1:PORT) as the first line of stdout; with
     --gateway, the gateway's (http://127.0.0.1:PORT) as the second.
+
+    With --workers N, N worker processes accept on one socket and share the database; the
+    supervisor restarts a worker that dies, and exits 3 after 5 restarts within 60 s.
+    Backups and the gateway run once, in the supervisor. See docs/host.md, "Scaling".
     """
     from posterm.host.server import ServerLimits
     from posterm.host.server import serve as start
@@ -101,7 +111,8 @@ def serve(listen, allow_remote, no_demo, risk_rules, outage_seconds, backup_ever
     limits = ServerLimits(max_connections, max_pending, logon_deadline, idle_timeout)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())  # before the address is announced: no race
-    h = open_host(db_path, demo=not no_demo, risk_config=risk_rules, outage_seconds=outage_seconds)
+    h = open_host(db_path, demo=not no_demo, risk_config=risk_rules, outage_seconds=outage_seconds,
+                  group_commit=not no_group_commit and workers == 1)
     scheduler = None
     if backup_every is not None or backup_to or backup_key_file:
         if not (backup_every and backup_to and backup_key_file):
@@ -111,7 +122,11 @@ def serve(listen, allow_remote, no_demo, risk_rules, outage_seconds, backup_ever
         except ImportError:
             raise click.UsageError("backups are not available in this build") from None
         scheduler = BackupScheduler(h.store.path, list(backup_to), backup_key_file, parse_interval(backup_every), keep)
-    server = start(h, listen, allow_remote=allow_remote, limits=limits)
+    if workers == 1:
+        server = start(h, listen, allow_remote=allow_remote, limits=limits)
+    else:
+        server = _start_workers(h, db_path, workers, listen, allow_remote, limits, not no_group_commit, risk_rules,
+                                outage_seconds)
     gateway_server = None
     if gateway_listen is not None:
         try:
@@ -132,9 +147,13 @@ def serve(listen, allow_remote, no_demo, risk_rules, outage_seconds, backup_ever
         scheduler.start()
     try:
         while not stop.wait(0.5):
-            pass
+            getattr(server, "check", lambda: None)()   # workers: restart the dead (TooManyRestarts: exit 3)
     except KeyboardInterrupt:
         pass
+    except PosError as exc:
+        if type(exc).__name__ != "TooManyRestarts":
+            raise
+        fail(str(exc), EXIT_UNKNOWN)
     finally:
         if scheduler:
             scheduler.stop()
@@ -143,6 +162,21 @@ def serve(listen, allow_remote, no_demo, risk_rules, outage_seconds, backup_ever
             gateway_server.close()
         server.close()
         h.close()
+
+
+def _start_workers(h, db_path, workers, listen, allow_remote, limits, group_commit, risk_rules, outage_seconds):
+    """The supervisor of ``workers`` host processes on ``h``'s database (posterm.host.workers)."""
+    from dataclasses import asdict
+
+    from posterm.host.workers import Supervisor, WorkerConfig
+
+    config = WorkerConfig(db=db_path, group_commit=group_commit, risk_rules=risk_rules, outage_seconds=outage_seconds,
+                          allow_remote=allow_remote, limits=asdict(limits))
+    try:
+        return Supervisor(config, workers, listen).start()
+    except BaseException:
+        h.close()
+        raise
 
 
 def _start_gateway(h, listen: str):

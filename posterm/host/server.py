@@ -70,13 +70,15 @@ class HostServer:
     within :class:`ServerLimits`."""
 
     def __init__(self, host, listen: str = "127.0.0.1:0", *, allow_remote: bool = False,
-                 limits: ServerLimits | None = None) -> None:
+                 limits: ServerLimits | None = None, listener=None) -> None:
         from posterm.transport.tcp import TcpTransport, parse_address
 
-        addr, port = parse_address(listen)
         self.host = host
         self.limits = limits or ServerLimits()
-        self._listener = TcpTransport.listen(addr, port, allow_remote=allow_remote)
+        if listener is None:   # else a listening socket shared with other host processes (workers)
+            addr, port = parse_address(listen)
+            listener = TcpTransport.listen(addr, port, allow_remote=allow_remote)
+        self._listener = listener
         self.address = f"tcp://{self._listener.host}:{self._listener.port}"
         self._stop = threading.Event()
         self._lock = threading.RLock()

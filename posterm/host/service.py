@@ -36,6 +36,7 @@ from posterm.host.logon import Sessions
 from posterm.host.security_keys import SecurityKeys
 from posterm.host.signing import ksn_fresh, request_mac_ok, sign
 from posterm.host.store import Store
+from posterm.host.store.group import GroupCommit
 
 log = logging.getLogger("posterm.host")
 
@@ -57,7 +58,8 @@ class Host:
 
     def __init__(self, store: Store, hsm: Hsm, *, clock: Callable[[], float] = time.time,
                  rules: dict | None = None, outage_seconds: float = 30.0, phone_delay: float = 2.0,
-                 behaviours: Mapping[str, Behaviour] | None = None, security_keys: SecurityKeys | None = None) -> None:
+                 behaviours: Mapping[str, Behaviour] | None = None, security_keys: SecurityKeys | None = None,
+                 group_commit: bool = False) -> None:
         self.ctx = HostContext(store=store, hsm=hsm, clock=clock, rules=risk.load_rules(rules),
                                behaviours=demo.BEHAVIOURS if behaviours is None else behaviours,
                                outage_seconds=outage_seconds, phone_delay=phone_delay,
@@ -67,16 +69,21 @@ class Host:
         self.sessions = Sessions()
         self.require_logon = True
         identity.bind(self.ctx)   # identity.matches(tx, ...) finds this host's HSM
+        # Terminal requests share durable commits (posterm.host.store.group): SQLite only.
+        self.group_commit: GroupCommit | None = GroupCommit(store) if group_commit and isinstance(store, Store) else None
 
     @classmethod
     def open(cls, db_path: str | Path | None = None, *, hsm: Hsm | None = None, demo: bool = True,
              clock: Callable[[], float] = time.time, risk_config: str | Path | dict | None = None,
-             outage_seconds: float = 30.0, phone_delay: float = 2.0) -> "Host":
+             outage_seconds: float = 30.0, phone_delay: float = 2.0, group_commit: bool = True) -> "Host":
         """Open the host database (default ``$POSTERM_HOME/host.db``).
 
         With ``demo`` (the default, as the emulator wants) the demo data is loaded into a
         database with no merchant yet (:func:`posterm.host.demo.seed`); ``posterm host``
         commands pass False (``serve`` seeds it itself unless ``--no-demo``).
+
+        ``group_commit`` (SQLite): terminal requests arriving together share one durable
+        commit (:mod:`posterm.host.store.group`); an answer still leaves only after its commit.
         """
         from posterm.home import posterm_home
         from posterm.host.demo import seed
@@ -92,12 +99,14 @@ class Host:
         # The security centre's keys (code MACs, the inbox's seal) beside the HSM's, sealed alike.
         keys = SecurityKeys.open(private_dir(path.parent / "hsm", own=True))
         host = cls(store, hsm, clock=clock, rules=rules, outage_seconds=outage_seconds, phone_delay=phone_delay,
-                   security_keys=keys)
+                   security_keys=keys, group_commit=group_commit)
         if demo:
             seed(host.ctx)
         return host
 
     def close(self) -> None:
+        if self.group_commit is not None:
+            self.group_commit.close()
         self.ctx.store.close()
 
     def __enter__(self) -> "Host":
@@ -185,10 +194,11 @@ class Host:
         terminal's optional items are covered though this host skips them). Without it
         (in process) the message is encoded again.
 
-        The KSN bookkeeping and everything the request changes are one write transaction:
-        one commit per request, and a request either happened with its KSN consumed or
-        not at all. The answer is signed after the commit, so nothing is answered that a
-        crash could still undo.
+        The KSN bookkeeping and everything the request changes are one write transaction
+        (with group commit, a savepoint of a batch's: one commit for the requests arriving
+        together), and a request either happened with its KSN consumed or not at all. The
+        answer is signed after the commit, so nothing is answered that a crash could still
+        undo (a failed group COMMIT raises :class:`~posterm.host.store.group.CommitFailed`).
         """
         ctx = self.ctx
         payload = raw if raw is not None else tlv_encode(msg)
@@ -197,22 +207,28 @@ class Host:
             log.warning("refused %s: bad or missing MAC", type(msg).__name__)
             return sign(ctx.hsm, h.HostError(code=HostErrorCode.MAC_INVALID, reason=Reason.MAC_INVALID,
                                              text="MAC check failed"), ksn)
-        with ctx.store.transaction() as tx:
+
+        def transact(tx) -> h.HostMessage | None:
             if not ksn_fresh(tx, "request", ksn):
                 log.warning("refused %s: KSN counter did not increase (replay)", type(msg).__name__)
-                reply = h.HostError(code=HostErrorCode.REPLAY_DETECTED, reason=Reason.REPLAY_DETECTED,
-                                    text="replayed request")
-            else:
-                terminal_id = getattr(msg, "terminal_id", None)
-                if terminal_id and ctx.outage_until.get(terminal_id, 0.0) > ctx.clock():
-                    reply = None
-                else:
-                    try:
-                        reply = self._dispatch(msg)
-                    except HostRefused as exc:  # its own changes are rolled back; the KSN stays consumed
-                        reply = h.HostError(code=HostErrorCode.REFUSED, reason=Reason.OTHER, text=str(exc)[:60])
-                    if reply is not None:   # the security notices of the moment (posterm.host.notices)
-                        reply = notices.stamp(tx, reply, ctx.clock())
+                return h.HostError(code=HostErrorCode.REPLAY_DETECTED, reason=Reason.REPLAY_DETECTED,
+                                   text="replayed request")
+            terminal_id = getattr(msg, "terminal_id", None)
+            if terminal_id and ctx.outage_until.get(terminal_id, 0.0) > ctx.clock():
+                return None
+            try:
+                reply = self._dispatch(msg)
+            except HostRefused as exc:  # its own changes are rolled back; the KSN stays consumed
+                reply = h.HostError(code=HostErrorCode.REFUSED, reason=Reason.OTHER, text=str(exc)[:60])
+            if reply is not None:   # the security notices of the moment (posterm.host.notices)
+                reply = notices.stamp(tx, reply, ctx.clock())
+            return reply
+
+        if self.group_commit is not None:
+            reply = self.group_commit.run(transact)   # returns once its batch has committed
+        else:
+            with ctx.store.transaction() as tx:
+                reply = transact(tx)
         if reply is None:
             return None
         return sign(ctx.hsm, reply, ksn)

@@ -110,6 +110,21 @@ class TcpListener:
         self.address = f"tcp://{self.host}:{self.port}"
         self._closed = threading.Event()
 
+    @classmethod
+    def adopt(cls, fd: int, *, allow_remote: bool = False) -> "TcpListener":
+        """A listener over the listening socket ``fd`` this process inherited (several
+        processes accepting on one socket: ``posterm host serve --workers``)."""
+        self = cls.__new__(cls)
+        self._settings = {}
+        self._sock = socket.socket(fileno=fd)
+        self.host, self.port = self._sock.getsockname()[:2]
+        if self.host not in LOOPBACK and not allow_remote:
+            self._sock.detach()
+            raise LocalProtocolError(f"refusing to listen on {self.host}: loopback only unless allow_remote=True")
+        self.address = f"tcp://{self.host}:{self.port}"
+        self._closed = threading.Event()
+        return self
+
     def accept(self, timeout: float) -> TcpTransport | None:
         """Wait up to ``timeout`` s for a connection; ``None`` if none came."""
         if self._closed.is_set():

@@ -40,11 +40,13 @@ def test_the_ksn_and_the_payment_commit_together(host, term):
                                      payment_code=CODE[1]))
     db = sqlite3.connect(host.store.path)
     before = db.execute("SELECT counter FROM ksn_seen").fetchall()
-    boom = "CREATE TEMP TRIGGER boom BEFORE INSERT ON ledger BEGIN SELECT RAISE(ABORT, 'disk gone'); END"
-    host.store.conn().execute(boom)  # the host's own connection: its capture fails half-way ...
+    # A trigger every connection sees (the request runs on the group committer's): the capture fails half-way ...
+    db.execute("CREATE TRIGGER boom BEFORE INSERT ON ledger BEGIN SELECT RAISE(ABORT, 'disk gone'); END")
+    db.commit()
     with pytest.raises(sqlite3.IntegrityError):
         host.handle(signed)
-    host.store.conn().execute("DROP TRIGGER temp.boom")
+    db.execute("DROP TRIGGER boom")
+    db.commit()
     assert db.execute("SELECT counter FROM ksn_seen").fetchall() == before  # ... so its KSN was not consumed
     assert db.execute("SELECT COUNT(*) FROM trades WHERE order_id = 'TOG-1'").fetchone()[0] == 0
     assert host.handle(signed).status is S.APPROVED  # and the very request can still be processed, once

@@ -205,6 +205,22 @@ class Store:
     def read(self) -> sqlite3.Connection:
         return self.conn()
 
+    def in_transaction(self) -> bool:
+        """Whether this thread's connection (if it has one) is inside a transaction."""
+        c = getattr(self._local, "conn", None)
+        return c is not None and c.in_transaction
+
+    def close_thread(self) -> None:
+        """Close this thread's connection (a thread that ends: its connection is not kept)."""
+        c = getattr(self._local, "conn", None)
+        if c is None:
+            return
+        self._local.conn = None
+        with self._lock:
+            if c in self._all:
+                self._all.remove(c)
+        c.close()
+
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
         """:meth:`write`, with the host's named queries (:class:`~posterm.host.store.queries.Tx`)."""
