@@ -150,22 +150,27 @@ class LocalBackend:
 def parse_panel_url(text: str) -> tuple[str, int]:
     """(host, port) of a panel at ``http://127.0.0.1:PORT`` (or a file holding that URL, as
     ``posterm emulate --panel-file`` writes it). Loopback only. Raises ConfigError."""
+    shown = repr(text if len(text) <= 60 else text[:60] + "...")
     raw = text.strip()
     if not raw.startswith("http://"):
         p = Path(raw)
         try:
             raw = p.read_text(encoding="utf-8").strip().splitlines()[0].strip() if p.is_file() else raw
         except (OSError, UnicodeDecodeError, IndexError) as exc:
-            raise ConfigError(f"--fleet {text}: cannot read a panel URL from it ({exc})") from None
-    url = urllib.parse.urlsplit(raw)
-    if url.scheme != "http" or not url.hostname or url.port is None:
-        raise ConfigError(f"--fleet {text}: expected http://127.0.0.1:PORT or a file holding it")
+            raise ConfigError(f"--fleet {shown}: cannot read a panel URL from it ({exc})") from None
+    try:
+        url = urllib.parse.urlsplit(raw)
+        port = url.port
+    except ValueError:
+        port = None
+    if url.scheme != "http" or not url.hostname or port is None:
+        raise ConfigError(f"--fleet {shown}: expected http://127.0.0.1:PORT or a file holding it")
     from posterm.panel.server import loopback_host
 
     host = loopback_host(url.hostname)
     if host is None:
-        raise ConfigError(f"--fleet {text}: panels are reached on loopback only (127.0.0.1, [::1], localhost)")
-    return host, url.port
+        raise ConfigError(f"--fleet {shown}: panels are reached on loopback only (127.0.0.1, [::1], localhost)")
+    return host, port
 
 
 class _Remote:

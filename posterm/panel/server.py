@@ -26,13 +26,14 @@ def loopback_host(name: str) -> str | None:
 def parse_listen(listen: str, option: str = "--panel") -> tuple[str, int]:
     """``(host, port)`` from ``HOST:PORT`` (IPv6 in brackets; ``http://`` allowed). Raises
     ConfigError naming ``option`` for a malformed address or one that is not loopback."""
+    shown = repr(listen if len(listen) <= 60 else listen[:60] + "...")
     text = listen.strip().removeprefix("http://").rstrip("/")
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"{option} {listen!r}: give HOST:PORT with PORT 0..65535")
+        raise ConfigError(f"{option} {shown}: give HOST:PORT with PORT 0..65535")
     addr = loopback_host(host)
     if addr is None:
-        raise ConfigError(f"{option} {listen}: the panel listens on loopback only (127.0.0.1, [::1], localhost);"
+        raise ConfigError(f"{option} {shown}: the panel listens on loopback only (127.0.0.1, [::1], localhost);"
                           " there is no option to expose it")
     return addr, int(port)
 
