@@ -28,6 +28,7 @@ from posterm import __version__
 COMMANDS: dict[str, str] = {
     "demo": "posterm.cli.demo_cmd:demo",
     "emulate": "posterm.cli.emulate_cmd:emulate",
+    "panel": "posterm.cli.panel_cmd:panel",
     "ports": "posterm.cli.driver_cmd:ports",
     "doctor": "posterm.cli.driver_cmd:doctor",
     "status": "posterm.cli.driver_cmd:status",

@@ -26,6 +26,7 @@ from posterm.cli.common import (
     fail,
     protocol_help,
 )
+from posterm.cli.panel_cmd import PanelAddress
 from posterm.families import DEFAULT as DEFAULT_FAMILY
 
 LINE_FORMATS = ["8N1", "8N2", "7E1", "7O1", "7E2", "7O2"]
@@ -90,9 +91,18 @@ def line_format_help() -> str:
 @click.option("--poll-interval", type=SecondsType(0.05, 60), default=5.0, show_default=True,
               help="Phone/QR confirmation: query the host this often ...")
 @click.option("--poll-attempts", type=click.IntRange(1, 100), default=5, show_default=True, help="... this many times, then cancel.")
+# -- the control panel (posterm.panel; docs/panel.md)
+@click.option("--panel", type=PanelAddress(), default=None, metavar="127.0.0.1:PORT",
+              help="Also serve the control panel (a web page and the JSON API /api/v1) for every terminal, on"
+                   " loopback only (PORT 0: a free one); its URL goes to stderr.")
+@click.option("--panel-file", type=OutputFile(), default=None, help="Also write the panel's URL here (for `posterm panel --fleet`).")
+@click.option("--customer", type=click.Choice(["manual", "automatic"]), default=None,
+              help="With --panel: the customer does only what the panel says (manual), or follows the test codes"
+                   " (automatic) [default: manual for one terminal without --scenario, else automatic].")
 def emulate(use_pty, listen, count, port_file, link, scenario, host_url, home, terminal_id, pace, baud, faults, record,
             protocol, line_format, operator_password, supervisor_password_stdin, show_display, poll_interval,
-            poll_attempts, processes=None, host_connections=None, first_terminal=1, fleet_parent=None):
+            poll_attempts, panel=None, panel_file=None, customer=None, processes=None, host_connections=None,
+            first_terminal=1, fleet_parent=None):
     """Start emulated payment terminals and serve them until Ctrl-C or SIGTERM.
 
     The first line(s) of stdout are the ports to give the ECR (one per terminal).
@@ -121,6 +131,7 @@ def emulate(use_pty, listen, count, port_file, link, scenario, host_url, home, t
       posterm emulate --protocol zvt --listen tcp://127.0.0.1:20007 &
       posterm pay --protocol zvt --port tcp://127.0.0.1:20007 --amount 12.34 --currency EUR
       posterm emulate --count 1000 --listen tcp://127.0.0.1:21000 --port-file /tmp/ports &
+      posterm emulate --panel 127.0.0.1:8400      # then open http://127.0.0.1:8400 (docs/panel.md)
     """
     from posterm.emulator.firmware import FirmwareConfig
     from posterm.emulator.runner import EmulatedTerminal, Fleet
@@ -144,9 +155,14 @@ def emulate(use_pty, listen, count, port_file, link, scenario, host_url, home, t
         from posterm.cli.common import check_password
 
         supervisor_password = check_password(sys.stdin.readline().strip(), "--supervisor-password-stdin")
-    processes = processes or (fleets.default_processes(count) if fleet_parent is None else 1)
+    if panel and processes and processes > 1:
+        raise click.UsageError("--panel serves the terminals of one process: use --processes 1, or give each "
+                               "process's panel to `posterm panel --fleet`")
+    processes = processes or (1 if panel else fleets.default_processes(count) if fleet_parent is None else 1)
     if processes > count:
         raise click.BadParameter(f"{processes} processes for {count} terminals", param_hint="'--processes'")
+    if (panel_file or customer) and not panel:
+        raise click.UsageError("--panel-file and --customer need --panel")
     stop = threading.Event()
     # Both before the port is announced (no race), and SIGINT too: a KeyboardInterrupt could land
     # inside close(); the flag is checked in one place. Also overrides an inherited "ignore
@@ -180,6 +196,7 @@ def emulate(use_pty, listen, count, port_file, link, scenario, host_url, home, t
     if show_display:
         for t in terminals:
             t.firmware.display.on_change = _screen_printer(t.terminal_id)
+    panel_server = _start_panel(panel, panel_file, customer, terminals, scenario, fleet) if panel else None
     if port_file:  # before stdout: a reader of the first stdout line can rely on the file too
         from posterm.safefs import replace_private
 
@@ -203,6 +220,8 @@ def emulate(use_pty, listen, count, port_file, link, scenario, host_url, home, t
     except KeyboardInterrupt:
         pass
     finally:
+        if panel_server is not None:
+            panel_server.close()
         if fleet is not None:
             fleet.close()
         else:
@@ -264,6 +283,25 @@ def _process_fleet(stop, count, processes, listen, port_file, host_url, home, ho
     if dead is not None or any(c not in (0, EXIT_SCENARIO_FAILED) for c in codes):
         sys.exit(1)
     sys.exit(EXIT_SCENARIO_FAILED if EXIT_SCENARIO_FAILED in codes else 0)
+def _start_panel(address, url_file, customer, terminals, scenario, fleet):
+    """The control panel over ``terminals`` (posterm.panel); on failure they are closed and it exits 2."""
+    from posterm.emulator.control import TerminalControl
+    from posterm.errors import PosError
+    from posterm.panel.backend import LocalBackend
+    from posterm.panel.server import PanelServer
+
+    manual = customer == "manual" if customer else (len(terminals) == 1 and not scenario)
+    try:
+        server = PanelServer(LocalBackend([TerminalControl(t, manual=manual) for t in terminals]), address)
+        if url_file:
+            from posterm.safefs import replace_private
+
+            replace_private(url_file, f"{server.url}\n".encode(), parent=False)
+    except (PosError, OSError) as exc:
+        (fleet or terminals[0]).close()
+        fail(str(exc) if isinstance(exc, PosError) else f"--panel-file {url_file}: {exc.strerror or exc}", EXIT_USAGE)
+    click.echo(f"posterm: control panel at {server.url} ({'manual' if manual else 'automatic'} customer)", err=True)
+    return server
 
 
 def _report_scenarios(terminals) -> int:

@@ -228,11 +228,13 @@ class Customer:
     ``respond(stage)`` returns ``(delay, action)`` or ``None`` when the customer does
     nothing at this prompt. Stages: ``scan``, ``pin``, ``phone``, ``qr``. An exhausted
     (or absent) script falls back to the defaults of the host's test codes: the approving
-    one of ``currency`` (the order's).
+    one of ``currency`` (the order's). A ``manual`` customer has no defaults: past its
+    script it does nothing until told (a person at the control panel).
     """
 
-    def __init__(self, script: PaymentScript | None = None, currency: str = "CNY") -> None:
+    def __init__(self, script: PaymentScript | None = None, currency: str = "CNY", manual: bool = False) -> None:
         self.script = script
+        self.manual = manual
         self.default_code = DEFAULT_CODES.get(currency, DEFAULT_CODE)
         self._queue = collections.deque(script.actions if script else ())
         self._typed_demo_pin = False
@@ -255,6 +257,8 @@ class Customer:
         return self._default(stage)
 
     def _default(self, stage: str) -> tuple[float, Action] | None:
+        if self.manual:
+            return None
         if stage == "scan":
             return 0.2, Action("present_code", code=self.default_code)
         if stage == "pin":

@@ -376,6 +376,13 @@ class EmulatedTerminal:
         self.line_events: Counter[str] = Counter()
         self._line_cond = threading.Condition()
         self._quiet_until: dict[str, float] = {}
+        # The control panel's hooks (posterm.emulator.control), all called on the line thread:
+        # wire_tap(sender, bytes) sees what crosses the line; on_service() runs after each pass.
+        self.wire_tap: Any = None
+        self.on_service: Any = None
+        self.restarts = 0
+        self._unplugged_until = 0.0         # the cable is out until then (monotonic; inf: until replugged)
+        self._fault_in = self._fault_out = 0   # one-shot line faults pending: corrupt the next chunk in, drop one out
         self._line = threading.Thread(target=self._line_loop, name=f"emu-{hostlink.terminal_id}", daemon=True)
         self._worker = self._calls
 
@@ -731,6 +738,8 @@ class EmulatedTerminal:
             self._drop_ecr("write_stall", f"the ECR stopped reading ({exc})")
             return
         if sent:
+            if self.wire_tap is not None:
+                self.wire_tap("terminal", bytes(self._outbuf[:sent]))
             self.bytes_sent += sent
             del self._outbuf[:sent]
             self._out_progress = now
@@ -738,9 +747,10 @@ class EmulatedTerminal:
             self._drop_ecr("write_stall", f"the ECR read nothing for {self.write_stall_timeout:g}s")
 
     def _line_loop(self) -> None:
-        fw, link, pump = self.firmware, self._link, self._pump
+        link, pump = self._link, self._pump
         try:
             while not self._stop.is_set():
+                fw = self.firmware   # a restart (the panel, a scenario) replaces it
                 if not self._worker.is_alive():
                     raise RuntimeError("the host thread died") from self.error
                 if self._transport is None and not self._accept():
@@ -788,7 +798,11 @@ class EmulatedTerminal:
                         self._outbuf.clear()
                         continue
                 now = time.monotonic()
+                if data and (self._unplugged_until or self._fault_in):
+                    data = self._cable_in(data, now)
                 if data:
+                    if self.wire_tap is not None:
+                        self.wire_tap("ecr", data)
                     with self._line_cond:
                         self.bytes_received += len(data)
                         self._line_cond.notify_all()
@@ -830,7 +844,13 @@ class EmulatedTerminal:
                 payload[1].set()
             elif kind == "notices":
                 fw.set_notices(payload)
+            elif kind == "control":   # a call from the control panel, run here: the firmware is this thread's
+                payload()
+                fw = self.firmware
         fw.tick(now)
+        for action in fw.take_terminal_calls():
+            self._terminal_action(action, now)
+            fw = self.firmware
         for call in fw.take_host_calls():
             self._calls.put(("call", call))
         for wcall in fw.take_wallet_calls():
@@ -850,6 +870,13 @@ class EmulatedTerminal:
                 self._note("send_queue_full", "the ECR is not taking answers; %s dropped",
                            ", ".join(sorted({type(q).__name__ for q in evicted})) if evicted else type(msg).__name__)
         out += link.data_to_send()
+        if self.on_service is not None:
+            self.on_service()
+        if out and self._unplugged_until and now < self._unplugged_until:
+            out = bytearray()   # lost on the line: the cable is out
+        elif out and self._fault_out:
+            self._fault_out -= 1
+            out = bytearray()   # one chunk lost (an injected fault)
         if self._transport is None:
             return
         if out:
@@ -860,6 +887,70 @@ class EmulatedTerminal:
                 self._drop_ecr("output_overflow", f"over {self.max_output} bytes of output not read by the ECR")
                 return
         self._flush(now)
+
+
+    # ------------------------------------------------------------------ the control panel's line actions
+
+    def call_on_line(self, fn) -> None:
+        """Run ``fn()`` on the line thread (it owns the firmware), soon; the caller bounds how
+        many it queues (posterm.emulator.control)."""
+        self._replies.put(("control", fn))
+        self._wake()
+
+    @property
+    def unplugged(self) -> bool:
+        return bool(self._unplugged_until) and time.monotonic() < self._unplugged_until
+
+    def _cable_in(self, data: bytes, now: float) -> bytes:
+        if self._unplugged_until:
+            if now < self._unplugged_until:
+                return b""      # the cable is out: what the ECR sends is lost
+            self._unplugged_until = 0.0
+            self._note("replugged", "the cable is back in")
+        if self._fault_in and data:
+            self._fault_in -= 1
+            i = len(data) // 2
+            data = data[:i] + bytes([data[i] ^ 0x5A]) + data[i + 1:]   # one corrupted byte: a bad CRC
+            self._note("fault_injected", "a corrupted chunk from the ECR (injected)")
+        return data
+
+    def _terminal_action(self, action, now: float) -> None:
+        """A scenario's or the panel's action on the terminal itself (see scenario.TERMINAL_ACTIONS)."""
+        if action.kind == "line_fault":
+            if action.fault == "corrupt":
+                self._fault_in += 1
+            else:
+                self._fault_out += 1
+                self._note("fault_injected", "a chunk to the ECR dropped (injected)")
+        elif action.kind == "unplug":
+            self._unplugged_until = now + action.seconds if action.seconds else float("inf")
+            self._outbuf.clear()
+            self._note("unplugged", "the cable is out" + (f" for {action.seconds:g}s" if action.seconds else ""))
+        elif action.kind == "replug":
+            if self._unplugged_until:
+                self._unplugged_until = 0.0
+                self._note("replugged", "the cable is back in")
+        elif action.kind == "restart":
+            self._restart(now)
+
+    def _restart(self, now: float) -> None:
+        """Power-cycle the firmware: a new one over the same journal, peripherals and scripts;
+        what was in flight is reconciled with the host as after a crash (Firmware.start)."""
+        old = self.firmware
+        old.pinpad.cancel()
+        fw = Firmware(old.identity, old.journal, old.pinpad, old.keypad, config=old.base_config,
+                      wallclock=old._wallclock)
+        fw.display, fw.printer, fw._tokens = old.display, old.printer, old._tokens   # same screen, paper, token count
+        fw._scripts, fw.config, fw.scenario_results = old._scripts, old.config, old.scenario_results
+        fw.manual_customer, fw.outcomes = old.manual_customer, old.outcomes
+        fw.display.show("WELCOME")
+        self._link.reset()
+        self._outbuf.clear()
+        self.firmware = fw
+        self.restarts += 1
+        self._note("restarted", "the terminal restarted")
+        fw.start(now)
+        self._calls.put(("logon", None))
 
 
 class Fleet:

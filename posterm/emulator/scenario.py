@@ -28,6 +28,14 @@ Actions, done in order, each when the terminal asks for that kind of input:
 ``do_nothing``                       the customer ignores this prompt (the terminal times out)
 ``walk_away`` (after)                the customer leaves
 ``wait`` (seconds)                   a pause before the next action
+``refuse_on_phone`` (after)          the customer refuses in the wallet app (the terminal cancels)
+``press_keys`` (keys, after)         keys on the terminal's keypad: ``"1 4 7 2 5 8 OK"``, ``"CANCEL"``
+
+and what happens to the terminal itself (played at the next prompt, then the prompt's
+own action follows): ``line_fault`` (fault: ``corrupt`` the next chunk from the ECR, or
+``drop`` the next one to it), ``unplug`` (seconds: the cable is out that long, 0 until a
+``replug``), ``replug``, ``restart`` (the terminal is power-cycled: the journal settles
+what was in flight).
 
 With no scenario (or after the last payment of one) the host's test payment
 codes pick the outcome: the scanner sees the approving test code of the order's
@@ -64,10 +72,22 @@ ACTIONS: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
     "do_nothing": {},
     "walk_away": {"after": ((int, float), False)},
     "wait": {"seconds": ((int, float), True)},
+    "refuse_on_phone": {"after": ((int, float), False)},
+    "press_keys": {"keys": (str, True), "after": ((int, float), False)},
+    "line_fault": {"fault": (str, True), "after": ((int, float), False)},
+    "unplug": {"seconds": ((int, float), False), "after": ((int, float), False)},
+    "replug": {"after": ((int, float), False)},
+    "restart": {"after": ((int, float), False)},
 }
 # Which prompt each action answers (wait is a pause; do_nothing answers any prompt with silence).
 STAGE_OF = {"present_code": "scan", "walk_away": "any", "scan_qr": "qr", "type_pin": "pin",
-            "cancel_pin": "pin", "confirm_on_phone": "phone", "do_nothing": "any"}
+            "cancel_pin": "pin", "confirm_on_phone": "phone", "do_nothing": "any", "refuse_on_phone": "phone",
+            "press_keys": "any", "line_fault": "any", "unplug": "any", "replug": "any", "restart": "any"}
+# What happens to the terminal rather than an answer to its prompt: the runner does these.
+TERMINAL_ACTIONS = frozenset({"line_fault", "unplug", "replug", "restart"})
+LINE_FAULTS = ("corrupt", "drop")
+KEYS = ("0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "OK", "CANCEL", "CLEAR")
+MAX_KEYS = 32
 TERMINAL_KEYS = {"poll_interval": (0.01, 600.0), "poll_attempts": (1, 100), "scan_timeout": (0.05, 3600.0),
                  "pin_timeout": (0.05, 3600.0), "qr_timeout": (0.05, 3600.0)}
 
@@ -82,6 +102,8 @@ class Action:
     after: float = 0.0
     key_interval: float = 0.05
     seconds: float = 0.0
+    keys: str | None = field(default=None, repr=False)    # press_keys: may be a PIN
+    fault: str | None = None
 
     def __repr__(self) -> str:
         extra = ""
@@ -89,7 +111,30 @@ class Action:
             extra += f", code=…{self.code[-4:]}"
         if self.digits:
             extra += ", digits=<redacted>"
+        if self.keys:
+            extra += f", keys={masked_keys(self.keys)}"
+        if self.fault:
+            extra += f", fault={self.fault}"
         return f"Action({self.kind}{extra}, after={self.after:g})"
+
+
+def key_list(keys: str) -> list[str]:
+    """``"1 4 7 OK"`` as ``["1", "4", "7", "OK"]`` (names upper-cased; digits may run together:
+    ``"147258 OK"``). Raises ValueError naming no digit."""
+    out: list[str] = []
+    for token in keys.upper().split():
+        out.extend(token if token.isdigit() else [token])
+    if not out or len(out) > MAX_KEYS or any(k not in KEYS for k in out):
+        raise ValueError(f"keys: 1 to {MAX_KEYS} of 0-9, OK, CANCEL, CLEAR separated by spaces")
+    return out
+
+
+def masked_keys(keys: str) -> str:
+    """The keys with every digit shown as ``*`` (digits on the keypad may be a PIN)."""
+    try:
+        return " ".join("*" if k.isdigit() else k for k in key_list(keys))
+    except ValueError:
+        return "<invalid>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +255,26 @@ def _action(a: Any, where: str, err) -> Action:
     if "digits" in values and not (values["digits"].isdigit() and 4 <= len(values["digits"]) <= 12):
         # Say nothing about the value itself: it is a PIN.
         raise err(f"{where}.digits", "must be 4 to 12 digits")
+    if "keys" in values:
+        try:
+            key_list(values["keys"])
+        except ValueError as exc:
+            raise err(f"{where}.keys", str(exc).removeprefix("keys: ")) from None
+    if "fault" in values and values["fault"] not in LINE_FAULTS:
+        raise err(f"{where}.fault", f"must be one of {', '.join(LINE_FAULTS)}")
     return Action(kind, code=values.get("code"), digits=values.get("digits"),
                   after=float(values.get("after", 0.0)), key_interval=float(values.get("key_interval", 0.05)),
-                  seconds=float(values.get("seconds", 0.0)))
+                  seconds=float(values.get("seconds", 0.0)), keys=values.get("keys"), fault=values.get("fault"))
+
+
+def action_table(action: Action) -> dict[str, Any]:
+    """``action`` as the inline table a scenario file gives it (what :func:`_action` reads back)."""
+    out: dict[str, Any] = {"action": action.kind}
+    for key in ACTIONS[action.kind]:
+        value = getattr(action, key)
+        if value is None or (key in ("after", "seconds") and not value and not ACTIONS[action.kind][key][1]):
+            continue
+        if key == "key_interval" and value == 0.05:
+            continue
+        out[key] = value
+    return out

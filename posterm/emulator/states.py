@@ -255,6 +255,8 @@ TABLE: dict[tuple[S, Event], tuple[S, Action]] = {
     (S.AWAITING_PHONE, E.HOST_REFUNDED): (S.PRINTING, A.CANCELLED),
     (S.AWAITING_PHONE, E.POLLS_EXHAUSTED): (S.CANCELLING, A.CANCEL_AT_HOST),
     (S.AWAITING_PHONE, E.ABORT): (S.CANCELLING, A.CANCEL_AT_HOST),
+    # the customer refuses in the wallet app (refuse_on_phone): the terminal cancels the order
+    (S.AWAITING_PHONE, E.WALKED_AWAY): (S.CANCELLING, A.CANCEL_AT_HOST),
     # -- merchant-presented QR: the customer's wallet scans it; we poll ----------------
     (S.SHOWING_QR, E.POLL_DUE): (S.SHOWING_QR, A.POLL_HOST),
     (S.SHOWING_QR, E.HOST_SHOW_QR): (S.SHOWING_QR, A.SCHEDULE_POLL),

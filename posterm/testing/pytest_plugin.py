@@ -51,6 +51,17 @@ terminals in the test process (``.emulated``: the EmulatedTerminal, ``.host``), 
 several processes (``posterm_fleet_processes``; ``.emulated`` None, ``.host`` the parent's
 host). A lease is the terminal's alone until the test ends; its scenario is reset then.
 ``posterm_fleet.lease(timeout)`` / ``.release(lease)`` lease more than one in a test.
+
+The customer and the operator as methods (:class:`posterm.emulator.control.TerminalControl`,
+made at the first call; the customer stays automatic unless ``set_manual(True)``). An
+action given before its prompt waits for it, so give it before the payment::
+
+    def test_pin_payment(posterm_terminal):
+        posterm_terminal.present_code("289900000000000003")   # always asks for the PIN
+        posterm_terminal.type_pin()                           # the demo PIN, at the PIN prompt
+        with Terminal.open() as term:
+            assert term.pay(100, "CNY").approved
+        assert posterm_terminal.state()["last_result"]["outcome"] == "approved"
 """
 
 from __future__ import annotations
@@ -100,13 +111,48 @@ def _settings(request: pytest.FixtureRequest) -> dict[str, Any]:
     return out
 
 
+class ControlledTerminal:
+    """The fixture's handle: the :class:`~posterm.emulator.EmulatedTerminal` (every attribute
+    of it: ``.port``, ``.host``, ``.receipts()``, ...) plus the control methods."""
+
+    _CONTROL = ("present_code", "scan_qr", "type_pin", "wrong_pin", "cancel_pin", "confirm_on_phone",
+                "refuse_on_phone", "do_nothing", "walk_away", "press_keys", "line_fault", "unplug", "replug",
+                "restart", "state", "traffic", "wait_for", "wait_for_prompt", "set_manual", "scenario_toml", "act")
+
+    def __init__(self, term: Any) -> None:
+        self.terminal = term
+        self._control: Any = None
+
+    @property
+    def control(self) -> Any:
+        """The terminal's :class:`~posterm.emulator.control.TerminalControl` (made at first use)."""
+        if self._control is None:
+            from posterm.emulator.control import TerminalControl
+
+            self._control = TerminalControl(self.terminal, manual=False)
+        return self._control
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("terminal", "_control"):
+            object.__setattr__(self, name, value)
+        else:   # e.g. write_stall_timeout: the terminal's
+            setattr(self.terminal, name, value)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ControlledTerminal._CONTROL:
+            return getattr(self.control, name)
+        return getattr(self.terminal, name)
+
+
 @pytest.fixture
 def posterm_terminal(request, tmp_path, monkeypatch):
-    """An emulated terminal (:class:`posterm.emulator.EmulatedTerminal`): ``.port`` (the pty
+    """An emulated terminal (:class:`ControlledTerminal` over :class:`posterm.emulator.EmulatedTerminal`): ``.port`` (the pty
     path, or ``tcp://127.0.0.1:PORT``), ``.protocol``, ``.set_scenario(path_or_Scenario)``,
     ``.receipts()``, ``.journal_orders()``, ``.journal`` (the terminal journal), ``.host``
-    (the embedded host: ``order_status``, wallet actions, ``check_books``). Closed after
-    the test; fails the test if the emulator itself crashed."""
+    (the embedded host: ``order_status``, wallet actions, ``check_books``), and the
+    customer's and operator's actions (``.present_code(code)``, ``.type_pin()``, ``.state()``,
+    ... see the module docstring). Closed after the test; fails the test if the emulator
+    itself crashed."""
     from posterm.emulator.firmware import FirmwareConfig
     from posterm.emulator.runner import EmulatedTerminal
 
@@ -118,9 +164,12 @@ def posterm_terminal(request, tmp_path, monkeypatch):
                                   config=FirmwareConfig(poll_interval=0.2, poll_attempts=10))
     monkeypatch.setenv("POSTERM_PORT", term.port)
     monkeypatch.setenv("POSTERM_PROTOCOL", term.protocol)
+    handle = ControlledTerminal(term)
     try:
-        yield term
+        yield handle
     finally:
+        if handle._control is not None:
+            handle._control.close()
         term.close()
     if term.error is not None:
         pytest.fail(f"the emulated terminal crashed: {type(term.error).__name__}: {term.error}")

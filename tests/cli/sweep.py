@@ -74,7 +74,7 @@ _AMOUNTS = {"amount", "balance", "per_tx_limit", "daily_limit", "password_free"}
 _IDS = {"order_id", "refund_id", "terminal_id", "account_id", "account", "merchant", "terminal", "host_id", "trade"}
 _SECONDS = {"timeout", "duration", "poll_interval", "outage_seconds", "speed"}
 _DATABASES = {"journal_path", "db_path"}
-_OUT_FILES = {"record", "port_file", "out", "record_file", "link"}
+_OUT_FILES = {"record", "port_file", "out", "record_file", "link", "panel_file"}
 _DIRS = {"home", "dests", "backup_to"}
 _HEX = {"bdk", "ksn", "key", "data", "kbpk", "fill", "block"}
 

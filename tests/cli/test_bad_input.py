@@ -295,3 +295,24 @@ def test_host_notice_commands_refuse_bad_input(tmp_path, monkeypatch):
     ]
     failures = run_cases(cases, tmp_path, monkeypatch)
     assert not failures, "\n".join(failures)
+
+
+def test_the_control_panel_options(tmp_path, monkeypatch):
+    """--panel / posterm panel: loopback only, a real port, a URL or a file holding one."""
+    missing = str(tmp_path / "no-such-dir" / "url")
+    cases = [
+        sweep.Case(["emulate", "--panel", "0.0.0.0:8400"], 2, ("--panel", "loopback")),
+        sweep.Case(["emulate", "--panel", "192.168.1.10:8400"], 2, ("--panel",)),
+        sweep.Case(["emulate", "--panel", "127.0.0.1:99999"], 2, ("--panel",)),
+        sweep.Case(["emulate", "--panel", "127.0.0.1:http"], 2, ("--panel",)),
+        sweep.Case(["emulate", "--panel", "127.0.0.1"], 2, ("--panel",)),
+        sweep.Case(["emulate", "--panel-file", str(tmp_path / "url")], 2, ("--panel",)),
+        sweep.Case(["emulate", "--panel", "127.0.0.1:0", "--panel-file", missing], 2, ("--panel-file",)),
+        sweep.Case(["panel", "--fleet", "http://10.1.2.3:8400"], 2, ("--fleet", "loopback")),
+        sweep.Case(["panel", "--fleet", str(tmp_path / "nothing-here")], 2, ("--fleet",)),
+        sweep.Case(["panel", "--fleet", "http://127.0.0.1:notaport"], 2, ("--fleet",)),
+        sweep.Case(["panel", "--fleet", f"http://127.0.0.1:{sweep.unused_port()}"], 4, ("--fleet",)),
+        sweep.Case(["panel", "--fleet", "http://127.0.0.1:1", "--listen", "0.0.0.0:0"], 2, ("--listen",)),
+    ]
+    failures = run_cases(cases, tmp_path, monkeypatch)
+    assert not failures, "\n".join(failures)

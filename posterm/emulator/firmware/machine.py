@@ -31,6 +31,7 @@ at any point restarts knowing what is unfinished and settles it with the host
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 from datetime import datetime, timezone
@@ -60,7 +61,7 @@ from posterm.emulator.firmware.values import (
 )
 from posterm.emulator.orders import OrderStore
 from posterm.emulator.peripherals import Display, OperatorKeypad, PinPad, Printer
-from posterm.emulator.scenario import PaymentScript, Scenario
+from posterm.emulator.scenario import Action as ScriptAction, PaymentScript, Scenario
 from posterm.emulator.states import Action, Event, handles
 from posterm.errors import PosError
 from posterm.families.events import MessageReceived, UndecodableMessage
@@ -72,6 +73,7 @@ MAX_NOTICES = 5           # security notices shown at most (the host sends no mo
 MAX_NOTICE_CHARS = 80     # characters of each
 _MAX_SCENARIO_RESULTS = 1000
 _MAX_TIMERS_PER_TICK = 1000
+MAX_HELD_ACTIONS = 32
 
 
 def _utc_now() -> datetime:
@@ -107,6 +109,13 @@ class Firmware(PaymentActions, OperatorActions, CustomerActions):
         self._ecr_out: list[Message] = []
         self._host_out: list[HostCall] = []
         self._wallet_out: list[WalletCall] = []
+        self._terminal_out: list[ScriptAction] = []   # what happens to the terminal (line faults, restart): the runner's
+        # The control panel's customer (posterm.emulator.control): no default answers when manual;
+        # actions given before their prompt wait here (bounded) for it.
+        self.manual_customer = False
+        self.held_actions: collections.deque[ScriptAction] = collections.deque(maxlen=MAX_HELD_ACTIONS)
+        self.outcomes: collections.Counter[str] = collections.Counter()   # payments ended, by outcome name
+        self.last_host_answer: tuple[str | None, Any] = (None, None)     # (order id, the host's last answer to a flow)
         self._events: list[tuple[Event, dict[str, Any]]] = []
         self._dispatching = False
         self._event: Event | None = None   # the event being handled (the handlers read why they run)
@@ -237,6 +246,7 @@ class Firmware(PaymentActions, OperatorActions, CustomerActions):
             return
         flow.inflight = None
         flow.last_reply = reply
+        self.last_host_answer = (flow.order_id, reply)   # for the control panel: outlives the flow
         self._fire(self._event_of(flow, reply), reply=reply)
 
     def tick(self, now: float) -> None:
@@ -263,6 +273,11 @@ class Firmware(PaymentActions, OperatorActions, CustomerActions):
 
     def take_wallet_calls(self) -> list[WalletCall]:
         out, self._wallet_out = self._wallet_out, []
+        return out
+
+    def take_terminal_calls(self) -> list[ScriptAction]:
+        """Scenario or panel actions on the terminal itself (line_fault, unplug, replug, restart)."""
+        out, self._terminal_out = self._terminal_out, []
         return out
 
     def next_deadline(self) -> float | None:
@@ -403,6 +418,7 @@ class Firmware(PaymentActions, OperatorActions, CustomerActions):
                 flow.order_id or "", script.expect if script else None, script.expect_reason if script else None,
                 flow.final.outcome, int(flow.final.reason)))
             del self.scenario_results[:-_MAX_SCENARIO_RESULTS]
+            self.outcomes[flow.final.outcome.name] += 1
 
     # ---------------------------------------------------------------- actions: faults
 

@@ -89,7 +89,7 @@ class PaymentActions:
         script = self._scripts.pop(0) if self._scripts else None
         self._flow = Flow("pay", request, order_id=request.order_id, amount_minor=request.amount_minor,
                           currency=request.currency, code=request.payment_code, dynamic_qr=request.dynamic_qr,
-                          customer=Customer(script, request.currency), script=script)
+                          customer=Customer(script, request.currency, manual=self.manual_customer), script=script)
         if not self.config.check_new_orders:
             self._fire(new_order_event(request), reply=None)
             return
