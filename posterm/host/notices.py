@@ -108,10 +108,23 @@ def current(view: Tx, now: float) -> list[Notice]:
 def version(notices: list[Notice]) -> int | None:
     """The version terminals compare: None when there are none (nothing is sent), else a
     non-zero 32-bit digest of the ids and texts."""
-    if not notices:
+    return _digest(tuple((n.id, n.text) for n in notices))
+
+
+# The last set digested and its digest: every answer asks, the set rarely changes.
+_last: tuple[tuple, int | None] = ((), None)
+
+
+def _digest(pairs: tuple[tuple[int, str], ...]) -> int | None:
+    global _last
+    if not pairs:
         return None
-    digest = zlib.crc32(json.dumps([[n.id, n.text] for n in notices], ensure_ascii=False).encode())
-    return digest or 1
+    seen, digest = _last
+    if seen == pairs:
+        return digest
+    digest = zlib.crc32(json.dumps([list(p) for p in pairs], ensure_ascii=False).encode()) or 1
+    _last = (pairs, digest)
+    return digest
 
 
 def inbox_entries(view: Tx, now: float) -> list[dict]:
@@ -135,6 +148,6 @@ def stamp(view: Tx, reply: h.HostMessage, now: float) -> h.HostMessage:
         shown = current(view, now)
         return dataclasses.replace(reply, notices=tuple(n.text for n in shown), notices_version=version(shown))
     if isinstance(reply, _VERSIONED):
-        v = version(current(view, now))
+        v = _digest(tuple((r["id"], r["text"]) for r in view.live_notices(now, MAX_SHOWN)))
         return reply if v is None else dataclasses.replace(reply, notices_version=v)
     return reply

@@ -264,6 +264,7 @@ def test_terminal_reset_password_and_supervisor_password_refuse_bad_input(tmp_pa
             sweep.Case(reset, 2, ("--passwords-stdin",), secret="Q" * 33, stdin="975310\n" + "Q" * 33 + "\n"),
             sweep.Case(["terminal", "reset-password", "--port", "/nonexistent/tty"], 4, ("/nonexistent/tty",)),
             sweep.Case(["terminal", "reset-password", *port, "--timeout", "0"], 2, ("--timeout",)),
+            sweep.Case(["terminal", "reset-password", "--protocol", "concert", *port], 2, ("concert",)),
             sweep.Case(["emulate", "--supervisor-password-stdin"], 2, ("--supervisor-password-stdin",),
                        secret="7q", stdin="7q\n"),
             sweep.Case(["emulate", "--supervisor-password-stdin"], 2, ("--supervisor-password-stdin",), stdin=""),

@@ -172,3 +172,26 @@ def test_answers_carry_the_version_only_when_there_are_notices(host):
         "notices", "notices_version")}
     assert new_tags == {h.NOTICES_TAG, h.NOTICES_VERSION_TAG}
     assert all(tag & OPTIONAL_TAG_BIT for tag in new_tags)
+
+
+def test_notices_over_tcp_the_mac_covers_the_new_items_as_received(tmp_path):
+    """`posterm host serve` in front: the terminal verifies each answer's MAC over the bytes it
+    received, the notices' items included; the `host notice` command (another Host on the
+    same database) changes what the serving host answers next."""
+    from posterm.host.server import serve
+
+    host = Host.open(tmp_path / "host.db")
+    server = serve(host, "127.0.0.1:0")
+    try:
+        with EmulatedTerminal.start(listen="tcp://127.0.0.1:0", host=server.address, home=tmp_path) as emu:
+            with Terminal.open(emu.port, journal=str(tmp_path / "d.db")) as term:
+                assert _footer(term.pay(100, "CNY", payment_code=CODE, timeout=30).receipt) == []
+                with Host.open(tmp_path / "host.db") as admin:      # as the CLI would
+                    notices.add(admin.ctx, NEVER_TELL)
+                r = term.pay(101, "CNY", payment_code=CODE, timeout=30)
+                assert r.approved and "Never tell anyone your payment" in r.receipt
+                assert term.status().host_online
+            assert emu.error is None
+    finally:
+        server.close()
+        host.close()
