@@ -54,8 +54,8 @@ def panel(fleet, listen):
 
     \b
     Examples:
-      posterm emulate --count 8 --panel 127.0.0.1:0 --panel-file /tmp/a &
-      posterm emulate --count 8 --terminal-id T0000009 --panel 127.0.0.1:0 --panel-file /tmp/b &
+      posterm emulate --count 8 --home /tmp/shop-a --panel 127.0.0.1:0 --panel-file /tmp/a &
+      posterm emulate --terminal-id T0000009 --home /tmp/shop-b --panel 127.0.0.1:0 --panel-file /tmp/b &
       posterm panel --fleet /tmp/a --fleet /tmp/b --listen 127.0.0.1:8400
     """
     from posterm.errors import ConfigError, PosError

@@ -24,6 +24,17 @@ def test_customer_walks_away(posterm_terminal, tmp_path):
     posterm_terminal.set_scenario(scenario)
     with Terminal.open() as term:                          # $POSTERM_PORT is the fixture's pty
         assert term.pay(500, "CNY").result == "cancelled"   # no code from the ECR: the terminal's scanner
+
+
+def test_pin_payment(posterm_terminal):                     # docs/panel.md: the fixture's control methods
+    assert posterm_terminal.present_code("289900000000000003") == "held"   # for the scan prompt
+    assert posterm_terminal.wrong_pin() == "held"
+    posterm_terminal.type_pin()                                            # after the wrong one
+    with Terminal.open() as term:
+        assert term.pay(100, "CNY").approved
+    state = posterm_terminal.state()
+    assert state["last_result"]["outcome"] == "approved" and state["customer"] == "automatic"
+    assert "tries" in " ".join(e.get("msg", {}).get("text", "") for e in posterm_terminal.traffic())
 '''
 
 
@@ -32,4 +43,4 @@ def test_the_documented_fixture_works_under_xdist(tmp_path):
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2", "test_shop.py"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
-    assert "2 passed" in r.stdout
+    assert "3 passed" in r.stdout
