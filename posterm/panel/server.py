@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 import threading
 from typing import Any
 
 from posterm.errors import ConfigError
+from posterm.panel.addresses import loopback_host  # noqa: F401 - part of this module's interface
 
 MAX_CONNECTIONS = 64
-
-
-def loopback_host(name: str) -> str | None:
-    """The address to bind for ``name`` if it is loopback (``localhost`` is 127.0.0.1), else None."""
-    name = name[1:-1] if name.startswith("[") and name.endswith("]") else name
-    if name == "localhost":
-        return "127.0.0.1"
-    try:
-        return name if ipaddress.ip_address(name).is_loopback else None
-    except ValueError:
-        return None
 
 
 def parse_listen(listen: str, option: str = "--panel") -> tuple[str, int]:
