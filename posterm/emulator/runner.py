@@ -666,9 +666,25 @@ class EmulatedTerminal:
             if call.kind == "scan_qr":
                 self.host.wallet_scan(call.qr_data, self.host.account_for_code(call.code))
             elif call.kind == "confirm":
-                self.host.wallet_confirm(call.order_id, self.hostlink.merchant_id)
+                self.host.wallet_confirm(call.order_id, self.hostlink.merchant_id, self._phone_code(call.order_id))
         except PosError as exc:
             log.info("%s: wallet %s: %s", self.terminal_id, call.kind, exc)
+
+    def _phone_code(self, order_id: str) -> str | None:
+        """The newest verification code on the paying account's phone (a two-factor customer
+        reads it there), or None."""
+        import re
+
+        from posterm.host import phone
+
+        t = self.host.store.view().trade_by_order(self.hostlink.merchant_id, order_id)
+        if t is None or not t["account_id"]:
+            return None
+        for e in phone.inbox(self.host.ctx, t["account_id"]):
+            if e["kind"] == "code":
+                m = re.search(r"\b(\d{6})\b", e["text"])
+                return m.group(1) if m else None
+        return None
 
     def _accept(self) -> bool:
         conn = self._listener.accept(0.2)
