@@ -34,16 +34,17 @@ from posterm.host import admin, after_sales, authorise, demo, risk, settlement, 
 from posterm.host.context import Behaviour, HostContext, HostRefused
 from posterm.host.logon import Sessions
 from posterm.host.signing import ksn_fresh, request_mac_ok, sign
-from posterm.host.store import Store
+from posterm.host.store import Store, is_postgres_url, open_store
 
 log = logging.getLogger("posterm.host")
 
 
 def _on_ctx(fn: Callable) -> Callable:
-    """``fn(ctx, ...)`` as a method of the façade."""
+    """``fn(ctx, ...)`` as a method of the façade: one unit of work (``Store.run``: run again,
+    bounded, if a PostgreSQL transaction in it lost a conflict; once on SQLite)."""
     @functools.wraps(fn)
     def method(self: "Host", *args, **kw):
-        return fn(self.ctx, *args, **kw)
+        return self.ctx.store.run(fn, self.ctx, *args, **kw)
     return method
 
 
@@ -68,7 +69,9 @@ class Host:
     def open(cls, db_path: str | Path | None = None, *, hsm: Hsm | None = None, demo: bool = True,
              clock: Callable[[], float] = time.time, risk_config: str | Path | dict | None = None,
              outage_seconds: float = 30.0, phone_delay: float = 2.0) -> "Host":
-        """Open the host database (default ``$POSTERM_HOME/host.db``).
+        """Open the host database (default ``$POSTERM_HOME/host.db``): a file path (SQLite), or a
+        ``postgresql://`` URL (:mod:`posterm.host.store.postgres`; the HSM then lives in
+        ``$POSTERM_HOME/hsm``, shared by every host process of the machine).
 
         With ``demo`` (the default, as the emulator wants) the demo data is loaded into a
         database with no merchant yet (:func:`posterm.host.demo.seed`); ``posterm host``
@@ -78,16 +81,24 @@ class Host:
         from posterm.host.demo import seed
         from posterm.safefs import private_dir
 
-        path = Path(db_path) if db_path else posterm_home() / "host.db"
-        store = Store(path)
-        rules = risk.load_rules(risk_config)
-        if hsm is None:
-            # Key material: the directory is the owner's alone whatever the umask (the sealed
-            # files in it are 0600 too); one that exists is tightened, a symlink refused.
-            hsm = Hsm.open(private_dir(path.parent / "hsm", own=True))
+        store = open_store(db_path if is_postgres_url(db_path) else
+                           Path(db_path) if db_path else posterm_home() / "host.db")
+        try:
+            rules = risk.load_rules(risk_config)
+            if hsm is None:
+                # Key material: the directory is the owner's alone whatever the umask (the sealed
+                # files in it are 0600 too); one that exists is tightened, a symlink refused.
+                hsm = Hsm.open(private_dir(store.home / "hsm", own=True))
+        except BaseException:
+            store.close()
+            raise
         host = cls(store, hsm, clock=clock, rules=rules, outage_seconds=outage_seconds, phone_delay=phone_delay)
         if demo:
-            seed(host.ctx)
+            try:
+                store.run(seed, host.ctx)
+            except BaseException:
+                host.close()
+                raise
         return host
 
     def close(self) -> None:
@@ -155,7 +166,7 @@ class Host:
 
     def order_status(self, order_id: str, merchant_id: str = demo.DEMO_MERCHANT) -> str | None:
         """See :func:`posterm.host.admin.order_status` (merchant: the demo's by default)."""
-        return admin.order_status(self.ctx, order_id, merchant_id)
+        return self.ctx.store.run(admin.order_status, self.ctx, order_id, merchant_id)
 
     # ------------------------------------------------------------------ the customer's phone (posterm.host.wallet)
 
@@ -164,7 +175,7 @@ class Host:
 
     def wallet_confirm(self, order_id: str, merchant_id: str = demo.DEMO_MERCHANT) -> str:
         """See :func:`posterm.host.wallet.confirm` (merchant: the demo's by default)."""
-        return wallet.confirm(self.ctx, order_id, merchant_id)
+        return self.ctx.store.run(wallet.confirm, self.ctx, order_id, merchant_id)
 
     # ------------------------------------------------------------------ the message interface
 
@@ -190,6 +201,14 @@ class Host:
             log.warning("refused %s: bad or missing MAC", type(msg).__name__)
             return sign(ctx.hsm, h.HostError(code=HostErrorCode.MAC_INVALID, reason=Reason.MAC_INVALID,
                                              text="MAC check failed"), ksn)
+        reply = ctx.store.run(self._handle_in_tx, msg, ksn)
+        if reply is None:
+            return None
+        return sign(ctx.hsm, reply, ksn)
+
+    def _handle_in_tx(self, msg: h.HostMessage, ksn: bytes) -> h.HostMessage | None:
+        """The request's one write transaction (run again whole by ``Store.run`` on a conflict)."""
+        ctx = self.ctx
         with ctx.store.transaction() as tx:
             if not ksn_fresh(tx, "request", ksn):
                 log.warning("refused %s: KSN counter did not increase (replay)", type(msg).__name__)
@@ -204,9 +223,7 @@ class Host:
                         reply = self._dispatch(msg)
                     except HostRefused as exc:  # its own changes are rolled back; the KSN stays consumed
                         reply = h.HostError(code=HostErrorCode.REFUSED, reason=Reason.OTHER, text=str(exc)[:60])
-        if reply is None:
-            return None
-        return sign(ctx.hsm, reply, ksn)
+        return reply
 
     def has_session(self, terminal_id: str) -> bool:
         """Whether ``terminal_id`` has logged on to this host (since it started)."""
