@@ -129,7 +129,8 @@ def test_database_and_hsm_are_private(tmp_path, monkeypatch, umask):
     hsm = db.parent / "hsm"
     assert stat.S_IMODE(hsm.stat().st_mode) == 0o700
     files = list(hsm.iterdir())
-    assert {p.name for p in files} == {"hsm.keys", "hsm.keys.devkey", "security.keys", "security.keys.devkey",
+    assert {p.name for p in files} == {"hsm.keys", "hsm.keys.devkey", "hsm.lock",   # the HSM's allocation lock
+                                       "security.keys", "security.keys.devkey",
                                        "security.keys.lock"}   # the security centre's keys (code MAC, seals)
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in files)
     host.close()
