@@ -175,7 +175,9 @@ def test_the_dynamic_qr_is_drawn_and_the_export_downloads(panel, page, tmp_path)
     expect(by(page, "prompt")).to_have_text("asks: qr")
     qr = by(page, "qr")
     expect(qr).to_be_visible()
-    page.wait_for_function("document.querySelector('[data-testid=qr]').naturalWidth > 0")
+    # The page's CSP forbids string evaluation (wait_for_function): wait on the image's own property.
+    expect(qr).to_have_js_property("complete", True)
+    assert qr.evaluate("img => img.naturalWidth") > 0
     shot(page, tmp_path, "6-qr")
     by(page, "scan-qr").click()
     expect(by(page, "last-result")).to_contain_text("approved")
