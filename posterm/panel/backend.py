@@ -95,22 +95,12 @@ def perform(control: TerminalControl, name: str, body: dict[str, Any]) -> dict[s
     return {"ok": result != "full", "result": result}
 
 
-class LocalBackend:
-    """The terminals of this process (``posterm emulate --panel``)."""
+class _Subscribed:
+    """A backend's panel apps, told the id of each terminal that changed (capped)."""
 
-    def __init__(self, controls: list[TerminalControl]) -> None:
-        self.controls = {c.id: c for c in controls}
-        self._unhook: list[Callable[[], None]] = []
-        self._subs: list[Callable[[str], None]] = []
+    def __init__(self) -> None:
         self._lock = threading.Lock()
-        for c in controls:
-            self._unhook.append(c.add_listener(self._changed))
-
-    def _changed(self, control: TerminalControl) -> None:
-        with self._lock:
-            subs = list(self._subs)
-        for fn in subs:
-            fn(control.id)
+        self._subs: list[Callable[[str], None]] = []
 
     def subscribe(self, fn: Callable[[str], None]) -> Callable[[], None]:
         with self._lock:
@@ -123,6 +113,23 @@ class LocalBackend:
                 if fn in self._subs:
                     self._subs.remove(fn)
         return remove
+
+
+class LocalBackend(_Subscribed):
+    """The terminals of this process (``posterm emulate --panel``)."""
+
+    def __init__(self, controls: list[TerminalControl]) -> None:
+        super().__init__()
+        self.controls = {c.id: c for c in controls}
+        self._unhook: list[Callable[[], None]] = []
+        for c in controls:
+            self._unhook.append(c.add_listener(self._changed))
+
+    def _changed(self, control: TerminalControl) -> None:
+        with self._lock:
+            subs = list(self._subs)
+        for fn in subs:
+            fn(control.id)
 
     def terminals(self) -> list[str]:
         return list(self.controls)
@@ -240,7 +247,7 @@ class _Remote:
         self._thread.join(2.0)
 
 
-class RemoteBackend:
+class RemoteBackend(_Subscribed):
     """Terminals of running ``posterm emulate --panel`` processes, through their HTTP API
     (``posterm panel --fleet URL...``). States come from each one's event stream (cached
     here with their last :data:`~posterm.emulator.control.MAX_TRAFFIC` traffic entries);
@@ -252,8 +259,7 @@ class RemoteBackend:
 
         if not 1 <= len(urls) <= MAX_REMOTES:
             raise ConfigError(f"--fleet: 1 to {MAX_REMOTES} panels")
-        self._lock = threading.Lock()
-        self._subs: list[Callable[[str], None]] = []
+        super().__init__()
         self._where: dict[str, tuple[_Remote, str]] = {}     # shown id -> (remote, its own id)
         self._names: dict[tuple[int, str], str] = {}
         self._states: dict[str, dict[str, Any]] = {}
@@ -287,18 +293,6 @@ class RemoteBackend:
             subs = list(self._subs)
         for fn in subs:
             fn(shown)
-
-    def subscribe(self, fn: Callable[[str], None]) -> Callable[[], None]:
-        with self._lock:
-            if len(self._subs) >= MAX_SUBSCRIBERS:
-                raise ControlBusy("too many panel apps on these terminals")
-            self._subs.append(fn)
-
-        def remove() -> None:
-            with self._lock:
-                if fn in self._subs:
-                    self._subs.remove(fn)
-        return remove
 
     def terminals(self) -> list[str]:
         with self._lock:
