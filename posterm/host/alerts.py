@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import secrets
@@ -34,8 +33,8 @@ import threading
 import urllib.error
 import urllib.request
 from typing import TYPE_CHECKING, Any, Callable
-from urllib.parse import urlsplit
 
+from posterm import loopback
 from posterm.host import phone
 from posterm.host.context import HostRefused, iso_time, require_account
 
@@ -72,20 +71,7 @@ def fan_out(ctx: "HostContext", tx: "Tx", account_id: str, kind: str, text: str)
 
 def loopback_http(url: str) -> bool:
     """Whether ``url`` is ``http://`` on a loopback address (the only place a webhook goes)."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        return False
-    if parts.scheme != "http" or not host or parts.username or parts.password:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return loopback.loopback_url(url, ("http",))
 
 
 def set_webhook(ctx: "HostContext", account_id: str, url: str) -> str:

@@ -172,7 +172,7 @@ def parse_panel_url(text: str) -> tuple[str, int]:
         port = None
     if url.scheme != "http" or not url.hostname or port is None:
         raise ConfigError(f"--fleet {shown}: expected http://127.0.0.1:PORT or a file holding it")
-    from posterm.panel.addresses import loopback_host
+    from posterm.loopback import loopback_host
 
     host = loopback_host(url.hostname)
     if host is None:

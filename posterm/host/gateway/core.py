@@ -38,20 +38,19 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import ipaddress
 import logging
 import re
 import sqlite3
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Iterator
-from urllib.parse import urlsplit
 
 from firmware_protocol.currency import CURRENCIES
 from firmware_protocol.errors import FieldError
 from firmware_protocol.host import messages as h
 from firmware_protocol.native.messages import MAX_AMOUNT_MINOR, Reason, Totals
 
+from posterm import loopback
 from posterm.errors import PosError
 from posterm.host import after_sales, authorise, settlement
 from posterm.host.after_sales import WAITING
@@ -238,22 +237,7 @@ def format_amount(minor: int, currency: str = "CNY") -> str:
 def loopback_url(url: str | None) -> bool:
     """Whether ``url`` is an http(s) URL on a loopback address (the only place this
     emulator ever sends a notification)."""
-    if not url:
-        return False
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        return False
-    if parts.scheme not in ("http", "https") or not host:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return loopback.loopback_url(url, ("http", "https"))
 
 
 def mask_buyer(account_id: str | None) -> str | None:

@@ -26,14 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import ipaddress
 import logging
-import socket
-import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from posterm.errors import ConfigError
+from posterm import loopback
 
 if TYPE_CHECKING:  # pragma: no cover
     from posterm.host.gateway.core import Gateway
@@ -163,19 +160,7 @@ async def _read_body(request, cap: int) -> bytes:
 def parse_listen(listen: str) -> tuple[str, int]:
     """("127.0.0.1", port) from "HOST:PORT" (IPv6 in brackets). Raises ConfigError for a
     malformed address or one that is not loopback (the gateway never serves a network)."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"gateway address {listen!r}: give HOST:PORT")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if host == "localhost":
-        host = "127.0.0.1"
-    try:
-        loop = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loop = False
-    if not loop:
-        raise ConfigError(f"gateway address {listen!r}: the gateway listens on loopback only (127.0.0.1, [::1])")
-    return host, int(port)
+    return loopback.parse_listen(listen, "gateway address", "the gateway")
 
 
 class GatewayServer:
@@ -188,51 +173,26 @@ class GatewayServer:
 
     def __init__(self, gateway: "Gateway", listen: str = "127.0.0.1:0", *, limits: Limits = Limits(),
                  notifier=None, modules: list | None = None) -> None:
-        import uvicorn
-
-        host, port = parse_listen(listen)
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say so, and without
-        # it every answer (headers, then body) waits ~40 ms for the client's delayed ACK.
-        self._sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        try:
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self._sock.bind((host, port))
-            self._sock.listen(128)
-        except OSError as exc:
-            self._sock.close()
-            raise ConfigError(f"gateway address {listen}: {exc.strerror}") from exc
-        bound = self._sock.getsockname()
-        self.host, self.port = bound[0], bound[1]
-        config = uvicorn.Config(make_app(gateway, limits, modules), log_config=None, access_log=False, lifespan="off",
-                                limit_concurrency=limits.max_connections, timeout_keep_alive=limits.keep_alive_s,
-                                h11_max_incomplete_event_size=16 * 1024, server_header=False, date_header=True,
-                                timeout_graceful_shutdown=2)
-        self._server = uvicorn.Server(config)
+        self._uvicorn = loopback.UvicornThread(
+            make_app(gateway, limits, modules), listen, option="gateway address", what="the gateway",
+            name="posterm-gateway", backlog=128, limit_concurrency=limits.max_connections,
+            timeout_keep_alive=limits.keep_alive_s, date_header=True, timeout_graceful_shutdown=2)
+        self.host, self.port = self._uvicorn.host, self._uvicorn.port
         self.gateway = gateway
         self._notifier = notifier
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
-                                        name="posterm-gateway", daemon=True)
-        self._thread.start()
         if notifier is not None:
             notifier.start()
 
     @property
     def address(self) -> str:
         """``http://HOST:PORT`` of the gateway."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return self._uvicorn.url
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop serving (requests in flight get ``timeout`` seconds) and the notifier."""
         if self._notifier is not None:
             self._notifier.stop(timeout)
-        self._server.should_exit = True
-        self._thread.join(timeout)
-        if self._thread.is_alive():  # pragma: no cover - a handler stuck beyond the grace period
-            self._server.force_exit = True
-            self._thread.join(timeout)
-        self._sock.close()
+        self._uvicorn.close(timeout)
 
     def __enter__(self) -> "GatewayServer":
         return self
