@@ -21,6 +21,7 @@ from posterm.emulator.firmware import FirmwareConfig
 from posterm.emulator.runner import DEMO_OPERATOR_PASSWORD, EmulatedTerminal, Fleet
 from posterm.errors import ConfigError, PosError
 from posterm.families.zvt.ecr import ZvtRefused, ZvtTerminal
+from posterm.families.zvt.link import ZvtConfig
 from posterm.host import demo
 
 PASSWORD = DEMO_OPERATOR_PASSWORD
@@ -402,7 +403,11 @@ def test_a_noisy_serial_line_never_loses_or_doubles_a_payment(tmp_path, faults):
     hang), and the terminal reverses an approval its register never acknowledged."""
     with EmulatedTerminal.start(home=tmp_path / "home", protocol="zvt", faults=faults, config=FAST) as emu:
         said: dict[int, Outcome | None] = {}
-        term = ZvtTerminal.open(emu.port, journal=str(tmp_path / "ecr.db"), password=PASSWORD)
+        # The register's timers shortened (a pty carries a frame in microseconds): what a lost
+        # byte costs is a wait of T3, and the test is about what each payment ends as, not how
+        # long the standard's timers are.
+        term = ZvtTerminal.open(emu.port, journal=str(tmp_path / "ecr.db"), password=PASSWORD,
+                                config=ZvtConfig(t3=1.5, t4=10.0))
         try:
             for i in range(10):
                 amount = 101 + i                      # the amount names the payment at the host
@@ -422,7 +427,7 @@ def test_a_noisy_serial_line_never_loses_or_doubles_a_payment(tmp_path, faults):
         assert len([t for t in mine if t.status == "APPROVED"]) <= 1, (amount, mine)   # never charged twice
         if outcome is Outcome.APPROVED:
             assert amount in approved, (amount, outcome, mine)    # an approval the register has is kept
-        elif outcome is not None:
+        elif outcome not in (None, Outcome.UNKNOWN):     # UNKNOWN: the register says it does not know
             assert amount not in approved, (amount, outcome, mine)
     # (How many get through is the link's business: after a lost Completion and an Abort the
     # register's link may wait out T4 before its next command; see the issue note.)
