@@ -78,7 +78,13 @@ def _start_fleet(home: Path, count: int, processes: int | None) -> tuple[subproc
             "--listen", "tcp://127.0.0.1:0"]
     if processes:
         argv += ["--processes", str(processes)]
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # stderr to a file, not a pipe nobody reads while the clock runs: a full pipe would block
+    # every process of the fleet in its next log line.
+    err = os.open(home / "fleet.stderr", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err)
+    finally:
+        os.close(err)   # the child has its copy
     ports: list[str] = []
     buf = b""
     deadline = time.monotonic() + 300 + count
@@ -93,11 +99,19 @@ def _start_fleet(home: Path, count: int, processes: int | None) -> tuple[subproc
         data = os.read(p.stdout.fileno(), 65536)
         if not data:
             p.wait(30)
-            raise RuntimeError(f"the fleet did not start: {p.stderr.read().decode(errors='replace')[-2000:]}")
+            raise RuntimeError(f"the fleet did not start: {_tail(home / 'fleet.stderr')}")
         buf += data
         *lines, buf = buf.split(b"\n")
         ports += [ln.decode() for ln in lines if ln.strip()]
     return p, ports
+
+
+def _why(result, n: int) -> str:
+    """What a payment that was not approved says (the fleet's log: fleet.stderr in --dir)."""
+    reason = getattr(result, "reason", None)
+    gave_up = getattr(result, "gave_up_after", None)
+    return (f"{result.outcome.name} (reason {getattr(reason, 'name', reason)}, terminal {n + 1}"
+            + (f", the driver gave up after {gave_up:g} s" if gave_up else "") + ")")
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -107,8 +121,14 @@ def _stop(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(10)
-    for pipe in (proc.stdout, proc.stderr):
-        pipe.close()
+    proc.stdout.close()
+
+
+def _tail(path: Path, n: int = 2000) -> str:
+    try:
+        return path.read_bytes()[-n:].decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def run_size(home: Path, count: int, seconds: float, drivers: int, processes: int | None) -> dict:
@@ -134,20 +154,21 @@ def run_size(home: Path, count: int, seconds: float, drivers: int, processes: in
                         term.hello()
                         r = term.pay(100, "CNY", payment_code=CODE, timeout=120)   # warm-up: logon, first key
                         if not r.approved:
-                            raise RuntimeError(f"warm-up not approved: {r.outcome.name}")
+                            raise RuntimeError(f"warm-up not approved: {_why(r, n)}")
                 finally:
                     warm.wait()
                 go.wait(600)
                 done = []
                 i = 0
                 while time.perf_counter() < stop_at[0]:
-                    term = terms[i % len(terms)]
+                    at = i % len(terms)
+                    term = terms[at]
                     i += 1
                     t0 = time.perf_counter()
                     r = term.pay(100, "CNY", payment_code=CODE, timeout=120)
                     done.append(time.perf_counter() - t0)
                     if not r.approved:
-                        raise RuntimeError(f"not approved: {r.outcome.name}")
+                        raise RuntimeError(f"not approved: {_why(r, mine[at][0])}")
                 with lock:
                     times.extend(done)
             except Exception as exc:  # noqa: BLE001 - reported, fails the benchmark
