@@ -1,4 +1,4 @@
-"""python -m posterm.bench fleet [--sizes 50,200,1000] [--seconds S] [--drivers D]: fleets of emulated terminals.
+"""python -m posterm.bench fleet [--sizes 50,200,1000] [--seconds S] [--drivers D] [--no-idle]: fleets of emulated terminals.
 
 For each size N, one ``posterm emulate --count N --listen tcp://127.0.0.1:0`` runs the
 fleet (its default processes: one up to 250 terminals, then one per 250, the parent
@@ -15,8 +15,10 @@ with its ratio to the first size's figure (``ratio_to_first``: how it grows with
 work). ``rss_marginal`` is the memory one more terminal costs between the first and the
 last size.
 
-``--idle`` instead measures idle terminals in this process: the RSS growth per terminal
-of ``Fleet.start(N)`` (host workers shared, nothing paid), at each size.
+Memory per idle terminal (``idle_rss_per_terminal``, each size, unless ``--no-idle``): the
+RSS growth of this process per terminal of ``Fleet.start(N)`` started beside a running
+one-terminal fleet (host, imports and shared host workers not counted; nothing paid), with
+its ratio to the first size's. ``--idle`` measures only that.
 """
 
 from __future__ import annotations
@@ -204,22 +206,30 @@ def run_size(home: Path, count: int, seconds: float, drivers: int, processes: in
             and times else None}
 
 
-def idle(sizes: list[int], home_dir: str | None) -> int:
-    """RSS growth per idle terminal in this process (nothing paid), per size."""
+def idle_one(n: int, home_dir: str | None) -> tuple[float, float]:
+    """``(kB, s)``: the RSS growth of this process per idle terminal (``Fleet.start(n)`` beside
+    a running one-terminal fleet, so the host, the imports and the shared host workers are
+    not counted; nothing paid), and the start time per terminal."""
     from posterm.emulator.runner import Fleet
 
+    with tempfile.TemporaryDirectory(prefix="posterm-bench-idle-", dir=home_dir) as tmp:
+        with Fleet.start(1, home=tmp):
+            before = _rss_kb()
+            t0 = time.perf_counter()
+            with Fleet.start(n, home=tmp, first=2):
+                started = time.perf_counter() - t0
+                per = (_rss_kb() - before) / n
+    return per, started / n
+
+
+def idle(sizes: list[int], home_dir: str | None) -> int:
+    """RSS growth per idle terminal in this process (nothing paid), per size."""
     base_per = None
     for n in sizes:
-        with tempfile.TemporaryDirectory(prefix="posterm-bench-idle-", dir=home_dir) as tmp:
-            with Fleet.start(1, home=tmp):   # the host, the imports, the workers: not per terminal
-                before = _rss_kb()
-                t0 = time.perf_counter()
-                with Fleet.start(n, home=tmp, first=2):
-                    started = time.perf_counter() - t0
-                    per = (_rss_kb() - before) / n
+        per, start_s = idle_one(n, home_dir)
         base_per = base_per or per
         emit("fleet", "idle_rss_per_terminal", per, "kB", terminals=n, ratio_to_first=round(per / base_per, 3),
-             start_ms_per_terminal=round(started / n * 1000, 1), threads_per_terminal=1)
+             start_ms_per_terminal=round(start_s * 1000, 1), threads_per_terminal=1)
     return 0
 
 
@@ -230,7 +240,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--drivers", type=int, default=100, help="driver threads in this process (at most N)")
     ap.add_argument("--processes", type=int, default=None, help="the fleet's --processes (default: its own)")
-    ap.add_argument("--idle", action="store_true", help="measure idle terminals' memory in this process instead")
+    ap.add_argument("--idle", action="store_true", help="measure idle terminals' memory in this process only")
+    ap.add_argument("--no-idle", action="store_true", help="skip the idle-terminal memory figure of each size")
     ap.add_argument("--dir", default=None, help="where the state lives (default: the temp dir); try /dev/shm "
                     "to take the disk's fsync out of the figure")
     args = ap.parse_args(argv)
@@ -251,6 +262,8 @@ def main(argv: list[str]) -> int:
             except RuntimeError as exc:
                 print(f"fleet benchmark failed at {n} terminals: {exc}", file=sys.stderr)
                 return 1
+        if not args.no_idle:
+            res["idle_rss_per_terminal"], res["start_s_per_terminal"] = idle_one(n, args.dir)
         first = first or res
         results.append(res)
 
@@ -264,6 +277,11 @@ def main(argv: list[str]) -> int:
         emit("fleet", "flow_median", res["flow_median"], "ms", ratio_to_first=ratio("flow_median"), **common)
         emit("fleet", "rss_per_terminal", res["rss_per_terminal"], "kB", rss_total_kB=res["rss_total"],
              ratio_to_first=ratio("rss_per_terminal"), **common)
+        if "idle_rss_per_terminal" in res:
+            emit("fleet", "idle_rss_per_terminal", res["idle_rss_per_terminal"], "kB",
+                 ratio_to_first=ratio("idle_rss_per_terminal"),
+                 start_ms_per_terminal=round(res["start_s_per_terminal"] * 1000, 1), terminals=n,
+                 measured="RSS delta / terminals of Fleet.start(N) in this process, nothing paid")
         if res["fleet_cpu_per_flow"] is not None:
             emit("fleet", "fleet_cpu_per_flow", res["fleet_cpu_per_flow"], "ms",
                  ratio_to_first=ratio("fleet_cpu_per_flow"), **common)
