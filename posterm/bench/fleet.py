@@ -1,4 +1,4 @@
-"""python -m posterm.bench fleet [--sizes 50,200,1000] [--seconds S] [--drivers D]: fleets of emulated terminals.
+"""python -m posterm.bench fleet [--sizes 50,200,1000] [--seconds S] [--drivers D] [--no-idle]: fleets of emulated terminals.
 
 For each size N, one ``posterm emulate --count N --listen tcp://127.0.0.1:0`` runs the
 fleet (its default processes: one up to 250 terminals, then one per 250, the parent
@@ -15,8 +15,10 @@ with its ratio to the first size's figure (``ratio_to_first``: how it grows with
 work). ``rss_marginal`` is the memory one more terminal costs between the first and the
 last size.
 
-``--idle`` instead measures idle terminals in this process: the RSS growth per terminal
-of ``Fleet.start(N)`` (host workers shared, nothing paid), at each size.
+Memory per idle terminal (``idle_rss_per_terminal``, each size, unless ``--no-idle``): the
+RSS growth of this process per terminal of ``Fleet.start(N)`` started beside a running
+one-terminal fleet (host, imports and shared host workers not counted; nothing paid), with
+its ratio to the first size's. ``--idle`` measures only that.
 """
 
 from __future__ import annotations
@@ -78,7 +80,13 @@ def _start_fleet(home: Path, count: int, processes: int | None) -> tuple[subproc
             "--listen", "tcp://127.0.0.1:0"]
     if processes:
         argv += ["--processes", str(processes)]
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # stderr to a file, not a pipe nobody reads while the clock runs: a full pipe would block
+    # every process of the fleet in its next log line.
+    err = os.open(home / "fleet.stderr", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err)
+    finally:
+        os.close(err)   # the child has its copy
     ports: list[str] = []
     buf = b""
     deadline = time.monotonic() + 300 + count
@@ -93,11 +101,19 @@ def _start_fleet(home: Path, count: int, processes: int | None) -> tuple[subproc
         data = os.read(p.stdout.fileno(), 65536)
         if not data:
             p.wait(30)
-            raise RuntimeError(f"the fleet did not start: {p.stderr.read().decode(errors='replace')[-2000:]}")
+            raise RuntimeError(f"the fleet did not start: {_tail(home / 'fleet.stderr')}")
         buf += data
         *lines, buf = buf.split(b"\n")
         ports += [ln.decode() for ln in lines if ln.strip()]
     return p, ports
+
+
+def _why(result, n: int) -> str:
+    """What a payment that was not approved says (the fleet's log: fleet.stderr in --dir)."""
+    reason = getattr(result, "reason", None)
+    gave_up = getattr(result, "gave_up_after", None)
+    return (f"{result.outcome.name} (reason {getattr(reason, 'name', reason)}, terminal {n + 1}"
+            + (f", the driver gave up after {gave_up:g} s" if gave_up else "") + ")")
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -107,8 +123,14 @@ def _stop(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(10)
-    for pipe in (proc.stdout, proc.stderr):
-        pipe.close()
+    proc.stdout.close()
+
+
+def _tail(path: Path, n: int = 2000) -> str:
+    try:
+        return path.read_bytes()[-n:].decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def run_size(home: Path, count: int, seconds: float, drivers: int, processes: int | None) -> dict:
@@ -134,20 +156,21 @@ def run_size(home: Path, count: int, seconds: float, drivers: int, processes: in
                         term.hello()
                         r = term.pay(100, "CNY", payment_code=CODE, timeout=120)   # warm-up: logon, first key
                         if not r.approved:
-                            raise RuntimeError(f"warm-up not approved: {r.outcome.name}")
+                            raise RuntimeError(f"warm-up not approved: {_why(r, n)}")
                 finally:
                     warm.wait()
                 go.wait(600)
                 done = []
                 i = 0
                 while time.perf_counter() < stop_at[0]:
-                    term = terms[i % len(terms)]
+                    at = i % len(terms)
+                    term = terms[at]
                     i += 1
                     t0 = time.perf_counter()
                     r = term.pay(100, "CNY", payment_code=CODE, timeout=120)
                     done.append(time.perf_counter() - t0)
                     if not r.approved:
-                        raise RuntimeError(f"not approved: {r.outcome.name}")
+                        raise RuntimeError(f"not approved: {_why(r, mine[at][0])}")
                 with lock:
                     times.extend(done)
             except Exception as exc:  # noqa: BLE001 - reported, fails the benchmark
@@ -183,22 +206,30 @@ def run_size(home: Path, count: int, seconds: float, drivers: int, processes: in
             and times else None}
 
 
-def idle(sizes: list[int], home_dir: str | None) -> int:
-    """RSS growth per idle terminal in this process (nothing paid), per size."""
+def idle_one(n: int, home_dir: str | None) -> tuple[float, float]:
+    """``(kB, s)``: the RSS growth of this process per idle terminal (``Fleet.start(n)`` beside
+    a running one-terminal fleet, so the host, the imports and the shared host workers are
+    not counted; nothing paid), and the start time per terminal."""
     from posterm.emulator.runner import Fleet
 
+    with tempfile.TemporaryDirectory(prefix="posterm-bench-idle-", dir=home_dir) as tmp:
+        with Fleet.start(1, home=tmp):
+            before = _rss_kb()
+            t0 = time.perf_counter()
+            with Fleet.start(n, home=tmp, first=2):
+                started = time.perf_counter() - t0
+                per = (_rss_kb() - before) / n
+    return per, started / n
+
+
+def idle(sizes: list[int], home_dir: str | None) -> int:
+    """RSS growth per idle terminal in this process (nothing paid), per size."""
     base_per = None
     for n in sizes:
-        with tempfile.TemporaryDirectory(prefix="posterm-bench-idle-", dir=home_dir) as tmp:
-            with Fleet.start(1, home=tmp):   # the host, the imports, the workers: not per terminal
-                before = _rss_kb()
-                t0 = time.perf_counter()
-                with Fleet.start(n, home=tmp, first=2):
-                    started = time.perf_counter() - t0
-                    per = (_rss_kb() - before) / n
+        per, start_s = idle_one(n, home_dir)
         base_per = base_per or per
         emit("fleet", "idle_rss_per_terminal", per, "kB", terminals=n, ratio_to_first=round(per / base_per, 3),
-             start_ms_per_terminal=round(started / n * 1000, 1), threads_per_terminal=1)
+             start_ms_per_terminal=round(start_s * 1000, 1), threads_per_terminal=1)
     return 0
 
 
@@ -209,7 +240,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--drivers", type=int, default=100, help="driver threads in this process (at most N)")
     ap.add_argument("--processes", type=int, default=None, help="the fleet's --processes (default: its own)")
-    ap.add_argument("--idle", action="store_true", help="measure idle terminals' memory in this process instead")
+    ap.add_argument("--idle", action="store_true", help="measure idle terminals' memory in this process only")
+    ap.add_argument("--no-idle", action="store_true", help="skip the idle-terminal memory figure of each size")
     ap.add_argument("--dir", default=None, help="where the state lives (default: the temp dir); try /dev/shm "
                     "to take the disk's fsync out of the figure")
     args = ap.parse_args(argv)
@@ -230,6 +262,8 @@ def main(argv: list[str]) -> int:
             except RuntimeError as exc:
                 print(f"fleet benchmark failed at {n} terminals: {exc}", file=sys.stderr)
                 return 1
+        if not args.no_idle:
+            res["idle_rss_per_terminal"], res["start_s_per_terminal"] = idle_one(n, args.dir)
         first = first or res
         results.append(res)
 
@@ -243,6 +277,11 @@ def main(argv: list[str]) -> int:
         emit("fleet", "flow_median", res["flow_median"], "ms", ratio_to_first=ratio("flow_median"), **common)
         emit("fleet", "rss_per_terminal", res["rss_per_terminal"], "kB", rss_total_kB=res["rss_total"],
              ratio_to_first=ratio("rss_per_terminal"), **common)
+        if "idle_rss_per_terminal" in res:
+            emit("fleet", "idle_rss_per_terminal", res["idle_rss_per_terminal"], "kB",
+                 ratio_to_first=ratio("idle_rss_per_terminal"),
+                 start_ms_per_terminal=round(res["start_s_per_terminal"] * 1000, 1), terminals=n,
+                 measured="RSS delta / terminals of Fleet.start(N) in this process, nothing paid")
         if res["fleet_cpu_per_flow"] is not None:
             emit("fleet", "fleet_cpu_per_flow", res["fleet_cpu_per_flow"], "ms",
                  ratio_to_first=ratio("fleet_cpu_per_flow"), **common)

@@ -347,9 +347,10 @@ def account_security(account_id, two_factor, real_name, confirm, prefer, large_p
                      operator, password_stdin, db_path):
     """Change an account's security settings (shown by `posterm host security`).
 
-    Turning two-factor off (code purpose two-factor-off) and changing --confirm or --prefer
-    (purpose confirm-pref) need --code with the payment password on stdin, or --operator
-    with the operator's password on stdin; the rest is free. --real-name needs the account
+    Turning two-factor off (code purpose two-factor-off), changing --confirm or --prefer
+    (purpose confirm-pref) and --over-limit confirm (purpose over-limit) need --code with the
+    payment password on stdin, or --operator with the operator's password on stdin; the rest
+    is free. --real-name needs the account
     verified with an ID number (`posterm host account verify`)."""
     proof = read_proof(code, operator, password_stdin)
     if (two_factor is None and real_name is None and confirm is None and prefer is None and large_payment is None
@@ -358,15 +359,10 @@ def account_security(account_id, two_factor, real_name, confirm, prefer, large_p
                                "--confirm, --prefer, --large-payment, --over-limit, --remind-at")
     h = open_host(db_path)
     try:
-        if any(v is not None for v in (two_factor, real_name, confirm, prefer, large_payment)):
-            large = None if large_payment is None else money(large_payment, h.account(account_id)["currency"],
-                                                             "--large-payment")
-            h.set_flags(account_id, two_factor=two_factor, real_name=real_name, confirm=confirm, confirm_pref=prefer,
-                        large_payment=large, proof=proof)
-        if over_limit is not None or remind_at is not None:
-            from posterm.host import monitor
-
-            monitor.set_limit_handling(h.ctx, account_id, over_limit=over_limit, remind_at=remind_at)
+        large = None if large_payment is None else money(large_payment, h.account(account_id)["currency"],
+                                                         "--large-payment")
+        h.set_flags(account_id, two_factor=two_factor, real_name=real_name, confirm=confirm, confirm_pref=prefer,
+                    large_payment=large, over_limit=over_limit, remind_at=remind_at, proof=proof)
     finally:
         h.close()
     click.echo("security settings updated")

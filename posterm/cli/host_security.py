@@ -148,8 +148,8 @@ def phone_show(account_id, limit, as_json, db_path):
 
 @phone.command("send-code")
 @click.argument("account_id", type=ID32)
-@click.option("--purpose", type=click.Choice(["set-limits", "two-factor-off", "confirm-pref", "unfreeze",
-                                              "reset-password"]), required=True,
+@click.option("--purpose", type=click.Choice(["set-limits", "two-factor-off", "confirm-pref", "over-limit",
+                                              "unfreeze", "reset-password"]), required=True,
               help="The key operation the code verifies (a payment's code comes with the payment).")
 @json_option
 @db_option

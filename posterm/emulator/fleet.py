@@ -83,6 +83,27 @@ def host_connections_share(total: int, processes: int) -> list[int]:
     return [max(1, n) for _, n in shares(max(total, processes), processes)]
 
 
+def server_limits(connections: int):
+    """The limits of the host server the parent serves its embedded host on, for children
+    holding ``connections`` host connections in all.
+
+    Every one of them may be *pending* (not logged on) at once: a child's worker opens its
+    connection on its first request and it stays pending until a logon is accepted on it,
+    which at a fleet's start is a whole LogonRequest/LogonConfirm away, with every other
+    terminal's logon queued at the same host. With a pending cap below ``connections`` the
+    server evicted the oldest pending connection to admit a newer one, dropping the request
+    sent on it unread; its worker reconnected (one more pending connection, one more
+    eviction), and an AuthRequest dropped on both of its tries left the terminal to ask,
+    hear NOT_FOUND and cancel: a warm-up payment of the 1,000-terminal bench came back
+    CANCELLED (16 connections per process, 4 processes, 40 pending allowed). The server
+    listens on loopback for the fleet's own children only, so the cap can cover them all.
+    """
+    from posterm.host.server import MAX_CONNECTIONS, MAX_PENDING, ServerLimits
+
+    return ServerLimits(max_connections=max(MAX_CONNECTIONS, connections + 64),
+                        max_pending=max(MAX_PENDING, connections + 8))
+
+
 def die_with_parent(parent_pid: int) -> bool:
     """In a child: SIGTERM when the parent dies (Linux). False when ``parent_pid`` is not
     (or no longer) this process's parent: the child must not start then."""
@@ -169,13 +190,11 @@ class ProcessFleet:
 
         if host == "embedded":
             from posterm.host import Host
-            from posterm.host.server import MAX_CONNECTIONS, MAX_PENDING, ServerLimits, serve
+            from posterm.host.server import serve
 
             self.host = Host.open(home / "host.db")
             self.host.hsm.reserve_devices(TERMINALS[:count])
-            limits = ServerLimits(max_connections=max(MAX_CONNECTIONS, connections + 64),
-                                  max_pending=max(MAX_PENDING, 8 * processes + 8))
-            self.server = serve(self.host, "127.0.0.1:0", limits=limits)
+            self.server = serve(self.host, "127.0.0.1:0", limits=server_limits(connections))
             return self.server.address
         from posterm.crypto.hsm import Hsm
         from posterm.safefs import private_dir

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 from firmware_protocol.native.messages import MAX_AMOUNT_MINOR, Reason
 
-from posterm.host import ledger, phone
+from posterm.host import ledger, monitor, phone
 from posterm.host import security as sec
 from posterm.host.context import HostContext, HostRefused, iso_time, require_account
 from posterm.host.security import view as security_view
@@ -183,18 +183,26 @@ def freeze(ctx: HostContext, account_id: str, frozen: bool = True, why: str = ""
 
 def set_flags(ctx: HostContext, account_id: str, *, real_name: bool | None = None, two_factor: bool | None = None,
               confirm: str | None = None, confirm_pref: str | None = None, large_payment: int | None = None,
+              over_limit: str | None = None, remind_at: int | None = None,
               proof: sec.Proof | None = None) -> None:
-    """Change security settings. Turning two-factor off, or changing how payments are
-    confirmed (``confirm`` pin|phone, ``confirm_pref`` code|biometric), needs ``proof``
-    (verified for ``two-factor-off`` when that is among the changes, else ``confirm-pref``);
-    turning it on and the large-payment alert threshold (``large_payment`` minor units, 0:
-    off) are free."""
+    """Change security settings. What lowers protection needs ``proof``: turning two-factor
+    off (verified for ``two-factor-off``), changing how payments are confirmed (``confirm``
+    pin|phone, ``confirm_pref`` code|biometric: ``confirm-pref``), and letting payments over a
+    limit through with a confirmation (``over_limit`` ``confirm``: ``over-limit``); the code
+    verifies the first of these among the changes. Free: turning two-factor on, ``over_limit``
+    ``reject``, the large-payment alert threshold (``large_payment`` minor units, 0: off) and
+    the limit reminder (``remind_at``, percent of the daily limit, 0: off)."""
     if confirm is not None and confirm not in ("pin", "phone"):
         raise HostRefused("confirmation is 'pin' or 'phone'")
     if confirm_pref is not None and confirm_pref not in phone.PREFERENCES:
         raise HostRefused("the preferred confirmation is 'code' or 'biometric'")
     if large_payment is not None and not _minor_units(large_payment):
         raise HostRefused(f"the large-payment threshold is whole minor units, 0 to {MAX_AMOUNT_MINOR}")
+    if over_limit is not None and over_limit not in monitor.OVER_LIMIT:
+        raise HostRefused(f"over a limit: one of {', '.join(monitor.OVER_LIMIT)}")
+    if remind_at is not None and (isinstance(remind_at, bool) or not isinstance(remind_at, int)
+                                  or not 0 <= remind_at <= 100):
+        raise HostRefused("the limit reminder is a percentage of the daily limit, 0 (off) to 100")
 
     def change(tx, acct) -> None:
         if real_name is not None:
@@ -210,15 +218,29 @@ def set_flags(ctx: HostContext, account_id: str, *, real_name: bool | None = Non
             tx.set_account(account_id, "confirm_pref", confirm_pref)
         if large_payment is not None:
             tx.set_account(account_id, "large_payment", large_payment or None)
+        if over_limit is not None:
+            tx.set_account(account_id, "over_limit", over_limit)
+        if remind_at is not None:
+            tx.set_account(account_id, "remind_at", remind_at)
+            tx.set_account(account_id, "reminded_day", None)   # a new share may remind again today
 
-    def lowers(acct) -> bool:
-        return bool((two_factor is False and acct["two_factor"]) or (confirm is not None and confirm != acct["confirm"])
-                    or (confirm_pref is not None and confirm_pref != phone.preference(acct)))
+    def off(acct) -> bool:
+        return two_factor is False and bool(acct["two_factor"])
 
-    view = ctx.store.view().account(account_id)
-    off = two_factor is False and view is not None and bool(view["two_factor"])
-    action = "two-factor-off" if off else "confirm-pref" if confirm or confirm_pref else "set-security"
-    sec.guarded(ctx, account_id, action, proof, change, needed=lowers)
+    def repref(acct) -> bool:
+        return ((confirm is not None and confirm != acct["confirm"])
+                or (confirm_pref is not None and confirm_pref != phone.preference(acct)))
+
+    def relaxes(acct) -> bool:
+        return over_limit == "confirm" and acct["over_limit"] != "confirm"
+
+    acct = ctx.store.view().account(account_id)
+    action = "set-security"
+    if acct is not None:
+        action = next((a for a, lowers in (("two-factor-off", off), ("confirm-pref", repref),
+                                           ("over-limit-confirm", relaxes)) if lowers(acct)), action)
+    sec.guarded(ctx, account_id, action, proof, change,
+                needed=lambda acct: off(acct) or repref(acct) or relaxes(acct))
 
 
 def security(ctx: HostContext, account_id: str) -> dict[str, Any]:

@@ -79,28 +79,8 @@ def usual_daily(tx: Tx, acct: Row, now: float, days: int) -> tuple[int, ...]:
 
 # ---------------------------------------------------------------------- the limit reminder
 
-OVER_LIMIT = ("reject", "confirm")
+OVER_LIMIT = ("reject", "confirm")     # set with posterm.host.admin.set_flags (confirm: verified)
 
-
-def set_limit_handling(ctx: HostContext, account_id: str, *, over_limit: str | None = None,
-                       remind_at: int | None = None) -> None:
-    """Per account: over a limit ``reject`` (default) or ``confirm`` (ask for the extra
-    confirmation), and the reminder share of the daily limit in percent (0: none). Raises
-    HostRefused."""
-    from posterm.host.context import HostRefused, require_account
-
-    if over_limit is not None and over_limit not in OVER_LIMIT:
-        raise HostRefused(f"over a limit: one of {', '.join(OVER_LIMIT)}")
-    if remind_at is not None and (isinstance(remind_at, bool) or not isinstance(remind_at, int)
-                                  or not 0 <= remind_at <= 100):
-        raise HostRefused("the limit reminder is a percentage of the daily limit, 0 (off) to 100")
-    with ctx.store.transaction() as tx:
-        require_account(tx, account_id)
-        if over_limit is not None:
-            tx.set_account(account_id, "over_limit", over_limit)
-        if remind_at is not None:
-            tx.set_account(account_id, "remind_at", remind_at)
-            tx.set_account(account_id, "reminded_day", None)   # a new share may remind again today
 
 def limit_reminder(ctx: HostContext, tx: Tx, acct: Row, before: int, after: int, now: float) -> bool:
     """Remind the customer when today's total went from ``before`` to ``after`` and reached

@@ -43,6 +43,7 @@ PURPOSES = {
     "set-limits": "raise a limit",
     "two-factor-off": "turn two-factor off",
     "confirm-pref": "change how you confirm payments",
+    "over-limit": "let payments over a limit through with a confirmation",
     "unfreeze": "unfreeze the account",
     "reset-password": "reset the payment password",
 }

@@ -2,7 +2,8 @@
 payment-password reset, and the one view of every protection (``posterm host security``).
 
 **Key operations** (:data:`ACTIONS`: raising a limit, turning two-factor off, changing the
-preferred confirmation, unfreezing, closing a case with ``--unfreeze``) run through
+preferred confirmation, letting payments over a limit through with a confirmation
+(``--over-limit confirm``), unfreezing, closing a case with ``--unfreeze``) run through
 :func:`guarded`: they need a :class:`CustomerProof` (the payment password and a
 verification code sent to the phone for that purpose, :func:`posterm.host.phone.send`) or
 an :class:`OperatorProof` (a support operator's own name and password, ``posterm host
@@ -44,6 +45,7 @@ ACTIONS = {
     "raise-limits": "set-limits",
     "two-factor-off": "two-factor-off",
     "confirm-pref": "confirm-pref",
+    "over-limit-confirm": "over-limit",
     "unfreeze": "unfreeze",
     "close-case-unfreeze": "unfreeze",
     "reset-password": "reset-password",

@@ -13,6 +13,7 @@ from firmware_protocol.host.messages import HostStatus as S
 from firmware_protocol.native.messages import Reason
 from posterm.crypto.hsm import Hsm
 from posterm.host import HostRefused, identity, monitor
+from tests.host.conftest import support
 from tests.host.test_host import enter_pin, pay
 
 ID = "11010519491231002X"          # the GB 11643 example: born 1949-12-31, check character X
@@ -81,7 +82,7 @@ def test_an_unverified_account_keeps_the_small_amount_cap(host, term):
     assert pay(term, 20_000, host.issue_code("small")).status is S.APPROVED
     r = pay(term, 20_001, host.issue_code("small"))
     assert (r.status, r.reason) == (S.DECLINED, Reason.NOT_REAL_NAME_VERIFIED)
-    monitor.set_limit_handling(host.ctx, "small", over_limit="confirm")    # confirming does not lift it
+    host.set_flags("small", over_limit="confirm", proof=support(host))    # confirming does not lift it
     assert pay(term, 20_001, host.issue_code("small")).reason == Reason.NOT_REAL_NAME_VERIFIED
 
 
@@ -197,7 +198,7 @@ def test_over_a_limit_rejects_or_asks_for_confirmation(host, term):
     code = host.issue_code("ola")
     r = pay(term, 60_000, code)
     assert (r.status, r.reason) == (S.DECLINED, Reason.OVER_TRANSACTION_LIMIT)    # reject: as before
-    monitor.set_limit_handling(host.ctx, "ola", over_limit="confirm")
+    host.set_flags("ola", over_limit="confirm", proof=support(host))
     code = host.issue_code("ola")
     r = pay(term, 60_000, code, order="OLA-1")
     assert r.status is S.NEED_PIN                                                 # over: the password asked
@@ -208,14 +209,14 @@ def test_over_a_limit_rejects_or_asks_for_confirmation(host, term):
     r = enter_pin(term, "OLA-2", code, pin="000000")
     assert r.status is S.NEED_PIN and r.reason == Reason.WRONG_PIN                # a wrong password pays nothing
     assert enter_pin(term, "OLA-2", code, pin="135790").status is S.APPROVED
-    monitor.set_limit_handling(host.ctx, "ola", over_limit="reject")
+    host.set_flags("ola", over_limit="reject")                              # back to reject: free
     r = pay(term, 100, host.issue_code("ola"))
     assert (r.status, r.reason) == (S.DECLINED, Reason.OVER_DAILY_LIMIT)
 
 
 def test_over_a_limit_with_the_phone(host, term):
     host.add_account("pho", "Pho", balance_minor=1_000_000, per_tx_limit=50_000, confirm="phone")
-    monitor.set_limit_handling(host.ctx, "pho", over_limit="confirm")
+    host.set_flags("pho", over_limit="confirm", proof=support(host))
     r = pay(term, 60_000, host.issue_code("pho"), order="PHO-1")
     assert r.status is S.WAIT_BUYER
     assert host.wallet_confirm("PHO-1") == "APPROVED"
@@ -231,12 +232,12 @@ def test_the_limit_reminder_once_a_day(host, term, clock):
     pay(term, 5_000, host.issue_code("rem"))
     assert kinds(host, "rem").count("limit_reminder") == 1                        # once per day
     clock.advance(86_400)
-    monitor.set_limit_handling(host.ctx, "rem", remind_at=50)
+    host.set_flags("rem", remind_at=50)                                           # free
     pay(term, 40_000, host.issue_code("rem"))
     assert kinds(host, "rem").count("limit_reminder") == 1
     pay(term, 10_000, host.issue_code("rem"))                                     # 50% of the day: reminded
     assert kinds(host, "rem").count("limit_reminder") == 2
     with pytest.raises(HostRefused, match="percentage"):
-        monitor.set_limit_handling(host.ctx, "rem", remind_at=101)
+        host.set_flags("rem", remind_at=101)
     with pytest.raises(HostRefused, match="reject, confirm"):
-        monitor.set_limit_handling(host.ctx, "rem", over_limit="maybe")
+        host.set_flags("rem", over_limit="maybe")

@@ -71,7 +71,12 @@ def test_limit_handling_and_security_view(tmp_path):
     run(db, "account", "add", "l1", "--name", "L")
     s = json.loads(run(db, "security", "l1", "--json")[1])
     assert (s["over_limit"], s["remind_at_percent"]) == ("reject", 80)
-    assert run(db, "account", "set-security", "l1", "--over-limit", "confirm", "--remind-at", "50")[0] == 0
+    assert run(db, "account", "set-security", "l1", "--remind-at", "50")[0] == 0                # free
+    code, _, err = run(db, "account", "set-security", "l1", "--over-limit", "confirm")           # verified
+    assert code == 1 and "--purpose over-limit" in err
+    assert run(db, "operator", "add", "sue", input="support-pw-1\n")[0] == 0
+    assert run(db, "account", "set-security", "l1", "--over-limit", "confirm", "--operator", "sue",
+               "--password-stdin", input="support-pw-1\n")[0] == 0
     s = json.loads(run(db, "security", "l1", "--json")[1])
     assert (s["over_limit"], s["remind_at_percent"]) == ("confirm", 50)
     code, out, _ = run(db, "security", "l1")

@@ -9,6 +9,7 @@ import re
 from click.testing import CliRunner
 
 from firmware_protocol.host.messages import HostStatus as S
+from firmware_protocol.native.messages import Reason
 from posterm.cli import main
 from posterm.host import Host
 from tests.host.conftest import terminal
@@ -53,6 +54,44 @@ def test_raise_a_limit_with_the_phones_code_and_the_password(tmp_path):
     assert sms not in out and "135790" not in out
     code, out = run(db, "security", "ivy")
     assert code == 0 and "second factor:" in out and "security audit:" in out and "raise-limits" in out
+
+
+def test_over_limit_confirm_needs_verification_then_a_payment_over_the_limit_asks(tmp_path):
+    """--over-limit confirm lets payments over a limit through with a confirmation: a
+    relaxation, so it needs the password and the phone's code (purpose over-limit)."""
+    db = tmp_path / "host.db"
+    h = Host.open(db)
+    try:
+        h.add_account("olga", "Olga", balance_minor=1_000_000, password="135790", per_tx_limit=50_000)
+        term = terminal(h)
+        r = pay(term, 60_000, h.issue_code("olga"), order="OL-1")
+        assert (r.status, r.reason) == (S.DECLINED, Reason.OVER_TRANSACTION_LIMIT)        # reject, the default
+        code, out = run(db, "account", "set-security", "olga", "--over-limit", "confirm")
+        assert code == 1 and "this needs verification" in out and "--purpose over-limit" in out
+        assert run(db, "phone", "send-code", "olga", "--purpose", "over-limit")[0] == 0
+        sms = code_of(db, "olga")
+        wrong = "000000" if sms != "000000" else "111111"
+        code, out = run(db, "account", "set-security", "olga", "--over-limit", "confirm", "--code", wrong,
+                        "--password-stdin", input="135790\n")
+        assert code == 1 and "wrong verification code (4 tries left)" in out
+        s = json.loads(run(db, "security", "olga", "--json")[1])
+        assert s["over_limit"] == "reject"                                                   # unchanged
+        assert s["recent_alerts"][0]["kind"] == "verification_failed"
+        assert "over-limit-confirm refused" in s["recent_alerts"][0]["text"]
+        code, out = run(db, "account", "set-security", "olga", "--over-limit", "confirm", "--code", sms,
+                        "--password-stdin", input="135790\n")
+        assert code == 0, out
+        s = json.loads(run(db, "security", "olga", "--json")[1])
+        assert s["over_limit"] == "confirm"
+        assert [(e["action"], e["outcome"].split(":")[0]) for e in s["recent_audit"][:3]] == [
+            ("over-limit-confirm", "ok"), ("over-limit-confirm", "failed"), ("over-limit-confirm", "failed")]
+        pcode = h.issue_code("olga")
+        assert pay(term, 60_000, pcode, order="OL-2").status is S.NEED_PIN                # over: the password asked
+        assert enter_pin(term, "OL-2", pcode, pin="135790").status is S.APPROVED
+        assert run(db, "account", "set-security", "olga", "--over-limit", "reject")[0] == 0   # back: free
+        assert pay(term, 60_000, h.issue_code("olga"), order="OL-3").reason == Reason.OVER_TRANSACTION_LIMIT
+    finally:
+        h.close()
 
 
 def test_operators_and_their_log(tmp_path):

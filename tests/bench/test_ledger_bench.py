@@ -1,0 +1,51 @@
+"""`python -m posterm.bench ledger`: what it prints, and how it refuses what it cannot do.
+
+Figures are not asserted (no throughput in tests); counted facts are: one durable commit per
+authorisation without group commit, at most one with it, every configuration present.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from posterm.bench import ledger
+
+
+def _rows(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def test_sqlite_section_prints_every_configuration_against_the_ceiling(capsys, tmp_path):
+    assert ledger.main(["--seconds", "0.3", "--slices", "2", "--clients", "1,3", "--dir", str(tmp_path)]) == 0
+    rows = _rows(capsys.readouterr().out)
+    (ceiling,) = [r for r in rows if r["metric"] == "sqlite_durable_commits"]
+    assert ceiling["value"] > 0
+    auths = {(r["group_commit"], r["clients"]): r for r in rows if r["metric"] == "authorisations"}
+    assert set(auths) == {(True, 1), (True, 3), (False, 1), (False, 3)}
+    for r in auths.values():
+        assert r["n"] > 0 and r["books_balanced"] is True
+        assert r["ratio_to_ceiling"] == pytest.approx(r["value"] / ceiling["value"], abs=0.01)
+    per = {r["group_commit"]: r["value"] for r in rows if r["metric"] == "commits_per_auth"}
+    assert per[False] == 1.0                # one durable commit each, counted
+    assert 0 < per[True] <= 1.0             # shared commits: never more than one each
+
+
+def test_postgresql_without_its_store_is_one_error_line(capsys, monkeypatch):
+    import posterm.host.store as store
+
+    monkeypatch.delattr(store, "open_store", raising=False)
+    assert ledger.main(["--db", "postgresql://127.0.0.1:1/none"]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("posterm: error: PostgreSQL store not available")
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [["--db", "mysql://x/y"], ["--clients", "0"], ["--clients", "a"],
+                                  ["--seconds", "0"]])
+def test_bad_options_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        ledger.main(argv)
+    assert exc.value.code == 2
+    assert "Traceback" not in capsys.readouterr().err
