@@ -46,7 +46,7 @@ def open_host(db_path: str | None, demo: bool = False, **kw: Any):
     h = Host.open(db_path, demo=False, **kw)
     if demo:
         try:
-            seed(h.ctx)
+            h.store.run(seed, h.ctx)
         except BaseException:
             h.close()
             raise

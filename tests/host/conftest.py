@@ -5,6 +5,10 @@ import pytest
 from posterm.crypto.pinpad import SecureModule
 from posterm.emulator.hostlink import SignedHostLink
 from posterm.host import Host
+from tests import pgstore
+
+# the store each host test runs on: SQLite and PostgreSQL (tests/pgstore.py)
+store_kind, host_db = pgstore.store_kind, pgstore.host_db
 
 CODE = {n: f"28990000000000000{n}" for n in range(1, 9)}
 PIN = "147258"
@@ -40,8 +44,10 @@ def clock():
 
 
 @pytest.fixture
-def host(tmp_path, clock):
-    h = Host.open(tmp_path / "host.db", clock=clock, outage_seconds=30.0)
+def host(host_db, clock):
+    """A host on each store: SQLite (a file) and PostgreSQL (a database of its own; skipped
+    without POSTERM_TEST_PG, failed under CI=true without it)."""
+    h = Host.open(host_db, clock=clock, outage_seconds=30.0)
     yield h
     assert h.check_books() == []
     h.close()
