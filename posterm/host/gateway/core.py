@@ -41,7 +41,6 @@ import hashlib
 import ipaddress
 import logging
 import re
-import sqlite3
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Iterator
@@ -55,7 +54,7 @@ from firmware_protocol.native.messages import MAX_AMOUNT_MINOR, Reason, Totals
 from posterm.errors import PosError
 from posterm.host import after_sales, authorise, settlement
 from posterm.host.after_sales import WAITING
-from posterm.host.store import Tx
+from posterm.host.store import Tx, is_store_error
 from posterm.host.store.queries import Row
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -300,11 +299,11 @@ class Gateway:
     """
 
     def __init__(self, host: "Host", keys: "GatewayKeys | None" = None) -> None:
-        from posterm.host.gateway.keys import GatewayKeys, key_dir_for
+        from posterm.host.gateway.keys import GatewayKeys
 
         self.host = host
         self.ctx = host.ctx
-        self.keys = keys if keys is not None else GatewayKeys.open(key_dir_for(host.store.path))
+        self.keys = keys if keys is not None else GatewayKeys.open(host.store.home / "hsm")  # beside the HSM
 
     # ------------------------------------------------------------------ apps
 
@@ -567,7 +566,9 @@ class Gateway:
     def _guard(self) -> Iterator[None]:
         try:
             yield
-        except sqlite3.Error as exc:
+        except Exception as exc:
+            if not is_store_error(exc):
+                raise
             log.warning("gateway: store unavailable: %s", type(exc).__name__)
             raise GatewayUnavailable("the host's store is unavailable") from exc
 

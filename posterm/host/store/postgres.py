@@ -228,6 +228,11 @@ class Store:
             psycopg.conninfo.conninfo_to_dict(url)
         except psycopg.ProgrammingError:
             raise ValueError(f"not a valid PostgreSQL URL: {self.display}") from None
+        try:  # one direct connection first: a server that is not there is told at once, with its reason
+            psycopg.connect(url, **kwargs).close()
+        except psycopg.OperationalError as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StoreUnavailable(f"cannot connect to {self.display}: {reason.replace(url, self.display)}") from None
         self._pool = ConnectionPool(url, kwargs=kwargs, min_size=1, max_size=self.cap, timeout=POOL_WAIT_S,
                                     open=False, name="posterm-host", reconnect_timeout=POOL_WAIT_S)
         try:
