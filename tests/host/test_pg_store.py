@@ -255,10 +255,17 @@ def test_the_password_is_never_shown():
     assert "hunter22" not in str(e.value) and "***" in str(e.value)
 
 
-def test_migrations_are_numbered_and_applied_once(url):
+@pytest.fixture
+def empty_url():
+    with pgstore.fresh_database(None) as u:   # not a template's copy: the migrations run here
+        yield u
+
+
+def test_migrations_are_numbered_and_applied_once(empty_url):
     from posterm.host.store import open_store
     from posterm.host.store.schema import LATEST
 
+    url = empty_url
     s = open_store(url)
     try:
         assert s.read().execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(LATEST)

@@ -41,7 +41,6 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from posterm.host.store import is_postgres_url
 from posterm.host.store.books import daily_spend_from_trades
 from posterm.host.store.queries import Tx
 from posterm.host.store.schema import AddColumns, pending, render
@@ -59,9 +58,13 @@ MIGRATION_LOCK = 0x706F7374   # pg_advisory_xact_lock key for migrations ("post"
 # the transient conflicts a retry resolves: another transaction won the row, a deadlock
 RETRYABLE = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
 
+
 def is_url(value: object) -> bool:
-    """Whether ``value`` names a PostgreSQL database (a ``postgresql://`` URL)."""
-    return is_postgres_url(value)
+    """Whether ``value`` names a PostgreSQL database (``postgresql://`` or ``postgres://``).
+
+    Its own copy of :func:`posterm.host.store.is_postgres_url`: importing the package's
+    would be an import cycle (the package imports this module lazily)."""
+    return isinstance(value, str) and value.lower().startswith(("postgresql://", "postgres://"))
 
 
 def redact(url: str) -> str:
@@ -160,10 +163,11 @@ class _Result:
 class Conn:
     """One pooled connection with the ``execute(sql, args)`` the store's queries use."""
 
-    __slots__ = ("raw",)
+    __slots__ = ("database_key", "raw")
 
-    def __init__(self, raw: psycopg.Connection) -> None:
+    def __init__(self, raw: psycopg.Connection, database_key: str = "") -> None:
         self.raw = raw
+        self.database_key = database_key   # what names the database (Tx.database_path): the URL, redacted
 
     def execute(self, sql: str, args: Iterable[Any] = ()) -> psycopg.Cursor:
         args = tuple(args)
@@ -181,10 +185,11 @@ class Conn:
 class _Autocommit:
     """Reads outside a transaction: each statement on a connection borrowed from the pool."""
 
-    __slots__ = ("store",)
+    __slots__ = ("database_key", "store")
 
     def __init__(self, store: "Store") -> None:
         self.store = store
+        self.database_key = store.display
 
     def execute(self, sql: str, args: Iterable[Any] = ()) -> _Result:
         with self.store._borrow() as raw:
@@ -321,7 +326,7 @@ class Store:
             c.execute("RELEASE SAVEPOINT nested")
             return
         with self._borrow() as raw:
-            c = Conn(raw)
+            c = Conn(raw, self.display)
             c.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
             self._local.conn = c
             try:

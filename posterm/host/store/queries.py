@@ -57,7 +57,11 @@ class Tx(SecurityQueries):
         return self.conn.execute(sql, tuple(args))
 
     def database_path(self) -> str:
-        """The file of the main database this connection is on."""
+        """What names the database this connection is on: the SQLite file, or the PostgreSQL
+        store's key (its URL without the password)."""
+        key = getattr(self.conn, "database_key", None)
+        if key is not None:
+            return key
         return next(r[2] for r in self._all("PRAGMA database_list") if r[1] == "main")
 
     # -- merchants and terminals -----------------------------------------------------------
@@ -212,16 +216,23 @@ class Tx(SecurityQueries):
     # -- the ledger and the daily totals ------------------------------------------------------
 
     def ledger_entry(self, txn: str, account: str, delta: int, currency: str, kind: str, now: float) -> None:
-        """One ledger entry, counted in the account's running total (:meth:`ledger_total`)."""
+        """One ledger entry; a customer's is counted in its running total (:meth:`ledger_total`).
+
+        Only customers' (``customer:<id>``, what the guard checks): a merchant's or the
+        issuance account's total would be one row every payment at the merchant writes, on
+        PostgreSQL a hot row that would serialise (and abort, to be retried) the payments of
+        different customers, which otherwise never wait for each other."""
         self._run("INSERT INTO ledger (txn, account, delta, currency, kind, created_at) VALUES (?, ?, ?, ?, ?, ?)",
                   (txn, account, delta, currency, kind, now))
+        if not account.startswith("customer:"):
+            return
         self._run("INSERT INTO ledger_totals VALUES (?, ?) ON CONFLICT (account) DO UPDATE "
-                  "SET total_minor = total_minor + excluded.total_minor", (account, delta))
+                  "SET total_minor = ledger_totals.total_minor + excluded.total_minor", (account, delta))
 
     # -- the security centre's guard (posterm.host.monitor, posterm.host.identity) -----------
 
     def ledger_total(self, account: str) -> int:
-        """The running sum of ledger account ``account``'s entries (``customer:<id>``, ...)."""
+        """The running sum of customer ledger account ``account``'s entries (``customer:<id>``)."""
         row = self._one("SELECT total_minor FROM ledger_totals WHERE account = ?", (account,))
         return row[0] if row else 0
 
@@ -234,8 +245,8 @@ class Tx(SecurityQueries):
         """Every customer account: id, currency, balance column, the ledger re-added (a full
         scan), and the running total, oldest account first."""
         return self._all("""SELECT a.id, a.currency, a.balance_minor,
-                                   COALESCE((SELECT SUM(delta) FROM ledger l WHERE l.account = 'customer:' || a.id), 0)
-                                       AS ledger_minor,
+                                   CAST(COALESCE((SELECT SUM(delta) FROM ledger l
+                                                  WHERE l.account = 'customer:' || a.id), 0) AS BIGINT) AS ledger_minor,
                                    COALESCE(t.total_minor, 0) AS total_minor
                             FROM accounts a LEFT JOIN ledger_totals t ON t.account = 'customer:' || a.id
                             ORDER BY a.created_at, a.id""")
@@ -249,7 +260,7 @@ class Tx(SecurityQueries):
 
     def outflow_since(self, account_id: str, since: float) -> int:
         """The account's approved payments paid after ``since``, refunds deducted."""
-        return self._one("SELECT COALESCE(SUM(amount_minor - refunded_minor), 0) FROM trades WHERE account_id = ? "
+        return self._one("SELECT CAST(COALESCE(SUM(amount_minor - refunded_minor), 0) AS BIGINT) FROM trades WHERE account_id = ? "
                          "AND status = 'APPROVED' AND paid_at > ?", (account_id, since))[0]
 
     def daily_totals_before(self, account_id: str, day: str, limit: int) -> tuple[int, ...]:
@@ -260,7 +271,9 @@ class Tx(SecurityQueries):
 
     def put_identity(self, account_id: str, id_hash: bytes, id_last4: str, name_hash: bytes, birth_hashes: bytes,
                      now: float) -> None:
-        self._run("INSERT OR REPLACE INTO identities VALUES (?, ?, ?, ?, ?, ?)",
+        self._run("INSERT INTO identities VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (account_id) DO UPDATE SET "
+                  "id_hash = excluded.id_hash, id_last4 = excluded.id_last4, name_hash = excluded.name_hash, "
+                  "birth_hashes = excluded.birth_hashes, verified_at = excluded.verified_at",
                   (account_id, id_hash, id_last4, name_hash, birth_hashes, now))
 
     def identity(self, account_id: str) -> Row | None:
@@ -475,8 +488,8 @@ class Tx(SecurityQueries):
     # -- security notices (posterm.host.notices) -----------------------------------------
 
     def add_notice(self, text: str, now: float, until: float | None) -> int:
-        return self._run("INSERT INTO notices (text, created_at, until) VALUES (?, ?, ?)",
-                         (text, now, until)).lastrowid
+        return int(self._one("INSERT INTO notices (text, created_at, until) VALUES (?, ?, ?) RETURNING id",
+                             (text, now, until))[0])
 
     def notices(self) -> list[Row]:
         """Every notice published, expired ones too, oldest first."""

@@ -8,11 +8,13 @@ SQLite's rowid alias, PostgreSQL's identity column), ``{NOROWID}`` (SQLite's WIT
 for tables keyed by their primary key; nothing on PostgreSQL).
 
 A migration is a number and a list of steps: a SQL statement (to render), or an
-:class:`AddColumns` (nullable columns a database made by an older version lacks; each store
-adds only the missing ones). Both stores keep the number applied in ``meta`` under
+:class:`AddColumns` (columns a database made by an older version lacks, nullable or with a
+default so its rows stay valid; each store adds only the missing ones). Both stores keep the number applied in ``meta`` under
 ``schema_version`` and apply, in order and each in one transaction, the ones above it. A
-database made before the numbering (no ``schema_version``) starts at 0: migration 1 creates
-only what is missing (``IF NOT EXISTS``), so it is safe on one that has every table.
+database made before the numbering (no ``schema_version``: every database main made before
+the PostgreSQL store landed, the security centre's tables included) starts at 0: each
+migration creates only what is missing (``IF NOT EXISTS``, :class:`AddColumns`), so it is
+safe on one that has every table (tests/host/test_schema.py upgrades such a database).
 """
 
 from __future__ import annotations
@@ -115,20 +117,78 @@ BASE = [
     PRIMARY KEY (terminal_id, order_id)){NOROWID}""",
 ]
 
+# The security centre (issue 17): the guard's running ledger totals, whole-ledger audits,
+# verified identities (keyed hashes and the ID number's last 4 characters), the security
+# notices (posterm.host.notices: shown on terminals and in the wallet until ``until``, NULL
+# until removed), the emulated phone's inbox (sealed), verification codes (as HMACs) and
+# biometric requests, the security audit, support operators (salted scrypt verifiers), and
+# webhooks (sealed secrets) with their outbox. Nothing secret in clear (posterm.host.store.security_sql).
+SECURITY = [
+    """CREATE TABLE IF NOT EXISTS ledger_totals (account TEXT PRIMARY KEY, total_minor {INT} NOT NULL){NOROWID}""",
+    """CREATE TABLE IF NOT EXISTS audits (
+    id {ID}, created_at {REAL} NOT NULL, accounts {INT} NOT NULL, mismatched TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS identities (
+    account_id TEXT PRIMARY KEY REFERENCES accounts(id), id_hash {BLOB} NOT NULL, id_last4 TEXT NOT NULL,
+    name_hash {BLOB} NOT NULL, birth_hashes {BLOB} NOT NULL, verified_at {REAL} NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS notices (
+    id {ID}, text TEXT NOT NULL, created_at {REAL} NOT NULL, until {REAL})""",
+    """CREATE TABLE IF NOT EXISTS phone_inbox (
+    id {ID}, account_id TEXT NOT NULL, kind TEXT NOT NULL, ref TEXT, sealed {BLOB} NOT NULL,
+    created_at {REAL} NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS phone_inbox_account ON phone_inbox (account_id, id)",
+    """CREATE TABLE IF NOT EXISTS verification_requests (
+    id {ID}, account_id TEXT NOT NULL, purpose TEXT NOT NULL, ref TEXT,
+    method TEXT NOT NULL CHECK (method IN ('code', 'biometric')), salt TEXT, code_mac TEXT,
+    tries {INT} NOT NULL DEFAULT 0, state TEXT NOT NULL DEFAULT 'pending',
+    created_at {REAL} NOT NULL, expires_at {REAL} NOT NULL, done_at {REAL})""",
+    """CREATE INDEX IF NOT EXISTS verification_requests_account
+    ON verification_requests (account_id, purpose, state)""",
+    """CREATE TABLE IF NOT EXISTS security_audit (
+    id {ID}, account_id TEXT, actor TEXT NOT NULL, action TEXT NOT NULL, outcome TEXT NOT NULL,
+    created_at {REAL} NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS security_audit_account ON security_audit (account_id, id)",
+    """CREATE TABLE IF NOT EXISTS operators (
+    name TEXT PRIMARY KEY, verifier {BLOB} NOT NULL, tries {INT} NOT NULL DEFAULT 0, created_at {REAL} NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS webhooks (
+    account_id TEXT PRIMARY KEY, url TEXT NOT NULL, sealed_secret {BLOB} NOT NULL, created_at {REAL} NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS webhook_outbox (
+    id {ID}, event_id TEXT NOT NULL UNIQUE, account_id TEXT NOT NULL, kind TEXT NOT NULL,
+    body TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'pending', attempts {INT} NOT NULL DEFAULT 0,
+    next_at {REAL} NOT NULL, last_status {INT}, created_at {REAL} NOT NULL, done_at {REAL})""",
+    "CREATE INDEX IF NOT EXISTS webhook_outbox_due ON webhook_outbox (state, next_at)",
+    "CREATE INDEX IF NOT EXISTS webhook_outbox_account ON webhook_outbox (account_id, id)",
+    # The running totals from the ledger, in the same transaction: a database whose ledger
+    # predates them gets them right, one that kept them (made by the security centre before
+    # the migrations were numbered) gets the same values again.
+    "DELETE FROM ledger_totals",
+    # (customers' only: see Tx.ledger_entry)
+    """INSERT INTO ledger_totals SELECT account, CAST(SUM(delta) AS {INT}) FROM ledger
+    WHERE account LIKE 'customer:%' GROUP BY account""",
+]
+
 # (number, what it does, steps). Append only: a released number never changes.
 MIGRATIONS: list[tuple[int, str, list]] = [
     (1, "the tables and indexes", BASE),
     (2, "cases: resolution and closed_at (databases made before case closing)",
      [AddColumns("cases", {"resolution": "TEXT", "closed_at": "{REAL}"})]),
+    (3, "the security centre's tables, and the ledger's running totals filled", SECURITY),
+    (4, "accounts: the security centre's settings (two-factor confirmation, large-payment alert, "
+        "over-limit action, reminder share, the day reminded)",
+     [AddColumns("accounts", {"confirm_pref": "TEXT", "large_payment": "{INT}",
+                              "over_limit": "TEXT NOT NULL DEFAULT 'reject'", "remind_at": "{INT} NOT NULL DEFAULT 80",
+                              "reminded_day": "TEXT"})]),
 ]
 
 # The host's tables in an order where each comes after every table it references: the
 # order a logical backup restores them in (and the reverse, the order to empty them in).
 TABLES = ("meta", "accounts", "merchants", "terminals", "payment_codes", "trades", "refunds", "ledger",
           "risk_decisions", "alerts", "pin_failures", "cases", "settlements", "ksn_seen", "pin_ksn_seen",
-          "daily_spend", "nonces", "gateway_apps", "gateway_trades", "gateway_voids")
+          "daily_spend", "nonces", "gateway_apps", "gateway_trades", "gateway_voids", "ledger_totals", "audits",
+          "identities", "notices", "phone_inbox", "verification_requests", "security_audit", "operators",
+          "webhooks", "webhook_outbox")
 # The tables whose ``id`` the database assigns (a PostgreSQL identity to move past restored rows).
-ID_TABLES = ("ledger", "risk_decisions", "alerts", "pin_failures", "cases", "settlements")
+ID_TABLES = ("ledger", "risk_decisions", "alerts", "pin_failures", "cases", "settlements", "audits", "notices",
+             "phone_inbox", "verification_requests", "security_audit", "webhook_outbox")
 
 LATEST = MIGRATIONS[-1][0]
 
@@ -147,6 +207,16 @@ def pending(version: int) -> list[tuple[int, str, list]]:
 
 
 def script(dialect: str) -> str:
-    """The whole schema as one script (what a new database gets), for ``dialect``."""
-    stmts = [render(s, dialect) for _, _, steps in MIGRATIONS for s in steps if isinstance(s, str)]
+    """The whole schema as one script for a new, empty database of ``dialect`` (every
+    migration's statements, its :class:`AddColumns` as plain ``ALTER TABLE``), ending with
+    the version it is at."""
+    stmts = []
+    for _, _, steps in MIGRATIONS:
+        for step in steps:
+            if isinstance(step, AddColumns):
+                stmts += [f"ALTER TABLE {step.table} ADD COLUMN {name} {render(kind, dialect)}"
+                          for name, kind in step.columns.items()]
+            else:
+                stmts.append(render(step, dialect))
+    stmts.append(f"INSERT INTO meta VALUES ('schema_version', '{LATEST}')")
     return ";\n".join(stmts) + ";\n"
