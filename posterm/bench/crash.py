@@ -218,10 +218,11 @@ class Soak:
     """The three processes, their restarts, and the kills. A context manager: everything it
     started is killed on exit."""
 
-    def __init__(self, workdir: Path, seed: int, mix: str = "full") -> None:
+    def __init__(self, workdir: Path, seed: int, mix: str = "full", db: str | None = None) -> None:
         self.dir = Path(workdir)
         self.home = self.dir / "home"
         self.home.mkdir(parents=True, exist_ok=True)
+        self.db = db or str(self.home / "host.db")   # the host's --db: a file, or a postgresql:// URL
         self.journal = self.dir / "driver-journal.db"
         self.ops_log = self.dir / "ops.jsonl"
         self.rng = random.Random(seed)               # delays and targets
@@ -247,7 +248,7 @@ class Soak:
 
     def start_host(self) -> None:
         p = self._spawn("host", ["-m", "posterm", "host", "serve", "--listen", f"127.0.0.1:{self.hport}",
-                                 "--db", str(self.home / "host.db")])
+                                 "--db", self.db])
         self.procs["host"] = p
         _first_line(p, "host")
 
@@ -379,7 +380,7 @@ class Soak:
         self.stop("emulator")
         self.stop("host")
         self._count_operations()
-        check(self.journal, self.home / "host.db", self.figures)
+        check(self.journal, self.db, self.figures)
         return self.figures
 
     def _count_operations(self) -> None:
@@ -415,7 +416,7 @@ def _journal_rows(path: Path) -> list[dict]:
         db.close()
 
 
-def check(journal_path: Path, host_db: Path, fig: Figures) -> Figures:
+def check(journal_path: Path, host_db: Path | str, fig: Figures) -> Figures:
     """Compare the driver's journal with the host's books (both read-only). Fills ``fig``."""
     rows = _journal_rows(journal_path)
     pays = {r["order_id"]: r for r in rows if r["kind"] == "pay"}
@@ -425,17 +426,21 @@ def check(journal_path: Path, host_db: Path, fig: Figures) -> Figures:
     cancelled = {r["order_id"] for r in rows if r["kind"] == "cancel" and r["outcome"] == "cancelled"}
     fig.unfinished = [{k: r[k] for k in ("order_id", "kind", "ref_id", "outcome", "amount_minor")}
                       for r in rows if r["state"] != "final"]
-    db = _ro(host_db)
+    from posterm.host.store import is_postgres_url, open_store
+
+    pg = open_store(host_db) if is_postgres_url(host_db) else None
+    db = pg.read() if pg is not None else _ro(Path(host_db))
     try:
         trades = {t["order_id"]: dict(t) for t in db.execute("SELECT * FROM trades WHERE merchant_id='M100000001'")}
         moves = {}
-        for m in db.execute("SELECT txn, kind, COUNT(*) n, SUM(CASE WHEN delta > 0 THEN delta ELSE 0 END) amount"
+        for m in db.execute("SELECT txn, kind, COUNT(*) n, "
+                            "CAST(SUM(CASE WHEN delta > 0 THEN delta ELSE 0 END) AS BIGINT) amount"
                             " FROM ledger GROUP BY txn, kind"):
             moves[m["txn"]] = dict(m)
         host_refunds = {r["refund_id"]: dict(r) for r in db.execute(
             "SELECT r.*, t.order_id FROM refunds r JOIN trades t USING (trade_no)")}
     finally:
-        db.close()
+        (pg or db).close()
     for txn, m in moves.items():
         if m["n"] > 2:  # one move is a debit row and a credit row
             fig.doubles.append({"txn": txn, "kind": m["kind"], "ledger_rows": m["n"], "amount": m["amount"]})
@@ -502,9 +507,10 @@ def check(journal_path: Path, host_db: Path, fig: Figures) -> Figures:
 
 
 def soak(seed: int, workdir: Path, *, kills: int | None = None, seconds: float | None = None, mix: str = "full",
-         on_kill: Callable[[int], None] | None = None) -> Figures:
-    """Run one soak in ``workdir`` and return its figures (see the module docstring)."""
-    with Soak(workdir, seed, mix) as s:
+         on_kill: Callable[[int], None] | None = None, db: str | None = None) -> Figures:
+    """Run one soak in ``workdir`` and return its figures (see the module docstring). ``db``:
+    the host's database (default a file in the run's home; a postgresql:// URL: on PostgreSQL)."""
+    with Soak(workdir, seed, mix, db) as s:
         s.run(kills, seconds, on_kill)
         return s.finish()
 
@@ -522,10 +528,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--mix", choices=["full", "pay"], default="full", help="pays, refunds and cancels; or pays only")
     p.add_argument("--dir", default=None, help="keep the run's state and logs here (default: a temporary one)")
+    p.add_argument("--db", default=None, help="the host's database: a postgresql:// URL of an empty database "
+                                              "(default: a SQLite file in the run's home)")
     a = p.parse_args(argv)
     workdir = Path(a.dir) if a.dir else Path(tempfile.mkdtemp(prefix="posterm-crash-"))
     began = time.monotonic()
-    fig = soak(a.seed, workdir, kills=a.kills, seconds=None if a.kills else a.seconds, mix=a.mix)
+    fig = soak(a.seed, workdir, kills=a.kills, seconds=None if a.kills else a.seconds, mix=a.mix, db=a.db)
     ctx = {"seed": a.seed, "mix": a.mix, "dir": str(workdir)}
     for target, n in fig.kills.items():
         emit("crash", f"kills_{target}", n, "kills", **ctx)

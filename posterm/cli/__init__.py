@@ -91,6 +91,11 @@ def exit_code_for(exc: BaseException) -> tuple[int, str]:
         return EXIT_USAGE, f"{where}{exc.strerror or exc}"
     if isinstance(exc, sqlite3.DatabaseError):
         return EXIT_USAGE, f"database: {exc} (not a posterm database, or damaged)"
+    pg = sys.modules.get("psycopg")  # the host on PostgreSQL (only imported when one was opened)
+    if pg is not None and isinstance(exc, pg.OperationalError):
+        return EXIT_TRANSPORT, f"database: {exc}"
+    if pg is not None and isinstance(exc, pg.Error):
+        return EXIT_USAGE, f"database: {name}: {exc}"
     if isinstance(exc, UnicodeDecodeError):
         return EXIT_USAGE, f"not UTF-8 text: {exc}"
     if isinstance(exc, ValueError):
@@ -104,10 +109,28 @@ def _scrub(text: str, argv: list[str]) -> str:
     secrets += [a.split("=", 1)[1] for a in argv if a.startswith(tuple(o + "=" for o in _SECRET_OPTIONS))]
     if os.environ.get("POSTERM_OPERATOR_PASSWORD"):
         secrets.append(os.environ["POSTERM_OPERATOR_PASSWORD"])
+    secrets += _url_passwords([*argv, os.environ.get("POSTERM_HOST_DB", "")])
     for s in sorted((s for s in secrets if len(s) >= 2), key=len, reverse=True):
         text = text.replace(s, "***")
     text = " ".join(text.split())
     return text if len(text) <= 400 else text[:400] + "..."
+
+
+def _url_passwords(values: list[str]) -> list[str]:
+    """The passwords inside any database URLs among ``values`` (``postgresql://user:PASSWORD@host``)."""
+    import urllib.parse
+
+    out = []
+    for v in values:
+        for word in v.split("="):  # --db=URL as well as --db URL
+            if "://" in word and "@" in word:
+                try:
+                    pw = urllib.parse.urlsplit(word).password
+                except ValueError:
+                    continue
+                if pw:
+                    out += [pw, urllib.parse.quote(pw, safe="")]
+    return out
 
 
 def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> bool:

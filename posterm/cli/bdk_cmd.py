@@ -52,7 +52,8 @@ def bdk() -> None:
 
 @bdk.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--db", "db_path", type=DatabaseFile(), default=None, help="Host database (default $POSTERM_HOME/host.db); the HSM is "
+@click.option("--db", "db_path", type=DatabaseFile(), default=None, envvar="POSTERM_HOST_DB",
+              help="Host database (default $POSTERM_HOME/host.db, or a postgresql:// URL); the HSM is "
                                                     "beside it.")
 @_hsm_errors
 def status(as_json: bool, db_path: str | None) -> None:
@@ -68,7 +69,8 @@ def status(as_json: bool, db_path: str | None) -> None:
 @click.option("--type", "bdk_type", type=click.Choice(BDK_TYPES), default="aes128", show_default=True,
               help="AES-128, AES-192 or AES-256 (X9.24-3): the type of every initial key issued from now on.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--db", "db_path", type=DatabaseFile(), default=None, help="Host database (default $POSTERM_HOME/host.db); the HSM is "
+@click.option("--db", "db_path", type=DatabaseFile(), default=None, envvar="POSTERM_HOST_DB",
+              help="Host database (default $POSTERM_HOME/host.db, or a postgresql:// URL); the HSM is "
                                                     "beside it.")
 @_hsm_errors
 def rotate(bdk_type: str, as_json: bool, db_path: str | None) -> None:

@@ -701,7 +701,9 @@ class OutputFile(click.ParamType):
 
 class DatabaseFile(click.ParamType):
     """An SQLite database: an existing one (checked by its header), or a new one to create
-    in an existing directory. A garbage file is refused here, named."""
+    in an existing directory. A garbage file is refused here, named. Or a PostgreSQL
+    database's ``postgresql://`` URL (checked for form only; its password, if it has one, is
+    never repeated in an error)."""
 
     name = "file"
 
@@ -709,6 +711,8 @@ class DatabaseFile(click.ParamType):
         path = os.fspath(value)
         if path == "":
             self.fail("no file given", param, ctx)
+        if path.lower().startswith(("postgresql://", "postgres://")):
+            return self._url(path, param, ctx)
         if os.path.islink(path):  # never opened through, not even to read its header
             self.fail(f"{path} is a symlink; posterm does not follow links it did not make", param, ctx)
         st = _stat(path, param, ctx, self)
@@ -736,6 +740,22 @@ class DatabaseFile(click.ParamType):
             except sqlite3.DatabaseError as exc:
                 self.fail(f"{path}: a damaged SQLite database ({exc})", param, ctx)
         return path
+
+
+    def _url(self, url: str, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from psycopg.conninfo import conninfo_to_dict
+
+        from posterm.host.store.postgres import redact
+
+        try:
+            parts = urllib.parse.urlsplit(url)
+            parts.port  # noqa: B018 - a port that is not a number raises here
+            conninfo_to_dict(url)
+        except Exception:
+            self.fail(f"{redact(url)}: not a valid PostgreSQL URL (postgresql://USER@HOST:PORT/DATABASE)", param, ctx)
+        if not parts.path.strip("/"):
+            self.fail(f"{redact(url)}: no database named (postgresql://USER@HOST:PORT/DATABASE)", param, ctx)
+        return url
 
 
 class Directory(click.ParamType):

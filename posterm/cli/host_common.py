@@ -17,8 +17,9 @@ from posterm.cli.common import EXIT_USAGE, AmountType, DatabaseFile, fail, minor
 
 MONEY = AmountType(allow_zero=True)
 
-db_option = click.option("--db", "db_path", type=DatabaseFile(), default=None,
-                         help="Host database (default $POSTERM_HOME/host.db).")
+db_option = click.option("--db", "db_path", type=DatabaseFile(), default=None, envvar="POSTERM_HOST_DB",
+                         help="Host database: a file (SQLite; default $POSTERM_HOME/host.db) or a "
+                              "postgresql://USER@HOST:PORT/DATABASE URL (env POSTERM_HOST_DB).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
@@ -46,7 +47,7 @@ def open_host(db_path: str | None, demo: bool = False, **kw: Any):
     h = Host.open(db_path, demo=False, **kw)
     if demo:
         try:
-            seed(h.ctx)
+            h.store.run(seed, h.ctx)
         except BaseException:
             h.close()
             raise

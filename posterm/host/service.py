@@ -35,17 +35,18 @@ from posterm.host.context import Behaviour, HostContext, HostRefused
 from posterm.host.logon import Sessions
 from posterm.host.security_keys import SecurityKeys
 from posterm.host.signing import ksn_fresh, request_mac_ok, sign
-from posterm.host.store import Store
+from posterm.host.store import Store, is_postgres_url, open_store
 from posterm.host.store.group import GroupCommit
 
 log = logging.getLogger("posterm.host")
 
 
 def _on_ctx(fn: Callable) -> Callable:
-    """``fn(ctx, ...)`` as a method of the façade."""
+    """``fn(ctx, ...)`` as a method of the façade: one unit of work (``Store.run``: run again,
+    bounded, if a PostgreSQL transaction in it lost a conflict; once on SQLite)."""
     @functools.wraps(fn)
     def method(self: "Host", *args, **kw):
-        return fn(self.ctx, *args, **kw)
+        return self.ctx.store.run(fn, self.ctx, *args, **kw)
     return method
 
 
@@ -76,7 +77,9 @@ class Host:
     def open(cls, db_path: str | Path | None = None, *, hsm: Hsm | None = None, demo: bool = True,
              clock: Callable[[], float] = time.time, risk_config: str | Path | dict | None = None,
              outage_seconds: float = 30.0, phone_delay: float = 2.0, group_commit: bool = True) -> "Host":
-        """Open the host database (default ``$POSTERM_HOME/host.db``).
+        """Open the host database (default ``$POSTERM_HOME/host.db``): a file path (SQLite), or a
+        ``postgresql://`` URL (:mod:`posterm.host.store.postgres`; the HSM then lives in
+        ``$POSTERM_HOME/hsm``, shared by every host process of the machine).
 
         With ``demo`` (the default, as the emulator wants) the demo data is loaded into a
         database with no merchant yet (:func:`posterm.host.demo.seed`); ``posterm host``
@@ -89,19 +92,27 @@ class Host:
         from posterm.host.demo import seed
         from posterm.safefs import private_dir
 
-        path = Path(db_path) if db_path else posterm_home() / "host.db"
-        store = Store(path)
-        rules = risk.load_rules(risk_config)
-        if hsm is None:
-            # Key material: the directory is the owner's alone whatever the umask (the sealed
-            # files in it are 0600 too); one that exists is tightened, a symlink refused.
-            hsm = Hsm.open(private_dir(path.parent / "hsm", own=True))
-        # The security centre's keys (code MACs, the inbox's seal) beside the HSM's, sealed alike.
-        keys = SecurityKeys.open(private_dir(path.parent / "hsm", own=True))
+        store = open_store(db_path if is_postgres_url(db_path) else
+                           Path(db_path) if db_path else posterm_home() / "host.db")
+        try:
+            rules = risk.load_rules(risk_config)
+            if hsm is None:
+                # Key material: the directory is the owner's alone whatever the umask (the sealed
+                # files in it are 0600 too); one that exists is tightened, a symlink refused.
+                hsm = Hsm.open(private_dir(store.home / "hsm", own=True))
+            # The security centre's keys (code MACs, the inbox's seal) beside the HSM's, sealed alike.
+            keys = SecurityKeys.open(private_dir(store.home / "hsm", own=True))
+        except BaseException:
+            store.close()
+            raise
         host = cls(store, hsm, clock=clock, rules=rules, outage_seconds=outage_seconds, phone_delay=phone_delay,
                    security_keys=keys, group_commit=group_commit)
         if demo:
-            seed(host.ctx)
+            try:
+                store.run(seed, host.ctx)
+            except BaseException:
+                host.close()
+                raise
         return host
 
     def close(self) -> None:
@@ -171,7 +182,7 @@ class Host:
 
     def order_status(self, order_id: str, merchant_id: str = demo.DEMO_MERCHANT) -> str | None:
         """See :func:`posterm.host.admin.order_status` (merchant: the demo's by default)."""
-        return admin.order_status(self.ctx, order_id, merchant_id)
+        return self.ctx.store.run(admin.order_status, self.ctx, order_id, merchant_id)
 
     # ------------------------------------------------------------------ the customer's phone (posterm.host.wallet)
 
@@ -180,7 +191,7 @@ class Host:
 
     def wallet_confirm(self, order_id: str, merchant_id: str = demo.DEMO_MERCHANT, code: str | None = None) -> str:
         """See :func:`posterm.host.wallet.confirm` (merchant: the demo's by default)."""
-        return wallet.confirm(self.ctx, order_id, merchant_id, code)
+        return self.ctx.store.run(wallet.confirm, self.ctx, order_id, merchant_id, code)
 
     # ------------------------------------------------------------------ the message interface
 
@@ -226,12 +237,15 @@ class Host:
 
         if self.group_commit is not None:
             reply = self.group_commit.run(transact)   # returns once its batch has committed
-        else:
-            with ctx.store.transaction() as tx:
-                reply = transact(tx)
+        else:   # PostgreSQL (or group commit off): one transaction, run again whole on a conflict
+            reply = ctx.store.run(self._in_transaction, transact)
         if reply is None:
             return None
         return sign(ctx.hsm, reply, ksn)
+
+    def _in_transaction(self, fn: Callable) -> object:
+        with self.ctx.store.transaction() as tx:
+            return fn(tx)
 
     def has_session(self, terminal_id: str) -> bool:
         """Whether ``terminal_id`` has logged on to this host (since it started)."""

@@ -410,6 +410,11 @@ def explicit_cases(f: Files) -> list[Case]:
         Case(["settle", *port, "--password-stdin"], 2, ("password",)),
         Case([*pay, "--amount", "1", "--journal", p["garbage_db"]], 2, ("--journal", p["garbage_db"])),
         Case(["host", "trades", "--db", p["garbage_db"]], 2, ("--db", p["garbage_db"])),
+        # a PostgreSQL URL: malformed or naming no database (usage), or no server there (4); the password never shown
+        Case(["host", "trades", "--db", "postgresql://u:s3cretpw@127.0.0.1:abc/x"], 2, ("--db",), secret="s3cretpw"),
+        Case(["host", "trades", "--db", "postgresql://u:s3cretpw@127.0.0.1:5432"], 2, ("--db",), secret="s3cretpw"),
+        Case(["host", "trades", "--db", f"postgresql://u:s3cretpw@127.0.0.1:{unused_port()}/x"], 4, ("database",),
+             secret="s3cretpw"),
         Case([*pay, "--amount", "1", "--record", p["missing_dir"]], 2, ("--record", p["missing_dir"])),
         Case(["emulate", "--port-file", p["missing_dir"]], 2, ("--port-file", p["missing_dir"])),
         Case(["emulate", "--scenario", p["binary"]], 2, ("--scenario", p["binary"])),

@@ -5,6 +5,10 @@ import pytest
 from posterm.crypto.pinpad import SecureModule
 from posterm.emulator.hostlink import SignedHostLink
 from posterm.host import Host
+from tests import pgstore
+
+# the store each host test runs on: SQLite and PostgreSQL (tests/pgstore.py)
+store_kind, host_db, demo_db = pgstore.store_kind, pgstore.host_db, pgstore.demo_db
 
 CODE = {n: f"28990000000000000{n}" for n in range(1, 9)}
 PIN = "147258"
@@ -40,8 +44,10 @@ def clock():
 
 
 @pytest.fixture
-def host(tmp_path, clock):
-    h = Host.open(tmp_path / "host.db", clock=clock, outage_seconds=30.0)
+def host(demo_db, clock):
+    """A host on each store: SQLite (a file) and PostgreSQL (a database of its own; skipped
+    without POSTERM_TEST_PG, failed under CI=true without it)."""
+    h = Host.open(demo_db, clock=clock, outage_seconds=30.0)
     yield h
     assert h.check_books() == []
     h.close()
@@ -62,3 +68,67 @@ def support(host: Host, name: str = "support"):
     if host.store.view().operator(name) is None:
         security.add_operator(host.ctx, name, SUPPORT_PASSWORD)
     return security.OperatorProof(name, SUPPORT_PASSWORD)
+
+
+def db_arg(host: Host) -> str:
+    """What ``--db`` names ``host``'s database by: its file, or its URL."""
+    return str(host.store.path) if host.store.dialect == "sqlite" else host.store.url
+
+
+def raw_execute(db, sql: str, args: tuple = ()) -> None:
+    """Run one statement on ``db`` (a file or a URL) on a connection of its own, outside the
+    host (``?`` placeholders): what a tamperer with database access does."""
+    db = str(db)
+    if db.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(db, autocommit=True, connect_timeout=10) as c:
+            c.execute(sql.replace("?", "%s"), args)
+        return
+    import sqlite3
+
+    c = sqlite3.connect(db, timeout=30)
+    with c:
+        c.execute(sql, args)
+    c.close()
+
+
+def db_dump(db) -> str:
+    """Everything in ``db`` (a file or a URL) as text: SQLite's dump, or every table's rows on
+    PostgreSQL with byte strings shown as latin-1 text (so a secret kept in clear in one shows)."""
+    db = str(db)
+    if db.startswith("postgresql://"):
+        import psycopg
+
+        from posterm.host.store.schema import TABLES
+
+        out = []
+        with psycopg.connect(db, autocommit=True, connect_timeout=10) as c:
+            for t in TABLES:
+                for row in c.execute(f"SELECT * FROM {t}"):
+                    out.append(repr([v.decode("latin-1") if isinstance(v, bytes) else v for v in row]))
+        return "\n".join(out)
+    import sqlite3
+
+    c = sqlite3.connect(db)
+    try:
+        return "\n".join(c.iterdump())
+    finally:
+        c.close()
+
+
+def raw_query(db, sql: str) -> list[tuple]:
+    """The rows of one query on ``db`` (a file or a URL), on a connection of its own."""
+    db = str(db)
+    if db.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(db, autocommit=True, connect_timeout=10) as c:
+            return [tuple(r) for r in c.execute(sql)]
+    import sqlite3
+
+    c = sqlite3.connect(db, timeout=30)
+    try:
+        return [tuple(r) for r in c.execute(sql)]
+    finally:
+        c.close()

@@ -1,13 +1,13 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
 
 from click.testing import CliRunner
 
 from posterm.cli import main
+from tests.host.conftest import raw_query
 
 
 def run(db, *args, input=None):
@@ -15,8 +15,8 @@ def run(db, *args, input=None):
     return r.exit_code, r.output
 
 
-def test_account_lifecycle(tmp_path):
-    db = tmp_path / "host.db"
+def test_account_lifecycle(host_db):
+    db = host_db
     code, out = run(db, "account", "add", "erin", "--name", "Erin", "--balance", "100.00", "--set-password",
                     input="135790\n135790\n")
     assert code == 0, out
@@ -41,16 +41,16 @@ def test_account_lifecycle(tmp_path):
     assert code == 2
 
 
-def test_trades_json_and_csv(tmp_path):
-    db = tmp_path / "host.db"
+def test_trades_json_and_csv(host_db):
+    db = host_db
     code, out = run(db, "trades", "--json")
     assert code == 0 and json.loads(out) == []
     assert run(db, "trades", "--csv")[0] == 0
     assert json.loads(run(db, "cases", "--json")[1]) == []
 
 
-def test_serve_prints_address_and_stops_on_sigterm(tmp_path):
-    p = subprocess.Popen([sys.executable, "-m", "posterm", "host", "serve", "--db", str(tmp_path / "h.db")],
+def test_serve_prints_address_and_stops_on_sigterm(host_db):
+    p = subprocess.Popen([sys.executable, "-m", "posterm", "host", "serve", "--db", str(host_db)],
                          stdout=subprocess.PIPE, text=True)
     try:
         line = p.stdout.readline().strip()
@@ -71,16 +71,12 @@ def _serve_once(db, *extra):
 
 
 def _merchants_and_accounts(db):
-    c = sqlite3.connect(db)
-    try:
-        return ([r[0] for r in c.execute("SELECT id FROM merchants")],
-                sorted(r[0] for r in c.execute("SELECT id FROM accounts")))
-    finally:
-        c.close()
+    return ([r[0] for r in raw_query(db, "SELECT id FROM merchants")],
+            sorted(r[0] for r in raw_query(db, "SELECT id FROM accounts")))
 
 
-def test_only_serve_loads_the_demo_data(tmp_path):
-    db = tmp_path / "host.db"
+def test_only_serve_loads_the_demo_data(host_db):
+    db = host_db
     assert json.loads(run(db, "trades", "--json")[1]) == []
     assert run(db, "cases")[0] == 0
     code, out = run(db, "account", "show", "demo-001")
@@ -142,8 +138,8 @@ def test_text_output_prints_times_as_iso_8601_with_offset(tmp_path, monkeypatch)
         _time.tzset()
 
 
-def test_account_set_security_turns_two_factor_on_and_off(tmp_path):
-    db = tmp_path / "host.db"
+def test_account_set_security_turns_two_factor_on_and_off(host_db):
+    db = host_db
     assert run(db, "account", "add", "zed", "--name", "Zed", "--balance", "100.00", "--set-password",
                input="135790\n135790\n")[0] == 0
     code, out = run(db, "account", "set-security", "zed", "--two-factor", "--confirm", "phone")

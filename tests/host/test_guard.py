@@ -4,7 +4,6 @@ limit reminder. Payments go through the signed authorisation path (tests/host/te
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import date
 
 import pytest
@@ -13,7 +12,7 @@ from firmware_protocol.host.messages import HostStatus as S
 from firmware_protocol.native.messages import Reason
 from posterm.crypto.hsm import Hsm
 from posterm.host import HostRefused, identity, monitor
-from tests.host.conftest import support
+from tests.host.conftest import db_arg, db_dump, raw_execute, support
 from tests.host.test_host import enter_pin, pay
 
 ID = "11010519491231002X"          # the GB 11643 example: born 1949-12-31, check character X
@@ -59,7 +58,8 @@ def test_real_name_verification_keeps_only_hashes_and_the_last_4(host, tmp_path)
     assert identity.matches(view, "ida", ID) and identity.matches(view, "ida", ID.lower())
     assert not identity.matches(view, "ida", ID2)
     assert not identity.matches(view, "demo-001", ID)                       # not verified with an ID
-    raw = b"".join(open(p, "rb").read() for p in tmp_path.glob("host.db*"))
+    raw = b"".join(open(p, "rb").read() for p in tmp_path.glob("host.db*"))   # the files (SQLite) ...
+    raw += db_dump(db_arg(host)).encode()                                     # ... and every row (both)
     assert ID.encode() not in raw and "张三".encode() not in raw and b"19491231" not in raw
     assert "real_name" in kinds(host, "ida")
 
@@ -121,10 +121,7 @@ def test_password_rules_allow_the_usual_ones():
 # ---------------------------------------------------------------------- balance monitoring, audit
 
 def _tamper(host, account, balance):
-    c = sqlite3.connect(host.store.path)
-    with c:
-        c.execute("UPDATE accounts SET balance_minor = ? WHERE id = ?", (balance, account))
-    c.close()
+    raw_execute(db_arg(host), "UPDATE accounts SET balance_minor = ? WHERE id = ?", (balance, account))
 
 
 def test_a_balance_the_ledger_does_not_explain_freezes_and_refuses(host, term):

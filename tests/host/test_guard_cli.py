@@ -5,13 +5,13 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 
 from click.testing import CliRunner
 
 from firmware_protocol.host import messages as h
 from firmware_protocol.native.messages import Totals
 from posterm.cli import main
+from tests.host.conftest import db_arg, raw_execute
 from tests.host.test_host import pay
 
 ID = "11010519491231002X"
@@ -29,8 +29,8 @@ def run(db, *args, input=None):
     return r.exit_code, r.stdout, r.stderr
 
 
-def test_real_name_at_account_add_and_verify(tmp_path):
-    db = tmp_path / "host.db"
+def test_real_name_at_account_add_and_verify(host_db):
+    db = host_db
     code, _, err = run(db, "account", "add", "a1", "--name", "A", "--real-name")
     assert code == 2 and "--id-number" in err and "--real-name-of" in err
     code, _, err = run(db, "account", "add", "a1", "--name", "A", "--real-name", "--id-number", "110105194912310021",
@@ -51,8 +51,8 @@ def test_real_name_at_account_add_and_verify(tmp_path):
     assert json.loads(run(db, "security", "a2", "--json")[1])["real_name_verified"]
 
 
-def test_password_rules_at_the_cli(tmp_path):
-    db = tmp_path / "host.db"
+def test_password_rules_at_the_cli(host_db):
+    db = host_db
     code, _, err = run(db, "account", "add", "p1", "--name", "P", "--set-password", input="123456\n123456\n")
     assert code == 2 and "payment password" in err and "run of digits" in err and "123456" not in err
     code, _, err = run(db, "account", "add", "p1", "--name", "P", "--real-name", "--id-number", ID,
@@ -66,8 +66,8 @@ def test_password_rules_at_the_cli(tmp_path):
     assert code == 2 and "one digit repeated" in err
 
 
-def test_limit_handling_and_security_view(tmp_path):
-    db = tmp_path / "host.db"
+def test_limit_handling_and_security_view(host_db):
+    db = host_db
     run(db, "account", "add", "l1", "--name", "L")
     s = json.loads(run(db, "security", "l1", "--json")[1])
     assert (s["over_limit"], s["remind_at_percent"]) == ("reject", 80)
@@ -84,16 +84,13 @@ def test_limit_handling_and_security_view(tmp_path):
     assert run(db, "account", "set-security", "l1", "--remind-at", "101")[0] == 2
 
 
-def test_audit_reports_a_tampered_balance(tmp_path):
-    db = tmp_path / "host.db"
+def test_audit_reports_a_tampered_balance(host_db):
+    db = host_db
     run(db, "account", "add", "t1", "--name", "T", "--balance", "100.00")
     run(db, "account", "add", "t2", "--name", "T2", "--balance", "5.00")
     code, out, _ = run(db, "audit")
     assert code == 0 and "2 accounts, 0 differ" in out
-    c = sqlite3.connect(db)
-    with c:
-        c.execute("UPDATE accounts SET balance_minor = 999999 WHERE id = 't2'")
-    c.close()
+    raw_execute(db, "UPDATE accounts SET balance_minor = 999999 WHERE id = 't2'")
     code, out, _ = run(db, "audit")
     assert code == 1 and "t2: balance 999999, ledger 500" in out and "t1" not in out
     code, out, _ = run(db, "audit", "--json")
@@ -102,8 +99,8 @@ def test_audit_reports_a_tampered_balance(tmp_path):
     assert "differed" in json.loads(run(db, "security", "t2", "--json")[1])["last_audit"]
 
 
-def test_merchants_and_terminals(tmp_path):
-    db = tmp_path / "host.db"
+def test_merchants_and_terminals(host_db):
+    db = host_db
     assert run(db, "merchant", "add", "M2", "--name", "Second Shop")[0] == 0
     code, _, err = run(db, "merchant", "add", "M2", "--name", "Again")
     assert code == 1 and "exists" in err
@@ -123,7 +120,7 @@ def test_merchants_and_terminals(tmp_path):
 
 
 def test_decisions_settlements_and_bill(host, term, clock, tmp_path):
-    db = host.store.path
+    db = db_arg(host)
     pay(term, 1000, order="BO-1")             # demo accounts: scripted allow, recorded
     host.add_account("dora", "Dora", balance_minor=100_000)
     pay(term, 1000, host.issue_code("dora"), order="BO-2")   # first payment at this terminal: alert

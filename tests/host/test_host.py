@@ -4,7 +4,6 @@ exactly-once, refunds, cancels, settlement, replay and MAC checks, risk, secrets
 from __future__ import annotations
 
 import dataclasses
-import sqlite3
 import threading
 
 import pytest
@@ -14,6 +13,7 @@ from firmware_protocol.host.messages import HostStatus as S, pin_pan
 from firmware_protocol.native.messages import Outcome, Reason, Totals
 from posterm.errors import PosTimeout
 from posterm.host import Host, HostRefused, phone
+from posterm.host.store.schema import TABLES
 from tests.host.conftest import CODE, PIN, support, terminal
 
 _n = iter(range(10 ** 9))
@@ -158,7 +158,7 @@ def test_1000_concurrent_duplicates_make_one_trade(host):
     for t in threads:
         t.join(60)
     assert len(answers) == 1000 and len(set(answers)) == 1
-    db = sqlite3.connect(host.store.path)
+    db = host.store.read()
     assert db.execute("SELECT COUNT(*) FROM trades WHERE order_id = 'CONC-1'").fetchone()[0] == 1
     assert host.account("demo-001")["balance_minor"] == 1_000_000 - 777
 
@@ -334,9 +334,9 @@ def test_bill_lists_payments_refunds_cancels(host, term, clock):
     assert ("payment", -300) in kinds and ("refund", 100) in kinds and ("cancel", 200) in kinds
 
 
-def test_risk_rules_on_a_real_account(tmp_path, clock):
+def test_risk_rules_on_a_real_account(host_db, clock):
     rules = {"velocity": {"count": 3, "window_s": 60, "action": "reject"}, "night": {"enabled": False}}
-    host = Host.open(tmp_path / "r.db", clock=clock, risk_config=rules)
+    host = Host.open(host_db, clock=clock, risk_config=rules)
     host.add_account("carol", "Carol", balance_minor=100_000, password="123789", home_region="CN-BJ")
     term = terminal(host)
     results = []
@@ -346,7 +346,7 @@ def test_risk_rules_on_a_real_account(tmp_path, clock):
     assert results[-1].reason == Reason.RISK_REJECTED  # 4th within 60 s
     alerts = host.security("carol")["recent_alerts"]
     assert any("payments within" in a["text"] for a in alerts) and any("CN-BJ" in a["text"] for a in alerts)
-    decisions = sqlite3.connect(host.store.path).execute("SELECT decision FROM risk_decisions").fetchall()
+    decisions = [tuple(r) for r in host.store.read().execute("SELECT decision FROM risk_decisions").fetchall()]
     assert ("reject",) in decisions and ("confirm",) in decisions
     assert host.check_books() == []
     host.close()
@@ -358,10 +358,14 @@ def test_no_secrets_in_the_database(host, term):
     pay(term, 100, code)
     pay(term, 100, CODE[3], order="SEC-1")
     enter_pin(term, "SEC-1", CODE[3])
-    host.close()
-    blob = b"".join(p.read_bytes() for p in host.store.path.parent.glob("host.db*"))
-    for secret in (b"147258", b"135791", code.encode(), CODE[1].encode()):
-        assert secret not in blob
+    rows = repr([host.store.read().execute(f"SELECT * FROM {t}").fetchall() for t in TABLES]).encode()
+    blobs = [rows]
+    if host.store.dialect == "sqlite":  # and the files, WAL included
+        host.close()
+        blobs.append(b"".join(p.read_bytes() for p in host.store.path.parent.glob("host.db*")))
+    for blob in blobs:
+        for secret in (b"147258", b"135791", code.encode(), CODE[1].encode()):
+            assert secret not in blob
 
 
 def test_tcp_server_and_client(host):

@@ -91,8 +91,8 @@ class Reports:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_kill_minus_nine_at_random_points(tmp_path):
-    db_path = tmp_path / "host.db"
+def test_kill_minus_nine_at_random_points(host_db):
+    db_path = host_db  # a file (SQLite) or a database of its own (PostgreSQL): tests/pgstore.py
     Host.open(db_path).close()  # demo data
     rng = random.Random(2026)
     approved: set[str] = set()
@@ -127,9 +127,9 @@ def test_kill_minus_nine_at_random_points(tmp_path):
     host = Host.open(db_path, demo=False)
     try:
         assert host.check_books() == []
-        db = sqlite3.connect(db_path)
-        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        status = dict(db.execute("SELECT order_id, status FROM trades"))
+        if host.store.dialect == "sqlite":
+            assert sqlite3.connect(db_path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        status = {r[0]: r[1] for r in host.store.read().execute("SELECT order_id, status FROM trades")}
         lost = [o for o in approved if status.get(o) not in ("APPROVED", "REFUNDED")]
         assert not lost, f"approved payments lost after a kill: {lost[:5]}"
         assert len(approved) >= KILLS // 4  # every fourth child reported an approval before its kill

@@ -9,7 +9,6 @@ import hmac
 import http.server
 import json
 import re
-import sqlite3
 import sys
 import threading
 import types
@@ -20,7 +19,7 @@ from firmware_protocol.host.messages import HostStatus as S
 from firmware_protocol.native.messages import Reason
 from posterm.host import HostRefused, alerts, phone, security
 from posterm.host.security import CustomerProof, OperatorProof, VerificationFailed
-from tests.host.conftest import CODE
+from tests.host.conftest import db_arg, db_dump as dump_db, CODE
 from tests.host.test_host import enter_pin, pay, query
 
 PW = "246802"
@@ -40,11 +39,7 @@ def other(code):
 
 
 def db_dump(host) -> str:
-    c = sqlite3.connect(host.store.path)
-    try:
-        return "\n".join(c.iterdump())
-    finally:
-        c.close()
+    return dump_db(db_arg(host))
 
 
 def two_factor_account(host, name="tia", **kw):

@@ -28,8 +28,8 @@ def code_of(db, account):
     return next(re.search(r"code (\d{6})", e["text"]).group(1) for e in json.loads(out) if e["kind"] == "code")
 
 
-def test_raise_a_limit_with_the_phones_code_and_the_password(tmp_path):
-    db = tmp_path / "host.db"
+def test_raise_a_limit_with_the_phones_code_and_the_password(host_db):
+    db = host_db
     assert run(db, "account", "add", "ivy", "--name", "Ivy", "--daily-limit", "100.00", "--set-password",
                input="135790\n135790\n")[0] == 0
     assert run(db, "account", "set-limits", "ivy", "--daily-limit", "50.00")[0] == 0         # lowering: free
@@ -94,8 +94,8 @@ def test_over_limit_confirm_needs_verification_then_a_payment_over_the_limit_ask
         h.close()
 
 
-def test_operators_and_their_log(tmp_path):
-    db = tmp_path / "host.db"
+def test_operators_and_their_log(host_db):
+    db = host_db
     assert run(db, "account", "add", "joe", "--name", "Joe")[0] == 0
     assert run(db, "account", "freeze", "joe")[0] == 0
     assert run(db, "operator", "add", "sam", input="sam-password-1\n")[0] == 0
@@ -112,8 +112,8 @@ def test_operators_and_their_log(tmp_path):
     assert any("[verification_failed]" in e["text"] for e in inbox) and any("[unfrozen]" in e["text"] for e in inbox)
 
 
-def test_webhook_set_deliver_remove(tmp_path):
-    db = tmp_path / "host.db"
+def test_webhook_set_deliver_remove(host_db):
+    db = host_db
     assert run(db, "account", "add", "kai", "--name", "Kai")[0] == 0
     box: list = []
     rx = Receiver(box)
@@ -131,16 +131,16 @@ def test_webhook_set_deliver_remove(tmp_path):
         rx.close()
 
 
-def test_reset_password_is_refused_clearly_without_identity_records(tmp_path):
-    db = tmp_path / "host.db"
+def test_reset_password_is_refused_clearly_without_identity_records(host_db):
+    db = host_db
     assert run(db, "account", "add", "lea", "--name", "Lea")[0] == 0
     code, out = run(db, "account", "reset-password", "lea", "--id-number", "11010519491231002X", "--code", "123456",
                     input="135790\n")
     assert code == 1 and ("ID number" in out), out
 
 
-def test_a_terminals_two_factor_payment_confirmed_with_wallet_confirm_code(tmp_path):
-    db = tmp_path / "host.db"
+def test_a_terminals_two_factor_payment_confirmed_with_wallet_confirm_code(host_db):
+    db = host_db
     h = Host.open(db)
     try:
         h.add_account("max", "Max", balance_minor=1_000_000, password="246802", two_factor=True)
@@ -169,11 +169,11 @@ def test_a_terminals_two_factor_payment_confirmed_with_wallet_confirm_code(tmp_p
         h.close()
 
 
-def test_host_serve_delivers_webhooks_in_the_background(tmp_path):
+def test_host_serve_delivers_webhooks_in_the_background(host_db):
     import subprocess
     import sys
 
-    db = tmp_path / "host.db"
+    db = host_db
     assert run(db, "account", "add", "ned", "--name", "Ned")[0] == 0
     box: list = []
     rx = Receiver(box)

@@ -12,7 +12,7 @@ import pytest
 from firmware_protocol.host import messages as h
 from firmware_protocol.host.messages import HostStatus as S
 from posterm.host import Host
-from posterm.host.store import Store
+from posterm.host.store import open_store
 from tests.host.conftest import CODE
 from tests.host.test_host import enter_pin, pay, query
 
@@ -38,23 +38,38 @@ def test_each_request_is_one_commit(host, term):
 def test_the_ksn_and_the_payment_commit_together(host, term):
     signed = term.sign(h.AuthRequest(terminal_id=term.terminal_id, order_id="TOG-1", amount_minor=100, currency="CNY",
                                      payment_code=CODE[1]))
-    db = sqlite3.connect(host.store.path)
-    before = db.execute("SELECT counter FROM ksn_seen").fetchall()
-    # A trigger every connection sees (the request runs on the group committer's): the capture fails half-way ...
-    db.execute("CREATE TRIGGER boom BEFORE INSERT ON ledger BEGIN SELECT RAISE(ABORT, 'disk gone'); END")
-    db.commit()
-    with pytest.raises(sqlite3.IntegrityError):
-        host.handle(signed)
-    db.execute("DROP TRIGGER boom")
-    db.commit()
-    assert db.execute("SELECT counter FROM ksn_seen").fetchall() == before  # ... so its KSN was not consumed
+    db = host.store.read()
+    before = [tuple(r) for r in db.execute("SELECT counter FROM ksn_seen").fetchall()]
+    if host.store.dialect == "sqlite":
+        # A trigger every connection sees (the request runs on the group committer's): the capture fails half-way ...
+        raw = sqlite3.connect(host.store.path)
+        raw.execute("CREATE TRIGGER boom BEFORE INSERT ON ledger BEGIN SELECT RAISE(ABORT, 'disk gone'); END")
+        raw.commit()
+        with pytest.raises(sqlite3.IntegrityError):
+            host.handle(signed)
+        raw.execute("DROP TRIGGER boom")
+        raw.commit()
+        raw.close()
+    else:
+        import psycopg
+
+        with host.store.write() as w:  # a trigger every connection of the host's pool meets
+            w.execute("CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS "
+                      "$$ BEGIN RAISE EXCEPTION 'disk gone'; END $$")
+            w.execute("CREATE TRIGGER boom BEFORE INSERT ON ledger FOR EACH ROW EXECUTE FUNCTION boom()")
+        with pytest.raises(psycopg.errors.RaiseException):
+            host.handle(signed)
+        with host.store.write() as w:
+            w.execute("DROP TRIGGER boom ON ledger")
+    # ... so its KSN was not consumed
+    assert [tuple(r) for r in db.execute("SELECT counter FROM ksn_seen").fetchall()] == before
     assert db.execute("SELECT COUNT(*) FROM trades WHERE order_id = 'TOG-1'").fetchone()[0] == 0
     assert host.handle(signed).status is S.APPROVED  # and the very request can still be processed, once
     assert isinstance(host.handle(signed), h.HostError)
 
 
-def test_nested_write_is_a_savepoint(tmp_path):
-    store = Store(tmp_path / "s.db")
+def test_nested_write_is_a_savepoint(host_db):
+    store = open_store(host_db)
     first = store.commits
     with store.write() as db:
         db.execute("INSERT INTO meta VALUES ('outer', '1')")
@@ -64,7 +79,7 @@ def test_nested_write_is_a_savepoint(tmp_path):
                 raise RuntimeError
         with store.write() as inner:
             inner.execute("INSERT INTO meta VALUES ('inner2', '1')")
-    keys = {r[0] for r in sqlite3.connect(store.path).execute("SELECT key FROM meta")}
+    keys = {r[0] for r in store.read().execute("SELECT key FROM meta")}
     assert {"outer", "inner2"} <= keys and "inner" not in keys
     assert store.commits == first + 1
     store.close()
@@ -108,10 +123,12 @@ def test_daily_spend_rebuilt_for_an_older_database(tmp_path, clock):
 
 def test_books_check_sees_a_wrong_daily_total(host, term):
     pay(term, 100)
-    host.store.conn().execute("UPDATE daily_spend SET spent_minor = spent_minor + 1")
+    with host.store.write() as db:
+        db.execute("UPDATE daily_spend SET spent_minor = spent_minor + 1")
     problems = host.check_books()
     assert problems and "daily spend of demo-001" in problems[0]
-    host.store.conn().execute("UPDATE daily_spend SET spent_minor = spent_minor - 1")
+    with host.store.write() as db:
+        db.execute("UPDATE daily_spend SET spent_minor = spent_minor - 1")
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o000])

@@ -15,11 +15,24 @@ import os
 import pytest
 
 from posterm.bench.crash import soak
+from tests import pgstore
 
 SEED = int(os.environ.get("POSTERM_SOAK_SEED", "2026"))
 KILLS = int(os.environ.get("POSTERM_SOAK_KILLS", "30"))
 
 pytestmark = pytest.mark.slow
+
+# each soak on both stores: the host on a SQLite file, and on a PostgreSQL database of its own
+store_kind = pgstore.store_kind
+
+
+@pytest.fixture
+def db(store_kind, tmp_path):
+    if store_kind == "sqlite":
+        yield None  # the soak's default: a file in its home
+        return
+    with pgstore.fresh_database() as url:
+        yield url
 
 
 def _assert_clean(fig, tmp_path) -> None:
@@ -32,15 +45,15 @@ def _assert_clean(fig, tmp_path) -> None:
     assert fig.host_net_minor == fig.journal_net_minor
 
 
-def test_pays_survive_kill_minus_nine_anywhere(tmp_path):
-    fig = soak(SEED, tmp_path, kills=KILLS, mix="pay")
+def test_pays_survive_kill_minus_nine_anywhere(tmp_path, db):
+    fig = soak(SEED, tmp_path, kills=KILLS, mix="pay", db=db)
     assert all(n > 0 for n in fig.kills.values()), fig.kills  # every process was killed
     assert fig.operations.get("pay:approved", 0) > 0, fig.operations
     _assert_clean(fig, tmp_path)
 
 
-def test_pays_refunds_and_cancels_survive_kill_minus_nine_anywhere(tmp_path):
-    fig = soak(SEED + 1, tmp_path, kills=KILLS, mix="full")
+def test_pays_refunds_and_cancels_survive_kill_minus_nine_anywhere(tmp_path, db):
+    fig = soak(SEED + 1, tmp_path, kills=KILLS, mix="full", db=db)
     assert all(n > 0 for n in fig.kills.values()), fig.kills
     assert fig.operations.get("refund", 0) > 0 and fig.operations.get("cancel", 0) > 0, fig.operations
     _assert_clean(fig, tmp_path)

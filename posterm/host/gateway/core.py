@@ -40,7 +40,6 @@ import contextlib
 import hashlib
 import logging
 import re
-import sqlite3
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Iterator
@@ -54,7 +53,7 @@ from posterm import loopback
 from posterm.errors import PosError
 from posterm.host import after_sales, authorise, settlement
 from posterm.host.after_sales import WAITING
-from posterm.host.store import Tx
+from posterm.host.store import Tx, is_store_error
 from posterm.host.store.queries import Row
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -284,11 +283,11 @@ class Gateway:
     """
 
     def __init__(self, host: "Host", keys: "GatewayKeys | None" = None) -> None:
-        from posterm.host.gateway.keys import GatewayKeys, key_dir_for
+        from posterm.host.gateway.keys import GatewayKeys
 
         self.host = host
         self.ctx = host.ctx
-        self.keys = keys if keys is not None else GatewayKeys.open(key_dir_for(host.store.path))
+        self.keys = keys if keys is not None else GatewayKeys.open(host.store.home / "hsm")  # beside the HSM
 
     # ------------------------------------------------------------------ apps
 
@@ -551,7 +550,9 @@ class Gateway:
     def _guard(self) -> Iterator[None]:
         try:
             yield
-        except sqlite3.Error as exc:
+        except Exception as exc:
+            if not is_store_error(exc):
+                raise
             log.warning("gateway: store unavailable: %s", type(exc).__name__)
             raise GatewayUnavailable("the host's store is unavailable") from exc
 

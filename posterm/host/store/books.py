@@ -1,4 +1,4 @@
-"""The double-entry books: the daily-spend totals and the ledger check (SQLite SQL)."""
+"""The double-entry books: the daily-spend totals and the ledger check (SQL both stores run)."""
 
 from __future__ import annotations
 
@@ -31,27 +31,29 @@ def check_ledger(db: sqlite3.Connection) -> list[str]:
     """Problems with the books (empty when they balance).
 
     Every ledger transaction sums to zero per currency; every customer's balance equals
-    its ledger entries, and so does each ledger account's running total (``ledger_totals``);
+    its ledger entries, and so does its running total (``ledger_totals``, customers' only);
     money issued equals what customers and merchants hold; every trade is charged what its
     status says; the daily-limit totals match the trades.
     """
     problems = []
-    for row in db.execute("SELECT txn, currency, SUM(delta) s FROM ledger GROUP BY txn, currency HAVING s != 0"):
+    for row in db.execute("SELECT txn, currency, CAST(SUM(delta) AS BIGINT) s FROM ledger GROUP BY txn, currency "
+                          "HAVING SUM(delta) != 0"):
         problems.append(f"ledger transaction {row['txn']} does not balance ({row['s']} {row['currency']})")
-    for row in db.execute("""SELECT a.id, a.balance_minor, COALESCE(SUM(l.delta), 0) s FROM accounts a
-                             LEFT JOIN ledger l ON l.account = 'customer:' || a.id GROUP BY a.id
-                             HAVING a.balance_minor != s"""):
+    for row in db.execute("""SELECT a.id, a.balance_minor, CAST(COALESCE(SUM(l.delta), 0) AS BIGINT) s FROM accounts a
+                             LEFT JOIN ledger l ON l.account = 'customer:' || a.id GROUP BY a.id, a.balance_minor
+                             HAVING a.balance_minor != COALESCE(SUM(l.delta), 0)"""):
         problems.append(f"account {row['id']} balance {row['balance_minor']} != ledger {row['s']}")
     for row in db.execute("""SELECT s.account, s.s, COALESCE(t.total_minor, 0) kept FROM
-                             (SELECT account, SUM(delta) s FROM ledger GROUP BY account) s
+                             (SELECT account, CAST(SUM(delta) AS BIGINT) s FROM ledger WHERE account LIKE 'customer:%'
+                              GROUP BY account) s
                              LEFT JOIN ledger_totals t USING (account) WHERE s.s != COALESCE(t.total_minor, 0)"""):
         problems.append(f"running total of {row['account']} is {row['kept']}, its entries sum to {row['s']}")
-    total = db.execute("SELECT COALESCE(SUM(delta), 0) FROM ledger").fetchone()[0]
+    total = db.execute("SELECT CAST(COALESCE(SUM(delta), 0) AS BIGINT) FROM ledger").fetchone()[0]
     if total != 0:
         problems.append(f"ledger does not sum to zero: {total}")
     for row in db.execute("""SELECT t.trade_no, t.status, t.amount_minor, t.refunded_minor,
-                                    COALESCE((SELECT -SUM(delta) FROM ledger WHERE txn = t.trade_no
-                                              AND account LIKE 'customer:%'), 0) charged
+                                    CAST(COALESCE((SELECT -SUM(delta) FROM ledger WHERE txn = t.trade_no
+                                              AND account LIKE 'customer:%'), 0) AS BIGINT) charged
                              FROM trades t"""):
         paid = row["amount_minor"] if row["status"] in ("APPROVED", "REFUNDED") else 0
         if row["charged"] != paid:

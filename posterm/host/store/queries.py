@@ -1,9 +1,15 @@
-"""Every query the host's service modules make, by name, over one SQLite connection.
+"""Every query the host's service modules make, by name, over one connection of either store.
 
-A :class:`Tx` is what :meth:`Store.transaction` yields (inside ``BEGIN IMMEDIATE``) and
-:meth:`Store.view` returns (reads). Rows are :class:`sqlite3.Row` (``row["column"]``); a
+A :class:`Tx` is what ``Store.transaction`` yields (inside ``BEGIN IMMEDIATE`` on SQLite, a
+REPEATABLE READ transaction on PostgreSQL) and ``Store.view`` returns (reads). Rows are
+:class:`sqlite3.Row` or the PostgreSQL store's row (``row["column"]`` and ``row[0]`` alike); a
 lookup that finds nothing returns None. Nothing here decides anything: the rules (limits,
 risk, who may change an order) are the service's; this module only reads and writes.
+
+The SQL is what SQLite and PostgreSQL both run (``?`` placeholders: the PostgreSQL store
+translates them): upserts by ``ON CONFLICT``, no ``INSERT OR ...``, no two-argument ``MIN``.
+In a PostgreSQL write transaction an account is read ``FOR UPDATE`` (``Tx.lock``): payments of
+one account take turns on its row, payments of different accounts never wait for each other.
 """
 
 from __future__ import annotations
@@ -35,10 +41,11 @@ def code_hash(code: str) -> str:
 class Tx(SecurityQueries):
     """The host's queries over ``conn`` (see the module docstring)."""
 
-    __slots__ = ("conn",)
+    __slots__ = ("conn", "lock")
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, lock: str = "") -> None:
         self.conn = conn
+        self.lock = lock   # appended to the account lookup: " FOR UPDATE" in a PostgreSQL write
 
     def _one(self, sql: str, args: Iterable[Any] = ()) -> Row | None:
         return self.conn.execute(sql, tuple(args)).fetchone()
@@ -50,7 +57,11 @@ class Tx(SecurityQueries):
         return self.conn.execute(sql, tuple(args))
 
     def database_path(self) -> str:
-        """The file of the main database this connection is on."""
+        """What names the database this connection is on: the SQLite file, or the PostgreSQL
+        store's key (its URL without the password)."""
+        key = getattr(self.conn, "database_key", None)
+        if key is not None:
+            return key
         return next(r[2] for r in self._all("PRAGMA database_list") if r[1] == "main")
 
     # -- merchants and terminals -----------------------------------------------------------
@@ -60,14 +71,16 @@ class Tx(SecurityQueries):
 
     def add_merchant(self, merchant_id: str, name: str) -> None:
         """Add a merchant; one that exists is left as it is."""
-        self._run("INSERT OR IGNORE INTO merchants VALUES (?, ?)", (merchant_id, name))
+        self._run("INSERT INTO merchants VALUES (?, ?) ON CONFLICT (id) DO NOTHING", (merchant_id, name))
 
     def merchant_exists(self, merchant_id: str) -> bool:
         return self._one("SELECT 1 FROM merchants WHERE id = ?", (merchant_id,)) is not None
 
     def put_terminal(self, terminal_id: str, merchant_id: str, location: str, now: float) -> None:
         """Register (or re-register) a terminal with its merchant and location."""
-        self._run("INSERT OR REPLACE INTO terminals VALUES (?, ?, ?, ?)", (terminal_id, merchant_id, location, now))
+        self._run("INSERT INTO terminals VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                  "merchant_id = excluded.merchant_id, location = excluded.location, "
+                  "registered_at = excluded.registered_at", (terminal_id, merchant_id, location, now))
 
     def terminal(self, terminal_id: str) -> Row | None:
         return self._one("SELECT * FROM terminals WHERE id = ?", (terminal_id,))
@@ -75,7 +88,7 @@ class Tx(SecurityQueries):
     # -- accounts ----------------------------------------------------------------------
 
     def account(self, account_id: str) -> Row | None:
-        return self._one("SELECT * FROM accounts WHERE id = ?", (account_id,))
+        return self._one("SELECT * FROM accounts WHERE id = ?" + self.lock, (account_id,))
 
     def insert_account(self, account_id: str, name: str, *, real_name: bool, verifier: bytes | None, currency: str,
                        per_tx_limit: int, daily_limit: int, password_free: int, confirm: str, home_region: str,
@@ -106,7 +119,7 @@ class Tx(SecurityQueries):
 
     def count_wrong_pin(self, account_id: str, now: float) -> None:
         """One more wrong PIN (the count stops at 3), and a failure the risk rules count."""
-        self._run("UPDATE accounts SET pin_tries = MIN(pin_tries + 1, 3) WHERE id = ?", (account_id,))
+        self._run("UPDATE accounts SET pin_tries = CASE WHEN pin_tries + 1 < 3 THEN pin_tries + 1 ELSE 3 END WHERE id = ?", (account_id,))
         self._run("INSERT INTO pin_failures (account_id, created_at) VALUES (?, ?)", (account_id, now))
 
     def account_tz(self, account_id: str) -> str:
@@ -116,8 +129,8 @@ class Tx(SecurityQueries):
 
     def add_code(self, code: str, account_id: str, now: float, expires_at: float | None, *, test: bool = False) -> None:
         """Store a payment code (its hash and last 4 digits). A test code that exists is left as it is."""
-        verb = "INSERT OR IGNORE" if test else "INSERT"
-        self._run(f"{verb} INTO payment_codes VALUES (?, ?, ?, ?, ?, NULL, ?)",
+        tail = " ON CONFLICT (code_hash) DO NOTHING" if test else ""
+        self._run("INSERT INTO payment_codes VALUES (?, ?, ?, ?, ?, NULL, ?)" + tail,
                   (code_hash(code), code[-4:], account_id, now, expires_at, int(test)))
 
     def code(self, code: str) -> Row | None:
@@ -203,16 +216,23 @@ class Tx(SecurityQueries):
     # -- the ledger and the daily totals ------------------------------------------------------
 
     def ledger_entry(self, txn: str, account: str, delta: int, currency: str, kind: str, now: float) -> None:
-        """One ledger entry, counted in the account's running total (:meth:`ledger_total`)."""
+        """One ledger entry; a customer's is counted in its running total (:meth:`ledger_total`).
+
+        Only customers' (``customer:<id>``, what the guard checks): a merchant's or the
+        issuance account's total would be one row every payment at the merchant writes, on
+        PostgreSQL a hot row that would serialise (and abort, to be retried) the payments of
+        different customers, which otherwise never wait for each other."""
         self._run("INSERT INTO ledger (txn, account, delta, currency, kind, created_at) VALUES (?, ?, ?, ?, ?, ?)",
                   (txn, account, delta, currency, kind, now))
+        if not account.startswith("customer:"):
+            return
         self._run("INSERT INTO ledger_totals VALUES (?, ?) ON CONFLICT (account) DO UPDATE "
-                  "SET total_minor = total_minor + excluded.total_minor", (account, delta))
+                  "SET total_minor = ledger_totals.total_minor + excluded.total_minor", (account, delta))
 
     # -- the security centre's guard (posterm.host.monitor, posterm.host.identity) -----------
 
     def ledger_total(self, account: str) -> int:
-        """The running sum of ledger account ``account``'s entries (``customer:<id>``, ...)."""
+        """The running sum of customer ledger account ``account``'s entries (``customer:<id>``)."""
         row = self._one("SELECT total_minor FROM ledger_totals WHERE account = ?", (account,))
         return row[0] if row else 0
 
@@ -225,8 +245,8 @@ class Tx(SecurityQueries):
         """Every customer account: id, currency, balance column, the ledger re-added (a full
         scan), and the running total, oldest account first."""
         return self._all("""SELECT a.id, a.currency, a.balance_minor,
-                                   COALESCE((SELECT SUM(delta) FROM ledger l WHERE l.account = 'customer:' || a.id), 0)
-                                       AS ledger_minor,
+                                   CAST(COALESCE((SELECT SUM(delta) FROM ledger l
+                                                  WHERE l.account = 'customer:' || a.id), 0) AS BIGINT) AS ledger_minor,
                                    COALESCE(t.total_minor, 0) AS total_minor
                             FROM accounts a LEFT JOIN ledger_totals t ON t.account = 'customer:' || a.id
                             ORDER BY a.created_at, a.id""")
@@ -240,7 +260,7 @@ class Tx(SecurityQueries):
 
     def outflow_since(self, account_id: str, since: float) -> int:
         """The account's approved payments paid after ``since``, refunds deducted."""
-        return self._one("SELECT COALESCE(SUM(amount_minor - refunded_minor), 0) FROM trades WHERE account_id = ? "
+        return self._one("SELECT CAST(COALESCE(SUM(amount_minor - refunded_minor), 0) AS BIGINT) FROM trades WHERE account_id = ? "
                          "AND status = 'APPROVED' AND paid_at > ?", (account_id, since))[0]
 
     def daily_totals_before(self, account_id: str, day: str, limit: int) -> tuple[int, ...]:
@@ -251,7 +271,9 @@ class Tx(SecurityQueries):
 
     def put_identity(self, account_id: str, id_hash: bytes, id_last4: str, name_hash: bytes, birth_hashes: bytes,
                      now: float) -> None:
-        self._run("INSERT OR REPLACE INTO identities VALUES (?, ?, ?, ?, ?, ?)",
+        self._run("INSERT INTO identities VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (account_id) DO UPDATE SET "
+                  "id_hash = excluded.id_hash, id_last4 = excluded.id_last4, name_hash = excluded.name_hash, "
+                  "birth_hashes = excluded.birth_hashes, verified_at = excluded.verified_at",
                   (account_id, id_hash, id_last4, name_hash, birth_hashes, now))
 
     def identity(self, account_id: str) -> Row | None:
@@ -310,7 +332,7 @@ class Tx(SecurityQueries):
     def add_spent(self, account_id: str, paid_at: float, tz: str, delta: int) -> None:
         """Count ``delta`` in the account's total for the local day (in ``tz``) ``paid_at`` falls on."""
         self._run("INSERT INTO daily_spend VALUES (?, ?, ?) ON CONFLICT (account_id, day) DO UPDATE "
-                  "SET spent_minor = spent_minor + excluded.spent_minor", (account_id, local_day(paid_at, tz), delta))
+                  "SET spent_minor = daily_spend.spent_minor + excluded.spent_minor", (account_id, local_day(paid_at, tz), delta))
 
     # -- risk history --------------------------------------------------------------------
 
@@ -349,9 +371,8 @@ class Tx(SecurityQueries):
 
     def open_case(self, trade_no: str, account_id: str | None, reason: str, now: float) -> int:
         """A new open case; returns its id."""
-        cur = self._run("INSERT INTO cases (trade_no, account_id, reason, created_at) VALUES (?, ?, ?, ?)",
-                        (trade_no, account_id, reason, now))
-        return int(cur.lastrowid)
+        return int(self._one("INSERT INTO cases (trade_no, account_id, reason, created_at) VALUES (?, ?, ?, ?) "
+                             "RETURNING id", (trade_no, account_id, reason, now))[0])
 
     def case(self, case_id: int) -> Row | None:
         return self._one("SELECT * FROM cases WHERE id = ?", (case_id,))
@@ -405,7 +426,10 @@ class Tx(SecurityQueries):
     def add_gateway_app(self, app_id: str, merchant_id: str, kind: str, terminal_id: str, public_key_pem: str | None,
                         wechat_mch_id: str | None, now: float) -> None:
         """Register (or re-register, replacing its key) a merchant's app."""
-        self._run("INSERT OR REPLACE INTO gateway_apps VALUES (?, ?, ?, ?, ?, ?, ?)",
+        self._run("INSERT INTO gateway_apps VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (app_id) DO UPDATE SET "
+                  "merchant_id = excluded.merchant_id, kind = excluded.kind, terminal_id = excluded.terminal_id, "
+                  "public_key_pem = excluded.public_key_pem, wechat_mch_id = excluded.wechat_mch_id, "
+                  "created_at = excluded.created_at",
                   (app_id, merchant_id, kind, terminal_id, public_key_pem, wechat_mch_id, now))
 
     def gateway_app(self, app_id: str) -> Row | None:
@@ -419,8 +443,8 @@ class Tx(SecurityQueries):
 
     def add_gateway_trade(self, trade_no: str, app_id: str, notify_url: str | None) -> None:
         """The gateway's record of its trade (once; a repeat leaves it as it is)."""
-        self._run("INSERT OR IGNORE INTO gateway_trades (trade_no, app_id, notify_url, notify_state) "
-                  "VALUES (?, ?, ?, ?)", (trade_no, app_id, notify_url, "pending" if notify_url else "none"))
+        self._run("INSERT INTO gateway_trades (trade_no, app_id, notify_url, notify_state) "
+                  "VALUES (?, ?, ?, ?) ON CONFLICT (trade_no) DO NOTHING", (trade_no, app_id, notify_url, "pending" if notify_url else "none"))
 
     def gateway_trade(self, trade_no: str) -> Row | None:
         return self._one("SELECT * FROM gateway_trades WHERE trade_no = ?", (trade_no,))
@@ -439,7 +463,7 @@ class Tx(SecurityQueries):
                   "WHERE trade_no = ?", (state, attempts, next_at, trade_no))
 
     def add_gateway_void(self, terminal_id: str, order_id: str, now: float) -> None:
-        self._run("INSERT OR IGNORE INTO gateway_voids VALUES (?, ?, ?)", (terminal_id, order_id, now))
+        self._run("INSERT INTO gateway_voids VALUES (?, ?, ?) ON CONFLICT (terminal_id, order_id) DO NOTHING", (terminal_id, order_id, now))
 
     def gateway_void(self, terminal_id: str, order_id: str) -> bool:
         return self._one("SELECT 1 FROM gateway_voids WHERE terminal_id = ? AND order_id = ?",
@@ -452,7 +476,7 @@ class Tx(SecurityQueries):
         it is above the last one recorded; False (nothing recorded) for a replay."""
         table = KSN_TABLES[guard]
         cur = self._run(f"INSERT INTO {table} VALUES (?, ?) ON CONFLICT (ikid) DO UPDATE "
-                        f"SET counter = excluded.counter WHERE excluded.counter > counter", (ikid, counter))
+                        f"SET counter = excluded.counter WHERE excluded.counter > {table}.counter", (ikid, counter))
         return cur.rowcount == 1
 
     def nonce_seen(self, nonce_hex: str) -> bool:
@@ -464,8 +488,8 @@ class Tx(SecurityQueries):
     # -- security notices (posterm.host.notices) -----------------------------------------
 
     def add_notice(self, text: str, now: float, until: float | None) -> int:
-        return self._run("INSERT INTO notices (text, created_at, until) VALUES (?, ?, ?)",
-                         (text, now, until)).lastrowid
+        return int(self._one("INSERT INTO notices (text, created_at, until) VALUES (?, ?, ?) RETURNING id",
+                             (text, now, until))[0])
 
     def notices(self) -> list[Row]:
         """Every notice published, expired ones too, oldest first."""

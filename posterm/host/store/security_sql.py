@@ -2,10 +2,10 @@
 inbox, verification codes and biometric requests, the security audit, support operators,
 and the webhooks with their outbox.
 
-Kept apart from :mod:`.queries` so the schema additions are one block: :data:`SCHEMA` is run
-by :class:`~posterm.host.store.sqlite.Store` after the main schema, :data:`ACCOUNT_COLUMNS`
-added to ``accounts`` (nullable: an older database's rows stay valid), and
-:class:`SecurityQueries` is a base of :class:`~posterm.host.store.queries.Tx`.
+Kept apart from :mod:`.queries`: :class:`SecurityQueries` is a base of
+:class:`~posterm.host.store.queries.Tx`. The tables are in :mod:`.schema` (migration 3, the
+account columns migration 4), once for SQLite and PostgreSQL; the SQL here runs on both
+(``RETURNING id`` rather than ``lastrowid``, ``ON CONFLICT`` rather than SQLite's ``OR IGNORE``).
 
 Nothing secret is kept in clear here: an inbox entry's text is sealed (AES-GCM under a key
 of the host's sealed key store, :mod:`posterm.host.security_keys`), a verification code is
@@ -16,37 +16,10 @@ from __future__ import annotations
 
 from typing import Any
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS phone_inbox (
-    id INTEGER PRIMARY KEY, account_id TEXT NOT NULL, kind TEXT NOT NULL, ref TEXT, sealed BLOB NOT NULL,
-    created_at REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS phone_inbox_account ON phone_inbox (account_id, id);
-CREATE TABLE IF NOT EXISTS verification_requests (
-    id INTEGER PRIMARY KEY, account_id TEXT NOT NULL, purpose TEXT NOT NULL, ref TEXT,
-    method TEXT NOT NULL CHECK (method IN ('code', 'biometric')), salt TEXT, code_mac TEXT,
-    tries INTEGER NOT NULL DEFAULT 0, state TEXT NOT NULL DEFAULT 'pending',
-    created_at REAL NOT NULL, expires_at REAL NOT NULL, done_at REAL);
-CREATE INDEX IF NOT EXISTS verification_requests_account ON verification_requests (account_id, purpose, state);
-CREATE TABLE IF NOT EXISTS security_audit (
-    id INTEGER PRIMARY KEY, account_id TEXT, actor TEXT NOT NULL, action TEXT NOT NULL, outcome TEXT NOT NULL,
-    created_at REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS security_audit_account ON security_audit (account_id, id);
-CREATE TABLE IF NOT EXISTS operators (
-    name TEXT PRIMARY KEY, verifier BLOB NOT NULL, tries INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS webhooks (
-    account_id TEXT PRIMARY KEY, url TEXT NOT NULL, sealed_secret BLOB NOT NULL, created_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS webhook_outbox (
-    id INTEGER PRIMARY KEY, event_id TEXT NOT NULL UNIQUE, account_id TEXT NOT NULL, kind TEXT NOT NULL,
-    body TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0,
-    next_at REAL NOT NULL, last_status INTEGER, created_at REAL NOT NULL, done_at REAL);
-CREATE INDEX IF NOT EXISTS webhook_outbox_due ON webhook_outbox (state, next_at);
-CREATE INDEX IF NOT EXISTS webhook_outbox_account ON webhook_outbox (account_id, id);
-"""
-
 # accounts: how a two-factor payment is confirmed on the phone (NULL: 'code'), and the
-# amount from which a captured payment alerts the customer (NULL: never).
-ACCOUNT_COLUMNS = {"confirm_pref": "TEXT", "large_payment": "INTEGER"}
-ACCOUNT_SETTINGS = frozenset(ACCOUNT_COLUMNS)
+# amount from which a captured payment alerts the customer (NULL: never). The tables and
+# these columns are migrations 3 and 4 of posterm.host.store.schema (both stores).
+ACCOUNT_SETTINGS = frozenset({"confirm_pref", "large_payment"})
 
 
 class SecurityQueries:
@@ -58,12 +31,12 @@ class SecurityQueries:
 
     def add_inbox(self, account_id: str, kind: str, ref: str | None, sealed: bytes, now: float, cap: int) -> int:
         """One more inbox entry; the oldest beyond ``cap`` of the account are dropped. Returns its id."""
-        cur = self._run("INSERT INTO phone_inbox (account_id, kind, ref, sealed, created_at) VALUES (?, ?, ?, ?, ?)",
-                        (account_id, kind, ref, sealed, now))
+        new_id = self._one("INSERT INTO phone_inbox (account_id, kind, ref, sealed, created_at) "
+                           "VALUES (?, ?, ?, ?, ?) RETURNING id", (account_id, kind, ref, sealed, now))[0]
         self._run("DELETE FROM phone_inbox WHERE account_id = ? AND id <= "
                   "(SELECT id FROM phone_inbox WHERE account_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
                   (account_id, account_id, cap))
-        return int(cur.lastrowid)
+        return int(new_id)
 
     def inbox(self, account_id: str, limit: int) -> list:
         return self._all("SELECT * FROM phone_inbox WHERE account_id = ? ORDER BY id DESC LIMIT ?", (account_id, limit))
@@ -80,10 +53,9 @@ class SecurityQueries:
         self._run("UPDATE verification_requests SET state = 'superseded', done_at = ? WHERE account_id = ? "
                   "AND purpose = ? AND COALESCE(ref, '') = COALESCE(?, '') AND state = 'pending'",
                   (now, account_id, purpose, ref))
-        cur = self._run("INSERT INTO verification_requests (account_id, purpose, ref, method, salt, code_mac, "
-                        "created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (account_id, purpose, ref, method, salt, code_mac, now, expires_at))
-        return int(cur.lastrowid)
+        return int(self._one("INSERT INTO verification_requests (account_id, purpose, ref, method, salt, code_mac, "
+                             "created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                             (account_id, purpose, ref, method, salt, code_mac, now, expires_at))[0])
 
     def verification(self, request_id: int) -> Any:
         return self._one("SELECT * FROM verification_requests WHERE id = ?", (request_id,))
@@ -133,7 +105,8 @@ class SecurityQueries:
 
     def add_operator(self, name: str, verifier: bytes, now: float) -> bool:
         """A new support operator; False when the name is taken."""
-        return self._run("INSERT OR IGNORE INTO operators (name, verifier, created_at) VALUES (?, ?, ?)",
+        return self._run("INSERT INTO operators (name, verifier, created_at) VALUES (?, ?, ?) "
+                         "ON CONFLICT (name) DO NOTHING",
                          (name, verifier, now)).rowcount == 1
 
     def operator(self, name: str) -> Any:
@@ -148,7 +121,9 @@ class SecurityQueries:
     # -- webhooks ------------------------------------------------------------------------
 
     def set_webhook(self, account_id: str, url: str, sealed_secret: bytes, now: float) -> None:
-        self._run("INSERT OR REPLACE INTO webhooks VALUES (?, ?, ?, ?)", (account_id, url, sealed_secret, now))
+        self._run("INSERT INTO webhooks VALUES (?, ?, ?, ?) ON CONFLICT (account_id) DO UPDATE SET "
+                  "url = excluded.url, sealed_secret = excluded.sealed_secret, created_at = excluded.created_at",
+                  (account_id, url, sealed_secret, now))
 
     def webhook(self, account_id: str) -> Any:
         return self._one("SELECT * FROM webhooks WHERE account_id = ?", (account_id,))
@@ -159,8 +134,8 @@ class SecurityQueries:
 
     def add_outbox(self, event_id: str, account_id: str, kind: str, body: str, now: float, cap: int) -> None:
         """Queue an event; beyond ``cap`` rows of the account the oldest are dropped (delivered first)."""
-        self._run("INSERT OR IGNORE INTO webhook_outbox (event_id, account_id, kind, body, next_at, created_at) "
-                  "VALUES (?, ?, ?, ?, ?, ?)", (event_id, account_id, kind, body, now, now))
+        self._run("INSERT INTO webhook_outbox (event_id, account_id, kind, body, next_at, created_at) "
+                  "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING", (event_id, account_id, kind, body, now, now))
         over = self._one("SELECT COUNT(*) FROM webhook_outbox WHERE account_id = ?", (account_id,))[0] - cap
         if over > 0:
             self._run("DELETE FROM webhook_outbox WHERE id IN (SELECT id FROM webhook_outbox WHERE account_id = ? "
