@@ -131,12 +131,25 @@ def test_webhook_set_deliver_remove(tmp_path):
         rx.close()
 
 
-def test_reset_password_is_refused_clearly_without_identity_records(tmp_path):
+def test_reset_password_from_the_cli_with_the_id_number_and_the_phones_code(tmp_path):
     db = tmp_path / "host.db"
-    assert run(db, "account", "add", "lea", "--name", "Lea")[0] == 0
-    code, out = run(db, "account", "reset-password", "lea", "--id-number", "11010519491231002X", "--code", "123456",
-                    input="135790\n")
-    assert code == 1 and ("ID number" in out), out
+    idn = "11010519491231002X"
+    assert run(db, "account", "add", "lea", "--name", "Lea", "--real-name", "--id-number", idn,
+               "--real-name-of", "Lea Li", "--set-password", input="135790\n135790\n")[0] == 0
+    assert run(db, "phone", "send-code", "lea", "--purpose", "reset-password")[0] == 0
+    sms = code_of(db, "lea")
+    args = ("account", "reset-password", "lea", "--id-number", idn, "--code", sms)
+    for weak, why in (("333333", "one digit repeated"), ("123456", "run of digits"),
+                      ("311249", "birth date in the ID")):
+        code, out = run(db, *args, input=f"{weak}\n")
+        assert code == 1 and out.startswith("posterm: error:") and why in out and weak not in out, out
+    code, out = run(db, "account", "reset-password", "lea", "--id-number", "440524198001010013", "--code", sms,
+                    input="246802\n")
+    assert code == 1 and "ID number does not match" in out
+    code, out = run(db, *args, input="246802\n")
+    assert code == 0 and "payment password reset" in out, out
+    code, out = run(db, "phone", "lea")
+    assert "payment password reset with the ID number and a code" in out
 
 
 def test_a_terminals_two_factor_payment_confirmed_with_wallet_confirm_code(tmp_path):
