@@ -12,7 +12,7 @@ from firmware_protocol.host.messages import HostStatus as S
 from firmware_protocol.native.messages import Reason
 from posterm.cli import main
 from posterm.host import Host
-from tests.host.conftest import terminal
+from tests.host.conftest import support, terminal
 from tests.host.test_host import enter_pin, pay, query
 from tests.host.test_security import Receiver
 
@@ -90,6 +90,69 @@ def test_over_limit_confirm_needs_verification_then_a_payment_over_the_limit_ask
         assert enter_pin(term, "OL-2", pcode, pin="135790").status is S.APPROVED
         assert run(db, "account", "set-security", "olga", "--over-limit", "reject")[0] == 0   # back: free
         assert pay(term, 60_000, h.issue_code("olga"), order="OL-3").reason == Reason.OVER_TRANSACTION_LIMIT
+    finally:
+        h.close()
+
+
+def runs(db, *args, input=None):
+    """(exit code, stdout, stderr) apart."""
+    try:
+        runner = CliRunner(mix_stderr=False)        # click 8.1
+    except TypeError:
+        runner = CliRunner()
+    r = runner.invoke(main, ["host", *args, "--db", str(db)], input=input)
+    return r.exit_code, r.stdout, r.stderr
+
+
+def test_a_two_factor_wallet_scan_waits_for_the_phones_code(tmp_path):
+    """The customer scans the terminal's QR with `host wallet scan`: a two-factor account's
+    payment is not paid by the scan alone, it waits for the code sent to the phone."""
+    db = tmp_path / "host.db"
+    h = Host.open(db)
+    try:
+        h.add_account("quin", "Quin", balance_minor=1_000_000, password="246802", two_factor=True)
+        term = terminal(h)
+        r = pay(term, 2_000, order="QR-2F", qr=True)
+        assert r.status is S.SHOW_QR
+        code, out, err = runs(db, "wallet", "scan", r.qr_data, "--account", "quin")
+        assert code == 0 and out.strip() == "wait_buyer", (out, err)
+        assert "wallet confirm QR-2F --merchant M100000001 --code" in err
+        assert query(term, "QR-2F").status is S.WAIT_BUYER                  # the terminal keeps waiting
+        code, out = run(db, "phone", "quin")
+        assert "pay 20.00 CNY to merchant M100000001 (order QR-2F)" in out, out
+        sms = code_of(db, "quin")
+        code, out = run(db, "wallet", "confirm", "QR-2F")
+        assert code == 1 and "needs the verification code" in out
+        code, out = run(db, "wallet", "confirm", "QR-2F", "--code", "000000" if sms != "000000" else "111111")
+        assert code == 1 and "wrong verification code (4 tries left)" in out
+        assert query(term, "QR-2F").status is S.WAIT_BUYER
+        code, out = run(db, "wallet", "confirm", "QR-2F", "--code", sms)
+        assert code == 0 and out.strip() == "approved", out
+        assert query(term, "QR-2F").status is S.APPROVED
+        kinds = [a["kind"] for a in json.loads(run(db, "security", "quin", "--json")[1])["recent_alerts"]]
+        assert "verification_failed" in kinds
+    finally:
+        h.close()
+
+
+def test_a_two_factor_wallet_scan_preferring_biometric_waits_for_the_approval(tmp_path):
+    db = tmp_path / "host.db"
+    h = Host.open(db)
+    try:
+        h.add_account("bo", "Bo", balance_minor=1_000_000, password="246802", two_factor=True)
+        h.set_flags("bo", confirm_pref="biometric", proof=support(h))
+        term = terminal(h)
+        r = pay(term, 2_000, order="QR-BIO", qr=True)
+        code, out, err = runs(db, "wallet", "scan", r.qr_data, "--account", "bo")
+        assert code == 0 and out.strip() == "wait_buyer" and "posterm host phone approve bo" in err
+        code, out = run(db, "phone", "bo")
+        assert "[approve] approve on this phone to pay 20.00 CNY" in out, out
+        code, out = run(db, "wallet", "confirm", "QR-BIO")
+        assert code == 1 and "approves payments on the phone" in out
+        assert query(term, "QR-BIO").status is S.WAIT_BUYER
+        code, out = run(db, "phone", "approve", "bo")
+        assert code == 0 and "approved; payment approved" in out, out
+        assert query(term, "QR-BIO").status is S.APPROVED
     finally:
         h.close()
 
