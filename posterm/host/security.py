@@ -275,8 +275,7 @@ def _limit_rows(ctx: HostContext, view: Tx, acct: Row) -> dict[str, Any]:
     out = {"currency": acct["currency"], "per_tx_limit_minor": acct["per_tx_limit"],
            "daily_limit_minor": acct["daily_limit"], "password_free_minor": acct["password_free"],
            "large_payment_minor": acct["large_payment"]}
-    # over-limit mode and reminder share (sec-guard): whatever columns this host has
-    out.update({k: acct[k] for k in acct.keys() if k.startswith(("over_limit", "reminder", "limit_reminder"))})
+    out.update({"over_limit": acct["over_limit"], "remind_at_percent": acct["remind_at"]})
     return out
 
 
@@ -309,11 +308,22 @@ def _guard_rows(ctx: HostContext, view: Tx, acct: Row) -> dict[str, Any]:
     state["last_audit"] = "never" if last is None else (
         f"{last['at']}: " + ("differed" if last["this_account_differed"] else "agreed"))
     state.pop("over_limit", None)          # shown with the limits
+    state.pop("remind_at_percent", None)
     return state
 
 
 add_section("identity and balance monitoring", _guard_rows)
-# notices (security education): sec-terminal adds its section here
+
+
+def _notice_rows(ctx: HostContext, view: Tx, acct: Row) -> dict[str, Any]:
+    """Security education: the host's notices in force, as this account's wallet inbox lists
+    them (terminals show the oldest 5 of them: posterm.host.notices)."""
+    from posterm.host import notices
+
+    return {"security_notices": [n["text"] for n in notices.inbox_entries(view, ctx.clock())]}
+
+
+add_section("security notices", _notice_rows)
 
 
 def view(ctx: HostContext, account_id: str) -> dict[str, Any]:
