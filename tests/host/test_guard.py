@@ -12,7 +12,7 @@ import pytest
 from firmware_protocol.host.messages import HostStatus as S
 from firmware_protocol.native.messages import Reason
 from posterm.crypto.hsm import Hsm
-from posterm.host import HostRefused, identity, monitor
+from posterm.host import HostRefused, identity, monitor, phone
 from tests.host.conftest import support
 from tests.host.test_host import enter_pin, pay
 
@@ -229,6 +229,8 @@ def test_the_limit_reminder_once_a_day(host, term, clock):
     assert pay(term, 15_000, host.issue_code("rem")).status is S.APPROVED         # 85%: past 80%
     assert kinds(host, "rem").count("limit_reminder") == 1
     assert "85%" in host.security("rem")["recent_alerts"][0]["text"]
+    (note,) = [e for e in phone.inbox(host.ctx, "rem") if e["kind"] == "limit_reminder"]   # it reached the phone
+    assert "reached 85% of the daily limit" in note["text"]
     pay(term, 5_000, host.issue_code("rem"))
     assert kinds(host, "rem").count("limit_reminder") == 1                        # once per day
     clock.advance(86_400)

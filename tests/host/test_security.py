@@ -414,7 +414,11 @@ def test_the_security_view_shows_every_protection_by_section(host):
     host.freeze("vic", True)
     s = host.security("vic")
     titles = [t for t, _ in s["sections"]]
-    assert titles[:6] == ["account", "payment password", "second factor", "limits", "alerts", "security audit"]
+    assert titles == ["account", "payment password", "second factor", "limits", "alerts", "security audit",
+                      "identity and balance monitoring", "security notices"]
+    limits = dict(s["sections"])["limits"]
+    assert {"over_limit", "remind_at_percent"} <= set(limits) and (s["over_limit"], s["remind_at_percent"]) == (
+        "reject", 80)
     assert s["two_factor"] and s["confirm_pref"] == "code" and s["frozen"] and s["webhook"].endswith("/x")
     assert s["outbox_pending"] == 1 and s["recent_alerts"][0]["kind"] == "frozen"
     assert s["recent_audit"][0]["action"] == "freeze"
