@@ -229,8 +229,8 @@ def test_the_limit_reminder_once_a_day(host, term, clock):
     assert pay(term, 15_000, host.issue_code("rem")).status is S.APPROVED         # 85%: past 80%
     assert kinds(host, "rem").count("limit_reminder") == 1
     assert "85%" in host.security("rem")["recent_alerts"][0]["text"]
-    (note,) = [e for e in phone.inbox(host.ctx, "rem") if e["kind"] == "limit_reminder"]   # it reached the phone
-    assert "reached 85% of the daily limit" in note["text"]
+    (note,) = [e["text"] for e in phone.inbox(host.ctx, "rem") if e["text"].startswith("[limit_reminder]")]
+    assert "reached 85% of the daily limit" in note                               # it reached the phone
     pay(term, 5_000, host.issue_code("rem"))
     assert kinds(host, "rem").count("limit_reminder") == 1                        # once per day
     clock.advance(86_400)
