@@ -621,10 +621,21 @@ def wallet_code(account_id, db_path):
 @db_option
 @host_errors
 def wallet_scan(qr_data, account_id, db_path):
-    """Pay a merchant-presented dynamic QR from ACCOUNT."""
+    """Pay a merchant-presented dynamic QR from ACCOUNT. A two-factor account's payment then
+    waits (wait_buyer) for the code sent to the phone (`host wallet confirm ORDER --code`)
+    or, when the account prefers it, the approval on the phone (`host phone approve`)."""
     h = open_host(db_path)
     try:
-        click.echo(h.wallet_scan(qr_data, account_id).lower())
+        status = h.wallet_scan(qr_data, account_id)
+        click.echo(status.lower())
+        if status == "WAIT_BUYER":
+            t = h.store.view().trade_by_qr(qr_data)
+            if h.security(account_id)["confirm_pref"] == "biometric":
+                how = f"approve it on the phone: posterm host phone approve {account_id}"
+            else:
+                how = (f"confirm with the code sent to the phone (posterm host phone {account_id}): "
+                       f"posterm host wallet confirm {t['order_id']} --merchant {t['merchant_id']} --code CODE")
+            click.echo(f"two-factor: {how}", err=True)
     finally:
         h.close()
 

@@ -7,13 +7,26 @@ import sys
 
 import click
 
+from firmware_protocol.native.messages import Reason
+
 from posterm.cli.common import EXIT_CODES_HELP, check_password, emit_json, handle_errors, port_options
 from posterm.cli.driver_cmd import _open, json_option, timeout_option
+from posterm.crypto.password_rules import pattern_problem
 
 
 @click.group()
 def terminal() -> None:
     """The terminal's own administration: reset a locked or forgotten operator password."""
+
+
+def _new_password(value: str, hint: str) -> str:
+    """A new operator password: what the protocol carries, and not a guessable pattern (the
+    terminal refuses one too, PASSWORD_NOT_ALLOWED; here the reason is said)."""
+    check_password(value, hint)
+    why = pattern_problem(value, "the new operator password")
+    if why:
+        raise click.BadParameter(f"{why} (not shown)", param_hint=hint)
+    return value
 
 
 def _passwords(from_stdin: bool) -> tuple[str, str]:
@@ -24,11 +37,11 @@ def _passwords(from_stdin: bool) -> tuple[str, str]:
         if not all(lines):
             raise click.BadParameter("expected two lines: the supervisor password, then the new operator password",
                                      param_hint="--passwords-stdin")
-        return (check_password(lines[0], "--passwords-stdin"), check_password(lines[1], "--passwords-stdin"))
+        return (check_password(lines[0], "--passwords-stdin"), _new_password(lines[1], "--passwords-stdin"))
     supervisor = check_password(click.prompt("Supervisor password", hide_input=True, err=True),
                                 "supervisor password")
-    new = check_password(click.prompt("New operator password", hide_input=True, confirmation_prompt=True,
-                                      err=True), "new operator password")
+    new = _new_password(click.prompt("New operator password", hide_input=True, confirmation_prompt=True,
+                                     err=True), "new operator password")
     return supervisor, new
 
 
@@ -49,8 +62,12 @@ def reset_password(passwords_stdin, as_json, timeout, **kw):
     wrong supervisor passwords in a row lock the supervisor password for 30 minutes.
     Neither password is shown, logged, traced or recorded in clear.
 
+    The new password may not be one character repeated or a run of digits (123456,
+    654321): exit 2 naming the rule, before anything is sent.
+
     Exits 0 when the password was reset, 1 when the terminal refused (wrong or locked
-    supervisor password, or a new password equal to the supervisor's).
+    supervisor password, or a new password it does not allow: the supervisor's own, or one
+    of the patterns above).
     """
     protocol = kw.get("protocol") or "chosen"
     # The port first: nothing to type for a terminal that is not there.
@@ -72,5 +89,7 @@ def reset_password(passwords_stdin, as_json, timeout, **kw):
         elif out.supervisor_tries_left is not None and out.reason:
             detail = f"; {out.supervisor_tries_left} supervisor tries left before it locks"
         reason = out.to_json()["reason"] or "refused"
+        if out.reason == Reason.PASSWORD_NOT_ALLOWED:
+            reason += " (the new password may not be the supervisor's, one character repeated or a run of digits)"
         click.echo(f"operator password not reset: {reason}{detail}")
     sys.exit(0 if out.done else 1)

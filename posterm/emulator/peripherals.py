@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from firmware_protocol.native.messages import Reason
 
+from posterm.crypto.password_rules import pattern_problem
 from posterm.emulator.scenario import DEFAULT_CODE, DEFAULT_CODES, DEMO_PIN, STAGE_OF, Action, PaymentScript
 from posterm.errors import CryptoError, PosError
 
@@ -183,14 +184,16 @@ class OperatorKeypad:
 
     def reset_operator(self, supervisor_password: str, new_password: str) -> ResetVerdict:
         """The supervisor resets (and unlocks) the operator password. The supervisor password
-        is checked first (its own try limit); the new operator password may not be it."""
+        is checked first (its own try limit); the new operator password may not be it, nor a
+        guessable pattern (:func:`posterm.crypto.password_rules.pattern_problem`: one
+        character repeated, a run of digits)."""
         if self.supervisor is None:
             raise PeripheralError("this terminal has no supervisor password")
         check = self.supervisor.verify(supervisor_password)
         if not check.ok:
             reason = Reason.SUPERVISOR_LOCKED if check.locked_until is not None else Reason.SUPERVISOR_PASSWORD_WRONG
             return ResetVerdict(reason, check.tries_left, check.locked_until)
-        if new_password == supervisor_password:
+        if new_password == supervisor_password or pattern_problem(new_password) is not None:
             return ResetVerdict(Reason.PASSWORD_NOT_ALLOWED, check.tries_left)
         self.checker.reset(new_password)
         return ResetVerdict(Reason.NONE, check.tries_left)

@@ -664,24 +664,31 @@ class EmulatedTerminal:
             return
         try:
             if call.kind == "scan_qr":
-                self.host.wallet_scan(call.qr_data, self.host.account_for_code(call.code))
+                status = self.host.wallet_scan(call.qr_data, self.host.account_for_code(call.code))
+                code = self._phone_code(call.order_id) if status == "WAIT_BUYER" else None
+                if code is not None:    # two-factor: the customer types the code the phone received
+                    self.host.wallet_confirm(call.order_id, self.hostlink.merchant_id, code)
             elif call.kind == "confirm":
                 self.host.wallet_confirm(call.order_id, self.hostlink.merchant_id, self._phone_code(call.order_id))
         except PosError as exc:
             log.info("%s: wallet %s: %s", self.terminal_id, call.kind, exc)
 
     def _phone_code(self, order_id: str) -> str | None:
-        """The newest verification code on the paying account's phone (a two-factor customer
-        reads it there), or None."""
+        """The verification code the paying account's phone received for this payment (a
+        two-factor customer reads it there), or None (none pending: biometric approval)."""
         import re
 
         from posterm.host import phone
 
-        t = self.host.store.view().trade_by_order(self.hostlink.merchant_id, order_id)
+        view = self.host.store.view()
+        t = view.trade_by_order(self.hostlink.merchant_id, order_id)
         if t is None or not t["account_id"]:
             return None
+        pending = view.pending_verification(t["account_id"], "payment", t["trade_no"], method="code")
+        if pending is None:
+            return None
         for e in phone.inbox(self.host.ctx, t["account_id"]):
-            if e["kind"] == "code":
+            if e["kind"] == "code" and e["ref"] == str(pending["id"]):
                 m = re.search(r"\b(\d{6})\b", e["text"])
                 return m.group(1) if m else None
         return None

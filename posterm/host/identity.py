@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import TYPE_CHECKING
 
+from posterm.crypto.password_rules import pattern_problem
 from posterm.host.context import HostContext, HostRefused, require_account
 
 if TYPE_CHECKING:
@@ -123,11 +124,9 @@ def password_problem(password: str, *, birth: date | None = None, birth_hashes: 
     or as the account's stored ``birth_hashes`` (with the ``hsm`` that made them)."""
     if not (password.isascii() and password.isdigit() and 6 <= len(password) <= 12):
         return "a payment password is 6 to 12 digits"
-    if len(set(password)) == 1:
-        return "a payment password may not be one digit repeated"
-    steps = {int(b) - int(a) for a, b in zip(password, password[1:])}
-    if steps in ({1}, {-1}):
-        return "a payment password may not be a run of digits, up or down"
+    why = pattern_problem(password, "a payment password")
+    if why:
+        return why
     windows = {password[i:i + 4] for i in range(len(password) - 3)}
     if birth is not None and windows & set(_birth_forms(birth)):
         return "a payment password may not contain the birth date in the ID (MMDD or DDMM)"

@@ -14,10 +14,10 @@ the terminal); a wrong code counts against the code (5 kill it); an operator's 5
 passwords lock the operator. A refusal for another reason (another case still open) leaves
 the code unused.
 
-**Password reset** (:func:`reset_password`): the ID number
-(:func:`posterm.host.identity.matches`, when this host keeps ID numbers) and a
-``reset-password`` code, never the old password; the wrong-PIN count starts again, so a
-PIN-locked account is unlocked.
+**Password reset** (:func:`reset_password`): the ID number the account was verified with
+(:func:`posterm.host.identity.matches`) and a ``reset-password`` code, never the old
+password; the new one passes the password rules (:func:`posterm.host.identity.check_password`);
+the wrong-PIN count starts again, so a PIN-locked account is unlocked.
 
 **The view** (:func:`view`): :data:`SECTIONS`, a list of ``(title, rows)`` where ``rows(ctx,
 view, acct)`` returns that section's ``{key: value}``; another protection adds its section
@@ -26,14 +26,13 @@ with one line (:func:`add_section`).
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
 from posterm.crypto.hsm import PIN_MAX_TRIES
 from posterm.crypto.verifier import check_verifier, make_verifier
 from posterm.errors import CryptoError
-from posterm.host import phone
+from posterm.host import identity, phone
 from posterm.host.context import HostContext, HostRefused, iso_time, require_account
 from posterm.host.store import Tx
 from posterm.host.store.queries import Row
@@ -204,40 +203,45 @@ def audit_log(ctx: HostContext, *, account_id: str | None = None, operator: str 
 # ---------------------------------------------------------------------- the payment password
 
 def reset_password(ctx: HostContext, account_id: str, id_number: str, code: str, new: str) -> None:
-    """Reset a forgotten payment password with the ID number and a ``reset-password`` code
-    (not the old password). The wrong-PIN count starts again (a PIN-locked account is
-    unlocked); the customer is alerted. Raises HostRefused (VerificationFailed for a wrong
-    ID number or code: committed, audited, alerted)."""
-    try:   # sec-guard's real-name records; optional: a host without them refuses a reset
-        identity = importlib.import_module("posterm.host.identity")
-    except ImportError:
-        identity = None
-    if identity is None or not hasattr(identity, "matches"):
-        raise HostRefused("this host keeps no ID numbers (real-name identity records): a payment password "
-                          "cannot be reset with one; support resets it")
+    """Reset a forgotten payment password with the ID number the account was verified with
+    and a ``reset-password`` code (not the old password). The new password must pass the
+    rules of every setting (:func:`posterm.host.identity.check_password`: checked once the ID
+    number matched, so a stranger learns nothing of the birth date; a refusal leaves the code
+    unused). The wrong-PIN count starts again (a PIN-locked account is unlocked); the
+    customer is alerted. Raises HostRefused (PasswordRuleBroken naming the rule;
+    VerificationFailed for a wrong ID number or code: committed, audited, alerted)."""
     try:
         verifier = ctx.hsm.payment_verifier(new)
     except CryptoError as exc:
         raise HostRefused(str(exc)) from None
     now = ctx.clock()
     failed = None
+    broken: HostRefused | None = None
     with ctx.store.transaction() as tx:
         require_account(tx, account_id)
-        if not identity.matches(tx, account_id, id_number):
+        if not identity.matches(tx, account_id, id_number, ctx.hsm):
             failed = "the ID number does not match the account's identity record"
         else:
-            check = phone.check_code(ctx, tx, account_id, "reset-password", code)
-            if not check.ok:
-                failed = check.message()
+            try:
+                identity.check_password(ctx, tx, account_id, new)
+            except identity.PasswordRuleBroken as exc:
+                tx.audit(account_id, "customer", "reset-password", f"refused: {exc}", now)
+                broken = exc
+            else:
+                check = phone.check_code(ctx, tx, account_id, "reset-password", code)
+                if not check.ok:
+                    failed = check.message()
         if failed is not None:
             tx.audit(account_id, "customer", "reset-password", f"failed: {failed}", now)
             ctx.alert(tx, account_id, "verification_failed", f"reset-password refused: {failed}")
-        else:
+        elif broken is None:
             tx.set_verifier(account_id, verifier)
             tx.audit(account_id, "customer", "reset-password", "ok", now)
             ctx.alert(tx, account_id, "password_changed", "payment password reset with the ID number and a code")
     if failed is not None:
         raise VerificationFailed(failed)
+    if broken is not None:
+        raise broken
 
 
 # ---------------------------------------------------------------------- the view
@@ -271,8 +275,7 @@ def _limit_rows(ctx: HostContext, view: Tx, acct: Row) -> dict[str, Any]:
     out = {"currency": acct["currency"], "per_tx_limit_minor": acct["per_tx_limit"],
            "daily_limit_minor": acct["daily_limit"], "password_free_minor": acct["password_free"],
            "large_payment_minor": acct["large_payment"]}
-    # over-limit mode and reminder share (sec-guard): whatever columns this host has
-    out.update({k: acct[k] for k in acct.keys() if k.startswith(("over_limit", "reminder", "limit_reminder"))})
+    out.update({"over_limit": acct["over_limit"], "remind_at_percent": acct["remind_at"]})
     return out
 
 
@@ -305,11 +308,22 @@ def _guard_rows(ctx: HostContext, view: Tx, acct: Row) -> dict[str, Any]:
     state["last_audit"] = "never" if last is None else (
         f"{last['at']}: " + ("differed" if last["this_account_differed"] else "agreed"))
     state.pop("over_limit", None)          # shown with the limits
+    state.pop("remind_at_percent", None)
     return state
 
 
 add_section("identity and balance monitoring", _guard_rows)
-# notices (security education): sec-terminal adds its section here
+
+
+def _notice_rows(ctx: HostContext, view: Tx, acct: Row) -> dict[str, Any]:
+    """Security education: the host's notices in force, as this account's wallet inbox lists
+    them (terminals show the oldest 5 of them: posterm.host.notices)."""
+    from posterm.host import notices
+
+    return {"security_notices": [n["text"] for n in notices.inbox_entries(view, ctx.clock())]}
+
+
+add_section("security notices", _notice_rows)
 
 
 def view(ctx: HostContext, account_id: str) -> dict[str, Any]:

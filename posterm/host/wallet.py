@@ -10,7 +10,12 @@ from posterm.host.context import HostContext, HostRefused, require_account
 
 def scan(ctx: HostContext, qr_data: str, account_id: str) -> str:
     """The customer scans a merchant's dynamic QR and pays from ``account_id``. Returns the
-    trade's status (that of the order as it was when it was not waiting for a scan)."""
+    trade's status (that of the order as it was when it was not waiting for a scan).
+
+    Scanning and paying is the confirmation on the phone, but not a second factor: a
+    two-factor account's payment waits (``WAIT_BUYER``) for the verification code sent to
+    its phone (:func:`confirm` with it) or, when it prefers, the biometric approval
+    (``posterm host phone approve``), as at a terminal."""
     with ctx.store.transaction() as tx:
         t = tx.trade_by_qr(qr_data)
         if t is None:
@@ -24,6 +29,9 @@ def scan(ctx: HostContext, qr_data: str, account_id: str) -> str:
         refusal = checks(ctx, tx, acct, t["amount_minor"], t["currency"], terminal, t["trade_no"])
         if refusal is not None and refusal[0] != "confirm":
             ledger.decline(tx, t["trade_no"], refusal[1], refusal[2])
+        elif acct["two_factor"]:
+            tx.ask_customer(t["trade_no"], "WAIT_BUYER", ctx.clock())
+            phone.ask_payment(ctx, tx, acct, t)     # a code or an approval request, per preference
         else:
             ledger.capture(ctx, tx, t["trade_no"])  # confirmed on the phone by scanning and paying
         return tx.trade_status(t["trade_no"])

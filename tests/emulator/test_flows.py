@@ -172,3 +172,27 @@ actions = [
     assert r.approved, r
     assert stages.index("WAITING_FOR_PIN") < stages.index("WAITING_FOR_PHONE")
     assert host_status(term, r.order_id) == "APPROVED"
+
+
+def test_two_factor_customer_scanning_the_qr_types_the_code_from_the_phone(term, tmp_path):
+    """A wallet scan of the terminal's QR on a two-factor account asks for a code: the
+    customer reads it in the phone's inbox and types it; the terminal is paid then."""
+    host = term.emu.host
+    host.add_account("tqr", "Two Factor QR", balance_minor=1_000_000, password="135790", two_factor=True)
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(f"""
+[terminal]
+poll_interval = 0.2
+
+[[payment]]
+actions = [{{ action = "scan_qr", code = "{host.issue_code("tqr")}" }}]
+""")
+    term.emu.set_scenario(scenario)
+    r = term.pay(2_000, "CNY", dynamic_qr=True, timeout=30)
+    assert r.approved, r
+    assert host_status(term, r.order_id) == "APPROVED"
+    from posterm.host import phone
+
+    (sent,) = [e for e in phone.inbox(host.ctx, "tqr") if e["kind"] == "code"]
+    assert f"order {r.order_id}" in sent["text"]
+    assert host.store.view().verification(int(sent["ref"]))["state"] == "used"     # the code, not the scan, paid

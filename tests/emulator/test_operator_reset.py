@@ -55,6 +55,17 @@ def test_locked_operator_password_is_reset_by_the_supervisor_and_the_new_one_wor
     assert term.refund(r.order_id, 100, "RF-" + r.order_id, NEW, timeout=30).approved
 
 
+@pytest.mark.parametrize("weak", ["111111", "aaaa", "123456", "654321", "3456789"])
+def test_the_terminal_refuses_a_guessable_new_operator_password(term, weak):
+    """The strict rules of every password setting, at the supervisor's reset too: one
+    character repeated, a run of digits up or down. The locked operator stays locked."""
+    _lock_operator(term)
+    out = term.reset_operator_password(SUPERVISOR, weak)
+    assert (out.outcome, out.reason, out.supervisor_tries_left) == (Outcome.DECLINED, Reason.PASSWORD_NOT_ALLOWED, 3)
+    assert term.settle(weak, timeout=30).reason == Reason.OPERATOR_LOCKED
+    assert term.reset_operator_password(SUPERVISOR, NEW).done
+
+
 def test_wrong_supervisor_passwords_count_and_lock_it(term):
     _lock_operator(term)
     left = [term.reset_operator_password("111111", NEW).supervisor_tries_left for _ in range(2)]
@@ -154,6 +165,19 @@ def test_cli_reset_password_reads_both_passwords_from_stdin(posterm_terminal):
     assert SUPERVISOR not in ok.output and NEW not in ok.output
     with Terminal.open(posterm_terminal.port) as t:
         assert t.settle(NEW, timeout=30).outcome is Outcome.APPROVED
+
+
+@pytest.mark.parametrize("weak, why", [("777777", "one digit repeated"), ("123456", "a run of digits"),
+                                       ("654321", "a run of digits"), ("zzzz", "one character repeated")])
+def test_cli_reset_password_names_the_rule_a_new_password_breaks(posterm_terminal, weak, why):
+    r = CliRunner().invoke(main, ["terminal", "reset-password", "--port", posterm_terminal.port, "--passwords-stdin"],
+                           input=f"{SUPERVISOR}\n{weak}\n")
+    assert r.exit_code == 2, r.output
+    (line,) = [x for x in r.output.splitlines() if x.strip()][-1:]
+    assert line.startswith("posterm: error:") and f"the new operator password may not be {why}" in line
+    assert weak not in r.output
+    with Terminal.open(posterm_terminal.port) as t:             # nothing was sent: the old one still works
+        assert t.settle("246810", timeout=30).outcome is Outcome.APPROVED
 
 
 def test_cli_reset_password_prompts_hidden(posterm_terminal):

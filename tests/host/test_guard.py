@@ -11,7 +11,7 @@ import pytest
 from firmware_protocol.host.messages import HostStatus as S
 from firmware_protocol.native.messages import Reason
 from posterm.crypto.hsm import Hsm
-from posterm.host import HostRefused, identity, monitor
+from posterm.host import HostRefused, identity, monitor, phone
 from tests.host.conftest import db_arg, db_dump, raw_execute, support
 from tests.host.test_host import enter_pin, pay
 
@@ -226,6 +226,8 @@ def test_the_limit_reminder_once_a_day(host, term, clock):
     assert pay(term, 15_000, host.issue_code("rem")).status is S.APPROVED         # 85%: past 80%
     assert kinds(host, "rem").count("limit_reminder") == 1
     assert "85%" in host.security("rem")["recent_alerts"][0]["text"]
+    (note,) = [e["text"] for e in phone.inbox(host.ctx, "rem") if e["text"].startswith("[limit_reminder]")]
+    assert "reached 85% of the daily limit" in note                               # it reached the phone
     pay(term, 5_000, host.issue_code("rem"))
     assert kinds(host, "rem").count("limit_reminder") == 1                        # once per day
     clock.advance(86_400)

@@ -9,15 +9,13 @@ import hmac
 import http.server
 import json
 import re
-import sys
 import threading
-import types
 
 import pytest
 
 from firmware_protocol.host.messages import HostStatus as S
 from firmware_protocol.native.messages import Reason
-from posterm.host import HostRefused, alerts, phone, security
+from posterm.host import HostRefused, alerts, identity, phone, security
 from posterm.host.security import CustomerProof, OperatorProof, VerificationFailed
 from tests.host.conftest import db_arg, db_dump as dump_db, CODE
 from tests.host.test_host import enter_pin, pay, query
@@ -355,47 +353,54 @@ def test_webhooks_are_loopback_http_only(host):
 
 # ---------------------------------------------------------------------- the password reset
 
-def test_reset_password_without_identity_records_is_refused_clearly(host):
-    host.add_account("rex", "Rex", password=PW)
-    if "posterm.host.identity" in sys.modules or _has_identity():
-        pytest.skip("this host keeps ID numbers: see the identity tests")
-    with pytest.raises(HostRefused, match="keeps no ID numbers"):
-        security.reset_password(host.ctx, "rex", "11010519491231002X", "123456", "135790")
+ID = "11010519491231002X"          # GB 11643's example number: born 1949-12-31, check character X
 
 
-def _has_identity() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("posterm.host.identity") is not None
-
-
-def test_reset_password_with_id_and_code_unlocks_a_pin_locked_account(host, term, clock, monkeypatch):
-    # identity.matches is sec-guard's (posterm.host.identity); until it lands, a stand-in
-    # that knows one ID number lets the reset's own checks be exercised end to end.
-    if _has_identity():
-        pytest.skip("the real identity module: its ID numbers are set by sec-guard's registration")
-    fake = types.ModuleType("posterm.host.identity")
-    fake.matches = lambda tx, account_id, id_number: id_number == "11010519491231002X"
-    monkeypatch.setitem(sys.modules, "posterm.host.identity", fake)
-    import posterm.host as pkg
-    monkeypatch.setattr(pkg, "identity", fake, raising=False)
-    host.add_account("rex", "Rex", password=PW, balance_minor=1_000_000)
+def test_forgotten_password_reset_with_the_id_number_and_a_code_unlocks_a_pin_locked_account(host, term, clock):
+    """A real registered ID number (GB 11643 check digit): three wrong PINs at a terminal
+    lock the account; the reset needs that ID number and a reset-password code, never the
+    old password; the new one passes the rules (each refusal says which, the code stays
+    usable); afterwards the terminal takes the new password."""
+    host.add_account("rex", "Rex", password=PW, balance_minor=1_000_000, id_number=ID, id_name="Wang Wu")
     code = host.issue_code("rex")
     pay(term, 150_000, code, order="LOCK-1")
     for _ in range(3):
         enter_pin(term, "LOCK-1", code, pin="000000")
-    assert host.security("rex")["pin_locked"]
+    assert query(term, "LOCK-1").reason == Reason.PIN_LOCKED
+    s = host.security("rex")
+    assert s["pin_locked"] and s["identity_verified"] and s["id_last4"] == "002X"
     phone.send(host.ctx, "rex", "reset-password")
     sms = last_code(host, "rex")
-    with pytest.raises(VerificationFailed, match="ID number"):
-        security.reset_password(host.ctx, "rex", "110105194912310011", sms, "135790")
-    security.reset_password(host.ctx, "rex", "11010519491231002X", sms, "135790")
-    assert not host.security("rex")["pin_locked"]
+    with pytest.raises(VerificationFailed, match="ID number does not match"):
+        security.reset_password(host.ctx, "rex", "440524198001010013", sms, "135790")   # valid, but not Rex's
+    for weak, why in (("222222", "one digit repeated"), ("123456", "run of digits"), ("654321", "run of digits"),
+                      ("491231", "birth date in the ID"), ("19491231", "birth date in the ID")):
+        with pytest.raises(identity.PasswordRuleBroken, match=why):
+            security.reset_password(host.ctx, "rex", ID, sms, weak)
+    with pytest.raises(VerificationFailed, match="wrong verification code"):
+        security.reset_password(host.ctx, "rex", ID, other(sms), "135790")
+    assert host.security("rex")["pin_locked"]                          # nothing reset so far
+    security.reset_password(host.ctx, "rex", ID.lower(), sms, "135790")   # the code is still good
+    s = host.security("rex")
+    assert not s["pin_locked"] and s["pin_tries_used"] == 0
+    assert s["recent_alerts"][0]["kind"] == "password_changed"
+    outcomes = [e["outcome"] for e in s["recent_audit"] if e["action"] == "reset-password"]
+    assert outcomes[0] == "ok" and sum(o.startswith("refused:") for o in outcomes) == 5
+    assert sum(o.startswith("failed:") for o in outcomes) == 2
+    with pytest.raises(VerificationFailed, match="no verification code is pending"):
+        security.reset_password(host.ctx, "rex", ID, sms, "135792")       # single use
     clock.advance(3601)                          # past the risk rule on wrong PINs within an hour
     code = host.issue_code("rex")
     pay(term, 150_000, code, order="LOCK-2")
+    assert enter_pin(term, "LOCK-2", code, pin=PW).reason == Reason.WRONG_PIN        # the old one is gone
     assert enter_pin(term, "LOCK-2", code, pin="135790").status is S.APPROVED
-    assert any(a["kind"] == "password_changed" for a in host.security("rex")["recent_alerts"])
+
+
+def test_reset_password_of_an_account_without_an_id_number_is_refused(host):
+    host.add_account("noid", "No Id", password=PW)
+    phone.send(host.ctx, "noid", "reset-password")
+    with pytest.raises(VerificationFailed, match="ID number does not match"):
+        security.reset_password(host.ctx, "noid", ID, last_code(host, "noid"), "135790")
 
 
 # ---------------------------------------------------------------------- the view
@@ -406,7 +411,11 @@ def test_the_security_view_shows_every_protection_by_section(host):
     host.freeze("vic", True)
     s = host.security("vic")
     titles = [t for t, _ in s["sections"]]
-    assert titles[:6] == ["account", "payment password", "second factor", "limits", "alerts", "security audit"]
+    assert titles == ["account", "payment password", "second factor", "limits", "alerts", "security audit",
+                      "identity and balance monitoring", "security notices"]
+    limits = dict(s["sections"])["limits"]
+    assert {"over_limit", "remind_at_percent"} <= set(limits) and (s["over_limit"], s["remind_at_percent"]) == (
+        "reject", 80)
     assert s["two_factor"] and s["confirm_pref"] == "code" and s["frozen"] and s["webhook"].endswith("/x")
     assert s["outbox_pending"] == 1 and s["recent_alerts"][0]["kind"] == "frozen"
     assert s["recent_audit"][0]["action"] == "freeze"

@@ -12,7 +12,7 @@ from firmware_protocol.host.messages import HostStatus as S
 from firmware_protocol.native.messages import Reason
 from posterm.cli import main
 from posterm.host import Host
-from tests.host.conftest import terminal
+from tests.host.conftest import support, terminal
 from tests.host.test_host import enter_pin, pay, query
 from tests.host.test_security import Receiver
 
@@ -94,6 +94,69 @@ def test_over_limit_confirm_needs_verification_then_a_payment_over_the_limit_ask
         h.close()
 
 
+def runs(db, *args, input=None):
+    """(exit code, stdout, stderr) apart."""
+    try:
+        runner = CliRunner(mix_stderr=False)        # click 8.1
+    except TypeError:
+        runner = CliRunner()
+    r = runner.invoke(main, ["host", *args, "--db", str(db)], input=input)
+    return r.exit_code, r.stdout, r.stderr
+
+
+def test_a_two_factor_wallet_scan_waits_for_the_phones_code(tmp_path):
+    """The customer scans the terminal's QR with `host wallet scan`: a two-factor account's
+    payment is not paid by the scan alone, it waits for the code sent to the phone."""
+    db = tmp_path / "host.db"
+    h = Host.open(db)
+    try:
+        h.add_account("quin", "Quin", balance_minor=1_000_000, password="246802", two_factor=True)
+        term = terminal(h)
+        r = pay(term, 2_000, order="QR-2F", qr=True)
+        assert r.status is S.SHOW_QR
+        code, out, err = runs(db, "wallet", "scan", r.qr_data, "--account", "quin")
+        assert code == 0 and out.strip() == "wait_buyer", (out, err)
+        assert "wallet confirm QR-2F --merchant M100000001 --code" in err
+        assert query(term, "QR-2F").status is S.WAIT_BUYER                  # the terminal keeps waiting
+        code, out = run(db, "phone", "quin")
+        assert "pay 20.00 CNY to merchant M100000001 (order QR-2F)" in out, out
+        sms = code_of(db, "quin")
+        code, out = run(db, "wallet", "confirm", "QR-2F")
+        assert code == 1 and "needs the verification code" in out
+        code, out = run(db, "wallet", "confirm", "QR-2F", "--code", "000000" if sms != "000000" else "111111")
+        assert code == 1 and "wrong verification code (4 tries left)" in out
+        assert query(term, "QR-2F").status is S.WAIT_BUYER
+        code, out = run(db, "wallet", "confirm", "QR-2F", "--code", sms)
+        assert code == 0 and out.strip() == "approved", out
+        assert query(term, "QR-2F").status is S.APPROVED
+        kinds = [a["kind"] for a in json.loads(run(db, "security", "quin", "--json")[1])["recent_alerts"]]
+        assert "verification_failed" in kinds
+    finally:
+        h.close()
+
+
+def test_a_two_factor_wallet_scan_preferring_biometric_waits_for_the_approval(tmp_path):
+    db = tmp_path / "host.db"
+    h = Host.open(db)
+    try:
+        h.add_account("bo", "Bo", balance_minor=1_000_000, password="246802", two_factor=True)
+        h.set_flags("bo", confirm_pref="biometric", proof=support(h))
+        term = terminal(h)
+        r = pay(term, 2_000, order="QR-BIO", qr=True)
+        code, out, err = runs(db, "wallet", "scan", r.qr_data, "--account", "bo")
+        assert code == 0 and out.strip() == "wait_buyer" and "posterm host phone approve bo" in err
+        code, out = run(db, "phone", "bo")
+        assert "[approve] approve on this phone to pay 20.00 CNY" in out, out
+        code, out = run(db, "wallet", "confirm", "QR-BIO")
+        assert code == 1 and "approves payments on the phone" in out
+        assert query(term, "QR-BIO").status is S.WAIT_BUYER
+        code, out = run(db, "phone", "approve", "bo")
+        assert code == 0 and "approved; payment approved" in out, out
+        assert query(term, "QR-BIO").status is S.APPROVED
+    finally:
+        h.close()
+
+
 def test_operators_and_their_log(host_db):
     db = host_db
     assert run(db, "account", "add", "joe", "--name", "Joe")[0] == 0
@@ -131,12 +194,25 @@ def test_webhook_set_deliver_remove(host_db):
         rx.close()
 
 
-def test_reset_password_is_refused_clearly_without_identity_records(host_db):
+def test_reset_password_from_the_cli_with_the_id_number_and_the_phones_code(host_db):
     db = host_db
-    assert run(db, "account", "add", "lea", "--name", "Lea")[0] == 0
-    code, out = run(db, "account", "reset-password", "lea", "--id-number", "11010519491231002X", "--code", "123456",
-                    input="135790\n")
-    assert code == 1 and ("ID number" in out), out
+    idn = "11010519491231002X"
+    assert run(db, "account", "add", "lea", "--name", "Lea", "--real-name", "--id-number", idn,
+               "--real-name-of", "Lea Li", "--set-password", input="135790\n135790\n")[0] == 0
+    assert run(db, "phone", "send-code", "lea", "--purpose", "reset-password")[0] == 0
+    sms = code_of(db, "lea")
+    args = ("account", "reset-password", "lea", "--id-number", idn, "--code", sms)
+    for weak, why in (("333333", "one digit repeated"), ("123456", "run of digits"),
+                      ("311249", "birth date in the ID")):
+        code, out = run(db, *args, input=f"{weak}\n")
+        assert code == 1 and out.startswith("posterm: error:") and why in out and weak not in out, out
+    code, out = run(db, "account", "reset-password", "lea", "--id-number", "440524198001010013", "--code", sms,
+                    input="246802\n")
+    assert code == 1 and "ID number does not match" in out
+    code, out = run(db, *args, input="246802\n")
+    assert code == 0 and "payment password reset" in out, out
+    code, out = run(db, "phone", "lea")
+    assert "payment password reset with the ID number and a code" in out
 
 
 def test_a_terminals_two_factor_payment_confirmed_with_wallet_confirm_code(host_db):
