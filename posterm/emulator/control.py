@@ -338,7 +338,9 @@ class TerminalControl:
 
     def _record(self, fw: Any, action: Action, after: float) -> None:
         """Line thread: note ``action`` for the export, with the payment it belongs to."""
-        if action.kind == "do_nothing" and not fw.prompt:
+        if action.kind == "do_nothing" and (not fw.prompt or self.manual):
+            # A manual customer answers nothing by themselves: ignoring the prompt changed
+            # nothing, and in the file it would use up the prompt a later action answers.
             return
         recorded = Action(action.kind, code=action.code, digits=action.digits, after=after if after >= 0.1 else 0.0,
                           key_interval=action.key_interval, seconds=action.seconds, keys=action.keys,
