@@ -46,7 +46,7 @@ from typing import Any, Callable
 from firmware_protocol.currency import format_minor, to_minor
 from firmware_protocol.native.messages import Outcome, Reason, TerminalState as S
 
-from posterm.emulator.scenario import ACTIONS, DEMO_PIN, KEYS, LINE_FAULTS, Action, action_table, key_list, masked_keys
+from posterm.emulator.scenario import ACTIONS, DEMO_PIN, KEYS, LINE_FAULTS, TERMINAL_ACTIONS, Action, action_table, key_list, masked_keys
 from posterm.errors import ConfigError, PosError
 
 log = logging.getLogger("posterm.emulator.control")
@@ -311,7 +311,7 @@ class TerminalControl:
     def scenario_toml(self) -> str:
         """The session's actions as a scenario file (``posterm emulate --scenario``)."""
         with self._cond:
-            payments = [dict(p, actions=list(p["actions"])) for p in self._payments]
+            payments = [dict(p, actions=list(p["actions"]), then=list(p["then"])) for p in self._payments]
             manual = self.manual
         lines = [f"# posterm control panel: the session of terminal {self.id}, as a scenario",
                  "# (posterm emulate --scenario FILE replays it; each expect is what the payment came to)", ""]
@@ -328,21 +328,37 @@ class TerminalControl:
             for a in actions:
                 lines.append("  { " + ", ".join(f"{k} = {_toml(v)}" for k, v in a.items()) + " },")
             lines.append("]")
+            if p["then"]:
+                lines.append("then = [   # done to the idle terminal after this payment")
+                for a in p["then"]:
+                    lines.append("  { " + ", ".join(f"{k} = {_toml(v)}" for k, v in action_table(a).items()) + " },")
+                lines.append("]")
             lines.append("")
         return "\n".join(lines)
 
     def _record(self, fw: Any, action: Action, after: float) -> None:
         """Line thread: note ``action`` for the export, with the payment it belongs to."""
-        if action.kind == "do_nothing" and not fw.prompt:
+        if action.kind == "do_nothing" and (not fw.prompt or self.manual):
+            # A manual customer answers nothing by themselves: ignoring the prompt changed
+            # nothing, and in the file it would use up the prompt a later action answers.
             return
         recorded = Action(action.kind, code=action.code, digits=action.digits, after=after if after >= 0.1 else 0.0,
                           key_interval=action.key_interval, seconds=action.seconds, keys=action.keys,
                           fault=action.fault)
+        at_idle = action.kind in TERMINAL_ACTIONS or action.kind == "press_keys"
         with self._cond:
             order = fw.order_in_flight
             target = self._next_payment
             if order is not None and self._payments and self._payments[-1]["order_id"] == order:
                 target = self._payments[-1]["actions"]
+            elif order is None and at_idle:
+                # Done to an idle terminal: the previous payment's "then" (played once it is over).
+                # Replayed at the next payment's first prompt instead, a restart or a CANCEL would
+                # end that payment; before any payment they change nothing, so they are left out.
+                if self._payments:
+                    target = self._payments[-1]["then"]
+                elif action.kind in ("restart", "press_keys"):
+                    return
             if len(target) < MAX_EXPORT_ACTIONS:
                 target.append(recorded)
 
@@ -489,7 +505,7 @@ class TerminalControl:
             if order is not None and order != self._order_seen:
                 self._order_seen = order
                 self._payments.append({"order_id": order, "actions": self._next_payment, "expect": None,
-                                       "expect_reason": None})
+                                       "expect_reason": None, "then": []})
                 self._next_payment = []
             results = fw.scenario_results
             total = sum(fw.outcomes.values())

@@ -910,6 +910,21 @@ class EmulatedTerminal:
                 self._drop_ecr("output_overflow", f"over {self.max_output} bytes of output not read by the ECR")
                 return
         self._flush(now)
+        self._after_payment(now)
+
+    def _after_payment(self, now: float) -> None:
+        """A scenario payment's ``then``, once the terminal is idle and the ECR has taken its
+        answer (the link is idle, nothing left to write): what a person did between payments."""
+        fw = self.firmware
+        if not fw.after_payment or fw._flow is not None or not self._link.idle or self._outbuf:
+            return
+        while fw.after_payment:
+            action = fw.after_payment.popleft()
+            if action.kind == "press_keys":
+                fw._press_keys(action.keys or "")
+            else:
+                self._terminal_action(action, now)
+                fw = self.firmware
 
 
     # ------------------------------------------------------------------ the control panel's line actions
@@ -965,7 +980,7 @@ class EmulatedTerminal:
                       wallclock=old._wallclock)
         fw.display, fw.printer, fw._tokens = old.display, old.printer, old._tokens   # same screen, paper, token count
         fw._scripts, fw.config, fw.scenario_results = old._scripts, old.config, old.scenario_results
-        fw.manual_customer, fw.outcomes = old.manual_customer, old.outcomes
+        fw.manual_customer, fw.outcomes, fw.after_payment = old.manual_customer, old.outcomes, old.after_payment
         fw.display.show("WELCOME")
         self._link.reset()
         self._outbuf.clear()

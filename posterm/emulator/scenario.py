@@ -17,6 +17,7 @@ next one (when they run out, the defaults below apply)::
       { action = "present_code", code = "289900000000000003", after = 0.2 },
       { action = "type_pin", digits = "147258" },
     ]
+    then = [ { action = "restart" } ]  # optional: done to the terminal once this payment is over
 
 Actions, done in order, each when the terminal asks for that kind of input:
 
@@ -36,6 +37,10 @@ own action follows): ``line_fault`` (fault: ``corrupt`` the next chunk from the 
 ``drop`` the next one to it), ``unplug`` (seconds: the cable is out that long, 0 until a
 ``replug``), ``replug``, ``restart`` (the terminal is power-cycled: the journal settles
 what was in flight).
+
+``then`` (optional) lists what happens to the terminal once the payment is over, back at
+idle, before the next payment: only those terminal actions and ``press_keys`` (a
+restart or a pulled cable between two payments, as the control panel exports them).
 
 With no scenario (or after the last payment of one) the host's test payment
 codes pick the outcome: the scanner sees the approving test code of the order's
@@ -144,6 +149,7 @@ class PaymentScript:
     actions: tuple[Action, ...] = ()
     expect: Outcome | None = None
     expect_reason: Reason | None = None
+    then: tuple[Action, ...] = ()     # terminal actions / keys once the payment is over (at idle)
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,9 +208,9 @@ def scenario_from_dict(data: dict[str, Any], source: str = "<scenario>") -> Scen
         where = f"payment[{i}]"
         if not isinstance(pay, dict):
             raise err(where, "must be a table")
-        extra = set(pay) - {"actions", "expect", "expect_reason"}
+        extra = set(pay) - {"actions", "expect", "expect_reason", "then"}
         if extra:
-            raise err(f"{where}.{sorted(extra)[0]}", "unknown key (expected actions, expect, expect_reason)")
+            raise err(f"{where}.{sorted(extra)[0]}", "unknown key (expected actions, expect, expect_reason, then)")
         expect = None
         if "expect" in pay:
             names = {o.name.lower(): o for o in Outcome if o is not Outcome.PENDING}
@@ -221,7 +227,15 @@ def scenario_from_dict(data: dict[str, Any], source: str = "<scenario>") -> Scen
         if not isinstance(actions_data, list):
             raise err(f"{where}.actions", "must be an array of inline tables")
         actions = tuple(_action(a, f"{where}.actions[{j}]", err) for j, a in enumerate(actions_data))
-        payments.append(PaymentScript(actions, expect, expect_reason))
+        then_data = pay.get("then", [])
+        if not isinstance(then_data, list):
+            raise err(f"{where}.then", "must be an array of inline tables")
+        then = tuple(_action(a, f"{where}.then[{j}]", err) for j, a in enumerate(then_data))
+        for j, a in enumerate(then):
+            if a.kind not in TERMINAL_ACTIONS and a.kind != "press_keys":
+                raise err(f"{where}.then[{j}].action", f"{a.kind} answers a prompt: only "
+                          f"{', '.join(sorted(TERMINAL_ACTIONS))} and press_keys come after a payment")
+        payments.append(PaymentScript(actions, expect, expect_reason, then))
     return Scenario(tuple(payments), terminal, source)
 
 

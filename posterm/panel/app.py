@@ -59,8 +59,9 @@ class _Client:
 class Hub:
     """Fans terminal changes out to the event streams (see the module docstring)."""
 
-    def __init__(self, backend: Any) -> None:
+    def __init__(self, backend: Any, clock: Any = time.monotonic) -> None:
         self.backend = backend
+        self._clock = clock
         self.clients: set[_Client] = set()
         self.dropped = 0                     # clients dropped for being slow (for tests and logs)
         self._lock = threading.Lock()
@@ -153,7 +154,7 @@ class Hub:
             payments.update(s.get("payments") or {})
             unplugged += bool((s.get("line") or {}).get("unplugged"))
             errors += bool(s.get("error"))
-        now, total = time.monotonic(), sum(payments.values())
+        now, total = self._clock(), sum(payments.values())
         self._samples.append((now, total))
         while len(self._samples) > 2 and now - self._samples[0][0] > FLOW_WINDOW:
             self._samples.popleft()

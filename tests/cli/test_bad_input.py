@@ -182,6 +182,8 @@ def _posterm(*args, env=None, stdin=""):
     (["emulate", "--count", "2", "--fleet-parent", "1"], 2),
     (["host", "trades", "--date", "yesterday"], 2),
     (["pay", "--port", "/nonexistent/tty", "--amount", "1"], 4),
+    (["emulate", "--panel", "0.0.0.0:8400"], 2),            # the control panel: loopback only
+    (["panel", "--fleet", "http://127.0.0.1:1", "--listen", "192.168.1.5:8400"], 2),
 ])
 def test_real_entry_point_prints_one_line(args, code, tmp_path):
     p = _posterm(*args, env={"home": str(tmp_path)})

@@ -11,6 +11,7 @@ from posterm.emulator.control import MAX_TRAFFIC, ControlError, TerminalControl
 from posterm.emulator.firmware import FirmwareConfig
 from posterm.emulator.runner import EmulatedTerminal
 from posterm.emulator.scenario import parse_scenario
+from posterm.errors import ConfigError
 from posterm.families.native.ecr import Terminal
 
 CODE = {n: f"28990000000000000{n}" for n in range(1, 9)}
@@ -167,3 +168,80 @@ def test_bad_arguments_and_bounds(emu):
         last = c.present_code(CODE[1])
     assert last == "full"
     assert MAX_TRAFFIC == 200
+
+
+def test_every_action_is_exported_and_the_export_replays_the_same_outcomes(tmp_path):
+    """A session with every live action (as the panel's buttons do them), exported; a fresh
+    terminal given the export as its scenario comes to the same outcome and reason for each
+    payment. Actions done to an idle terminal (unplug, replug, a fault, a restart) go to the
+    previous payment's ``then``: replayed at the next prompt, a restart would end that payment."""
+    config = FirmwareConfig(poll_interval=0.2, poll_attempts=50, scan_timeout=0.5)
+    term = EmulatedTerminal.start(home=tmp_path / "home", config=config)
+    c = TerminalControl(term)
+    done = []
+
+    def pay(fn, **kw):
+        th, box = pay_in_thread(term.port, tmp_path / "drv.db", **kw)
+        fn()
+        th.join(60)
+        r = box["r"]
+        done.append((kw, r.outcome, r.reason))
+
+    def at(prompt, *then):
+        def run():
+            for step in (prompt, *then):
+                c.wait_for_prompt(step) if isinstance(step, str) else step()
+        return run
+
+    try:
+        pay(at("scan", lambda: c.present_code(CODE[1])))
+        pay(at("scan", lambda: c.present_code(CODE[3]), "pin", c.wrong_pin,
+               lambda: c.wait_for(lambda s: "tries left" in s["display"]["text"]), c.type_pin))
+        pay(at("scan", lambda: c.present_code(CODE[5]), "phone", c.confirm_on_phone))
+        pay(at("scan", lambda: c.present_code(CODE[5]), "phone", c.refuse_on_phone))
+        pay(at("scan", lambda: c.present_code(CODE[7])))
+        pay(at("scan", c.do_nothing))                                    # the scan prompt times out
+        pay(at("scan", c.walk_away))
+        pay(at("scan", lambda: c.present_code(CODE[3]), "pin", c.cancel_pin))
+        pay(at("scan", lambda: c.present_code(CODE[5]), "phone", lambda: c.press_keys("CANCEL")))
+        c.unplug()
+        c.wait_for(lambda s: s["line"]["unplugged"])
+        c.replug()
+        c.wait_for(lambda s: not s["line"]["unplugged"])
+        c.line_fault("corrupt")
+        pay(at("scan", lambda: c.present_code(CODE[1])))
+        c.restart()
+        c.wait_for(lambda s: s["line"]["restarts"] == 1 and s["state"] == "IDLE")
+        pay(at("scan", lambda: c.present_code(CODE[1])))
+        pay(at("qr", lambda: c.scan_qr(CODE[1])), dynamic_qr=True)
+        pay(at("scan", lambda: c.present_code(CODE[3]), "pin", lambda: c.press_keys("1 4 7 2 5 8 OK")))
+        toml = c.scenario_toml()
+    finally:
+        c.close()
+        term.close()
+    outcomes = [o.name for _, o, _ in done]
+    assert outcomes == ["APPROVED", "APPROVED", "APPROVED", "CANCELLED", "DECLINED", "CANCELLED", "CANCELLED",
+                        "CANCELLED", "CANCELLED", "APPROVED", "APPROVED", "APPROVED", "APPROVED"]
+    for kind in ("present_code", "type_pin", "cancel_pin", "confirm_on_phone", "refuse_on_phone", "do_nothing",
+                 "walk_away", "press_keys", "line_fault", "unplug", "replug", "restart", "scan_qr"):
+        assert f'action = "{kind}"' in toml, kind
+    scenario = parse_scenario(toml)
+    assert len(scenario.payments) == len(done)
+    assert [a.kind for a in scenario.payments[8].then] == ["unplug", "replug", "line_fault"]
+    assert [a.kind for a in scenario.payments[9].then] == ["restart"]
+    with EmulatedTerminal.start(home=tmp_path / "home2", scenario=scenario, config=config) as again:
+        replayed = []
+        for kw, _, _ in done:    # one ECR session per payment, as the panel's cash register has
+            with Terminal.open(again.port, journal=str(tmp_path / "drv2.db")) as t:
+                r = t.pay(100, "CNY", timeout=60, **kw)
+                replayed.append((kw, r.outcome, r.reason))
+        assert replayed == done
+        assert all(r.ok for r in again.firmware.scenario_results)
+        assert again.restarts == 1 and again.line_events["fault_injected"] == 1
+
+
+def test_then_takes_only_what_happens_to_the_terminal():
+    with pytest.raises(ConfigError, match=r"payment\[0\]\.then\[0\]\.action"):
+        parse_scenario('[[payment]]\nthen = [ { action = "present_code", code = "289900000000000001" } ]\n')
+    s = parse_scenario('[[payment]]\nthen = [ { action = "restart" }, { action = "press_keys", keys = "CANCEL" } ]\n')
+    assert [a.kind for a in s.payments[0].then] == ["restart", "press_keys"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+from pathlib import Path
 import threading
 
 import httpx
@@ -193,3 +195,74 @@ def test_the_real_server_streams_events_and_takes_a_sale(controlled):
                 s = next_event("terminal", lambda d: (d["register"]["result"] or {}).get("outcome") == "approved")
                 assert s["last_result"]["outcome"] == "approved"
                 assert {"PayRequest", "PayResult"} <= {(f.get("msg") or {}).get("type") for f in frames}
+
+
+def test_the_fleet_view_counts_states_and_measures_flows_per_second():
+    """Counts by state and outcome over every terminal; flows per second over the last
+    FLOW_WINDOW seconds of summaries (a fake clock)."""
+    from posterm.panel.app import FLOW_WINDOW
+
+    states = {"T1": {"state": "IDLE", "payments": {"approved": 2}},
+              "T2": {"state": "AWAITING_PIN", "payments": {"approved": 1, "declined": 1}, "line": {"unplugged": True}},
+              "T3": {"state": "IDLE", "payments": {}, "error": "RuntimeError: boom"}}
+
+    class Backend:
+        def terminals(self):
+            return list(states)
+
+        def state(self, tid, traffic=True):
+            return dict(states[tid], id=tid)
+
+    now = [100.0]
+    hub = Hub(Backend(), clock=lambda: now[0])
+    f = hub.fleet()
+    assert f == {"terminals": 3, "by_state": {"AWAITING_PIN": 1, "IDLE": 2}, "payments": {"approved": 3, "declined": 1},
+                 "flows_per_second": 0.0, "unplugged": 1, "errors": 1}
+    now[0] += 2.0
+    states["T1"]["payments"] = {"approved": 6}                 # 4 more payments in 2 s
+    assert hub.fleet()["flows_per_second"] == 2.0
+    now[0] += 2.0
+    assert hub.fleet()["flows_per_second"] == 1.0              # none in the next 2 s: 4 over 4 s
+    now[0] += FLOW_WINDOW + 1                                  # the old samples fall out of the window
+    hub.fleet()
+    now[0] += 1.0
+    assert hub.fleet()["flows_per_second"] == 0.0
+
+
+def test_the_page_loads_nothing_from_elsewhere(client):
+    """No CDN: the page, its script and style are package files, and name no other host."""
+    from posterm.panel.app import STATIC
+
+    page = client.get("/").text
+    assets = sorted(set(re.findall(r'(?:src|href)="([^"]+)"', page)))
+    assert assets == ["/static/panel.css", "/static/panel.js"]
+    for path in assets:
+        assert client.get(path).status_code == 200
+    for f in STATIC.iterdir():
+        assert not re.search(r"(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}", f.read_text(encoding="utf-8"), re.I), f.name
+    assert "script-src 'self'" in client.get("/").headers["content-security-policy"]
+
+
+def test_every_documented_api_path_is_served_and_every_action_documented():
+    """docs/panel.md's API table against the app's routes and the backend's actions."""
+    from posterm.panel.backend import ACTIONS
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "panel.md").read_text(encoding="utf-8")
+    table = [line for line in doc.splitlines() if line.startswith("| `GET /api/v1") or line.startswith("| `POST /api/v1")]
+    documented_actions = set()
+    gets = set()
+    for line in table:
+        for method, path in re.findall(r"`(GET|POST) (/api/v1/[^`? ]*)", line):
+            path = path.replace("{id}", "T0000001")
+            if method == "POST":
+                documented_actions.add(path.removeprefix("/api/v1/terminals/T0000001/"))
+            else:
+                gets.add(path)
+    documented_actions |= set(re.findall(r"`/((?:phone/)?[a-z-]+)`", " ".join(table)))
+    assert documented_actions == set(ACTIONS), documented_actions ^ set(ACTIONS)
+    assert "/api/v1/terminals/T0000001/state" in gets and "/api/v1/events" in gets
+    from posterm.panel.app import make_app
+
+    routes = {r.path for r in make_app(object()).starlette.routes if hasattr(r, "path")}
+    for path in gets:
+        assert path.replace("T0000001", "{tid}") in routes, path

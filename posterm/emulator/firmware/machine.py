@@ -114,6 +114,7 @@ class Firmware(PaymentActions, OperatorActions, CustomerActions):
         # actions given before their prompt wait here (bounded) for it.
         self.manual_customer = False
         self.held_actions: collections.deque[ScriptAction] = collections.deque(maxlen=MAX_HELD_ACTIONS)
+        self.after_payment: collections.deque[ScriptAction] = collections.deque(maxlen=MAX_HELD_ACTIONS)
         self.outcomes: collections.Counter[str] = collections.Counter()   # payments ended, by outcome name
         self.last_host_answer: tuple[str | None, Any] = (None, None)     # (order id, the host's last answer to a flow)
         self._events: list[tuple[Event, dict[str, Any]]] = []
@@ -419,6 +420,9 @@ class Firmware(PaymentActions, OperatorActions, CustomerActions):
                 flow.final.outcome, int(flow.final.reason)))
             del self.scenario_results[:-_MAX_SCENARIO_RESULTS]
             self.outcomes[flow.final.outcome.name] += 1
+            # The scenario's "then": the runner plays it once the ECR has the answer and the
+            # line is quiet (a restart now would drop the PayResult still in the output).
+            self.after_payment.extend(script.then if script else ())
 
     # ---------------------------------------------------------------- actions: faults
 
