@@ -109,7 +109,7 @@ def _start_fleet(home: Path, count: int, processes: int | None) -> tuple[subproc
 
 
 def _why(result, n: int) -> str:
-    """What a payment that was not approved says (the fleet's log: fleet.stderr in --dir)."""
+    """What a payment that was not approved says (the tail of the fleet's log follows it)."""
     reason = getattr(result, "reason", None)
     gave_up = getattr(result, "gave_up_after", None)
     return (f"{result.outcome.name} (reason {getattr(reason, 'name', reason)}, terminal {n + 1}"
@@ -261,6 +261,9 @@ def main(argv: list[str]) -> int:
                 res = run_size(Path(tmp), n, args.seconds, args.drivers, args.processes)
             except RuntimeError as exc:
                 print(f"fleet benchmark failed at {n} terminals: {exc}", file=sys.stderr)
+                log = _tail(Path(tmp) / "fleet.stderr")
+                if log:
+                    print(f"the fleet's log ended with:\n{log}", file=sys.stderr)
                 return 1
         if not args.no_idle:
             res["idle_rss_per_terminal"], res["start_s_per_terminal"] = idle_one(n, args.dir)
