@@ -392,9 +392,11 @@ def _line(item: Any) -> str:
 @db_option
 @host_errors
 def reset_password(account_id, id_number, code, db_path):
-    """Reset a forgotten payment password with the ID number and a verification code (not
-    the old password); the new one (6 to 12 digits) is read from stdin. A PIN-locked account
-    is unlocked. Exit 1: the ID number or code is wrong, or this host keeps no ID numbers."""
+    """Reset a forgotten payment password with the ID number the account was verified with
+    and a verification code (not the old password); the new one is read from stdin and must
+    pass the password rules (not one digit repeated, not a run, not the ID's birth date). A
+    PIN-locked account is unlocked. Exit 1: the ID number or code is wrong, or the new
+    password breaks a rule (named; the code stays usable)."""
     from posterm.host import security
 
     if not re.fullmatch(r"[0-9]{17}[0-9Xx]", id_number):
