@@ -62,7 +62,7 @@ def test_a_pin_payment_by_api_calls(client, tmp_path):
     assert r.json() == {"ok": True, "result": "now"}
     client.control.wait_for_prompt("pin")
     assert client.post(f"{T}/pin", json={"wrong": True}).json()["result"] == "now"
-    client.control.wait_for(lambda s: s["prompt"] == "pin" and "tries left" in s["display"]["text"])
+    client.control.wait_for(lambda s: s["prompt"] == "pin" and (s["host"]["answer"] or {}).get("reason") == "wrong_pin")
     assert client.post(f"{T}/pin", json={}).json()["ok"]
     th.join(60)
     assert box["r"].approved
