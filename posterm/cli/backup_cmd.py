@@ -28,6 +28,11 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON."
 
 
 def _db(db_path: str | None) -> Path:
+    from posterm.host.store import is_postgres_url
+
+    if is_postgres_url(db_path):
+        raise click.UsageError("backups copy a SQLite file: back up a PostgreSQL host with the server's "
+                               "tools (pg_dump)")
     if db_path:
         return Path(db_path)
     from posterm.home import posterm_home

@@ -108,6 +108,12 @@ def serve(listen, allow_remote, no_demo, risk_rules, outage_seconds, backup_ever
             parse_listen(gateway_listen)
         except ConfigError as exc:
             raise click.BadParameter(str(exc), param_hint="--gateway") from None
+    if backup_every is not None or backup_to or backup_key_file:
+        from posterm.host.store import is_postgres_url
+
+        if is_postgres_url(db_path):
+            raise click.UsageError("scheduled backups copy a SQLite file: back up a PostgreSQL host with "
+                                   "the server's tools (pg_dump)")
     limits = ServerLimits(max_connections, max_pending, logon_deadline, idle_timeout)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())  # before the address is announced: no race

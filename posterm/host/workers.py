@@ -34,7 +34,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from posterm.errors import PosError
 
@@ -117,9 +117,15 @@ class Supervisor:
 
     def _spawn(self, index: int) -> _Worker:
         fd = self._listener.fileno()
-        cmd = [sys.executable, "-m", "posterm.host.workers", str(fd), json.dumps(asdict(self.config))]
+        conf, env = asdict(self.config), None
+        if isinstance(conf["db"], str) and conf["db"].lower().startswith(("postgresql://", "postgres://")):
+            # a URL may carry a password: never on the command line (anyone may read it in ps),
+            # in the worker's environment instead (its owner's alone to read)
+            env = {**os.environ, DB_ENV: conf["db"]}
+            conf["db"] = "env:" + DB_ENV
+        cmd = [sys.executable, "-m", "posterm.host.workers", str(fd), json.dumps(conf)]
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=(fd,),
-                                close_fds=True)
+                                close_fds=True, env=env)
         try:
             line = _read_line(proc, self.ready_timeout)
         except BaseException:
@@ -224,6 +230,9 @@ def _close_pipes(proc: subprocess.Popen) -> None:
 # ---------------------------------------------------------------------- the worker process
 
 
+DB_ENV = "POSTERM_WORKER_DB"   # a PostgreSQL URL handed to a worker (see Supervisor._spawn)
+
+
 def worker_main(fd: int, config: WorkerConfig) -> int:
     """Serve the host on inherited listening socket ``fd`` until SIGTERM or the supervisor is gone."""
     from posterm.host import Host
@@ -234,6 +243,8 @@ def worker_main(fd: int, config: WorkerConfig) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     logging.basicConfig(level=logging.WARNING, format=f"posterm host worker {os.getpid()}: %(message)s")
+    if config.db == "env:" + DB_ENV:
+        config = replace(config, db=os.environ.pop(DB_ENV, None))
     host = Host.open(config.db, demo=False, risk_config=config.risk_rules, outage_seconds=config.outage_seconds,
                      group_commit=config.group_commit)
     try:

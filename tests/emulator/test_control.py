@@ -68,7 +68,7 @@ def test_actions_given_early_wait_for_their_prompt_and_a_wrong_pin(emu, tmp_path
     assert c.present_code(CODE[3]) == "held"            # idle: held for the next scan prompt
     assert c.wrong_pin() == "held"
     th, box = pay_in_thread(term.port, tmp_path / "drv.db")
-    s = c.wait_for(lambda s: s["prompt"] == "pin" and "tries left" in s["display"]["text"])
+    s = c.wait_for(lambda s: s["prompt"] == "pin" and (s["host"]["answer"] or {}).get("reason") == "wrong_pin")
     assert s["host"]["answer"].get("pin_tries_left") is not None
     c.type_pin()
     th.join(60)
@@ -196,7 +196,7 @@ def test_every_action_is_exported_and_the_export_replays_the_same_outcomes(tmp_p
     try:
         pay(at("scan", lambda: c.present_code(CODE[1])))
         pay(at("scan", lambda: c.present_code(CODE[3]), "pin", c.wrong_pin,
-               lambda: c.wait_for(lambda s: "tries left" in s["display"]["text"]), c.type_pin))
+               lambda: c.wait_for(lambda s: (s["host"]["answer"] or {}).get("reason") == "wrong_pin"), c.type_pin))
         pay(at("scan", lambda: c.present_code(CODE[5]), "phone", c.confirm_on_phone))
         pay(at("scan", lambda: c.present_code(CODE[5]), "phone", c.refuse_on_phone))
         pay(at("scan", lambda: c.present_code(CODE[7])))

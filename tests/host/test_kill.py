@@ -10,6 +10,7 @@ import select
 import signal
 import sqlite3
 import time
+from pathlib import Path
 
 import pytest
 
@@ -96,7 +97,8 @@ def test_kill_minus_nine_at_random_points(host_db):
     Host.open(db_path).close()  # demo data
     rng = random.Random(2026)
     approved: set[str] = set()
-    for k in range(KILLS):
+    kills = KILLS if isinstance(db_path, Path) else max(8, KILLS // 5)   # PostgreSQL: fewer, its run kept short
+    for k in range(kills):
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child dies by SIGKILL
@@ -132,6 +134,6 @@ def test_kill_minus_nine_at_random_points(host_db):
         status = {r[0]: r[1] for r in host.store.read().execute("SELECT order_id, status FROM trades")}
         lost = [o for o in approved if status.get(o) not in ("APPROVED", "REFUNDED")]
         assert not lost, f"approved payments lost after a kill: {lost[:5]}"
-        assert len(approved) >= KILLS // 4  # every fourth child reported an approval before its kill
+        assert len(approved) >= kills // 4  # every fourth child reported an approval before its kill
     finally:
         host.close()

@@ -19,7 +19,7 @@ WAIT = 30.0  # every wait below is for an event, bounded
 
 @pytest.fixture
 def url(tmp_path, monkeypatch):
-    with pgstore.store_db("postgresql", tmp_path, monkeypatch) as u:
+    with pgstore.store_db("postgresql", tmp_path, monkeypatch, "demo") as u:   # the demo already in: no seeding per test
         yield u
 
 

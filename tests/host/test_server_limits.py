@@ -32,6 +32,7 @@ def _closed_by_server(sock: socket.socket, bound: float = 10.0) -> bool:
         return False
 
 
+@pytest.mark.parametrize("store_kind", ["sqlite"])   # the store does not matter here: SQLite only, to keep the PostgreSQL run short
 def test_silent_connections_do_not_lock_out_a_real_terminal(host):
     # The default caps, with a logon deadline long enough that no test run reaches it:
     # only the caps and the eviction can let the real terminal in.
@@ -52,6 +53,7 @@ def test_silent_connections_do_not_lock_out_a_real_terminal(host):
             link.client.close()
 
 
+@pytest.mark.parametrize("store_kind", ["sqlite"])   # the store does not matter here: SQLite only, to keep the PostgreSQL run short
 def test_a_connection_that_does_not_log_on_is_closed_at_the_deadline(host):
     with serve(host, limits=ServerLimits(logon_deadline=0.2)) as server:
         (s,) = _silent(server.address, 1)
@@ -61,6 +63,7 @@ def test_a_connection_that_does_not_log_on_is_closed_at_the_deadline(host):
         assert server.timeouts == 1
 
 
+@pytest.mark.parametrize("store_kind", ["sqlite"])   # the store does not matter here: SQLite only, to keep the PostgreSQL run short
 def test_an_idle_logged_on_connection_is_closed_and_the_terminal_reconnects(host):
     with serve(host, limits=ServerLimits(idle_timeout=1.0)) as server:
         client = TcpHostClient(server.address)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -24,7 +23,7 @@ from posterm.errors import PosError
 from posterm.host import Host
 from posterm.host.client import TcpHostClient
 from posterm.host.workers import Supervisor, TooManyRestarts, WorkerConfig
-from tests.host.conftest import CODE, PIN
+from tests.host.conftest import CODE, PIN, raw_query
 
 
 def _workers_alive() -> list[int]:
@@ -35,20 +34,23 @@ def _workers_alive() -> list[int]:
             continue
         try:
             cmd = (entry / "cmdline").read_bytes()
+            # a PostgreSQL URL is in a worker's environment, never on its command line
+            env = (entry / "environ").read_bytes() if b"posterm.host.workers" in cmd else b""
         except OSError:
             continue
-        if b"posterm.host.workers" in cmd and str(_TAG).encode() in cmd:
+        if b"posterm.host.workers" in cmd and str(_TAG).encode() in cmd + env:
             out.append(int(entry.name))
     return out
 
 
-_TAG = None  # the database path of the running test: its workers name it on their command line
+_TAG = None  # the database of the running test: its workers name it on their command line (or environment)
 
 
 @pytest.fixture
-def db(tmp_path):
+def db(demo_db):
+    """The shared database, on each store (PostgreSQL: a copy of the demo template)."""
     global _TAG
-    path = tmp_path / "host.db"
+    path = demo_db
     Host.open(path).close()     # the demo data and the HSM, before any worker opens it
     _TAG = path
     yield path
@@ -125,8 +127,7 @@ def _pay(order: str, code: str = CODE[1], amount: int = 100, tid: str = "T000000
 
 
 def _trades(db: Path, order: str) -> list[tuple]:
-    with sqlite3.connect(db) as c:
-        return c.execute("SELECT trade_no, status FROM trades WHERE order_id = ?", (order,)).fetchall()
+    return raw_query(db, f"SELECT trade_no, status FROM trades WHERE order_id = '{order}'")
 
 
 def test_same_ksn_at_two_workers_one_is_refused(db, two):
@@ -191,6 +192,7 @@ def test_pin_tries_count_across_workers(db, two):
         c.close()
 
 
+@pytest.mark.parametrize("store_kind", ["sqlite"])   # the store does not matter here: SQLite only, to keep the PostgreSQL run short
 def test_kill_9_of_a_worker_mid_payment_loses_and_doubles_nothing(db):
     """Four terminals pay without pause through two workers; one worker is killed (SIGKILL)
     among them; the supervisor restarts it. Every approval a terminal saw is in the books,
@@ -258,8 +260,7 @@ def test_kill_9_of_a_worker_mid_payment_loses_and_doubles_nothing(db):
                 approved.append(order)
         for c in clients.values():
             c.close()
-    with sqlite3.connect(db) as c:
-        rows = c.execute("SELECT order_id, status, amount_minor FROM trades WHERE order_id LIKE 'K-%'").fetchall()
+    rows = raw_query(db, "SELECT order_id, status, amount_minor FROM trades WHERE order_id LIKE 'K-%'")
     in_books = {o for o, s, _ in rows if s == "APPROVED"}
     assert set(approved) == in_books and len(approved) == len(set(approved))   # nothing lost, nothing twice
     assert all(s == "APPROVED" for _, s, _ in rows)
@@ -268,6 +269,7 @@ def test_kill_9_of_a_worker_mid_payment_loses_and_doubles_nothing(db):
         assert host.check_books() == []
 
 
+@pytest.mark.parametrize("store_kind", ["sqlite"])   # the store does not matter here: SQLite only, to keep the PostgreSQL run short
 def test_restarts_are_capped(db):
     sup = Supervisor(_config(db), 1, max_restarts=2, restart_window=600).start()
     try:
@@ -334,6 +336,7 @@ def test_serve_workers_pays_and_stops_on_sigterm(db):
         proc.stderr.close()
 
 
+@pytest.mark.parametrize("store_kind", ["sqlite"])   # the store does not matter here: SQLite only, to keep the PostgreSQL run short
 def test_workers_follow_a_killed_supervisor(db):
     proc, _ = _serve(db, "--workers", "2")
     try:

@@ -47,7 +47,7 @@ def test_a_manual_customer_driven_by_methods(posterm_terminal, tmp_path):
     assert posterm_terminal.present_code("289900000000000003") == "now"
     posterm_terminal.wait_for_prompt("pin")
     posterm_terminal.wrong_pin()
-    posterm_terminal.wait_for(lambda s: "tries left" in s["display"]["text"])
+    posterm_terminal.wait_for(lambda s: (s["host"]["answer"] or {}).get("reason") == "wrong_pin")   # ("tries left" shows from the first prompt on)
     posterm_terminal.press_keys("1 4 7 2 5 8 OK")
     th.join(60)
     assert box["r"].approved

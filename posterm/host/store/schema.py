@@ -210,13 +210,21 @@ def script(dialect: str) -> str:
     """The whole schema as one script for a new, empty database of ``dialect`` (every
     migration's statements, its :class:`AddColumns` as plain ``ALTER TABLE``), ending with
     the version it is at."""
-    stmts = []
+    import re
+
+    stmts: list[str] = []
+    created: dict[str, str] = {}   # table -> its CREATE TABLE statement
     for _, _, steps in MIGRATIONS:
         for step in steps:
             if isinstance(step, AddColumns):
+                # a column the table was created with already (added for older databases only) is skipped
                 stmts += [f"ALTER TABLE {step.table} ADD COLUMN {name} {render(kind, dialect)}"
-                          for name, kind in step.columns.items()]
+                          for name, kind in step.columns.items()
+                          if not re.search(rf"[(,]\s*{name}\s", created.get(step.table, ""))]
             else:
                 stmts.append(render(step, dialect))
+                m = re.match(r"CREATE TABLE IF NOT EXISTS (\w+)", step)
+                if m:
+                    created[m.group(1)] = step
     stmts.append(f"INSERT INTO meta VALUES ('schema_version', '{LATEST}')")
     return ";\n".join(stmts) + ";\n"
