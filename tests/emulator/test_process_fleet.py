@@ -64,12 +64,14 @@ def test_bad_fleet_settings_are_config_errors(tmp_path):
         ProcessFleet.start(4097, processes=2, home=tmp_path)
 
 
-def test_300_terminals_over_2_processes_each_pay_once(tmp_path):
+def test_a_fleet_over_2_processes_each_pay_once(tmp_path):
+    """Terminals over two processes, each paying once (python -m posterm.bench fleet pays 1,000)."""
+    count = 80
     home = tmp_path / "home"
-    with ProcessFleet.start(300, processes=2, home=home, listen="tcp://127.0.0.1:0",
+    with ProcessFleet.start(count, processes=2, home=home, listen="tcp://127.0.0.1:0",
                             child_args=["--poll-interval", "0.2"]) as fleet:
         children = [c.pid for c in fleet.children]
-        assert len(fleet.ports) == len(set(fleet.ports)) == 300
+        assert len(fleet.ports) == len(set(fleet.ports)) == count
         assert set(_children_of(os.getpid())) >= set(children)
 
         def pay(n_port):
@@ -81,7 +83,7 @@ def test_300_terminals_over_2_processes_each_pay_once(tmp_path):
 
         with ThreadPoolExecutor(16) as pool:
             got = list(pool.map(pay, enumerate(fleet.ports)))
-        assert [tid for tid, _ in got] == [f"T{n:07d}" for n in range(1, 301)]   # ports in terminal order
+        assert [tid for tid, _ in got] == [f"T{n:07d}" for n in range(1, count + 1)]   # ports in terminal order
         assert all(r.approved for _, r in got), [r for _, r in got if not r.approved][:3]
         host = fleet.host   # the parent's embedded host, served to both children
         assert all(host.order_status(r.order_id) == "APPROVED" for _, r in got)

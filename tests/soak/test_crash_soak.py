@@ -18,7 +18,7 @@ from posterm.bench.crash import soak
 from tests import pgstore
 
 SEED = int(os.environ.get("POSTERM_SOAK_SEED", "2026"))
-KILLS = int(os.environ.get("POSTERM_SOAK_KILLS", "30"))
+KILLS = int(os.environ.get("POSTERM_SOAK_KILLS", "15"))   # 4 soaks x 15 in the suite; more by the env or the bench
 
 pytestmark = pytest.mark.slow
 
