@@ -64,6 +64,7 @@ class DriverPayment:
     amount_minor: int
     outcome: str | None          # approved / declined / cancelled / unknown / pending / None
     final: bool
+    reason: str | None = None    # why it was not approved (the journal's reason code, named)
 
 
 @dataclass(frozen=True)
@@ -352,6 +353,7 @@ class Drivers:
 
 def _driver_payments(drivers: Drivers, prefix: str) -> list[DriverPayment]:
     from posterm.ecr.journal import Journal
+    from posterm.ecr.results import as_reason, reason_name
 
     out = []
     for n in range(len(drivers.ports)):
@@ -362,7 +364,8 @@ def _driver_payments(drivers: Drivers, prefix: str) -> list[DriverPayment]:
             for e in j.entries():
                 if e.kind == "pay" and e.order_id.startswith(prefix):
                     out.append(DriverPayment(e.order_id, e.terminal_id or f"terminal {n + 1}", e.amount_minor,
-                                             e.outcome, e.state == "final"))
+                                             e.outcome, e.state == "final",
+                                             reason_name(as_reason(e.reason)) if e.reason else None))
     return out
 
 
@@ -436,7 +439,7 @@ def run(terminals: int, workers: int, db: str | None, seconds: float, kill_every
             killer.join(RESTART_TIMEOUT)
             pool.recover_all(time.monotonic() + RESOLVE_TIMEOUT)
             if killer.error:
-                raise RuntimeError(killer.error)
+                raise RuntimeError(f"{killer.error}: {_tail(home / 'serve.stderr', 1500)}")
             if pool.errors:
                 raise RuntimeError(pool.errors[0])
         finally:
@@ -469,7 +472,9 @@ def run(terminals: int, workers: int, db: str | None, seconds: float, kill_every
             "flow_p99": percentile(times_ms, 99), "kills": killer.kills, "restarts": killer.restarts,
             "restart_s_max": max(killer.restart_s, default=0.0), "unknown": pool.unknown,
             "resolved_at_once": pool.resolved, "payments": len(payments),
-            "outcomes": _count(p.outcome for p in payments), "seed": seed, "verdict": verdict,
+            "outcomes": _count(p.outcome for p in payments),
+            "not_approved": _count(f"{p.outcome}:{p.reason}" for p in payments if p.outcome != "approved"),
+            "seed": seed, "verdict": verdict,
             "store": "postgresql" if db.startswith(("postgresql://", "postgres://")) else "sqlite"}
 
 
@@ -493,7 +498,7 @@ def report(res: dict) -> None:
          **common)
     v: Verdict = res["verdict"]
     emit("scale", "consistent", v.consistent, "verdict", payments=res["payments"], outcomes=res["outcomes"],
-         **v.summary(), problems=v.first_problems(), **common)
+         not_approved=res["not_approved"], **v.summary(), problems=v.first_problems(), **common)
 
 
 def main(argv: list[str]) -> int:
