@@ -80,19 +80,21 @@ def host() -> None:
               help="Also serve the merchant gateway (Alipay /gateway.do, WeChat Pay v2) on HOST:PORT (loopback only).")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Host processes sharing the database and the listening socket (a supervisor restarts a dead one).")
+@click.option("--max-restarts", type=click.IntRange(0, 100000), default=5, show_default=True,
+              help="With --workers: worker restarts allowed within 60 s before serve gives up (exit 3).")
 @click.option("--no-group-commit", is_flag=True, help="One durable commit per request (SQLite: group commit is on by default).")
 @db_option
 @host_errors
 def serve(listen, allow_remote, no_demo, risk_rules, outage_seconds, backup_every, backup_to, keep,
           backup_key_file, max_connections, max_pending, logon_deadline, idle_timeout, gateway_listen, workers,
-          no_group_commit, db_path):
+          max_restarts, no_group_commit, db_path):
     """Serve the host to terminals over TCP until Ctrl-C or SIGTERM.
 
     Prints the address (tcp://127.0.0.1:PORT) as the first line of stdout; with
     --gateway, the gateway's (http://127.0.0.1:PORT) as the second.
 
     With --workers N, N worker processes accept on one socket and share the database; the
-    supervisor restarts a worker that dies, and exits 3 after 5 restarts within 60 s.
+    supervisor restarts a worker that dies, and exits 3 after --max-restarts (5) restarts within 60 s.
     Backups and the gateway run once, in the supervisor. See docs/host.md, "Scaling".
     """
     from posterm.host.server import ServerLimits
@@ -132,7 +134,7 @@ def serve(listen, allow_remote, no_demo, risk_rules, outage_seconds, backup_ever
         server = start(h, listen, allow_remote=allow_remote, limits=limits)
     else:
         server = _start_workers(h, db_path, workers, listen, allow_remote, limits, not no_group_commit, risk_rules,
-                                outage_seconds)
+                                outage_seconds, max_restarts)
     gateway_server = None
     if gateway_listen is not None:
         try:
@@ -170,7 +172,8 @@ def serve(listen, allow_remote, no_demo, risk_rules, outage_seconds, backup_ever
         h.close()
 
 
-def _start_workers(h, db_path, workers, listen, allow_remote, limits, group_commit, risk_rules, outage_seconds):
+def _start_workers(h, db_path, workers, listen, allow_remote, limits, group_commit, risk_rules, outage_seconds,
+                   max_restarts=5):
     """The supervisor of ``workers`` host processes on ``h``'s database (posterm.host.workers)."""
     from dataclasses import asdict
 
@@ -179,7 +182,7 @@ def _start_workers(h, db_path, workers, listen, allow_remote, limits, group_comm
     config = WorkerConfig(db=db_path, group_commit=group_commit, risk_rules=risk_rules, outage_seconds=outage_seconds,
                           allow_remote=allow_remote, limits=asdict(limits))
     try:
-        return Supervisor(config, workers, listen).start()
+        return Supervisor(config, workers, listen, max_restarts=max_restarts).start()
     except BaseException:
         h.close()
         raise
