@@ -270,3 +270,16 @@ def test_the_scheduler_backs_up_a_postgres_host(tmp_path, source):
                            [out], KEY, 3600)
     [res] = gone.run_once()
     assert not res.ok and gone.last_error and "hunter2" not in gone.last_error and "***" in gone.last_error
+
+
+def test_a_bad_url_is_refused_without_its_password(tmp_path):
+    from posterm.host.backup import BackupError
+
+    pgstore.admin_url()   # skipped like the others without a test server (the copy needs psycopg's)
+    out = tmp_path / "out"
+    out.mkdir()
+    bad = "postgresql://u:hunter2-not-shown@127.0.0.1:notaport/x?password=hunter2-not-shown&sslmode=nonsense"
+    with pytest.raises(BackupError) as e:
+        backup(bad, [out], KEY)
+    assert "hunter2" not in str(e.value) and "***" in str(e.value)
+    assert not list(out.iterdir())

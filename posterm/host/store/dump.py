@@ -50,6 +50,10 @@ def _q(name: str) -> str:
 
 
 def _connect(url: str, app: str) -> psycopg.Connection:
+    try:   # a malformed URL is refused without echoing it (libpq's message may quote the password)
+        psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.Error:
+        raise DumpError(f"not a valid PostgreSQL URL: {redact(url)}") from None
     try:
         return psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, application_name=app,
                                options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS} "
@@ -191,11 +195,12 @@ def load(file: str | Path, url: str, *, force: bool = False) -> dict[str, int]:
             version = _schema_version(row[0] if row else None, str(file))
             if version > LATEST:
                 raise DumpError(f"{file} is at schema version {version}, this posterm knows {LATEST}")
+        c = _connect(url, "posterm-restore")   # first: a bad URL or a server not there is told here
         try:
             Store(url, pool=1).close()    # a new database gets the schema (an up-to-date one: nothing happens)
-        except psycopg.Error as exc:
+        except (psycopg.Error, ValueError) as exc:
+            c.close()
             raise DumpError(f"cannot prepare {where}: {_reason(exc, url)}") from None
-        c = _connect(url, "posterm-restore")
         try:
             _hosts_gone(c)
             c.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
