@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import urllib.parse
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -94,10 +95,22 @@ def test_the_backup_covers_every_table_of_the_schema():
     assert ids == set(ID_TABLES)
 
 
-def test_postgres_backup_restores_into_a_fresh_postgres_database(tmp_path, source, target, home):
+def test_postgres_backup_restores_into_a_fresh_postgres_database(tmp_path, source, target, home, monkeypatch):
+    from posterm.host.store import dump
+
+    modes = []
+    real = dump.dump
+
+    def watched(url, into):
+        into = Path(into)
+        modes.append((into.stat().st_mode & 0o777, into.parent.stat().st_mode & 0o777, into.parent))
+        return real(url, into)
+
+    monkeypatch.setattr(dump, "dump", watched)
     out = tmp_path / "out"
     out.mkdir()
     [res] = backup(source, [out], KEY)
+    assert modes == [(0o600, 0o700, home)]                 # the plaintext: the owner's alone, in POSTERM_HOME
     assert res.ok, res.error
     assert (res.path.stat().st_mode & 0o777) == 0o600
     assert verify(res.path, KEY).ok
