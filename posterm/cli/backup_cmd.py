@@ -22,17 +22,17 @@ EXIT_FAILED = 4
 key_option = click.option("--key-file", type=click.Path(dir_okay=False), default=None,
                           help="Backup key: 32 raw bytes, 64 hex digits or base64 (default $POSTERM_BACKUP_KEY). "
                                "Keep it away from the backups.")
-db_option = click.option("--db", "db_path", type=DatabaseFile(), default=None,
-                         help="Host database (default $POSTERM_HOME/host.db).")
+db_option = click.option("--db", "db_path", type=DatabaseFile(), default=None, envvar="POSTERM_HOST_DB",
+                         help="Host database: a SQLite file or a postgresql:// URL (default $POSTERM_HOST_DB, "
+                              "else $POSTERM_HOME/host.db).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
-def _db(db_path: str | None) -> Path:
+def _db(db_path: str | None) -> Path | str:
     from posterm.host.store import is_postgres_url
 
     if is_postgres_url(db_path):
-        raise click.UsageError("backups copy a SQLite file: back up a PostgreSQL host with the server's "
-                               "tools (pg_dump)")
+        return db_path
     if db_path:
         return Path(db_path)
     from posterm.home import posterm_home
@@ -69,7 +69,7 @@ def backup(ctx: click.Context, dests, key_file, db_path, keep, host_id, as_json)
     """Take an encrypted, consistent backup of the live host database into every --to directory.
 
     \b
-      posterm host backup --to /mnt/a --to /mnt/b --key-file backup.key [--db host.db] [--keep 24]
+      posterm host backup --to /mnt/a --to /mnt/b --key-file backup.key [--db host.db|postgresql://...] [--keep 24]
       posterm host backup verify FILE --key-file backup.key
       posterm host backup keygen backup.key
 
@@ -147,16 +147,19 @@ def keygen_cmd(key_file) -> None:
 @click.option("--allow-other-host", is_flag=True,
               help="Restore a backup taken on another host (refused by default: its host id must be this host's).")
 @click.option("--host-id", type=IdType(64), default=None, help="This host's id, compared with the backup's (default: hostname).")
+@click.option("--force", is_flag=True,
+              help="PostgreSQL: replace the rows of a database that already holds a host's data (refused without).")
 @json_option
 @backup_errors
-def restore(file, db_path, key_file, allow_other_host, host_id, as_json) -> None:
+def restore(file, db_path, key_file, allow_other_host, host_id, force, as_json) -> None:
     """Restore the backup FILE into --db: refused (nothing changed) if FILE is tampered, truncated,
     under another key, or taken on another host (unless --allow-other-host); otherwise checked and
     swapped in atomically. Stop the host first; the database it replaces is kept as
-    <db>.pre-restore-<time>."""
+    <db>.pre-restore-<time>. Into a postgresql:// --db the rows are loaded in one transaction,
+    read back and compared before the commit; a database holding data needs --force."""
     from posterm.host.backup import restore as run
 
-    rep = run(file, _db(db_path), key_file, allow_other_host=allow_other_host, host_id=host_id)
+    rep = run(file, _db(db_path), key_file, allow_other_host=allow_other_host, host_id=host_id, force=force)
     if as_json:
         click.echo(json.dumps({"db": str(rep.db_path), "ledger_hash": rep.ledger_hash,
                                "previous": str(rep.previous) if rep.previous else None,

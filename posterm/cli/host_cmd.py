@@ -110,12 +110,6 @@ def serve(listen, allow_remote, no_demo, risk_rules, outage_seconds, backup_ever
             parse_listen(gateway_listen)
         except ConfigError as exc:
             raise click.BadParameter(str(exc), param_hint="--gateway") from None
-    if backup_every is not None or backup_to or backup_key_file:
-        from posterm.host.store import is_postgres_url
-
-        if is_postgres_url(db_path):
-            raise click.UsageError("scheduled backups copy a SQLite file: back up a PostgreSQL host with "
-                                   "the server's tools (pg_dump)")
     limits = ServerLimits(max_connections, max_pending, logon_deadline, idle_timeout)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())  # before the address is announced: no race
@@ -129,7 +123,9 @@ def serve(listen, allow_remote, no_demo, risk_rules, outage_seconds, backup_ever
             from posterm.host.backup import BackupScheduler, parse_interval
         except ImportError:
             raise click.UsageError("backups are not available in this build") from None
-        scheduler = BackupScheduler(h.store.path, list(backup_to), backup_key_file, parse_interval(backup_every), keep)
+        # the same backup as `posterm host backup`: a file, or a PostgreSQL database's logical copy
+        source = h.store.path if h.store.dialect == "sqlite" else h.store.url
+        scheduler = BackupScheduler(source, list(backup_to), backup_key_file, parse_interval(backup_every), keep)
     if workers == 1:
         server = start(h, listen, allow_remote=allow_remote, limits=limits)
     else:

@@ -1,4 +1,5 @@
-"""Encrypted, streamed, verifiable backups of a SQLite ledger (schema-agnostic).
+"""Encrypted, streamed, verifiable backups of a SQLite ledger (schema-agnostic), or of a
+PostgreSQL host database copied into a SQLite file of the host's schema first.
 
     results = backup("host.db", ["/mnt/a", "/mnt/b"], key)      # one BackupResult per destination
     report = verify(results[0].path, key)                        # decrypt to a temp file, check, discard
@@ -89,6 +90,11 @@ class BackupKeyMismatch(BackupError, CryptoError):
 
 class BackupOtherHost(BackupError, ConfigError):
     """The backup was taken on another host: restoring it here needs ``allow_other_host``."""
+
+
+class BackupTargetNotEmpty(BackupError, ConfigError):
+    """The PostgreSQL database to restore into holds a host's data (``force`` replaces it),
+    or a host is connected to it (stop it first)."""
 
 
 def this_host_id() -> str:
@@ -384,6 +390,43 @@ def snapshot(db_path: str | os.PathLike, into: str | os.PathLike) -> tuple[str, 
     return digest, os.path.getsize(into)
 
 
+def _is_url(value: object) -> bool:
+    return isinstance(value, str) and value.lower().startswith(("postgresql://", "postgres://"))
+
+
+def _private_tmp_dir() -> Path:
+    """Where a PostgreSQL host's plaintext snapshot lives while it is encrypted or loaded:
+    ``$POSTERM_HOME`` (0700, the owner's alone; the host's HSM lives there too)."""
+    from posterm.home import posterm_home
+
+    return posterm_home()
+
+
+def pg_snapshot(url: str, into: str | os.PathLike) -> tuple[str, int]:
+    """Copy the PostgreSQL host database at ``url`` into the SQLite file ``into`` in one
+    consistent snapshot (:func:`posterm.host.store.dump.dump`); return (ledger hash, size).
+
+    Raises BackupError when the database cannot be read or the copy fails its check.
+    """
+    from posterm.host.store.dump import DumpError, dump
+
+    try:
+        dump(url, into)
+        c = sqlite3.connect(into, isolation_level=None)
+        try:
+            check = c.execute("PRAGMA integrity_check").fetchone()[0]
+            if check != "ok":
+                raise BackupError(f"the snapshot fails its integrity check: {check}")
+            digest = ledger_hash(c)
+        finally:
+            c.close()
+    except DumpError as exc:
+        raise BackupError(str(exc)) from None
+    except sqlite3.Error as exc:
+        raise BackupError(f"cannot check the snapshot: {exc}") from None
+    return digest, os.path.getsize(into)
+
+
 def _write_one(plain: Path, dest: Path, name: str, hdr_fields: dict, key: BackupKey, chunk_size: int) -> Path:
     hdr = BackupHeader(file_id=secrets.token_hex(16), **hdr_fields)
     encoded = hdr.encode()
@@ -424,6 +467,10 @@ def backup(db_path: str | os.PathLike, dests: Sequence[str | os.PathLike],
            chunk_size: int = CHUNK_SIZE, keep: int | None = None) -> list[BackupResult]:
     """Snapshot ``db_path`` once and write an encrypted copy into every destination directory.
 
+    ``db_path`` is a SQLite file, or a ``postgresql://`` URL: its tables are copied in one
+    consistent snapshot into a SQLite file of the same schema (:func:`pg_snapshot`, a 0600
+    temp file in ``$POSTERM_HOME``), which is then encrypted exactly as a SQLite one.
+
     Returns one BackupResult per destination, in order; a destination that is missing,
     unwritable or full gets ``error`` set and the others are still written. Each file is
     written to a temp name, fsynced and renamed into place. With ``keep``, older backups of
@@ -436,17 +483,22 @@ def backup(db_path: str | os.PathLike, dests: Sequence[str | os.PathLike],
         raise ConfigError("no backup destination given")
     if not 1 <= chunk_size <= MAX_CHUNK:
         raise ConfigError(f"chunk size must be 1..{MAX_CHUNK}")
-    db_path = Path(db_path)
+    pg = _is_url(db_path)
+    if not pg:
+        db_path = Path(db_path)
     host_id = host_id or this_host_id()
     now = _dt.datetime.now(_dt.timezone.utc)
     name = f"posterm-backup-{_safe_name(host_id)}-{now.strftime('%Y%m%dT%H%M%S.%fZ')}{SUFFIX}"
-    parent = db_path.parent if db_path.parent.is_dir() else Path(tempfile.gettempdir())
+    if pg:
+        parent = _private_tmp_dir()
+    else:
+        parent = db_path.parent if db_path.parent.is_dir() else Path(tempfile.gettempdir())
     _sweep(parent, ".posterm-snapshot-*.db*")  # plaintext left by a killed backup
     fd, plain = tempfile.mkstemp(dir=parent, prefix=".posterm-snapshot-", suffix=".db")
     os.close(fd)
     plain = Path(plain)
     try:
-        digest, size = snapshot(db_path, plain)
+        digest, size = pg_snapshot(db_path, plain) if pg else snapshot(db_path, plain)
         fields = dict(created_at=now.isoformat(timespec="microseconds"), host_id=host_id, key_id=k.key_id,
                       ledger_hash=digest, chunk_count=max(1, -(-size // chunk_size)), chunk_size=chunk_size,
                       plain_size=size)
@@ -586,7 +638,7 @@ def verify(file: str | os.PathLike, key: BackupKey | bytes | str | os.PathLike |
 class RestoreReport:
     """A finished restore: the database now at ``db_path``; the one it replaced kept at ``previous``."""
 
-    db_path: Path
+    db_path: Path | str        # the file, or the PostgreSQL URL without its password
     header: BackupHeader
     ledger_hash: str
     previous: Path | None
@@ -613,7 +665,7 @@ def _refuse_other_host(file: Path, key: BackupKey, here: str) -> None:
 
 def restore(file: str | os.PathLike, db_path: str | os.PathLike,
             key: BackupKey | bytes | str | os.PathLike | None, *, allow_other_host: bool = False,
-            host_id: str | None = None) -> RestoreReport:
+            host_id: str | None = None, force: bool = False) -> RestoreReport:
     """Restore ``file`` into ``db_path``: decrypt beside it, check, then swap in with os.replace.
 
     A backup taken on another host (its header's ``host_id`` is not ``host_id``, by
@@ -622,11 +674,19 @@ def restore(file: str | os.PathLike, db_path: str | os.PathLike,
     Until every chunk authenticated, integrity_check said ok and the ledger hash matched,
     nothing at ``db_path`` is touched. A database already there is checkpointed and kept as
     ``<db>.pre-restore-<time>``; it must not be open by a running host (stop it first).
+    ``db_path`` may be a ``postgresql://`` URL: the backup (of either store) is checked the
+    same way, then its rows are loaded in one transaction (:func:`posterm.host.store.dump.load`);
+    a target that holds a host's data is refused (:class:`BackupTargetNotEmpty`) unless
+    ``force``, one a host is connected to always. ``previous`` is then None.
     Raises BackupTampered / BackupTruncated / BackupKeyMismatch, BackupOtherHost,
     ConfigError (UnsafePath for a symlink at ``db_path`` or its companions), BackupError.
     """
     k = load_key(key)
-    file, db_path = Path(file), Path(db_path)
+    file = Path(file)
+    if _is_url(db_path):
+        return _restore_postgres(file, str(db_path), k, allow_other_host=allow_other_host, host_id=host_id,
+                                 force=force)
+    db_path = Path(db_path)
     target_dir = db_path.parent
     if not target_dir.is_dir():
         raise BackupError(f"cannot restore into {db_path}: directory {target_dir} does not exist")
@@ -663,6 +723,37 @@ def restore(file: str | os.PathLike, db_path: str | os.PathLike,
         _unlink_db(tmp)
         raise
     return RestoreReport(db_path, hdr, digest, previous)
+
+
+def _restore_postgres(file: Path, url: str, k: BackupKey, *, allow_other_host: bool, host_id: str | None,
+                      force: bool) -> RestoreReport:
+    from posterm.host.store.dump import DumpError, TargetInUse, load
+    from posterm.host.store.postgres import redact
+
+    if not allow_other_host:
+        _refuse_other_host(file, k, host_id or this_host_id())
+    tmp_dir = _private_tmp_dir()
+    _sweep(tmp_dir, ".posterm-restore-*.db*")
+    try:
+        hdr, tmp = _decrypt_to(file, k, tmp_dir)
+    except OSError as exc:
+        raise BackupError(f"cannot decrypt {file} into {tmp_dir}: {exc.strerror or exc}") from None
+    try:
+        integrity, digest = _check(tmp)
+        if integrity != "ok":
+            raise BackupError(f"{file}: the restored database fails integrity_check ({integrity}); nothing changed")
+        if digest != hdr.ledger_hash:
+            raise BackupError(f"{file}: ledger hash {digest[:16]}... differs from the recorded "
+                              f"{hdr.ledger_hash[:16]}...; nothing changed")
+        try:
+            load(tmp, url, force=force)
+        except TargetInUse as exc:
+            raise BackupTargetNotEmpty(str(exc)) from None
+        except DumpError as exc:
+            raise BackupError(str(exc)) from None
+    finally:
+        _unlink_db(tmp)
+    return RestoreReport(redact(url), hdr, digest, None)
 
 
 def _retire(db_path: Path) -> tuple[sqlite3.Connection, Path]:
@@ -726,7 +817,7 @@ class BackupScheduler:
     def __init__(self, db_path: str | os.PathLike, dests: Sequence[str | os.PathLike],
                  key_file: BackupKey | bytes | str | os.PathLike | None, every_seconds: float, keep: int = 24,
                  *, host_id: str | None = None) -> None:
-        self.db_path = Path(db_path)
+        self.db_path = db_path if _is_url(db_path) else Path(db_path)   # a file, or a postgresql:// URL
         self.dests = [Path(d) for d in dests]
         self._key = load_key(key_file)
         if not self.dests:

@@ -3,8 +3,10 @@
 :mod:`.schema` (the tables and numbered migrations, once for both), :mod:`.sqlite` and
 :mod:`.postgres` (connections, transactions; the same interface), :mod:`.queries` (the named
 queries the service modules call, :class:`Tx`), :mod:`.books` (daily totals, the ledger
-check). :func:`open_store` picks the store by what names the database: a ``postgresql://``
-URL or a file path. :mod:`.postgres` (and psycopg) is imported only when one is opened.
+check), :mod:`.dump` (a PostgreSQL database copied to and from a SQLite file: a backup's
+portable form, :mod:`posterm.host.backup`). :func:`open_store` picks the store by what
+names the database: a ``postgresql://`` URL or a file path. :mod:`.postgres` and
+:mod:`.dump` (and psycopg) are imported only when one is opened.
 """
 
 from posterm.host.store.books import check_ledger, daily_spend_from_trades, local_day
