@@ -73,7 +73,7 @@ class CodeCheck:
 
 
 def preference(acct: Row) -> str:
-    """How the account confirms a two-factor payment on its phone: ``code`` or ``biometric``."""
+    """How the account confirms a payment waiting on its phone: ``code`` or ``biometric``."""
     return acct["confirm_pref"] or "code"
 
 
