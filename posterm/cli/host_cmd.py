@@ -626,7 +626,8 @@ def wallet_code(account_id, db_path):
 @db_option
 @host_errors
 def wallet_scan(qr_data, account_id, db_path):
-    """Pay a merchant-presented dynamic QR from ACCOUNT. A two-factor account's payment then
+    """Pay a merchant-presented dynamic QR from ACCOUNT. A two-factor account's payment, and
+    one over a limit with `--over-limit confirm` (or that risk control asks to confirm), then
     waits (wait_buyer) for the code sent to the phone (`host wallet confirm ORDER --code`)
     or, when the account prefers it, the approval on the phone (`host phone approve`)."""
     h = open_host(db_path)
@@ -635,12 +636,14 @@ def wallet_scan(qr_data, account_id, db_path):
         click.echo(status.lower())
         if status == "WAIT_BUYER":
             t = h.store.view().trade_by_qr(qr_data)
-            if h.security(account_id)["confirm_pref"] == "biometric":
+            sec = h.security(account_id)
+            if sec["confirm_pref"] == "biometric":
                 how = f"approve it on the phone: posterm host phone approve {account_id}"
             else:
                 how = (f"confirm with the code sent to the phone (posterm host phone {account_id}): "
                        f"posterm host wallet confirm {t['order_id']} --merchant {t['merchant_id']} --code CODE")
-            click.echo(f"two-factor: {how}", err=True)
+            why = "two-factor" if sec["two_factor"] else "extra confirmation asked (over a limit or risk control)"
+            click.echo(f"{why}: {how}", err=True)
     finally:
         h.close()
 
@@ -649,14 +652,15 @@ def wallet_scan(qr_data, account_id, db_path):
 @click.argument("order_id", type=ORDER_ID)
 @click.option("--merchant", type=ID32, default="M100000001", show_default=True)
 @click.option("--code", type=CODE6, default=None,
-              help="Two-factor: the verification code the phone received for this payment.")
+              help="The verification code the phone received for this payment (two-factor, or a "
+                   "scan asked for an extra confirmation).")
 @db_option
 @host_errors
 def wallet_confirm(order_id, merchant, code, db_path):
-    """Confirm a payment waiting for the customer's phone. A two-factor account's payment
-    needs --code (see `posterm host phone ACCOUNT`): a wrong one counts, the fifth kills it
-    and declines the payment; an account preferring biometric approval uses `host phone
-    approve` instead."""
+    """Confirm a payment waiting for the customer's phone. A two-factor account's payment, and
+    a scan's asked for an extra confirmation, needs --code (see `posterm host phone ACCOUNT`):
+    a wrong one counts, the fifth kills it and declines the payment; an account preferring
+    biometric approval uses `host phone approve` instead."""
     h = open_host(db_path)
     try:
         click.echo(h.wallet_confirm(order_id, merchant, code).lower())

@@ -666,7 +666,7 @@ class EmulatedTerminal:
             if call.kind == "scan_qr":
                 status = self.host.wallet_scan(call.qr_data, self.host.account_for_code(call.code))
                 code = self._phone_code(call.order_id) if status == "WAIT_BUYER" else None
-                if code is not None:    # two-factor: the customer types the code the phone received
+                if code is not None:    # two-factor, or over a limit: the customer types the phone's code
                     self.host.wallet_confirm(call.order_id, self.hostlink.merchant_id, code)
             elif call.kind == "confirm":
                 self.host.wallet_confirm(call.order_id, self.hostlink.merchant_id, self._phone_code(call.order_id))
@@ -674,8 +674,9 @@ class EmulatedTerminal:
             log.info("%s: wallet %s: %s", self.terminal_id, call.kind, exc)
 
     def _phone_code(self, order_id: str) -> str | None:
-        """The verification code the paying account's phone received for this payment (a
-        two-factor customer reads it there), or None (none pending: biometric approval)."""
+        """The verification code the paying account's phone received for this payment (the
+        customer reads it there: two-factor, or a scan over a limit or that risk control asks
+        to confirm), or None (none pending: biometric approval)."""
         import re
 
         from posterm.host import phone

@@ -251,6 +251,6 @@ def query(ctx: HostContext, terminal_id: str, order_id: str) -> h.HostMessage:
             acct = require_account(tx, t["account_id"])
             if ctx.behaviour(acct).phone_confirms and now - (t["asked_at"] or now) >= ctx.phone_delay:
                 ledger.capture(ctx, tx, t["trade_no"])
-            elif acct["two_factor"]:
+            else:
                 phone.expire_payment(ctx, tx, t)        # its code or approval request expired: declined
         return answer(tx, t["trade_no"])

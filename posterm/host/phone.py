@@ -12,9 +12,13 @@ dead after :data:`CODE_TRIES` wrong tries; a new code for the same purpose super
 pending one. The host keeps only its keyed HMAC (:meth:`SecurityKeys.code_mac`).
 
 **Biometric approval.** An account whose preference (``confirm_pref``) is ``biometric``
-confirms a two-factor payment by approving the request on its phone
+confirms a payment waiting on its phone by approving the request there
 (``posterm host phone approve|refuse ACCOUNT [REQUEST_ID]``, :func:`answer`) instead of
 typing a code; the request expires like a code.
+
+**Payments confirmed on the phone** (:func:`ask_payment`): a two-factor account's, and a
+wallet scan's that needs an extra confirmation (over a limit with ``over_limit`` confirm, or
+risk control's "confirm"), the scan itself counting as none.
 """
 
 from __future__ import annotations
@@ -69,7 +73,7 @@ class CodeCheck:
 
 
 def preference(acct: Row) -> str:
-    """How the account confirms a two-factor payment on its phone: ``code`` or ``biometric``."""
+    """How the account confirms a payment waiting on its phone: ``code`` or ``biometric``."""
     return acct["confirm_pref"] or "code"
 
 
@@ -163,10 +167,10 @@ def check_code(ctx: HostContext, tx: Tx, account_id: str, purpose: str, code: st
     return CodeCheck(False, "wrong", CODE_TRIES - tries, rid)
 
 
-# ---------------------------------------------------------------------- two-factor payments
+# ---------------------------------------------------------------------- payments confirmed on the phone
 
 def ask_payment(ctx: HostContext, tx: Tx, acct: Row, t: Row) -> int:
-    """A two-factor payment ``t`` now waits on the phone: a code or an approval request,
+    """Payment ``t`` (WAIT_BUYER) now waits on the phone: a code or an approval request,
     per the account's preference. Returns the request id."""
     what = f"pay {ledger.display(t['amount_minor'], t['currency'])} to merchant {t['merchant_id']} (order {t['order_id']})"
     if preference(acct) == "biometric":
@@ -174,14 +178,22 @@ def ask_payment(ctx: HostContext, tx: Tx, acct: Row, t: Row) -> int:
     return send_code(ctx, tx, acct["id"], "payment", t["trade_no"], what)
 
 
+def needs_phone(tx: Tx, acct: Row, t: Row) -> bool:
+    """Whether waiting payment ``t`` is confirmed with the phone's code or approval
+    (:func:`confirm_payment`) rather than by the wallet's confirm alone: a two-factor
+    account's, or one :func:`ask_payment` asked for (that stays so whatever became of the
+    request, so a superseded or ended one never lets the payment through without it)."""
+    return bool(acct["two_factor"]) or tx.asked_verification(acct["id"], "payment", t["trade_no"])
+
+
 def confirm_payment(ctx: HostContext, tx: Tx, acct: Row, t: Row, code: str | None) -> str | None:
-    """The customer confirms two-factor payment ``t`` (waiting, WAIT_BUYER) with ``code``, in
+    """The customer confirms payment ``t`` waiting on the phone (WAIT_BUYER) with ``code``, in
     ``tx``: captured when right (None returned); else why not (a wrong code counted, the
     payment declined once the code is dead or expired, an alert raised); commit either way."""
     if preference(acct) == "biometric":
         return f"this account approves payments on the phone: posterm host phone approve {acct['id']}"
     if code is None:
-        return "this two-factor payment needs the verification code sent to the phone (--code)"
+        return "this payment needs the verification code sent to the phone (--code)"
     check = check_code(ctx, tx, acct["id"], "payment", code, t["trade_no"])
     if check.ok:
         ledger.capture(ctx, tx, t["trade_no"])
@@ -195,7 +207,7 @@ def confirm_payment(ctx: HostContext, tx: Tx, acct: Row, t: Row, code: str | Non
 
 
 def expire_payment(ctx: HostContext, tx: Tx, t: Row) -> None:
-    """Decline waiting two-factor payment ``t`` once its code or approval request has expired
+    """Decline payment ``t`` waiting on the phone once its code or approval request has expired
     (the terminal's next query sees CONFIRMATION_TIMEOUT)."""
     now = ctx.clock()
     row = tx.pending_verification(t["account_id"], "payment", t["trade_no"])

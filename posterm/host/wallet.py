@@ -12,10 +12,11 @@ def scan(ctx: HostContext, qr_data: str, account_id: str) -> str:
     """The customer scans a merchant's dynamic QR and pays from ``account_id``. Returns the
     trade's status (that of the order as it was when it was not waiting for a scan).
 
-    Scanning and paying is the confirmation on the phone, but not a second factor: a
-    two-factor account's payment waits (``WAIT_BUYER``) for the verification code sent to
-    its phone (:func:`confirm` with it) or, when it prefers, the biometric approval
-    (``posterm host phone approve``), as at a terminal."""
+    Scanning and paying is the confirmation on the phone, but neither a second factor nor
+    the extra confirmation a payment over a limit (``over_limit`` confirm) or risk control's
+    "confirm" asks for: such a payment, and a two-factor account's, waits (``WAIT_BUYER``)
+    for the verification code sent to the phone (:func:`confirm` with it) or, when the
+    account prefers, the biometric approval (``posterm host phone approve``)."""
     with ctx.store.transaction() as tx:
         t = tx.trade_by_qr(qr_data)
         if t is None:
@@ -29,7 +30,7 @@ def scan(ctx: HostContext, qr_data: str, account_id: str) -> str:
         refusal = checks(ctx, tx, acct, t["amount_minor"], t["currency"], terminal, t["trade_no"])
         if refusal is not None and refusal[0] != "confirm":
             ledger.decline(tx, t["trade_no"], refusal[1], refusal[2])
-        elif acct["two_factor"]:
+        elif acct["two_factor"] or refusal is not None:
             tx.ask_customer(t["trade_no"], "WAIT_BUYER", ctx.clock())
             phone.ask_payment(ctx, tx, acct, t)     # a code or an approval request, per preference
         else:
@@ -48,9 +49,10 @@ def account_for_code(ctx: HostContext, code: str) -> str:
 def confirm(ctx: HostContext, order_id: str, merchant_id: str, code: str | None = None) -> str:
     """The customer confirms the merchant's order waiting on the phone. Returns its status.
 
-    A two-factor account's payment needs ``code``, the verification code its phone received
+    A two-factor account's payment, and a scan's asked for an extra confirmation (see
+    :func:`scan`), needs ``code``, the verification code the phone received
     (:func:`posterm.host.phone.confirm_payment`: a wrong one is counted, the fifth kills it
-    and declines the payment); one that prefers biometric approval is approved with
+    and declines the payment); an account that prefers biometric approval approves it with
     ``posterm host phone approve`` instead. Raises HostRefused saying why it was not
     confirmed (what it changed, a try counted, stays committed)."""
     refused = None
@@ -60,7 +62,7 @@ def confirm(ctx: HostContext, order_id: str, merchant_id: str, code: str | None 
             raise HostRefused(f"no order {order_id}")
         if t["status"] == "WAIT_BUYER":
             acct = tx.account(t["account_id"]) if t["account_id"] else None
-            if acct is not None and acct["two_factor"]:
+            if acct is not None and phone.needs_phone(tx, acct, t):
                 refused = phone.confirm_payment(ctx, tx, acct, t, code)
             else:
                 ledger.capture(ctx, tx, t["trade_no"])

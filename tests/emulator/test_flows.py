@@ -196,3 +196,29 @@ actions = [{{ action = "scan_qr", code = "{host.issue_code("tqr")}" }}]
     (sent,) = [e for e in phone.inbox(host.ctx, "tqr") if e["kind"] == "code"]
     assert f"order {r.order_id}" in sent["text"]
     assert host.store.view().verification(int(sent["ref"]))["state"] == "used"     # the code, not the scan, paid
+
+
+def test_customer_scanning_the_qr_over_a_limit_with_confirm_types_the_code_from_the_phone(term, tmp_path):
+    """No two-factor, but --over-limit confirm: a scan over the per-transaction limit waits
+    for the phone's code; the emulated customer types it and the terminal is paid."""
+    from posterm.host import phone
+    from tests.host.conftest import support
+
+    host = term.emu.host
+    host.add_account("oqr", "Over QR", balance_minor=1_000_000, password="135790", per_tx_limit=50_000)
+    host.set_flags("oqr", over_limit="confirm", proof=support(host))
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(f"""
+[terminal]
+poll_interval = 0.2
+
+[[payment]]
+actions = [{{ action = "scan_qr", code = "{host.issue_code("oqr")}" }}]
+""")
+    term.emu.set_scenario(scenario)
+    r = term.pay(60_000, "CNY", dynamic_qr=True, timeout=30)
+    assert r.approved, r
+    assert host_status(term, r.order_id) == "APPROVED"
+    (sent,) = [e for e in phone.inbox(host.ctx, "oqr") if e["kind"] == "code"]
+    assert "pay 600.00 CNY" in sent["text"] and f"(order {r.order_id})" in sent["text"]
+    assert host.store.view().verification(int(sent["ref"]))["state"] == "used"     # the code, not the scan, paid

@@ -157,6 +157,101 @@ def test_a_two_factor_wallet_scan_preferring_biometric_waits_for_the_approval(tm
         h.close()
 
 
+def test_a_wallet_scan_over_a_limit_with_confirm_waits_for_the_phones_code(tmp_path):
+    """Without two-factor, --over-limit confirm: a scan over the limit is not confirmed by
+    the scan itself, it waits for the code sent to the phone; under the limit it pays at once."""
+    db = tmp_path / "host.db"
+    h = Host.open(db)
+    try:
+        h.add_account("oscar", "Oscar", balance_minor=1_000_000, password="246802", per_tx_limit=50_000)
+        h.set_flags("oscar", over_limit="confirm", proof=support(h))
+        term = terminal(h)
+        r = pay(term, 20_000, order="QR-UNDER", qr=True)
+        code, out, err = runs(db, "wallet", "scan", r.qr_data, "--account", "oscar")
+        assert code == 0 and out.strip() == "approved", (out, err)                # under the limit: the scan pays
+        assert query(term, "QR-UNDER").status is S.APPROVED
+        r = pay(term, 60_000, order="QR-OVER", qr=True)
+        code, out, err = runs(db, "wallet", "scan", r.qr_data, "--account", "oscar")
+        assert code == 0 and out.strip() == "wait_buyer", (out, err)
+        assert "extra confirmation asked" in err and "wallet confirm QR-OVER --merchant M100000001 --code" in err
+        assert query(term, "QR-OVER").status is S.WAIT_BUYER                 # the terminal keeps waiting
+        code, out = run(db, "phone", "oscar")
+        assert "pay 600.00 CNY to merchant M100000001 (order QR-OVER)" in out, out
+        sms = code_of(db, "oscar")
+        code, out = run(db, "wallet", "confirm", "QR-OVER")                  # the scan was not the confirmation
+        assert code == 1 and "needs the verification code" in out, out
+        code, out = run(db, "wallet", "confirm", "QR-OVER", "--code", "000000" if sms != "000000" else "111111")
+        assert code == 1 and "wrong verification code (4 tries left)" in out
+        assert query(term, "QR-OVER").status is S.WAIT_BUYER
+        assert json.loads(run(db, "security", "oscar", "--json")[1])["balance_minor"] == 980_000   # nothing paid yet
+        code, out = run(db, "wallet", "confirm", "QR-OVER", "--code", sms)
+        assert code == 0 and out.strip() == "approved", out
+        assert query(term, "QR-OVER").status is S.APPROVED
+        s = json.loads(run(db, "security", "oscar", "--json")[1])
+        assert s["balance_minor"] == 920_000
+        assert "verification_failed" in [a["kind"] for a in s["recent_alerts"]]
+    finally:
+        h.close()
+
+
+def test_a_wallet_scan_over_a_limit_with_confirm_dies_after_five_wrong_codes(tmp_path):
+    db = tmp_path / "host.db"
+    h = Host.open(db)
+    try:
+        h.add_account("otto", "Otto", balance_minor=1_000_000, password="246802", per_tx_limit=50_000)
+        h.set_flags("otto", over_limit="confirm", proof=support(h))
+        term = terminal(h)
+        r = pay(term, 60_000, order="QR-DEAD", qr=True)
+        assert runs(db, "wallet", "scan", r.qr_data, "--account", "otto")[1].strip() == "wait_buyer"
+        wrong = "000000" if code_of(db, "otto") != "000000" else "111111"
+        outs = [run(db, "wallet", "confirm", "QR-DEAD", "--code", wrong) for _ in range(5)]
+        assert all(code == 1 for code, _ in outs)
+        assert "tried 5 times" in outs[-1][1] and "the payment is declined" in outs[-1][1], outs[-1]
+        r = query(term, "QR-DEAD")
+        assert r.status is S.DECLINED and r.reason == Reason.OTHER
+        assert json.loads(run(db, "security", "otto", "--json")[1])["balance_minor"] == 1_000_000
+    finally:
+        h.close()
+
+
+def test_a_wallet_scan_over_a_limit_with_reject_is_declined(tmp_path):
+    db = tmp_path / "host.db"
+    h = Host.open(db)
+    try:
+        h.add_account("rita", "Rita", balance_minor=1_000_000, password="246802", per_tx_limit=50_000)
+        term = terminal(h)
+        r = pay(term, 60_000, order="QR-REJ", qr=True)
+        code, out, err = runs(db, "wallet", "scan", r.qr_data, "--account", "rita")
+        assert out.strip() == "declined", (code, out, err)
+        r = query(term, "QR-REJ")
+        assert (r.status, r.reason) == (S.DECLINED, Reason.OVER_TRANSACTION_LIMIT)
+        assert not [e for e in json.loads(run(db, "phone", "rita", "--json")[1]) if e["kind"] == "code"]
+    finally:
+        h.close()
+
+
+def test_a_wallet_scan_risk_control_asks_to_confirm_waits_for_the_approval(tmp_path):
+    """Risk control's "confirm" (a terminal away from the account's home region) on a scan
+    without two-factor: the approval on the phone, the account preferring biometric."""
+    db = tmp_path / "host.db"
+    h = Host.open(db)
+    try:
+        h.add_account("rui", "Rui", balance_minor=1_000_000, password="246802", home_region="CN-BJ")
+        h.set_flags("rui", confirm_pref="biometric", proof=support(h))
+        term = terminal(h)                                                   # in CN-SH
+        r = pay(term, 2_000, order="QR-RISK", qr=True)
+        code, out, err = runs(db, "wallet", "scan", r.qr_data, "--account", "rui")
+        assert code == 0 and out.strip() == "wait_buyer" and "posterm host phone approve rui" in err, (out, err)
+        code, out = run(db, "wallet", "confirm", "QR-RISK")
+        assert code == 1 and "approves payments on the phone" in out
+        assert query(term, "QR-RISK").status is S.WAIT_BUYER
+        code, out = run(db, "phone", "approve", "rui")
+        assert code == 0 and "approved; payment approved" in out, out
+        assert query(term, "QR-RISK").status is S.APPROVED
+    finally:
+        h.close()
+
+
 def test_operators_and_their_log(host_db):
     db = host_db
     assert run(db, "account", "add", "joe", "--name", "Joe")[0] == 0

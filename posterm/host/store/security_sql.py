@@ -72,6 +72,11 @@ class SecurityQueries:
             args.append(method)
         return self._one(sql + " ORDER BY id DESC LIMIT 1", args)
 
+    def asked_verification(self, account_id: str, purpose: str, ref: str) -> bool:
+        """Whether the account was ever sent a request of ``purpose`` for ``ref``, in any state."""
+        return self._one("SELECT 1 FROM verification_requests WHERE account_id = ? AND purpose = ? AND ref = ? "
+                         "LIMIT 1", (account_id, purpose, ref)) is not None
+
     def count_verification_try(self, request_id: int) -> int:
         """One more wrong code; returns the tries used."""
         self._run("UPDATE verification_requests SET tries = tries + 1 WHERE id = ?", (request_id,))
