@@ -698,12 +698,7 @@ def restore(file: str | os.PathLike, db_path: str | os.PathLike,
     except OSError as exc:
         raise BackupError(f"cannot restore {file} into {target_dir}: {exc.strerror or exc}") from None
     try:
-        integrity, digest = _check(tmp)
-        if integrity != "ok":
-            raise BackupError(f"{file}: the restored database fails integrity_check ({integrity}); nothing changed")
-        if digest != hdr.ledger_hash:
-            raise BackupError(f"{file}: ledger hash {digest[:16]}... differs from the recorded "
-                              f"{hdr.ledger_hash[:16]}...; nothing changed")
+        digest = _checked(file, tmp, hdr)
         previous, lock = None, None
         if db_path.exists():
             lock, previous = _retire(db_path)
@@ -725,6 +720,18 @@ def restore(file: str | os.PathLike, db_path: str | os.PathLike,
     return RestoreReport(db_path, hdr, digest, previous)
 
 
+def _checked(file: Path, tmp: Path, hdr) -> str:
+    """The ledger hash of the decrypted copy ``tmp`` of ``file``, once it passes SQLite's
+    integrity check and matches the header's hash (else BackupError: nothing changed)."""
+    integrity, digest = _check(tmp)
+    if integrity != "ok":
+        raise BackupError(f"{file}: the restored database fails integrity_check ({integrity}); nothing changed")
+    if digest != hdr.ledger_hash:
+        raise BackupError(f"{file}: ledger hash {digest[:16]}... differs from the recorded "
+                          f"{hdr.ledger_hash[:16]}...; nothing changed")
+    return digest
+
+
 def _restore_postgres(file: Path, url: str, k: BackupKey, *, allow_other_host: bool, host_id: str | None,
                       force: bool) -> RestoreReport:
     from posterm.host.store.dump import DumpError, TargetInUse, load
@@ -739,12 +746,7 @@ def _restore_postgres(file: Path, url: str, k: BackupKey, *, allow_other_host: b
     except OSError as exc:
         raise BackupError(f"cannot decrypt {file} into {tmp_dir}: {exc.strerror or exc}") from None
     try:
-        integrity, digest = _check(tmp)
-        if integrity != "ok":
-            raise BackupError(f"{file}: the restored database fails integrity_check ({integrity}); nothing changed")
-        if digest != hdr.ledger_hash:
-            raise BackupError(f"{file}: ledger hash {digest[:16]}... differs from the recorded "
-                              f"{hdr.ledger_hash[:16]}...; nothing changed")
+        digest = _checked(file, tmp, hdr)
         try:
             load(tmp, url, force=force)
         except TargetInUse as exc:

@@ -132,3 +132,17 @@ def raw_query(db, sql: str) -> list[tuple]:
         return [tuple(r) for r in c.execute(sql)]
     finally:
         c.close()
+
+
+def host_cli(db, *args, input=None) -> tuple[int, str, str]:
+    """``posterm host ARGS --db DB`` in process: (exit code, stdout, stderr) apart."""
+    from click.testing import CliRunner
+
+    from posterm.cli import main
+
+    try:
+        runner = CliRunner(mix_stderr=False)  # click 8.1
+    except TypeError:
+        runner = CliRunner()                  # click 8.2: apart already
+    r = runner.invoke(main, ["host", *args, "--db", str(db)], input=input)
+    return r.exit_code, r.stdout, r.stderr

@@ -7,18 +7,10 @@ from __future__ import annotations
 import json
 import re
 
-from click.testing import CliRunner
-
-from posterm.cli import main
+from tests.host.conftest import host_cli
 
 
-def _run(db, *args, input=None):
-    try:
-        runner = CliRunner(mix_stderr=False)  # click 8.1
-    except TypeError:
-        runner = CliRunner()
-    r = runner.invoke(main, ["host", *args, "--db", str(db)], input=input)
-    return r.exit_code, r.stdout, r.stderr
+_run = host_cli
 
 
 def ok(db, *args, input=None) -> str:

@@ -6,27 +6,16 @@ from __future__ import annotations
 
 import json
 
-from click.testing import CliRunner
 
 from firmware_protocol.host import messages as h
 from firmware_protocol.native.messages import Totals
-from posterm.cli import main
-from tests.host.conftest import db_arg, raw_execute
+from tests.host.conftest import db_arg, host_cli, raw_execute
 from tests.host.test_host import pay
 
 ID = "11010519491231002X"
 
 
-def _runner() -> CliRunner:
-    try:
-        return CliRunner(mix_stderr=False)  # click 8.1
-    except TypeError:
-        return CliRunner()
-
-
-def run(db, *args, input=None):
-    r = _runner().invoke(main, ["host", *args, "--db", str(db)], input=input)
-    return r.exit_code, r.stdout, r.stderr
+run = host_cli
 
 
 def test_real_name_at_account_add_and_verify(host_db):

@@ -12,7 +12,7 @@ from firmware_protocol.host.messages import HostStatus as S
 from firmware_protocol.native.messages import Reason
 from posterm.cli import main
 from posterm.host import Host
-from tests.host.conftest import support, terminal
+from tests.host.conftest import host_cli, support, terminal
 from tests.host.test_host import enter_pin, pay, query
 from tests.host.test_security import Receiver
 
@@ -94,14 +94,7 @@ def test_over_limit_confirm_needs_verification_then_a_payment_over_the_limit_ask
         h.close()
 
 
-def runs(db, *args, input=None):
-    """(exit code, stdout, stderr) apart."""
-    try:
-        runner = CliRunner(mix_stderr=False)        # click 8.1
-    except TypeError:
-        runner = CliRunner()
-    r = runner.invoke(main, ["host", *args, "--db", str(db)], input=input)
-    return r.exit_code, r.stdout, r.stderr
+runs = host_cli      # (exit code, stdout, stderr) apart
 
 
 def test_a_two_factor_wallet_scan_waits_for_the_phones_code(tmp_path):
