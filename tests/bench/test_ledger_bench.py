@@ -49,3 +49,34 @@ def test_bad_options_are_usage_errors(argv, capsys):
         ledger.main(argv)
     assert exc.value.code == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_postgresql_unreachable_is_one_error_line(capsys):
+    assert ledger.main(["--no-sqlite", "--db", "postgresql://posterm@127.0.0.1:1/none"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("posterm: error: ledger benchmark failed: PostgreSQL at postgresql://posterm@127.0.0.1:1/none")
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_postgresql_section_runs_each_worker_count_against_its_ceiling(capsys, tmp_path):
+    from tests import pgstore
+
+    url = pgstore.admin_url()     # skips without POSTERM_TEST_PG (fails under CI=true)
+    assert ledger.main(["--no-sqlite", "--seconds", "0.4", "--slices", "1", "--clients", "2", "--workers", "1,2",
+                        "--db", url, "--dir", str(tmp_path)]) == 0
+    rows = _rows(capsys.readouterr().out)
+    (server,) = [r for r in rows if r["metric"] == "postgresql_server"]
+    assert server["fsync"] in ("on", "off") and server["synchronous_commit"]   # what the figures were measured on
+    ceilings = {r["measured_beside_workers"]: r for r in rows if r["metric"] == "postgresql_durable_commits"}
+    auths = {r["workers"]: r for r in rows if r["metric"] == "authorisations"}
+    assert set(ceilings) == set(auths) == {1, 2}
+    for w, r in auths.items():
+        assert r["store"] == "postgresql" and r["clients"] == 2
+        assert r["n"] > 0 and r["books_balanced"] is True
+        assert ceilings[w]["value"] > 0 and ceilings[w]["fsync"] == server["fsync"]
+        assert r["ratio_to_ceiling"] == pytest.approx(r["value"] / ceilings[w]["value"], abs=0.01)
+    assert auths[1]["ratio_to_1_worker"] == 1.0 and auths[1]["ceiling_ratio_to_1_worker"] == 1.0
+    with pgstore._admin() as c:   # each worker count's database was dropped
+        left = c.execute("SELECT datname FROM pg_database WHERE datname = ANY(%s)",
+                         ([r["database"] for r in auths.values()],)).fetchall()
+    assert left == []
