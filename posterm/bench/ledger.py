@@ -7,8 +7,10 @@ C client threads (``--clients``, default 1, 8 and 64), each a terminal of its ow
 PIN pad, KSNs and session), sending signed AuthRequests through ``Host.handle``: MAC check,
 one write transaction (KSN replay guard, limits, risk, capture and the ledger rows), the
 signed answer only after its commit. Once with group commit (the default: requests
-arriving together share one COMMIT, :mod:`posterm.host.store.group`), once without (one
-COMMIT each, SQLite's busy wait between the writers). The terminals' signing runs in this
+arriving together share one COMMIT, a lone one commits on its own thread,
+:mod:`posterm.host.store.group`; ``mode`` "group"), once with every request handed to the
+committer thread ("handoff": group commit before the lone-request path, for comparison), once
+without ("single": one COMMIT each, SQLite's busy wait between the writers). The terminals' signing runs in this
 process too, so the figure includes a terminal's own cost.
 
 The ceiling and every configuration run in alternating slices (``--slices``), so a disk
@@ -17,10 +19,16 @@ and the ratios mean something. ``commits_per_auth`` is counted (committed write
 transactions, or group COMMITs, over the authorisations), not assumed. The issue's goal:
 ``ratio_to_ceiling`` >= 0.5 with group commit.
 
-**PostgreSQL** (``--db postgresql://...``): the ceiling is PostgreSQL's own one-row
-``INSERT; COMMIT`` loop on one connection (its default synchronous_commit, as the store
-uses), and the host is ``posterm host serve --db URL --workers W`` (W = 1, 2, 4) driven
-over TCP by the largest ``--clients`` count of terminals, through the public command only.
+**PostgreSQL** (``--db postgresql://...``): for each worker count W (``--workers``, default
+1, 2, 4) a new database on that server (``posterm_bench_<random>_w<W>``, dropped after: the
+URL's user needs CREATEDB), served by ``posterm host serve --db URL --workers W`` (the public
+command; it seeds the demo data) and driven over TCP by the largest ``--clients`` count of
+terminals, twice in alternating slices: every terminal paying from one account
+("one_payer": PostgreSQL serialises them on that account's row) and each from its own
+("own_payer"). The ceiling: PostgreSQL's own one-row ``INSERT; COMMIT`` loop on one
+connection, on a logged table of the same database, in the same slices. The server's
+fsync, synchronous_commit, full_page_writes and wal_sync_method are printed first (the
+figures mean what those say: measure on a server with fsync on, see docs/benchmarks.md).
 Without the PostgreSQL store in this build it stops with ``posterm: error: PostgreSQL store
 not available`` (exit 3).
 """
@@ -41,6 +49,9 @@ from typing import Callable
 from posterm.bench import emit
 
 CODE = "289900000000000001"
+# SQLite: group commit as the host runs it (a lone request commits on its caller's thread),
+# group commit with every request handed to the committer thread (as before that), none
+MODES = ("group", "handoff", "single")
 MAX_CLIENTS = 256
 
 
@@ -145,9 +156,11 @@ def sqlite_section(seconds: float, slices: int, clients: list[int], home_dir: st
         ceiling, close_ceiling = _ceiling_step(Path(tmp) / "ceiling.db")
         hosts, pools, configs = {}, {}, []
         try:
-            for mode in ("group", "single"):
+            for mode in MODES:
                 (Path(tmp) / mode).mkdir(mode=0o700)
-                host = hosts[mode] = Host.open(Path(tmp) / mode / "host.db", group_commit=mode == "group")
+                host = hosts[mode] = Host.open(Path(tmp) / mode / "host.db", group_commit=mode != "single")
+                if mode == "handoff":
+                    host.group_commit.direct_path = False
                 links = [_terminal(host.hsm, host.client(), f"T{n:07d}") for n in range(1, max(clients) + 1)]
                 pools[mode] = _Clients(links, f"B{mode[0]}")
                 for c in clients:
@@ -163,18 +176,18 @@ def sqlite_section(seconds: float, slices: int, clients: list[int], home_dir: st
     base = base_n / base_s
     emit("ledger", "sqlite_durable_commits", round(base), "commits/s", store="sqlite",
          what="one-row BEGIN IMMEDIATE/INSERT/COMMIT, WAL, synchronous=FULL")
-    for mode in ("group", "single"):
+    for mode in MODES:
         auths = sum(totals[f"{mode}:{c}"][0] for c in clients)
         for c in clients:
             n, s = totals[f"{mode}:{c}"]
             rate = n / s if s else 0.0
-            emit("ledger", "authorisations", round(rate), "auth/s", store="sqlite", group_commit=mode == "group",
-                 clients=c, n=n, ratio_to_ceiling=round(rate / base, 3),
+            emit("ledger", "authorisations", round(rate), "auth/s", store="sqlite", mode=mode,
+                 group_commit=mode != "single", direct_path=mode == "group", clients=c, n=n, ratio_to_ceiling=round(rate / base, 3),
                  ratio_to_1_client=round(rate / (totals[f"{mode}:{clients[0]}"][0]
                                                  / totals[f"{mode}:{clients[0]}"][1]), 3),
                  books_balanced=not problems[mode])
         emit("ledger", "commits_per_auth", round((after[mode] - before[mode]) / auths, 3) if auths else 0,
-             "commits", store="sqlite", group_commit=mode == "group", over_clients=clients)
+             "commits", store="sqlite", mode=mode, group_commit=mode != "single", over_clients=clients)
     return 0
 
 

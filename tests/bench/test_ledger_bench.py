@@ -22,14 +22,14 @@ def test_sqlite_section_prints_every_configuration_against_the_ceiling(capsys, t
     rows = _rows(capsys.readouterr().out)
     (ceiling,) = [r for r in rows if r["metric"] == "sqlite_durable_commits"]
     assert ceiling["value"] > 0
-    auths = {(r["group_commit"], r["clients"]): r for r in rows if r["metric"] == "authorisations"}
-    assert set(auths) == {(True, 1), (True, 3), (False, 1), (False, 3)}
+    auths = {(r["mode"], r["clients"]): r for r in rows if r["metric"] == "authorisations"}
+    assert set(auths) == {(m, c) for m in ("group", "handoff", "single") for c in (1, 3)}
     for r in auths.values():
         assert r["n"] > 0 and r["books_balanced"] is True
         assert r["ratio_to_ceiling"] == pytest.approx(r["value"] / ceiling["value"], abs=0.01)
-    per = {r["group_commit"]: r["value"] for r in rows if r["metric"] == "commits_per_auth"}
-    assert per[False] == 1.0                # one durable commit each, counted
-    assert 0 < per[True] <= 1.0             # shared commits: never more than one each
+    per = {r["mode"]: r["value"] for r in rows if r["metric"] == "commits_per_auth"}
+    assert per["single"] == 1.0             # one durable commit each, counted
+    assert 0 < per["group"] <= 1.0 and 0 < per["handoff"] <= 1.0   # shared commits: never more than one each
 
 
 def test_postgresql_without_its_store_is_one_error_line(capsys, monkeypatch):
