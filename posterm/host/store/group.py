@@ -193,10 +193,12 @@ class GroupCommit:
                 pass
 
     def _idle(self) -> None:
-        """The batch in hand has ended: the next may start (the committer is told)."""
+        """The batch in hand has ended: the next may start (the committer is told if one is
+        queued; waking it for nothing would cost a lone request a thread switch each time)."""
         with self._lock:
             self._busy = False
-            self._more.notify()
+            if self._queue:
+                self._more.notify()
 
     def _execute(self, batch: list[_Job]) -> None:
         """:meth:`_run_batch` on this thread's connection; a failure of the connection itself
