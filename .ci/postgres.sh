@@ -9,6 +9,11 @@
 # password, nothing but loopback reaches it). Running as root, the server runs as Debian's
 # `postgres` user (PostgreSQL refuses root), created if missing. With no server binaries,
 # Debian's `postgresql` package is installed (apt, as root). Every wait is bounded.
+#
+# POSTERM_CI_PG_DURABLE=1 starts it with PostgreSQL's durable defaults instead (fsync,
+# synchronous_commit and full_page_writes on): what `python -m posterm.bench ledger --db` is
+# measured on, in a directory and on a port of its own, e.g.
+#   POSTERM_CI_PG_DIR=/tmp/posterm-bench-pg POSTERM_CI_PG_PORT=55433 POSTERM_CI_PG_DURABLE=1 .ci/postgres.sh start
 set -euo pipefail
 DIR=${POSTERM_CI_PG_DIR:-/tmp/posterm-ci-pg}
 PORT=${POSTERM_CI_PG_PORT:-55432}
@@ -65,8 +70,10 @@ start() {
     # this server, so what a commit means to them (acknowledged = visible to every other
     # connection) does not depend on it; a power loss would only lose this cluster, which a
     # run makes anew. With fsync, CREATE DATABASE and every commit wait on the disk: slow.
+    local durability="-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    [ "${POSTERM_CI_PG_DURABLE:-0}" = 1 ] && durability="-c fsync=on -c synchronous_commit=on -c full_page_writes=on"
     as_owner "$bin/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w -t 60 \
-        -o "-c listen_addresses=127.0.0.1 -p $PORT -c unix_socket_directories=$DIR -c max_connections=300 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
+        -o "-c listen_addresses=127.0.0.1 -p $PORT -c unix_socket_directories=$DIR -c max_connections=300 $durability" \
         start >&2 || { cat "$DIR/server.log" >&2; return 1; }
     timeout 60 "$bin/createdb" -h 127.0.0.1 -p "$PORT" -U posterm posterm >&2
     echo "export POSTERM_TEST_PG=$URL"

@@ -161,6 +161,45 @@ def test_nested_and_in_transaction_calls_run_inline(store):
         gc.close()
 
 
+def test_a_lone_request_commits_on_its_callers_thread(store):
+    gc = GroupCommit(store)
+    try:
+        commits = store.commits
+        assert gc.run(lambda tx: (_insert("lone")(tx), threading.current_thread())[1]) is threading.current_thread()
+        assert gc.direct == 1 and gc.batches == 1 and store.commits == commits + 1
+        assert "lone" in _keys(store.path)                 # committed before run returned
+    finally:
+        gc.close()
+
+
+def test_requests_arriving_during_a_lone_batch_wait_for_the_committer(store):
+    """While a lone request's batch runs on its caller's thread, the next queues (batches never
+    overlap) and runs on the committer's thread once that batch has committed."""
+    gc = GroupCommit(store)
+    try:
+        release, first = _blocked_batch(gc)               # the lone one, held in its savepoint
+        ran_on: list[threading.Thread] = []
+        t = threading.Thread(target=gc.run, args=(lambda tx: ran_on.append(threading.current_thread()),))
+        t.start()
+        _wait_queued(gc, 1)
+        assert ran_on == [] and gc.batches == 0           # it waits: one batch at a time
+        release.set()
+        first.join(30)
+        t.join(30)
+        assert ran_on == [gc._thread] and gc.direct == 1 and gc.batches == 2
+    finally:
+        gc.close()
+
+
+def test_without_the_direct_path_a_lone_request_goes_to_the_committer(store):
+    gc = GroupCommit(store, direct=False)
+    try:
+        assert gc.run(lambda tx: threading.current_thread()) is gc._thread
+        assert gc.direct == 0 and gc.batches == 1
+    finally:
+        gc.close()
+
+
 def test_closed_committer_refuses(store):
     gc = GroupCommit(store)
     gc.close()
@@ -210,10 +249,13 @@ def test_a_failed_commit_sends_no_answer(served):
     assert r.status is S.APPROVED and _trade_count(host, "GC-FAIL-1") == 1
 
 
-def test_the_answer_leaves_only_after_commit_returns(served):
+@pytest.mark.parametrize("direct", [True, False], ids=["on-callers-thread", "on-committer"])
+def test_the_answer_leaves_only_after_commit_returns(served, direct):
     host, _server, client = served
     term = terminal(host, client=client)
     gc = host.group_commit
+    gc.direct_path = direct
+    direct_before = gc.direct
     events: list[str] = []
     answered = threading.Event()
     real = GroupCommit.commit
@@ -237,9 +279,11 @@ def test_the_answer_leaves_only_after_commit_returns(served):
     t.join(60)
     assert got and got[0].status is S.APPROVED
     assert events == ["commit called", "commit returned", "answer"]
+    assert (gc.direct > direct_before) is direct       # the path this case is about was taken
 
 
-def test_killed_between_savepoint_and_commit_answers_nothing(tmp_path):
+@pytest.mark.parametrize("direct", [True, False], ids=["on-callers-thread", "on-committer"])
+def test_killed_between_savepoint_and_commit_answers_nothing(tmp_path, direct):
     """The host process dies (SIGKILL) after the request ran in its savepoint, before the
     batch's COMMIT: the terminal gets no answer and the trade is not in the books."""
     db_path = tmp_path / "host.db"
@@ -257,6 +301,7 @@ def test_killed_between_savepoint_and_commit_answers_nothing(tmp_path):
                     os.kill(os.getpid(), signal.SIGKILL)
                 real(host.group_commit, c)
             host.group_commit.commit = commit_or_die
+            host.group_commit.direct_path = direct
             server = serve(host)
             os.write(w_fd, server.address.encode() + b"\n")
             threading.Event().wait(120)

@@ -14,6 +14,13 @@ it happened, no answer leaves), and a process killed before it leaves no trace o
 Every ``store.write()`` / ``store.transaction()`` a request's function opens runs on the
 committer's thread, inside the batch transaction, so it is a savepoint of it (see
 :meth:`Store.write`): the service modules need no change.
+
+A request that finds nothing to share with (the committer idle, nothing queued) is a batch
+of one run on the caller's own thread and connection, the same way (``BEGIN IMMEDIATE``,
+its savepoint, ``COMMIT``, then its result): the hand-off to the committer and back would
+cost a lone request about as much as its commit. Batches still run one at a time (the
+``_busy`` flag, taken under the queue's lock), so requests that arrive meanwhile queue for
+the committer and share its next COMMIT; what an answer means does not change.
 """
 
 from __future__ import annotations
@@ -58,7 +65,7 @@ class GroupCommit:
     :meth:`close` stops it (requests still queued then raise :class:`CommitFailed`)."""
 
     def __init__(self, store, *, max_batch: int = MAX_BATCH, max_wait: float = MAX_WAIT,
-                 max_queued: int = MAX_QUEUED, timeout: float = TIMEOUT) -> None:
+                 max_queued: int = MAX_QUEUED, timeout: float = TIMEOUT, direct: bool = True) -> None:
         if not 1 <= max_batch <= 10_000 or not 0 <= max_wait <= 1.0 or max_queued < 1 or timeout <= 0:
             raise ValueError("GroupCommit: 1 <= max_batch <= 10000, 0 <= max_wait <= 1 s, max_queued >= 1, timeout > 0")
         self.store = store
@@ -68,6 +75,9 @@ class GroupCommit:
         self._more = threading.Condition(self._lock)     # a job was queued, or close()
         self._room = threading.Condition(self._lock)     # a job left the queue
         self._closed = False
+        self.direct_path = direct  # a lone request runs on its caller's thread (False: always the committer's)
+        self._busy = False        # a batch is running (the committer's, or a lone caller's own)
+        self.direct = 0           # batches of one run on the caller's thread (counted in batches too)
         self.batches = 0          # COMMITs done
         self.requests = 0         # requests in them (committed)
         self.largest = 0          # the largest batch
@@ -84,13 +94,28 @@ class GroupCommit:
 
         Called on the committer's own thread, or on a thread already in a transaction on
         the store, it runs there and then (a savepoint of that transaction): queueing it
-        would wait on a commit that waits on the caller.
+        would wait on a commit that waits on the caller. With no batch running and nothing
+        queued it is a batch of one on the caller's thread (counted in :attr:`direct`).
         """
         if threading.current_thread() is self._thread or self.store.in_transaction():
             with self.store.transaction() as tx:
                 return fn(tx)
         job = _Job(fn)
         deadline = time.monotonic() + self.timeout
+        with self._lock:
+            direct = self.direct_path and not self._busy and not self._queue and not self._closed
+            if direct:
+                self._busy = True        # the committer waits for this batch of one to end
+                job.state = "running"
+        if direct:
+            try:
+                self._execute([job])
+                self.direct += 1
+            finally:
+                self._idle()
+            if job.error is not None:
+                raise job.error
+            return job.result  # type: ignore[return-value]
         with self._lock:
             while len(self._queue) >= self.max_queued and not self._closed:
                 if not self._room.wait(max(0.0, deadline - time.monotonic())) and time.monotonic() >= deadline:
@@ -123,7 +148,7 @@ class GroupCommit:
     def _take(self) -> list[_Job] | None:
         """The next batch (None once closed and drained... or closed: queued jobs are failed)."""
         with self._lock:
-            while not self._queue and not self._closed:
+            while (not self._queue or self._busy) and not self._closed:
                 self._more.wait()
             if self._closed:
                 left = list(self._queue)
@@ -146,6 +171,7 @@ class GroupCommit:
                 if job.state == "queued":
                     job.state = "running"
                     batch.append(job)
+            self._busy = bool(batch)
             self._room.notify_all()
             return batch
 
@@ -157,16 +183,32 @@ class GroupCommit:
                     return
                 if batch:
                     try:
-                        self._run_batch(batch)
-                    except BaseException as exc:  # noqa: BLE001 - the connection itself failed
-                        log.error("group commit batch failed: %s", exc)
-                        self._rollback()
-                        self._finish([j for j in batch if not j.done.is_set()], CommitFailed(f"batch failed: {exc}"))
+                        self._execute(batch)
+                    finally:
+                        self._idle()
         finally:
             try:
                 self.store.close_thread()
             except Exception:  # noqa: BLE001 - the thread is ending; nothing to report to
                 pass
+
+    def _idle(self) -> None:
+        """The batch in hand has ended: the next may start (the committer is told if one is
+        queued; waking it for nothing would cost a lone request a thread switch each time)."""
+        with self._lock:
+            self._busy = False
+            if self._queue:
+                self._more.notify()
+
+    def _execute(self, batch: list[_Job]) -> None:
+        """:meth:`_run_batch` on this thread's connection; a failure of the connection itself
+        fails the requests not yet told (nothing of them happened)."""
+        try:
+            self._run_batch(batch)
+        except BaseException as exc:  # noqa: BLE001 - the connection itself failed
+            log.error("group commit batch failed: %s", exc)
+            self._rollback()
+            self._finish([j for j in batch if not j.done.is_set()], CommitFailed(f"batch failed: {exc}"))
 
     def _run_batch(self, batch: list[_Job]) -> None:
         c = self.store.conn()
