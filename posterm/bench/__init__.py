@@ -65,3 +65,45 @@ def interleaved(fns: list[Callable[[], Any]], seconds: float, slices: int,
             best[i] = max(best[i], n / elapsed)
     return [(calls[i], spent[i], best[i]) for i in range(len(fns))]
 
+
+
+def start_serve(db: str, workers: int, home, args: list[str], timeout: float, stderr_file=None):
+    """``posterm host serve --db DB --workers W ARGS`` with ``POSTERM_HOME=home``, and the
+    address it prints: ``(Popen, "tcp://...")``. Its stderr goes to ``stderr_file`` (a path,
+    created 0600) or nowhere. Raises RuntimeError when it has not said its address within
+    ``timeout`` seconds (it is killed then)."""
+    import os
+    import subprocess
+    import sys
+
+    from posterm.transport.fd import wait_ready
+
+    err = (os.open(stderr_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600) if stderr_file is not None
+           else subprocess.DEVNULL)
+    try:
+        p = subprocess.Popen([sys.executable, "-m", "posterm", "host", "serve", "--db", db, "--workers", str(workers),
+                              *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
+                             env=dict(os.environ, POSTERM_HOME=str(home)))
+    finally:
+        if stderr_file is not None:
+            os.close(err)
+    ready, _ = wait_ready([p.stdout.fileno()], (), timeout)
+    line = p.stdout.readline().decode().strip() if ready else ""
+    if not line.startswith("tcp://"):
+        stop_process(p, 0)
+        raise RuntimeError(f"posterm host serve --workers {workers} did not start")
+    return p, line
+
+
+def stop_process(proc, grace: float = 60.0) -> None:
+    """SIGTERM, at most ``grace`` seconds for it to end, then SIGKILL; its stdout closed."""
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+    if proc.stdout is not None:
+        proc.stdout.close()

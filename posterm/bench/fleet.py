@@ -32,7 +32,7 @@ import threading
 import time
 from pathlib import Path
 
-from posterm.bench import emit, percentile
+from posterm.bench import emit, percentile, stop_process
 
 CODE = "289900000000000001"
 
@@ -116,14 +116,7 @@ def _why(result, n: int) -> str:
             + (f", the driver gave up after {gave_up:g} s" if gave_up else "") + ")")
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-    proc.stdout.close()
+_stop = stop_process
 
 
 def _tail(path: Path, n: int = 2000) -> str:

@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from posterm.bench import emit
+from posterm.bench import emit, start_serve, stop_process
 
 CODE = "289900000000000001"
 # SQLite: group commit as the host runs it (a lone request commits on its caller's thread),
@@ -235,20 +235,7 @@ def _with_db(url: str, name: str) -> str:
 
 
 def _serve(url: str, workers: int, home: Path) -> tuple[subprocess.Popen, str]:
-    from posterm.transport.fd import wait_ready
-
-    env = dict(os.environ, POSTERM_HOME=str(home))
-    p = subprocess.Popen([sys.executable, "-m", "posterm", "host", "serve", "--db", url, "--workers", str(workers),
-                          "--max-pending", "512", "--max-connections", "1024"],
-                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
-    ready, _ = wait_ready([p.stdout.fileno()], (), 180)
-    line = p.stdout.readline().decode().strip() if ready else ""
-    if not line.startswith("tcp://"):
-        p.kill()
-        p.wait(10)
-        p.stdout.close()
-        raise RuntimeError(f"posterm host serve --workers {workers} did not start")
-    return p, line
+    return start_serve(url, workers, home, ["--max-pending", "512", "--max-connections", "1024"], 180)
 
 
 def _payer_code(k: int) -> str:
@@ -320,9 +307,7 @@ def _pg_workers(url: str, name: str, workers: int, seconds: float, slices: int, 
             close_ceiling()
             for c in conns:
                 c.close()
-            proc.terminate()
-            proc.wait(60)
-            proc.stdout.close()
+            stop_process(proc)
         return base_n / base_s, totals, _pg_books(db_url)
     finally:
         with _pg_connect(url) as admin:

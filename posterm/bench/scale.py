@@ -43,7 +43,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from posterm.bench import emit, percentile
+from posterm.bench import emit, percentile, start_serve, stop_process
 from posterm.bench.fleet import CODE, _tail, _tree
 
 AMOUNT = 1                 # fen: the demo account's balance lasts a million payments
@@ -142,25 +142,12 @@ def check(payments: list[DriverPayment], trades: list[HostTrade], books: list[st
 
 def _serve(db: str, workers: int, home: Path, connections: int) -> tuple[subprocess.Popen, str]:
     """``posterm host serve --workers W --db DB`` and its address (bounded wait for it)."""
-    from posterm.transport.fd import wait_ready
-
-    err = os.open(home / "serve.stderr", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        p = subprocess.Popen([sys.executable, "-m", "posterm", "host", "serve", "--db", db, "--workers", str(workers),
-                              "--max-connections", str(connections), "--max-pending", str(connections),
-                              "--max-restarts", "100000"],
-                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
-                             env=dict(os.environ, POSTERM_HOME=str(home)))
-    finally:
-        os.close(err)
-    ready, _ = wait_ready([p.stdout.fileno()], (), SERVE_TIMEOUT)
-    line = p.stdout.readline().decode().strip() if ready else ""
-    if not line.startswith("tcp://"):
-        p.kill()
-        p.wait(10)
-        p.stdout.close()
-        raise RuntimeError(f"posterm host serve --workers {workers} did not start: {_tail(home / 'serve.stderr')}")
-    return p, line
+        return start_serve(db, workers, home, ["--max-connections", str(connections), "--max-pending",
+                                               str(connections), "--max-restarts", "100000"],
+                           SERVE_TIMEOUT, home / "serve.stderr")
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}: {_tail(home / 'serve.stderr')}") from None
 
 
 def workers_of(serve_pid: int) -> list[int]:
@@ -450,13 +437,7 @@ def run(terminals: int, workers: int, db: str | None, seconds: float, kill_every
             if fleet is not None:
                 fleet.close()
             if serve is not None:
-                serve.terminate()
-                try:
-                    serve.wait(60)
-                except subprocess.TimeoutExpired:
-                    serve.kill()
-                    serve.wait(10)
-                serve.stdout.close()
+                stop_process(serve)
         try:
             payments = _driver_payments(pool, prefix)
             trades, books = _host_side(db, prefix)
