@@ -150,13 +150,24 @@ def test_a_two_factor_wallet_scan_preferring_biometric_waits_for_the_approval(tm
         h.close()
 
 
+def daytime_zone() -> str:
+    """Asia/Shanghai, or America/New_York while it is night (01:00-05:00) in Shanghai: the
+    scan's risk check runs on the real clock, in the account's zone."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    return "America/New_York" if 1 <= datetime.now(ZoneInfo("Asia/Shanghai")).hour < 5 else "Asia/Shanghai"
+
+
 def test_a_wallet_scan_over_a_limit_with_confirm_waits_for_the_phones_code(tmp_path):
     """Without two-factor, --over-limit confirm: a scan over the limit is not confirmed by
     the scan itself, it waits for the code sent to the phone; under the limit it pays at once."""
     db = tmp_path / "host.db"
     h = Host.open(db)
     try:
-        h.add_account("oscar", "Oscar", balance_minor=1_000_000, password="246802", per_tx_limit=50_000)
+        # a zone where it is day now: the night rule (01:00-05:00 local) would ask to confirm too
+        h.add_account("oscar", "Oscar", balance_minor=1_000_000, password="246802", per_tx_limit=50_000,
+                      tz=daytime_zone())
         h.set_flags("oscar", over_limit="confirm", proof=support(h))
         term = terminal(h)
         r = pay(term, 20_000, order="QR-UNDER", qr=True)
